@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 /// The whole effective configuration.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Config {
     /// The file this came from; `None` when built-in defaults were used.
     #[serde(skip)]
@@ -24,7 +24,7 @@ pub struct Config {
 }
 
 /// `postgres:` — the supervised server.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PostgresConfig {
     /// Data directory. Default: `$PGDATA`, else `/var/lib/postgresql/data`.
     pub data_dir: PathBuf,
@@ -45,7 +45,7 @@ pub struct PostgresConfig {
 }
 
 /// `postgres.init:` — first-start bootstrap, same inputs as the official image's entrypoint.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct InitConfig {
     /// Superuser name. Default `${POSTGRES_USER:-postgres}`.
     pub superuser: String,
@@ -67,7 +67,7 @@ pub struct InitConfig {
 }
 
 /// `postgres.stop:` — how postgres is stopped on SIGTERM/SIGINT.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StopConfig {
     /// `smart` or `fast`. Default `fast`.
     pub mode: StopMode,
@@ -87,10 +87,10 @@ pub enum StopMode {
 }
 
 /// Restart policy knobs shared by postgres and services.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RestartConfig {
     /// A run that lasts this long (for postgres: that became ready) resets the failure count.
-    /// Default 1s for services; postgres counts readiness instead.
+    /// Default 10s (postgres), 1s (services).
     #[serde(serialize_with = "ser_duration")]
     pub start_secs: Duration,
     /// Consecutive failed starts tolerated before giving up for good. Default 5 (postgres), 3
@@ -105,7 +105,7 @@ pub struct RestartConfig {
 }
 
 /// `services[]:` — a supervisord-style extra program.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServiceConfig {
     /// Unique name (also the log prefix).
     pub name: String,
@@ -150,7 +150,7 @@ impl Serialize for StopSignal {
 }
 
 /// `jobs[]:` — cron-style jobs. Validated here; run by the scheduler.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct JobConfig {
     pub name: String,
     /// Five-field cron expression or `@hourly`/`@daily`/`@weekly`/`@monthly`/`@yearly`.
@@ -167,7 +167,7 @@ pub struct JobConfig {
 }
 
 /// `log:`
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LogConfig {
     /// `text` or `json`. Default `text`.
     pub format: LogFormat,
@@ -185,7 +185,7 @@ pub enum LogFormat {
 }
 
 /// `control:` — the daemon's unix socket.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ControlConfig {
     /// Default `<postgres.socket_dir>/pgward.sock`.
     pub socket: PathBuf,
