@@ -3,11 +3,33 @@
 //! Owns parsing, `${VAR}` / `${VAR:-default}` interpolation, `*_file` secrets, validation with
 //! `file:line:column` errors, and redaction for `config print`. Knows nothing of processes.
 
+//!
+//! Pipeline, one module per step: serde_yaml_ng reads the file into the `raw` model (shape
+//! only; unknown keys and wrong shapes stop here with serde's position), `validate` turns it
+//! into the typed `model` (interpolation, `POSTGRES_*` defaults, secrets, every other check,
+//! collected), and `locate` gives those later checks the `line:column` serde no longer has.
+//!
+//! List indexes in keys are 0-based, as serde_yaml_ng prints them: `services[0]` is the first
+//! service.
+
+mod image_env;
+mod interpolate;
+mod locate;
 mod model;
+mod raw;
+mod redact;
+mod schedule;
+mod secret;
+mod size;
+mod validate;
 
 pub use model::*;
+pub use redact::redacted_yaml;
+pub use schedule::parse_schedule;
 
 use std::path::{Path, PathBuf};
+
+use locate::{Locator, Pos};
 
 /// Where the config file is looked for when neither `--config` nor `PGWARD_CONFIG` is given.
 pub const DEFAULT_PATH: &str = "/etc/pgward/pgward.yaml";
@@ -15,13 +37,14 @@ pub const DEFAULT_PATH: &str = "/etc/pgward/pgward.yaml";
 /// One problem found in a config file, located as precisely as the YAML allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
-    /// The file, or `<defaults>` for built-in defaults.
+    /// The file, `<defaults>` for built-in defaults, or `<env>` for a `POSTGRES_*` variable.
     pub file: String,
     /// 1-based; 0 when the problem has no position (e.g. a missing required key).
     pub line: usize,
     /// 1-based.
     pub column: usize,
-    /// Dotted key path, e.g. `services[1].stop_timeout`.
+    /// Dotted key path with 0-based indexes, e.g. `services[1].stop_timeout`; for `<env>`, the
+    /// variable's name.
     pub key: String,
     /// One-line reason, lowercase.
     pub reason: String,
@@ -43,20 +66,136 @@ pub enum ConfigError {
 fn render_problems(problems: &[Problem]) -> String {
     problems
         .iter()
-        .map(|p| format!("{}:{}:{}: {}: {}", p.file, p.line, p.column, p.key, p.reason))
+        .map(|p| {
+            format!(
+                "{}:{}:{}: {}: {}",
+                p.file, p.line, p.column, p.key, p.reason
+            )
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
 
-/// Loads and validates the config at `path`, or the built-in defaults when `path` is `None`.
-/// `env` looks up environment variables (interpolation, `$PGDATA`, `POSTGRES_*` defaults).
-pub fn load(path: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-    let _ = (path, env);
-    todo!("config loader")
+impl Problem {
+    /// The problem as one line: `file:line:column: key: reason`.
+    pub fn to_string_line(&self) -> String {
+        format!(
+            "{}:{}:{}: {}: {}",
+            self.file, self.line, self.column, self.key, self.reason
+        )
+    }
 }
 
-/// The effective config as YAML with every secret replaced by `<redacted>`.
-pub fn redacted_yaml(config: &Config) -> String {
-    let _ = config;
-    todo!("redaction")
+/// Label of the built-in defaults in problems, when no file is loaded.
+const DEFAULTS_FILE: &str = "<defaults>";
+
+/// Where IANA time zone names are looked up (`jobs[].timezone`).
+const ZONEINFO: &str = "/usr/share/zoneinfo";
+
+/// Loads and validates the config at `path`, or the built-in defaults when `path` is `None`.
+/// `env` looks up environment variables (interpolation, `$PGDATA`, `POSTGRES_*` defaults).
+pub fn load(
+    path: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let Some(path) = path else {
+        return from_str("", DEFAULTS_FILE, env);
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut config = from_str(&text, &path.display().to_string(), env)?;
+    config.source = Some(path.to_owned());
+    Ok(config)
 }
+
+/// Parses and validates YAML `text`; `file` names it in problems. [`Config::source`] is left
+/// `None`.
+pub fn from_str(
+    text: &str,
+    file: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    from_str_with(text, file, env, Path::new(ZONEINFO))
+}
+
+fn from_str_with(
+    text: &str,
+    file: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    zoneinfo: &Path,
+) -> Result<Config, ConfigError> {
+    let locator = Locator::new(text);
+    // serde_yaml_ng reads an empty document (or one holding only comments) as null, which the
+    // all-optional raw model takes as "everything default".
+    let raw: raw::RawConfig = serde_yaml_ng::from_str(text)
+        .map_err(|e| ConfigError::Invalid(vec![serde_problem(&e, file, &locator)]))?;
+    let mut cx = validate::Cx {
+        file: file.to_owned(),
+        loc: &locator,
+        env,
+        zoneinfo,
+        problems: Vec::new(),
+    };
+    let config = validate::validate(raw, &mut cx);
+    if cx.problems.is_empty() {
+        Ok(config)
+    } else {
+        // File order reads best; environment problems (no position) come first.
+        cx.problems.sort_by_key(|p| (p.line, p.column));
+        Err(ConfigError::Invalid(cx.problems))
+    }
+}
+
+/// Turns serde_yaml_ng's `path: message at line L column C` into a [`Problem`].
+///
+/// serde_yaml_ng names the parent map for an unknown key and omits the path at the root, so
+/// the key is recovered from what the locator knows sits at the reported position.
+fn serde_problem(error: &serde_yaml_ng::Error, file: &str, locator: &Locator) -> Problem {
+    let mut message = error.to_string();
+    let at = match error.location() {
+        Some(l) => {
+            let suffix = format!(" at line {} column {}", l.line(), l.column());
+            if let Some(i) = message.find(&suffix) {
+                message.replace_range(i..i + suffix.len(), "");
+            }
+            Pos {
+                line: l.line(),
+                column: l.column(),
+            }
+        }
+        None => Pos::default(),
+    };
+    // The longest known path (or parent of one) the message is prefixed with.
+    let prefix = locator
+        .paths_at(at)
+        .into_iter()
+        .flat_map(|(path, _)| [Some(path), locate::parent(path)])
+        .flatten()
+        .filter(|path| !path.is_empty() && message.starts_with(&format!("{path}: ")))
+        .max_by_key(|path| path.len());
+    let (parent, reason) = match prefix {
+        Some(path) => (path, message[path.len() + 2..].to_owned()),
+        None => ("", message),
+    };
+    let unknown = reason
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(name, _)| locate::join(parent, name));
+    let key = match (unknown, parent) {
+        (Some(key), _) => key,
+        (None, "") => "<document>".to_owned(),
+        (None, parent) => parent.to_owned(),
+    };
+    Problem {
+        file: file.to_owned(),
+        line: at.line,
+        column: at.column,
+        key,
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,193 @@
+//! The config file's shape as serde sees it, before interpolation, defaults and checks.
+//!
+//! Every leaf is a [`Text`] (the scalar exactly as written) and every key is optional, so that
+//! `validate` can tell "absent" from "given", interpolate `${VAR}` in any scalar (numbers and
+//! durations included) and report every bad value, not just the first one serde meets. Serde
+//! only rejects what no later step could fix: unknown keys and wrong shapes (a string where a
+//! list belongs). No `#[serde(flatten)]` or untagged enums here: they make serde_yaml_ng lose
+//! the positions its errors carry.
+//!
+//! A secret field `x` is declared as a pair, `x: Option<Text>` and `x_file: Option<Text>`, and
+//! resolved in `validate` with one `Cx::secret` call.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::Deserialize;
+
+/// One YAML scalar as written (`on`, `1.10`, `0x10` stay text), not yet interpolated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Text(pub(crate) String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Text;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a scalar")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Text, E> {
+                Ok(Text(v.to_owned()))
+            }
+        }
+        // serde_yaml_ng hands any scalar's source text to `visit_str` here, which is what keeps
+        // `max_connections: 50` and `log_connections: on` exactly as the user wrote them.
+        d.deserialize_str(V)
+    }
+}
+
+/// `after: postgres` or `after: [postgres, other]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct OneOrMany(pub(crate) Vec<Text>);
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a name or a list of names")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(vec![Text(v.to_owned())]))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(vec![Text(v.to_string())]))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(vec![Text(v.to_string())]))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<OneOrMany, E> {
+                Ok(OneOrMany::default())
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<OneOrMany, A::Error> {
+                let mut names = Vec::new();
+                while let Some(name) = seq.next_element::<Text>()? {
+                    names.push(name);
+                }
+                Ok(OneOrMany(names))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Reads `key: ~` like an absent key: a section left empty (or nulled) is all defaults.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawConfig {
+    #[serde(deserialize_with = "null_as_default")]
+    pub postgres: RawPostgres,
+    #[serde(deserialize_with = "null_as_default")]
+    pub services: Vec<RawService>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub jobs: Vec<RawJob>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub log: RawLog,
+    #[serde(deserialize_with = "null_as_default")]
+    pub control: RawControl,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawPostgres {
+    pub data_dir: Option<Text>,
+    pub port: Option<Text>,
+    pub socket_dir: Option<Text>,
+    pub user: Option<Text>,
+    pub bin_dir: Option<Text>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub parameters: BTreeMap<String, Text>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub init: RawInit,
+    #[serde(deserialize_with = "null_as_default")]
+    pub stop: RawStop,
+    #[serde(deserialize_with = "null_as_default")]
+    pub restart: RawRestart,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawInit {
+    pub superuser: Option<Text>,
+    pub password: Option<Text>,
+    pub password_file: Option<Text>,
+    pub database: Option<Text>,
+    pub initdb_args: Option<Vec<Text>>,
+    pub waldir: Option<Text>,
+    pub host_auth_method: Option<Text>,
+    pub scripts_dir: Option<Text>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawStop {
+    pub mode: Option<Text>,
+    pub timeout: Option<Text>,
+    pub kill_timeout: Option<Text>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawRestart {
+    pub start_secs: Option<Text>,
+    pub start_retries: Option<Text>,
+    pub backoff: Option<Text>,
+    pub max_backoff: Option<Text>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawService {
+    pub name: Option<Text>,
+    pub command: Option<Vec<Text>>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub env: BTreeMap<String, Text>,
+    pub user: Option<Text>,
+    pub working_dir: Option<Text>,
+    pub restart: Option<Text>,
+    /// The restart policy knobs sit beside the other keys (no nested `restart:` map, which is
+    /// taken by the mode), as in supervisord's `[program:x]`.
+    pub start_secs: Option<Text>,
+    pub start_retries: Option<Text>,
+    pub backoff: Option<Text>,
+    pub max_backoff: Option<Text>,
+    pub stop_signal: Option<Text>,
+    pub stop_timeout: Option<Text>,
+    pub after: OneOrMany,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawJob {
+    pub name: Option<Text>,
+    pub schedule: Option<Text>,
+    pub action: Option<Text>,
+    pub command: Option<Vec<Text>>,
+    pub timezone: Option<Text>,
+    pub timeout: Option<Text>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawLog {
+    pub format: Option<Text>,
+    pub level: Option<Text>,
+    pub max_line_bytes: Option<Text>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawControl {
+    pub socket: Option<Text>,
+}

@@ -1,0 +1,769 @@
+//! End-to-end tests of [`load`]/[`from_str`]: one per class of problem with its exact
+//! `file:line:column: key`, interpolation, secrets, `POSTGRES_*` defaults, and redaction.
+//! Environments are closures over maps; the process environment is never touched.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use super::*;
+
+/// A zoneinfo directory that knows only `Europe/Paris`, so tests do not depend on the host.
+fn zoneinfo() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(dir.path().join("Europe")).expect("mkdir");
+    std::fs::write(dir.path().join("Europe/Paris"), b"TZif").expect("write");
+    dir
+}
+
+fn parse(yaml: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let vars: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let zones = zoneinfo();
+    from_str_with(yaml, "cfg.yaml", &|k| vars.get(k).cloned(), zones.path())
+}
+
+fn ok(yaml: &str, vars: &[(&str, &str)]) -> Config {
+    match parse(yaml, vars) {
+        Ok(config) => config,
+        Err(e) => panic!("unexpected error:\n{e}"),
+    }
+}
+
+/// Every problem as its one-line rendering.
+fn problems(yaml: &str, vars: &[(&str, &str)]) -> Vec<String> {
+    match parse(yaml, vars) {
+        Ok(_) => panic!("expected problems"),
+        Err(ConfigError::Invalid(problems)) => {
+            problems.iter().map(Problem::to_string_line).collect()
+        }
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+}
+
+/// The single problem of `yaml`.
+fn problem(yaml: &str) -> String {
+    let all = problems(yaml, &[]);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    all.into_iter().next().expect("one problem")
+}
+
+// ---- one test per class of problem ----
+
+#[test]
+fn type_error_in_a_number() {
+    assert_eq!(
+        problem("postgres:\n  port: abc\n"),
+        "cfg.yaml:2:9: postgres.port: invalid port \"abc\" (use an integer from 1 to 65535)"
+    );
+}
+
+#[test]
+fn type_error_in_the_shape() {
+    assert_eq!(
+        problem("services:\n  - name: pgbouncer\n    command: pgbouncer\n"),
+        "cfg.yaml:3:14: services[0].command: invalid type: string \"pgbouncer\", expected a \
+         sequence"
+    );
+    assert_eq!(
+        problem("postgres: [1]\n"),
+        "cfg.yaml:1:11: postgres: invalid type: sequence, expected struct RawPostgres"
+    );
+}
+
+#[test]
+fn unknown_key_at_the_top() {
+    assert!(problem("postgers:\n  port: 1\n")
+        .starts_with("cfg.yaml:1:1: postgers: unknown field `postgers`, expected one of "));
+}
+
+#[test]
+fn unknown_key_in_a_nested_map() {
+    assert_eq!(
+        problem("postgres:\n  stop:\n    mdoe: fast\n"),
+        "cfg.yaml:3:5: postgres.stop.mdoe: unknown field `mdoe`, expected one of `mode`, \
+         `timeout`, `kill_timeout`"
+    );
+}
+
+#[test]
+fn unknown_key_in_a_list_item() {
+    let yaml = "services:\n  - name: a\n    command: [a]\n  - name: b\n    comand: [b]\n";
+    assert!(problem(yaml)
+        .starts_with("cfg.yaml:5:5: services[1].comand: unknown field `comand`, expected one of"));
+}
+
+#[test]
+fn yaml_syntax_error() {
+    assert_eq!(
+        problem("postgres:\n  port: 1\n port: 2\n"),
+        "cfg.yaml:3:2: <document>: did not find expected key, while parsing a block mapping"
+    );
+}
+
+#[test]
+fn bad_duration() {
+    assert_eq!(
+        problem("postgres:\n  stop:\n    timeout: 5 parsecs\n"),
+        "cfg.yaml:3:14: postgres.stop.timeout: invalid duration \"5 parsecs\": unknown time \
+         unit \"parsecs\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, \
+         years (and few variations)"
+    );
+}
+
+#[test]
+fn bad_size() {
+    assert_eq!(
+        problem("log:\n  max_line_bytes: 12 zettabytes\n"),
+        "cfg.yaml:2:19: log.max_line_bytes: invalid size \"12 zettabytes\": unknown unit \
+         \"zettabytes\" (use B, kB, MB, GB, TB or KiB, MiB, GiB, TiB; all 1024-based)"
+    );
+}
+
+#[test]
+fn bad_cron() {
+    let yaml = "jobs:\n  - name: n\n    schedule: \"0 0 1 * * *\"\n    action: backup\n";
+    assert_eq!(
+        problem(yaml),
+        "cfg.yaml:3:15: jobs[0].schedule: invalid cron schedule \"0 0 1 * * *\": expected 5 \
+         fields (minute hour day-of-month month day-of-week), found 6; seconds are not supported"
+    );
+    let yaml = "jobs:\n  - name: n\n    schedule: 0 25 * * *\n    action: backup\n";
+    assert!(problem(yaml)
+        .starts_with("cfg.yaml:3:15: jobs[0].schedule: invalid cron schedule \"0 25 * * *\": "));
+}
+
+#[test]
+fn missing_env_var() {
+    assert_eq!(
+        problem("postgres:\n  init:\n    password: ${PGPASS}\n"),
+        "cfg.yaml:3:15: postgres.init.password: environment variable PGPASS is not set and has \
+         no default (use ${PGPASS:-default})"
+    );
+}
+
+#[test]
+fn duplicate_job_names() {
+    let yaml = "\
+jobs:
+  - { name: nightly, schedule: '@daily', action: backup }
+  - { name: nightly, schedule: '@daily', action: expire }
+";
+    assert_eq!(
+        problem(yaml),
+        "cfg.yaml:3:13: jobs[1].name: duplicate job name \"nightly\" (first defined at line 2)"
+    );
+}
+
+#[test]
+fn duplicate_service_names() {
+    let yaml = "\
+services:
+  - name: a
+    command: [a]
+  - name: a
+    command: [b]
+";
+    assert_eq!(
+        problem(yaml),
+        "cfg.yaml:4:11: services[1].name: duplicate service name \"a\" (first defined at line 2)"
+    );
+}
+
+#[test]
+fn service_named_postgres() {
+    assert_eq!(
+        problem("services:\n  - name: postgres\n    command: [x]\n"),
+        "cfg.yaml:2:11: services[0].name: \"postgres\" is reserved for the supervised server; \
+         pick another name"
+    );
+}
+
+#[test]
+fn after_unknown_service() {
+    let yaml = "services:\n  - name: a\n    command: [a]\n    after: [postgres, nope]\n";
+    assert_eq!(
+        problem(yaml),
+        "cfg.yaml:4:23: services[0].after[1]: unknown service \"nope\" (known: postgres, a)"
+    );
+}
+
+#[test]
+fn after_cycle() {
+    let yaml = "\
+services:
+  - { name: a, command: [a], after: b }
+  - { name: b, command: [b], after: [c] }
+  - { name: c, command: [c], after: [postgres, a] }
+  - { name: d, command: [d], after: d }
+";
+    assert_eq!(
+        problems(yaml, &[]),
+        [
+            "cfg.yaml:4:48: services[2].after[1]: dependency cycle: a -> b -> c -> a",
+            "cfg.yaml:5:37: services[3].after[0]: dependency cycle: d -> d",
+        ]
+    );
+}
+
+#[test]
+fn empty_command() {
+    assert_eq!(
+        problem("services:\n  - name: a\n    command: []\n"),
+        "cfg.yaml:3:14: services[0].command: command must not be empty"
+    );
+    assert_eq!(
+        problem("services:\n  - name: a\n"),
+        "cfg.yaml:2:5: services[0].command: missing command"
+    );
+}
+
+#[test]
+fn job_with_both_action_and_command() {
+    let yaml = "jobs:\n  - name: j\n    schedule: '@daily'\n    action: backup\n    command: [x]\n";
+    assert_eq!(
+        problem(yaml),
+        "cfg.yaml:5:5: jobs[0].command: action and command are exclusive; set one"
+    );
+}
+
+#[test]
+fn job_with_neither_action_nor_command() {
+    assert_eq!(
+        problem("jobs:\n  - name: j\n    schedule: '@daily'\n"),
+        "cfg.yaml:2:5: jobs[0]: either action or command is required"
+    );
+}
+
+#[test]
+fn unknown_action() {
+    assert_eq!(
+        problem("jobs:\n  - { name: j, schedule: '@daily', action: vacuum }\n"),
+        "cfg.yaml:2:44: jobs[0].action: unknown action \"vacuum\" (use backup, expire, verify, \
+         check)"
+    );
+}
+
+#[test]
+fn bad_stop_signal() {
+    assert_eq!(
+        problem("services:\n  - { name: a, command: [a], stop_signal: TERMINATE }\n"),
+        "cfg.yaml:2:43: services[0].stop_signal: unknown stop signal \"TERMINATE\" (use TERM, \
+         INT, QUIT, HUP, KILL, USR1 or USR2)"
+    );
+}
+
+#[test]
+fn bad_timezone() {
+    let line = problem(
+        "jobs:\n  - { name: j, schedule: '@daily', action: check, timezone: Mars/Olympus }\n",
+    );
+    assert!(
+        line.starts_with(
+            "cfg.yaml:2:61: jobs[0].timezone: unknown time zone \"Mars/Olympus\" (use UTC or an \
+             IANA name such as Europe/Paris"
+        ),
+        "{line}"
+    );
+}
+
+#[test]
+fn bad_stop_mode_log_format_and_port_zero_all_reported() {
+    let yaml = "\
+postgres:
+  port: 0
+  stop: { mode: slow }
+log:
+  format: xml
+";
+    assert_eq!(
+        problems(yaml, &[]),
+        [
+            "cfg.yaml:2:9: postgres.port: port 0 is not allowed (use 1 to 65535)",
+            "cfg.yaml:3:17: postgres.stop.mode: invalid stop mode \"slow\" (use smart or fast)",
+            "cfg.yaml:5:11: log.format: invalid log format \"xml\" (use text or json)",
+        ]
+    );
+}
+
+#[test]
+fn every_problem_is_reported_in_file_order() {
+    let yaml = "\
+postgres:
+  data_dir: relative/dir
+  restart: { backoff: 1 }
+services:
+  - name: 'bad name'
+    command: ['']
+    restart: sometimes
+jobs:
+  - { name: j, schedule: '@daily', action: backup, timeout: soon }
+";
+    assert_eq!(
+        problems(yaml, &[]),
+        [
+            "cfg.yaml:2:13: postgres.data_dir: expected an absolute path, got \"relative/dir\"",
+            "cfg.yaml:3:23: postgres.restart.backoff: invalid duration \"1\": time unit needed, \
+             for example 1sec or 1ms",
+            "cfg.yaml:5:11: services[0].name: invalid service name \"bad name\" (use letters, \
+             digits, '_', '.' and '-', starting with a letter or digit)",
+            "cfg.yaml:6:15: services[0].command[0]: program name must not be empty",
+            "cfg.yaml:7:14: services[0].restart: invalid restart mode \"sometimes\" (use always, \
+             on-failure or never)",
+            "cfg.yaml:9:61: jobs[0].timeout: invalid duration \"soon\": expected number at 0",
+        ]
+    );
+}
+
+// ---- interpolation ----
+
+#[test]
+fn interpolation_in_strings_numbers_and_durations() {
+    let yaml = "\
+postgres:
+  port: ${PGPORT:-5432}
+  user: ${PGUSER}
+  stop: { timeout: \"${STOP:-90s}\" }
+  parameters: { archive_command: 'test $$1', work_mem: '${WORK_MEM:-4MB}' }
+";
+    let config = ok(yaml, &[("PGUSER", "pg"), ("STOP", "2m")]);
+    assert_eq!(config.postgres.port, 5432);
+    assert_eq!(config.postgres.user, "pg");
+    assert_eq!(config.postgres.stop.timeout, Duration::from_secs(120));
+    assert_eq!(config.postgres.parameters["archive_command"], "test $1");
+    assert_eq!(config.postgres.parameters["work_mem"], "4MB");
+    let config = ok(yaml, &[("PGUSER", "pg"), ("PGPORT", "6432")]);
+    assert_eq!(config.postgres.port, 6432);
+    assert_eq!(config.postgres.stop.timeout, Duration::from_secs(90));
+}
+
+#[test]
+fn interpolated_number_still_checked_at_its_scalar() {
+    assert_eq!(
+        problems("postgres:\n  port: ${PGPORT}\n", &[("PGPORT", "x")]),
+        ["cfg.yaml:2:9: postgres.port: invalid port \"x\" (use an integer from 1 to 65535)"]
+    );
+}
+
+#[test]
+fn password_with_hash_and_colon_survives() {
+    let yaml = "postgres:\n  init:\n    password: ${PW}\n    superuser: \"a: b # c\"\n";
+    let config = ok(yaml, &[("PW", "p#ss: word # not a comment")]);
+    let password = config.postgres.init.password.expect("password");
+    assert_eq!(password.expose(), "p#ss: word # not a comment");
+    assert_eq!(config.postgres.init.superuser, "a: b # c");
+}
+
+// ---- *_file secrets ----
+
+#[test]
+fn secret_from_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("pw");
+    std::fs::write(&file, "from-file\n").expect("write");
+    let yaml = format!(
+        "postgres:\n  init:\n    password_file: {}\n",
+        file.display()
+    );
+    let config = ok(&yaml, &[("POSTGRES_PASSWORD", "from-env")]);
+    assert_eq!(
+        config.postgres.init.password.as_ref().map(Secret::expose),
+        Some("from-file")
+    );
+    // The file name itself may come from the environment.
+    let yaml = "postgres:\n  init:\n    password_file: ${SECRETS}/pw\n";
+    let dir_text = dir.path().display().to_string();
+    let config = ok(yaml, &[("SECRETS", &dir_text)]);
+    assert_eq!(
+        config.postgres.init.password.as_ref().map(Secret::expose),
+        Some("from-file")
+    );
+}
+
+#[test]
+fn secret_and_secret_file_are_exclusive() {
+    let yaml = "postgres:\n  init:\n    password: x\n    password_file: /run/secrets/pg\n";
+    assert_eq!(
+        problem(yaml),
+        "cfg.yaml:4:5: postgres.init.password_file: both password and password_file are set \
+         (but are exclusive)"
+    );
+}
+
+#[test]
+fn unreadable_secret_file_names_the_path() {
+    let yaml = "postgres:\n  init:\n    password_file: /nonexistent/pgward/pw\n";
+    assert_eq!(
+        problem(yaml),
+        "cfg.yaml:3:5: postgres.init.password_file: cannot read secret file \
+         /nonexistent/pgward/pw: No such file or directory (os error 2)"
+    );
+}
+
+// ---- defaults ----
+
+fn defaults(data_dir: &str, superuser: &str, database: &str) -> Config {
+    Config {
+        source: None,
+        postgres: PostgresConfig {
+            data_dir: PathBuf::from(data_dir),
+            port: 5432,
+            socket_dir: PathBuf::from("/var/run/postgresql"),
+            user: "postgres".into(),
+            bin_dir: None,
+            parameters: BTreeMap::new(),
+            init: InitConfig {
+                superuser: superuser.into(),
+                password: None,
+                database: database.into(),
+                initdb_args: vec![],
+                waldir: None,
+                host_auth_method: None,
+                scripts_dir: PathBuf::from("/docker-entrypoint-initdb.d"),
+            },
+            stop: StopConfig {
+                mode: StopMode::Fast,
+                timeout: Duration::from_secs(60),
+                kill_timeout: Duration::from_secs(10),
+            },
+            restart: RestartConfig {
+                start_secs: Duration::from_secs(10),
+                start_retries: 5,
+                backoff: Duration::from_secs(1),
+                max_backoff: Duration::from_secs(30),
+            },
+        },
+        services: vec![],
+        jobs: vec![],
+        log: LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+            max_line_bytes: 65536,
+        },
+        control: ControlConfig {
+            socket: PathBuf::from("/var/run/postgresql/pgward.sock"),
+        },
+    }
+}
+
+#[test]
+fn empty_file_is_all_defaults() {
+    let want = defaults("/var/lib/postgresql/data", "postgres", "postgres");
+    let nulls = "postgres:\n  parameters:\n  init: ~\nservices:\njobs: ~\nlog:\ncontrol:\n";
+    for yaml in ["", "# only a comment\n", "---\n", nulls] {
+        assert_eq!(ok(yaml, &[]), want, "{yaml:?}");
+    }
+}
+
+#[test]
+fn no_file_is_defaults_and_a_missing_file_is_a_read_error() {
+    let env = |_: &str| None;
+    let config = load(None, &env).expect("defaults load");
+    assert_eq!(
+        config,
+        defaults("/var/lib/postgresql/data", "postgres", "postgres")
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("missing.yaml");
+    match load(Some(&missing), &env) {
+        Err(ConfigError::Read { path, .. }) => assert_eq!(path, missing),
+        other => panic!("expected a read error, got {other:?}"),
+    }
+    let file = dir.path().join("pgward.yaml");
+    std::fs::write(&file, "postgres:\n  port: 6000\n").expect("write");
+    let config = load(Some(&file), &env).expect("file loads");
+    assert_eq!(config.source.as_deref(), Some(file.as_path()));
+    assert_eq!(config.postgres.port, 6000);
+    std::fs::write(&file, "postgres:\n  port: 0\n").expect("write");
+    let err = load(Some(&file), &env).expect_err("port 0");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}:2:9: postgres.port: port 0 is not allowed (use 1 to 65535)",
+            file.display()
+        )
+    );
+}
+
+#[test]
+fn official_image_environment() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db_file = dir.path().join("db");
+    std::fs::write(&db_file, "appdb\r\n").expect("write");
+    let db_file = db_file.display().to_string();
+    let env = [
+        ("PGDATA", "/data/pg"),
+        ("POSTGRES_USER", "admin"),
+        ("POSTGRES_PASSWORD", "pw"),
+        ("POSTGRES_DB_FILE", db_file.as_str()),
+        ("POSTGRES_INITDB_ARGS", " --data-checksums  --locale=C "),
+        ("POSTGRES_INITDB_WALDIR", "/wal"),
+        ("POSTGRES_HOST_AUTH_METHOD", "md5"),
+    ];
+    let config = ok("", &env);
+    let init = &config.postgres.init;
+    assert_eq!(config.postgres.data_dir, Path::new("/data/pg"));
+    assert_eq!(init.superuser, "admin");
+    assert_eq!(init.password.as_ref().map(Secret::expose), Some("pw"));
+    assert_eq!(init.database, "appdb");
+    assert_eq!(init.initdb_args, ["--data-checksums", "--locale=C"]);
+    assert_eq!(init.waldir.as_deref(), Some(Path::new("/wal")));
+    assert_eq!(init.host_auth_method.as_deref(), Some("md5"));
+    // The database defaults to the superuser; empty values count as unset.
+    let config = ok(
+        "",
+        &[
+            ("POSTGRES_USER", "admin"),
+            ("POSTGRES_DB", ""),
+            ("PGDATA", ""),
+        ],
+    );
+    assert_eq!(
+        config,
+        defaults("/var/lib/postgresql/data", "admin", "admin")
+    );
+    // Keys in the file win over the environment.
+    let yaml = "postgres:\n  data_dir: /srv/pg\n  init: { superuser: root, password: file-pw }\n";
+    let config = ok(yaml, &env);
+    assert_eq!(config.postgres.data_dir, Path::new("/srv/pg"));
+    assert_eq!(config.postgres.init.superuser, "root");
+    assert_eq!(config.postgres.init.database, "appdb");
+    assert_eq!(
+        config.postgres.init.password.as_ref().map(Secret::expose),
+        Some("file-pw")
+    );
+}
+
+#[test]
+fn official_image_exclusive_and_unreadable_variables() {
+    let env = [
+        ("POSTGRES_PASSWORD", "pw"),
+        ("POSTGRES_PASSWORD_FILE", "/run/secrets/pw"),
+        ("POSTGRES_USER_FILE", "/nonexistent/pgward/user"),
+    ];
+    assert_eq!(
+        problems("", &env),
+        [
+            "<env>:0:0: POSTGRES_USER_FILE: cannot read secret file /nonexistent/pgward/user: \
+             No such file or directory (os error 2)",
+            "<env>:0:0: POSTGRES_PASSWORD: both POSTGRES_PASSWORD and POSTGRES_PASSWORD_FILE \
+             are set (but are exclusive)",
+        ]
+    );
+}
+
+// ---- a full file ----
+
+const FULL: &str = r#"
+postgres:
+  data_dir: /var/lib/postgresql/data
+  port: 5433
+  socket_dir: /run/pg
+  user: pg
+  bin_dir: /usr/lib/postgresql/16/bin
+  parameters: { shared_buffers: 128MB, max_connections: 50, log_connections: on, archive_timeout: 60s, ssl: true, random_page_cost: 1.10 }
+  init:
+    superuser: admin
+    password: hunter2
+    database: app
+    initdb_args: [--data-checksums]
+    waldir: /wal
+    host_auth_method: scram-sha-256
+    scripts_dir: /init.d
+  stop: { mode: smart, timeout: 30s, kill_timeout: 5s }
+  restart: { start_secs: 2s, start_retries: 7, backoff: 500ms, max_backoff: 1m }
+services:
+  - { name: pgbouncer, command: [pgbouncer, /etc/pgbouncer.ini], env: {A: b, DB_PASSWORD: sesame}, user: postgres, working_dir: /tmp, restart: always, start_secs: 3s, start_retries: 4, backoff: 2s, max_backoff: 20s, stop_signal: SIGINT, stop_timeout: 15s, after: postgres }
+  - name: exporter
+    command: [exporter]
+    after: [postgres, pgbouncer]
+jobs:
+  - { name: nightly, schedule: "0 1 * * *", action: backup, timezone: Europe/Paris, timeout: 1h }
+  - { name: analyze, schedule: "@weekly", command: [vacuumdb, --all, --analyze-only] }
+log: { format: json, level: "pgward=debug,info", max_line_bytes: 1MiB }
+control: { socket: /run/pgward.sock }
+"#;
+
+#[test]
+fn full_example() {
+    let config = ok(FULL, &[("POSTGRES_PASSWORD", "ignored")]);
+    let pg = &config.postgres;
+    assert_eq!(pg.port, 5433);
+    assert_eq!(pg.socket_dir, Path::new("/run/pg"));
+    assert_eq!(pg.user, "pg");
+    assert_eq!(
+        pg.bin_dir.as_deref(),
+        Some(Path::new("/usr/lib/postgresql/16/bin"))
+    );
+    let params: Vec<(&str, &str)> = pg
+        .parameters
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        params,
+        [
+            ("archive_timeout", "60s"),
+            ("log_connections", "on"),
+            ("max_connections", "50"),
+            ("random_page_cost", "1.10"),
+            ("shared_buffers", "128MB"),
+            ("ssl", "true"),
+        ]
+    );
+    assert_eq!(pg.init.superuser, "admin");
+    assert_eq!(
+        pg.init.password.as_ref().map(Secret::expose),
+        Some("hunter2")
+    );
+    assert_eq!(pg.init.database, "app");
+    assert_eq!(pg.init.initdb_args, ["--data-checksums"]);
+    assert_eq!(pg.init.scripts_dir, Path::new("/init.d"));
+    assert_eq!(pg.stop.mode, StopMode::Smart);
+    assert_eq!(pg.stop.timeout, Duration::from_secs(30));
+    assert_eq!(pg.stop.kill_timeout, Duration::from_secs(5));
+    assert_eq!(
+        pg.restart,
+        RestartConfig {
+            start_secs: Duration::from_secs(2),
+            start_retries: 7,
+            backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(60),
+        }
+    );
+    assert_eq!(
+        config.services[0],
+        ServiceConfig {
+            name: "pgbouncer".into(),
+            command: vec!["pgbouncer".into(), "/etc/pgbouncer.ini".into()],
+            env: BTreeMap::from([
+                ("A".into(), "b".into()),
+                ("DB_PASSWORD".into(), "sesame".into())
+            ]),
+            user: Some("postgres".into()),
+            working_dir: Some(PathBuf::from("/tmp")),
+            restart: RestartMode::Always,
+            restart_policy: RestartConfig {
+                start_secs: Duration::from_secs(3),
+                start_retries: 4,
+                backoff: Duration::from_secs(2),
+                max_backoff: Duration::from_secs(20),
+            },
+            stop_signal: StopSignal(Signal::SIGINT),
+            stop_timeout: Duration::from_secs(15),
+            after: vec!["postgres".into()],
+        }
+    );
+    assert_eq!(
+        config.services[1],
+        ServiceConfig {
+            name: "exporter".into(),
+            command: vec!["exporter".into()],
+            env: BTreeMap::new(),
+            user: None,
+            working_dir: None,
+            restart: RestartMode::OnFailure,
+            restart_policy: RestartConfig {
+                start_secs: Duration::from_secs(1),
+                start_retries: 3,
+                backoff: Duration::from_secs(1),
+                max_backoff: Duration::from_secs(30),
+            },
+            stop_signal: StopSignal(Signal::SIGTERM),
+            stop_timeout: Duration::from_secs(10),
+            after: vec!["postgres".into(), "pgbouncer".into()],
+        }
+    );
+    assert_eq!(
+        config.jobs,
+        [
+            JobConfig {
+                name: "nightly".into(),
+                schedule: "0 1 * * *".into(),
+                action: Some("backup".into()),
+                command: None,
+                timezone: "Europe/Paris".into(),
+                timeout: Some(Duration::from_secs(3600)),
+            },
+            JobConfig {
+                name: "analyze".into(),
+                schedule: "@weekly".into(),
+                action: None,
+                command: Some(vec![
+                    "vacuumdb".into(),
+                    "--all".into(),
+                    "--analyze-only".into()
+                ]),
+                timezone: "UTC".into(),
+                timeout: None,
+            },
+        ]
+    );
+    assert_eq!(
+        config.log,
+        LogConfig {
+            format: LogFormat::Json,
+            level: "pgward=debug,info".into(),
+            max_line_bytes: 1 << 20,
+        }
+    );
+    assert_eq!(config.control.socket, Path::new("/run/pgward.sock"));
+}
+
+// ---- redaction ----
+
+#[test]
+fn redacted_yaml_hides_every_secret() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("pw");
+    std::fs::write(&file, "file-secret-123\n").expect("write");
+    let yaml = format!(
+        "\
+postgres:
+  parameters: {{ ssl_passphrase_command_password: param-secret-1, work_mem: 4MB }}
+  init: {{ password_file: {} }}
+services:
+  - name: app
+    command: [app]
+    env: {{ PGPASSWORD: env-secret-1, aws_secret_access_key: env-secret-2, API_TOKEN: env-secret-3, ssh_key: env-secret-4, MODE: visible-value }}
+",
+        file.display()
+    );
+    let config = ok(&yaml, &[]);
+    let printed = redacted_yaml(&config);
+    for secret in [
+        "file-secret-123",
+        "param-secret-1",
+        "env-secret-1",
+        "env-secret-2",
+        "env-secret-3",
+        "env-secret-4",
+    ] {
+        assert!(!printed.contains(secret), "{secret} leaked:\n{printed}");
+    }
+    assert!(printed.contains("visible-value"), "{printed}");
+    assert!(printed.contains("work_mem: 4MB"), "{printed}");
+    assert!(printed.contains("password: <redacted>"), "{printed}");
+    // The original is untouched.
+    assert_eq!(
+        config.postgres.init.password.as_ref().map(Secret::expose),
+        Some("file-secret-123")
+    );
+}
+
+#[test]
+fn redacted_yaml_of_defaults_round_trips_key_names() {
+    let printed = redacted_yaml(&ok("", &[]));
+    for key in [
+        "data_dir:",
+        "socket:",
+        "max_line_bytes: 65536",
+        "timeout: 1m",
+    ] {
+        assert!(printed.contains(key), "{key} missing:\n{printed}");
+    }
+}

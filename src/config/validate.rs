@@ -1,0 +1,788 @@
+//! Raw serde model → typed [`Config`]: interpolation, defaults, parsing and every check.
+//!
+//! Each raw struct is destructured without `..`, so a field added to `raw.rs` does not compile
+//! until it is handled here. Problems are collected, never returned early, so one run of
+//! `config check` shows all of them, each at the key or value it is about.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use super::image_env::{self, EnvProblem};
+use super::interpolate::{interpolate, Env};
+use super::locate::{Locator, Pos};
+use super::raw::*;
+use super::schedule::{check_timezone, parse_schedule};
+use super::secret::read_secret_file;
+use super::size::parse_size;
+use super::*;
+
+/// Built-in actions a job may run.
+pub(crate) const ACTIONS: &[&str] = &["backup", "expire", "verify", "check"];
+/// Signals a service may be stopped with.
+const STOP_SIGNALS: &[Signal] = &[
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGHUP,
+    Signal::SIGKILL,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+/// `sun_path` holds 108 bytes including the terminating NUL.
+const MAX_SOCKET_PATH: usize = 107;
+/// Label of problems that come from `POSTGRES_*` variables rather than from the file.
+pub(crate) const ENV_FILE: &str = "<env>";
+
+/// State shared by the checks: where problems are reported and what they are resolved against.
+pub(crate) struct Cx<'a> {
+    pub file: String,
+    pub loc: &'a Locator,
+    pub env: Env<'a>,
+    pub zoneinfo: &'a Path,
+    pub problems: Vec<Problem>,
+}
+
+impl Cx<'_> {
+    fn problem(&mut self, path: &str, at: Pos, reason: impl Into<String>) {
+        self.problems.push(Problem {
+            file: self.file.clone(),
+            line: at.line,
+            column: at.column,
+            key: path.to_owned(),
+            reason: reason.into(),
+        });
+    }
+
+    /// A problem with the value at `path` (or where it would go, when absent).
+    fn at_value(&mut self, path: &str, reason: impl Into<String>) {
+        let at = self.loc.value(path);
+        self.problem(path, at, reason);
+    }
+
+    /// A problem with the key of `path` itself (a conflict, a key that should not be there).
+    fn at_key(&mut self, path: &str, reason: impl Into<String>) {
+        let at = self.loc.key(path);
+        self.problem(path, at, reason);
+    }
+
+    fn env_problem(&mut self, problem: EnvProblem) {
+        self.problems.push(Problem {
+            file: ENV_FILE.to_owned(),
+            line: 0,
+            column: 0,
+            key: problem.var,
+            reason: problem.reason,
+        });
+    }
+
+    /// `$name`/`$name_FILE` per the image; problems are reported, the value dropped.
+    fn file_env(&mut self, name: &str) -> Option<String> {
+        image_env::file_env(self.env, name).unwrap_or_else(|p| {
+            self.env_problem(p);
+            None
+        })
+    }
+
+    /// The interpolated text of a scalar; `None` (reported) when interpolation fails.
+    fn text(&mut self, path: &str, raw: Text) -> Option<String> {
+        match interpolate(&raw.0, self.env) {
+            Ok(text) => Some(text),
+            Err(reason) => {
+                self.at_value(path, reason);
+                None
+            }
+        }
+    }
+
+    /// Interpolates then parses an optional scalar; `None` when absent or invalid (reported).
+    fn parse<T>(
+        &mut self,
+        path: &str,
+        raw: Option<Text>,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let text = self.text(path, raw?)?;
+        match parse(&text) {
+            Ok(value) => Some(value),
+            Err(reason) => {
+                self.at_value(path, reason);
+                None
+            }
+        }
+    }
+
+    fn string(&mut self, path: &str, raw: Option<Text>) -> Option<String> {
+        self.parse(path, raw, non_empty)
+    }
+
+    fn path(&mut self, path: &str, raw: Option<Text>) -> Option<PathBuf> {
+        self.parse(path, raw, absolute_path)
+    }
+
+    fn duration(&mut self, path: &str, raw: Option<Text>) -> Option<Duration> {
+        self.parse(path, raw, parse_duration)
+    }
+
+    /// Every element interpolated; failures are reported and dropped.
+    fn list(&mut self, path: &str, raw: Vec<Text>) -> Vec<String> {
+        raw.into_iter()
+            .enumerate()
+            .filter_map(|(i, item)| self.text(&format!("{path}[{i}]"), item))
+            .collect()
+    }
+
+    /// A string map with every value interpolated.
+    fn map(&mut self, path: &str, raw: BTreeMap<String, Text>) -> BTreeMap<String, String> {
+        raw.into_iter()
+            .filter_map(|(k, v)| {
+                let value = self.text(&super::locate::join(path, &k), v)?;
+                Some((k, value))
+            })
+            .collect()
+    }
+
+    /// A secret given as `x: value` or `x_file: path` (exclusive). `path` names `x`.
+    fn secret(&mut self, path: &str, value: Option<Text>, file: Option<Text>) -> Option<Secret> {
+        let file_path = format!("{path}_file");
+        let leaf = path.rsplit('.').next().unwrap_or(path);
+        match (value, file) {
+            (Some(_), Some(_)) => {
+                self.at_key(
+                    &file_path,
+                    format!("both {leaf} and {leaf}_file are set (but are exclusive)"),
+                );
+                None
+            }
+            (Some(value), None) => self.text(path, value).map(Secret::new),
+            (None, Some(file)) => {
+                let name = self.text(&file_path, file)?;
+                match read_secret_file(Path::new(&name)) {
+                    Ok(secret) => Some(Secret::new(secret)),
+                    Err(reason) => {
+                        self.at_key(&file_path, reason);
+                        None
+                    }
+                }
+            }
+            (None, None) => None,
+        }
+    }
+}
+
+/// Converts the raw model, reporting every problem into `cx`. The returned value is only
+/// meaningful when `cx.problems` stays empty.
+pub(crate) fn validate(raw: RawConfig, cx: &mut Cx<'_>) -> Config {
+    let RawConfig {
+        postgres,
+        services,
+        jobs,
+        log,
+        control,
+    } = raw;
+    let postgres = validate_postgres(postgres, cx);
+    let services = validate_services(services, cx);
+    let jobs = validate_jobs(jobs, cx);
+    let log = validate_log(log, cx);
+    let control = validate_control(control, &postgres.socket_dir, cx);
+    Config {
+        source: None,
+        postgres,
+        services,
+        jobs,
+        log,
+        control,
+    }
+}
+
+fn validate_postgres(raw: RawPostgres, cx: &mut Cx<'_>) -> PostgresConfig {
+    let RawPostgres {
+        data_dir,
+        port,
+        socket_dir,
+        user,
+        bin_dir,
+        parameters,
+        init,
+        stop,
+        restart,
+    } = raw;
+    let data_dir = match data_dir {
+        Some(raw) => cx.path("postgres.data_dir", Some(raw)),
+        None => image_env::var(cx.env, "PGDATA").map(PathBuf::from),
+    }
+    .unwrap_or_else(|| PathBuf::from("/var/lib/postgresql/data"));
+    let port = cx.parse("postgres.port", port, parse_port).unwrap_or(5432);
+    let socket_dir = cx
+        .path("postgres.socket_dir", socket_dir)
+        .unwrap_or_else(|| PathBuf::from("/var/run/postgresql"));
+    let user = cx
+        .string("postgres.user", user)
+        .unwrap_or_else(|| "postgres".to_owned());
+    let bin_dir = cx.path("postgres.bin_dir", bin_dir);
+    let parameters = validate_parameters(parameters, cx);
+    PostgresConfig {
+        data_dir,
+        port,
+        socket_dir,
+        user,
+        bin_dir,
+        parameters,
+        init: validate_init(init, cx),
+        stop: validate_stop(stop, cx),
+        restart: validate_restart(
+            "postgres.restart",
+            restart,
+            RestartConfig {
+                start_secs: Duration::from_secs(10),
+                start_retries: 5,
+                backoff: Duration::from_secs(1),
+                max_backoff: Duration::from_secs(30),
+            },
+            cx,
+        ),
+    }
+}
+
+/// Settings pgward passes itself; setting them twice would silently lose one.
+const MANAGED_PARAMETERS: &[(&str, &str)] = &[
+    ("port", "postgres.port"),
+    ("data_directory", "postgres.data_dir"),
+];
+
+fn validate_parameters(raw: BTreeMap<String, Text>, cx: &mut Cx<'_>) -> BTreeMap<String, String> {
+    for name in raw.keys() {
+        let path = format!("postgres.parameters.{name}");
+        if !is_parameter_name(name) {
+            cx.at_key(&path, format!("invalid parameter name {name:?}"));
+        } else if let Some((_, key)) = MANAGED_PARAMETERS.iter().find(|(n, _)| n == name) {
+            cx.at_key(&path, format!("set {key} instead"));
+        }
+    }
+    cx.map("postgres.parameters", raw)
+}
+
+fn validate_init(raw: RawInit, cx: &mut Cx<'_>) -> InitConfig {
+    let RawInit {
+        superuser,
+        password,
+        password_file,
+        database,
+        initdb_args,
+        waldir,
+        host_auth_method,
+        scripts_dir,
+    } = raw;
+    let superuser = match superuser {
+        Some(raw) => cx.string("postgres.init.superuser", Some(raw)),
+        None => cx.file_env("POSTGRES_USER"),
+    }
+    .unwrap_or_else(|| "postgres".to_owned());
+    let password = match (password, password_file) {
+        (None, None) => cx.file_env("POSTGRES_PASSWORD").map(Secret::new),
+        (value, file) => cx.secret("postgres.init.password", value, file),
+    };
+    let database = match database {
+        Some(raw) => cx.string("postgres.init.database", Some(raw)),
+        None => cx.file_env("POSTGRES_DB"),
+    }
+    .unwrap_or_else(|| superuser.clone());
+    let initdb_args = match initdb_args {
+        Some(raw) => cx.list("postgres.init.initdb_args", raw),
+        // Unquoted in the image's script, so the shell splits it on whitespace.
+        None => cx
+            .file_env("POSTGRES_INITDB_ARGS")
+            .map(|args| args.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default(),
+    };
+    let waldir = match waldir {
+        Some(raw) => cx.path("postgres.init.waldir", Some(raw)),
+        None => image_env::var(cx.env, "POSTGRES_INITDB_WALDIR").map(PathBuf::from),
+    };
+    let host_auth_method = match host_auth_method {
+        Some(raw) => cx.string("postgres.init.host_auth_method", Some(raw)),
+        None => image_env::var(cx.env, "POSTGRES_HOST_AUTH_METHOD"),
+    };
+    let scripts_dir = cx
+        .path("postgres.init.scripts_dir", scripts_dir)
+        .unwrap_or_else(|| PathBuf::from("/docker-entrypoint-initdb.d"));
+    InitConfig {
+        superuser,
+        password,
+        database,
+        initdb_args,
+        waldir,
+        host_auth_method,
+        scripts_dir,
+    }
+}
+
+fn validate_stop(raw: RawStop, cx: &mut Cx<'_>) -> StopConfig {
+    let RawStop {
+        mode,
+        timeout,
+        kill_timeout,
+    } = raw;
+    StopConfig {
+        mode: cx
+            .parse("postgres.stop.mode", mode, |s| match s {
+                "smart" => Ok(StopMode::Smart),
+                "fast" => Ok(StopMode::Fast),
+                _ => Err(format!("invalid stop mode {s:?} (use smart or fast)")),
+            })
+            .unwrap_or(StopMode::Fast),
+        timeout: cx
+            .duration("postgres.stop.timeout", timeout)
+            .unwrap_or(Duration::from_secs(60)),
+        kill_timeout: cx
+            .duration("postgres.stop.kill_timeout", kill_timeout)
+            .unwrap_or(Duration::from_secs(10)),
+    }
+}
+
+/// The restart knobs found under `base` (`postgres.restart`, or a service itself).
+fn validate_restart(
+    base: &str,
+    raw: RawRestart,
+    defaults: RestartConfig,
+    cx: &mut Cx<'_>,
+) -> RestartConfig {
+    let RawRestart {
+        start_secs,
+        start_retries,
+        backoff,
+        max_backoff,
+    } = raw;
+    let path = |key: &str| super::locate::join(base, key);
+    let policy = RestartConfig {
+        start_secs: cx
+            .duration(&path("start_secs"), start_secs)
+            .unwrap_or(defaults.start_secs),
+        start_retries: cx
+            .parse(&path("start_retries"), start_retries, parse_count)
+            .unwrap_or(defaults.start_retries),
+        backoff: cx
+            .duration(&path("backoff"), backoff)
+            .unwrap_or(defaults.backoff),
+        max_backoff: cx
+            .duration(&path("max_backoff"), max_backoff)
+            .unwrap_or(defaults.max_backoff),
+    };
+    if policy.max_backoff < policy.backoff {
+        cx.at_value(
+            &path("max_backoff"),
+            format!(
+                "max_backoff ({}) is shorter than backoff ({})",
+                humantime::format_duration(policy.max_backoff),
+                humantime::format_duration(policy.backoff)
+            ),
+        );
+    }
+    policy
+}
+
+fn validate_services(raw: Vec<RawService>, cx: &mut Cx<'_>) -> Vec<ServiceConfig> {
+    let mut first_seen: HashMap<String, usize> = HashMap::new();
+    let mut services = Vec::with_capacity(raw.len());
+    for (i, raw) in raw.into_iter().enumerate() {
+        let base = format!("services[{i}]");
+        let service = validate_service(&base, raw, cx);
+        let name_path = format!("{base}.name");
+        if service.name == "postgres" {
+            cx.at_value(
+                &name_path,
+                "\"postgres\" is reserved for the supervised server; pick another name",
+            );
+        } else if let Some(first) = first_seen.get(&service.name) {
+            let first_at = cx.loc.value(&format!("services[{first}].name"));
+            cx.at_value(
+                &name_path,
+                format!(
+                    "duplicate service name {:?} (first defined at line {})",
+                    service.name, first_at.line
+                ),
+            );
+        } else if !service.name.is_empty() {
+            first_seen.insert(service.name.clone(), i);
+        }
+        services.push(service);
+    }
+    check_after(&services, &first_seen, cx);
+    services
+}
+
+fn validate_service(base: &str, raw: RawService, cx: &mut Cx<'_>) -> ServiceConfig {
+    let RawService {
+        name,
+        command,
+        env,
+        user,
+        working_dir,
+        restart,
+        start_secs,
+        start_retries,
+        backoff,
+        max_backoff,
+        stop_signal,
+        stop_timeout,
+        after,
+    } = raw;
+    let path = |key: &str| super::locate::join(base, key);
+    let name = required_name(cx, &path("name"), name, "service");
+    let command = required_command(cx, &path("command"), command);
+    let env = cx.map(&path("env"), env);
+    let user = cx.string(&path("user"), user);
+    let working_dir = cx.path(&path("working_dir"), working_dir);
+    let restart = cx
+        .parse(&path("restart"), restart, |s| match s {
+            "always" => Ok(RestartMode::Always),
+            "on-failure" => Ok(RestartMode::OnFailure),
+            "never" => Ok(RestartMode::Never),
+            _ => Err(format!(
+                "invalid restart mode {s:?} (use always, on-failure or never)"
+            )),
+        })
+        .unwrap_or(RestartMode::OnFailure);
+    let restart_policy = validate_restart(
+        base,
+        RawRestart {
+            start_secs,
+            start_retries,
+            backoff,
+            max_backoff,
+        },
+        RestartConfig {
+            start_secs: Duration::from_secs(1),
+            start_retries: 3,
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+        },
+        cx,
+    );
+    let stop_signal = cx
+        .parse(&path("stop_signal"), stop_signal, parse_signal)
+        .unwrap_or(StopSignal(Signal::SIGTERM));
+    let stop_timeout = cx
+        .duration(&path("stop_timeout"), stop_timeout)
+        .unwrap_or(Duration::from_secs(10));
+    let after = cx.list(&path("after"), after.0);
+    ServiceConfig {
+        name,
+        command,
+        env,
+        user,
+        working_dir,
+        restart,
+        restart_policy,
+        stop_signal,
+        stop_timeout,
+        after,
+    }
+}
+
+/// `after:` must name `postgres` or a service, and services must not wait on each other in a
+/// circle (none would ever start).
+fn check_after(services: &[ServiceConfig], index: &HashMap<String, usize>, cx: &mut Cx<'_>) {
+    for (i, service) in services.iter().enumerate() {
+        for (j, dep) in service.after.iter().enumerate() {
+            if dep != "postgres" && !index.contains_key(dep) {
+                let mut known: Vec<&str> = vec!["postgres"];
+                known.extend(services.iter().map(|s| s.name.as_str()));
+                cx.at_value(
+                    &format!("services[{i}].after[{j}]"),
+                    format!("unknown service {dep:?} (known: {})", known.join(", ")),
+                );
+            }
+        }
+    }
+    // Depth-first search; an edge back into the current path closes a cycle, reported once at
+    // that edge.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Active,
+        Done,
+    }
+    fn visit(
+        i: usize,
+        services: &[ServiceConfig],
+        index: &HashMap<String, usize>,
+        marks: &mut [Mark],
+        stack: &mut Vec<usize>,
+        cx: &mut Cx<'_>,
+    ) {
+        marks[i] = Mark::Active;
+        stack.push(i);
+        for (j, dep) in services[i].after.iter().enumerate() {
+            let Some(&k) = index.get(dep) else { continue };
+            match marks[k] {
+                Mark::New => visit(k, services, index, marks, stack, cx),
+                Mark::Active => {
+                    let start = stack.iter().position(|&s| s == k).unwrap_or(0);
+                    let mut names: Vec<&str> = stack[start..]
+                        .iter()
+                        .map(|&s| services[s].name.as_str())
+                        .collect();
+                    names.push(&services[k].name);
+                    cx.at_value(
+                        &format!("services[{i}].after[{j}]"),
+                        format!("dependency cycle: {}", names.join(" -> ")),
+                    );
+                }
+                Mark::Done => {}
+            }
+        }
+        stack.pop();
+        marks[i] = Mark::Done;
+    }
+    let mut marks = vec![Mark::New; services.len()];
+    for i in 0..services.len() {
+        // Only the first definition of a name takes part in the graph.
+        if marks[i] == Mark::New && index.get(&services[i].name) == Some(&i) {
+            visit(i, services, index, &mut marks, &mut Vec::new(), cx);
+        }
+    }
+}
+
+fn validate_jobs(raw: Vec<RawJob>, cx: &mut Cx<'_>) -> Vec<JobConfig> {
+    let mut first_seen: HashMap<String, usize> = HashMap::new();
+    let mut jobs = Vec::with_capacity(raw.len());
+    for (i, raw) in raw.into_iter().enumerate() {
+        let base = format!("jobs[{i}]");
+        let job = validate_job(&base, raw, cx);
+        if let Some(first) = first_seen.get(&job.name) {
+            let first_at = cx.loc.value(&format!("jobs[{first}].name"));
+            cx.at_value(
+                &format!("{base}.name"),
+                format!(
+                    "duplicate job name {:?} (first defined at line {})",
+                    job.name, first_at.line
+                ),
+            );
+        } else if !job.name.is_empty() {
+            first_seen.insert(job.name.clone(), i);
+        }
+        jobs.push(job);
+    }
+    jobs
+}
+
+fn validate_job(base: &str, raw: RawJob, cx: &mut Cx<'_>) -> JobConfig {
+    let RawJob {
+        name,
+        schedule,
+        action,
+        command,
+        timezone,
+        timeout,
+    } = raw;
+    let path = |key: &str| super::locate::join(base, key);
+    let name = required_name(cx, &path("name"), name, "job");
+    let schedule = if schedule.is_none() {
+        cx.at_value(&path("schedule"), "missing schedule");
+        String::new()
+    } else {
+        cx.parse(&path("schedule"), schedule, |s| {
+            parse_schedule(s).map(|_| s.to_owned())
+        })
+        .unwrap_or_default()
+    };
+    let (action, command) = match (action, command) {
+        (Some(_), Some(_)) => {
+            cx.at_key(
+                &path("command"),
+                "action and command are exclusive; set one",
+            );
+            (None, None)
+        }
+        (None, None) => {
+            cx.at_value(base, "either action or command is required");
+            (None, None)
+        }
+        (action, command) => (
+            cx.parse(&path("action"), action, |s| {
+                if ACTIONS.contains(&s) {
+                    Ok(s.to_owned())
+                } else {
+                    Err(format!("unknown action {s:?} (use {})", ACTIONS.join(", ")))
+                }
+            }),
+            command.map(|c| required_command(cx, &path("command"), Some(c))),
+        ),
+    };
+    let zoneinfo = cx.zoneinfo;
+    let timezone = cx
+        .parse(&path("timezone"), timezone, |s| {
+            check_timezone(s, zoneinfo).map(|()| s.to_owned())
+        })
+        .unwrap_or_else(|| "UTC".to_owned());
+    let timeout = cx.duration(&path("timeout"), timeout);
+    JobConfig {
+        name,
+        schedule,
+        action,
+        command,
+        timezone,
+        timeout,
+    }
+}
+
+fn validate_log(raw: RawLog, cx: &mut Cx<'_>) -> LogConfig {
+    let RawLog {
+        format,
+        level,
+        max_line_bytes,
+    } = raw;
+    LogConfig {
+        format: cx
+            .parse("log.format", format, |s| match s {
+                "text" => Ok(LogFormat::Text),
+                "json" => Ok(LogFormat::Json),
+                _ => Err(format!("invalid log format {s:?} (use text or json)")),
+            })
+            .unwrap_or(LogFormat::Text),
+        level: cx
+            .parse("log.level", level, |s| {
+                tracing_subscriber::EnvFilter::try_new(s)
+                    .map(|_| s.to_owned())
+                    .map_err(|e| format!("invalid log level {s:?}: {e}"))
+            })
+            .unwrap_or_else(|| "info".to_owned()),
+        max_line_bytes: cx
+            .parse(
+                "log.max_line_bytes",
+                max_line_bytes,
+                |s| match parse_size(s)? {
+                    0 => Err("max_line_bytes must be at least 1".to_owned()),
+                    n => Ok(n),
+                },
+            )
+            .unwrap_or(64 * 1024),
+    }
+}
+
+fn validate_control(raw: RawControl, socket_dir: &Path, cx: &mut Cx<'_>) -> ControlConfig {
+    let RawControl { socket } = raw;
+    let given = socket.is_some();
+    let socket = cx
+        .path("control.socket", socket)
+        .unwrap_or_else(|| socket_dir.join("pgward.sock"));
+    let len = socket.as_os_str().len();
+    if len > MAX_SOCKET_PATH {
+        let key = if given {
+            "control.socket"
+        } else {
+            "postgres.socket_dir"
+        };
+        cx.at_value(
+            key,
+            format!(
+                "control socket path {} is {len} bytes; unix sockets allow at most \
+                 {MAX_SOCKET_PATH}",
+                socket.display()
+            ),
+        );
+    }
+    ControlConfig { socket }
+}
+
+fn required_name(cx: &mut Cx<'_>, path: &str, raw: Option<Text>, what: &str) -> String {
+    if raw.is_none() {
+        cx.at_value(path, format!("missing {what} name"));
+        return String::new();
+    }
+    cx.parse(path, raw, |s| {
+        let mut chars = s.chars();
+        let ok = matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+            && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if ok {
+            Ok(s.to_owned())
+        } else {
+            Err(format!(
+                "invalid {what} name {s:?} (use letters, digits, '_', '.' and '-', starting \
+                 with a letter or digit)"
+            ))
+        }
+    })
+    .unwrap_or_default()
+}
+
+fn required_command(cx: &mut Cx<'_>, path: &str, raw: Option<Vec<Text>>) -> Vec<String> {
+    let Some(raw) = raw else {
+        cx.at_value(path, "missing command");
+        return Vec::new();
+    };
+    let command = cx.list(path, raw);
+    match command.first() {
+        None if cx.loc.contains(&format!("{path}[0]")) => {} // element failed, reported
+        None => cx.at_value(path, "command must not be empty"),
+        Some(program) if program.is_empty() => {
+            cx.at_value(&format!("{path}[0]"), "program name must not be empty")
+        }
+        Some(_) => {}
+    }
+    command
+}
+
+fn non_empty(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        Err("must not be empty".to_owned())
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
+fn absolute_path(s: &str) -> Result<PathBuf, String> {
+    if s.starts_with('/') {
+        Ok(PathBuf::from(s))
+    } else {
+        Err(format!("expected an absolute path, got {s:?}"))
+    }
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    match s.trim().parse::<u16>() {
+        Ok(0) => Err("port 0 is not allowed (use 1 to 65535)".to_owned()),
+        Ok(port) => Ok(port),
+        Err(_) => Err(format!(
+            "invalid port {s:?} (use an integer from 1 to 65535)"
+        )),
+    }
+}
+
+fn parse_count(s: &str) -> Result<u32, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("invalid count {s:?} (use a non-negative integer)"))
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+fn parse_signal(s: &str) -> Result<StopSignal, String> {
+    let upper = s.trim().to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    Signal::from_str(&full)
+        .ok()
+        .filter(|sig| STOP_SIGNALS.contains(sig))
+        .map(StopSignal)
+        .ok_or_else(|| {
+            format!("unknown stop signal {s:?} (use TERM, INT, QUIT, HUP, KILL, USR1 or USR2)")
+        })
+}
+
+/// A GUC name as postgres accepts it on the command line (`-c name=value`): letters, digits,
+/// `_`, and `.` for extension-qualified names.
+fn is_parameter_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+}
