@@ -66,12 +66,7 @@ pub enum ConfigError {
 fn render_problems(problems: &[Problem]) -> String {
     problems
         .iter()
-        .map(|p| {
-            format!(
-                "{}:{}:{}: {}: {}",
-                p.file, p.line, p.column, p.key, p.reason
-            )
-        })
+        .map(Problem::to_string_line)
         .collect::<Vec<_>>()
         .join("\n")
 }

@@ -153,7 +153,9 @@ impl Serialize for StopSignal {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct JobConfig {
     pub name: String,
-    /// Five-field cron expression or `@hourly`/`@daily`/`@weekly`/`@monthly`/`@yearly`.
+    /// Five-field cron expression or `@hourly`/`@daily`/`@midnight`/`@weekly`/`@monthly`/
+    /// `@yearly`/`@annually`, as written; turn it into a schedule with
+    /// [`parse_schedule`](super::parse_schedule).
     pub schedule: String,
     /// Built-in action (`backup`, `expire`, `verify`, `check`); exclusive with `command`.
     pub action: Option<String>,
