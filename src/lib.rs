@@ -1,7 +1,32 @@
 //! pgward: PID 1 of a PostgreSQL container.
 //!
 //! # Layout
-//! - [`config`]: one YAML file → validated typed config (interpolation, secrets, `file:line:col`
-//!   errors, redaction).
-//! - `main.rs` stays thin: CLI → logging → config → runtime → `app::run` → exit code.
+//! - [`cli`]: the command tree; `main.rs` stays thin (CLI → logging → config → runtime →
+//!   `app::run` → exit code).
+//! - [`app`]: wiring only: builds postgres and services from config, owns shutdown order.
+//! - [`commands`]: client commands that talk to the daemon (`status`).
+//! - [`config`]: one YAML file → validated typed config (interpolation, secrets,
+//!   `file:line:col` errors, redaction).
+//! - [`init`]: PID-1 duties off the async runtime: signal thread, the one reaper, subreaper.
+//! - [`process`]: spawning children (privilege drop, process group, parent-death signal,
+//!   output relay), registered with the reaper.
+//! - [`supervisor`]: a pure state machine per service, its executor, ordered start and stop.
+//! - [`postgres`]: binaries, bootstrap like the official image, server command line, readiness.
+//! - [`control`]: the unix-socket protocol between CLI clients and the daemon.
+//! - [`fsutil`]: durable local writes.
+//! - [`logging`]: pgward's own log records.
+//!
+//! Leaves (`config`, `init`, `fsutil`, `postgres`, `process`) know nothing of each other's
+//! callers; only `app` wires subsystems together.
+
+pub mod app;
+pub mod cli;
+pub mod commands;
 pub mod config;
+pub mod control;
+pub mod fsutil;
+pub mod init;
+pub mod logging;
+pub mod postgres;
+pub mod process;
+pub mod supervisor;

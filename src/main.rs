@@ -1,1 +1,121 @@
-fn main() {}
+//! Thin entry point: CLI → logging → config → runtime → `app::run` → exit code.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use pgward::cli::{Cli, Command, ConfigCommand};
+use pgward::config::{self, Config, ConfigError};
+use pgward::{app, commands, init, logging};
+
+/// Exit code for a bad config or bad usage.
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config_path = config_path(cli.config.as_deref());
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Config(ConfigCommand::Check) => match load(config_path.as_deref()) {
+            Ok(config) => {
+                println!("{}: ok", source_name(&config));
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Config(ConfigCommand::Print) => match load(config_path.as_deref()) {
+            Ok(config) => {
+                print!("{}", config::redacted_yaml(&config));
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Status { json } => {
+            let config = match load(config_path.as_deref()) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            logging::init(config.log.format, "warn");
+            with_runtime(false, commands::status(&config, json))
+        }
+        Command::Run => run(config_path.as_deref()),
+    }
+}
+
+fn run(config_path: Option<&Path>) -> ExitCode {
+    let config = match load(config_path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    logging::init(config.log.format, &config.log.level);
+    if let Err(e) = init::become_subreaper() {
+        tracing::warn!("cannot become child subreaper: {e}; orphans of children will not be reaped here");
+    }
+    // Before the runtime and before any child: no SIGCHLD may be missed.
+    let signals = match init::start_signal_thread() {
+        Ok(signals) => signals,
+        Err(e) => {
+            tracing::error!("failed to install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    with_runtime(true, async move {
+        match app::run(config, signals).await {
+            Ok(code) => Ok(code),
+            Err(e) => {
+                tracing::error!("failed to run: {e:#}");
+                Ok(app::EXIT_FAILED)
+            }
+        }
+    })
+}
+
+/// `--config`/`PGWARD_CONFIG` must exist; the default path is used only if it does.
+fn config_path(explicit: Option<&Path>) -> Option<PathBuf> {
+    match explicit {
+        Some(path) => Some(path.to_path_buf()),
+        None => Some(PathBuf::from(config::DEFAULT_PATH)).filter(|p| p.exists()),
+    }
+}
+
+fn load(path: Option<&Path>) -> Result<Config, ExitCode> {
+    config::load(path, &|name| std::env::var(name).ok()).map_err(|e| {
+        match &e {
+            ConfigError::Invalid(_) => eprintln!("{e}"),
+            ConfigError::Read { .. } => eprintln!("error: {e}"),
+        }
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn source_name(config: &Config) -> String {
+    match &config.source {
+        Some(path) => path.display().to_string(),
+        None => "built-in defaults".into(),
+    }
+}
+
+fn with_runtime(daemon: bool, work: impl std::future::Future<Output = anyhow::Result<i32>>) -> ExitCode {
+    let mut builder = if daemon {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        // Supervision needs little parallelism; compression and uploads use the blocking pool.
+        b.worker_threads(2);
+        b
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = match builder.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(work) {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! The command tree. Names are the public interface (see the README).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// PID 1 of a PostgreSQL container: supervision, and the jobs around postgres, from one YAML file.
+#[derive(Debug, Parser)]
+#[command(name = "pgward", version, about)]
+pub struct Cli {
+    /// Config file [default: /etc/pgward/pgward.yaml; built-in defaults if it does not exist]
+    #[arg(long, global = true, env = "PGWARD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run as the container's main process: start and supervise postgres and services
+    /// (the default when no command is given).
+    Run,
+    /// Validate or print the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Ask the running daemon for the state of every service.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Exit 0 if the config is valid; print every problem as file:line:column and exit 2 if not.
+    Check,
+    /// Print the effective config (defaults applied, secrets redacted).
+    Print,
+}

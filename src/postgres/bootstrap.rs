@@ -1,0 +1,350 @@
+//! First start of an empty data directory, exactly as the official postgres image's
+//! `docker-entrypoint.sh` does it: check the password rules, `initdb` with the superuser and
+//! password, a `host all all all <method>` line in pg_hba.conf, a temporary socket-only server,
+//! `CREATE DATABASE` for `POSTGRES_DB`, the scripts of the init directory in name order, and a
+//! fast stop. Everything runs as the server's OS user.
+//!
+//! Unlike the image, an interrupted bootstrap is not mistaken for a finished one: a marker file
+//! lives in the data directory from initdb until the last script succeeded, and a later start
+//! refuses to run on a directory that still has it.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use flate2::read::GzDecoder;
+
+use super::ready::{self, Target};
+use super::server::Server;
+use crate::config::InitConfig;
+use crate::process::{self, LogSink, Spec};
+
+/// Present in the data directory while a bootstrap is under way.
+pub const INCOMPLETE_MARKER: &str = "pgward.init-incomplete";
+
+/// Refuses a data directory whose bootstrap did not finish.
+pub fn check_not_half_initialized(data_dir: &Path) -> Result<()> {
+    let marker = data_dir.join(INCOMPLETE_MARKER);
+    if marker.exists() {
+        bail!(
+            "the initialization of data directory {} did not complete (initdb or an init script failed or was interrupted)\n\
+             HINT: read the log of that first start, fix the cause, empty the data directory and start again",
+            data_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Checks the image's rules before touching anything: a password is required unless the
+/// host auth method is explicitly `trust`.
+pub fn check_password_rules(init: &InitConfig) -> Result<()> {
+    let has_password = init.password.as_ref().is_some_and(|p| !p.expose().is_empty());
+    if !has_password && init.host_auth_method.as_deref() != Some("trust") {
+        bail!(
+            "database is uninitialized and superuser password is not specified\n\
+             HINT: set POSTGRES_PASSWORD (or postgres.init.password / password_file) to a non-empty value for the superuser. \
+             To allow all connections without a password, set POSTGRES_HOST_AUTH_METHOD=trust (or postgres.init.host_auth_method: trust); \
+             this is not recommended. See PostgreSQL documentation about \"trust\": https://www.postgresql.org/docs/current/auth-trust.html"
+        );
+    }
+    if !has_password {
+        tracing::warn!(
+            "POSTGRES_HOST_AUTH_METHOD has been set to \"trust\": all connections are allowed without a password. \
+             This is not recommended for anything but development"
+        );
+    }
+    Ok(())
+}
+
+/// Bootstraps the empty data directory of `server`.
+pub async fn bootstrap(server: &Server, init: &InitConfig, sink: &LogSink) -> Result<()> {
+    check_password_rules(init)?;
+    let data_dir = &server.data_dir;
+    if fs::read_dir(data_dir).with_context(|| format!("list {}", data_dir.display()))?.next().is_some() {
+        bail!(
+            "data directory {} is not empty but holds no PG_VERSION: refusing to initialize over it\n\
+             HINT: point postgres.data_dir (PGDATA) at an empty directory or a subdirectory of this mount",
+            data_dir.display()
+        );
+    }
+    tracing::info!(data_dir = %data_dir.display(), superuser = %init.superuser, "initializing a new cluster");
+    initdb(server, init, sink).await?;
+    // initdb wants an empty directory, so the marker can only be written after it.
+    let marker = data_dir.join(INCOMPLETE_MARKER);
+    fs::write(&marker, "initialization under way\n").with_context(|| format!("write {}", marker.display()))?;
+    append_hba_line(server, init, sink).await?;
+    run_with_temp_server(server, init, sink).await?;
+    fs::remove_file(&marker).with_context(|| format!("remove {}", marker.display()))?;
+    crate::fsutil::sync_dir(data_dir)?;
+    tracing::info!("PostgreSQL init process complete; ready for start up");
+    Ok(())
+}
+
+async fn initdb(server: &Server, init: &InitConfig, sink: &LogSink) -> Result<()> {
+    if let Some(waldir) = &init.waldir {
+        fs::create_dir_all(waldir).with_context(|| format!("create WAL directory {}", waldir.display()))?;
+        if let Some(user) = &server.run_as {
+            user.chown(waldir)?;
+        }
+    }
+    // The password travels in a private file the server's user can read, never on a command
+    // line. A trailing newline as in the image (initdb refuses an empty file).
+    let pwfile = PwFile::create(server, init)?;
+    let mut spec = Spec::new("initdb", server.bin.tool("initdb"))
+        .arg("-D")
+        .arg(&server.data_dir)
+        .arg(format!("--username={}", init.superuser))
+        .arg(format!("--pwfile={}", pwfile.path.display()))
+        .run_as(server.run_as.clone());
+    if let Some(waldir) = &init.waldir {
+        spec = spec.arg("--waldir").arg(waldir);
+    }
+    spec = spec.args(&init.initdb_args);
+    process::run_ok(&spec, sink, None).await
+}
+
+/// A temporary password file, removed on drop.
+struct PwFile {
+    path: PathBuf,
+}
+
+impl PwFile {
+    fn create(server: &Server, init: &InitConfig) -> Result<PwFile> {
+        let dir = &server.socket_dir;
+        let path = dir.join(format!(".pgward-initdb-pw.{}", std::process::id()));
+        let password = init.password.as_ref().map(|p| p.expose()).unwrap_or("");
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("create {}", path.display()))?;
+        let guard = PwFile { path };
+        file.write_all(format!("{password}\n").as_bytes())
+            .with_context(|| format!("write {}", guard.path.display()))?;
+        if let Some(user) = &server.run_as {
+            user.chown(&guard.path)?;
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for PwFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// The image's `pg_setup_hba_conf`: allow every host with the chosen method, which defaults
+/// to the server's `password_encryption` (scram-sha-256 on 14+).
+async fn append_hba_line(server: &Server, init: &InitConfig, sink: &LogSink) -> Result<()> {
+    let method = match &init.host_auth_method {
+        Some(method) => method.clone(),
+        None => {
+            let spec = Spec::new("postgres -C", server.bin.tool("postgres"))
+                .arg("-C")
+                .arg("password_encryption")
+                .arg("-D")
+                .arg(&server.data_dir)
+                .run_as(server.run_as.clone());
+            let (status, out) = process::capture(&spec, sink).await?;
+            if !status.success() {
+                bail!("reading password_encryption failed: {status}");
+            }
+            match out.trim() {
+                "on" | "" => "md5".to_owned(),
+                other => other.to_owned(),
+            }
+        }
+    };
+    let mut text = String::from("\n");
+    if method == "trust" {
+        text.push_str("# warning trust is enabled for all connections\n");
+        text.push_str("# see https://www.postgresql.org/docs/current/auth-trust.html\n");
+    }
+    text.push_str(&format!("host all all all {method}\n"));
+    let hba = server.data_dir.join("pg_hba.conf");
+    let mut file = fs::OpenOptions::new()
+        .append(true)
+        .open(&hba)
+        .with_context(|| format!("open {}", hba.display()))?;
+    file.write_all(text.as_bytes()).with_context(|| format!("append to {}", hba.display()))?;
+    file.sync_all().with_context(|| format!("fsync {}", hba.display()))?;
+    Ok(())
+}
+
+/// Starts a server that listens on the socket only, creates the database, runs the scripts,
+/// and stops it fast. The server is stopped on every path, also when a script fails.
+async fn run_with_temp_server(server: &Server, init: &InitConfig, sink: &LogSink) -> Result<()> {
+    let spec = server.spec("postgres-init", &[("listen_addresses", "")]);
+    let running = process::spawn(&spec, sink)?;
+    let pid = running.pid;
+    let mut exit = running.exit;
+    let target = Target {
+        socket_dir: server.socket_dir.clone(),
+        port: server.port,
+        user: init.superuser.clone(),
+        password: init.password.clone(),
+        dbname: "postgres".into(),
+    };
+    let work = async {
+        tokio::select! {
+            () = ready::wait_ready(&target, &server.data_dir, pid) => {}
+            status = &mut exit => bail!("the temporary server exited during start-up: {}", status.map(|s| s.to_string()).unwrap_or_default()),
+        }
+        create_database(&target, &init.database).await?;
+        run_scripts(server, init, sink).await
+    };
+    let result = work.await;
+    process::signal(pid, nix::sys::signal::Signal::SIGINT);
+    let status = exit.await.expect("the global reaper never drops a registered child");
+    result?;
+    if !status.success() {
+        bail!("the temporary server did not stop cleanly: {status}");
+    }
+    Ok(())
+}
+
+/// The image's `docker_setup_db`.
+async fn create_database(target: &Target, database: &str) -> Result<()> {
+    if database == "postgres" {
+        return Ok(());
+    }
+    let client = target.connect().await.context("connect to the temporary server")?;
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&database])
+        .await
+        .context("look up the database")?
+        .is_some();
+    if !exists {
+        let quoted = format!("\"{}\"", database.replace('"', "\"\""));
+        client
+            .batch_execute(&format!("CREATE DATABASE {quoted}"))
+            .await
+            .with_context(|| format!("create database {database}"))?;
+        tracing::info!(database, "created database");
+    }
+    Ok(())
+}
+
+/// The image's `docker_process_init_files`, in name order.
+async fn run_scripts(server: &Server, init: &InitConfig, sink: &LogSink) -> Result<()> {
+    let dir = &init.scripts_dir;
+    let mut entries: Vec<PathBuf> = match fs::read_dir(dir) {
+        Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("list init scripts in {}", dir.display())),
+    };
+    entries.sort();
+    for path in entries {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let Some(kind) = ScriptKind::of(&name) else {
+            tracing::info!(script = %path.display(), "ignoring (not *.sh, *.sql or *.sql.gz)");
+            continue;
+        };
+        tracing::info!(script = %path.display(), "running init script");
+        run_script(server, init, sink, &path, kind)
+            .await
+            .with_context(|| format!("init script {} failed", path.display()))?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ScriptKind {
+    Shell,
+    Sql,
+    SqlGz,
+}
+
+impl ScriptKind {
+    /// The kind of an init script by its name; `None` for files the image ignores.
+    fn of(name: &str) -> Option<ScriptKind> {
+        if name.ends_with(".sh") {
+            Some(ScriptKind::Shell)
+        } else if name.ends_with(".sql") {
+            Some(ScriptKind::Sql)
+        } else if name.ends_with(".sql.gz") {
+            Some(ScriptKind::SqlGz)
+        } else {
+            None
+        }
+    }
+}
+
+async fn run_script(server: &Server, init: &InitConfig, sink: &LogSink, path: &Path, kind: ScriptKind) -> Result<()> {
+    let name = format!("initdb.d/{}", path.file_name().unwrap_or_default().to_string_lossy());
+    let mut spec = match kind {
+        ScriptKind::Shell => {
+            let executable = fs::metadata(path).map(|m| m.permissions().mode() & 0o111 != 0).unwrap_or(false);
+            // The image runs executable scripts and sources the others; a separate shell is
+            // the closest a non-shell entrypoint can get to sourcing.
+            if executable {
+                Spec::new(name, path)
+            } else {
+                Spec::new(name, "sh").arg(path)
+            }
+        }
+        ScriptKind::Sql | ScriptKind::SqlGz => Spec::new(name, server.bin.tool("psql"))
+            .args(["-v", "ON_ERROR_STOP=1", "--no-password", "--no-psqlrc"])
+            .arg(format!("--username={}", init.superuser))
+            .arg(format!("--dbname={}", init.database)),
+    };
+    // What the image's scripts may rely on.
+    spec = spec
+        .env("PGHOST", &server.socket_dir)
+        .env("PGPORT", server.port.to_string())
+        .env("PGUSER", &init.superuser)
+        .env("PGDATA", &server.data_dir)
+        .env("POSTGRES_USER", &init.superuser)
+        .env("POSTGRES_DB", &init.database)
+        .run_as(server.run_as.clone());
+    if let Some(password) = &init.password {
+        spec = spec.env("PGPASSWORD", password.expose()).env("POSTGRES_PASSWORD", password.expose());
+    }
+    spec.working_dir = Some(init.scripts_dir.clone());
+    let input: Option<Box<dyn Read + Send>> = match kind {
+        ScriptKind::Sql => Some(Box::new(fs::File::open(path).with_context(|| format!("open {}", path.display()))?)),
+        ScriptKind::SqlGz => Some(Box::new(GzDecoder::new(
+            fs::File::open(path).with_context(|| format!("open {}", path.display()))?,
+        ))),
+        _ => None,
+    };
+    process::run_ok(&spec, sink, input).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn init(password: Option<&str>, method: Option<&str>) -> InitConfig {
+        InitConfig {
+            superuser: "postgres".into(),
+            password: password.map(|p| Secret::new(p.into())),
+            database: "postgres".into(),
+            initdb_args: vec![],
+            waldir: None,
+            host_auth_method: method.map(Into::into),
+            scripts_dir: "/nonexistent".into(),
+        }
+    }
+
+    #[test]
+    fn password_is_required_unless_trust_is_explicit() {
+        assert!(check_password_rules(&init(None, None)).is_err());
+        assert!(check_password_rules(&init(Some(""), Some("scram-sha-256"))).is_err());
+        assert!(check_password_rules(&init(Some("s3cret"), None)).is_ok());
+        assert!(check_password_rules(&init(None, Some("trust"))).is_ok());
+    }
+
+    #[test]
+    fn script_kinds_follow_the_image() {
+        assert_eq!(ScriptKind::of("01-users.sh"), Some(ScriptKind::Shell));
+        assert_eq!(ScriptKind::of("02-schema.sql"), Some(ScriptKind::Sql));
+        assert_eq!(ScriptKind::of("03-data.sql.gz"), Some(ScriptKind::SqlGz));
+        assert_eq!(ScriptKind::of("README.md"), None);
+    }
+}

@@ -1,0 +1,11 @@
+//! Everything about the PostgreSQL server itself: finding its binaries, bootstrapping an empty
+//! data directory like the official image, the server's command line and readiness.
+//!
+//! A leaf: uses `process` to run programs, knows nothing of supervision or storage.
+
+pub mod bin;
+pub mod bootstrap;
+pub mod ready;
+pub mod server;
+
+pub use bin::BinDir;

@@ -1,0 +1,130 @@
+//! Relays a child's stdout/stderr to pgward's own, line by line, tagged with the child's name.
+//!
+//! One small OS thread per stream: the pipes are plain blocking fds, and a thread that only
+//! ever blocks in read(2) costs a few KiB of RSS and no runtime thread.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::thread;
+use std::time::SystemTime;
+
+use crate::config::LogFormat;
+
+/// Which of the child's streams a line came from; it goes to the same stream of pgward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    Stdout,
+    Stderr,
+}
+
+/// How relayed lines are written.
+#[derive(Debug, Clone, Copy)]
+pub struct LogSink {
+    pub format: LogFormat,
+    /// Longer lines are split into records of this many bytes, so a child that never writes a
+    /// newline cannot make pgward buffer without bound.
+    pub max_line_bytes: usize,
+}
+
+impl LogSink {
+    /// Starts relaying `reader` until EOF (the child closed it or exited).
+    pub fn relay<R: Read + Send + 'static>(&self, name: &str, kind: StreamKind, reader: R) {
+        let sink = *self;
+        let owned = name.to_owned();
+        let spawned = thread::Builder::new()
+            .name(format!("relay-{name}"))
+            .stack_size(64 * 1024)
+            .spawn(move || sink.pump(&owned, kind, reader));
+        if let Err(e) = spawned {
+            // Without a reader the child would block on a full pipe: better to say so loudly.
+            tracing::error!(service = %name, "cannot start output relay thread: {e}");
+        }
+    }
+
+    fn pump<R: Read>(&self, name: &str, kind: StreamKind, reader: R) {
+        let mut reader = BufReader::with_capacity(8 * 1024, reader);
+        let mut line = Vec::new();
+        loop {
+            match read_bounded_line(&mut reader, &mut line, self.max_line_bytes) {
+                Ok(0) => return,
+                Ok(_) => self.emit(name, kind, &line),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Writes one record. A failed write to our own stdout/stderr has nowhere to be reported.
+    pub fn emit(&self, name: &str, kind: StreamKind, line: &[u8]) {
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim_end_matches(['\n', '\r']);
+        let record = match self.format {
+            LogFormat::Text => format!("[{name}] {text}\n"),
+            LogFormat::Json => {
+                let stream = match kind {
+                    StreamKind::Stdout => "stdout",
+                    StreamKind::Stderr => "stderr",
+                };
+                let value = serde_json::json!({
+                    "timestamp": humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+                    "service": name,
+                    "stream": stream,
+                    "message": text,
+                });
+                format!("{value}\n")
+            }
+        };
+        let _ = match kind {
+            StreamKind::Stdout => io::stdout().lock().write_all(record.as_bytes()),
+            StreamKind::Stderr => io::stderr().lock().write_all(record.as_bytes()),
+        };
+    }
+}
+
+/// Reads up to and including the next `\n`, or `max` bytes, whichever comes first, into `buf`
+/// (cleared first). Returns the byte count; 0 at EOF.
+fn read_bounded_line<R: BufRead>(reader: &mut R, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    buf.clear();
+    while buf.len() < max {
+        let available = reader.fill_buf()?;
+        if available.is_empty() {
+            break;
+        }
+        let room = max - buf.len();
+        let window = &available[..available.len().min(room)];
+        let (take, done) = match window.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (window.len(), false),
+        };
+        buf.extend_from_slice(&window[..take]);
+        reader.consume(take);
+        if done {
+            break;
+        }
+    }
+    Ok(buf.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(input: &[u8], max: usize) -> Vec<String> {
+        let mut reader = BufReader::with_capacity(4, input);
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        while read_bounded_line(&mut reader, &mut buf, max).unwrap() > 0 {
+            out.push(String::from_utf8(buf.clone()).unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn splits_on_newlines_and_keeps_a_final_partial_line() {
+        assert_eq!(lines(b"a\nbc\nd", 100), vec!["a\n", "bc\n", "d"]);
+    }
+
+    #[test]
+    fn splits_overlong_lines_at_the_bound() {
+        assert_eq!(lines(b"abcdefg\nh\n", 3), vec!["abc", "def", "g\n", "h\n"]);
+    }
+}
