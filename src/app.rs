@@ -31,7 +31,10 @@ enum Stop {
 }
 
 /// Runs pgward until it is told to stop; returns the process exit code.
-pub async fn run(config: Config, mut signals: mpsc::UnboundedReceiver<ForwardedSignal>) -> Result<i32> {
+pub async fn run(
+    config: Config,
+    mut signals: mpsc::UnboundedReceiver<ForwardedSignal>,
+) -> Result<i32> {
     let started = Instant::now();
     let sink = LogSink {
         format: config.log.format,
@@ -78,13 +81,19 @@ pub async fn run(config: Config, mut signals: mpsc::UnboundedReceiver<ForwardedS
     let mut supervisor = Supervisor::start(units(&config, &server, &sink)?);
     let cancel_control = CancellationToken::new();
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let handler = Arc::new(StatusHandler { view: supervisor.view(), stopping: stopping.clone() });
+    let handler = Arc::new(StatusHandler {
+        view: supervisor.view(),
+        stopping: stopping.clone(),
+    });
     let control_task = tokio::spawn(control.serve(handler, cancel_control.clone()));
 
     let mut postgres = supervisor.postgres();
     let ready_logger = tokio::spawn(async move {
         if postgres.wait_for(|s| s.state.is_ready()).await.is_ok() {
-            tracing::info!("postgres ready {:.0} ms after pgward started", started.elapsed().as_secs_f64() * 1000.0);
+            tracing::info!(
+                "postgres ready {:.0} ms after pgward started",
+                started.elapsed().as_secs_f64() * 1000.0
+            );
         }
     });
     let mut postgres = supervisor.postgres();
@@ -192,7 +201,12 @@ impl Handler for StatusHandler {
                 pgward_pid: std::process::id(),
                 version: env!("CARGO_PKG_VERSION").into(),
                 uptime_seconds: self.view.uptime().as_secs_f64(),
-                phase: if self.stopping.load(std::sync::atomic::Ordering::Relaxed) { "stopping" } else { "running" }.into(),
+                phase: if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                    "stopping"
+                } else {
+                    "running"
+                }
+                .into(),
                 services: self.view.status(),
             }),
         }

@@ -22,7 +22,10 @@ pub async fn status(config: &Config, json: bool) -> Result<i32> {
         format_secs(status.uptime_seconds),
         status.phase
     );
-    println!("{:<16} {:<10} {:>8} {:>9} {:>10}  LAST EXIT", "SERVICE", "STATE", "PID", "RESTARTS", "UPTIME");
+    println!(
+        "{:<16} {:<10} {:>8} {:>9} {:>10}  LAST EXIT",
+        "SERVICE", "STATE", "PID", "RESTARTS", "UPTIME"
+    );
     for s in &status.services {
         println!(
             "{:<16} {:<10} {:>8} {:>9} {:>10}  {}",

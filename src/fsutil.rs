@@ -18,9 +18,14 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 /// Readers see the old content or the new, never a mix.
 pub fn write_atomic(path: &Path, content: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("create a temporary file in {}", dir.display()))?;
-    tmp.write_all(content).with_context(|| format!("write {}", path.display()))?;
-    tmp.as_file().sync_all().with_context(|| format!("fsync {}", path.display()))?;
-    tmp.persist(path).with_context(|| format!("rename into {}", path.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("create a temporary file in {}", dir.display()))?;
+    tmp.write_all(content)
+        .with_context(|| format!("write {}", path.display()))?;
+    tmp.as_file()
+        .sync_all()
+        .with_context(|| format!("fsync {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("rename into {}", path.display()))?;
     sync_dir(dir)
 }

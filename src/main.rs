@@ -49,7 +49,9 @@ fn run(config_path: Option<&Path>) -> ExitCode {
     };
     logging::init(config.log.format, &config.log.level);
     if let Err(e) = init::become_subreaper() {
-        tracing::warn!("cannot become child subreaper: {e}; orphans of children will not be reaped here");
+        tracing::warn!(
+            "cannot become child subreaper: {e}; orphans of children will not be reaped here"
+        );
     }
     // Before the runtime and before any child: no SIGCHLD may be missed.
     let signals = match init::start_signal_thread() {
@@ -95,7 +97,10 @@ fn source_name(config: &Config) -> String {
     }
 }
 
-fn with_runtime(daemon: bool, work: impl std::future::Future<Output = anyhow::Result<i32>>) -> ExitCode {
+fn with_runtime(
+    daemon: bool,
+    work: impl std::future::Future<Output = anyhow::Result<i32>>,
+) -> ExitCode {
     let mut builder = if daemon {
         let mut b = tokio::runtime::Builder::new_multi_thread();
         // Supervision needs little parallelism; compression and uploads use the blocking pool.

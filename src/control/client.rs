@@ -22,9 +22,13 @@ pub async fn call(socket: &Path, request: &Request) -> Result<Response> {
     line.push(b'\n');
     write.write_all(&line).await.context("send request")?;
     let mut answer = String::new();
-    tokio::time::timeout(Duration::from_secs(30), BufReader::new(read).read_line(&mut answer))
-        .await
-        .context("the daemon did not answer within 30s")?
-        .context("read the daemon's answer")?;
-    serde_json::from_str(answer.trim()).with_context(|| format!("bad answer from the daemon: {answer:?}"))
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        BufReader::new(read).read_line(&mut answer),
+    )
+    .await
+    .context("the daemon did not answer within 30s")?
+    .context("read the daemon's answer")?;
+    serde_json::from_str(answer.trim())
+        .with_context(|| format!("bad answer from the daemon: {answer:?}"))
 }

@@ -36,19 +36,24 @@ impl ControlServer {
                     path.display()
                 );
             }
-            fs::remove_file(path).with_context(|| format!("remove stale control socket {}", path.display()))?;
+            fs::remove_file(path)
+                .with_context(|| format!("remove stale control socket {}", path.display()))?;
         }
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         }
-        let listener = UnixListener::bind(path).with_context(|| format!("bind control socket {}", path.display()))?;
+        let listener = UnixListener::bind(path)
+            .with_context(|| format!("bind control socket {}", path.display()))?;
         // Only pgward and the server's user (archive_command runs as that user) may talk to it.
         fs::set_permissions(path, fs::Permissions::from_mode(0o600))
             .with_context(|| format!("chmod {}", path.display()))?;
         if let Some(owner) = owner {
             owner.chown(path)?;
         }
-        Ok(ControlServer { listener, path: path.to_path_buf() })
+        Ok(ControlServer {
+            listener,
+            path: path.to_path_buf(),
+        })
     }
 
     /// Serves until `cancel` fires. Cancel safe.
@@ -85,13 +90,18 @@ async fn answer(stream: UnixStream, handler: &dyn Handler) -> Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     // A client that connects and says nothing must not hold a task forever.
-    tokio::time::timeout(Duration::from_secs(10), BufReader::new(read).read_line(&mut line))
-        .await
-        .context("request timed out")?
-        .context("read request")?;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        BufReader::new(read).read_line(&mut line),
+    )
+    .await
+    .context("request timed out")?
+    .context("read request")?;
     let response = match serde_json::from_str::<Request>(line.trim()) {
         Ok(request) => handler.handle(request),
-        Err(e) => Response::Error { message: format!("bad request: {e}") },
+        Err(e) => Response::Error {
+            message: format!("bad request: {e}"),
+        },
     };
     let mut out = serde_json::to_vec(&response).context("encode response")?;
     out.push(b'\n');

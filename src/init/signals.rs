@@ -24,22 +24,24 @@ pub enum ForwardedSignal {
 pub fn start_signal_thread() -> io::Result<mpsc::UnboundedReceiver<ForwardedSignal>> {
     let mut signals = Signals::new([SIGCHLD, SIGTERM, SIGINT, SIGQUIT, SIGHUP])?;
     let (tx, rx) = mpsc::unbounded_channel();
-    thread::Builder::new().name("signals".into()).spawn(move || {
-        let reaper = Reaper::global();
-        // Children may have exited before the handler was installed.
-        reaper.reap_all();
-        for signal in signals.forever() {
-            let forwarded = match signal {
-                SIGCHLD => {
-                    reaper.reap_all();
-                    continue;
-                }
-                SIGHUP => ForwardedSignal::Reload,
-                other => ForwardedSignal::Terminate(other),
-            };
-            // The receiver is gone only while the process is exiting.
-            let _ = tx.send(forwarded);
-        }
-    })?;
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let reaper = Reaper::global();
+            // Children may have exited before the handler was installed.
+            reaper.reap_all();
+            for signal in signals.forever() {
+                let forwarded = match signal {
+                    SIGCHLD => {
+                        reaper.reap_all();
+                        continue;
+                    }
+                    SIGHUP => ForwardedSignal::Reload,
+                    other => ForwardedSignal::Terminate(other),
+                };
+                // The receiver is gone only while the process is exiting.
+                let _ = tx.send(forwarded);
+            }
+        })?;
     Ok(rx)
 }

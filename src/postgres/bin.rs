@@ -18,15 +18,24 @@ impl BinDir {
     /// Finds the binaries: `configured` if given, else the directory of `postgres` on `PATH`
     /// (symlinks resolved, so `initdb` and `psql` come from the same installation), else the
     /// newest `/usr/lib/postgresql/*/bin` (Debian's layout).
-    pub async fn find(configured: Option<&Path>, path_var: Option<&str>, sink: &LogSink) -> Result<BinDir> {
+    pub async fn find(
+        configured: Option<&Path>,
+        path_var: Option<&str>,
+        sink: &LogSink,
+    ) -> Result<BinDir> {
         let dir = match configured {
             Some(dir) => {
                 if !dir.join("postgres").is_file() {
-                    bail!("postgres.bin_dir {} holds no postgres binary", dir.display());
+                    bail!(
+                        "postgres.bin_dir {} holds no postgres binary",
+                        dir.display()
+                    );
                 }
                 dir.to_path_buf()
             }
-            None => match on_path("postgres", path_var).or_else(|| newest_debian(Path::new("/usr/lib/postgresql"))) {
+            None => match on_path("postgres", path_var)
+                .or_else(|| newest_debian(Path::new("/usr/lib/postgresql")))
+            {
                 Some(dir) => dir,
                 None => bail!(
                     "cannot find the postgres binary on PATH or in /usr/lib/postgresql/*/bin\n\
@@ -73,7 +82,8 @@ async fn read_major(dir: &Path, sink: &LogSink) -> Result<u32> {
     if !status.success() {
         bail!("{} --version failed: {status}", postgres.display());
     }
-    parse_major(&stdout).with_context(|| format!("parse the version printed by {}", postgres.display()))
+    parse_major(&stdout)
+        .with_context(|| format!("parse the version printed by {}", postgres.display()))
 }
 
 /// `postgres (PostgreSQL) 16.4 (Debian 16.4-1)` → 16; `... 9.6.24` → 9.
@@ -82,8 +92,13 @@ pub fn parse_major(version_line: &str) -> Result<u32> {
         .split_whitespace()
         .find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()))
         .with_context(|| format!("no version number in {version_line:?}"))?;
-    let major = version.split(['.', 'b', 'r', 'd']).next().unwrap_or(version);
-    major.parse().with_context(|| format!("bad version {version:?}"))
+    let major = version
+        .split(['.', 'b', 'r', 'd'])
+        .next()
+        .unwrap_or(version);
+    major
+        .parse()
+        .with_context(|| format!("bad version {version:?}"))
 }
 
 #[cfg(test)]
@@ -92,8 +107,14 @@ mod tests {
 
     #[test]
     fn parses_major_versions() {
-        assert_eq!(parse_major("postgres (PostgreSQL) 16.4 (Debian 16.4-1.pgdg120+1)\n").unwrap(), 16);
-        assert_eq!(parse_major("postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)").unwrap(), 15);
+        assert_eq!(
+            parse_major("postgres (PostgreSQL) 16.4 (Debian 16.4-1.pgdg120+1)\n").unwrap(),
+            16
+        );
+        assert_eq!(
+            parse_major("postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)").unwrap(),
+            15
+        );
         assert_eq!(parse_major("postgres (PostgreSQL) 18beta1").unwrap(), 18);
         assert!(parse_major("nothing here").is_err());
     }

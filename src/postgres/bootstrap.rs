@@ -40,7 +40,10 @@ pub fn check_not_half_initialized(data_dir: &Path) -> Result<()> {
 /// Checks the image's rules before touching anything: a password is required unless the
 /// host auth method is explicitly `trust`.
 pub fn check_password_rules(init: &InitConfig) -> Result<()> {
-    let has_password = init.password.as_ref().is_some_and(|p| !p.expose().is_empty());
+    let has_password = init
+        .password
+        .as_ref()
+        .is_some_and(|p| !p.expose().is_empty());
     if !has_password && init.host_auth_method.as_deref() != Some("trust") {
         bail!(
             "database is uninitialized and superuser password is not specified\n\
@@ -62,7 +65,11 @@ pub fn check_password_rules(init: &InitConfig) -> Result<()> {
 pub async fn bootstrap(server: &Server, init: &InitConfig, sink: &LogSink) -> Result<()> {
     check_password_rules(init)?;
     let data_dir = &server.data_dir;
-    if fs::read_dir(data_dir).with_context(|| format!("list {}", data_dir.display()))?.next().is_some() {
+    if fs::read_dir(data_dir)
+        .with_context(|| format!("list {}", data_dir.display()))?
+        .next()
+        .is_some()
+    {
         bail!(
             "data directory {} is not empty but holds no PG_VERSION: refusing to initialize over it\n\
              HINT: point postgres.data_dir (PGDATA) at an empty directory or a subdirectory of this mount",
@@ -73,7 +80,8 @@ pub async fn bootstrap(server: &Server, init: &InitConfig, sink: &LogSink) -> Re
     initdb(server, init, sink).await?;
     // initdb wants an empty directory, so the marker can only be written after it.
     let marker = data_dir.join(INCOMPLETE_MARKER);
-    fs::write(&marker, "initialization under way\n").with_context(|| format!("write {}", marker.display()))?;
+    fs::write(&marker, "initialization under way\n")
+        .with_context(|| format!("write {}", marker.display()))?;
     append_hba_line(server, init, sink).await?;
     run_with_temp_server(server, init, sink).await?;
     fs::remove_file(&marker).with_context(|| format!("remove {}", marker.display()))?;
@@ -84,7 +92,8 @@ pub async fn bootstrap(server: &Server, init: &InitConfig, sink: &LogSink) -> Re
 
 async fn initdb(server: &Server, init: &InitConfig, sink: &LogSink) -> Result<()> {
     if let Some(waldir) = &init.waldir {
-        fs::create_dir_all(waldir).with_context(|| format!("create WAL directory {}", waldir.display()))?;
+        fs::create_dir_all(waldir)
+            .with_context(|| format!("create WAL directory {}", waldir.display()))?;
         if let Some(user) = &server.run_as {
             user.chown(waldir)?;
         }
@@ -170,8 +179,10 @@ async fn append_hba_line(server: &Server, init: &InitConfig, sink: &LogSink) -> 
         .append(true)
         .open(&hba)
         .with_context(|| format!("open {}", hba.display()))?;
-    file.write_all(text.as_bytes()).with_context(|| format!("append to {}", hba.display()))?;
-    file.sync_all().with_context(|| format!("fsync {}", hba.display()))?;
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("append to {}", hba.display()))?;
+    file.sync_all()
+        .with_context(|| format!("fsync {}", hba.display()))?;
     Ok(())
 }
 
@@ -199,7 +210,9 @@ async fn run_with_temp_server(server: &Server, init: &InitConfig, sink: &LogSink
     };
     let result = work.await;
     process::signal(pid, nix::sys::signal::Signal::SIGINT);
-    let status = exit.await.expect("the global reaper never drops a registered child");
+    let status = exit
+        .await
+        .expect("the global reaper never drops a registered child");
     result?;
     if !status.success() {
         bail!("the temporary server did not stop cleanly: {status}");
@@ -212,7 +225,10 @@ async fn create_database(target: &Target, database: &str) -> Result<()> {
     if database == "postgres" {
         return Ok(());
     }
-    let client = target.connect().await.context("connect to the temporary server")?;
+    let client = target
+        .connect()
+        .await
+        .context("connect to the temporary server")?;
     let exists = client
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&database])
         .await
@@ -239,7 +255,10 @@ async fn run_scripts(server: &Server, init: &InitConfig, sink: &LogSink) -> Resu
     };
     entries.sort();
     for path in entries {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let Some(kind) = ScriptKind::of(&name) else {
             tracing::info!(script = %path.display(), "ignoring (not *.sh, *.sql or *.sql.gz)");
             continue;
@@ -274,11 +293,22 @@ impl ScriptKind {
     }
 }
 
-async fn run_script(server: &Server, init: &InitConfig, sink: &LogSink, path: &Path, kind: ScriptKind) -> Result<()> {
-    let name = format!("initdb.d/{}", path.file_name().unwrap_or_default().to_string_lossy());
+async fn run_script(
+    server: &Server,
+    init: &InitConfig,
+    sink: &LogSink,
+    path: &Path,
+    kind: ScriptKind,
+) -> Result<()> {
+    let name = format!(
+        "initdb.d/{}",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    );
     let mut spec = match kind {
         ScriptKind::Shell => {
-            let executable = fs::metadata(path).map(|m| m.permissions().mode() & 0o111 != 0).unwrap_or(false);
+            let executable = fs::metadata(path)
+                .map(|m| m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false);
             // The image runs executable scripts and sources the others; a separate shell is
             // the closest a non-shell entrypoint can get to sourcing.
             if executable {
@@ -302,11 +332,15 @@ async fn run_script(server: &Server, init: &InitConfig, sink: &LogSink, path: &P
         .env("POSTGRES_DB", &init.database)
         .run_as(server.run_as.clone());
     if let Some(password) = &init.password {
-        spec = spec.env("PGPASSWORD", password.expose()).env("POSTGRES_PASSWORD", password.expose());
+        spec = spec
+            .env("PGPASSWORD", password.expose())
+            .env("POSTGRES_PASSWORD", password.expose());
     }
     spec.working_dir = Some(init.scripts_dir.clone());
     let input: Option<Box<dyn Read + Send>> = match kind {
-        ScriptKind::Sql => Some(Box::new(fs::File::open(path).with_context(|| format!("open {}", path.display()))?)),
+        ScriptKind::Sql => Some(Box::new(
+            fs::File::open(path).with_context(|| format!("open {}", path.display()))?,
+        )),
         ScriptKind::SqlGz => Some(Box::new(GzDecoder::new(
             fs::File::open(path).with_context(|| format!("open {}", path.display()))?,
         ))),

@@ -82,7 +82,11 @@ pub async fn wait_ready(target: &Target, data_dir: &Path, pid: i32) {
         if says_ready(&pid_file, pid) && probe(target).await.is_ok() {
             return;
         }
-        let pause = if start.elapsed() < Duration::from_secs(1) { 10 } else { 100 };
+        let pause = if start.elapsed() < Duration::from_secs(1) {
+            10
+        } else {
+            100
+        };
         tokio::time::sleep(Duration::from_millis(pause)).await;
     }
 }
@@ -108,7 +112,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("postmaster.pid");
         let write = |status: &str| {
-            std::fs::write(&file, format!("42\n/data\n1700000000\n5432\n/run\n*\n  1 2\n{status}\n")).unwrap()
+            std::fs::write(
+                &file,
+                format!("42\n/data\n1700000000\n5432\n/run\n*\n  1 2\n{status}\n"),
+            )
+            .unwrap()
         };
         write("starting");
         assert!(!says_ready(&file, 42));

@@ -27,7 +27,11 @@ impl Server {
     /// `postgres -D <data> -p <port> -c unix_socket_directories=<dir> -c name=value...`.
     /// `extra` parameters override configured ones (the bootstrap server disables TCP).
     pub fn spec(&self, name: &str, extra: &[(&str, &str)]) -> Spec {
-        let mut params: BTreeMap<&str, &str> = self.parameters.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut params: BTreeMap<&str, &str> = self
+            .parameters
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         let socket_dir = self.socket_dir.to_string_lossy();
         params.insert("unix_socket_directories", &socket_dir);
         for (k, v) in extra {
@@ -80,14 +84,17 @@ impl Server {
     /// (the data directory recursively if its top is not already theirs, as the official image
     /// does). postgres insists on a private data directory (0700).
     pub fn prepare_dirs(&self) -> Result<()> {
-        fs::create_dir_all(&self.socket_dir).with_context(|| format!("create socket directory {}", self.socket_dir.display()))?;
-        fs::create_dir_all(&self.data_dir).with_context(|| format!("create data directory {}", self.data_dir.display()))?;
+        fs::create_dir_all(&self.socket_dir)
+            .with_context(|| format!("create socket directory {}", self.socket_dir.display()))?;
+        fs::create_dir_all(&self.data_dir)
+            .with_context(|| format!("create data directory {}", self.data_dir.display()))?;
         if let Some(user) = &self.run_as {
             user.chown(&self.socket_dir)?;
             // setgid + group-writable: members of the server's group (pgbouncer...) may use it.
             fs::set_permissions(&self.socket_dir, fs::Permissions::from_mode(0o2775))
                 .with_context(|| format!("chmod {}", self.socket_dir.display()))?;
-            let meta = fs::metadata(&self.data_dir).with_context(|| format!("stat {}", self.data_dir.display()))?;
+            let meta = fs::metadata(&self.data_dir)
+                .with_context(|| format!("stat {}", self.data_dir.display()))?;
             if meta.uid() != user.uid {
                 chown_tree(&self.data_dir, user)?;
             }

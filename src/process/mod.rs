@@ -96,7 +96,10 @@ impl Spec {
         let death_signal = self.parent_death_signal;
         let parent = std::process::id() as i32;
         // Allocated before the fork: the child may not allocate.
-        let ids = self.run_as.as_ref().map(|u| (u.uid, u.gid, u.groups.clone()));
+        let ids = self
+            .run_as
+            .as_ref()
+            .map(|u| (u.uid, u.gid, u.groups.clone()));
         // SAFETY: the closure runs between fork and exec, where only async-signal-safe calls are
         // allowed: setgroups(2), setgid(2), setuid(2), prctl(2), getppid(2) and kill(2) are
         // plain syscalls in a single-threaded child and allocate nothing. The credentials are
@@ -113,7 +116,14 @@ impl Spec {
                         return Err(io::Error::last_os_error());
                     }
                 }
-                if libc::prctl(libc::PR_SET_PDEATHSIG, death_signal as libc::c_ulong, 0, 0, 0) != 0 {
+                if libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    death_signal as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ) != 0
+                {
                     return Err(io::Error::last_os_error());
                 }
                 // The parent may have died before prctl took effect.
@@ -161,12 +171,23 @@ pub fn spawn_with_stdin(
 pub async fn wait(running: Running) -> ExitInfo {
     // The reaper only drops a sender after delivering; a closed channel would mean the registry
     // itself was dropped, which cannot happen to a process-wide static.
-    running.exit.await.expect("the global reaper never drops a registered child")
+    running
+        .exit
+        .await
+        .expect("the global reaper never drops a registered child")
 }
 
 /// Runs `spec` to completion, feeding `input` (if any) to its stdin from a blocking thread.
-pub async fn run(spec: &Spec, sink: &LogSink, input: Option<Box<dyn io::Read + Send>>) -> Result<ExitInfo> {
-    let stdin = if input.is_some() { Stdio::piped() } else { Stdio::null() };
+pub async fn run(
+    spec: &Spec,
+    sink: &LogSink,
+    input: Option<Box<dyn io::Read + Send>>,
+) -> Result<ExitInfo> {
+    let stdin = if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    };
     let (running, child_stdin) = spawn_with_stdin(spec, sink, stdin)?;
     let feeder = match (input, child_stdin) {
         (Some(mut input), Some(mut stdin)) => Some(tokio::task::spawn_blocking(move || {
@@ -199,12 +220,19 @@ pub async fn capture(spec: &Spec, sink: &LogSink) -> Result<(ExitInfo, String)> 
     if let Some(err) = child.stderr.take() {
         sink.relay(&spec.name, StreamKind::Stderr, err);
     }
-    let mut stdout = child.stdout.take().expect("stdout is piped by Spec::command");
+    let mut stdout = child
+        .stdout
+        .take()
+        .expect("stdout is piped by Spec::command");
     let read = tokio::task::spawn_blocking(move || {
         let mut out = String::new();
         io::Read::read_to_string(&mut stdout, &mut out).map(|_| out)
     });
-    let status = wait(Running { pid: child.id() as i32, exit }).await;
+    let status = wait(Running {
+        pid: child.id() as i32,
+        exit,
+    })
+    .await;
     let out = read
         .await
         .context("join output reader")?
@@ -213,7 +241,11 @@ pub async fn capture(spec: &Spec, sink: &LogSink) -> Result<(ExitInfo, String)> 
 }
 
 /// Runs `spec` and fails unless it exits 0.
-pub async fn run_ok(spec: &Spec, sink: &LogSink, input: Option<Box<dyn io::Read + Send>>) -> Result<()> {
+pub async fn run_ok(
+    spec: &Spec,
+    sink: &LogSink,
+    input: Option<Box<dyn io::Read + Send>>,
+) -> Result<()> {
     let status = run(spec, sink, input).await?;
     if !status.success() {
         anyhow::bail!("{} failed: {status}", spec.name);

@@ -82,7 +82,11 @@ impl LogSink {
 
 /// Reads up to and including the next `\n`, or `max` bytes, whichever comes first, into `buf`
 /// (cleared first). Returns the byte count; 0 at EOF.
-fn read_bounded_line<R: BufRead>(reader: &mut R, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+fn read_bounded_line<R: BufRead>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<usize> {
     buf.clear();
     while buf.len() < max {
         let available = reader.fill_buf()?;

@@ -77,14 +77,31 @@ impl Supervisor {
                 started_at: None,
                 last_error: None,
             });
-            let task = tokio::spawn(runner::run(spec.name.clone(), spec.launcher, spec.policy, rx, snapshot_tx));
-            units.push(Unit { name: spec.name, after: spec.after, commands, snapshot, task });
+            let task = tokio::spawn(runner::run(
+                spec.name.clone(),
+                spec.launcher,
+                spec.policy,
+                rx,
+                snapshot_tx,
+            ));
+            units.push(Unit {
+                name: spec.name,
+                after: spec.after,
+                commands,
+                snapshot,
+                task,
+            });
         }
         for unit in &units {
             let deps: Vec<_> = unit
                 .after
                 .iter()
-                .filter_map(|dep| units.iter().find(|u| &u.name == dep).map(|u| u.snapshot.clone()))
+                .filter_map(|dep| {
+                    units
+                        .iter()
+                        .find(|u| &u.name == dep)
+                        .map(|u| u.snapshot.clone())
+                })
                 .collect();
             let commands = unit.commands.clone();
             let name = unit.name.clone();
@@ -101,7 +118,10 @@ impl Supervisor {
             });
         }
         let view = View {
-            units: units.iter().map(|u| (u.name.clone(), u.snapshot.clone())).collect(),
+            units: units
+                .iter()
+                .map(|u| (u.name.clone(), u.snapshot.clone()))
+                .collect(),
             started: Instant::now(),
         };
         Supervisor { units, view }
@@ -168,7 +188,6 @@ impl Supervisor {
             _ => None,
         }
     }
-
 }
 
 impl View {
@@ -194,7 +213,6 @@ impl View {
             })
             .collect()
     }
-
 
     pub fn uptime(&self) -> std::time::Duration {
         self.started.elapsed()

@@ -126,11 +126,17 @@ pub async fn run(
                     }
                     Action::ArmTimer(after) => timer = Some(deadline(after)),
                     Action::DisarmTimer => timer = None,
-                    Action::Log { message, error: true } => {
+                    Action::Log {
+                        message,
+                        error: true,
+                    } => {
                         last_error = Some(message.clone());
                         tracing::error!(service = %name, "{message}");
                     }
-                    Action::Log { message, error: false } => tracing::info!(service = %name, "{message}"),
+                    Action::Log {
+                        message,
+                        error: false,
+                    } => tracing::info!(service = %name, "{message}"),
                 }
             }
         }
@@ -150,5 +156,6 @@ pub async fn run(
 fn deadline(after: Duration) -> tokio::time::Instant {
     // Saturate: "wait forever" rungs use very long graces.
     let now = tokio::time::Instant::now();
-    now.checked_add(after).unwrap_or(now + Duration::from_secs(86400 * 365))
+    now.checked_add(after)
+        .unwrap_or(now + Duration::from_secs(86400 * 365))
 }

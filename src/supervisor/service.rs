@@ -54,9 +54,18 @@ pub fn postgres_policy(restart: &RestartConfig, stop: &StopConfig) -> Policy {
         backoff: restart.backoff,
         max_backoff: restart.max_backoff,
         stop_ladder: vec![
-            StopStep { signal: first, grace: stop.timeout },
-            StopStep { signal: Signal::SIGQUIT, grace: stop.kill_timeout },
-            StopStep { signal: Signal::SIGKILL, grace: AFTER_KILL },
+            StopStep {
+                signal: first,
+                grace: stop.timeout,
+            },
+            StopStep {
+                signal: Signal::SIGQUIT,
+                grace: stop.kill_timeout,
+            },
+            StopStep {
+                signal: Signal::SIGKILL,
+                grace: AFTER_KILL,
+            },
         ],
     }
 }
@@ -71,8 +80,14 @@ pub fn service_policy(service: &ServiceConfig) -> Policy {
         backoff: r.backoff,
         max_backoff: r.max_backoff,
         stop_ladder: vec![
-            StopStep { signal: service.stop_signal.0, grace: service.stop_timeout },
-            StopStep { signal: Signal::SIGKILL, grace: AFTER_KILL },
+            StopStep {
+                signal: service.stop_signal.0,
+                grace: service.stop_timeout,
+            },
+            StopStep {
+                signal: Signal::SIGKILL,
+                grace: AFTER_KILL,
+            },
         ],
     }
 }

@@ -30,6 +30,15 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Whether an exit with `status` that nobody asked for is followed by a restart.
+    pub fn restarts_after(&self, status: ExitInfo) -> bool {
+        match self.restart {
+            RestartMode::Always => true,
+            RestartMode::OnFailure => !status.success(),
+            RestartMode::Never => false,
+        }
+    }
+
     /// Delay before restart attempt number `failures` (1-based): doubling, capped.
     pub fn backoff_for(&self, failures: u32) -> Duration {
         let factor = 1u32 << failures.saturating_sub(1).min(16);
@@ -44,7 +53,11 @@ pub enum State {
     Pending,
     /// Spawned; `ready` once its readiness check passed (postgres: a connection succeeded;
     /// others: at once). Counts as started after `start_secs` of readiness.
-    Starting { pid: i32, since: Instant, ready: bool },
+    Starting {
+        pid: i32,
+        since: Instant,
+        ready: bool,
+    },
     /// Up and counted as started; a later exit is a crash, not a failed start.
     Running { pid: i32, since: Instant },
     /// Exited unexpectedly; restarts when the timer fires.
@@ -76,16 +89,19 @@ impl State {
 
     pub fn pid(&self) -> Option<i32> {
         match *self {
-            State::Starting { pid, .. } | State::Running { pid, .. } | State::Stopping { pid, .. } => {
-                Some(pid)
-            }
+            State::Starting { pid, .. }
+            | State::Running { pid, .. }
+            | State::Stopping { pid, .. } => Some(pid),
             _ => None,
         }
     }
 
     /// Ready for dependents: readiness passed and not stopping.
     pub fn is_ready(&self) -> bool {
-        matches!(self, State::Starting { ready: true, .. } | State::Running { .. })
+        matches!(
+            self,
+            State::Starting { ready: true, .. } | State::Running { .. }
+        )
     }
 
     /// Nothing will happen to it any more without a new `Start`.
@@ -124,12 +140,18 @@ pub enum Action {
     Spawn,
     /// Begin probing readiness of the current process.
     ProbeReadiness,
-    Signal { pid: i32, signal: nix::sys::signal::Signal },
+    Signal {
+        pid: i32,
+        signal: nix::sys::signal::Signal,
+    },
     /// Fire `Event::Timer` after this long, replacing any armed timer.
     ArmTimer(Duration),
     DisarmTimer,
     /// Log at INFO (state changes) or ERROR (`error: true`, a human must look).
-    Log { message: String, error: bool },
+    Log {
+        message: String,
+        error: bool,
+    },
 }
 
 /// Bookkeeping that survives state changes.
@@ -158,36 +180,59 @@ pub fn step(
             (S::Pending, vec![A::Spawn])
         }
         (S::Pending, E::Spawned { pid }) | (S::Backoff { .. }, E::Spawned { pid }) => (
-            S::Starting { pid, since: now, ready: false },
+            S::Starting {
+                pid,
+                since: now,
+                ready: false,
+            },
             vec![A::ProbeReadiness],
         ),
         (S::Pending | S::Backoff { .. }, E::SpawnFailed { error }) => {
             failed_start(counters, policy, now, format!("cannot start: {error}"))
         }
         (S::Backoff { .. }, E::Timer) => (S::Backoff { until: now }, vec![A::Spawn]),
-        (S::Starting { pid, since, ready: false }, E::Ready) => (
-            S::Starting { pid, since, ready: true },
+        (
+            S::Starting {
+                pid,
+                since,
+                ready: false,
+            },
+            E::Ready,
+        ) => (
+            S::Starting {
+                pid,
+                since,
+                ready: true,
+            },
             vec![
-                A::Log { message: format!("ready (pid {pid})"), error: false },
+                A::Log {
+                    message: format!("ready (pid {pid})"),
+                    error: false,
+                },
                 A::ArmTimer(policy.start_secs),
             ],
         ),
-        (S::Starting { pid, ready: true, .. }, E::Timer) => {
+        (
+            S::Starting {
+                pid, ready: true, ..
+            },
+            E::Timer,
+        ) => {
             counters.failures = 0;
             (S::Running { pid, since: now }, vec![])
         }
-        (S::Starting { .. }, E::Exited { status }) => {
+        (S::Starting { .. }, E::Exited { status }) if policy.restarts_after(status) => {
             counters.last_exit = Some(status);
-            failed_start(counters, policy, now, format!("exited during start-up: {status}"))
+            failed_start(
+                counters,
+                policy,
+                now,
+                format!("exited during start-up: {status}"),
+            )
         }
-        (S::Running { .. }, E::Exited { status }) => {
+        (S::Starting { .. } | S::Running { .. }, E::Exited { status }) => {
             counters.last_exit = Some(status);
-            let restart = match policy.restart {
-                RestartMode::Always => true,
-                RestartMode::OnFailure => !status.success(),
-                RestartMode::Never => false,
-            };
-            if restart {
+            if policy.restarts_after(status) {
                 counters.failures = 1;
                 counters.restarts += 1;
                 let delay = policy.backoff_for(1);
@@ -195,7 +240,10 @@ pub fn step(
                     S::Backoff { until: now + delay },
                     vec![
                         A::Log {
-                            message: format!("{status}; restarting in {}", humantime::format_duration(delay)),
+                            message: format!(
+                                "{status}; restarting in {}",
+                                humantime::format_duration(delay)
+                            ),
                             error: false,
                         },
                         A::ArmTimer(delay),
@@ -204,7 +252,10 @@ pub fn step(
             } else {
                 (
                     S::Exited { status },
-                    vec![A::Log { message: format!("{status}; not restarted (restart: {:?})", policy.restart), error: false }],
+                    vec![A::Log {
+                        message: format!("{status}; not restarted (restart: {:?})", policy.restart),
+                        error: false,
+                    }],
                 )
             }
         }
@@ -220,10 +271,15 @@ pub fn step(
         (S::Stopping { .. }, E::Exited { status }) => {
             counters.last_exit = Some(status);
             (
-                S::Stopped { status: Some(status) },
+                S::Stopped {
+                    status: Some(status),
+                },
                 vec![
                     A::DisarmTimer,
-                    A::Log { message: format!("stopped: {status}"), error: false },
+                    A::Log {
+                        message: format!("stopped: {status}"),
+                        error: false,
+                    },
                 ],
             )
         }
@@ -236,13 +292,29 @@ pub fn step(
     }
 }
 
-fn failed_start(counters: &mut Counters, policy: &Policy, now: Instant, why: String) -> (State, Vec<Action>) {
+fn failed_start(
+    counters: &mut Counters,
+    policy: &Policy,
+    now: Instant,
+    why: String,
+) -> (State, Vec<Action>) {
     counters.failures += 1;
     if counters.failures > policy.start_retries {
-        let reason = format!("{why}; gave up after {} failed starts in a row", counters.failures);
+        let reason = format!(
+            "{why}; gave up after {} failed starts in a row",
+            counters.failures
+        );
         return (
-            State::Fatal { reason: reason.clone() },
-            vec![Action::DisarmTimer, Action::Log { message: reason, error: true }],
+            State::Fatal {
+                reason: reason.clone(),
+            },
+            vec![
+                Action::DisarmTimer,
+                Action::Log {
+                    message: reason,
+                    error: true,
+                },
+            ],
         );
     }
     counters.restarts += 1;
@@ -269,7 +341,10 @@ fn stop_rung(pid: i32, rung: usize, policy: &Policy) -> (State, Vec<Action>) {
     (
         State::Stopping { pid, rung },
         vec![
-            Action::Signal { pid, signal: step.signal },
+            Action::Signal {
+                pid,
+                signal: step.signal,
+            },
             Action::ArmTimer(step.grace),
         ],
     )
@@ -288,9 +363,18 @@ mod tests {
             backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(5),
             stop_ladder: vec![
-                StopStep { signal: SIGINT, grace: Duration::from_secs(60) },
-                StopStep { signal: SIGQUIT, grace: Duration::from_secs(10) },
-                StopStep { signal: SIGKILL, grace: Duration::from_secs(3600) },
+                StopStep {
+                    signal: SIGINT,
+                    grace: Duration::from_secs(60),
+                },
+                StopStep {
+                    signal: SIGQUIT,
+                    grace: Duration::from_secs(10),
+                },
+                StopStep {
+                    signal: SIGKILL,
+                    grace: Duration::from_secs(3600),
+                },
             ],
         }
     }
@@ -304,13 +388,22 @@ mod tests {
         for event in events {
             let (next, actions) = step(state, &mut counters, event, policy, now);
             state = next;
-            all.extend(actions.into_iter().filter(|a| !matches!(a, Action::Log { .. })));
+            all.extend(
+                actions
+                    .into_iter()
+                    .filter(|a| !matches!(a, Action::Log { .. })),
+            );
         }
         (state, counters, all)
     }
 
     fn up(pid: i32) -> Vec<Event> {
-        vec![Event::Start, Event::Spawned { pid }, Event::Ready, Event::Timer]
+        vec![
+            Event::Start,
+            Event::Spawned { pid },
+            Event::Ready,
+            Event::Timer,
+        ]
     }
 
     #[test]
@@ -327,18 +420,27 @@ mod tests {
         assert_eq!(counters.failures, 0);
         assert_eq!(
             actions,
-            vec![Action::Spawn, Action::ProbeReadiness, Action::ArmTimer(Duration::from_secs(1))]
+            vec![
+                Action::Spawn,
+                Action::ProbeReadiness,
+                Action::ArmTimer(Duration::from_secs(1))
+            ]
         );
     }
 
     #[test]
     fn crash_after_running_restarts_with_initial_backoff() {
         let mut events = up(7);
-        events.push(Event::Exited { status: ExitInfo::Signal(9) });
+        events.push(Event::Exited {
+            status: ExitInfo::Signal(9),
+        });
         let (state, counters, actions) = run(&policy(RestartMode::Always), events);
         assert!(matches!(state, State::Backoff { .. }));
         assert_eq!(counters.restarts, 1);
-        assert_eq!(actions.last(), Some(&Action::ArmTimer(Duration::from_secs(1))));
+        assert_eq!(
+            actions.last(),
+            Some(&Action::ArmTimer(Duration::from_secs(1)))
+        );
     }
 
     #[test]
@@ -362,7 +464,14 @@ mod tests {
     #[test]
     fn failed_starts_back_off_then_become_fatal() {
         let p = policy(RestartMode::Always);
-        let quick_exit = |pid| vec![Event::Spawned { pid }, Event::Exited { status: ExitInfo::Code(1) }];
+        let quick_exit = |pid| {
+            vec![
+                Event::Spawned { pid },
+                Event::Exited {
+                    status: ExitInfo::Code(1),
+                },
+            ]
+        };
         let mut events = vec![Event::Start];
         events.extend(quick_exit(1));
         events.push(Event::Timer);
@@ -383,10 +492,35 @@ mod tests {
     }
 
     #[test]
+    fn an_exit_during_start_up_is_not_restarted_against_the_policy() {
+        let cases = [
+            (RestartMode::Never, ExitInfo::Code(0), "exited"),
+            (RestartMode::Never, ExitInfo::Code(1), "exited"),
+            (RestartMode::OnFailure, ExitInfo::Code(0), "exited"),
+            (RestartMode::OnFailure, ExitInfo::Code(1), "backoff"),
+            (RestartMode::Always, ExitInfo::Code(0), "backoff"),
+        ];
+        for (mode, status, want) in cases {
+            let events = vec![
+                Event::Start,
+                Event::Spawned { pid: 1 },
+                Event::Exited { status },
+            ];
+            let (state, _, _) = run(&policy(mode), events);
+            assert_eq!(state.name(), want, "{mode:?} {status}");
+        }
+    }
+
+    #[test]
     fn spawn_failure_counts_as_failed_start() {
         let (state, counters, _) = run(
             &policy(RestartMode::Never),
-            vec![Event::Start, Event::SpawnFailed { error: "no such file".into() }],
+            vec![
+                Event::Start,
+                Event::SpawnFailed {
+                    error: "no such file".into(),
+                },
+            ],
         );
         assert!(matches!(state, State::Backoff { .. }));
         assert_eq!(counters.failures, 1);
@@ -398,7 +532,9 @@ mod tests {
             Event::Start,
             Event::Spawned { pid: 1 },
             Event::Ready,
-            Event::Exited { status: ExitInfo::Code(1) },
+            Event::Exited {
+                status: ExitInfo::Code(1),
+            },
         ];
         let (_, counters, _) = run(&policy(RestartMode::Always), events);
         assert_eq!(counters.failures, 1);
@@ -423,15 +559,30 @@ mod tests {
     #[test]
     fn exit_while_stopping_is_a_clean_stop() {
         let mut events = up(7);
-        events.extend([Event::Stop, Event::Exited { status: ExitInfo::Code(0) }]);
+        events.extend([
+            Event::Stop,
+            Event::Exited {
+                status: ExitInfo::Code(0),
+            },
+        ]);
         let (state, _, _) = run(&policy(RestartMode::Always), events);
-        assert_eq!(state, State::Stopped { status: Some(ExitInfo::Code(0)) });
+        assert_eq!(
+            state,
+            State::Stopped {
+                status: Some(ExitInfo::Code(0))
+            }
+        );
     }
 
     #[test]
     fn stop_during_backoff_or_before_start_needs_no_signal() {
         let mut events = up(7);
-        events.extend([Event::Exited { status: ExitInfo::Code(1) }, Event::Stop]);
+        events.extend([
+            Event::Exited {
+                status: ExitInfo::Code(1),
+            },
+            Event::Stop,
+        ]);
         let (state, _, _) = run(&policy(RestartMode::Always), events);
         assert_eq!(state, State::Stopped { status: None });
         let (state, _, actions) = run(&policy(RestartMode::Always), vec![Event::Stop]);

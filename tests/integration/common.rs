@@ -32,7 +32,10 @@ pub struct TestDir {
 
 impl TestDir {
     pub fn new() -> TestDir {
-        let dir = tempfile::Builder::new().prefix("pgward-test-").tempdir().expect("create temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("pgward-test-")
+            .tempdir()
+            .expect("create temp dir");
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod temp dir");
         TestDir { dir }
     }
@@ -59,7 +62,10 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new() -> Cluster {
-        Cluster { dir: TestDir::new(), port: free_port() }
+        Cluster {
+            dir: TestDir::new(),
+            port: free_port(),
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -91,7 +97,12 @@ impl Cluster {
 
     /// Connects over TCP with a password. (initdb's pg_hba.conf trusts 127.0.0.1, as in the
     /// official image, unless `--auth-host` is among the initdb arguments.)
-    pub async fn connect(&self, user: &str, password: &str, db: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    pub async fn connect(
+        &self,
+        user: &str,
+        password: &str,
+        db: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
         let mut config = tokio_postgres::Config::new();
         config
             .host("127.0.0.1")
@@ -108,12 +119,20 @@ impl Cluster {
     }
 
     /// Waits until a password connection succeeds.
-    pub async fn wait_connect(&self, user: &str, password: &str, db: &str, within: Duration) -> tokio_postgres::Client {
+    pub async fn wait_connect(
+        &self,
+        user: &str,
+        password: &str,
+        db: &str,
+        within: Duration,
+    ) -> tokio_postgres::Client {
         let deadline = Instant::now() + within;
         loop {
             match self.connect(user, password, db).await {
                 Ok(client) => return client,
-                Err(e) if Instant::now() > deadline => panic!("no connection within {within:?}: {e}"),
+                Err(e) if Instant::now() > deadline => {
+                    panic!("no connection within {within:?}: {e}")
+                }
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
@@ -143,13 +162,18 @@ impl Cluster {
 
 fn indent(text: &str, by: usize) -> String {
     let pad = " ".repeat(by);
-    text.lines().map(|l| format!("{pad}{l}")).collect::<Vec<_>>().join("\n")
+    text.lines()
+        .map(|l| format!("{pad}{l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The newest Debian PostgreSQL bin dir (the same rule pgward applies without PATH).
 pub fn pg_bin_dir() -> PathBuf {
     let mut versions: Vec<(f64, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
-        .expect("a PostgreSQL server is installed under /usr/lib/postgresql (make test installs it)")
+        .expect(
+            "a PostgreSQL server is installed under /usr/lib/postgresql (make test installs it)",
+        )
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let v: f64 = e.file_name().to_str()?.parse().ok()?;
@@ -182,8 +206,18 @@ impl Pgward {
     }
 
     fn start_command(mut cmd: Command, args: &[&str], env: &[(&str, &str)]) -> Pgward {
-        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        for var in ["POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "POSTGRES_HOST_AUTH_METHOD", "PGDATA", "PGWARD_CONFIG"] {
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for var in [
+            "POSTGRES_USER",
+            "POSTGRES_PASSWORD",
+            "POSTGRES_DB",
+            "POSTGRES_HOST_AUTH_METHOD",
+            "PGDATA",
+            "PGWARD_CONFIG",
+        ] {
             cmd.env_remove(var);
         }
         cmd.env("PGWARD_LOG", "info");
@@ -209,7 +243,11 @@ impl Pgward {
                 }
             });
         }
-        Pgward { child, output, status: None }
+        Pgward {
+            child,
+            output,
+            status: None,
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -226,14 +264,18 @@ impl Pgward {
         let deadline = Instant::now() + within;
         while !self.output().contains(needle) {
             if Instant::now() > deadline {
-                panic!("{needle:?} not printed within {within:?}; output:\n{}", self.output());
+                panic!(
+                    "{needle:?} not printed within {within:?}; output:\n{}",
+                    self.output()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).expect("signal pgward");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal)
+            .expect("signal pgward");
     }
 
     /// Waits for exit; panics after `within`.
@@ -247,7 +289,10 @@ impl Pgward {
                 return status;
             }
             if Instant::now() > deadline {
-                panic!("pgward did not exit within {within:?}; output:\n{}", self.output());
+                panic!(
+                    "pgward did not exit within {within:?}; output:\n{}",
+                    self.output()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -256,10 +301,19 @@ impl Pgward {
     /// `pgward status --json` against this daemon's config.
     pub fn status(config: &Path) -> serde_json::Value {
         let out = Command::new(pgward_bin())
-            .args(["--config", config.to_str().expect("utf-8 path"), "status", "--json"])
+            .args([
+                "--config",
+                config.to_str().expect("utf-8 path"),
+                "status",
+                "--json",
+            ])
             .output()
             .expect("run pgward status");
-        assert!(out.status.success(), "pgward status failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "pgward status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("status is JSON")
     }
 
@@ -271,14 +325,21 @@ impl Pgward {
             .filter(|l| l.contains(" ERROR ") && !l.starts_with('['))
             .filter(|l| !allowed.iter().any(|a| l.contains(a)))
             .collect();
-        assert!(unexpected.is_empty(), "unexpected ERROR lines:\n{}", unexpected.join("\n"));
+        assert!(
+            unexpected.is_empty(),
+            "unexpected ERROR lines:\n{}",
+            unexpected.join("\n")
+        );
     }
 }
 
 impl Drop for Pgward {
     fn drop(&mut self) {
         if self.status.is_none() && self.child.try_wait().ok().flatten().is_none() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.pid()),
+                nix::sys::signal::Signal::SIGTERM,
+            );
             let deadline = Instant::now() + Duration::from_secs(30);
             while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
@@ -311,17 +372,36 @@ pub fn eventually(what: &str, within: Duration, mut check: impl FnMut() -> bool)
 /// Owner uid of a running process.
 pub fn process_uid(pid: i32) -> Option<u32> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.parse().ok()
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Pids (and states) of the direct children of `pid`, from /proc.
 pub fn children_of(pid: i32) -> Vec<(i32, char)> {
     let mut out = Vec::new();
-    for entry in fs::read_dir("/proc").expect("read /proc").filter_map(|e| e.ok()) {
-        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        let Ok(stat) = fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+    for entry in fs::read_dir("/proc")
+        .expect("read /proc")
+        .filter_map(|e| e.ok())
+    {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
         // Fields after the parenthesised command name: state, ppid.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r.trim().to_owned()) else { continue };
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r.trim().to_owned()) else {
+            continue;
+        };
         let mut fields = rest.split_whitespace();
         let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
         let ppid: i32 = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);

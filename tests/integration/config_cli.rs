@@ -6,7 +6,9 @@ use crate::common::{pgward_bin, TestDir};
 
 fn pgward(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = Command::new(pgward_bin());
-    cmd.args(args).env_remove("PGWARD_CONFIG").env_remove("POSTGRES_PASSWORD");
+    cmd.args(args)
+        .env_remove("PGWARD_CONFIG")
+        .env_remove("POSTGRES_PASSWORD");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -22,15 +24,25 @@ fn pgward(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
 fn check_accepts_a_valid_file_and_the_shipped_examples() {
     let dir = TestDir::new();
     let file = dir.write("ok.yaml", "postgres:\n  port: ${PORT:-5433}\n");
-    let (code, out, err) = pgward(&["--config", file.to_str().unwrap(), "config", "check"], &[]);
+    let (code, out, err) = pgward(
+        &["--config", file.to_str().unwrap(), "config", "check"],
+        &[],
+    );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("ok"), "{out}");
     let root = env!("CARGO_MANIFEST_DIR");
-    for example in ["configs/pgward.example.yaml", "configs/dev.yaml", "image/pgward.yaml"] {
+    for example in [
+        "configs/pgward.example.yaml",
+        "configs/dev.yaml",
+        "image/pgward.yaml",
+    ] {
         let path = format!("{root}/{example}");
         let (code, _, err) = pgward(
             &["--config", &path, "config", "check"],
-            &[("POSTGRES_PASSWORD", "x"), ("PGWARD_HOME", "/tmp/pgward-dev")],
+            &[
+                ("POSTGRES_PASSWORD", "x"),
+                ("PGWARD_HOME", "/tmp/pgward-dev"),
+            ],
         );
         assert_eq!(code, 0, "{example}: {err}");
     }
@@ -43,22 +55,52 @@ fn check_reports_every_problem_with_file_line_column_and_exits_2() {
         "bad.yaml",
         "postgres:\n  stop:\n    timeout: 5 parsecs\nservices:\n  - name: a\n    command: [x]\n  - name: a\n    command: [y]\njobs:\n  - name: j\n    schedule: \"61 * * * *\"\n    action: backup\n",
     );
-    let (code, _, err) = pgward(&["--config", file.to_str().unwrap(), "config", "check"], &[]);
+    let (code, _, err) = pgward(
+        &["--config", file.to_str().unwrap(), "config", "check"],
+        &[],
+    );
     assert_eq!(code, 2);
     let f = file.display();
-    assert!(err.contains(&format!("{f}:3:14: postgres.stop.timeout: invalid duration \"5 parsecs\"")), "{err}");
-    assert!(err.contains(&format!("{f}:7:11: services[1].name: duplicate service name \"a\"")), "{err}");
-    assert!(err.contains(&format!("{f}:11:15: jobs[0].schedule: invalid cron schedule \"61 * * * *\"")), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{f}:3:14: postgres.stop.timeout: invalid duration \"5 parsecs\""
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{f}:7:11: services[1].name: duplicate service name \"a\""
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{f}:11:15: jobs[0].schedule: invalid cron schedule \"61 * * * *\""
+        )),
+        "{err}"
+    );
 }
 
 #[test]
 fn unknown_keys_and_missing_files_exit_2() {
     let dir = TestDir::new();
     let file = dir.write("typo.yaml", "postgres:\n  prot: 5432\n");
-    let (code, _, err) = pgward(&["--config", file.to_str().unwrap(), "config", "check"], &[]);
+    let (code, _, err) = pgward(
+        &["--config", file.to_str().unwrap(), "config", "check"],
+        &[],
+    );
     assert_eq!(code, 2);
-    assert!(err.contains(&format!("{}:2:3: postgres.prot: unknown field `prot`", file.display())), "{err}");
-    let (code, _, err) = pgward(&["--config", "/nonexistent/pgward.yaml", "config", "check"], &[]);
+    assert!(
+        err.contains(&format!(
+            "{}:2:3: postgres.prot: unknown field `prot`",
+            file.display()
+        )),
+        "{err}"
+    );
+    let (code, _, err) = pgward(
+        &["--config", "/nonexistent/pgward.yaml", "config", "check"],
+        &[],
+    );
     assert_eq!(code, 2);
     assert!(err.contains("/nonexistent/pgward.yaml"), "{err}");
     // `run` refuses a bad config the same way, before starting anything.
@@ -77,14 +119,23 @@ fn print_shows_the_effective_config_with_secrets_redacted() {
             secret_file.display()
         ),
     );
-    let (code, out, err) = pgward(&["--config", file.to_str().unwrap(), "config", "print"], &[]);
+    let (code, out, err) = pgward(
+        &["--config", file.to_str().unwrap(), "config", "print"],
+        &[],
+    );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("port: 6543"), "{out}");
     assert!(out.contains("<redacted>"), "{out}");
     assert!(out.contains("plain"), "{out}");
-    assert!(!out.contains("file-secret-123") && !out.contains("env-secret-456"), "{out}");
+    assert!(
+        !out.contains("file-secret-123") && !out.contains("env-secret-456"),
+        "{out}"
+    );
     // Through the environment too (the image's POSTGRES_PASSWORD).
     let (code, out, _) = pgward(&["config", "print"], &[("POSTGRES_PASSWORD", "env-pw-789")]);
     assert_eq!(code, 0);
-    assert!(!out.contains("env-pw-789") && out.contains("<redacted>"), "{out}");
+    assert!(
+        !out.contains("env-pw-789") && out.contains("<redacted>"),
+        "{out}"
+    );
 }

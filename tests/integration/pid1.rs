@@ -26,14 +26,20 @@ fn as_pid_1_reaps_orphans_and_stops_everything_on_sigterm() {
     unshare.wait_for_output("[orphaner] spawned-orphan", Duration::from_secs(60));
 
     // pgward is the only child of unshare; in its namespace it is PID 1.
-    let pgward_pid = children_of(unshare.pid()).first().expect("unshare has a child").0;
+    let pgward_pid = children_of(unshare.pid())
+        .first()
+        .expect("unshare has a child")
+        .0;
     let status = Pgward::status(&config);
     assert_eq!(status["pgward_pid"], 1, "{status}");
     assert!(unshare.output().contains("pid=1"), "{}", unshare.output());
 
     // The orphan ended after 0.5 s; nothing under pgward may stay a zombie.
     std::thread::sleep(Duration::from_secs(2));
-    let zombies: Vec<_> = children_of(pgward_pid).into_iter().filter(|(_, state)| *state == 'Z').collect();
+    let zombies: Vec<_> = children_of(pgward_pid)
+        .into_iter()
+        .filter(|(_, state)| *state == 'Z')
+        .collect();
     assert!(zombies.is_empty(), "zombies under pgward: {zombies:?}");
 
     // unshare does not forward signals: signal PID 1 of the namespace itself, as a container
@@ -43,5 +49,9 @@ fn as_pid_1_reaps_orphans_and_stops_everything_on_sigterm() {
     assert_eq!(exit.code(), Some(0), "{}", unshare.output());
     assert_eq!(cluster.controldata_state(), "shut down");
     // The namespace is gone with its PID 1: no process of it survives.
-    assert!(cluster.postmaster_pid().is_none() || !std::path::Path::new(&format!("/proc/{}", cluster.postmaster_pid().unwrap())).exists());
+    assert!(
+        cluster.postmaster_pid().is_none()
+            || !std::path::Path::new(&format!("/proc/{}", cluster.postmaster_pid().unwrap()))
+                .exists()
+    );
 }

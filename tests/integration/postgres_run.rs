@@ -21,8 +21,15 @@ async fn bootstraps_like_the_official_image_and_keeps_data_across_restarts() {
     let cluster = Cluster::new();
     // Scripts run in name order: the table must exist before the gzipped rows and the shell
     // script see it.
-    cluster.dir.write("initdb.d/01-schema.sql", "CREATE TABLE marker (step text);\nINSERT INTO marker VALUES ('sql');\n");
-    std::fs::write(cluster.dir.join("initdb.d/02-rows.sql.gz"), gzip("INSERT INTO marker VALUES ('gz');\n")).unwrap();
+    cluster.dir.write(
+        "initdb.d/01-schema.sql",
+        "CREATE TABLE marker (step text);\nINSERT INTO marker VALUES ('sql');\n",
+    );
+    std::fs::write(
+        cluster.dir.join("initdb.d/02-rows.sql.gz"),
+        gzip("INSERT INTO marker VALUES ('gz');\n"),
+    )
+    .unwrap();
     cluster.dir.write(
         "initdb.d/03-shell.sh",
         "set -e\npsql -v ON_ERROR_STOP=1 --no-psqlrc -d \"$POSTGRES_DB\" -c \"INSERT INTO marker VALUES ('sh:$POSTGRES_USER')\"\n",
@@ -35,12 +42,17 @@ async fn bootstraps_like_the_official_image_and_keeps_data_across_restarts() {
         ("POSTGRES_PASSWORD", "s3cr#t: pw"),
         ("POSTGRES_DB", "app"),
         // Password authentication on loopback too, so the password is really checked.
-        ("POSTGRES_INITDB_ARGS", "--data-checksums --auth-host=scram-sha-256"),
+        (
+            "POSTGRES_INITDB_ARGS",
+            "--data-checksums --auth-host=scram-sha-256",
+        ),
     ];
 
     let mut pgward = Pgward::start(&["--config", config_arg, "run"], &env);
     pgward.wait_for_output("PostgreSQL init process complete", BOOT);
-    let client = cluster.wait_connect("alice", "s3cr#t: pw", "app", BOOT).await;
+    let client = cluster
+        .wait_connect("alice", "s3cr#t: pw", "app", BOOT)
+        .await;
     let rows: Vec<String> = client
         .query("SELECT step FROM marker ORDER BY step", &[])
         .await
@@ -49,17 +61,28 @@ async fn bootstraps_like_the_official_image_and_keeps_data_across_restarts() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(rows, vec!["gz", "sh:alice", "sql"]);
-    let checksums: String = client.query_one("SHOW data_checksums", &[]).await.unwrap().get(0);
+    let checksums: String = client
+        .query_one("SHOW data_checksums", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(checksums, "on");
     // A wrong password is refused.
     assert!(cluster.connect("alice", "wrong", "app").await.is_err());
-    client.batch_execute("INSERT INTO marker VALUES ('before restart')").await.unwrap();
+    client
+        .batch_execute("INSERT INTO marker VALUES ('before restart')")
+        .await
+        .unwrap();
     drop(client);
 
     // As root, postgres runs as the postgres user.
     let postmaster = cluster.postmaster_pid().expect("postmaster.pid");
     if common::is_root() {
-        let postgres_uid = nix::unistd::User::from_name("postgres").unwrap().unwrap().uid.as_raw();
+        let postgres_uid = nix::unistd::User::from_name("postgres")
+            .unwrap()
+            .unwrap()
+            .uid
+            .as_raw();
         assert_eq!(common::process_uid(postmaster), Some(postgres_uid));
     }
 
@@ -74,8 +97,17 @@ async fn bootstraps_like_the_official_image_and_keeps_data_across_restarts() {
 
     // Second start: no bootstrap, data still there, no password needed in the environment.
     let pgward = Pgward::start(&["--config", config_arg, "run"], &[]);
-    let client = cluster.wait_connect("alice", "s3cr#t: pw", "app", BOOT).await;
-    let n: i64 = client.query_one("SELECT count(*) FROM marker WHERE step = 'before restart'", &[]).await.unwrap().get(0);
+    let client = cluster
+        .wait_connect("alice", "s3cr#t: pw", "app", BOOT)
+        .await;
+    let n: i64 = client
+        .query_one(
+            "SELECT count(*) FROM marker WHERE step = 'before restart'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 1);
     assert!(!pgward.output().contains("init process complete"));
 }
@@ -86,12 +118,16 @@ async fn restarts_postgres_after_kill_9_of_the_postmaster() {
     let config = cluster.config("password: pw", "");
     let config_arg = config.to_str().unwrap();
     let pgward = Pgward::start(&["--config", config_arg, "run"], &[]);
-    cluster.wait_connect("postgres", "pw", "postgres", BOOT).await;
+    cluster
+        .wait_connect("postgres", "pw", "postgres", BOOT)
+        .await;
     let first = cluster.postmaster_pid().expect("postmaster.pid");
 
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(first), Signal::SIGKILL).unwrap();
     pgward.wait_for_output("killed by SIGKILL", Duration::from_secs(10));
-    let client = cluster.wait_connect("postgres", "pw", "postgres", BOOT).await;
+    let client = cluster
+        .wait_connect("postgres", "pw", "postgres", BOOT)
+        .await;
     let second = cluster.postmaster_pid().expect("postmaster.pid");
     assert_ne!(first, second);
     let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
@@ -116,10 +152,21 @@ fn refuses_to_bootstrap_without_a_password_unless_trust_is_explicit() {
     let status = pgward.wait_exit(Duration::from_secs(30));
     assert_eq!(status.code(), Some(1));
     let output = pgward.output();
-    assert!(output.contains("superuser password is not specified"), "{output}");
-    assert!(output.contains("POSTGRES_HOST_AUTH_METHOD=trust"), "{output}");
+    assert!(
+        output.contains("superuser password is not specified"),
+        "{output}"
+    );
+    assert!(
+        output.contains("POSTGRES_HOST_AUTH_METHOD=trust"),
+        "{output}"
+    );
     // Nothing half-done: the data directory is still empty.
-    assert_eq!(std::fs::read_dir(cluster.data_dir()).map(|d| d.count()).unwrap_or(0), 0);
+    assert_eq!(
+        std::fs::read_dir(cluster.data_dir())
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0
+    );
 }
 
 #[test]
@@ -130,23 +177,42 @@ fn refuses_a_non_empty_data_directory_without_pg_version() {
     let mut pgward = Pgward::start(&["--config", config.to_str().unwrap(), "run"], &[]);
     let status = pgward.wait_exit(Duration::from_secs(30));
     assert_eq!(status.code(), Some(1));
-    assert!(pgward.output().contains("is not empty but holds no PG_VERSION"), "{}", pgward.output());
-    assert_eq!(std::fs::read_to_string(cluster.dir.join("data/precious.txt")).unwrap(), "not a cluster\n");
+    assert!(
+        pgward
+            .output()
+            .contains("is not empty but holds no PG_VERSION"),
+        "{}",
+        pgward.output()
+    );
+    assert_eq!(
+        std::fs::read_to_string(cluster.dir.join("data/precious.txt")).unwrap(),
+        "not a cluster\n"
+    );
 }
 
 #[test]
 fn a_failed_init_script_leaves_a_cluster_that_refuses_to_start() {
     let cluster = Cluster::new();
-    cluster.dir.write("initdb.d/01-broken.sql", "SELECT no_such_function();\n");
+    cluster
+        .dir
+        .write("initdb.d/01-broken.sql", "SELECT no_such_function();\n");
     let config = cluster.config("password: pw", "");
     let config_arg = config.to_str().unwrap();
     let mut pgward = Pgward::start(&["--config", config_arg, "run"], &[]);
     assert_eq!(pgward.wait_exit(BOOT).code(), Some(1));
-    assert!(pgward.output().contains("01-broken.sql failed"), "{}", pgward.output());
+    assert!(
+        pgward.output().contains("01-broken.sql failed"),
+        "{}",
+        pgward.output()
+    );
 
     let mut again = Pgward::start(&["--config", config_arg, "run"], &[]);
     assert_eq!(again.wait_exit(Duration::from_secs(30)).code(), Some(1));
-    assert!(again.output().contains("did not complete"), "{}", again.output());
+    assert!(
+        again.output().contains("did not complete"),
+        "{}",
+        again.output()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,8 +234,13 @@ async fn trust_without_password_and_sighup_reloads() {
         if value == "7MB" {
             break;
         }
-        assert!(Instant::now() < deadline, "work_mem still {value} after SIGHUP");
+        assert!(
+            Instant::now() < deadline,
+            "work_mem still {value} after SIGHUP"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(pgward.output().contains("SIGHUP: reloading postgres configuration"));
+    assert!(pgward
+        .output()
+        .contains("SIGHUP: reloading postgres configuration"));
 }

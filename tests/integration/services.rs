@@ -12,14 +12,13 @@ fn each_restart_policy_and_a_fatal_service_make_a_non_zero_exit() {
     let cluster = Cluster::new();
     let services = "services:
   - name: always
-    command: [sh, -c, \"echo always-ran; exit 0\"]
+    command: [sh, -c, \"echo always-ran; sleep 0.3\"]
     restart: always
-    start_secs: 0s
+    start_secs: 100ms
     backoff: 100ms
   - name: clean
     command: [sh, -c, \"echo clean-ran; exit 0\"]
     restart: on-failure
-    start_secs: 0s
   - name: crashy
     command: [sh, -c, \"echo crashy-ran; exit 3\"]
     restart: on-failure
@@ -39,8 +38,15 @@ fn each_restart_policy_and_a_fatal_service_make_a_non_zero_exit() {
     .replace("PORT", &cluster.port.to_string());
     let config = cluster.config("host_auth_method: trust", &services);
     let bin_dir = common::pg_bin_dir();
-    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
-    let mut pgward = Pgward::start(&["--config", config.to_str().unwrap(), "run"], &[("PATH", &path)]);
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut pgward = Pgward::start(
+        &["--config", config.to_str().unwrap(), "run"],
+        &[("PATH", &path)],
+    );
 
     pgward.wait_for_output("[waiter] saw-postgres-ready", Duration::from_secs(60));
     common::eventually("restart policies settle", Duration::from_secs(20), || {
@@ -58,8 +64,14 @@ fn each_restart_policy_and_a_fatal_service_make_a_non_zero_exit() {
     assert_eq!(service(&status, "crashy")["last_exit"], "exit code 3");
     assert_eq!(service(&status, "waiter")["state"], "running");
     let output = pgward.output();
-    assert!(output.contains("[once] once-ran") && output.contains("[clean] clean-ran"), "{output}");
-    assert!(output.contains("[postgres] "), "postgres output is relayed with its name: {output}");
+    assert!(
+        output.contains("[once] once-ran") && output.contains("[clean] clean-ran"),
+        "{output}"
+    );
+    assert!(
+        output.contains("[postgres] "),
+        "postgres output is relayed with its name: {output}"
+    );
 
     // Shutdown order: services first, postgres last; exit 1 because `crashy` failed for good.
     pgward.signal(Signal::SIGTERM);
@@ -74,7 +86,10 @@ fn each_restart_policy_and_a_fatal_service_make_a_non_zero_exit() {
     };
     let waiter_stopped = position("service=waiter");
     let postgres_stopped = position("service=postgres");
-    assert!(waiter_stopped < postgres_stopped, "services must stop before postgres:\n{output}");
+    assert!(
+        waiter_stopped < postgres_stopped,
+        "services must stop before postgres:\n{output}"
+    );
     assert!(output.contains("failed for good: crashy"), "{output}");
     assert_eq!(cluster.controldata_state(), "shut down");
 }
@@ -95,7 +110,12 @@ log:
     let mut pgward = Pgward::start(&["--config", config.to_str().unwrap(), "run"], &[]);
     pgward.wait_for_output("\"service\":\"stubborn\"", Duration::from_secs(60));
     pgward.wait_for_output("postgres ready", Duration::from_secs(60));
-    let line = pgward.output().lines().find(|l| l.contains("\"message\":\"started\"")).map(str::to_owned).expect("relayed line");
+    let line = pgward
+        .output()
+        .lines()
+        .find(|l| l.contains("\"message\":\"started\"") && l.contains("\"stream\""))
+        .map(str::to_owned)
+        .expect("relayed line");
     let record: serde_json::Value = serde_json::from_str(&line).expect("a JSON record");
     assert_eq!(record["service"], "stubborn");
     assert_eq!(record["stream"], "stdout");
@@ -105,7 +125,10 @@ log:
     let escalated = Instant::now();
     pgward.signal(Signal::SIGTERM);
     let exit = pgward.wait_exit(Duration::from_secs(30));
-    assert!(escalated.elapsed() < Duration::from_secs(15), "escalation did not skip the 60s grace");
+    assert!(
+        escalated.elapsed() < Duration::from_secs(15),
+        "escalation did not skip the 60s grace"
+    );
     assert_eq!(exit.code(), Some(0), "{}", pgward.output());
     assert!(pgward.output().contains("escalating shutdown"));
 }
