@@ -85,7 +85,7 @@ pub async fn run(
         view: supervisor.view(),
         stopping: stopping.clone(),
     });
-    let control_task = tokio::spawn(control.serve(handler, cancel_control.clone()));
+    let mut control_task = tokio::spawn(control.serve(handler, cancel_control.clone()));
 
     let mut postgres = supervisor.postgres();
     let ready_logger = tokio::spawn(async move {
@@ -109,6 +109,10 @@ pub async fn run(
             },
             _ = postgres.wait_for(|s| matches!(s.state, State::Fatal { .. })) => break Stop::PostgresFailed,
             message = supervisor.crashed() => break Stop::Crashed(message),
+            result = &mut control_task => break Stop::Crashed(match result {
+                Err(e) if e.is_panic() => "the control socket server panicked".into(),
+                _ => "the control socket server ended".into(),
+            }),
         }
     };
     ready_logger.abort();
@@ -131,7 +135,9 @@ pub async fn run(
     });
     supervisor.shutdown(&mut escalate).await;
     cancel_control.cancel();
-    let _ = control_task.await;
+    if !control_task.is_finished() {
+        let _ = control_task.await;
+    }
 
     let failed = supervisor.failed_units();
     let code = if !failed.is_empty() || !matches!(stop, Stop::Signal(_)) {

@@ -37,7 +37,9 @@ async fn bootstraps_like_the_official_image_and_keeps_data_across_restarts() {
     cluster.dir.write("initdb.d/README.txt", "ignored\n");
     let config = cluster.config("", "");
     let config_arg = config.to_str().unwrap();
+    let waldir = cluster.dir.join("wal");
     let env = [
+        ("POSTGRES_INITDB_WALDIR", waldir.to_str().unwrap()),
         ("POSTGRES_USER", "alice"),
         ("POSTGRES_PASSWORD", "s3cr#t: pw"),
         ("POSTGRES_DB", "app"),
@@ -67,6 +69,11 @@ async fn bootstraps_like_the_official_image_and_keeps_data_across_restarts() {
         .unwrap()
         .get(0);
     assert_eq!(checksums, "on");
+    // POSTGRES_INITDB_WALDIR: pg_wal lives elsewhere, linked from the data directory.
+    assert_eq!(
+        std::fs::read_link(cluster.data_dir().join("pg_wal")).unwrap(),
+        waldir
+    );
     // A wrong password is refused.
     assert!(cluster.connect("alice", "wrong", "app").await.is_err());
     client
@@ -243,4 +250,29 @@ async fn trust_without_password_and_sighup_reloads() {
     assert!(pgward
         .output()
         .contains("SIGHUP: reloading postgres configuration"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_does_not_outlive_a_killed_pgward() {
+    let cluster = Cluster::new();
+    let config = cluster.config("password: pw", "");
+    let mut pgward = Pgward::start(&["--config", config.to_str().unwrap(), "run"], &[]);
+    cluster
+        .wait_connect("postgres", "pw", "postgres", BOOT)
+        .await;
+    let postmaster = cluster.postmaster_pid().expect("postmaster.pid");
+
+    pgward.signal(Signal::SIGKILL);
+    pgward.wait_exit(Duration::from_secs(10));
+    // The parent-death signal is SIGQUIT: an immediate shutdown, not an orphaned server.
+    common::eventually("the postmaster exits", Duration::from_secs(10), || {
+        !std::path::Path::new(&format!("/proc/{postmaster}")).exists()
+            || std::fs::read_to_string(format!("/proc/{postmaster}/stat"))
+                .is_ok_and(|s| s.contains(") Z "))
+    });
+    // And the next start recovers it.
+    let _pgward = Pgward::start(&["--config", config.to_str().unwrap(), "run"], &[]);
+    cluster
+        .wait_connect("postgres", "pw", "postgres", BOOT)
+        .await;
 }

@@ -10,6 +10,17 @@ use crate::common::{self, service, Cluster, Pgward};
 #[test]
 fn each_restart_policy_and_a_fatal_service_make_a_non_zero_exit() {
     let cluster = Cluster::new();
+    std::fs::create_dir(cluster.dir.join("work")).unwrap();
+    // As root a service may run as another user; otherwise it runs as pgward's own user.
+    let me = nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .unwrap()
+        .unwrap()
+        .name;
+    let run_as = if common::is_root() {
+        "nobody".to_owned()
+    } else {
+        me
+    };
     let services = "services:
   - name: always
     command: [sh, -c, \"echo always-ran; sleep 0.3\"]
@@ -28,6 +39,11 @@ fn each_restart_policy_and_a_fatal_service_make_a_non_zero_exit() {
   - name: once
     command: [sh, -c, \"echo once-ran; exit 0\"]
     restart: never
+  - name: placed
+    command: [sh, -c, \"echo placed-in=$(pwd) as=$(id -un) greeting=$GREETING; exec sleep 1000\"]
+    env: { GREETING: hello }
+    working_dir: WORKDIR
+    user: USER
   - name: waiter
     command: [sh, -c, \"pg_isready -q -h $PGHOST -p $PGPORT && echo saw-postgres-ready; exec sleep 1000\"]
     env: { PGHOST: SOCKET, PGPORT: \"PORT\" }
@@ -35,7 +51,9 @@ fn each_restart_policy_and_a_fatal_service_make_a_non_zero_exit() {
     after: postgres
 "
     .replace("SOCKET", cluster.socket_dir().to_str().unwrap())
-    .replace("PORT", &cluster.port.to_string());
+    .replace("PORT", &cluster.port.to_string())
+    .replace("WORKDIR", cluster.dir.join("work").to_str().unwrap())
+    .replace("USER", &run_as);
     let config = cluster.config("host_auth_method: trust", &services);
     let bin_dir = common::pg_bin_dir();
     let path = format!(
