@@ -1,0 +1,73 @@
+# pgward — developer entry points. `make help` lists them.
+
+IMAGE ?= pgward:dev
+CARGO ?= cargo
+BIN := target/release/pgward
+
+# `make run` only: the dev cluster's superuser password (configs/dev.yaml reads it).
+POSTGRES_PASSWORD ?= pgward-dev
+export POSTGRES_PASSWORD
+
+# Where `make run` keeps its cluster, socket and control socket (configs/dev.yaml reads it; it
+# must be absolute). As root, postgres runs as the `postgres` user, which must be able to reach
+# this directory; when it cannot (a checkout under /root, say), `make run` says so and how to
+# choose another.
+PGWARD_HOME ?= $(CURDIR)/.pgward
+override PGWARD_HOME := $(abspath $(PGWARD_HOME))
+export PGWARD_HOME
+
+.DEFAULT_GOAL := help
+.PHONY: help build run test deps lint doc image push bench bench-deps clean
+
+help: ## list the targets
+	@awk 'BEGIN { FS = ":.*## " } /^[a-z-]+:.*## / { printf "  make %-11s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+
+build: ## cargo build --release
+	$(CARGO) build --release --locked
+
+run: build ## run pgward in the foreground on configs/dev.yaml (state in ./.pgward/)
+	@mkdir -p "$(PGWARD_HOME)/data" "$(PGWARD_HOME)/run"
+	@if [ "$$(id -u)" = 0 ]; then \
+		if ! runuser -u postgres -- test -x "$(PGWARD_HOME)" 2>/dev/null; then \
+			echo "make run: the postgres user cannot reach $(PGWARD_HOME)" >&2; \
+			echo "HINT: make run PGWARD_HOME=/var/tmp/pgward-dev" >&2; \
+			exit 1; \
+		fi; \
+		chown postgres:postgres "$(PGWARD_HOME)/data" "$(PGWARD_HOME)/run"; \
+	fi
+	$(BIN) run --config configs/dev.yaml
+
+test: deps lint ## install test dependencies, lint, then run every test
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		echo "$(CARGO) nextest run --workspace --locked --no-fail-fast"; \
+		$(CARGO) nextest run --workspace --locked --no-fail-fast; \
+	else \
+		echo "cargo-nextest not found, using cargo test"; \
+		$(CARGO) test --workspace --locked --no-fail-fast; \
+	fi
+
+deps: ## install what the tests need (PostgreSQL server, util-linux, procps, psmisc)
+	scripts/test-deps.sh
+
+lint: doc ## rustfmt, clippy (warnings are errors) and rustdoc
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets --locked -- -D warnings
+
+doc: ## build the API docs with warnings as errors
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --locked
+
+image: ## build the container image $(IMAGE)
+	docker build -f image/Dockerfile -t $(IMAGE) .
+
+push: ## push $(IMAGE)
+	docker push $(IMAGE)
+
+bench-deps: ## install supervisor, postgres_exporter and yacron for the benchmark
+	scripts/bench-deps.sh
+
+bench: build bench-deps ## startup/shutdown/memory benchmark (bench/README.md)
+	bench/startup.sh
+
+clean: ## remove build output and ./.pgward (the dev cluster and the bench venv)
+	$(CARGO) clean
+	rm -rf .pgward
