@@ -7,5 +7,6 @@ pub mod bin;
 pub mod bootstrap;
 pub mod ready;
 pub mod server;
+pub mod wal;
 
 pub use bin::BinDir;
