@@ -8,5 +8,6 @@ pub mod bootstrap;
 pub mod ready;
 pub mod server;
 pub mod wal;
+pub mod wal_header;
 
 pub use bin::BinDir;
