@@ -5,6 +5,7 @@
 
 pub mod bin;
 pub mod bootstrap;
+pub mod control_file;
 pub mod ready;
 pub mod server;
 pub mod wal;
