@@ -126,6 +126,17 @@ impl PutOutcome {
     }
 }
 
+/// Where an upload's encoded chunks go.
+enum Target {
+    /// Held in memory for one put, while they fit in `SINGLE_PUT_MAX`.
+    Buffer,
+    /// Sent as parts of a multipart upload.
+    Multipart(WriteMultipart),
+    /// Dropped: the object appeared meanwhile, with this checksum; the encoder runs on only
+    /// to tell whether the content is the same.
+    Discard(Checksum),
+}
+
 /// Whether a put may replace an existing object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutMode {
@@ -219,7 +230,8 @@ impl Repo {
     /// Streams the local file `src`, compressed, into `key`, create-only: when `key` exists
     /// already (under any codec), `src`'s checksum is compared with the stored trailer (a
     /// range read, no download): identical gives [`PutOutcome::AlreadyIdentical`], different
-    /// [`RepoError::Conflict`].
+    /// [`RepoError::Conflict`]. The check before the upload costs one small read per codec
+    /// when the object is absent.
     ///
     /// Cancel safety: cancelling (or dropping the future) leaves no object, or a complete one.
     pub async fn put_file_create(
@@ -293,10 +305,10 @@ impl Repo {
         for codec in self.codecs() {
             let path = self.path(key, codec)?;
             let result = tokio::select! {
-            biased;
-                    _ = cancel.cancelled() => return Err(RepoError::Cancelled),
-                    r = self.inner.store.get(&path) => r,
-                };
+                biased;
+                _ = cancel.cancelled() => return Err(RepoError::Cancelled),
+                r = self.inner.store.get(&path) => r,
+            };
             match result {
                 Ok(get) => {
                     self.download(key, get, dest, cancel).await?;
@@ -490,29 +502,34 @@ impl Repo {
         // Buffer up to SINGLE_PUT_MAX; past that, switch to a multipart upload.
         let mut buffered: Vec<Bytes> = Vec::new();
         let mut buffered_len = 0usize;
-        let mut multipart: Option<WriteMultipart> = None;
+        let mut target = Target::Buffer;
         let mut stored = 0u64;
         let upload_result: Result<(), RepoError> = async {
             loop {
                 let chunk = tokio::select! {
-                biased;
-                            _ = cancel.cancelled() => return Err(RepoError::Cancelled),
-                            chunk = rx.recv() => chunk,
-                        };
+                    biased;
+                    _ = cancel.cancelled() => return Err(RepoError::Cancelled),
+                    chunk = rx.recv() => chunk,
+                };
                 let Some(chunk) = chunk else { return Ok(()) };
                 stored += chunk.len() as u64;
-                if let Some(upload) = multipart.as_mut() {
-                    upload_part(upload, chunk, key, cancel).await?;
-                    continue;
-                }
-                buffered_len += chunk.len();
-                buffered.push(chunk);
-                if buffered_len > SINGLE_PUT_MAX {
-                    let mut upload = self.start_multipart(key, &path, mode).await?;
-                    for chunk in buffered.drain(..) {
-                        upload_part(&mut upload, chunk, key, cancel).await?;
+                match &mut target {
+                    Target::Multipart(upload) => upload_part(upload, chunk, key, cancel).await?,
+                    // Only the checksum is still wanted.
+                    Target::Discard(_) => {}
+                    Target::Buffer => {
+                        buffered_len += chunk.len();
+                        buffered.push(chunk);
+                        if buffered_len > SINGLE_PUT_MAX {
+                            target = self.start_multipart(key, &path, mode).await?;
+                            if let Target::Multipart(upload) = &mut target {
+                                for chunk in buffered.drain(..) {
+                                    upload_part(upload, chunk, key, cancel).await?;
+                                }
+                            }
+                            buffered = Vec::new();
+                        }
                     }
-                    multipart = Some(upload);
                 }
             }
         }
@@ -529,7 +546,7 @@ impl Repo {
         let digest = match outcome {
             Ok(digest) => digest,
             Err(e) => {
-                if let Some(upload) = multipart {
+                if let Target::Multipart(upload) = target {
                     if let Err(abort) = upload.abort().await {
                         tracing::warn!(key, "failed to abort a multipart upload: {abort}");
                     }
@@ -537,51 +554,47 @@ impl Repo {
                 return Err(e);
             }
         };
-        match multipart {
-            None => self.put_encoded(key, &path, buffered, digest, mode).await,
-            Some(upload) => {
-                tokio::select! {
-                biased;
-                            _ = cancel.cancelled() => return Err(RepoError::Cancelled),
-                            r = upload.finish() => r.map_err(|e| RepoError::storage(key, e))?,
-                        };
-                if mode == PutMode::Create {
-                    // The check before a multipart upload leaves a window; read back what won.
-                    match self.read_trailer(key, &path).await? {
-                        Some(found) if found.checksum != digest.checksum => {
-                            return Err(RepoError::Conflict {
-                                key: key.to_owned(),
-                                existing: found.checksum,
-                                new: digest.checksum,
-                            })
-                        }
-                        _ => {}
-                    }
+        let upload = match target {
+            Target::Buffer => {
+                return self.put_encoded(key, &path, buffered, digest, mode).await;
+            }
+            Target::Discard(existing) => return compare(key, existing, digest.checksum),
+            Target::Multipart(upload) => upload,
+        };
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(RepoError::Cancelled),
+            r = upload.finish() => r.map_err(|e| RepoError::storage(key, e))?,
+        };
+        if mode == PutMode::Create {
+            // A writer that finished after this one replaced it: say so rather than pass over.
+            if let Some(found) = self.read_trailer(key, &path).await? {
+                if found.checksum != digest.checksum {
+                    return Err(RepoError::Conflict {
+                        key: key.to_owned(),
+                        existing: found.checksum,
+                        new: digest.checksum,
+                    });
                 }
-                Ok(PutOutcome::Created {
-                    checksum: digest.checksum,
-                    stored_bytes: stored,
-                })
             }
         }
+        Ok(PutOutcome::Created {
+            checksum: digest.checksum,
+            stored_bytes: stored,
+        })
     }
 
-    /// Starts a multipart upload; in create mode, after checking the object is still absent.
+    /// Starts a multipart upload; in create mode, only after checking that the object is
+    /// still absent (a multipart upload cannot be conditional).
     async fn start_multipart(
         &self,
         key: &str,
         path: &ObjectPath,
         mode: PutMode,
-    ) -> Result<WriteMultipart, RepoError> {
+    ) -> Result<Target, RepoError> {
         if mode == PutMode::Create {
             if let Some(existing) = self.read_trailer(key, path).await? {
-                // Appeared since the check in put_file_create; the content is compared by
-                // the caller's next attempt (this one cannot know its own checksum yet).
-                return Err(RepoError::Conflict {
-                    key: key.to_owned(),
-                    existing: existing.checksum,
-                    new: Checksum([0; 32]),
-                });
+                return Ok(Target::Discard(existing.checksum));
             }
         }
         let upload = self
@@ -590,7 +603,9 @@ impl Repo {
             .put_multipart(path)
             .await
             .map_err(|e| RepoError::storage(key, e))?;
-        Ok(WriteMultipart::new_with_chunk_size(upload, PART_SIZE))
+        Ok(Target::Multipart(WriteMultipart::new_with_chunk_size(
+            upload, PART_SIZE,
+        )))
     }
 
     /// Stores an encoded object held in memory with one put.
@@ -684,10 +699,10 @@ impl Repo {
         let fed: Result<(), RepoError> = async {
             loop {
                 let next = tokio::select! {
-                biased;
-                            _ = cancel.cancelled() => return Err(RepoError::Cancelled),
-                            next = body.next() => next,
-                        };
+                    biased;
+                    _ = cancel.cancelled() => return Err(RepoError::Cancelled),
+                    next = body.next() => next,
+                };
                 match next {
                     Some(Ok(chunk)) => {
                         // A closed channel means the decoder stopped; its error tells why.
@@ -753,7 +768,9 @@ async fn upload_part(
     tokio::select! {
         biased;
         _ = cancel.cancelled() => return Err(RepoError::Cancelled),
-        r = upload.wait_for_capacity(PARTS_IN_FLIGHT) => r.map_err(|e| RepoError::storage(key, e))?,
+        r = upload.wait_for_capacity(PARTS_IN_FLIGHT) => {
+            r.map_err(|e| RepoError::storage(key, e))?
+        }
     }
     upload.put(chunk);
     Ok(())
