@@ -29,3 +29,74 @@ pub fn write_atomic(path: &Path, content: &[u8]) -> Result<()> {
         .with_context(|| format!("rename into {}", path.display()))?;
     sync_dir(dir)
 }
+
+/// A file that replaces `path` atomically once complete: the streaming form of
+/// [`write_atomic`], for content too large to hold in memory. Written to a temp file in the
+/// same directory; [`AtomicFile::commit`] fsyncs it, renames it over `path` and fsyncs the
+/// directory. Dropped uncommitted, the temp file is removed and `path` is untouched.
+pub struct AtomicFile {
+    tmp: tempfile::NamedTempFile,
+    path: std::path::PathBuf,
+}
+
+impl AtomicFile {
+    /// Starts a replacement of `path`; its directory must exist.
+    pub fn create(path: &Path) -> std::io::Result<AtomicFile> {
+        let dir = parent_dir(path);
+        Ok(AtomicFile {
+            tmp: tempfile::NamedTempFile::new_in(dir)?,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Makes the content durable and visible at `path`.
+    pub fn commit(self) -> std::io::Result<()> {
+        self.tmp.as_file().sync_all()?;
+        self.tmp.persist(&self.path).map_err(|e| e.error)?;
+        fs::File::open(parent_dir(&self.path))?.sync_all()
+    }
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+impl Write for AtomicFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tmp.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tmp.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_file_replaces_only_on_commit() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("f");
+        fs::write(&path, b"old").expect("write");
+        let mut file = AtomicFile::create(&path).expect("create");
+        file.write_all(b"new content").expect("write");
+        assert_eq!(fs::read(&path).expect("read"), b"old");
+        drop(file);
+        assert_eq!(fs::read(&path).expect("read"), b"old");
+        assert_eq!(
+            fs::read_dir(dir.path()).expect("list").count(),
+            1,
+            "temp removed"
+        );
+        let mut file = AtomicFile::create(&path).expect("create");
+        file.write_all(b"new content").expect("write");
+        file.commit().expect("commit");
+        assert_eq!(fs::read(&path).expect("read"), b"new content");
+        assert_eq!(fs::read_dir(dir.path()).expect("list").count(), 1);
+    }
+}

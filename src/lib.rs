@@ -13,6 +13,8 @@
 //! - [`supervisor`]: a pure state machine per service, its executor, ordered start and stop.
 //! - [`postgres`]: binaries, bootstrap like the official image, server command line, readiness.
 //! - [`control`]: the unix-socket protocol between CLI clients and the daemon.
+//! - [`repo`]: the repository on object storage (file, S3, GCS, Azure): object format,
+//!   codecs, key layout, `repo.json`, create-only puts, retries.
 //! - [`fsutil`]: durable local writes.
 //! - [`logging`]: pgward's own log records.
 //!
@@ -29,4 +31,5 @@ pub mod init;
 pub mod logging;
 pub mod postgres;
 pub mod process;
+pub mod repo;
 pub mod supervisor;

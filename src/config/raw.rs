@@ -96,6 +96,10 @@ pub(crate) struct RawConfig {
     pub log: RawLog,
     #[serde(deserialize_with = "null_as_default")]
     pub control: RawControl,
+    #[serde(deserialize_with = "null_as_default")]
+    pub storage: RawStorage,
+    #[serde(deserialize_with = "null_as_default")]
+    pub wal: RawWal,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -190,4 +194,71 @@ pub(crate) struct RawLog {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawControl {
     pub socket: Option<Text>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawStorage {
+    pub url: Option<Text>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub s3: RawS3,
+    #[serde(deserialize_with = "null_as_default")]
+    pub gcs: RawGcs,
+    #[serde(deserialize_with = "null_as_default")]
+    pub azure: RawAzure,
+    pub compression: Option<Text>,
+    pub compression_level: Option<Text>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub retry: RawStorageRetry,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawS3 {
+    pub endpoint: Option<Text>,
+    pub region: Option<Text>,
+    pub access_key_id: Option<Text>,
+    pub secret_access_key: Option<Text>,
+    pub secret_access_key_file: Option<Text>,
+    pub session_token: Option<Text>,
+    pub session_token_file: Option<Text>,
+    pub path_style: Option<Text>,
+    pub allow_http: Option<Text>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawGcs {
+    pub service_account_key: Option<Text>,
+    pub service_account_key_file: Option<Text>,
+    pub service_account_path: Option<Text>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawAzure {
+    pub account: Option<Text>,
+    pub access_key: Option<Text>,
+    pub access_key_file: Option<Text>,
+    pub endpoint: Option<Text>,
+    pub allow_http: Option<Text>,
+    pub use_emulator: Option<Text>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawStorageRetry {
+    pub max_retries: Option<Text>,
+    pub initial_backoff: Option<Text>,
+    pub max_backoff: Option<Text>,
+    pub timeout: Option<Text>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawWal {
+    pub archive: Option<Text>,
+    pub archive_timeout: Option<Text>,
+    pub push_concurrency: Option<Text>,
+    pub prefetch: Option<Text>,
 }

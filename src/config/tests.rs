@@ -328,13 +328,13 @@ postgres:
   port: ${PGPORT:-5432}
   user: ${PGUSER}
   stop: { timeout: \"${STOP:-90s}\" }
-  parameters: { archive_command: 'test $$1', work_mem: '${WORK_MEM:-4MB}' }
+  parameters: { log_line_prefix: 'test $$1', work_mem: '${WORK_MEM:-4MB}' }
 ";
     let config = ok(yaml, &[("PGUSER", "pg"), ("STOP", "2m")]);
     assert_eq!(config.postgres.port, 5432);
     assert_eq!(config.postgres.user, "pg");
     assert_eq!(config.postgres.stop.timeout, Duration::from_secs(120));
-    assert_eq!(config.postgres.parameters["archive_command"], "test $1");
+    assert_eq!(config.postgres.parameters["log_line_prefix"], "test $1");
     assert_eq!(config.postgres.parameters["work_mem"], "4MB");
     let config = ok(yaml, &[("PGUSER", "pg"), ("PGPORT", "6432")]);
     assert_eq!(config.postgres.port, 6432);
@@ -447,13 +447,51 @@ fn defaults(data_dir: &str, superuser: &str, database: &str) -> Config {
         control: ControlConfig {
             socket: PathBuf::from("/var/run/postgresql/pgward.sock"),
         },
+        storage: StorageConfig {
+            url: StorageUrl::File(PathBuf::from("/var/lib/pgward/repo")),
+            s3: S3Config {
+                endpoint: None,
+                region: None,
+                access_key_id: None,
+                secret_access_key: None,
+                session_token: None,
+                path_style: false,
+                allow_http: false,
+            },
+            gcs: GcsConfig {
+                service_account_key: None,
+                service_account_path: None,
+            },
+            azure: AzureConfig {
+                account: None,
+                access_key: None,
+                endpoint: None,
+                allow_http: false,
+                use_emulator: false,
+            },
+            compression: Codec::Zstd,
+            compression_level: 3,
+            retry: StorageRetryConfig {
+                max_retries: 5,
+                initial_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(15),
+                timeout: Duration::from_secs(60),
+            },
+        },
+        wal: WalConfig {
+            archive: true,
+            archive_timeout: Duration::from_secs(60),
+            push_concurrency: 4,
+            prefetch: 8,
+        },
     }
 }
 
 #[test]
 fn empty_file_is_all_defaults() {
     let want = defaults("/var/lib/postgresql/data", "postgres", "postgres");
-    let nulls = "postgres:\n  parameters:\n  init: ~\nservices:\njobs: ~\nlog:\ncontrol:\n";
+    let nulls = "postgres:\n  parameters:\n  init: ~\nservices:\njobs: ~\nlog:\ncontrol:\n\
+                 storage:\n  s3: ~\n  gcs:\n  azure:\n  retry:\nwal: ~\n";
     for yaml in ["", "# only a comment\n", "---\n", nulls] {
         assert_eq!(ok(yaml, &[]), want, "{yaml:?}");
     }
@@ -565,7 +603,7 @@ postgres:
   socket_dir: /run/pg
   user: pg
   bin_dir: /usr/lib/postgresql/16/bin
-  parameters: { shared_buffers: 128MB, max_connections: 50, log_connections: on, archive_timeout: 60s, ssl: true, random_page_cost: 1.10 }
+  parameters: { shared_buffers: 128MB, max_connections: 50, log_connections: on, ssl: true, random_page_cost: 1.10 }
   init:
     superuser: admin
     password: hunter2
@@ -607,7 +645,6 @@ fn full_example() {
     assert_eq!(
         params,
         [
-            ("archive_timeout", "60s"),
             ("log_connections", "on"),
             ("max_connections", "50"),
             ("random_page_cost", "1.10"),
@@ -766,4 +803,264 @@ fn redacted_yaml_of_defaults_round_trips_key_names() {
     ] {
         assert!(printed.contains(key), "{key} missing:\n{printed}");
     }
+}
+
+// ---- storage and wal ----
+
+#[test]
+fn storage_and_wal_every_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "tok-from-file\n").expect("write");
+    let yaml = format!(
+        "\
+storage:
+  url: s3://pg-backups/prod/main/
+  s3:
+    endpoint: ${{S3_ENDPOINT}}
+    region: eu-west-3
+    access_key_id: AKIAEXAMPLE
+    secret_access_key: s3cret
+    session_token_file: {}
+    path_style: false
+    allow_http: true
+  gcs: {{ service_account_path: /run/secrets/gcs.json }}
+  azure: {{ account: acct, access_key: a2V5, endpoint: 'https://acct.blob.example', allow_http: false, use_emulator: false }}
+  compression: zstd
+  compression_level: 19
+  retry: {{ max_retries: 0, initial_backoff: 1s, max_backoff: 1s, timeout: 5m }}
+wal:
+  archive: false
+  archive_timeout: 5m
+  push_concurrency: 64
+  prefetch: 0
+",
+        token.display()
+    );
+    let config = ok(&yaml, &[("S3_ENDPOINT", "http://127.0.0.1:9000")]);
+    let s = &config.storage;
+    assert_eq!(
+        s.url,
+        StorageUrl::S3 {
+            bucket: "pg-backups".into(),
+            prefix: "prod/main".into()
+        }
+    );
+    assert_eq!(
+        s.s3,
+        S3Config {
+            endpoint: Some("http://127.0.0.1:9000".into()),
+            region: Some("eu-west-3".into()),
+            access_key_id: Some("AKIAEXAMPLE".into()),
+            secret_access_key: Some(Secret::new("s3cret".into())),
+            session_token: Some(Secret::new("tok-from-file".into())),
+            path_style: false,
+            allow_http: true,
+        }
+    );
+    assert_eq!(
+        s.gcs,
+        GcsConfig {
+            service_account_key: None,
+            service_account_path: Some(PathBuf::from("/run/secrets/gcs.json")),
+        }
+    );
+    assert_eq!(
+        s.azure,
+        AzureConfig {
+            account: Some("acct".into()),
+            access_key: Some(Secret::new("a2V5".into())),
+            endpoint: Some("https://acct.blob.example".into()),
+            allow_http: false,
+            use_emulator: false,
+        }
+    );
+    assert_eq!((s.compression, s.compression_level), (Codec::Zstd, 19));
+    assert_eq!(
+        s.retry,
+        StorageRetryConfig {
+            max_retries: 0,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(1),
+            timeout: Duration::from_secs(300),
+        }
+    );
+    assert_eq!(
+        config.wal,
+        WalConfig {
+            archive: false,
+            archive_timeout: Duration::from_secs(300),
+            push_concurrency: 64,
+            prefetch: 0,
+        }
+    );
+    // With wal.archive off, the archive parameters are the user's.
+    let config = ok(
+        "postgres:\n  parameters: { archive_mode: 'on', archive_timeout: 30s }\nwal: { archive: false }\n",
+        &[],
+    );
+    assert_eq!(config.postgres.parameters["archive_timeout"], "30s");
+}
+
+#[test]
+fn storage_defaults_per_scheme() {
+    // path_style defaults to true exactly when an endpoint is set (S3-compatible servers).
+    let config = ok(
+        "storage:\n  url: s3://bucket\n  s3: { endpoint: 'https://minio.example' }\n",
+        &[],
+    );
+    assert!(config.storage.s3.path_style);
+    let config = ok("storage:\n  url: gs://bucket/p\n  compression: lz4\n", &[]);
+    assert!(!config.storage.s3.path_style);
+    assert_eq!(config.storage.compression, Codec::Lz4);
+    let config = ok(
+        "storage:\n  url: az://container\n  azure: { use_emulator: true, endpoint: 'http://127.0.0.1:10000/devstoreaccount1' }\n",
+        &[],
+    );
+    assert!(config.storage.azure.use_emulator);
+}
+
+#[test]
+fn storage_problems_are_located() {
+    assert_eq!(
+        problem("storage:\n  url: ftp://host/x\n"),
+        "cfg.yaml:2:8: storage.url: unsupported storage url scheme \"ftp\" in \"ftp://host/x\" \
+         (use file, s3, gs or az)"
+    );
+    assert_eq!(
+        problem("storage:\n  url: s3:///prefix\n"),
+        "cfg.yaml:2:8: storage.url: invalid storage url \"s3:///prefix\": the bucket name is \
+         missing"
+    );
+    assert_eq!(
+        problem("storage:\n  url: file://relative\n"),
+        "cfg.yaml:2:8: storage.url: invalid storage url \"file://relative\": a file url needs an \
+         absolute path and no host (file:///var/lib/pgward/repo)"
+    );
+    assert_eq!(
+        problem("storage:\n  url: s3://b12\n  s3:\n    endpoint: http://minio:9000\n"),
+        "cfg.yaml:4:15: storage.s3.endpoint: plain http endpoint \"http://minio:9000\" is not \
+         allowed (use https, or set storage.s3.allow_http: true for a server on a trusted \
+         network)"
+    );
+    assert_eq!(
+        problem("storage:\n  azure: { endpoint: 'http://127.0.0.1:10000/x' }\n"),
+        "cfg.yaml:2:22: storage.azure.endpoint: plain http endpoint \"http://127.0.0.1:10000/x\" \
+         is not allowed (use https, or set storage.azure.allow_http: true for a server on a \
+         trusted network)"
+    );
+    assert_eq!(
+        problem("storage:\n  s3: { endpoint: minio:9000 }\n"),
+        "cfg.yaml:2:19: storage.s3.endpoint: invalid endpoint \"minio:9000\" (expected an \
+         http:// or https:// URL)"
+    );
+    assert_eq!(
+        problem("storage:\n  s3: { allow_http: yes }\n"),
+        "cfg.yaml:2:21: storage.s3.allow_http: invalid boolean \"yes\" (use true or false)"
+    );
+    assert_eq!(
+        problem("storage:\n  compression: gzip\n"),
+        "cfg.yaml:2:16: storage.compression: invalid compression \"gzip\" (use zstd, lz4 or \
+         none)"
+    );
+    assert_eq!(
+        problem("storage:\n  compression_level: 22\n"),
+        "cfg.yaml:2:22: storage.compression_level: invalid zstd level \"22\" (use an integer \
+         from 1 to 19)"
+    );
+    assert_eq!(
+        problem("storage:\n  compression: lz4\n  compression_level: 5\n"),
+        "cfg.yaml:3:3: storage.compression_level: compression_level applies to zstd only, but \
+         compression is lz4"
+    );
+    assert_eq!(
+        problem("storage:\n  retry: { initial_backoff: 10s, max_backoff: 1s }\n"),
+        "cfg.yaml:2:47: storage.retry.max_backoff: max_backoff (1s) is shorter than \
+         initial_backoff (10s)"
+    );
+    assert_eq!(
+        problem("storage:\n  retry: { timeout: 0s }\n"),
+        "cfg.yaml:2:21: storage.retry.timeout: timeout must be longer than 0s"
+    );
+    assert_eq!(
+        problem("storage:\n  s3: { secret_access_key: a, secret_access_key_file: /x }\n"),
+        "cfg.yaml:2:31: storage.s3.secret_access_key_file: both secret_access_key and \
+         secret_access_key_file are set (but are exclusive)"
+    );
+    assert_eq!(
+        problem(
+            "storage:\n  gcs:\n    service_account_key: '{}'\n    service_account_path: /k.json\n"
+        ),
+        "cfg.yaml:4:5: storage.gcs.service_account_path: service_account_key and \
+         service_account_path are exclusive; set one"
+    );
+    assert_eq!(
+        problem("storage:\n  gcs: { service_account_key: not-json-secret }\n"),
+        "cfg.yaml:2:31: storage.gcs.service_account_key: the service account key is not valid \
+         JSON"
+    );
+    assert!(problem("storage:\n  s4: {}\n")
+        .starts_with("cfg.yaml:2:3: storage.s4: unknown field `s4`, expected one of "));
+}
+
+#[test]
+fn wal_problems_are_located() {
+    assert_eq!(
+        problem("wal:\n  push_concurrency: 0\n"),
+        "cfg.yaml:2:21: wal.push_concurrency: invalid push_concurrency \"0\" (use an integer \
+         from 1 to 64)"
+    );
+    assert_eq!(
+        problem("wal:\n  prefetch: -1\n"),
+        "cfg.yaml:2:13: wal.prefetch: invalid count \"-1\" (use a non-negative integer)"
+    );
+    assert_eq!(
+        problem("wal:\n  archive_timeout: 1500ms\n"),
+        "cfg.yaml:2:20: wal.archive_timeout: invalid archive_timeout \"1500ms\" (use whole \
+         seconds, e.g. 60s or 5m)"
+    );
+    assert_eq!(
+        problem("wal:\n  archive: maybe\n"),
+        "cfg.yaml:2:12: wal.archive: invalid boolean \"maybe\" (use true or false)"
+    );
+    assert_eq!(
+        problem("postgres:\n  parameters:\n    archive_command: /bin/true\n"),
+        "cfg.yaml:3:5: postgres.parameters.archive_command: pgward sets archive_command while \
+         wal.archive is true (set wal.archive instead, or wal.archive: false to manage \
+         archiving yourself)"
+    );
+}
+
+#[test]
+fn redacted_yaml_hides_storage_secrets() {
+    let yaml = "\
+storage:
+  url: s3://bucket-1/p
+  s3: { access_key_id: AKIAVISIBLE, secret_access_key: s3-secret-1, session_token: s3-secret-2 }
+  gcs: { service_account_key: '{\"private_key\": \"gcs-secret-3\"}' }
+  azure: { account: acct, access_key: az-secret-4 }
+";
+    let printed = redacted_yaml(&ok(yaml, &[]));
+    for secret in ["s3-secret-1", "s3-secret-2", "gcs-secret-3", "az-secret-4"] {
+        assert!(!printed.contains(secret), "{secret} leaked:\n{printed}");
+    }
+    for shown in [
+        "url: s3://bucket-1/p",
+        "access_key_id: AKIAVISIBLE",
+        "secret_access_key: <redacted>",
+        "compression: zstd",
+        "initial_backoff: 100ms",
+        "archive_timeout: 1m",
+        "push_concurrency: 4",
+    ] {
+        assert!(printed.contains(shown), "{shown} missing:\n{printed}");
+    }
+}
+
+#[test]
+fn the_example_file_is_the_defaults() {
+    assert_eq!(
+        ok(include_str!("../../configs/pgward.example.yaml"), &[]),
+        defaults("/var/lib/postgresql/data", "postgres", "postgres")
+    );
 }

@@ -127,6 +127,10 @@ impl Cx<'_> {
         self.parse(path, raw, parse_duration)
     }
 
+    fn bool(&mut self, path: &str, raw: Option<Text>) -> Option<bool> {
+        self.parse(path, raw, parse_bool)
+    }
+
     /// Every element interpolated; failures are reported and dropped.
     fn list(&mut self, path: &str, raw: Vec<Text>) -> Vec<String> {
         raw.into_iter()
@@ -182,12 +186,17 @@ pub(crate) fn validate(raw: RawConfig, cx: &mut Cx<'_>) -> Config {
         jobs,
         log,
         control,
+        storage,
+        wal,
     } = raw;
     let postgres = validate_postgres(postgres, cx);
     let services = validate_services(services, cx);
     let jobs = validate_jobs(jobs, cx);
     let log = validate_log(log, cx);
     let control = validate_control(control, &postgres.socket_dir, cx);
+    let storage = validate_storage(storage, cx);
+    let wal = validate_wal(wal, cx);
+    check_archive_parameters(&postgres, &wal, cx);
     Config {
         source: None,
         postgres,
@@ -195,6 +204,8 @@ pub(crate) fn validate(raw: RawConfig, cx: &mut Cx<'_>) -> Config {
         jobs,
         log,
         control,
+        storage,
+        wal,
     }
 }
 
@@ -689,6 +700,316 @@ fn validate_control(raw: RawControl, socket_dir: &Path, cx: &mut Cx<'_>) -> Cont
     ControlConfig { socket }
 }
 
+/// The default repository: a local directory, so a container archives WAL out of the box
+/// (mount a volume there, or point `storage.url` at object storage).
+const DEFAULT_STORAGE_URL: &str = "file:///var/lib/pgward/repo";
+
+fn validate_storage(raw: RawStorage, cx: &mut Cx<'_>) -> StorageConfig {
+    let RawStorage {
+        url,
+        s3,
+        gcs,
+        azure,
+        compression,
+        compression_level,
+        retry,
+    } = raw;
+    let url = cx
+        .parse("storage.url", url, StorageUrl::parse)
+        .unwrap_or_else(|| {
+            StorageUrl::parse(DEFAULT_STORAGE_URL).expect("the default storage url parses")
+        });
+    let level_given = compression_level.is_some();
+    let compression = cx
+        .parse("storage.compression", compression, |s| {
+            Codec::from_name(s)
+                .ok_or_else(|| format!("invalid compression {s:?} (use zstd, lz4 or none)"))
+        })
+        .unwrap_or(Codec::Zstd);
+    let compression_level = cx
+        .parse(
+            "storage.compression_level",
+            compression_level,
+            |s| match s.trim().parse::<i32>() {
+                Ok(n @ 1..=19) => Ok(n),
+                _ => Err(format!(
+                    "invalid zstd level {s:?} (use an integer from 1 to 19)"
+                )),
+            },
+        )
+        .unwrap_or(3);
+    if level_given && compression != Codec::Zstd {
+        cx.at_key(
+            "storage.compression_level",
+            format!(
+                "compression_level applies to zstd only, but compression is {}",
+                compression.name()
+            ),
+        );
+    }
+    StorageConfig {
+        url,
+        s3: validate_s3(s3, cx),
+        gcs: validate_gcs(gcs, cx),
+        azure: validate_azure(azure, cx),
+        compression,
+        compression_level,
+        retry: validate_storage_retry(retry, cx),
+    }
+}
+
+/// An `http://` or `https://` URL; plain http only when `allow_http` (credentials and data
+/// would cross the network in clear).
+fn check_endpoint(cx: &mut Cx<'_>, path: &str, endpoint: &str, allow_http: bool, base: &str) {
+    if endpoint.starts_with("https://") {
+        return;
+    }
+    if endpoint.starts_with("http://") {
+        if !allow_http {
+            cx.at_value(
+                path,
+                format!(
+                    "plain http endpoint {endpoint:?} is not allowed (use https, or set \
+                     {base}.allow_http: true for a server on a trusted network)"
+                ),
+            );
+        }
+        return;
+    }
+    cx.at_value(
+        path,
+        format!("invalid endpoint {endpoint:?} (expected an http:// or https:// URL)"),
+    );
+}
+
+fn validate_s3(raw: RawS3, cx: &mut Cx<'_>) -> S3Config {
+    let RawS3 {
+        endpoint,
+        region,
+        access_key_id,
+        secret_access_key,
+        secret_access_key_file,
+        session_token,
+        session_token_file,
+        path_style,
+        allow_http,
+    } = raw;
+    let endpoint = cx.string("storage.s3.endpoint", endpoint);
+    let allow_http = cx
+        .bool("storage.s3.allow_http", allow_http)
+        .unwrap_or(false);
+    if let Some(endpoint) = &endpoint {
+        check_endpoint(
+            cx,
+            "storage.s3.endpoint",
+            endpoint,
+            allow_http,
+            "storage.s3",
+        );
+    }
+    S3Config {
+        region: cx.string("storage.s3.region", region),
+        access_key_id: cx.string("storage.s3.access_key_id", access_key_id),
+        secret_access_key: cx.secret(
+            "storage.s3.secret_access_key",
+            secret_access_key,
+            secret_access_key_file,
+        ),
+        session_token: cx.secret(
+            "storage.s3.session_token",
+            session_token,
+            session_token_file,
+        ),
+        path_style: cx
+            .bool("storage.s3.path_style", path_style)
+            .unwrap_or(endpoint.is_some()),
+        endpoint,
+        allow_http,
+    }
+}
+
+fn validate_gcs(raw: RawGcs, cx: &mut Cx<'_>) -> GcsConfig {
+    let RawGcs {
+        service_account_key,
+        service_account_key_file,
+        service_account_path,
+    } = raw;
+    let key_given = service_account_key.is_some() || service_account_key_file.is_some();
+    let service_account_key = cx.secret(
+        "storage.gcs.service_account_key",
+        service_account_key,
+        service_account_key_file,
+    );
+    if let Some(key) = &service_account_key {
+        if serde_json::from_str::<serde_json::Value>(key.expose()).is_err() {
+            // Never echo the key: it is a secret even when malformed.
+            cx.at_value(
+                "storage.gcs.service_account_key",
+                "the service account key is not valid JSON",
+            );
+        }
+    }
+    let path_given = service_account_path.is_some();
+    let service_account_path = cx.path("storage.gcs.service_account_path", service_account_path);
+    if key_given && path_given {
+        cx.at_key(
+            "storage.gcs.service_account_path",
+            "service_account_key and service_account_path are exclusive; set one",
+        );
+    }
+    GcsConfig {
+        service_account_key,
+        service_account_path,
+    }
+}
+
+fn validate_azure(raw: RawAzure, cx: &mut Cx<'_>) -> AzureConfig {
+    let RawAzure {
+        account,
+        access_key,
+        access_key_file,
+        endpoint,
+        allow_http,
+        use_emulator,
+    } = raw;
+    let endpoint = cx.string("storage.azure.endpoint", endpoint);
+    let allow_http = cx
+        .bool("storage.azure.allow_http", allow_http)
+        .unwrap_or(false);
+    let use_emulator = cx
+        .bool("storage.azure.use_emulator", use_emulator)
+        .unwrap_or(false);
+    if let Some(endpoint) = &endpoint {
+        // The emulator speaks plain http on localhost only.
+        let allow = allow_http || use_emulator;
+        check_endpoint(
+            cx,
+            "storage.azure.endpoint",
+            endpoint,
+            allow,
+            "storage.azure",
+        );
+    }
+    AzureConfig {
+        account: cx.string("storage.azure.account", account),
+        access_key: cx.secret("storage.azure.access_key", access_key, access_key_file),
+        endpoint,
+        allow_http,
+        use_emulator,
+    }
+}
+
+fn validate_storage_retry(raw: RawStorageRetry, cx: &mut Cx<'_>) -> StorageRetryConfig {
+    let RawStorageRetry {
+        max_retries,
+        initial_backoff,
+        max_backoff,
+        timeout,
+    } = raw;
+    let retry = StorageRetryConfig {
+        max_retries: cx
+            .parse("storage.retry.max_retries", max_retries, parse_count)
+            .unwrap_or(5),
+        initial_backoff: cx
+            .duration("storage.retry.initial_backoff", initial_backoff)
+            .unwrap_or(Duration::from_millis(100)),
+        max_backoff: cx
+            .duration("storage.retry.max_backoff", max_backoff)
+            .unwrap_or(Duration::from_secs(15)),
+        timeout: cx
+            .parse(
+                "storage.retry.timeout",
+                timeout,
+                |s| match parse_duration(s)? {
+                    Duration::ZERO => Err("timeout must be longer than 0s".to_owned()),
+                    d => Ok(d),
+                },
+            )
+            .unwrap_or(Duration::from_secs(60)),
+    };
+    if retry.max_backoff < retry.initial_backoff {
+        cx.at_value(
+            "storage.retry.max_backoff",
+            format!(
+                "max_backoff ({}) is shorter than initial_backoff ({})",
+                humantime::format_duration(retry.max_backoff),
+                humantime::format_duration(retry.initial_backoff)
+            ),
+        );
+    }
+    retry
+}
+
+fn validate_wal(raw: RawWal, cx: &mut Cx<'_>) -> WalConfig {
+    let RawWal {
+        archive,
+        archive_timeout,
+        push_concurrency,
+        prefetch,
+    } = raw;
+    WalConfig {
+        archive: cx.bool("wal.archive", archive).unwrap_or(true),
+        archive_timeout: cx
+            .parse("wal.archive_timeout", archive_timeout, |s| {
+                let d = parse_duration(s)?;
+                // postgres takes whole seconds, at most INT_MAX.
+                if d.subsec_nanos() != 0 || d.as_secs() > i32::MAX as u64 {
+                    Err(format!(
+                        "invalid archive_timeout {s:?} (use whole seconds, e.g. 60s or 5m)"
+                    ))
+                } else {
+                    Ok(d)
+                }
+            })
+            .unwrap_or(Duration::from_secs(60)),
+        push_concurrency: cx
+            .parse(
+                "wal.push_concurrency",
+                push_concurrency,
+                |s| match parse_count(s)? {
+                    n @ 1..=64 => Ok(n),
+                    _ => Err(format!(
+                        "invalid push_concurrency {s:?} (use an integer from 1 to 64)"
+                    )),
+                },
+            )
+            .unwrap_or(4),
+        prefetch: cx
+            .parse("wal.prefetch", prefetch, |s| match parse_count(s)? {
+                n @ 0..=256 => Ok(n),
+                _ => Err(format!(
+                    "invalid prefetch {s:?} (use an integer from 0 to 256)"
+                )),
+            })
+            .unwrap_or(8),
+    }
+}
+
+/// Parameters pgward sets itself while it archives; a second value would silently lose.
+const ARCHIVE_PARAMETERS: &[(&str, &str)] = &[
+    ("archive_mode", "wal.archive"),
+    ("archive_command", "wal.archive"),
+    ("archive_library", "wal.archive"),
+    ("archive_timeout", "wal.archive_timeout"),
+];
+
+fn check_archive_parameters(postgres: &PostgresConfig, wal: &WalConfig, cx: &mut Cx<'_>) {
+    if !wal.archive {
+        return;
+    }
+    for (name, key) in ARCHIVE_PARAMETERS {
+        if postgres.parameters.contains_key(*name) {
+            cx.at_key(
+                &format!("postgres.parameters.{name}"),
+                format!(
+                    "pgward sets {name} while wal.archive is true (set {key} instead, or \
+                     wal.archive: false to manage archiving yourself)"
+                ),
+            );
+        }
+    }
+}
+
 fn required_name(cx: &mut Cx<'_>, path: &str, raw: Option<Text>, what: &str) -> String {
     if raw.is_none() {
         cx.at_value(path, format!("missing {what} name"));
@@ -757,6 +1078,14 @@ fn parse_count(s: &str) -> Result<u32, String> {
     s.trim()
         .parse()
         .map_err(|_| format!("invalid count {s:?} (use a non-negative integer)"))
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!("invalid boolean {s:?} (use true or false)")),
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -1,0 +1,120 @@
+//! Compression codecs of stored objects: zstd (streaming, level 1–19), lz4 (frame format) or
+//! none. Only byte streams in and out; the object format around them is `frame`'s, and
+//! nothing here touches storage or the async runtime (callers run it in `spawn_blocking`).
+
+use std::io::{self, Read, Write};
+
+use serde::Serialize;
+
+/// How an object's payload is compressed; also its stored name's extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Codec {
+    Zstd,
+    Lz4,
+    None,
+}
+
+impl Codec {
+    /// Every codec, the order in which stored names are tried after the repo's own.
+    pub const ALL: [Codec; 3] = [Codec::Zstd, Codec::Lz4, Codec::None];
+
+    /// Name in config: `zstd`, `lz4` or `none`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::Zstd => "zstd",
+            Codec::Lz4 => "lz4",
+            Codec::None => "none",
+        }
+    }
+
+    /// The codec named `name` in config.
+    pub fn from_name(name: &str) -> Option<Codec> {
+        Codec::ALL.into_iter().find(|c| c.name() == name.trim())
+    }
+
+    /// Extension appended to keys: `zst`, `lz4` or `raw`.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Codec::Zstd => "zst",
+            Codec::Lz4 => "lz4",
+            Codec::None => "raw",
+        }
+    }
+
+    /// The codec whose extension is `ext`.
+    pub fn from_extension(ext: &str) -> Option<Codec> {
+        Codec::ALL.into_iter().find(|c| c.extension() == ext)
+    }
+
+    /// Id in the object header. Stable: stored objects carry it.
+    pub(crate) fn id(self) -> u8 {
+        match self {
+            Codec::None => 0,
+            Codec::Zstd => 1,
+            Codec::Lz4 => 2,
+        }
+    }
+
+    pub(crate) fn from_id(id: u8) -> Option<Codec> {
+        Codec::ALL.into_iter().find(|c| c.id() == id)
+    }
+}
+
+impl Serialize for Codec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+/// A compressing writer over `W`; [`Encoder::finish`] ends the stream and hands `W` back.
+pub(crate) enum Encoder<W: Write> {
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+    Lz4(lz4_flex::frame::FrameEncoder<W>),
+    None(W),
+}
+
+impl<W: Write> Encoder<W> {
+    /// `level` is used by zstd only.
+    pub(crate) fn new(codec: Codec, level: i32, inner: W) -> io::Result<Encoder<W>> {
+        Ok(match codec {
+            Codec::Zstd => Encoder::Zstd(zstd::stream::write::Encoder::new(inner, level)?),
+            Codec::Lz4 => Encoder::Lz4(lz4_flex::frame::FrameEncoder::new(inner)),
+            Codec::None => Encoder::None(inner),
+        })
+    }
+
+    pub(crate) fn finish(self) -> io::Result<W> {
+        match self {
+            Encoder::Zstd(e) => e.finish(),
+            Encoder::Lz4(e) => e.finish().map_err(io::Error::other),
+            Encoder::None(w) => Ok(w),
+        }
+    }
+}
+
+impl<W: Write> Write for Encoder<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Encoder::Zstd(e) => e.write(buf),
+            Encoder::Lz4(e) => e.write(buf),
+            Encoder::None(w) => w.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Encoder::Zstd(e) => e.flush(),
+            Encoder::Lz4(e) => e.flush(),
+            Encoder::None(w) => w.flush(),
+        }
+    }
+}
+
+/// A decompressing reader over `inner`.
+pub(crate) fn decoder<'a, R: Read + 'a>(codec: Codec, inner: R) -> io::Result<Box<dyn Read + 'a>> {
+    Ok(match codec {
+        Codec::Zstd => Box::new(zstd::stream::read::Decoder::new(inner)?),
+        Codec::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(inner)),
+        Codec::None => Box::new(inner),
+    })
+}

@@ -1,0 +1,117 @@
+//! Where things live inside the repository: key names only, no I/O.
+//!
+//! ```text
+//! repo.json                                  RepoMeta
+//! wal/<TTTTTTTT>/<24 hex>                    WAL segments (and .partial, .backup files)
+//! wal/<TTTTTTTT>/<TTTTTTTT>.history          timeline history files
+//! backups/<id>/...                           one backup; its manifest is written last
+//! ```
+//! Keys carry no codec extension; [`Repo`](super::Repo) appends it. The timeline directory keeps
+//! listings per timeline short. Names follow PostgreSQL's `XLogFileName` and friends
+//! (uppercase hex); this module validates them without depending on `postgres/`.
+
+use super::RepoError;
+
+/// Key of the repository's metadata object.
+pub const REPO_META: &str = "repo.json";
+/// Prefix of everything WAL.
+pub const WAL_PREFIX: &str = "wal";
+/// Prefix of everything backup.
+pub const BACKUPS_PREFIX: &str = "backups";
+
+fn is_upper_hex(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+}
+
+/// The key of a file postgres hands to `archive_command` or asks of `restore_command`:
+/// a segment (`000000010000000000000003`), a partial segment (`….partial`), a history file
+/// (`00000002.history`) or a backup label (`…3.00000028.backup`).
+pub fn wal_key(file_name: &str) -> Result<String, RepoError> {
+    let invalid = |reason: &str| RepoError::InvalidKey {
+        key: file_name.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let timeline = if let Some(tli) = file_name.strip_suffix(".history") {
+        (tli.len() == 8 && is_upper_hex(tli)).then_some(tli)
+    } else {
+        let (segment, rest) = file_name.split_at_checked(24).unwrap_or((file_name, ""));
+        let ok_rest = match rest {
+            "" | ".partial" => true,
+            _ => rest
+                .strip_prefix('.')
+                .and_then(|r| r.strip_suffix(".backup"))
+                .is_some_and(|offset| offset.len() == 8 && is_upper_hex(offset)),
+        };
+        (segment.len() == 24 && is_upper_hex(segment) && ok_rest).then(|| &segment[..8])
+    };
+    match timeline {
+        Some("00000000") => Err(invalid("timeline 0 does not exist")),
+        Some(tli) => Ok(format!("{WAL_PREFIX}/{tli}/{file_name}")),
+        None => Err(invalid(
+            "not a WAL file name (expected a 24-hex-digit segment, optionally with .partial, \
+             a <timeline>.history or a <segment>.<offset>.backup file, uppercase hex)",
+        )),
+    }
+}
+
+/// Prefix of one backup's objects.
+pub fn backup_prefix(id: &str) -> String {
+    format!("{BACKUPS_PREFIX}/{id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wal_keys() {
+        let cases = [
+            (
+                "000000010000000000000003",
+                "wal/00000001/000000010000000000000003",
+            ),
+            (
+                "0000000A00000001000000FF.partial",
+                "wal/0000000A/0000000A00000001000000FF.partial",
+            ),
+            ("00000002.history", "wal/00000002/00000002.history"),
+            (
+                "000000010000000000000003.00000028.backup",
+                "wal/00000001/000000010000000000000003.00000028.backup",
+            ),
+        ];
+        for (name, key) in cases {
+            assert_eq!(wal_key(name).expect(name), key);
+        }
+        for bad in [
+            "",
+            "00000001000000000000003",
+            "0000000100000000000000030",
+            "000000010000000000000003.zst",
+            "000000010000000000000003.partial.x",
+            "00000001000000000000000a",
+            "0000001.history",
+            "00000000.history",
+            "000000000000000000000001",
+            "000000010000000000000003.0000028.backup",
+            "../00000001.history",
+            "archive_status",
+            "ééééééééééééééééééééééééé",
+        ] {
+            let err = wal_key(bad).expect_err(bad);
+            assert!(
+                matches!(&err, RepoError::InvalidKey { key, .. } if key == bad),
+                "{bad}: {err}"
+            );
+        }
+        assert!(wal_key("x")
+            .unwrap_err()
+            .to_string()
+            .starts_with("invalid repository key \"x\": not a WAL file name"));
+        assert_eq!(
+            backup_prefix("20240101T000000F"),
+            "backups/20240101T000000F"
+        );
+    }
+}

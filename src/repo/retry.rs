@@ -1,0 +1,231 @@
+//! The one retry helper for repository operations: exponential backoff with jitter, driven
+//! by [`RepoError::is_permanent`], cancellable. Each request is already retried by
+//! object_store (`storage.retry`); this retries whole operations (a streamed upload that
+//! broke halfway, a download that failed its checksum check is *not* retried: corrupt is
+//! permanent).
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::error::Chain;
+use super::RepoError;
+use crate::config::StorageRetryConfig;
+
+/// How often and how patiently to retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// Delay before the first retry, doubled after each.
+    pub initial_backoff: Duration,
+    /// Upper bound of the delay.
+    pub max_backoff: Duration,
+}
+
+impl RetryPolicy {
+    /// The policy of `storage.retry`.
+    pub fn from_config(cfg: &StorageRetryConfig) -> RetryPolicy {
+        RetryPolicy {
+            max_retries: cfg.max_retries,
+            initial_backoff: cfg.initial_backoff,
+            max_backoff: cfg.max_backoff,
+        }
+    }
+
+    /// Delay before retry number `retry` (0-based), before jitter.
+    fn backoff(&self, retry: u32) -> Duration {
+        let factor = 2u32.saturating_pow(retry.min(31));
+        self.initial_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff)
+    }
+}
+
+/// "Equal jitter": half the delay fixed, half random, so retries of many clients spread out
+/// while each still waits at least half its backoff.
+fn jittered(delay: Duration) -> Duration {
+    let half = delay / 2;
+    half + half.mul_f64(fastrand::f64())
+}
+
+/// Runs `op` until it succeeds, fails permanently, runs out of retries or `cancel` fires
+/// ([`RepoError::Cancelled`]). Each retry is logged at WARN with its attempt count.
+///
+/// Cancel safety: dropping the returned future drops the attempt in flight; `op` must leave
+/// nothing half-visible when dropped (the repository's writes are atomic per object).
+pub async fn retry<T, F, Fut>(
+    policy: &RetryPolicy,
+    cancel: &CancellationToken,
+    op_name: &str,
+    mut op: F,
+) -> Result<T, RepoError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, RepoError>>,
+{
+    let mut retries = 0u32;
+    loop {
+        let result = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(RepoError::Cancelled),
+            result = op() => result,
+        };
+        let error = match result {
+            Ok(value) => return Ok(value),
+            Err(e) if e.is_permanent() || retries >= policy.max_retries => return Err(e),
+            Err(e) => e,
+        };
+        let delay = jittered(policy.backoff(retries));
+        retries += 1;
+        tracing::warn!(
+            op = op_name,
+            attempt = retries,
+            max_retries = policy.max_retries,
+            delay = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)),
+            "failed to {op_name}, retrying: {}",
+            Chain(&error)
+        );
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(RepoError::Cancelled),
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use tokio::time::Instant;
+
+    use super::*;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            max_retries: 4,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(300),
+        }
+    }
+
+    fn transient() -> RepoError {
+        RepoError::storage(
+            "k",
+            object_store::Error::Generic {
+                store: "test",
+                source: "connection reset".into(),
+            },
+        )
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let p = policy();
+        let delays: Vec<u128> = (0..5).map(|r| p.backoff(r).as_millis()).collect();
+        assert_eq!(delays, [100, 200, 300, 300, 300]);
+        assert_eq!(p.backoff(u32::MAX), Duration::from_millis(300));
+        for _ in 0..100 {
+            let d = jittered(Duration::from_millis(100));
+            assert!(d >= Duration::from_millis(50) && d <= Duration::from_millis(100));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_errors_are_retried_until_success() {
+        let calls = AtomicU32::new(0);
+        let start = Instant::now();
+        let got = retry(&policy(), &CancellationToken::new(), "get k", || async {
+            match calls.fetch_add(1, Ordering::SeqCst) {
+                0..=2 => Err(transient()),
+                _ => Ok(7),
+            }
+        })
+        .await
+        .expect("succeeds on the fourth attempt");
+        assert_eq!(got, 7);
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+        // Waited 100 + 200 + 300 ms, each at least halved by jitter.
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_millis(300), "{waited:?}");
+        assert!(waited <= Duration::from_millis(600), "{waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gives_up_after_max_retries_with_the_last_error() {
+        let calls = AtomicU32::new(0);
+        let err = retry(&policy(), &CancellationToken::new(), "put k", || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err::<(), _>(transient())
+        })
+        .await
+        .expect_err("never succeeds");
+        assert!(matches!(err, RepoError::Storage { .. }), "{err}");
+        assert_eq!(calls.load(Ordering::SeqCst), 5, "1 attempt + 4 retries");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn permanent_errors_are_not_retried() {
+        for permanent in [
+            RepoError::NotFound { key: "k".into() },
+            RepoError::Corrupt {
+                key: "k".into(),
+                reason: "bad".into(),
+            },
+            RepoError::Config("no".into()),
+            RepoError::storage(
+                "k",
+                object_store::Error::PermissionDenied {
+                    path: "k".into(),
+                    source: "403".into(),
+                },
+            ),
+        ] {
+            let calls = AtomicU32::new(0);
+            let mut once = Some(permanent);
+            let start = Instant::now();
+            let err = retry(&policy(), &CancellationToken::new(), "op", || {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let e = once.take().expect("called once");
+                async move { Err::<(), _>(e) }
+            })
+            .await
+            .expect_err("fails");
+            assert!(err.is_permanent());
+            assert_eq!(calls.load(Ordering::SeqCst), 1);
+            assert_eq!(start.elapsed(), Duration::ZERO);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancellation_interrupts_the_backoff_and_the_attempt() {
+        let cancel = CancellationToken::new();
+        let canceller = {
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                cancel.cancel();
+            })
+        };
+        let start = Instant::now();
+        let err = retry(&policy(), &cancel, "op", || async {
+            Err::<(), _>(transient())
+        })
+        .await
+        .expect_err("cancelled");
+        assert!(matches!(err, RepoError::Cancelled), "{err}");
+        assert_eq!(start.elapsed(), Duration::from_millis(150));
+        canceller.await.expect("canceller");
+        // An attempt that hangs is dropped too.
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let err = retry(&policy(), &cancel, "op", || {
+            std::future::pending::<Result<(), _>>()
+        })
+        .await
+        .expect_err("cancelled");
+        assert!(matches!(err, RepoError::Cancelled));
+    }
+}

@@ -1,0 +1,769 @@
+//! Repository behaviour on `InMemory` and on `LocalFileSystem` in a temp dir: round trips,
+//! create-only semantics, corruption, metadata, listing, store building (offline).
+
+use std::sync::Arc;
+
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::ObjectStore;
+
+use super::*;
+use crate::config::{Secret, StorageConfig};
+
+const MIB: usize = 1 << 20;
+
+/// Pseudo-random (incompressible) bytes, then a compressible run.
+fn content(seed: u64, random: usize, text: usize) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut v: Vec<u8> = (0..random).map(|_| rng.u8(..)).collect();
+    v.extend((0..text).map(|i| b"pgward WAL "[i % 11]));
+    v
+}
+
+fn write_file(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, data).expect("write source");
+    path
+}
+
+struct Local {
+    dir: tempfile::TempDir,
+    store: Arc<dyn ObjectStore>,
+}
+
+fn local() -> Local {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Arc::new(LocalFileSystem::new_with_prefix(dir.path()).expect("local store"));
+    Local { dir, store }
+}
+
+fn stores() -> Vec<(&'static str, Arc<dyn ObjectStore>, Option<Local>)> {
+    let l = local();
+    vec![
+        ("memory", Arc::new(InMemory::new()), None),
+        ("local", l.store.clone(), Some(l)),
+    ]
+}
+
+fn never() -> CancellationToken {
+    CancellationToken::new()
+}
+
+const SEGMENT: &str = "wal/00000001/000000010000000000000003";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_every_codec_small_and_multipart() {
+    let scratch = tempfile::tempdir().expect("temp dir");
+    // 10 MiB of random bytes encode above SINGLE_PUT_MAX whatever the codec: a multipart
+    // upload. The small file is one put.
+    let big = content(1, 10 * MIB, 3 * MIB);
+    let small = content(2, 100_000, 2 * MIB);
+    let big_src = write_file(scratch.path(), "big", &big);
+    let small_src = write_file(scratch.path(), "small", &small);
+    for (name, store, _keep) in stores() {
+        for codec in Codec::ALL {
+            let repo = Repo::open_with_store(store.clone(), "cluster/a", codec, 3);
+            for (src, data, label) in [(&big_src, &big, "big"), (&small_src, &small, "small")] {
+                let key = format!("{}-{label}-{}", SEGMENT, codec.name());
+                let outcome = repo
+                    .put_file_create(&key, src, &never())
+                    .await
+                    .expect("put");
+                let PutOutcome::Created {
+                    checksum,
+                    stored_bytes,
+                } = outcome
+                else {
+                    panic!("{name} {codec:?}: expected created, got {outcome:?}");
+                };
+                assert_eq!(checksum.0, *blake3::hash(data).as_bytes());
+                let head = store
+                    .head(&repo.path(&key, codec).expect("path"))
+                    .await
+                    .expect("stored under its codec extension");
+                assert_eq!(head.size, stored_bytes, "{name} {codec:?} {label}");
+                if label == "small" && codec != Codec::None {
+                    assert!(stored_bytes < data.len() as u64 / 2, "compressed");
+                }
+                assert_eq!(repo.exists(&key).await.expect("exists"), Some(checksum));
+                let dest = scratch.path().join(format!("out-{name}-{label}"));
+                assert!(repo.get_to_file(&key, &dest, &never()).await.expect("get"));
+                assert!(
+                    std::fs::read(&dest).expect("read back") == **data,
+                    "{name} {codec:?} {label}: content differs"
+                );
+            }
+        }
+    }
+    // Only the sources and the outputs: no temp files left behind.
+    let mut names: Vec<String> = std::fs::read_dir(scratch.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "big",
+            "out-local-big",
+            "out-local-small",
+            "out-memory-big",
+            "out-memory-small",
+            "small"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn create_only_identical_and_conflict() {
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let a = write_file(scratch.path(), "a", &content(3, 1000, 50_000));
+    let b = write_file(scratch.path(), "b", &content(4, 1000, 50_000));
+    for (name, store, _keep) in stores() {
+        let repo = Repo::open_with_store(store.clone(), "", Codec::Zstd, 3);
+        let first = repo
+            .put_file_create(SEGMENT, &a, &never())
+            .await
+            .expect("put");
+        assert!(matches!(first, PutOutcome::Created { .. }), "{name}");
+        let again = repo
+            .put_file_create(SEGMENT, &a, &never())
+            .await
+            .expect("again");
+        assert_eq!(
+            again,
+            PutOutcome::AlreadyIdentical {
+                checksum: first.checksum()
+            }
+        );
+        match repo.put_file_create(SEGMENT, &b, &never()).await {
+            Err(RepoError::Conflict { key, existing, new }) => {
+                assert_eq!(key, SEGMENT);
+                assert_eq!(existing, first.checksum());
+                assert_eq!(
+                    new.0,
+                    *blake3::hash(&std::fs::read(&b).expect("b")).as_bytes()
+                );
+                assert!(RepoError::Conflict { key, existing, new }.is_permanent());
+            }
+            other => panic!("{name}: expected a conflict, got {other:?}"),
+        }
+        // A repo now writing lz4 still sees the zstd object: create-only spans codecs.
+        let lz4 = Repo::open_with_store(store.clone(), "", Codec::Lz4, 3);
+        assert!(matches!(
+            lz4.put_file_create(SEGMENT, &a, &never()).await,
+            Ok(PutOutcome::AlreadyIdentical { .. })
+        ));
+        assert!(matches!(
+            lz4.put_file_create(SEGMENT, &b, &never()).await,
+            Err(RepoError::Conflict { .. })
+        ));
+        // The conditional put itself (no prior check) is create-only too.
+        let digest = frame::digest(&b"x"[..]).expect("digest");
+        let (_, encoded) = frame::encode_bytes(b"y", Codec::Zstd, 3).expect("encode");
+        let path = repo.path(SEGMENT, Codec::Zstd).expect("path");
+        let err = repo
+            .put_encoded(
+                SEGMENT,
+                &path,
+                vec![Bytes::from(encoded)],
+                digest,
+                PutMode::Create,
+            )
+            .await
+            .expect_err("conflict");
+        assert!(matches!(err, RepoError::Conflict { .. }), "{name}: {err}");
+        // The stored object is still the first one.
+        let dest = scratch.path().join("check");
+        repo.get_to_file(SEGMENT, &dest, &never())
+            .await
+            .expect("get");
+        assert_eq!(
+            std::fs::read(&dest).expect("read"),
+            std::fs::read(&a).expect("a")
+        );
+    }
+}
+
+#[tokio::test]
+async fn put_bytes_modes_and_get_bytes() {
+    let repo = Repo::open_with_store(Arc::new(InMemory::new()), "p", Codec::Zstd, 3);
+    assert_eq!(
+        repo.get_bytes("backups/x/manifest.json")
+            .await
+            .expect("get"),
+        None
+    );
+    let created = repo
+        .put_bytes("backups/x/manifest.json", b"one".to_vec(), PutMode::Create)
+        .await
+        .expect("create");
+    assert!(matches!(created, PutOutcome::Created { .. }));
+    assert!(matches!(
+        repo.put_bytes("backups/x/manifest.json", b"one".to_vec(), PutMode::Create)
+            .await,
+        Ok(PutOutcome::AlreadyIdentical { .. })
+    ));
+    assert!(matches!(
+        repo.put_bytes("backups/x/manifest.json", b"two".to_vec(), PutMode::Create)
+            .await,
+        Err(RepoError::Conflict { .. })
+    ));
+    repo.put_bytes(
+        "backups/x/manifest.json",
+        b"two".to_vec(),
+        PutMode::Overwrite,
+    )
+    .await
+    .expect("overwrite");
+    assert_eq!(
+        repo.get_bytes("backups/x/manifest.json")
+            .await
+            .expect("get"),
+        Some(b"two".to_vec())
+    );
+    // Empty content round-trips too.
+    repo.put_bytes("empty", Vec::new(), PutMode::Create)
+        .await
+        .expect("empty");
+    assert_eq!(
+        repo.get_bytes("empty").await.expect("get"),
+        Some(Vec::new())
+    );
+}
+
+#[tokio::test]
+async fn absent_objects() {
+    let scratch = tempfile::tempdir().expect("temp dir");
+    for (_, store, _keep) in stores() {
+        let repo = Repo::open_with_store(store, "x", Codec::Zstd, 3);
+        let dest = scratch.path().join("never");
+        assert!(!repo
+            .get_to_file(SEGMENT, &dest, &never())
+            .await
+            .expect("get"));
+        assert!(!dest.exists());
+        assert_eq!(repo.exists(SEGMENT).await.expect("exists"), None);
+        assert_eq!(repo.get_bytes(SEGMENT).await.expect("get"), None);
+        repo.delete(SEGMENT)
+            .await
+            .expect("deleting nothing succeeds");
+    }
+}
+
+#[tokio::test]
+async fn corrupted_and_truncated_objects_are_reported_by_key() {
+    let l = local();
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let data = content(5, 300_000, 300_000);
+    let src = write_file(scratch.path(), "src", &data);
+    for codec in Codec::ALL {
+        let repo = Repo::open_with_store(l.store.clone(), "r", codec, 3);
+        repo.put_file_create(SEGMENT, &src, &never())
+            .await
+            .expect("put");
+        let stored = l
+            .dir
+            .path()
+            .join(format!("r/{SEGMENT}.{}", codec.extension()));
+        let good = std::fs::read(&stored).expect("stored object");
+        let dest = scratch.path().join("dest");
+        std::fs::write(&dest, b"previous").expect("write");
+
+        let mut flipped = good.clone();
+        flipped[good.len() / 2] ^= 0x40;
+        std::fs::write(&stored, &flipped).expect("corrupt it");
+        match repo.get_to_file(SEGMENT, &dest, &never()).await {
+            Err(RepoError::Corrupt { key, reason }) => {
+                assert_eq!(key, SEGMENT);
+                let e = RepoError::Corrupt { key, reason };
+                assert!(e
+                    .to_string()
+                    .starts_with(&format!("object {SEGMENT} is corrupt: ")));
+            }
+            other => panic!("{codec:?}: expected corrupt, got {other:?}"),
+        }
+        // The destination is untouched and no temp file is left.
+        assert_eq!(std::fs::read(&dest).expect("dest"), b"previous");
+        assert_eq!(std::fs::read_dir(scratch.path()).expect("ls").count(), 2);
+
+        std::fs::write(&stored, &good[..good.len() - 10]).expect("truncate it");
+        assert!(matches!(
+            repo.get_to_file(SEGMENT, &dest, &never()).await,
+            Err(RepoError::Corrupt { ref key, .. }) if key == SEGMENT
+        ));
+        assert!(matches!(
+            repo.exists(SEGMENT).await,
+            Err(RepoError::Corrupt { .. })
+        ));
+        std::fs::write(&stored, &good[..20]).expect("truncate more");
+        assert!(matches!(
+            repo.exists(SEGMENT).await,
+            Err(RepoError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            repo.get_bytes(SEGMENT).await,
+            Err(RepoError::Corrupt { .. })
+        ));
+        repo.delete(SEGMENT).await.expect("delete");
+        assert!(!stored.exists());
+    }
+}
+
+#[tokio::test]
+async fn list_strips_the_prefix_and_extensions() {
+    for (name, store, _keep) in stores() {
+        let zstd = Repo::open_with_store(store.clone(), "pre/fix", Codec::Zstd, 3);
+        let lz4 = Repo::open_with_store(store.clone(), "pre/fix", Codec::Lz4, 3);
+        let other = Repo::open_with_store(store.clone(), "other", Codec::Zstd, 3);
+        for (repo, key) in [
+            (&zstd, "wal/00000001/000000010000000000000002"),
+            (&lz4, "wal/00000001/000000010000000000000001"),
+            (&zstd, "wal/00000002/00000002.history"),
+            (&zstd, REPO_META),
+            (&other, "wal/00000001/000000010000000000000009"),
+        ] {
+            repo.put_bytes(key, key.as_bytes().to_vec(), PutMode::Create)
+                .await
+                .expect("put");
+        }
+        // Not pgward's: no codec extension.
+        store
+            .put(
+                &ObjectPath::from("pre/fix/wal/00000001/README"),
+                PutPayload::from_static(b"x"),
+            )
+            .await
+            .expect("put foreign");
+        let keys = |list: Vec<ObjectSummary>| list.into_iter().map(|o| o.key).collect::<Vec<_>>();
+        assert_eq!(
+            keys(zstd.list("wal/00000001").await.expect("list")),
+            [
+                "wal/00000001/000000010000000000000001",
+                "wal/00000001/000000010000000000000002"
+            ],
+            "{name}"
+        );
+        assert_eq!(
+            keys(zstd.list("").await.expect("list")),
+            [
+                REPO_META,
+                "wal/00000001/000000010000000000000001",
+                "wal/00000001/000000010000000000000002",
+                "wal/00000002/00000002.history",
+            ],
+            "{name}"
+        );
+        assert_eq!(zstd.list("wal/00000003").await.expect("list"), []);
+        let one = zstd.list("wal/00000002/").await.expect("list");
+        assert!(one[0].size > TRAILER_LEN as u64);
+        // An lz4 object reads back through the zstd repo.
+        assert_eq!(
+            zstd.get_bytes("wal/00000001/000000010000000000000001")
+                .await
+                .expect("get"),
+            Some(b"wal/00000001/000000010000000000000001".to_vec())
+        );
+    }
+}
+
+#[tokio::test]
+async fn repo_meta_created_once_then_checked() {
+    let repo = Repo::open_with_store(Arc::new(InMemory::new()), "", Codec::Zstd, 3);
+    assert_eq!(repo.read_meta().await.expect("read"), None);
+    let mine = RepoMeta::new(16, 7_312_345_678_901_234_567);
+    let stored = repo.ensure_meta(&mine).await.expect("create");
+    assert_eq!(stored, mine);
+    // A later start (new created_at) finds and accepts the stored one.
+    let later = RepoMeta {
+        created_at: "2099-01-01T00:00:00Z".into(),
+        ..mine.clone()
+    };
+    assert_eq!(repo.ensure_meta(&later).await.expect("check"), mine);
+    let json = repo
+        .get_bytes(REPO_META)
+        .await
+        .expect("get")
+        .expect("present");
+    let text = String::from_utf8(json).expect("utf8");
+    assert!(
+        text.contains("\"system_identifier\": \"7312345678901234567\""),
+        "{text}"
+    );
+    assert!(text.contains("\"created_by\": \"pgward "), "{text}");
+
+    let other_system = RepoMeta::new(16, 7_299_000_000_000_000_001);
+    let err = repo.ensure_meta(&other_system).await.expect_err("mismatch");
+    assert_eq!(
+        err.to_string(),
+        "repository at InMemory belongs to system identifier 7312345678901234567, this cluster \
+         is 7299000000000000001\nHINT: do two clusters share storage.url?"
+    );
+    assert!(err.is_permanent());
+    let upgraded = RepoMeta::new(17, mine.system_identifier);
+    let err = repo.ensure_meta(&upgraded).await.expect_err("major");
+    assert!(
+        err.to_string().starts_with(
+            "repository at InMemory holds PostgreSQL 16 WAL and backups, this cluster runs \
+             PostgreSQL 17\nHINT: after a major upgrade, start a new repository"
+        ),
+        "{err}"
+    );
+    let newer = RepoMeta {
+        format_version: FORMAT_VERSION + 1,
+        ..mine.clone()
+    };
+    repo.put_bytes(
+        REPO_META,
+        serde_json::to_vec(&newer).expect("json"),
+        PutMode::Overwrite,
+    )
+    .await
+    .expect("overwrite");
+    let err = repo.ensure_meta(&mine).await.expect_err("newer format");
+    assert!(
+        err.to_string()
+            .starts_with("repository at InMemory has format version 2, newer than this pgward"),
+        "{err}"
+    );
+    // A hand-written file with a numeric identifier reads too.
+    let numeric = br#"{"format_version":1,"pg_major":16,"system_identifier":42,"created_at":"x","created_by":"y"}"#;
+    repo.put_bytes(REPO_META, numeric.to_vec(), PutMode::Overwrite)
+        .await
+        .expect("overwrite");
+    assert_eq!(
+        repo.read_meta()
+            .await
+            .expect("read")
+            .map(|m| m.system_identifier),
+        Some(42)
+    );
+    repo.put_bytes(REPO_META, b"{not json".to_vec(), PutMode::Overwrite)
+        .await
+        .expect("overwrite");
+    assert!(matches!(
+        repo.read_meta().await,
+        Err(RepoError::Corrupt { .. })
+    ));
+}
+
+#[tokio::test]
+async fn racing_initializers_agree() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let a = Repo::open_with_store(store.clone(), "", Codec::Zstd, 3);
+    let b = Repo::open_with_store(store, "", Codec::Zstd, 3);
+    let meta_a = RepoMeta::new(16, 1);
+    let meta_b = RepoMeta {
+        created_at: "other".into(),
+        ..meta_a.clone()
+    };
+    let (ra, rb) = tokio::join!(a.ensure_meta(&meta_a), b.ensure_meta(&meta_b));
+    let (ra, rb) = (ra.expect("a"), rb.expect("b"));
+    assert_eq!(ra, rb, "both see the one stored");
+}
+
+#[tokio::test]
+async fn cancelled_transfers_leave_nothing() {
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let src = write_file(scratch.path(), "src", &content(6, 3 * MIB, 0));
+    let repo = Repo::open_with_store(Arc::new(InMemory::new()), "", Codec::Lz4, 3);
+    let cancelled = CancellationToken::new();
+    cancelled.cancel();
+    assert!(matches!(
+        repo.put_file_create(SEGMENT, &src, &cancelled).await,
+        Err(RepoError::Cancelled)
+    ));
+    assert_eq!(repo.exists(SEGMENT).await.expect("exists"), None);
+    repo.put_file_create(SEGMENT, &src, &never())
+        .await
+        .expect("put");
+    let dest = scratch.path().join("dest");
+    assert!(matches!(
+        repo.get_to_file(SEGMENT, &dest, &cancelled).await,
+        Err(RepoError::Cancelled)
+    ));
+    assert!(!dest.exists());
+    assert_eq!(std::fs::read_dir(scratch.path()).expect("ls").count(), 1);
+}
+
+#[tokio::test]
+async fn a_missing_source_is_an_io_error_naming_it() {
+    let repo = Repo::open_with_store(Arc::new(InMemory::new()), "", Codec::Zstd, 3);
+    let missing = Path::new("/nonexistent/pgward/000000010000000000000003");
+    match repo.put_file_create(SEGMENT, missing, &never()).await {
+        Err(RepoError::Io { path, .. }) => assert_eq!(path, missing),
+        other => panic!("expected an io error, got {other:?}"),
+    }
+    assert!(matches!(
+        repo.put_bytes("/abs", vec![], PutMode::Create).await,
+        Err(RepoError::InvalidKey { .. })
+    ));
+}
+
+/// The encoder's output reaches the uploader in bounded chunks, whatever the file size: a
+/// 64 MiB sparse file (no disk used) goes through as 64+ chunks of at most CHUNK bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encoding_streams_in_bounded_chunks() {
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let path = scratch.path().join("sparse");
+    let file = std::fs::File::create(&path).expect("create");
+    file.set_len(64 * MIB as u64).expect("sparse");
+    drop(file);
+    let (tx, mut rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
+    let encoder = tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&path).expect("open");
+        let sink = ChunkSink {
+            tx,
+            buf: BytesMut::with_capacity(CHUNK),
+            cancel: CancellationToken::new(),
+        };
+        frame::encode(file, Codec::None, 0, sink).map(|(d, _)| d)
+    });
+    let (mut chunks, mut total, mut largest) = (0usize, 0usize, 0usize);
+    while let Some(chunk) = rx.recv().await {
+        chunks += 1;
+        total += chunk.len();
+        largest = largest.max(chunk.len());
+        // A slow consumer: the encoder must wait, not buffer ahead.
+        assert!(rx.len() <= CHANNEL_DEPTH);
+        tokio::task::yield_now().await;
+    }
+    let digest = encoder.await.expect("join").expect("encode");
+    assert_eq!(digest.len, 64 * MIB as u64);
+    assert_eq!(total, 64 * MIB + frame::HEADER_LEN + TRAILER_LEN);
+    assert_eq!(largest, CHUNK);
+    assert!(chunks > 64, "{chunks}");
+}
+
+// ---- building stores from config (offline) ----
+
+fn storage(yaml: &str) -> StorageConfig {
+    let config =
+        crate::config::from_str(yaml, "t.yaml", &|_| None).unwrap_or_else(|e| panic!("{e}"));
+    config.storage
+}
+
+#[tokio::test]
+async fn opens_every_kind_of_store_without_network() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().join("a/b/repo");
+    let yaml = format!(
+        "storage:\n  url: file://{}\n  compression: lz4\n",
+        root.display()
+    );
+    let repo = Repo::open(&storage(&yaml)).expect("file");
+    assert!(root.is_dir(), "the root is created");
+    assert_eq!(repo.codec(), Codec::Lz4);
+    assert_eq!(repo.describe(), format!("file://{}", root.display()));
+    repo.put_bytes("k", b"v".to_vec(), PutMode::Create)
+        .await
+        .expect("put");
+    assert!(root.join("k.lz4").is_file());
+
+    let s3 = storage(
+        "storage:\n  url: s3://bucket-1/pg/main\n  s3: { endpoint: http://127.0.0.1:9, \
+         region: eu-west-3, access_key_id: AKIA, secret_access_key: s3cr3t-value, \
+         allow_http: true }\n",
+    );
+    let repo = Repo::open(&s3).expect("s3");
+    assert_eq!(
+        repo.describe(),
+        "s3://bucket-1/pg/main (endpoint http://127.0.0.1:9)"
+    );
+    assert!(!format!("{repo:?}").contains("s3cr3t"));
+
+    let az = storage(
+        "storage:\n  url: az://container1/x\n  azure: { account: devstoreaccount1, access_key: \
+         a2V5, endpoint: http://127.0.0.1:10000/devstoreaccount1, allow_http: true }\n",
+    );
+    assert_eq!(
+        Repo::open(&az).expect("azure").describe(),
+        "az://container1/x (endpoint http://127.0.0.1:10000/devstoreaccount1)"
+    );
+    let emulator = storage("storage:\n  url: az://container1\n  azure: { use_emulator: true }\n");
+    Repo::open(&emulator).expect("azurite");
+
+    let gs = storage("storage:\n  url: gs://bucket-2/p\n");
+    assert_eq!(Repo::open(&gs).expect("gcs").describe(), "gs://bucket-2/p");
+    let mut bad_key = gs.clone();
+    bad_key.gcs.service_account_key = Some(Secret::new("{\"type\": \"service_account\"}".into()));
+    match Repo::open(&bad_key) {
+        Err(RepoError::Config(msg)) => {
+            assert!(
+                msg.starts_with("cannot set up storage for gs://bucket-2/p: "),
+                "{msg}"
+            )
+        }
+        other => panic!("expected a config error, got {other:?}"),
+    }
+}
+
+/// An object that appears while a large (multipart) upload is being encoded: the upload
+/// stops sending, finishes the checksum, and compares.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_upload_racing_a_creator_compares_instead_of_replacing() {
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let data = content(8, 9 * MIB, 0);
+    let other = content(9, 9 * MIB, 0);
+    let src = write_file(scratch.path(), "src", &data);
+    let other_src = write_file(scratch.path(), "other", &other);
+    for (name, store, _keep) in stores() {
+        let repo = Repo::open_with_store(store, "", Codec::None, 3);
+        let path = repo.path(SEGMENT, Codec::None).expect("path");
+        let cancel = never();
+        // Skips put_file_create's own check, as a writer racing it would.
+        let upload = |src: &Path| {
+            let file = std::fs::File::open(src).expect("open");
+            repo.upload(
+                SEGMENT,
+                path.clone(),
+                file,
+                src.to_owned(),
+                PutMode::Create,
+                &cancel,
+            )
+        };
+        let first = upload(&src).await.expect("first upload");
+        assert!(matches!(first, PutOutcome::Created { .. }), "{name}");
+        assert_eq!(
+            upload(&src).await.expect("same content"),
+            PutOutcome::AlreadyIdentical {
+                checksum: first.checksum()
+            }
+        );
+        match upload(&other_src).await {
+            Err(RepoError::Conflict { existing, new, .. }) => {
+                assert_eq!(existing, first.checksum());
+                assert_eq!(new.0, *blake3::hash(&other).as_bytes());
+            }
+            other => panic!("{name}: expected a conflict, got {other:?}"),
+        }
+        let dest = scratch.path().join("dest");
+        repo.get_to_file(SEGMENT, &dest, &never())
+            .await
+            .expect("get");
+        assert!(
+            std::fs::read(&dest).expect("read") == data,
+            "{name}: replaced"
+        );
+    }
+}
+
+/// A store like S3-compatible servers without conditional puts and like Azure without suffix
+/// ranges: InMemory refusing both.
+#[derive(Debug)]
+struct Limited(InMemory);
+
+impl std::fmt::Display for Limited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Limited")
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for Limited {
+    async fn put_opts(
+        &self,
+        location: &ObjectPath,
+        payload: PutPayload,
+        opts: object_store::PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
+        if opts.mode == object_store::PutMode::Create {
+            return Err(object_store::Error::NotImplemented {
+                operation: "conditional put".into(),
+                implementer: "Limited".into(),
+            });
+        }
+        self.0.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &ObjectPath,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        self.0.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &ObjectPath,
+        options: GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        if let Some(GetRange::Suffix(_)) = options.range {
+            return Err(object_store::Error::NotSupported {
+                source: "no suffix ranges".into(),
+            });
+        }
+        self.0.get_opts(location, options).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: futures_util::stream::BoxStream<'static, object_store::Result<ObjectPath>>,
+    ) -> futures_util::stream::BoxStream<'static, object_store::Result<ObjectPath>> {
+        self.0.delete_stream(locations)
+    }
+
+    fn list(
+        &self,
+        prefix: Option<&ObjectPath>,
+    ) -> futures_util::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>
+    {
+        self.0.list(prefix)
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&ObjectPath>,
+    ) -> object_store::Result<object_store::ListResult> {
+        self.0.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &ObjectPath,
+        to: &ObjectPath,
+        options: object_store::CopyOptions,
+    ) -> object_store::Result<()> {
+        self.0.copy_opts(from, to, options).await
+    }
+}
+
+#[tokio::test]
+async fn stores_without_conditional_put_or_suffix_ranges_still_work() {
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let a = write_file(scratch.path(), "a", &content(10, 10_000, 10_000));
+    let b = write_file(scratch.path(), "b", &content(11, 10_000, 10_000));
+    let repo = Repo::open_with_store(Arc::new(Limited(InMemory::new())), "", Codec::Zstd, 3);
+    let first = repo
+        .put_file_create(SEGMENT, &a, &never())
+        .await
+        .expect("put");
+    assert!(matches!(first, PutOutcome::Created { .. }));
+    assert!(repo.inner.no_conditional_put.load(Ordering::Relaxed));
+    assert_eq!(
+        repo.exists(SEGMENT).await.expect("exists"),
+        Some(first.checksum())
+    );
+    assert!(repo.inner.no_suffix_range.load(Ordering::Relaxed));
+    assert!(matches!(
+        repo.put_file_create(SEGMENT, &a, &never()).await,
+        Ok(PutOutcome::AlreadyIdentical { .. })
+    ));
+    assert!(matches!(
+        repo.put_file_create(SEGMENT, &b, &never()).await,
+        Err(RepoError::Conflict { .. })
+    ));
+    let meta = RepoMeta::new(16, 5);
+    assert_eq!(repo.ensure_meta(&meta).await.expect("meta"), meta);
+    let dest = scratch.path().join("dest");
+    assert!(repo
+        .get_to_file(SEGMENT, &dest, &never())
+        .await
+        .expect("get"));
+    assert_eq!(
+        std::fs::read(&dest).expect("read"),
+        std::fs::read(&a).expect("a")
+    );
+}
