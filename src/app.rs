@@ -1,16 +1,18 @@
 //! Wiring only: builds postgres and the services from config, starts the control socket and the
 //! supervisor, waits for a signal or a failure, and shuts down in order.
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use nix::sys::signal::Signal;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::commands;
 use crate::config::Config;
-use crate::control::server::{ControlServer, Handler};
+use crate::control::server::{Answer, ControlServer, Handler};
 use crate::control::{Request, Response, Status};
 use crate::init::ForwardedSignal;
 use crate::postgres::ready::{self, Target};
@@ -19,6 +21,8 @@ use crate::postgres::{bootstrap, BinDir};
 use crate::process::{LogSink, RunAs};
 use crate::supervisor::service::{postgres_policy, service_policy, service_spec, SpecLauncher};
 use crate::supervisor::{State, Supervisor, UnitSpec, View, POSTGRES};
+use crate::wal::archiver::Archiver;
+use crate::wal::fetch::{Fetched, Fetcher};
 
 /// Exit code when a supervised process failed for good (or pgward itself could not go on).
 pub const EXIT_FAILED: i32 = 1;
@@ -53,7 +57,7 @@ pub async fn run(
         env!("CARGO_PKG_VERSION"),
         bin.major
     );
-    let server = Server {
+    let mut server = Server {
         bin,
         data_dir: pg.data_dir.clone(),
         port: pg.port,
@@ -77,13 +81,29 @@ pub async fn run(
         }
     }
 
+    // Archiving starts with the real server, not the bootstrap one: WAL from before the
+    // first base backup cannot be used for recovery anyway.
+    if config.wal.archive {
+        archive_parameters(&config, &mut server.parameters)?;
+    }
+
     let control = ControlServer::bind(&config.control.socket, run_as.as_ref()).await?;
-    let mut supervisor = Supervisor::start(units(&config, &server, &sink)?);
     let cancel_control = CancellationToken::new();
+    let wal = config.wal.archive.then(|| Arc::new(OnceLock::new()));
+    if let Some(slot) = &wal {
+        tokio::spawn(open_wal_services(
+            config.clone(),
+            run_as.clone(),
+            slot.clone(),
+            cancel_control.clone(),
+        ));
+    }
+    let mut supervisor = Supervisor::start(units(&config, &server, &sink)?);
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let handler = Arc::new(StatusHandler {
+    let handler = Arc::new(DaemonHandler {
         view: supervisor.view(),
         stopping: stopping.clone(),
+        wal,
     });
     let mut control_task = tokio::spawn(control.serve(handler, cancel_control.clone()));
 
@@ -195,27 +215,176 @@ fn units(config: &Config, server: &Server, sink: &LogSink) -> Result<Vec<UnitSpe
     Ok(units)
 }
 
-struct StatusHandler {
-    view: View,
-    stopping: Arc<std::sync::atomic::AtomicBool>,
+/// Sets `archive_mode`, `archive_command` (this binary's `wal-push`) and `archive_timeout`.
+fn archive_parameters(config: &Config, parameters: &mut BTreeMap<String, String>) -> Result<()> {
+    if let Some(own) = parameters.get("archive_command") {
+        anyhow::bail!(
+            "postgres.parameters sets archive_command ({own}) while wal.archive is on\nHINT: remove it, or set wal.archive: false to archive with your own command"
+        );
+    }
+    let exe = std::env::current_exe().context("find the pgward executable for archive_command")?;
+    let mut command = shell_quote(&exe.to_string_lossy());
+    if let Some(file) = &config.source {
+        let file = std::path::absolute(file).context("make the config path absolute")?;
+        command.push_str(&format!(
+            " --config {}",
+            shell_quote(&file.to_string_lossy())
+        ));
+    }
+    command.push_str(" wal-push %p");
+    parameters.insert("archive_mode".into(), "on".into());
+    parameters.insert("archive_command".into(), command);
+    parameters.insert(
+        "archive_timeout".into(),
+        format!("{}s", config.wal.archive_timeout.as_secs()),
+    );
+    Ok(())
 }
 
-impl Handler for StatusHandler {
-    fn handle(&self, request: Request) -> Response {
-        match request {
-            Request::Status => Response::Status(Status {
-                pgward_pid: std::process::id(),
-                version: env!("CARGO_PKG_VERSION").into(),
-                uptime_seconds: self.view.uptime().as_secs_f64(),
-                phase: if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
-                    "stopping"
+/// Quotes `word` for /bin/sh, which runs archive_command.
+fn shell_quote(word: &str) -> String {
+    if word
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+:=,".contains(c))
+    {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
+/// The archiver and fetcher of the daemon, once the repository could be opened.
+struct WalServices {
+    archiver: Archiver,
+    fetcher: Fetcher,
+}
+
+/// Opens the repository in the background, retrying while storage is unreachable: postgres
+/// must start even during a storage outage (its WAL waits in pg_wal; wal-push fails and
+/// postgres retries until this succeeds).
+async fn open_wal_services(
+    config: Config,
+    owner: Option<RunAs>,
+    slot: Arc<OnceLock<WalServices>>,
+    cancel: CancellationToken,
+) {
+    let mut delay = Duration::from_secs(1);
+    let mut logged = false;
+    loop {
+        match commands::push_context(&config).await {
+            Ok(ctx) => {
+                let data_dir = &config.postgres.data_dir;
+                let fetcher = Fetcher::new(
+                    ctx.repo.clone(),
+                    ctx.retry,
+                    &data_dir.join("pg_wal"),
+                    ctx.seg_size,
+                    config.wal.prefetch as usize,
+                    owner,
+                    cancel.clone(),
+                );
+                tracing::info!(repository = %ctx.repo.describe(), "WAL archiving to the repository");
+                let archiver =
+                    Archiver::start(ctx, data_dir, config.wal.push_concurrency as usize, cancel);
+                let _ = slot.set(WalServices { archiver, fetcher });
+                return;
+            }
+            Err(e) => {
+                if logged {
+                    tracing::warn!(
+                        "repository still unavailable, retrying in {}: {e:#}",
+                        humantime::format_duration(delay)
+                    );
                 } else {
-                    "running"
+                    tracing::error!("failed to open the WAL repository (archiving waits, nothing is lost): {e:#}");
+                    logged = true;
                 }
-                .into(),
-                services: self.view.status(),
-            }),
+            }
         }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(60));
+    }
+}
+
+struct DaemonHandler {
+    view: View,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// `None` when archiving is off: WAL requests are then left to the clients.
+    wal: Option<Arc<OnceLock<WalServices>>>,
+}
+
+impl DaemonHandler {
+    fn wal(&self) -> Result<&WalServices, WalUnavailable> {
+        let slot = self.wal.as_ref().ok_or(WalUnavailable::NotServed)?;
+        slot.get().ok_or(WalUnavailable::NotOpen)
+    }
+}
+
+/// Why a WAL request cannot be served by the daemon.
+enum WalUnavailable {
+    /// Archiving is off: the client does the work itself.
+    NotServed,
+    /// The repository could not be opened yet.
+    NotOpen,
+}
+
+impl From<WalUnavailable> for Response {
+    fn from(why: WalUnavailable) -> Response {
+        match why {
+            WalUnavailable::NotServed => Response::NotServed,
+            WalUnavailable::NotOpen => Response::Error {
+                message:
+                    "the WAL repository is not open yet (see pgward's log); postgres will retry"
+                        .into(),
+            },
+        }
+    }
+}
+
+impl Handler for DaemonHandler {
+    fn handle(&self, request: Request) -> Answer<'_> {
+        Box::pin(async move {
+            match request {
+                Request::WalPush { path } => match self.wal() {
+                    Ok(wal) => match wal.archiver.push(&path).await {
+                        Ok(outcome) => Response::WalPushed { outcome },
+                        Err(message) => Response::Error { message },
+                    },
+                    Err(why) => why.into(),
+                },
+                Request::WalFetch { name, dest } => match self.wal() {
+                    Ok(wal) => match wal.fetcher.fetch(&name, &dest).await {
+                        Ok(fetched) => Response::WalFetched {
+                            found: fetched == Fetched::Found,
+                        },
+                        Err(e) => Response::Error {
+                            message: format!("{e:#}"),
+                        },
+                    },
+                    Err(why) => why.into(),
+                },
+                Request::Status => Response::Status(Status {
+                    pgward_pid: std::process::id(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    uptime_seconds: self.view.uptime().as_secs_f64(),
+                    phase: if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                        "stopping"
+                    } else {
+                        "running"
+                    }
+                    .into(),
+                    services: self.view.status(),
+                    archiver: self
+                        .wal
+                        .as_ref()
+                        .and_then(|w| w.get())
+                        .map(|w| w.archiver.status()),
+                }),
+            }
+        })
     }
 }
 

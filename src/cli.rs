@@ -24,6 +24,19 @@ pub enum Command {
     /// Validate or print the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// archive_command: archive one WAL file; exit 0 only once it is stored and verified.
+    WalPush {
+        /// The file, as postgres passes it (`%p`).
+        path: PathBuf,
+    },
+    /// restore_command: fetch one WAL file. Exit 0 fetched, 1 not in the archive, 255 error
+    /// (postgres then aborts recovery rather than end it early).
+    WalFetch {
+        /// The file name postgres wants (`%f`).
+        name: String,
+        /// Where to put it (`%p`).
+        dest: PathBuf,
+    },
     /// Ask the running daemon for the state of every service.
     Status {
         /// Print JSON instead of a table.

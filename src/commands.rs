@@ -1,15 +1,26 @@
 //! Client commands that talk to the running daemon.
 
-use anyhow::{bail, Result};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::control::{client, Request, Response};
+use crate::postgres::control_file::ControlFile;
+use crate::postgres::server::data_dir_major;
+use crate::repo::{Repo, RetryPolicy};
+use crate::wal;
+use crate::wal::fetch::{Fetched, Fetcher};
+use crate::wal::push::{PushContext, Pushed};
 
 /// `pgward status [--json]`: exit 0 when the daemon answered.
 pub async fn status(config: &Config, json: bool) -> Result<i32> {
     let status = match client::call(&config.control.socket, &Request::Status).await? {
         Response::Status(status) => status,
         Response::Error { message } => bail!("the daemon refused: {message}"),
+        other => bail!("unexpected answer from the daemon: {other:?}"),
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
@@ -37,9 +48,126 @@ pub async fn status(config: &Config, json: bool) -> Result<i32> {
             s.last_exit.as_deref().unwrap_or("-"),
         );
     }
+    if let Some(a) = &status.archiver {
+        println!(
+            "archiver: {} archived, {} already archived, {} failed; backlog {} (oldest {}), {} in flight; last {}{}",
+            a.archived_total,
+            a.already_archived_total,
+            a.failed_total,
+            a.backlog,
+            a.oldest_ready_age_seconds.map_or("-".into(), format_secs),
+            a.in_flight,
+            a.last_archived.as_deref().unwrap_or("-"),
+            a.last_error.as_deref().map(|e| format!("; failing: {e}")).unwrap_or_default(),
+        );
+    }
     Ok(0)
 }
 
 fn format_secs(secs: f64) -> String {
     humantime::format_duration(std::time::Duration::from_secs(secs as u64)).to_string()
+}
+
+/// How long a client waits for the daemon to archive or fetch one file: uploads retry inside,
+/// and postgres itself waits on archive_command without limit.
+const WAL_PATIENCE: Duration = Duration::from_secs(600);
+
+/// Exit code of `wal-fetch` for a file that is not in the archive: postgres reads it as the
+/// end of the archived WAL.
+pub const FETCH_NOT_FOUND: i32 = 1;
+/// Exit code of `wal-fetch` for a real error. Above 125, so postgres aborts recovery (it treats
+/// such codes like a crash of the command) instead of taking the error for the end of the
+/// archive and ending recovery early at the wrong point.
+pub const FETCH_FAILED: i32 = 255;
+
+/// `pgward wal-push <path>` (archive_command): exit 0 only once the file is stored and verified.
+pub async fn wal_push(config: &Config, path: &Path) -> Result<i32> {
+    let path = wal::push::absolute(path)?;
+    if let Some(stream) = client::connect_if_running(&config.control.socket).await? {
+        let request = Request::WalPush { path: path.clone() };
+        match client::exchange(stream, &request, WAL_PATIENCE).await? {
+            Response::WalPushed { .. } => return Ok(0),
+            Response::NotServed => {}
+            Response::Error { message } => bail!("{message}"),
+            other => bail!("unexpected answer from the daemon: {other:?}"),
+        }
+    }
+    // No daemon (bootstrap, manual use): do it here.
+    let cancel = CancellationToken::new();
+    let ctx = push_context(config).await?;
+    let outcome = ctx.push(&path, &cancel).await?;
+    if outcome == Pushed::AlreadyArchived {
+        tracing::info!(file = %path.display(), "already archived with identical content");
+    }
+    Ok(0)
+}
+
+/// `pgward wal-fetch <name> <dest>` (restore_command): 0 fetched, [`FETCH_NOT_FOUND`],
+/// [`FETCH_FAILED`].
+pub async fn wal_fetch(config: &Config, name: &str, dest: &Path) -> i32 {
+    match wal_fetch_inner(config, name, dest).await {
+        Ok(Fetched::Found) => 0,
+        Ok(Fetched::NotFound) => FETCH_NOT_FOUND,
+        Err(e) => {
+            tracing::error!("failed to fetch {name}: {e:#}");
+            FETCH_FAILED
+        }
+    }
+}
+
+async fn wal_fetch_inner(config: &Config, name: &str, dest: &Path) -> Result<Fetched> {
+    let dest = wal::push::absolute(dest)?;
+    if let Some(stream) = client::connect_if_running(&config.control.socket).await? {
+        let request = Request::WalFetch {
+            name: name.to_owned(),
+            dest: dest.clone(),
+        };
+        match client::exchange(stream, &request, WAL_PATIENCE).await? {
+            Response::WalFetched { found: true } => return Ok(Fetched::Found),
+            Response::WalFetched { found: false } => return Ok(Fetched::NotFound),
+            Response::NotServed => {}
+            Response::Error { message } => bail!("{message}"),
+            other => bail!("unexpected answer from the daemon: {other:?}"),
+        }
+    }
+    let cancel = CancellationToken::new();
+    let fetcher = fetcher(config, cancel).await?;
+    let fetched = fetcher.fetch(name, &dest).await?;
+    // Alone, this process is the only one that can fill the spool for the next requests.
+    fetcher.settle().await;
+    Ok(fetched)
+}
+
+/// The repository and identity for archiving this config's cluster.
+pub async fn push_context(config: &Config) -> Result<PushContext> {
+    let repo = Repo::open(&config.storage)
+        .with_context(|| format!("open repository {}", config.storage.url))?;
+    let pg_major = data_dir_major(&config.postgres.data_dir)?;
+    PushContext::open(
+        repo,
+        RetryPolicy::from_config(&config.storage.retry),
+        &config.postgres.data_dir,
+        pg_major,
+    )
+    .await
+}
+
+/// A fetcher for this config's cluster.
+pub async fn fetcher(config: &Config, cancel: CancellationToken) -> Result<Fetcher> {
+    let repo = Repo::open(&config.storage)
+        .with_context(|| format!("open repository {}", config.storage.url))?;
+    let data_dir = config.postgres.data_dir.clone();
+    let control = tokio::task::spawn_blocking(move || ControlFile::read(&data_dir))
+        .await
+        .context("join pg_control reader")??;
+    Ok(Fetcher::new(
+        repo,
+        RetryPolicy::from_config(&config.storage.retry),
+        &config.postgres.data_dir.join("pg_wal"),
+        control.xlog_seg_size,
+        config.wal.prefetch as usize,
+        // The standalone client runs as the server's user already.
+        None,
+        cancel,
+    ))
 }

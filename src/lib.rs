@@ -11,7 +11,10 @@
 //! - [`process`]: spawning children (privilege drop, process group, parent-death signal,
 //!   output relay), registered with the reaper.
 //! - [`supervisor`]: a pure state machine per service, its executor, ordered start and stop.
-//! - [`postgres`]: binaries, bootstrap like the official image, server command line, readiness.
+//! - [`postgres`]: binaries, bootstrap like the official image, server command line, readiness;
+//!   WAL names and LSNs, WAL page headers, `pg_control`.
+//! - [`wal`]: `wal-push` / `wal-fetch` and the daemon's archiver (look-ahead uploads) and
+//!   fetcher (prefetch spool).
 //! - [`control`]: the unix-socket protocol between CLI clients and the daemon.
 //! - [`repo`]: the repository on object storage (file, S3, GCS, Azure): object format,
 //!   codecs, key layout, `repo.json`, create-only puts, retries.
@@ -33,3 +36,4 @@ pub mod postgres;
 pub mod process;
 pub mod repo;
 pub mod supervisor;
+pub mod wal;

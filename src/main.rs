@@ -38,6 +38,29 @@ fn main() -> ExitCode {
             logging::init(config.log.format, "warn");
             with_runtime(false, commands::status(&config, json))
         }
+        Command::WalPush { path } => {
+            let config = match load(config_path.as_deref()) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            logging::init(config.log.format, &config.log.level);
+            with_runtime(false, async move {
+                commands::wal_push(&config, &path).await.or_else(|e| {
+                    tracing::error!("failed to archive {}: {e:#}", path.display());
+                    Ok(1)
+                })
+            })
+        }
+        Command::WalFetch { name, dest } => {
+            let config = match load(config_path.as_deref()) {
+                Ok(config) => config,
+                Err(_) => return ExitCode::from(commands::FETCH_FAILED as u8),
+            };
+            logging::init(config.log.format, &config.log.level);
+            with_runtime(false, async move {
+                Ok(commands::wal_fetch(&config, &name, &dest).await)
+            })
+        }
         Command::Run => run(config_path.as_deref()),
     }
 }

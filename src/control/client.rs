@@ -17,18 +17,48 @@ pub async fn call(socket: &Path, request: &Request) -> Result<Response> {
             socket.display()
         )
     })?;
+    exchange(stream, request, Duration::from_secs(30)).await
+}
+
+/// Connects to the daemon; `Ok(None)` when no daemon listens there (no socket file, or a
+/// stale one), so callers can do the work themselves.
+pub async fn connect_if_running(socket: &Path) -> Result<Option<UnixStream>> {
+    match UnixStream::connect(socket).await {
+        Ok(stream) => Ok(Some(stream)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => {
+            Err(e).with_context(|| format!("connect to the pgward daemon at {}", socket.display()))
+        }
+    }
+}
+
+/// One request and its answer on an open connection, waiting at most `patience`.
+pub async fn exchange(
+    stream: UnixStream,
+    request: &Request,
+    patience: Duration,
+) -> Result<Response> {
     let (read, mut write) = stream.into_split();
     let mut line = serde_json::to_vec(request).context("encode request")?;
     line.push(b'\n');
     write.write_all(&line).await.context("send request")?;
     let mut answer = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        BufReader::new(read).read_line(&mut answer),
-    )
-    .await
-    .context("the daemon did not answer within 30s")?
-    .context("read the daemon's answer")?;
+    tokio::time::timeout(patience, BufReader::new(read).read_line(&mut answer))
+        .await
+        .with_context(|| {
+            format!(
+                "the daemon did not answer within {}",
+                humantime::format_duration(patience)
+            )
+        })?
+        .context("read the daemon's answer")?;
     serde_json::from_str(answer.trim())
         .with_context(|| format!("bad answer from the daemon: {answer:?}"))
 }

@@ -8,13 +8,26 @@ pub mod server;
 
 use serde::{Deserialize, Serialize};
 
+use std::path::PathBuf;
+
 use crate::supervisor::UnitStatus;
+use crate::wal::archiver::ArchiverStatus;
+use crate::wal::push::Pushed;
 
 /// A request from a client.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "request", rename_all = "snake_case")]
 pub enum Request {
     Status,
+    /// Archive this WAL file (absolute path); answered once stored and verified.
+    WalPush {
+        path: PathBuf,
+    },
+    /// Fetch this WAL file name into `dest` (absolute path).
+    WalFetch {
+        name: String,
+        dest: PathBuf,
+    },
 }
 
 /// The daemon's answer.
@@ -22,7 +35,19 @@ pub enum Request {
 #[serde(tag = "response", rename_all = "snake_case")]
 pub enum Response {
     Status(Status),
-    Error { message: String },
+    WalPushed {
+        outcome: Pushed,
+    },
+    /// `found: false`: not in the archive.
+    WalFetched {
+        found: bool,
+    },
+    /// This daemon does not serve that request (e.g. archiving is off): the client does the
+    /// work itself.
+    NotServed,
+    Error {
+        message: String,
+    },
 }
 
 /// What `pgward status` shows.
@@ -34,4 +59,6 @@ pub struct Status {
     /// `running` or `stopping`.
     pub phase: String,
     pub services: Vec<UnitStatus>,
+    /// Absent when archiving is off.
+    pub archiver: Option<ArchiverStatus>,
 }

@@ -1,8 +1,10 @@
 //! The daemon side of the control socket.
 
 use std::fs;
+use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,9 +16,12 @@ use tokio_util::sync::CancellationToken;
 use super::{Request, Response};
 use crate::process::RunAs;
 
-/// Answers one request.
+/// The future of one answer.
+pub type Answer<'a> = Pin<Box<dyn Future<Output = Response> + Send + 'a>>;
+
+/// Answers one request. Answers may take long (a WAL upload): each connection has its own task.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, request: Request) -> Response;
+    fn handle(&self, request: Request) -> Answer<'_>;
 }
 
 /// A bound control socket; the file is removed on drop.
@@ -98,7 +103,7 @@ async fn answer(stream: UnixStream, handler: &dyn Handler) -> Result<()> {
     .context("request timed out")?
     .context("read request")?;
     let response = match serde_json::from_str::<Request>(line.trim()) {
-        Ok(request) => handler.handle(request),
+        Ok(request) => handler.handle(request).await,
         Err(e) => Response::Error {
             message: format!("bad request: {e}"),
         },

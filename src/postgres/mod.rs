@@ -1,5 +1,6 @@
 //! Everything about the PostgreSQL server itself: finding its binaries, bootstrapping an empty
-//! data directory like the official image, the server's command line and readiness.
+//! data directory like the official image, the server's command line and readiness, and its
+//! on-disk formats: WAL file names and LSNs, WAL page headers, `pg_control`.
 //!
 //! A leaf: uses `process` to run programs, knows nothing of supervision or storage.
 

@@ -60,14 +60,7 @@ impl Server {
 
     /// Refuses a data directory written by another major version than the binaries.
     pub fn check_version(&self) -> Result<()> {
-        let path = self.data_dir.join("PG_VERSION");
-        let text = fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
-        let data_major: u32 = text
-            .trim()
-            .split('.')
-            .next()
-            .and_then(|m| m.parse().ok())
-            .with_context(|| format!("{} holds no version number", path.display()))?;
+        let data_major = data_dir_major(&self.data_dir)?;
         if data_major != self.bin.major {
             bail!(
                 "data directory {} was initialized by PostgreSQL {data_major}, but the server binaries in {} are PostgreSQL {}\n\
@@ -107,6 +100,17 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// The major version a data directory was initialized with (its `PG_VERSION`).
+pub fn data_dir_major(data_dir: &Path) -> Result<u32> {
+    let path = data_dir.join("PG_VERSION");
+    let text = fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    text.trim()
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .with_context(|| format!("{} holds no version number", path.display()))
 }
 
 /// chown -R, not following symlinks (a link into another tree must not hand that tree over).

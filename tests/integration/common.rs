@@ -84,6 +84,16 @@ impl Cluster {
     /// at top level (services, log...). `init` lines go under `postgres.init`.
     pub fn config(&self, init: &str, extra: &str) -> PathBuf {
         let init = indent(init, 4);
+        // Each cluster archives into its own repository unless the test names one.
+        let storage = if extra.contains("storage:") {
+            String::new()
+        } else {
+            format!(
+                "storage:\n  url: file://{}\n",
+                self.dir.join("repo").display()
+            )
+        };
+        let extra = format!("{storage}{extra}");
         let text = format!(
             "postgres:\n  data_dir: {data}\n  port: {port}\n  socket_dir: {sock}\n  parameters:\n    listen_addresses: 127.0.0.1\n  stop:\n    timeout: 20s\n  init:\n    scripts_dir: {scripts}\n{init}\ncontrol:\n  socket: {control}\n{extra}\n",
             data = self.data_dir().display(),

@@ -1,0 +1,308 @@
+//! The daemon's archiver: answers `wal-push` requests and uploads ahead of them.
+//!
+//! Postgres archives one file at a time and waits for each archive_command, so one round trip
+//! per segment caps its archiving rate. The archiver watches `pg_wal/archive_status/*.ready`
+//! and uploads the oldest ready files in parallel (`wal.push_concurrency`) before postgres asks;
+//! the later `wal-push` for such a file is answered from memory at once. Each file is uploaded
+//! once: a request for a file already in flight waits for that upload.
+//!
+//! Nothing is dropped under load: the backlog is whatever postgres marked `.ready`, it is
+//! reported (count, oldest age) and logged while it grows, and no result is ever acknowledged
+//! before the upload was verified.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::push::{file_name, PushContext, Pushed};
+
+/// How often the look-ahead scans `archive_status` when nothing wakes it.
+const SCAN_INTERVAL: Duration = Duration::from_millis(200);
+/// A backlog above this many files is worth a warning (once a minute while it lasts).
+const BACKLOG_WARN: usize = 64;
+
+type Upload = Shared<BoxFuture<'static, Result<Pushed, String>>>;
+
+/// What `pgward status` shows of the archiver.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ArchiverStatus {
+    /// Files postgres has marked ready and not yet seen acknowledged.
+    pub backlog: usize,
+    /// Age of the oldest `.ready` file.
+    pub oldest_ready_age_seconds: Option<f64>,
+    pub in_flight: usize,
+    pub archived_total: u64,
+    pub already_archived_total: u64,
+    pub failed_total: u64,
+    pub last_archived: Option<String>,
+    /// Seconds since the Unix epoch.
+    pub last_archived_at: Option<f64>,
+    /// Set while uploads fail; cleared by the next success.
+    pub last_error: Option<String>,
+}
+
+#[derive(Default)]
+struct State {
+    in_flight: HashMap<String, Upload>,
+    /// Uploaded ahead of postgres's request, waiting to be acknowledged.
+    done: HashMap<String, Pushed>,
+    status: ArchiverStatus,
+    /// The look-ahead pauses until then after a failure, so an outage is not hammered.
+    paused_until: Option<Instant>,
+    failures_in_a_row: u32,
+    last_backlog_warning: Option<Instant>,
+}
+
+/// Cloneable handle to the running archiver.
+#[derive(Clone)]
+pub struct Archiver {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    ctx: PushContext,
+    status_dir: PathBuf,
+    wal_dir: PathBuf,
+    permits: Semaphore,
+    concurrency: usize,
+    state: Mutex<State>,
+    wake: Notify,
+    cancel: CancellationToken,
+}
+
+impl Archiver {
+    /// Starts the look-ahead for the cluster in `data_dir`. Stops when `cancel` fires.
+    pub fn start(
+        ctx: PushContext,
+        data_dir: &Path,
+        concurrency: usize,
+        cancel: CancellationToken,
+    ) -> Archiver {
+        let archiver = Archiver {
+            inner: Arc::new(Inner {
+                ctx,
+                status_dir: data_dir.join("pg_wal/archive_status"),
+                wal_dir: data_dir.join("pg_wal"),
+                permits: Semaphore::new(concurrency.max(1)),
+                concurrency: concurrency.max(1),
+                state: Mutex::new(State::default()),
+                wake: Notify::new(),
+                cancel,
+            }),
+        };
+        tokio::spawn(archiver.clone().look_ahead());
+        archiver
+    }
+
+    /// Archives `path` for postgres: answers from a finished look-ahead upload, waits for one in
+    /// flight, or uploads now.
+    pub async fn push(&self, path: &Path) -> Result<Pushed, String> {
+        let name = file_name(path).map_err(|e| format!("{e:#}"))?;
+        // A look-ahead upload that failed is retried once here before postgres hears of it.
+        let mut last_error = String::new();
+        for _ in 0..2 {
+            let upload = {
+                let mut state = self.lock();
+                if let Some(outcome) = state.done.remove(&name) {
+                    return Ok(outcome);
+                }
+                match state.in_flight.get(&name) {
+                    Some(upload) => upload.clone(),
+                    None => self.start_upload(&mut state, name.clone(), path.to_path_buf()),
+                }
+            };
+            let result = upload.await;
+            // The upload task records look-ahead results in `done`; this request consumes it.
+            self.lock().done.remove(&name);
+            self.inner.wake.notify_one();
+            match result {
+                Ok(outcome) => return Ok(outcome),
+                Err(e) if self.inner.cancel.is_cancelled() => return Err(e),
+                Err(e) => last_error = e,
+            }
+        }
+        Err(last_error)
+    }
+
+    pub fn status(&self) -> ArchiverStatus {
+        let (backlog, oldest) = scan_ready(&self.inner.status_dir)
+            .map(|ready| {
+                let oldest = ready.iter().filter_map(|r| r.modified).min();
+                (ready.len(), oldest)
+            })
+            .unwrap_or((0, None));
+        let state = self.lock();
+        let mut status = state.status.clone();
+        status.backlog = backlog;
+        status.in_flight = state.in_flight.len();
+        status.oldest_ready_age_seconds = oldest
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .map(|d| d.as_secs_f64());
+        status
+    }
+
+    /// Registers and spawns the upload of `name`; the caller holds the state lock, so no second
+    /// upload of the same file can start.
+    fn start_upload(&self, state: &mut State, name: String, path: PathBuf) -> Upload {
+        let this = self.clone();
+        let key = name.clone();
+        let task = tokio::spawn(async move {
+            let permit = this
+                .inner
+                .permits
+                .acquire()
+                .await
+                .expect("the semaphore is never closed");
+            let result = this.inner.ctx.push(&path, &this.inner.cancel).await;
+            drop(permit);
+            this.finish(&key, result)
+        });
+        let upload = async move {
+            task.await
+                .unwrap_or_else(|e| Err(format!("upload task failed: {e}")))
+        }
+        .boxed()
+        .shared();
+        state.in_flight.insert(name, upload.clone());
+        upload
+    }
+
+    fn finish(&self, name: &str, result: anyhow::Result<Pushed>) -> Result<Pushed, String> {
+        let mut state = self.lock();
+        state.in_flight.remove(name);
+        match result {
+            Ok(outcome) => {
+                match outcome {
+                    Pushed::Created => {
+                        state.status.archived_total += 1;
+                        tracing::debug!(file = name, "archived");
+                    }
+                    Pushed::AlreadyArchived => {
+                        state.status.already_archived_total += 1;
+                        tracing::info!(file = name, "already archived with identical content");
+                    }
+                }
+                if state.status.last_error.take().is_some() {
+                    tracing::info!(file = name, "archiving works again");
+                }
+                state.failures_in_a_row = 0;
+                state.paused_until = None;
+                state.status.last_archived = Some(name.to_owned());
+                state.status.last_archived_at = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_secs_f64());
+                state.done.insert(name.to_owned(), outcome);
+                Ok(outcome)
+            }
+            Err(e) => {
+                let message = format!("{e:#}");
+                state.status.failed_total += 1;
+                state.failures_in_a_row += 1;
+                let pause = Duration::from_millis(500)
+                    .saturating_mul(1 << state.failures_in_a_row.min(6))
+                    .min(Duration::from_secs(30));
+                state.paused_until = Some(Instant::now() + pause);
+                tracing::error!(file = name, "failed to archive: {message}");
+                state.status.last_error = Some(message.clone());
+                Err(message)
+            }
+        }
+    }
+
+    /// Uploads ready files ahead of postgres, oldest first, while permits are free.
+    async fn look_ahead(self) {
+        loop {
+            tokio::select! {
+                () = self.inner.cancel.cancelled() => return,
+                () = self.inner.wake.notified() => {}
+                () = tokio::time::sleep(SCAN_INTERVAL) => {}
+            }
+            let inner = self.inner.clone();
+            let scan = tokio::task::spawn_blocking(move || scan_ready(&inner.status_dir)).await;
+            let Ok(Ok(ready)) = scan else { continue };
+            let mut state = self.lock();
+            self.warn_on_backlog(&mut state, &ready);
+            if state.paused_until.is_some_and(|t| Instant::now() < t) {
+                continue;
+            }
+            // Results for files postgres no longer waits on (acknowledged by another path, or
+            // removed) must not accumulate.
+            state
+                .done
+                .retain(|name, _| ready.iter().any(|r| &r.name == name));
+            for file in &ready {
+                if state.in_flight.len() >= self.inner.concurrency {
+                    break;
+                }
+                if state.in_flight.contains_key(&file.name) || state.done.contains_key(&file.name) {
+                    continue;
+                }
+                let path = self.inner.wal_dir.join(&file.name);
+                // The upload runs as its own task; the in-flight map keeps its handle.
+                drop(self.start_upload(&mut state, file.name.clone(), path));
+            }
+        }
+    }
+
+    fn warn_on_backlog(&self, state: &mut State, ready: &[Ready]) {
+        if ready.len() < BACKLOG_WARN {
+            return;
+        }
+        if state
+            .last_backlog_warning
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(60))
+        {
+            return;
+        }
+        state.last_backlog_warning = Some(Instant::now());
+        let oldest = ready
+            .iter()
+            .filter_map(|r| r.modified)
+            .min()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .map(|d| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string())
+            .unwrap_or_else(|| "?".into());
+        tracing::warn!(
+            backlog = ready.len(),
+            "WAL archiving backlog: {} files wait, the oldest for {oldest}; nothing is dropped, postgres keeps them until archived",
+            ready.len()
+        );
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Every critical section leaves the maps consistent, so a poisoned lock is usable.
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One `.ready` marker.
+struct Ready {
+    /// The WAL file's name (the marker without `.ready`).
+    name: String,
+    modified: Option<SystemTime>,
+}
+
+/// The ready files, in archive order: history files first (a new timeline's history must be
+/// archived before its segments are useful), then by name, which is WAL order.
+fn scan_ready(status_dir: &Path) -> std::io::Result<Vec<Ready>> {
+    let mut ready: Vec<Ready> = std::fs::read_dir(status_dir)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.strip_suffix(".ready")?.to_owned();
+            let modified = e.metadata().ok().and_then(|m| m.modified().ok());
+            Some(Ready { name, modified })
+        })
+        .collect();
+    ready.sort_by(|a, b| {
+        let key = |r: &Ready| (!r.name.ends_with(".history"), r.name.clone());
+        key(a).cmp(&key(b))
+    });
+    Ok(ready)
+}

@@ -1,0 +1,135 @@
+//! Archiving one WAL file: the unit of work of the daemon and of the standalone client.
+//!
+//! A file is acknowledged only after the repository stored it (create-only) and a read-back of
+//! the stored object's checksum matched what was read from disk. Segments are checked against
+//! the repository's system identifier and their own name before anything is uploaded, so a
+//! misconfigured archive_command that points two clusters at one repository fails on the
+//! first segment instead of mixing their WAL.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::postgres::control_file::ControlFile;
+use crate::postgres::wal::{WalFileName, WalSegSize};
+use crate::postgres::wal_header::{read_segment_header, ExpectedHeader};
+use crate::repo::{layout, retry, PutOutcome, Repo, RepoMeta, RetryPolicy};
+
+/// How a push ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pushed {
+    /// Stored now.
+    Created,
+    /// The archive already held this file with identical content (a retry after a lost ack).
+    AlreadyArchived,
+}
+
+/// What a push needs: the repository and the identity WAL must match.
+#[derive(Clone)]
+pub struct PushContext {
+    pub repo: Repo,
+    pub retry: RetryPolicy,
+    pub system_identifier: u64,
+    pub seg_size: WalSegSize,
+}
+
+impl PushContext {
+    /// Opens the repository for the cluster in `data_dir`, creating `repo.json` on first use
+    /// and refusing a repository that belongs to another cluster or major version.
+    pub async fn open(
+        repo: Repo,
+        retry: RetryPolicy,
+        data_dir: &Path,
+        pg_major: u32,
+    ) -> Result<PushContext> {
+        let dir = data_dir.to_path_buf();
+        let control = tokio::task::spawn_blocking(move || ControlFile::read(&dir))
+            .await
+            .context("join pg_control reader")??;
+        let expected = RepoMeta::new(pg_major, control.system_identifier);
+        repo.ensure_meta(&expected)
+            .await
+            .with_context(|| format!("check repository {}", repo.describe()))?;
+        Ok(PushContext {
+            repo,
+            retry,
+            system_identifier: control.system_identifier,
+            seg_size: control.xlog_seg_size,
+        })
+    }
+
+    /// Archives the WAL file at `path` (a segment, partial segment, timeline history or
+    /// backup history file).
+    pub async fn push(&self, path: &Path, cancel: &CancellationToken) -> Result<Pushed> {
+        let name = file_name(path)?;
+        let kind = WalFileName::parse(&name)
+            .with_context(|| format!("{} is not a WAL file name", path.display()))?;
+        // Segments carry a page header to check; history and backup history files are text.
+        let segment = match kind {
+            WalFileName::Segment(segment) | WalFileName::Partial(segment) => Some(segment),
+            WalFileName::History { .. } | WalFileName::BackupHistory { .. } => None,
+        };
+        if let Some(segment) = segment {
+            let expected = ExpectedHeader {
+                system_id: self.system_identifier,
+                tli: segment.tli(),
+                segno: segment.segno(self.seg_size)?,
+                seg_size: self.seg_size,
+            };
+            let file = path.to_path_buf();
+            let header = tokio::task::spawn_blocking(move || read_segment_header(&file))
+                .await
+                .context("join WAL header reader")?
+                .with_context(|| format!("read the header of WAL segment {name}"))?;
+            header
+                .check(&expected)
+                .with_context(|| format!("refusing to archive WAL segment {name}"))?;
+        }
+        let key = layout::wal_key(&name)?;
+        let outcome = retry(&self.retry, cancel, &format!("archive {name}"), || {
+            self.repo.put_file_create(&key, path, cancel)
+        })
+        .await
+        .with_context(|| format!("archive {name} to {}", self.repo.describe()))?;
+        match outcome {
+            PutOutcome::AlreadyIdentical { .. } => Ok(Pushed::AlreadyArchived),
+            PutOutcome::Created { checksum, .. } => {
+                // Read back what the store now holds before acknowledging.
+                let stored = retry(&self.retry, cancel, &format!("verify {name}"), || {
+                    self.repo.exists(&key)
+                })
+                .await
+                .with_context(|| format!("verify archived {name}"))?;
+                match stored {
+                    Some(stored) if stored == checksum => Ok(Pushed::Created),
+                    Some(stored) => bail!(
+                        "archived {name} reads back with checksum {stored}, but {checksum} was uploaded"
+                    ),
+                    None => bail!("archived {name} is not in the repository after upload"),
+                }
+            }
+        }
+    }
+}
+
+/// The final path component as UTF-8 (WAL file names are ASCII).
+pub fn file_name(path: &Path) -> Result<String> {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_owned)
+        .with_context(|| format!("{} has no usable file name", path.display()))
+}
+
+/// `%p` as postgres passes it is relative to the data directory (postgres's working
+/// directory); the daemon needs it absolute.
+pub fn absolute(path: &Path) -> Result<PathBuf> {
+    if path.is_absolute() {
+        return Ok(path.to_path_buf());
+    }
+    Ok(std::env::current_dir()
+        .context("read the working directory")?
+        .join(path))
+}

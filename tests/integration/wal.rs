@@ -1,0 +1,447 @@
+//! WAL archiving and fetching against real postgres and real storage: the `file://` default
+//! and a real S3-compatible server.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::{self, pgward_bin, Cluster, Pgward};
+
+const BOOT: Duration = Duration::from_secs(60);
+
+/// A cluster archiving to `storage` (a `storage:` YAML block), keeping its WAL around so the
+/// archived copies can be compared with the originals.
+fn archiving_config(cluster: &Cluster, storage: &str) -> PathBuf {
+    cluster.config(
+        "password: pw",
+        &format!(
+            "{storage}\nwal:\n  archive: true\n  archive_timeout: 1s\n  push_concurrency: 4\n  prefetch: 4\n"
+        ),
+    )
+}
+
+fn file_storage(cluster: &Cluster) -> String {
+    format!(
+        "storage:\n  url: file://{}\n",
+        cluster.dir.join("repo").display()
+    )
+}
+
+/// Adds `wal_keep_size` so postgres does not recycle archived segments under the test.
+fn keep_wal(config: &Path) {
+    let text = std::fs::read_to_string(config).unwrap();
+    let text = text.replacen(
+        "  parameters:\n",
+        "  parameters:\n    wal_keep_size: 1GB\n",
+        1,
+    );
+    std::fs::write(config, text).unwrap();
+}
+
+/// Runs pgbench against the cluster, as the server's user when root (peer-free socket auth).
+fn pgbench(cluster: &Cluster, args: &[&str]) {
+    let out = Command::new(common::pg_bin_dir().join("pgbench"))
+        .args([
+            "-h",
+            cluster.socket_dir().to_str().unwrap(),
+            "-p",
+            &cluster.port.to_string(),
+            "-U",
+            "postgres",
+        ])
+        .args(args)
+        .arg("postgres")
+        .env("PGPASSWORD", "pw")
+        .output()
+        .expect("run pgbench");
+    assert!(
+        out.status.success(),
+        "pgbench {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Switches WAL and waits until postgres reports that segment archived; returns its name.
+async fn switch_and_wait_archived(client: &tokio_postgres::Client) -> String {
+    let name: String = client
+        .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let row = client
+            .query_one(
+                "SELECT coalesce(last_archived_wal, ''), failed_count FROM pg_stat_archiver",
+                &[],
+            )
+            .await
+            .unwrap();
+        let last: String = row.get(0);
+        if last.as_str() >= name.as_str() && last.len() == 24 {
+            return name;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} not archived; last archived {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn wal_fetch(config: &Path, name: &str, dest: &Path) -> (i32, String) {
+    let out = Command::new(pgward_bin())
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "wal-fetch",
+            name,
+            dest.to_str().unwrap(),
+        ])
+        .output()
+        .expect("run wal-fetch");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn wal_push(config: &Path, path: &Path) -> (i32, String) {
+    let out = Command::new(pgward_bin())
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "wal-push",
+            path.to_str().unwrap(),
+        ])
+        .output()
+        .expect("run wal-push");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every archived segment (and history file) in `pg_wal` fetched back byte for byte.
+fn assert_archive_matches_pg_wal(cluster: &Cluster, config: &Path, upto: &str) -> usize {
+    let out_dir = cluster.dir.join("fetched");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let mut checked = 0;
+    let mut names: Vec<String> = std::fs::read_dir(cluster.data_dir().join("pg_wal"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.len() == 24 && n.as_str() <= upto)
+        .collect();
+    names.sort();
+    for name in names {
+        let dest = out_dir.join(&name);
+        let (code, err) = wal_fetch(config, &name, &dest);
+        assert_eq!(code, 0, "wal-fetch {name}: {err}");
+        let original = std::fs::read(cluster.data_dir().join("pg_wal").join(&name)).unwrap();
+        let fetched = std::fs::read(&dest).unwrap();
+        assert!(original == fetched, "{name} differs after the round trip");
+        checked += 1;
+    }
+    checked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archives_every_segment_under_pgbench_and_fetches_them_back_identical() {
+    let cluster = Cluster::new();
+    let config = archiving_config(&cluster, &file_storage(&cluster));
+    keep_wal(&config);
+    let pgward = Pgward::start(&["--config", config.to_str().unwrap(), "run"], &[]);
+    let client = cluster
+        .wait_connect("postgres", "pw", "postgres", BOOT)
+        .await;
+    pgbench(&cluster, &["-i", "-s", "5", "-q"]);
+    pgbench(&cluster, &["-T", "5", "-c", "4", "-j", "2"]);
+    let last = switch_and_wait_archived(&client).await;
+
+    let checked = assert_archive_matches_pg_wal(&cluster, &config, &last);
+    assert!(checked >= 5, "only {checked} segments archived");
+    let status = Pgward::status(&config);
+    let archiver = &status["archiver"];
+    assert!(
+        archiver["archived_total"].as_u64().unwrap() >= checked as u64 - 1,
+        "{status}"
+    );
+    assert_eq!(archiver["failed_total"], 0, "{status}");
+
+    // Not in the archive: exit 1, the end of the archived WAL for postgres.
+    let (code, _) = wal_fetch(
+        &config,
+        "0000000100000000000000FF",
+        &cluster.dir.join("nope"),
+    );
+    assert_eq!(code, 1);
+    assert!(!cluster.dir.join("nope").exists());
+    pgward.assert_no_errors_except(&[]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_pushes_and_a_foreign_cluster_are_handled_loudly() {
+    let cluster = Cluster::new();
+    let config = archiving_config(&cluster, &file_storage(&cluster));
+    keep_wal(&config);
+    let pgward = Pgward::start(&["--config", config.to_str().unwrap(), "run"], &[]);
+    let client = cluster
+        .wait_connect("postgres", "pw", "postgres", BOOT)
+        .await;
+    client
+        .batch_execute("CREATE TABLE t AS SELECT generate_series(1, 10000) AS i")
+        .await
+        .unwrap();
+    let name = switch_and_wait_archived(&client).await;
+    let segment = cluster.data_dir().join("pg_wal").join(&name);
+
+    // The same content again (a retry after a lost acknowledgement): success, counted.
+    let (code, err) = wal_push(&config, &segment);
+    assert_eq!(code, 0, "{err}");
+    let status = Pgward::status(&config);
+    assert!(
+        status["archiver"]["already_archived_total"]
+            .as_u64()
+            .unwrap()
+            >= 1,
+        "{status}"
+    );
+
+    // Different content under the same name: refused, naming both checksums.
+    let forged_dir = cluster.dir.join("forged");
+    std::fs::create_dir_all(&forged_dir).unwrap();
+    let forged = forged_dir.join(&name);
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xFF;
+    std::fs::write(&forged, &bytes).unwrap();
+    let (code, err) = wal_push(&config, &forged);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&name) && err.to_lowercase().contains("checksum"),
+        "{err}"
+    );
+
+    // A second cluster pointed at the same repository fails on its first segment.
+    let other = Cluster::new();
+    let other_config = archiving_config(&other, &file_storage(&cluster));
+    let other_pgward = Pgward::start(&["--config", other_config.to_str().unwrap(), "run"], &[]);
+    let other_client = other.wait_connect("postgres", "pw", "postgres", BOOT).await;
+    other_client
+        .batch_execute(
+            "CREATE TABLE t AS SELECT generate_series(1, 1000) AS i; SELECT pg_switch_wal()",
+        )
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (failed, archived) = loop {
+        let row = other_client
+            .query_one(
+                "SELECT failed_count, archived_count FROM pg_stat_archiver",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (failed, archived): (i64, i64) = (row.get(0), row.get(1));
+        if failed >= 1 || std::time::Instant::now() > deadline {
+            break (failed, archived);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        other_pgward.output().contains("system identifier"),
+        "{}",
+        other_pgward.output()
+    );
+    assert!(
+        failed >= 1 && archived == 0,
+        "failed {failed}, archived {archived}"
+    );
+    drop(pgward);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_object_is_detected_on_fetch() {
+    let cluster = Cluster::new();
+    let config = archiving_config(&cluster, &file_storage(&cluster));
+    keep_wal(&config);
+    let _pgward = Pgward::start(&["--config", config.to_str().unwrap(), "run"], &[]);
+    let client = cluster
+        .wait_connect("postgres", "pw", "postgres", BOOT)
+        .await;
+    client
+        .batch_execute("CREATE TABLE t AS SELECT generate_series(1, 10000) AS i")
+        .await
+        .unwrap();
+    let name = switch_and_wait_archived(&client).await;
+
+    let stored = find_object(&cluster.dir.join("repo"), &name).expect("archived object on disk");
+    let mut bytes = std::fs::read(&stored).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&stored, &bytes).unwrap();
+
+    let dest = cluster.dir.join("restored-seg");
+    let (code, err) = wal_fetch(&config, &name, &dest);
+    assert_eq!(code, 255, "{err}");
+    assert!(
+        err.contains(&name) && err.to_lowercase().contains("corrupt"),
+        "{err}"
+    );
+    assert!(!dest.exists(), "no partial file is left at the destination");
+}
+
+/// The stored file of WAL file `name` under a file:// repository root.
+fn find_object(root: &Path, name: &str) -> Option<PathBuf> {
+    for entry in walk(root) {
+        if entry.file_name()?.to_str()?.starts_with(name) {
+            return Some(entry);
+        }
+    }
+    None
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_cluster_replays_archived_wal_to_the_same_lsn() {
+    let primary = Cluster::new();
+    let config = archiving_config(&primary, &file_storage(&primary));
+    let _pgward = Pgward::start(&["--config", config.to_str().unwrap(), "run"], &[]);
+    let client = primary
+        .wait_connect("postgres", "pw", "postgres", BOOT)
+        .await;
+    client
+        .batch_execute("CREATE TABLE marker (step int)")
+        .await
+        .unwrap();
+
+    // A base backup without WAL: everything after it must come from the archive.
+    let restored = Cluster::new();
+    let backup_dir = restored.data_dir();
+    // Bounded: pg_basebackup waits for the backup's WAL to be archived.
+    let mut basebackup = Command::new("timeout");
+    basebackup
+        .arg("120")
+        .arg(common::pg_bin_dir().join("pg_basebackup"))
+        .args([
+            "-h",
+            primary.socket_dir().to_str().unwrap(),
+            "-p",
+            &primary.port.to_string(),
+            "-U",
+            "postgres",
+        ])
+        .args([
+            "-D",
+            backup_dir.to_str().unwrap(),
+            "-X",
+            "none",
+            "-c",
+            "fast",
+        ]);
+    if common::is_root() {
+        // The server's user must own the copy; pg_basebackup writes as whoever runs it.
+        std::fs::create_dir_all(&backup_dir).unwrap();
+        let postgres = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+        nix::unistd::chown(&backup_dir, Some(postgres.uid), Some(postgres.gid)).unwrap();
+        basebackup = {
+            let mut runuser = Command::new("runuser");
+            runuser
+                .args(["-u", "postgres", "--"])
+                .arg(basebackup.get_program())
+                .args(basebackup.get_args());
+            runuser
+        };
+    }
+    let out = basebackup.output().unwrap();
+    assert!(
+        out.status.success(),
+        "pg_basebackup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    for step in 1..=3 {
+        client
+            .batch_execute(&format!(
+                "INSERT INTO marker SELECT {step} FROM generate_series(1, 20000)"
+            ))
+            .await
+            .unwrap();
+        switch_and_wait_archived(&client).await;
+    }
+    let target: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    switch_and_wait_archived(&client).await;
+
+    // The copy recovers from the archive only, through pgward wal-fetch, then promotes.
+    std::fs::write(backup_dir.join("recovery.signal"), "").unwrap();
+    let restored_config = restored.config("password: pw", &file_storage(&primary));
+    let text = std::fs::read_to_string(&restored_config).unwrap();
+    let restore_command = format!(
+        "{} --config {} wal-fetch %f %p",
+        pgward_bin(),
+        restored_config.display()
+    );
+    let text = text.replacen(
+        "  parameters:\n",
+        &format!("  parameters:\n    restore_command: \"{restore_command}\"\n    recovery_target_action: promote\n"),
+        1,
+    );
+    std::fs::write(&restored_config, text).unwrap();
+    let restored_pgward =
+        Pgward::start(&["--config", restored_config.to_str().unwrap(), "run"], &[]);
+    let restored_client = restored
+        .wait_connect("postgres", "pw", "postgres", BOOT)
+        .await;
+    common::eventually(
+        "the restored cluster is promoted",
+        Duration::from_secs(60),
+        || {
+            restored_pgward
+                .output()
+                .contains("database system is ready to accept connections")
+                && restored_pgward
+                    .output()
+                    .contains("archive recovery complete")
+        },
+    );
+    let replayed_past: bool = restored_client
+        .query_one(
+            &format!("SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(replayed_past, "replay stopped before {target}");
+    let counts: Vec<i64> = restored_client
+        .query(
+            "SELECT count(*) FROM marker GROUP BY step ORDER BY step",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(counts, vec![20000, 20000, 20000]);
+    assert!(
+        restored_pgward.output().contains("restored log file"),
+        "postgres fetched through restore_command"
+    );
+}
