@@ -9,3 +9,4 @@ mod config_cli;
 mod pid1;
 mod postgres_run;
 mod services;
+mod storage_servers;
