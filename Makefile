@@ -17,7 +17,7 @@ override PGWARD_HOME := $(abspath $(PGWARD_HOME))
 export PGWARD_HOME
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test deps lint doc image push bench bench-deps clean
+.PHONY: help build run test deps lint doc image push bench bench-wal bench-deps clean
 
 help: ## list the targets
 	@awk 'BEGIN { FS = ":.*## " } /^[a-z-]+:.*## / { printf "  make %-11s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -46,7 +46,7 @@ test: deps lint ## install test dependencies, lint, then run every test
 		$(CARGO) test --workspace --locked --no-fail-fast; \
 	fi
 
-deps: ## install what the tests need (PostgreSQL server, util-linux, procps, psmisc)
+deps: ## install what the tests need (PostgreSQL, process tools, s3s-fs and Azurite in .tools/)
 	scripts/test-deps.sh
 
 lint: doc ## rustfmt, clippy (warnings are errors) and rustdoc
@@ -62,11 +62,14 @@ image: ## build the container image $(IMAGE)
 push: ## push $(IMAGE)
 	docker push $(IMAGE)
 
-bench-deps: ## install supervisor, postgres_exporter and yacron for the benchmark
+bench-deps: ## install supervisor, postgres_exporter, yacron and pgbackrest for the benchmarks
 	scripts/bench-deps.sh
 
 bench: build bench-deps ## startup/shutdown/memory benchmark (bench/README.md)
 	bench/startup.sh
+
+bench-wal: build bench-deps ## WAL archiving throughput: cp, pgBackRest, pgward (bench/README.md)
+	bench/wal-archive.sh
 
 clean: ## remove build output and ./.pgward (the dev cluster and the bench venv)
 	$(CARGO) clean

@@ -7,7 +7,15 @@
 #     Debian's `postgresql` metapackage is installed only when no server is present
 #   - util-linux (unshare), procps (ps, pgrep), psmisc (killall, fuser), for the process tests
 #   - an OS user `postgres`, which pgward drops to when it runs as root
+#   - the object-storage test servers, into .tools/ of this checkout (git-ignored; see
+#     docs/testing.md): s3s-fs (an S3-compatible server on a local directory) built by
+#     `cargo install`, and Azurite (Microsoft's Azure Blob emulator) from npm, which needs node
 set -euo pipefail
+
+cd "$(dirname "$0")/.."
+tools=$PWD/.tools
+S3S_FS_VERSION=0.14.1
+AZURITE_VERSION=3.35.0
 
 log() { printf 'test-deps: %s\n' "$*" >&2; }
 
@@ -86,8 +94,36 @@ if ! id -u postgres >/dev/null 2>&1; then
         --shell /bin/bash --comment 'PostgreSQL administrator' postgres
 fi
 
+# --- object-storage test servers ----------------------------------------------------------
+# Versions are pinned: the fixtures in tests/integration/storage_servers.rs rely on their flags
+# and behaviour. A version mismatch reinstalls.
+s3s_fs=$tools/bin/s3s-fs
+if [[ $("$s3s_fs" --version 2>/dev/null) != "s3s-fs $S3S_FS_VERSION" ]]; then
+    command -v cargo >/dev/null 2>&1 || { log "cargo not found; it builds s3s-fs"; exit 1; }
+    # About 3.5 minutes on 2 cores; pure Rust apart from a C compiler for a few -sys crates.
+    log "building s3s-fs $S3S_FS_VERSION into $tools"
+    # Its own target dir: CARGO_TARGET_DIR, if set, points at pgward's and would be mixed up.
+    env -u CARGO_TARGET_DIR cargo install s3s-fs --version "$S3S_FS_VERSION" \
+        --features binary --locked --root "$tools" --quiet --force
+fi
+
+azurite_blob=$tools/azurite/node_modules/.bin/azurite-blob
+azurite_version=$("$azurite_blob" --version 2>/dev/null) || true
+if [[ $azurite_version != "$AZURITE_VERSION" ]]; then
+    if ! command -v npm >/dev/null 2>&1; then
+        have_pkgs nodejs npm || apt_install nodejs npm
+    fi
+    log "installing azurite $AZURITE_VERSION into $tools/azurite"
+    mkdir -p "$tools/azurite"
+    npm install --prefix "$tools/azurite" --no-audit --no-fund --loglevel=error \
+        --no-save "azurite@$AZURITE_VERSION" >/dev/null
+    azurite_version=$("$azurite_blob" --version)
+fi
+
 # --- verify --------------------------------------------------------------------------------
 "$bin/postgres" --version >/dev/null
 command -v unshare >/dev/null
 command -v pgrep >/dev/null
-log "ok: $("$bin/postgres" --version) in $bin; user postgres uid $(id -u postgres)"
+"$s3s_fs" --help >/dev/null
+log "ok: $("$bin/postgres" --version) in $bin; user postgres uid $(id -u postgres);" \
+    "$("$s3s_fs" --version); azurite-blob $azurite_version (node $(node --version))"

@@ -1,9 +1,11 @@
-//! Integration tests: the built `pgward` binary with a real PostgreSQL server.
+//! Integration tests: the built `pgward` binary with a real PostgreSQL server and real
+//! storage servers.
 //!
 //! One test binary (compile time); modules by subject. Each test gets its own temp dir and
-//! free port, so they run in parallel.
+//! free ports, so they run in parallel.
 
 mod common;
+mod storage_servers;
 
 mod config_cli;
 mod pid1;
