@@ -262,7 +262,8 @@ pub struct AzureConfig {
     pub endpoint: Option<String>,
     /// Allow a plain `http://` endpoint. Default false.
     pub allow_http: bool,
-    /// Use the Azurite emulator's well-known account, key and endpoint. Default false.
+    /// Use the Azurite emulator's well-known account, key and endpoint; an explicit `endpoint`
+    /// wins. Default false.
     pub use_emulator: bool,
 }
 

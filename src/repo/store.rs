@@ -49,7 +49,10 @@ pub(crate) fn build(cfg: &StorageConfig) -> Result<(Arc<dyn ObjectStore>, String
                 .with_container_name(container)
                 .with_retry(retry_config(cfg))
                 .with_client_options(client_options(cfg))
-                .with_use_emulator(az.use_emulator);
+                // The emulator switch makes object_store ignore `with_endpoint` (it reads
+                // AZURITE_BLOB_STORAGE_URL or uses 127.0.0.1:10000), so an explicit endpoint
+                // wins: Azurite is reached path-style at `http://host:port/<account>`.
+                .with_use_emulator(az.use_emulator && az.endpoint.is_none());
             if let Some(account) = &az.account {
                 b = b.with_account(account);
             }

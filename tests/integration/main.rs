@@ -11,4 +11,5 @@ mod config_cli;
 mod pid1;
 mod postgres_run;
 mod services;
+mod storage;
 mod wal;
