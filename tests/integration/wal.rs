@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::common::{self, pgward_bin, Cluster, Pgward};
+use crate::storage_servers::TestS3;
 
 const BOOT: Duration = Duration::from_secs(60);
 
@@ -444,4 +445,56 @@ async fn a_restored_cluster_replays_archived_wal_to_the_same_lsn() {
         restored_pgward.output().contains("restored log file"),
         "postgres fetched through restore_command"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archives_to_s3_and_loses_nothing_across_a_storage_outage() {
+    let mut s3 = TestS3::start();
+    let cluster = Cluster::new();
+    let config = archiving_config(&cluster, &s3.config_yaml("wal-test"));
+    keep_wal(&config);
+    let pgward = Pgward::start(&["--config", config.to_str().unwrap(), "run"], &[]);
+    let client = cluster
+        .wait_connect("postgres", "pw", "postgres", BOOT)
+        .await;
+    pgbench(&cluster, &["-i", "-s", "2", "-q"]);
+    let before = switch_and_wait_archived(&client).await;
+
+    // Storage goes away: WAL keeps coming, nothing may be acknowledged.
+    s3.stop();
+    pgbench(&cluster, &["-T", "3", "-c", "2"]);
+    let during: String = client
+        .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
+        .await
+        .unwrap()
+        .get(0);
+    common::eventually("archiving fails visibly", Duration::from_secs(30), || {
+        let status = Pgward::status(&config);
+        status["archiver"]["failed_total"].as_u64().unwrap_or(0) > 0
+            && status["archiver"]["last_error"].is_string()
+            && status["archiver"]["backlog"].as_u64().unwrap_or(0) > 0
+    });
+    let last: String = client
+        .query_one(
+            "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        last.as_str() < during.as_str(),
+        "{last} acknowledged while storage was down"
+    );
+
+    // Storage is back: the archive catches up by itself.
+    s3.restart();
+    let after = switch_and_wait_archived(&client).await;
+    assert!(after > before);
+    let checked = assert_archive_matches_pg_wal(&cluster, &config, &after);
+    assert!(checked >= 3, "only {checked} segments checked");
+    common::eventually("the error clears", Duration::from_secs(10), || {
+        Pgward::status(&config)["archiver"]["last_error"].is_null()
+    });
+    assert!(pgward.output().contains("archiving works again"));
 }
