@@ -377,20 +377,20 @@ postgres:
   user: postgres
   bin_dir: $pg_bin
   parameters:
-    listen_addresses: "''"
+    listen_addresses: ""
     wal_level: replica
-    archive_mode: "on"
     synchronous_commit: "off"
     max_wal_size: 4GB
     checkpoint_timeout: 15min
     shared_buffers: 256MB
+    # pgward sets archive_mode itself; this archive_command only wraps its wal-push to time it.
     archive_command: '$tmp/timed-archive $d/latency "$cmd"'
   stop: { mode: fast }
 control:
   socket: $d/run/pgward.sock
 storage:
   url: file://$d/repo
-wal: { push_concurrency: 4 }
+wal: { archive: true, push_concurrency: 4 }
 log:
   level: info
 YAML

@@ -217,11 +217,17 @@ fn units(config: &Config, server: &Server, sink: &LogSink) -> Result<Vec<UnitSpe
 
 /// Sets `archive_mode`, `archive_command` (this binary's `wal-push`) and `archive_timeout`.
 fn archive_parameters(config: &Config, parameters: &mut BTreeMap<String, String>) -> Result<()> {
+    parameters.insert("archive_mode".into(), "on".into());
+    parameters.insert(
+        "archive_timeout".into(),
+        format!("{}s", config.wal.archive_timeout.as_secs()),
+    );
     if let Some(own) = parameters.get("archive_command") {
-        anyhow::bail!(
-            "postgres.parameters sets archive_command ({own}) while wal.archive is on\nHINT: remove it, or set wal.archive: false to archive with your own command"
-        );
+        // Config validation allowed it: it wraps pgward's own wal-push.
+        tracing::info!("archive_command as configured: {own}");
+        return Ok(());
     }
+
     let exe = std::env::current_exe().context("find the pgward executable for archive_command")?;
     let mut command = shell_quote(&exe.to_string_lossy());
     if let Some(file) = &config.source {
@@ -232,12 +238,7 @@ fn archive_parameters(config: &Config, parameters: &mut BTreeMap<String, String>
         ));
     }
     command.push_str(" wal-push %p");
-    parameters.insert("archive_mode".into(), "on".into());
     parameters.insert("archive_command".into(), command);
-    parameters.insert(
-        "archive_timeout".into(),
-        format!("{}s", config.wal.archive_timeout.as_secs()),
-    );
     Ok(())
 }
 

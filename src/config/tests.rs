@@ -1027,7 +1027,12 @@ fn wal_problems_are_located() {
         problem("postgres:\n  parameters:\n    archive_command: /bin/true\n"),
         "cfg.yaml:3:5: postgres.parameters.archive_command: pgward sets archive_command while \
          wal.archive is true (set wal.archive instead, or wal.archive: false to manage \
-         archiving yourself)"
+         archiving yourself; an archive_command may only wrap `pgward wal-push %p`)"
+    );
+    // Wrapping pgward's own push (e.g. to time it) is allowed.
+    ok(
+        "postgres:\n  parameters:\n    archive_command: timed /usr/bin/pgward wal-push %p\n",
+        &[],
     );
 }
 

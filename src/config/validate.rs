@@ -998,12 +998,23 @@ fn check_archive_parameters(postgres: &PostgresConfig, wal: &WalConfig, cx: &mut
         return;
     }
     for (name, key) in ARCHIVE_PARAMETERS {
+        // A command that wraps pgward's own wal-push (timing, logging) still archives through
+        // pgward; anything else would bypass it.
+        if *name == "archive_command"
+            && postgres
+                .parameters
+                .get(*name)
+                .is_some_and(|c| c.contains(" wal-push "))
+        {
+            continue;
+        }
         if postgres.parameters.contains_key(*name) {
             cx.at_key(
                 &format!("postgres.parameters.{name}"),
                 format!(
                     "pgward sets {name} while wal.archive is true (set {key} instead, or \
-                     wal.archive: false to manage archiving yourself)"
+                     wal.archive: false to manage archiving yourself; an archive_command may \
+                     only wrap `pgward wal-push %p`)"
                 ),
             );
         }
