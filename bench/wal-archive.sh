@@ -406,6 +406,8 @@ YAML
         return 0
     }
     measure c "$d/run" "$port" "$d/data" "$d/latency"
+    # Peak resident memory of pgward itself over the whole run (uploads, compression buffers).
+    peak_rss_c=$(awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$pid/status" 2>/dev/null || echo "?")
     kill -TERM "$pid"
     wait "$pid" || note[c]="pgward exited with status $? after SIGTERM"
     grep -q ' ERROR ' "$d/pgward.log" && note[c]="pgward logged errors (see $d/pgward.log)"
@@ -449,6 +451,7 @@ for s in "${setups[@]}"; do
 done
 for s in "${setups[@]}"; do
     [[ -z ${note[$s]:-} ]] || echo "note $s: ${note[$s]}"
+    [[ $s != c || -z ${peak_rss_c:-} ]] || echo "pgward peak RSS during (c): ${peak_rss_c} MB"
 done
 echo
 echo "postgres: $("$pg_bin/postgres" --version); $(pgbackrest version 2>/dev/null || echo 'no pgbackrest');" \

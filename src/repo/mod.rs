@@ -92,6 +92,10 @@ struct Inner {
     no_suffix_range: AtomicBool,
     /// The store refused `PutMode::Create`; check with a read before writing.
     no_conditional_put: AtomicBool,
+    /// Root directory of a `file://` repository. Object stores make a completed put durable;
+    /// a local filesystem does not until the file and its directories are fsynced, which
+    /// object_store's `LocalFileSystem` does not do.
+    local_root: Option<PathBuf>,
 }
 
 /// One object of a [`Repo::list`].
@@ -161,9 +165,11 @@ impl Repo {
         let (store, prefix) = store::build(cfg)?;
         let mut repo =
             Repo::open_with_store(store, &prefix, cfg.compression, cfg.compression_level);
-        Arc::get_mut(&mut repo.inner)
-            .expect("a new repo is not shared yet")
-            .describe = store::describe(cfg);
+        let inner = Arc::get_mut(&mut repo.inner).expect("a new repo is not shared yet");
+        inner.describe = store::describe(cfg);
+        if let url::StorageUrl::File(root) = &cfg.url {
+            inner.local_root = Some(root.clone());
+        }
         Ok(repo)
     }
 
@@ -189,6 +195,7 @@ impl Repo {
                 describe,
                 no_suffix_range: AtomicBool::new(false),
                 no_conditional_put: AtomicBool::new(false),
+                local_root: None,
             }),
         }
     }
@@ -258,8 +265,11 @@ impl Repo {
             let src = src.to_owned();
             blocking(move || std::fs::File::open(&src).map_err(|e| RepoError::io(&src, e))).await?
         };
-        self.upload(key, path, file, src.to_owned(), PutMode::Create, cancel)
-            .await
+        let outcome = self
+            .upload(key, path, file, src.to_owned(), PutMode::Create, cancel)
+            .await?;
+        self.make_durable(key, &outcome).await?;
+        Ok(outcome)
     }
 
     /// Stores `bytes` (small: `repo.json`, manifests) under `key`.
@@ -284,8 +294,37 @@ impl Repo {
             frame::encode_bytes(&bytes, codec, level).map_err(|e| RepoError::io("<memory>", e))
         })
         .await?;
-        self.put_encoded(key, &path, vec![Bytes::from(encoded)], digest, mode)
-            .await
+        let outcome = self
+            .put_encoded(key, &path, vec![Bytes::from(encoded)], digest, mode)
+            .await?;
+        self.make_durable(key, &outcome).await?;
+        Ok(outcome)
+    }
+
+    /// For a `file://` repository, fsyncs a newly written object, then every directory from
+    /// its own up to the repository root (new directories are entries of their parents).
+    async fn make_durable(&self, key: &str, outcome: &PutOutcome) -> Result<(), RepoError> {
+        let (Some(root), PutOutcome::Created { .. }) = (&self.inner.local_root, outcome) else {
+            return Ok(());
+        };
+        let stored = root.join(self.path(key, self.inner.codec)?.as_ref());
+        let root = root.clone();
+        blocking(move || {
+            std::fs::File::open(&stored)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| RepoError::io(&stored, e))?;
+            let mut dir = stored.parent();
+            while let Some(d) = dir {
+                crate::fsutil::sync_dir(d)
+                    .map_err(|e| RepoError::io(d, io::Error::other(format!("{e:#}"))))?;
+                if d == root {
+                    break;
+                }
+                dir = d.parent();
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Streams `key` into `dest`, decoding and verifying it, and replaces `dest` atomically
