@@ -189,7 +189,16 @@ fn units(config: &Config, server: &Server, sink: &LogSink) -> Result<Vec<UnitSpe
     let mut units = vec![UnitSpec {
         name: POSTGRES.into(),
         launcher: Box::new(SpecLauncher {
-            spec: server.spec(POSTGRES, &[]),
+            spec: server
+                .spec(POSTGRES, &[])
+                .env(commands::SOCKET_ENV, &config.control.socket)
+                .env(
+                    crate::logging::FORMAT_ENV,
+                    match config.log.format {
+                        crate::config::LogFormat::Json => "json",
+                        crate::config::LogFormat::Text => "text",
+                    },
+                ),
             sink: *sink,
             readiness: Some(Arc::new(move |pid| {
                 let target = target.clone();

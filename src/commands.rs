@@ -1,6 +1,6 @@
 //! Client commands that talk to the running daemon.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -81,18 +81,17 @@ pub const FETCH_NOT_FOUND: i32 = 1;
 pub const FETCH_FAILED: i32 = 255;
 
 /// `pgward wal-push <path>` (archive_command): exit 0 only once the file is stored and verified.
-pub async fn wal_push(config: &Config, path: &Path) -> Result<i32> {
+pub async fn wal_push(config: &mut LazyConfig, path: &Path) -> Result<i32> {
     let path = wal::push::absolute(path)?;
-    if let Some(stream) = client::connect_if_running(&config.control.socket).await? {
-        let request = Request::WalPush { path: path.clone() };
-        match client::exchange(stream, &request, WAL_PATIENCE).await? {
-            Response::WalPushed { .. } => return Ok(0),
-            Response::NotServed => {}
-            Response::Error { message } => bail!("{message}"),
-            other => bail!("unexpected answer from the daemon: {other:?}"),
-        }
+    let request = Request::WalPush { path: path.clone() };
+    match ask_daemon(config, &request).await? {
+        Some(Response::WalPushed { .. }) => return Ok(0),
+        Some(Response::Error { message }) => bail!("{message}"),
+        Some(other) => bail!("unexpected answer from the daemon: {other:?}"),
+        None => {}
     }
-    // No daemon (bootstrap, manual use): do it here.
+    // No daemon (manual use), or one that leaves archiving to its clients: do it here.
+    let config = config.get()?;
     let cancel = CancellationToken::new();
     let ctx = push_context(config).await?;
     let outcome = ctx.push(&path, &cancel).await?;
@@ -104,7 +103,7 @@ pub async fn wal_push(config: &Config, path: &Path) -> Result<i32> {
 
 /// `pgward wal-fetch <name> <dest>` (restore_command): 0 fetched, [`FETCH_NOT_FOUND`],
 /// [`FETCH_FAILED`].
-pub async fn wal_fetch(config: &Config, name: &str, dest: &Path) -> i32 {
+pub async fn wal_fetch(config: &mut LazyConfig, name: &str, dest: &Path) -> i32 {
     match wal_fetch_inner(config, name, dest).await {
         Ok(Fetched::Found) => 0,
         Ok(Fetched::NotFound) => FETCH_NOT_FOUND,
@@ -115,27 +114,69 @@ pub async fn wal_fetch(config: &Config, name: &str, dest: &Path) -> i32 {
     }
 }
 
-async fn wal_fetch_inner(config: &Config, name: &str, dest: &Path) -> Result<Fetched> {
+async fn wal_fetch_inner(config: &mut LazyConfig, name: &str, dest: &Path) -> Result<Fetched> {
     let dest = wal::push::absolute(dest)?;
-    if let Some(stream) = client::connect_if_running(&config.control.socket).await? {
-        let request = Request::WalFetch {
-            name: name.to_owned(),
-            dest: dest.clone(),
-        };
-        match client::exchange(stream, &request, WAL_PATIENCE).await? {
-            Response::WalFetched { found: true } => return Ok(Fetched::Found),
-            Response::WalFetched { found: false } => return Ok(Fetched::NotFound),
-            Response::NotServed => {}
-            Response::Error { message } => bail!("{message}"),
-            other => bail!("unexpected answer from the daemon: {other:?}"),
-        }
+    let request = Request::WalFetch {
+        name: name.to_owned(),
+        dest: dest.clone(),
+    };
+    match ask_daemon(config, &request).await? {
+        Some(Response::WalFetched { found: true }) => return Ok(Fetched::Found),
+        Some(Response::WalFetched { found: false }) => return Ok(Fetched::NotFound),
+        Some(Response::Error { message }) => bail!("{message}"),
+        Some(other) => bail!("unexpected answer from the daemon: {other:?}"),
+        None => {}
     }
+    let config = config.get()?;
     let cancel = CancellationToken::new();
     let fetcher = fetcher(config, cancel).await?;
     let fetched = fetcher.fetch(name, &dest).await?;
     // Alone, this process is the only one that can fill the spool for the next requests.
     fetcher.settle().await;
     Ok(fetched)
+}
+
+/// Where the daemon listens, as `pgward run` tells the postgres it starts (and so its
+/// archive_command and restore_command). With it, a client reaches the daemon without reading
+/// the config file, which may hold secrets the server's user cannot read.
+pub const SOCKET_ENV: &str = "PGWARD_CONTROL_SOCKET";
+
+/// The config, read only if a command needs it.
+pub struct LazyConfig {
+    path: Option<PathBuf>,
+    loaded: Option<Config>,
+}
+
+impl LazyConfig {
+    pub fn new(path: Option<PathBuf>) -> LazyConfig {
+        LazyConfig { path, loaded: None }
+    }
+
+    pub fn get(&mut self) -> Result<&Config> {
+        if self.loaded.is_none() {
+            let config =
+                crate::config::load(self.path.as_deref(), &|name| std::env::var(name).ok())
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            self.loaded = Some(config);
+        }
+        Ok(self.loaded.as_ref().expect("loaded just above"))
+    }
+}
+
+/// Sends `request` to the daemon. `None` when no daemon listens, or when it leaves such work
+/// to its clients.
+async fn ask_daemon(config: &mut LazyConfig, request: &Request) -> Result<Option<Response>> {
+    let socket = match std::env::var_os(SOCKET_ENV) {
+        Some(socket) => PathBuf::from(socket),
+        None => config.get()?.control.socket.clone(),
+    };
+    let Some(stream) = client::connect_if_running(&socket).await? else {
+        return Ok(None);
+    };
+    match client::exchange(stream, request, WAL_PATIENCE).await? {
+        Response::NotServed => Ok(None),
+        answer => Ok(Some(answer)),
+    }
 }
 
 /// The repository and identity for archiving this config's cluster.

@@ -6,6 +6,9 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
+/// Set by `pgward run` for the processes it starts: the log format its clients should use.
+pub const FORMAT_ENV: &str = "PGWARD_LOG_FORMAT";
+
 /// Installs the global subscriber. `PGWARD_LOG` (a tracing filter) overrides `level`.
 pub fn init(format: LogFormat, level: &str) {
     let filter = std::env::var("PGWARD_LOG")

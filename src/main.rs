@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use pgward::cli::{Cli, Command, ConfigCommand};
-use pgward::config::{self, Config, ConfigError};
+use pgward::config::{self, Config, ConfigError, LogFormat};
 use pgward::{app, commands, init, logging};
 
 /// Exit code for a bad config or bad usage.
@@ -38,27 +38,23 @@ fn main() -> ExitCode {
             logging::init(config.log.format, "warn");
             with_runtime(false, commands::status(&config, json))
         }
+        // archive_command and restore_command: the config is read only if no daemon does the
+        // work (see `commands::SOCKET_ENV`); the daemon passes its log format along.
         Command::WalPush { path } => {
-            let config = match load(config_path.as_deref()) {
-                Ok(config) => config,
-                Err(code) => return code,
-            };
-            logging::init(config.log.format, &config.log.level);
+            logging::init(client_log_format(), "info");
+            let mut config = commands::LazyConfig::new(config_path);
             with_runtime(false, async move {
-                commands::wal_push(&config, &path).await.or_else(|e| {
+                commands::wal_push(&mut config, &path).await.or_else(|e| {
                     tracing::error!("failed to archive {}: {e:#}", path.display());
                     Ok(1)
                 })
             })
         }
         Command::WalFetch { name, dest } => {
-            let config = match load(config_path.as_deref()) {
-                Ok(config) => config,
-                Err(_) => return ExitCode::from(commands::FETCH_FAILED as u8),
-            };
-            logging::init(config.log.format, &config.log.level);
+            logging::init(client_log_format(), "info");
+            let mut config = commands::LazyConfig::new(config_path);
             with_runtime(false, async move {
-                Ok(commands::wal_fetch(&config, &name, &dest).await)
+                Ok(commands::wal_fetch(&mut config, &name, &dest).await)
             })
         }
         Command::Run => run(config_path.as_deref()),
@@ -93,6 +89,15 @@ fn run(config_path: Option<&Path>) -> ExitCode {
             }
         }
     })
+}
+
+/// The log format `pgward run` passes to the postgres it starts, so its archive and restore
+/// commands log like the daemon.
+fn client_log_format() -> LogFormat {
+    match std::env::var(logging::FORMAT_ENV).as_deref() {
+        Ok("json") => LogFormat::Json,
+        _ => LogFormat::Text,
+    }
 }
 
 /// `--config`/`PGWARD_CONFIG` must exist; the default path is used only if it does.

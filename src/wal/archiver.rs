@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::push::{file_name, PushContext, Pushed};
 
 /// How often the look-ahead scans `archive_status` when nothing wakes it.
-const SCAN_INTERVAL: Duration = Duration::from_millis(200);
+const SCAN_INTERVAL: Duration = Duration::from_millis(50);
 /// A backlog above this many files is worth a warning (once a minute while it lasts).
 const BACKLOG_WARN: usize = 64;
 
@@ -104,6 +104,8 @@ impl Archiver {
     /// flight, or uploads now.
     pub async fn push(&self, path: &Path) -> Result<Pushed, String> {
         let name = file_name(path).map_err(|e| format!("{e:#}"))?;
+        // Postgres asking means more files may be ready: start on those while this one goes up.
+        self.inner.wake.notify_one();
         // A look-ahead upload that failed is retried once here before postgres hears of it.
         let mut last_error = String::new();
         for _ in 0..2 {

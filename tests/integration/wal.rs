@@ -180,8 +180,8 @@ async fn archives_every_segment_under_pgbench_and_fetches_them_back_identical() 
     pgward.assert_no_errors_except(&[]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn duplicate_pushes_and_a_foreign_cluster_are_handled_loudly() {
+/// A cluster archiving to its own file:// repository, with one segment of real data archived.
+async fn one_archived_segment() -> (Cluster, PathBuf, Pgward, tokio_postgres::Client, String) {
     let cluster = Cluster::new();
     let config = archiving_config(&cluster, &file_storage(&cluster));
     keep_wal(&config);
@@ -194,6 +194,12 @@ async fn duplicate_pushes_and_a_foreign_cluster_are_handled_loudly() {
         .await
         .unwrap();
     let name = switch_and_wait_archived(&client).await;
+    (cluster, config, pgward, client, name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_pushes_and_a_foreign_cluster_are_handled_loudly() {
+    let (cluster, config, pgward, _client, name) = one_archived_segment().await;
     let segment = cluster.data_dir().join("pg_wal").join(&name);
 
     // The same content again (a retry after a lost acknowledgement): success, counted.
@@ -263,18 +269,7 @@ async fn duplicate_pushes_and_a_foreign_cluster_are_handled_loudly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_object_is_detected_on_fetch() {
-    let cluster = Cluster::new();
-    let config = archiving_config(&cluster, &file_storage(&cluster));
-    keep_wal(&config);
-    let _pgward = Pgward::start(&["--config", config.to_str().unwrap(), "run"], &[]);
-    let client = cluster
-        .wait_connect("postgres", "pw", "postgres", BOOT)
-        .await;
-    client
-        .batch_execute("CREATE TABLE t AS SELECT generate_series(1, 10000) AS i")
-        .await
-        .unwrap();
-    let name = switch_and_wait_archived(&client).await;
+    let (cluster, config, _pgward, _client, name) = one_archived_segment().await;
 
     let stored = find_object(&cluster.dir.join("repo"), &name).expect("archived object on disk");
     let mut bytes = std::fs::read(&stored).unwrap();
