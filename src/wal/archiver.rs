@@ -10,7 +10,7 @@
 //! reported (count, oldest age) and logged while it grows, and no result is ever acknowledged
 //! before the upload was verified.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -52,6 +52,9 @@ struct State {
     in_flight: HashMap<String, Upload>,
     /// Uploaded ahead of postgres's request, waiting to be acknowledged.
     done: HashMap<String, Pushed>,
+    /// Acknowledged to postgres, whose `.ready` may linger until it renames it to `.done`:
+    /// the look-ahead must not upload those again.
+    acked: HashSet<String>,
     status: ArchiverStatus,
     /// The look-ahead pauses until then after a failure, so an outage is not hammered.
     paused_until: Option<Instant>,
@@ -112,6 +115,7 @@ impl Archiver {
             let upload = {
                 let mut state = self.lock();
                 if let Some(outcome) = state.done.remove(&name) {
+                    state.acked.insert(name);
                     return Ok(outcome);
                 }
                 match state.in_flight.get(&name) {
@@ -120,8 +124,14 @@ impl Archiver {
                 }
             };
             let result = upload.await;
-            // The upload task records look-ahead results in `done`; this request consumes it.
-            self.lock().done.remove(&name);
+            {
+                // The upload task records results in `done`; this request consumes it.
+                let mut state = self.lock();
+                state.done.remove(&name);
+                if result.is_ok() {
+                    state.acked.insert(name.clone());
+                }
+            }
             self.inner.wake.notify_one();
             match result {
                 Ok(outcome) => return Ok(outcome),
@@ -239,11 +249,17 @@ impl Archiver {
             state
                 .done
                 .retain(|name, _| ready.iter().any(|r| &r.name == name));
+            state
+                .acked
+                .retain(|name| ready.iter().any(|r| &r.name == name));
             for file in &ready {
                 if state.in_flight.len() >= self.inner.concurrency {
                     break;
                 }
-                if state.in_flight.contains_key(&file.name) || state.done.contains_key(&file.name) {
+                if state.in_flight.contains_key(&file.name)
+                    || state.done.contains_key(&file.name)
+                    || state.acked.contains(&file.name)
+                {
                     continue;
                 }
                 let path = self.inner.wal_dir.join(&file.name);

@@ -168,6 +168,8 @@ async fn archives_every_segment_under_pgbench_and_fetches_them_back_identical() 
         "{status}"
     );
     assert_eq!(archiver["failed_total"], 0, "{status}");
+    // Look-ahead and postgres's own requests never upload a file twice.
+    assert_eq!(archiver["already_archived_total"], 0, "{status}");
 
     // Not in the archive: exit 1, the end of the archived WAL for postgres.
     let (code, _) = wal_fetch(
@@ -213,6 +215,18 @@ async fn duplicate_pushes_and_a_foreign_cluster_are_handled_loudly() {
             >= 1,
         "{status}"
     );
+
+    // A partial segment (what a promoted standby leaves of its old timeline) round-trips.
+    let partial_dir = cluster.dir.join("partial");
+    std::fs::create_dir_all(&partial_dir).unwrap();
+    let partial = partial_dir.join(format!("{name}.partial"));
+    std::fs::copy(&segment, &partial).unwrap();
+    let (code, err) = wal_push(&config, &partial);
+    assert_eq!(code, 0, "{err}");
+    let fetched = cluster.dir.join("partial-fetched");
+    let (code, err) = wal_fetch(&config, &format!("{name}.partial"), &fetched);
+    assert_eq!(code, 0, "{err}");
+    assert!(std::fs::read(&fetched).unwrap() == std::fs::read(&segment).unwrap());
 
     // Different content under the same name: refused, naming both checksums.
     let forged_dir = cluster.dir.join("forged");
@@ -439,6 +453,20 @@ async fn a_restored_cluster_replays_archived_wal_to_the_same_lsn() {
     assert!(
         restored_pgward.output().contains("restored log file"),
         "postgres fetched through restore_command"
+    );
+    // The promoted copy archives into the same repository (same system identifier), starting
+    // with its new timeline's history file.
+    let repo = primary.dir.join("repo");
+    common::eventually(
+        "the timeline 2 history file is archived",
+        Duration::from_secs(30),
+        || {
+            let files: Vec<String> = walk(&repo)
+                .iter()
+                .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
+                .collect();
+            files.iter().any(|f| f.starts_with("00000002.history"))
+        },
     );
 }
 
