@@ -9,6 +9,7 @@ pub mod bootstrap;
 pub mod control_file;
 pub mod ready;
 pub mod server;
+pub mod timeline;
 pub mod wal;
 pub mod wal_header;
 

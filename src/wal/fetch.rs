@@ -2,11 +2,14 @@
 //!
 //! Recovery asks for one file at a time; one round trip per 16 MiB segment would bound replay
 //! speed by storage latency. So every request also starts downloading the next `wal.prefetch`
-//! segments of the same timeline in parallel into a spool directory inside `pg_wal` (the same
+//! segments in parallel into a spool directory inside `pg_wal` (the same
 //! filesystem as the destination), and a later request for a spooled segment is answered by a
 //! rename. Downloads are verified (checksum) and written atomically, so a spooled file is
 //! always complete. Memory: at most `prefetch` downloads in flight, each bounded by the
 //! repository's streaming buffers.
+//!
+//! Timeline switches are followed: once recovery has fetched a timeline history file, each
+//! prefetched segment is named on the timeline postgres will ask for it on.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,6 +19,7 @@ use anyhow::{Context, Result};
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use tokio_util::sync::CancellationToken;
 
+use crate::postgres::timeline::TimelineHistory;
 use crate::postgres::wal::{segment_name, SegmentNo, TimelineId, WalFileName, WalSegSize};
 use crate::process::RunAs;
 use crate::repo::{layout, retry, Repo, RetryPolicy};
@@ -47,6 +51,8 @@ struct Inner {
     prefetch: usize,
     /// The server's OS user when the daemon runs as root: fetched files must be theirs.
     owner: Option<RunAs>,
+    /// The newest timeline history recovery fetched (see `timeline_for`).
+    history: Mutex<Option<TimelineHistory>>,
     in_flight: Mutex<HashMap<String, Download>>,
     cancel: CancellationToken,
 }
@@ -72,6 +78,7 @@ impl Fetcher {
                 seg_size,
                 prefetch,
                 owner,
+                history: Mutex::new(None),
                 in_flight: Mutex::new(HashMap::new()),
                 cancel,
             }),
@@ -103,7 +110,40 @@ impl Fetcher {
         } else if tokio::fs::try_exists(&spooled).await.unwrap_or(false) {
             return hand_over(&spooled, dest).await.map(|()| Fetched::Found);
         }
-        self.download(name, dest).await
+        let fetched = self.download(name, dest).await?;
+        if let (WalFileName::History { tli }, Fetched::Found) = (&kind, fetched) {
+            self.learn_history(*tli, dest).await;
+        }
+        Ok(fetched)
+    }
+
+    /// Remembers the newest timeline history recovery has fetched, so prefetch asks for each
+    /// segment on the timeline postgres will ask for it on.
+    async fn learn_history(&self, tli: TimelineId, file: &Path) {
+        let text = match tokio::fs::read_to_string(file).await {
+            Ok(text) => text,
+            Err(e) => return tracing::debug!("cannot read history of timeline {tli}: {e}"),
+        };
+        match TimelineHistory::parse(tli, &text) {
+            Ok(history) => {
+                let mut known = self.inner.history.lock().unwrap_or_else(|p| p.into_inner());
+                if known.as_ref().is_none_or(|k| k.timeline <= tli) {
+                    *known = Some(history);
+                }
+            }
+            Err(e) => tracing::warn!("ignoring timeline history for prefetch: {e}"),
+        }
+    }
+
+    /// The timeline recovery will ask `segno` on: per the newest known history, but never
+    /// older than the timeline it asks on now.
+    fn timeline_for(&self, segno: SegmentNo, asked_on: TimelineId) -> TimelineId {
+        let known = self.inner.history.lock().unwrap_or_else(|p| p.into_inner());
+        known
+            .as_ref()
+            .map(|h| h.timeline_of(segno, self.inner.seg_size))
+            .filter(|&tli| tli >= asked_on)
+            .unwrap_or(asked_on)
     }
 
     /// Waits for the prefetches in flight (the standalone client fills the spool for the
@@ -137,8 +177,11 @@ impl Fetcher {
         if self.inner.prefetch == 0 {
             return;
         }
+        let timelines: Vec<TimelineId> = (segno.0 + 1..=segno.0 + self.inner.prefetch as u64)
+            .map(|next| self.timeline_for(SegmentNo(next), tli))
+            .collect();
         let mut in_flight = self.lock();
-        for next in segno.0 + 1..=segno.0 + self.inner.prefetch as u64 {
+        for (next, tli) in (segno.0 + 1..).zip(timelines) {
             // Past the last possible segment there is nothing to prefetch.
             let Ok(name) = segment_name(tli, SegmentNo(next), self.inner.seg_size) else {
                 break;
@@ -215,4 +258,108 @@ async fn hand_over(spooled: &Path, dest: &Path) -> Result<()> {
     tokio::fs::rename(spooled, dest)
         .await
         .with_context(|| format!("move {} to {}", spooled.display(), dest.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::{Codec, PutMode};
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            max_retries: 0,
+            initial_backoff: std::time::Duration::from_millis(1),
+            max_backoff: std::time::Duration::from_millis(1),
+        }
+    }
+
+    async fn put(repo: &Repo, name: &str, content: &[u8]) {
+        repo.put_bytes(
+            &layout::wal_key(name).unwrap(),
+            content.to_vec(),
+            PutMode::Create,
+        )
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn prefetch_follows_the_timeline_switch_and_hands_over_by_rename() {
+        let store = Arc::new(object_store::memory::InMemory::new());
+        let repo = Repo::open_with_store(store, "", Codec::Zstd, 1);
+        let size = WalSegSize::DEFAULT;
+        let name =
+            |tli: u32, segno: u64| segment_name(TimelineId(tli), SegmentNo(segno), size).unwrap();
+        for segno in 1..=5 {
+            put(
+                &repo,
+                &name(1, segno),
+                format!("tli1 seg{segno}").as_bytes(),
+            )
+            .await;
+        }
+        for segno in 5..=9 {
+            put(
+                &repo,
+                &name(2, segno),
+                format!("tli2 seg{segno}").as_bytes(),
+            )
+            .await;
+        }
+        // Timeline 2 began inside segment 5.
+        put(
+            &repo,
+            "00000002.history",
+            b"1\t0/5000060\tno recovery target specified\n",
+        )
+        .await;
+
+        let dir = tempfile::tempdir().unwrap();
+        let wal_dir = dir.path().join("pg_wal");
+        std::fs::create_dir_all(&wal_dir).unwrap();
+        let fetcher = Fetcher::new(
+            repo,
+            policy(),
+            &wal_dir,
+            size,
+            3,
+            None,
+            CancellationToken::new(),
+        );
+        let dest = wal_dir.join("RECOVERYXLOG");
+
+        assert_eq!(
+            fetcher.fetch("00000002.history", &dest).await.unwrap(),
+            Fetched::Found
+        );
+        assert_eq!(
+            fetcher.fetch(&name(1, 3), &dest).await.unwrap(),
+            Fetched::Found
+        );
+        assert_eq!(std::fs::read(&dest).unwrap(), b"tli1 seg3");
+        fetcher.settle().await;
+        let mut spooled: Vec<String> = std::fs::read_dir(wal_dir.join(SPOOL_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        spooled.sort();
+        // Segment 4 on timeline 1, then 5 and 6 on timeline 2 (where postgres will ask).
+        assert_eq!(spooled, vec![name(1, 4), name(2, 5), name(2, 6)]);
+
+        // The next request is answered from the spool, by rename.
+        assert_eq!(
+            fetcher.fetch(&name(1, 4), &dest).await.unwrap(),
+            Fetched::Found
+        );
+        assert_eq!(std::fs::read(&dest).unwrap(), b"tli1 seg4");
+        assert!(!wal_dir.join(SPOOL_DIR).join(name(1, 4)).exists());
+
+        // Past the end of the archive: not found, and nothing left at the destination.
+        std::fs::remove_file(&dest).unwrap();
+        assert_eq!(
+            fetcher.fetch(&name(2, 42), &dest).await.unwrap(),
+            Fetched::NotFound
+        );
+        assert!(!dest.exists());
+    }
 }
