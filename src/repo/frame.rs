@@ -110,34 +110,32 @@ fn parse_header(bytes: &[u8; HEADER_LEN]) -> Result<Codec, String> {
 }
 
 /// Hashes and counts the content of `src` without encoding it.
-pub(crate) fn digest(mut src: impl Read) -> io::Result<Digest> {
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; BUF_LEN];
-    let mut len = 0u64;
-    loop {
-        let n = read_some(&mut src, &mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        len += n as u64;
-    }
-    Ok(Digest {
-        len,
-        checksum: Checksum(*hasher.finalize().as_bytes()),
-    })
+pub(crate) fn digest(src: impl Read) -> io::Result<Digest> {
+    hash_chunks(src, |_| Ok(()))
 }
 
 /// Encodes all of `src` into `sink`: header, compressed payload, trailer. Errors reading
 /// `src` and writing `sink` are told apart by the caller's wrappers.
 pub(crate) fn encode<W: Write>(
-    mut src: impl Read,
+    src: impl Read,
     codec: Codec,
     level: i32,
     mut sink: W,
 ) -> io::Result<(Digest, W)> {
     sink.write_all(&header(codec))?;
     let mut enc = Encoder::new(codec, level, sink)?;
+    let digest = hash_chunks(src, |chunk| enc.write_all(chunk))?;
+    let mut sink = enc.finish()?;
+    sink.write_all(&trailer(digest))?;
+    sink.flush()?;
+    Ok((digest, sink))
+}
+
+/// Reads `src` to the end in chunks, hashing and counting them and handing each to `each`.
+fn hash_chunks(
+    mut src: impl Read,
+    mut each: impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<Digest> {
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; BUF_LEN];
     let mut len = 0u64;
@@ -148,16 +146,12 @@ pub(crate) fn encode<W: Write>(
         }
         hasher.update(&buf[..n]);
         len += n as u64;
-        enc.write_all(&buf[..n])?;
+        each(&buf[..n])?;
     }
-    let mut sink = enc.finish()?;
-    let digest = Digest {
+    Ok(Digest {
         len,
         checksum: Checksum(*hasher.finalize().as_bytes()),
-    };
-    sink.write_all(&trailer(digest))?;
-    sink.flush()?;
-    Ok((digest, sink))
+    })
 }
 
 /// Encodes an in-memory buffer into a new one.
