@@ -237,6 +237,9 @@ postgres:
   stop: { mode: fast }
 control:
   socket: $d/run/pgward.sock
+# Like (a) and (c): supervision only, no WAL archiving (bench/wal-archive.sh measures that).
+wal:
+  archive: false
 log:
   level: info
 YAML
