@@ -96,6 +96,8 @@ struct Inner {
     /// a local filesystem does not until the file and its directories are fsynced, which
     /// object_store's `LocalFileSystem` does not do.
     local_root: Option<PathBuf>,
+    /// Directories of a local repository whose entry in their parent is known durable.
+    synced_dirs: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
 }
 
 /// One object of a [`Repo::list`].
@@ -196,6 +198,7 @@ impl Repo {
                 no_suffix_range: AtomicBool::new(false),
                 no_conditional_put: AtomicBool::new(false),
                 local_root: None,
+                synced_dirs: Default::default(),
             }),
         }
     }
@@ -301,26 +304,44 @@ impl Repo {
         Ok(outcome)
     }
 
-    /// For a `file://` repository, fsyncs a newly written object, then every directory from
-    /// its own up to the repository root (new directories are entries of their parents).
+    /// For a `file://` repository, fsyncs a newly written object and its directory, and each
+    /// ancestor up to the repository root once per process: a directory's entry in its parent
+    /// only changes when the directory is created, and fsyncs are what a put costs on a busy
+    /// disk.
     async fn make_durable(&self, key: &str, outcome: &PutOutcome) -> Result<(), RepoError> {
         let (Some(root), PutOutcome::Created { .. }) = (&self.inner.local_root, outcome) else {
             return Ok(());
         };
         let stored = root.join(self.path(key, self.inner.codec)?.as_ref());
         let root = root.clone();
+        let this = self.clone();
         blocking(move || {
             std::fs::File::open(&stored)
                 .and_then(|f| f.sync_all())
                 .map_err(|e| RepoError::io(&stored, e))?;
-            let mut dir = stored.parent();
-            while let Some(d) = dir {
+            let sync = |d: &Path| {
                 crate::fsutil::sync_dir(d)
-                    .map_err(|e| RepoError::io(d, io::Error::other(format!("{e:#}"))))?;
-                if d == root {
-                    break;
+                    .map_err(|e| RepoError::io(d, io::Error::other(format!("{e:#}"))))
+            };
+            let Some(parent) = stored.parent() else {
+                return Ok(());
+            };
+            sync(parent)?;
+            let mut dir = Some(parent);
+            while let Some(d) = dir.filter(|d| *d != root) {
+                let up = d.parent();
+                if let Some(up) = up {
+                    let first_time = this
+                        .inner
+                        .synced_dirs
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(d.to_owned());
+                    if first_time {
+                        sync(up)?;
+                    }
                 }
-                dir = d.parent();
+                dir = up;
             }
             Ok(())
         })

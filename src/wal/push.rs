@@ -89,6 +89,7 @@ impl PushContext {
                 .with_context(|| format!("refusing to archive WAL segment {name}"))?;
         }
         let key = layout::wal_key(&name)?;
+        let started = std::time::Instant::now();
         let outcome = retry(&self.retry, cancel, &format!("archive {name}"), || {
             self.repo.put_file_create(&key, path, cancel)
         })
@@ -96,13 +97,24 @@ impl PushContext {
         .with_context(|| format!("archive {name} to {}", self.repo.describe()))?;
         match outcome {
             PutOutcome::AlreadyIdentical { .. } => Ok(Pushed::AlreadyArchived),
-            PutOutcome::Created { checksum, .. } => {
+            PutOutcome::Created {
+                checksum,
+                stored_bytes,
+            } => {
+                let uploaded = started.elapsed();
                 // Read back what the store now holds before acknowledging.
                 let stored = retry(&self.retry, cancel, &format!("verify {name}"), || {
                     self.repo.exists(&key)
                 })
                 .await
                 .with_context(|| format!("verify archived {name}"))?;
+                tracing::debug!(
+                    file = %name,
+                    stored_bytes,
+                    upload_ms = uploaded.as_secs_f64() * 1e3,
+                    verify_ms = (started.elapsed() - uploaded).as_secs_f64() * 1e3,
+                    "uploaded and verified"
+                );
                 match stored {
                     Some(stored) if stored == checksum => Ok(Pushed::Created),
                     Some(stored) => bail!(
