@@ -281,7 +281,7 @@ async fn open_wal_services(
     let mut delay = Duration::from_secs(1);
     let mut logged = false;
     loop {
-        match commands::push_context(&config).await {
+        match commands::push_context(&config, owner.as_ref()).await {
             Ok(ctx) => {
                 let data_dir = &config.postgres.data_dir;
                 let fetcher = Fetcher::new(

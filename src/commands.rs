@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::control::{client, Request, Response};
 use crate::postgres::control_file::ControlFile;
 use crate::postgres::server::data_dir_major;
+use crate::process::RunAs;
 use crate::repo::{Repo, RetryPolicy};
 use crate::wal;
 use crate::wal::fetch::{Fetched, Fetcher};
@@ -93,7 +94,7 @@ pub async fn wal_push(config: &mut LazyConfig, path: &Path) -> Result<i32> {
     // No daemon (manual use), or one that leaves archiving to its clients: do it here.
     let config = config.get()?;
     let cancel = CancellationToken::new();
-    let ctx = push_context(config).await?;
+    let ctx = push_context(config, None).await?;
     let outcome = ctx.push(&path, &cancel).await?;
     if outcome == Pushed::AlreadyArchived {
         tracing::info!(file = %path.display(), "already archived with identical content");
@@ -180,9 +181,12 @@ async fn ask_daemon(config: &mut LazyConfig, request: &Request) -> Result<Option
 }
 
 /// The repository and identity for archiving this config's cluster.
-pub async fn push_context(config: &Config) -> Result<PushContext> {
+/// `owner`: the server's OS user when the daemon runs as root, so a `file://` repository stays
+/// writable for a `wal-push` that runs alone as that user.
+pub async fn push_context(config: &Config, owner: Option<&RunAs>) -> Result<PushContext> {
     let repo = Repo::open(&config.storage)
-        .with_context(|| format!("open repository {}", config.storage.url))?;
+        .with_context(|| format!("open repository {}", config.storage.url))?
+        .with_local_owner(owner.map(|u| (u.uid, u.gid)));
     let pg_major = data_dir_major(&config.postgres.data_dir)?;
     PushContext::open(
         repo,

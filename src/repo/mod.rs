@@ -98,6 +98,8 @@ struct Inner {
     local_root: Option<PathBuf>,
     /// Directories of a local repository whose entry in their parent is known durable.
     synced_dirs: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
+    /// `(uid, gid)` that new files and directories of a local repository are given.
+    local_owner: Option<(u32, u32)>,
 }
 
 /// One object of a [`Repo::list`].
@@ -199,8 +201,25 @@ impl Repo {
                 no_conditional_put: AtomicBool::new(false),
                 local_root: None,
                 synced_dirs: Default::default(),
+                local_owner: None,
             }),
         }
+    }
+
+    /// Gives what this process writes into a `file://` repository (and its root) to
+    /// `owner`: a daemon running as root keeps the repository writable for the server's user.
+    /// Call before the repository is shared.
+    pub fn with_local_owner(mut self, owner: Option<(u32, u32)>) -> Repo {
+        if let (Some(root), Some((uid, gid))) = (&self.inner.local_root, owner) {
+            // The root exists: the store was built with it.
+            if let Err(e) = std::os::unix::fs::chown(root, Some(uid), Some(gid)) {
+                tracing::warn!("cannot give {} to uid {uid}: {e}", root.display());
+            }
+        }
+        Arc::get_mut(&mut self.inner)
+            .expect("with_local_owner is called before the repository is shared")
+            .local_owner = owner;
+        self
     }
 
     /// Where the repository is, without secrets, for logs.
@@ -319,6 +338,15 @@ impl Repo {
             std::fs::File::open(&stored)
                 .and_then(|f| f.sync_all())
                 .map_err(|e| RepoError::io(&stored, e))?;
+            if let Some((uid, gid)) = this.inner.local_owner {
+                // The file and the directories a put may have created (not the root's parent).
+                let mut path = Some(stored.as_path());
+                while let Some(p) = path.filter(|p| *p != root) {
+                    std::os::unix::fs::chown(p, Some(uid), Some(gid))
+                        .map_err(|e| RepoError::io(p, e))?;
+                    path = p.parent();
+                }
+            }
             let sync = |d: &Path| {
                 crate::fsutil::sync_dir(d)
                     .map_err(|e| RepoError::io(d, io::Error::other(format!("{e:#}"))))

@@ -521,3 +521,49 @@ async fn archives_to_s3_and_loses_nothing_across_a_storage_outage() {
     });
     assert!(pgward.output().contains("archiving works again"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_daemon_the_server_user_archives_into_the_local_repository() {
+    let (cluster, config, mut pgward, client, name) = one_archived_segment().await;
+    drop(client);
+    pgward.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(pgward.wait_exit(Duration::from_secs(30)).code(), Some(0));
+
+    // What postgres's archive_command would do with no daemon around: push alone, as the
+    // server's user (the daemon ran as root and created the repository).
+    let partial = cluster
+        .data_dir()
+        .join("pg_wal")
+        .join(format!("{name}.partial"));
+    std::fs::copy(cluster.data_dir().join("pg_wal").join(&name), &partial).unwrap();
+    if common::is_root() {
+        let postgres = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+        nix::unistd::chown(&partial, Some(postgres.uid), Some(postgres.gid)).unwrap();
+    }
+    let mut push = if common::is_root() {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"]).arg(pgward_bin());
+        cmd
+    } else {
+        Command::new(pgward_bin())
+    };
+    let out = push
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "wal-push",
+            partial.to_str().unwrap(),
+        ])
+        .env_remove(pgward::commands::SOCKET_ENV)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "standalone wal-push: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fetched = cluster.dir.join("partial-back");
+    let (code, err) = wal_fetch(&config, &format!("{name}.partial"), &fetched);
+    assert_eq!(code, 0, "{err}");
+    assert!(std::fs::read(&fetched).unwrap() == std::fs::read(&partial).unwrap());
+}
