@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::common::{self, pgward_bin, Cluster, Pgward};
-use crate::storage_servers::TestS3;
+use crate::storage_servers::{TestAzurite, TestS3};
 
 const BOOT: Duration = Duration::from_secs(60);
 
@@ -566,4 +566,21 @@ async fn without_a_daemon_the_server_user_archives_into_the_local_repository() {
     let (code, err) = wal_fetch(&config, &format!("{name}.partial"), &fetched);
     assert_eq!(code, 0, "{err}");
     assert!(std::fs::read(&fetched).unwrap() == std::fs::read(&partial).unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archives_to_azure_blob_and_fetches_back_identical() {
+    let azurite = TestAzurite::start();
+    let cluster = Cluster::new();
+    let config = archiving_config(&cluster, &azurite.config_yaml("wal-test"));
+    keep_wal(&config);
+    let pgward = Pgward::start(&["--config", config.to_str().unwrap(), "run"], &[]);
+    let client = cluster
+        .wait_connect("postgres", "pw", "postgres", BOOT)
+        .await;
+    pgbench(&cluster, &["-i", "-s", "2", "-q"]);
+    let last = switch_and_wait_archived(&client).await;
+    let checked = assert_archive_matches_pg_wal(&cluster, &config, &last);
+    assert!(checked >= 2, "only {checked} segments checked");
+    pgward.assert_no_errors_except(&[]);
 }
