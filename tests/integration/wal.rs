@@ -182,6 +182,21 @@ async fn archives_every_segment_under_pgbench_and_fetches_them_back_identical() 
     pgward.assert_no_errors_except(&[]);
 }
 
+/// A cluster archiving to `storage` (WAL kept), after `pgbench -i -s 2`.
+async fn archiving_after_pgbench_init(
+    storage: &str,
+) -> (Cluster, PathBuf, Pgward, tokio_postgres::Client) {
+    let cluster = Cluster::new();
+    let config = archiving_config(&cluster, storage);
+    keep_wal(&config);
+    let pgward = Pgward::start(&["--config", config.to_str().unwrap(), "run"], &[]);
+    let client = cluster
+        .wait_connect("postgres", "pw", "postgres", BOOT)
+        .await;
+    pgbench(&cluster, &["-i", "-s", "2", "-q"]);
+    (cluster, config, pgward, client)
+}
+
 /// A cluster archiving to its own file:// repository, with one segment of real data archived.
 async fn one_archived_segment() -> (Cluster, PathBuf, Pgward, tokio_postgres::Client, String) {
     let cluster = Cluster::new();
@@ -473,14 +488,8 @@ async fn a_restored_cluster_replays_archived_wal_to_the_same_lsn() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn archives_to_s3_and_loses_nothing_across_a_storage_outage() {
     let mut s3 = TestS3::start();
-    let cluster = Cluster::new();
-    let config = archiving_config(&cluster, &s3.config_yaml("wal-test"));
-    keep_wal(&config);
-    let pgward = Pgward::start(&["--config", config.to_str().unwrap(), "run"], &[]);
-    let client = cluster
-        .wait_connect("postgres", "pw", "postgres", BOOT)
-        .await;
-    pgbench(&cluster, &["-i", "-s", "2", "-q"]);
+    let (cluster, config, pgward, client) =
+        archiving_after_pgbench_init(&s3.config_yaml("wal-test")).await;
     let before = switch_and_wait_archived(&client).await;
 
     // Storage goes away: WAL keeps coming, nothing may be acknowledged.
@@ -571,14 +580,8 @@ async fn without_a_daemon_the_server_user_archives_into_the_local_repository() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn archives_to_azure_blob_and_fetches_back_identical() {
     let azurite = TestAzurite::start();
-    let cluster = Cluster::new();
-    let config = archiving_config(&cluster, &azurite.config_yaml("wal-test"));
-    keep_wal(&config);
-    let pgward = Pgward::start(&["--config", config.to_str().unwrap(), "run"], &[]);
-    let client = cluster
-        .wait_connect("postgres", "pw", "postgres", BOOT)
-        .await;
-    pgbench(&cluster, &["-i", "-s", "2", "-q"]);
+    let (cluster, config, pgward, client) =
+        archiving_after_pgbench_init(&azurite.config_yaml("wal-test")).await;
     let last = switch_and_wait_archived(&client).await;
     let checked = assert_archive_matches_pg_wal(&cluster, &config, &last);
     assert!(checked >= 2, "only {checked} segments checked");
