@@ -20,17 +20,10 @@ pgward_bin=${PGWARD_BIN:-$root/target/release/pgward}
 venv=$root/.pgward/bench-venv
 ready_timeout_s=60
 stop_timeout_s=120
-
-log() { printf 'bench: %s\n' "$*" >&2; }
-die() {
-    log "$*"
-    exit 1
-}
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
 
 # --- prerequisites ---------------------------------------------------------------------------
-pg_bin=$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
-[[ -n $pg_bin && -x $pg_bin/postgres ]] ||
-    die "no PostgreSQL server under /usr/lib/postgresql/*/bin. HINT: run scripts/test-deps.sh"
 psql_bin=$pg_bin/psql
 [[ -x $psql_bin ]] || psql_bin=$(command -v psql) || die "psql not found"
 for s in "${setups[@]}"; do
@@ -52,13 +45,6 @@ for s in "${setups[@]}"; do
     *) die "unknown setup '$s' (expected a, b or c)" ;;
     esac
 done
-
-# As root, postgres runs as the postgres OS user (pgward drops privileges itself in setup b).
-if [[ $(id -u) -eq 0 ]]; then
-    as_pg=(runuser -u postgres --)
-else
-    as_pg=()
-fi
 
 # --- scratch space and cleanup ---------------------------------------------------------------
 tmp=$(mktemp -d /tmp/pgward-bench.XXXXXX)
@@ -92,12 +78,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # --- helpers ---------------------------------------------------------------------------------
-now_us() { echo "${EPOCHREALTIME/./}"; }
 ms() { awk -v us="$1" 'BEGIN { printf "%.1f", us / 1000 }'; }
-
-free_port() {
-    /usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 # A fresh data dir copied from the template, and a socket dir, both owned by the server's user.
 prepare() { # setup
@@ -173,11 +154,6 @@ mem_kb() {
 }
 
 mb() { awk -v kb="$1" 'BEGIN { printf "%.1f", kb / 1024 }'; }
-
-show_log() { # file
-    log "last lines of $1:"
-    tail -n 20 "$1" >&2 || true
-}
 
 declare -A start_ms stop_ms rss_mb pss_mb note
 

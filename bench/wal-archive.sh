@@ -29,17 +29,10 @@ jobs=${JOBS:-2}
 drain_timeout_s=${DRAIN_TIMEOUT:-600}
 pgward_bin=${PGWARD_BIN:-$root/target/release/pgward}
 ready_timeout_s=60
-
-log() { printf 'bench: %s\n' "$*" >&2; }
-die() {
-    log "$*"
-    exit 1
-}
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
 
 # --- prerequisites ---------------------------------------------------------------------------
-pg_bin=$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
-[[ -n $pg_bin && -x $pg_bin/postgres ]] ||
-    die "no PostgreSQL server under /usr/lib/postgresql/*/bin. HINT: run scripts/test-deps.sh"
 for t in psql pgbench pg_ctl initdb; do
     [[ -x $pg_bin/$t ]] || die "$pg_bin/$t not found. HINT: run scripts/test-deps.sh"
 done
@@ -65,13 +58,6 @@ for s in "${setups[@]}"; do
     *) die "unknown setup '$s' (expected a, b or c)" ;;
     esac
 done
-
-# As root, postgres (and so archive_command) runs as the postgres OS user.
-if [[ $(id -u) -eq 0 ]]; then
-    as_pg=(runuser -u postgres --)
-else
-    as_pg=()
-fi
 
 # --- scratch space and cleanup ---------------------------------------------------------------
 tmp=$(mktemp -d /tmp/pgward-walbench.XXXXXX)
@@ -122,7 +108,6 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # --- helpers ---------------------------------------------------------------------------------
-now_us() { echo "${EPOCHREALTIME/./}"; }
 
 psql_q() { # sockdir port sql
     "$pg_bin/psql" -X -A -t -q -w -h "$1" -p "$2" -U postgres -d postgres -c "$3"
@@ -160,11 +145,6 @@ wait_drained() { # data_dir
         sleep 0.1
     done
     awk -v us=$(($(now_us) - t0)) 'BEGIN { printf "%.1f", us / 1e6 }'
-}
-
-show_log() { # file
-    log "last lines of $1:"
-    tail -n 20 "$1" >&2 || true
 }
 
 # "p50_ms p99_ms calls failures" from the wrapper's "<ns> <exit status>" lines.
@@ -274,10 +254,6 @@ prepare() { # setup
 
 own() { # paths...
     [[ $(id -u) -ne 0 ]] || chown -R postgres:postgres "$@"
-}
-
-free_port() {
-    /usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 start_pg_ctl() { # setup port

@@ -1,0 +1,33 @@
+# shellcheck shell=bash
+# shellcheck disable=SC2034 # pg_bin and as_pg are for the scripts that source this file.
+# Shared helpers of the bench/ scripts (sourced, not run). Sets `pg_bin` (the newest Debian
+# PostgreSQL bin dir) and `as_pg` (the prefix that runs a command as the server's user when
+# root).
+
+log() { printf 'bench: %s\n' "$*" >&2; }
+die() {
+    log "$*"
+    exit 1
+}
+
+now_us() { echo "${EPOCHREALTIME/./}"; }
+
+free_port() {
+    /usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+show_log() { # file
+    log "last lines of $1:"
+    tail -n 20 "$1" >&2 || true
+}
+
+pg_bin=$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+[[ -n $pg_bin && -x $pg_bin/postgres ]] ||
+    die "no PostgreSQL server under /usr/lib/postgresql/*/bin. HINT: run scripts/test-deps.sh"
+
+# As root, postgres runs as the postgres OS user (pgward drops privileges itself).
+if [[ $(id -u) -eq 0 ]]; then
+    as_pg=(runuser -u postgres --)
+else
+    as_pg=()
+fi
