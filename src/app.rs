@@ -376,23 +376,25 @@ impl Handler for DaemonHandler {
                     },
                     Err(why) => why.into(),
                 },
-                Request::Status => Response::Status(Status {
-                    pgward_pid: std::process::id(),
-                    version: env!("CARGO_PKG_VERSION").into(),
-                    uptime_seconds: self.view.uptime().as_secs_f64(),
-                    phase: if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
-                        "stopping"
-                    } else {
-                        "running"
-                    }
-                    .into(),
-                    services: self.view.status(),
-                    archiver: self
-                        .wal
-                        .as_ref()
-                        .and_then(|w| w.get())
-                        .map(|w| w.archiver.status()),
-                }),
+                Request::Status => {
+                    let archiver = match self.wal.as_ref().and_then(|w| w.get()) {
+                        Some(wal) => Some(wal.archiver.status().await),
+                        None => None,
+                    };
+                    Response::Status(Status {
+                        pgward_pid: std::process::id(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                        uptime_seconds: self.view.uptime().as_secs_f64(),
+                        phase: if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                            "stopping"
+                        } else {
+                            "running"
+                        }
+                        .into(),
+                        services: self.view.status(),
+                        archiver,
+                    })
+                }
             }
         })
     }

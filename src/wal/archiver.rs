@@ -142,8 +142,13 @@ impl Archiver {
         Err(last_error)
     }
 
-    pub fn status(&self) -> ArchiverStatus {
-        let (backlog, oldest) = scan_ready(&self.inner.status_dir)
+    /// Counters and the backlog (a directory scan, on a blocking thread).
+    pub async fn status(&self) -> ArchiverStatus {
+        let status_dir = self.inner.status_dir.clone();
+        let (backlog, oldest) = tokio::task::spawn_blocking(move || scan_ready(&status_dir))
+            .await
+            .ok()
+            .and_then(Result::ok)
             .map(|ready| {
                 let oldest = ready.iter().filter_map(|r| r.modified).min();
                 (ready.len(), oldest)
