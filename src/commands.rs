@@ -51,8 +51,9 @@ pub async fn status(config: &Config, json: bool) -> Result<i32> {
     }
     if let Some(a) = &status.archiver {
         println!(
-            "archiver: {} archived, {} already archived, {} failed; backlog {} (oldest {}), {} in flight; last {}{}",
+            "archiver: {} archived ({} answered ahead), {} already archived, {} failed; backlog {} (oldest {}), {} in flight; last {}{}",
             a.archived_total,
+            a.answered_ahead_total,
             a.already_archived_total,
             a.failed_total,
             a.backlog,

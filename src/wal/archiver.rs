@@ -40,6 +40,8 @@ pub struct ArchiverStatus {
     pub archived_total: u64,
     pub already_archived_total: u64,
     pub failed_total: u64,
+    /// Requests answered at once from an upload the look-ahead had finished.
+    pub answered_ahead_total: u64,
     pub last_archived: Option<String>,
     /// Seconds since the Unix epoch.
     pub last_archived_at: Option<f64>,
@@ -116,6 +118,7 @@ impl Archiver {
                 let mut state = self.lock();
                 if let Some(outcome) = state.done.remove(&name) {
                     state.acked.insert(name);
+                    state.status.answered_ahead_total += 1;
                     return Ok(outcome);
                 }
                 match state.in_flight.get(&name) {

@@ -587,3 +587,30 @@ async fn archives_to_azure_blob_and_fetches_back_identical() {
     assert!(checked >= 2, "only {checked} segments checked");
     pgward.assert_no_errors_except(&[]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_segments_is_answered_from_the_look_ahead() {
+    let (_cluster, config, _pgward, client, _) = one_archived_segment().await;
+    // Twenty segments at once: postgres archives them one by one, the look-ahead in parallel.
+    for i in 0..20 {
+        client
+            .batch_execute(&format!(
+                "INSERT INTO t VALUES ({i}); SELECT pg_switch_wal()"
+            ))
+            .await
+            .unwrap();
+    }
+    switch_and_wait_archived(&client).await;
+    let status = Pgward::status(&config);
+    let archiver = &status["archiver"];
+    assert!(
+        archiver["archived_total"].as_u64().unwrap() >= 21,
+        "{status}"
+    );
+    assert!(
+        archiver["answered_ahead_total"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
+    assert_eq!(archiver["already_archived_total"], 0, "{status}");
+    assert_eq!(archiver["failed_total"], 0, "{status}");
+}
