@@ -14,25 +14,9 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("fsync directory {}", dir.display()))
 }
 
-/// Writes `path` atomically: temp file in the same directory, fsync, rename, fsync directory.
-/// Readers see the old content or the new, never a mix.
-pub fn write_atomic(path: &Path, content: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("create a temporary file in {}", dir.display()))?;
-    tmp.write_all(content)
-        .with_context(|| format!("write {}", path.display()))?;
-    tmp.as_file()
-        .sync_all()
-        .with_context(|| format!("fsync {}", path.display()))?;
-    tmp.persist(path)
-        .with_context(|| format!("rename into {}", path.display()))?;
-    sync_dir(dir)
-}
-
-/// A file that replaces `path` atomically once complete: the streaming form of
-/// [`write_atomic`], for content too large to hold in memory. Written to a temp file in the
-/// same directory; [`AtomicFile::commit`] fsyncs it, renames it over `path` and fsyncs the
+/// A file that replaces `path` atomically once complete: readers see the old content or the
+/// new, never a mix, and nothing is held in memory. Written to a temp file in the same
+/// directory; [`AtomicFile::commit`] fsyncs it, renames it over `path` and fsyncs the
 /// directory. Dropped uncommitted, the temp file is removed and `path` is untouched.
 pub struct AtomicFile {
     tmp: tempfile::NamedTempFile,

@@ -149,12 +149,7 @@ fn assert_archive_matches_pg_wal(cluster: &Cluster, config: &Path, upto: &str) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn archives_every_segment_under_pgbench_and_fetches_them_back_identical() {
     let cluster = Cluster::new();
-    let config = archiving_config(&cluster, &file_storage(&cluster));
-    keep_wal(&config);
-    let pgward = Pgward::start(&["--config", config.to_str().unwrap(), "run"], &[]);
-    let client = cluster
-        .wait_connect("postgres", "pw", "postgres", BOOT)
-        .await;
+    let (config, pgward, client) = start_archiving(&cluster, &file_storage(&cluster)).await;
     pgbench(&cluster, &["-i", "-s", "5", "-q"]);
     pgbench(&cluster, &["-T", "5", "-c", "4", "-j", "2"]);
     let last = switch_and_wait_archived(&client).await;
@@ -182,17 +177,26 @@ async fn archives_every_segment_under_pgbench_and_fetches_them_back_identical() 
     pgward.assert_no_errors_except(&[]);
 }
 
-/// A cluster archiving to `storage` (WAL kept), after `pgbench -i -s 2`.
-async fn archiving_after_pgbench_init(
+/// Starts pgward on `cluster` archiving to `storage`, keeping its WAL, and connects.
+async fn start_archiving(
+    cluster: &Cluster,
     storage: &str,
-) -> (Cluster, PathBuf, Pgward, tokio_postgres::Client) {
-    let cluster = Cluster::new();
-    let config = archiving_config(&cluster, storage);
+) -> (PathBuf, Pgward, tokio_postgres::Client) {
+    let config = archiving_config(cluster, storage);
     keep_wal(&config);
     let pgward = Pgward::start(&["--config", config.to_str().unwrap(), "run"], &[]);
     let client = cluster
         .wait_connect("postgres", "pw", "postgres", BOOT)
         .await;
+    (config, pgward, client)
+}
+
+/// A cluster archiving to `storage` (WAL kept), after `pgbench -i -s 2`.
+async fn archiving_after_pgbench_init(
+    storage: &str,
+) -> (Cluster, PathBuf, Pgward, tokio_postgres::Client) {
+    let cluster = Cluster::new();
+    let (config, pgward, client) = start_archiving(&cluster, storage).await;
     pgbench(&cluster, &["-i", "-s", "2", "-q"]);
     (cluster, config, pgward, client)
 }
@@ -200,12 +204,7 @@ async fn archiving_after_pgbench_init(
 /// A cluster archiving to its own file:// repository, with one segment of real data archived.
 async fn one_archived_segment() -> (Cluster, PathBuf, Pgward, tokio_postgres::Client, String) {
     let cluster = Cluster::new();
-    let config = archiving_config(&cluster, &file_storage(&cluster));
-    keep_wal(&config);
-    let pgward = Pgward::start(&["--config", config.to_str().unwrap(), "run"], &[]);
-    let client = cluster
-        .wait_connect("postgres", "pw", "postgres", BOOT)
-        .await;
+    let (config, pgward, client) = start_archiving(&cluster, &file_storage(&cluster)).await;
     client
         .batch_execute("CREATE TABLE t AS SELECT generate_series(1, 10000) AS i")
         .await
