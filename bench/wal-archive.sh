@@ -12,6 +12,7 @@
 #   CLIENTS, JOBS   pgbench -c / -j (default 4 / 2)
 #   PGWARD_BIN      pgward binary (default target/release/pgward, built when missing for c)
 #   ARCHIVE_CMD_PGWARD  archive_command for c (default: PGWARD_BIN --config CONF wal-push %p)
+#   PGWARD_LOG_LEVEL  pgward's log filter for c, e.g. pgward::wal=debug (default info; log kept with KEEP=1)
 #   DRAIN_TIMEOUT   seconds to wait for the .ready backlog to drain (default 600)
 #   KEEP=1          keep the temporary directory (its path is printed)
 set -euo pipefail
@@ -368,7 +369,7 @@ storage:
   url: file://$d/repo
 wal: { archive: true, push_concurrency: 4 }
 log:
-  level: info
+  level: ${PGWARD_LOG_LEVEL:-info}
 YAML
     own "$d"
     "$pgward_bin" run --config "$d/pgward.yaml" 2>"$d/pgward.log" &

@@ -294,8 +294,13 @@ async fn open_wal_services(
                     cancel.clone(),
                 );
                 tracing::info!(repository = %ctx.repo.describe(), "WAL archiving to the repository");
-                let archiver =
-                    Archiver::start(ctx, data_dir, config.wal.push_concurrency as usize, cancel);
+                let archiver = Archiver::start(
+                    ctx,
+                    data_dir,
+                    config.wal.push_concurrency as usize,
+                    config.wal.stage,
+                    cancel,
+                );
                 let _ = slot.set(WalServices { archiver, fetcher });
                 return;
             }
@@ -381,7 +386,7 @@ impl Handler for DaemonHandler {
                         Some(wal) => Some(wal.archiver.status().await),
                         None => None,
                     };
-                    Response::Status(Status {
+                    Response::Status(Box::new(Status {
                         pgward_pid: std::process::id(),
                         version: env!("CARGO_PKG_VERSION").into(),
                         uptime_seconds: self.view.uptime().as_secs_f64(),
@@ -393,7 +398,7 @@ impl Handler for DaemonHandler {
                         .into(),
                         services: self.view.status(),
                         archiver,
-                    })
+                    }))
                 }
             }
         })

@@ -103,6 +103,20 @@ pub async fn wal_push(config: &mut LazyConfig, path: &Path) -> Result<i32> {
     Ok(0)
 }
 
+/// The common case of `wal-push`, the daemon archiving: no async runtime and no config. Run
+/// once per segment by postgres, often while the machine is busiest, so every millisecond of
+/// process start counts. `None` when the answer is anything but success; the full path then
+/// asks again (an idempotent request) and reports what went wrong.
+pub fn wal_push_quick(path: &Path) -> Option<()> {
+    let socket = PathBuf::from(std::env::var_os(SOCKET_ENV)?);
+    let path = wal::push::absolute(path).ok()?;
+    let request = Request::WalPush { path };
+    match client::exchange_blocking(&socket, &request, WAL_PATIENCE) {
+        Ok(Some(Response::WalPushed { .. })) => Some(()),
+        _ => None,
+    }
+}
+
 /// `pgward wal-fetch <name> <dest>` (restore_command): 0 fetched, [`FETCH_NOT_FOUND`],
 /// [`FETCH_FAILED`].
 pub async fn wal_fetch(config: &mut LazyConfig, name: &str, dest: &Path) -> i32 {

@@ -41,6 +41,9 @@ fn main() -> ExitCode {
         // archive_command and restore_command: the config is read only if no daemon does the
         // work (see `commands::SOCKET_ENV`); the daemon passes its log format along.
         Command::WalPush { path } => {
+            if commands::wal_push_quick(&path).is_some() {
+                return ExitCode::SUCCESS;
+            }
             logging::init(client_log_format(), "info");
             let mut config = commands::LazyConfig::new(config_path);
             with_runtime(false, async move {

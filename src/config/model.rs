@@ -295,6 +295,9 @@ pub struct WalConfig {
     pub archive_timeout: Duration,
     /// Segments uploaded in parallel. Default 4.
     pub push_concurrency: u32,
+    /// Compress and store the segment being written as its pages complete, so that archiving
+    /// it costs only its last pages. Default true.
+    pub stage: bool,
     /// Segments fetched ahead of the one postgres asks for during recovery; 0 disables
     /// prefetching. Default 8.
     pub prefetch: u32,

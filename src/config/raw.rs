@@ -260,5 +260,6 @@ pub(crate) struct RawWal {
     pub archive: Option<Text>,
     pub archive_timeout: Option<Text>,
     pub push_concurrency: Option<Text>,
+    pub stage: Option<Text>,
     pub prefetch: Option<Text>,
 }

@@ -482,6 +482,7 @@ fn defaults(data_dir: &str, superuser: &str, database: &str) -> Config {
             archive: true,
             archive_timeout: Duration::from_secs(60),
             push_concurrency: 4,
+            stage: true,
             prefetch: 8,
         },
     }
@@ -891,6 +892,7 @@ wal:
             archive: false,
             archive_timeout: Duration::from_secs(300),
             push_concurrency: 64,
+            stage: true,
             prefetch: 0,
         }
     );

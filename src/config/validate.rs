@@ -945,6 +945,7 @@ fn validate_wal(raw: RawWal, cx: &mut Cx<'_>) -> WalConfig {
         archive,
         archive_timeout,
         push_concurrency,
+        stage,
         prefetch,
     } = raw;
     WalConfig {
@@ -974,6 +975,7 @@ fn validate_wal(raw: RawWal, cx: &mut Cx<'_>) -> WalConfig {
                 },
             )
             .unwrap_or(4),
+        stage: cx.bool("wal.stage", stage).unwrap_or(true),
         prefetch: cx
             .parse("wal.prefetch", prefetch, |s| match parse_count(s)? {
                 n @ 0..=256 => Ok(n),

@@ -62,3 +62,42 @@ pub async fn exchange(
     serde_json::from_str(answer.trim())
         .with_context(|| format!("bad answer from the daemon: {answer:?}"))
 }
+
+/// [`exchange`] without an async runtime, for the one hot client (`wal-push`, run by postgres
+/// for every segment): connect, send, read one line. `Ok(None)` when no daemon listens at
+/// `socket`.
+pub fn exchange_blocking(
+    socket: &Path,
+    request: &Request,
+    patience: Duration,
+) -> Result<Option<Response>> {
+    use std::io::{BufRead, Write};
+    let stream = match std::os::unix::net::UnixStream::connect(socket) {
+        Ok(stream) => stream,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("connect to the pgward daemon at {}", socket.display()))
+        }
+    };
+    stream
+        .set_read_timeout(Some(patience))
+        .context("set the read timeout")?;
+    let mut line = serde_json::to_vec(request).context("encode request")?;
+    line.push(b'\n');
+    (&stream).write_all(&line).context("send request")?;
+    let mut answer = String::new();
+    std::io::BufReader::new(&stream)
+        .read_line(&mut answer)
+        .context("read the daemon's answer")?;
+    serde_json::from_str(answer.trim())
+        .map(Some)
+        .with_context(|| format!("bad answer from the daemon: {answer:?}"))
+}

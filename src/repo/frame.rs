@@ -64,7 +64,7 @@ pub(crate) enum DecodeError {
     Write(io::Error),
 }
 
-fn header(codec: Codec) -> [u8; HEADER_LEN] {
+pub(crate) fn header(codec: Codec) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[..6].copy_from_slice(MAGIC);
     h[6] = VERSION;
@@ -72,7 +72,7 @@ fn header(codec: Codec) -> [u8; HEADER_LEN] {
     h
 }
 
-fn trailer(digest: Digest) -> [u8; TRAILER_LEN] {
+pub(crate) fn trailer(digest: Digest) -> [u8; TRAILER_LEN] {
     let mut t = [0u8; TRAILER_LEN];
     t[..8].copy_from_slice(&digest.len.to_le_bytes());
     t[8..40].copy_from_slice(&digest.checksum.0);

@@ -35,6 +35,7 @@ mod frame;
 pub mod layout;
 mod meta;
 pub mod retry;
+mod staged;
 mod store;
 mod url;
 
@@ -57,6 +58,7 @@ pub use frame::{Checksum, TRAILER_LEN};
 pub use layout::{wal_key, REPO_META};
 pub use meta::{RepoMeta, FORMAT_VERSION};
 pub use retry::{retry, RetryPolicy};
+pub use staged::StagedObject;
 pub use url::StorageUrl;
 
 use crate::config::StorageConfig;
@@ -328,6 +330,17 @@ impl Repo {
     /// only changes when the directory is created, and fsyncs are what a put costs on a busy
     /// disk.
     async fn make_durable(&self, key: &str, outcome: &PutOutcome) -> Result<(), RepoError> {
+        self.make_entry_durable(key, outcome, true).await
+    }
+
+    /// [`Repo::make_durable`], with the file's own fsync left out when `sync_file` is false
+    /// (the writer synced it before publishing it).
+    async fn make_entry_durable(
+        &self,
+        key: &str,
+        outcome: &PutOutcome,
+        sync_file: bool,
+    ) -> Result<(), RepoError> {
         let (Some(root), PutOutcome::Created { .. }) = (&self.inner.local_root, outcome) else {
             return Ok(());
         };
@@ -335,9 +348,11 @@ impl Repo {
         let root = root.clone();
         let this = self.clone();
         blocking(move || {
-            std::fs::File::open(&stored)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| RepoError::io(&stored, e))?;
+            if sync_file {
+                std::fs::File::open(&stored)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| RepoError::io(&stored, e))?;
+            }
             if let Some((uid, gid)) = this.inner.local_owner {
                 // The file and the directories a put may have created (not the root's parent).
                 let mut path = Some(stored.as_path());
@@ -649,6 +664,23 @@ impl Repo {
             Target::Discard(existing) => return compare(key, existing, digest.checksum),
             Target::Multipart(upload) => upload,
         };
+        self.finish_multipart(key, &path, upload, digest, stored, mode, cancel)
+            .await
+    }
+
+    /// Completes a multipart upload; in create mode, reads the trailer back, since a
+    /// multipart upload cannot be conditional.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish_multipart(
+        &self,
+        key: &str,
+        path: &ObjectPath,
+        upload: WriteMultipart,
+        digest: Digest,
+        stored_bytes: u64,
+        mode: PutMode,
+        cancel: &CancellationToken,
+    ) -> Result<PutOutcome, RepoError> {
         tokio::select! {
             biased;
             _ = cancel.cancelled() => return Err(RepoError::Cancelled),
@@ -656,7 +688,7 @@ impl Repo {
         };
         if mode == PutMode::Create {
             // A writer that finished after this one replaced it: say so rather than pass over.
-            if let Some(found) = self.read_trailer(key, &path).await? {
+            if let Some(found) = self.read_trailer(key, path).await? {
                 if found.checksum != digest.checksum {
                     return Err(RepoError::Conflict {
                         key: key.to_owned(),
@@ -668,7 +700,7 @@ impl Repo {
         }
         Ok(PutOutcome::Created {
             checksum: digest.checksum,
-            stored_bytes: stored,
+            stored_bytes,
         })
     }
 

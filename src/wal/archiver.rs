@@ -21,6 +21,8 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::push::{file_name, PushContext, Pushed};
+use super::ready_watch::watch_ready;
+use super::stage::SegmentStager;
 
 /// How often the look-ahead scans `archive_status` when nothing wakes it.
 const SCAN_INTERVAL: Duration = Duration::from_millis(50);
@@ -42,6 +44,12 @@ pub struct ArchiverStatus {
     pub failed_total: u64,
     /// Requests answered at once from an upload the look-ahead had finished.
     pub answered_ahead_total: u64,
+    /// Segments archived from a stage (only their last pages read at the request).
+    #[serde(default)]
+    pub staged_total: u64,
+    /// Stages dropped because the finished segment differed from what was staged.
+    #[serde(default)]
+    pub stage_discarded_total: u64,
     pub last_archived: Option<String>,
     /// Seconds since the Unix epoch.
     pub last_archived_at: Option<f64>,
@@ -72,6 +80,8 @@ pub struct Archiver {
 
 struct Inner {
     ctx: PushContext,
+    /// Stages the segment being written, so its archiving costs only its last pages.
+    stager: Option<SegmentStager>,
     status_dir: PathBuf,
     wal_dir: PathBuf,
     permits: Semaphore,
@@ -82,18 +92,36 @@ struct Inner {
 }
 
 impl Archiver {
-    /// Starts the look-ahead for the cluster in `data_dir`. Stops when `cancel` fires.
+    /// Starts the look-ahead for the cluster in `data_dir`, and staging of the segment being
+    /// written when `stage` is set. Stops when `cancel` fires.
     pub fn start(
         ctx: PushContext,
         data_dir: &Path,
         concurrency: usize,
+        stage: bool,
         cancel: CancellationToken,
     ) -> Archiver {
+        let wal_dir = data_dir.join("pg_wal");
+        let cancel_watch = cancel.clone();
+        let stager = stage
+            .then(|| {
+                SegmentStager::start(
+                    ctx.repo.clone(),
+                    &wal_dir,
+                    ctx.system_identifier,
+                    ctx.seg_size,
+                    cancel.clone(),
+                )
+                .inspect_err(|e| tracing::warn!("WAL staging is off: {e:#}"))
+                .ok()
+            })
+            .flatten();
         let archiver = Archiver {
             inner: Arc::new(Inner {
                 ctx,
+                stager,
                 status_dir: data_dir.join("pg_wal/archive_status"),
-                wal_dir: data_dir.join("pg_wal"),
+                wal_dir,
                 permits: Semaphore::new(concurrency.max(1)),
                 concurrency: concurrency.max(1),
                 state: Mutex::new(State::default()),
@@ -101,6 +129,15 @@ impl Archiver {
                 cancel,
             }),
         };
+        let inner = Arc::downgrade(&archiver.inner);
+        let wake = move || {
+            if let Some(inner) = inner.upgrade() {
+                inner.wake.notify_one();
+            }
+        };
+        if let Err(e) = watch_ready(&archiver.inner.status_dir, wake, cancel_watch) {
+            tracing::debug!("archive_status is scanned, not watched: {e:#}");
+        }
         tokio::spawn(archiver.clone().look_ahead());
         archiver
     }
@@ -117,6 +154,7 @@ impl Archiver {
             let upload = {
                 let mut state = self.lock();
                 if let Some(outcome) = state.done.remove(&name) {
+                    tracing::debug!(file = %name, "answered from the look-ahead");
                     state.acked.insert(name);
                     state.status.answered_ahead_total += 1;
                     return Ok(outcome);
@@ -126,7 +164,13 @@ impl Archiver {
                     None => self.start_upload(&mut state, name.clone(), path.to_path_buf()),
                 }
             };
+            let asked = Instant::now();
             let result = upload.await;
+            tracing::debug!(
+                file = %name,
+                waited_ms = asked.elapsed().as_secs_f64() * 1e3,
+                "answered after the upload"
+            );
             {
                 // The upload task records results in `done`; this request consumes it.
                 let mut state = self.lock();
@@ -159,12 +203,37 @@ impl Archiver {
             .unwrap_or((0, None));
         let state = self.lock();
         let mut status = state.status.clone();
+        if let Some(stager) = &self.inner.stager {
+            (status.staged_total, status.stage_discarded_total) = stager.counts();
+        }
         status.backlog = backlog;
         status.in_flight = state.in_flight.len();
         status.oldest_ready_age_seconds = oldest
             .and_then(|t| SystemTime::now().duration_since(t).ok())
             .map(|d| d.as_secs_f64());
         status
+    }
+
+    /// Archives one file: from its stage when the stager has one, else whole.
+    async fn push_one(&self, name: &str, path: &Path) -> anyhow::Result<Pushed> {
+        let cancel = &self.inner.cancel;
+        let Some(stager) = &self.inner.stager else {
+            return self.inner.ctx.push(path, cancel).await;
+        };
+        match self.inner.ctx.push_staged(stager, path, cancel).await {
+            Ok(Some(outcome)) => {
+                stager.archived(name);
+                return Ok(outcome);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(
+                file = name,
+                "archiving from the stage failed, archiving the file whole: {e:#}"
+            ),
+        }
+        let outcome = self.inner.ctx.push(path, cancel).await?;
+        stager.archived(name);
+        Ok(outcome)
     }
 
     /// Registers and spawns the upload of `name`; the caller holds the state lock, so no second
@@ -179,7 +248,7 @@ impl Archiver {
                 .acquire()
                 .await
                 .expect("the semaphore is never closed");
-            let result = this.inner.ctx.push(&path, &this.inner.cancel).await;
+            let result = this.push_one(&key, &path).await;
             drop(permit);
             this.finish(&key, result)
         });

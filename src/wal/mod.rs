@@ -9,3 +9,5 @@
 pub mod archiver;
 pub mod fetch;
 pub mod push;
+mod ready_watch;
+pub mod stage;

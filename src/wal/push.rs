@@ -17,6 +17,8 @@ use crate::postgres::wal::{WalFileName, WalSegSize};
 use crate::postgres::wal_header::{read_segment_header, ExpectedHeader};
 use crate::repo::{layout, retry, PutOutcome, Repo, RepoMeta, RetryPolicy};
 
+use super::stage::SegmentStager;
+
 /// How a push ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -95,6 +97,66 @@ impl PushContext {
         })
         .await
         .with_context(|| format!("archive {name} to {}", self.repo.describe()))?;
+        self.acknowledge(&name, &key, outcome, started, cancel)
+            .await
+    }
+
+    /// Archives the finished segment at `path` from its stage: the staged pages are compared
+    /// with the file and only the rest is read and compressed now. `Ok(None)` when the file
+    /// differs from what was staged; the caller then archives it whole. No retries: the whole
+    /// upload is the fallback.
+    pub async fn push_staged(
+        &self,
+        stager: &SegmentStager,
+        path: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Pushed>> {
+        let name = file_name(path)?;
+        let started = std::time::Instant::now();
+        let (owned_stager, owned_path, owned_name) =
+            (stager.clone(), path.to_path_buf(), name.clone());
+        let completed = tokio::task::spawn_blocking(move || {
+            let Some(stage) = owned_stager.take(&owned_name) else {
+                return Ok(None);
+            };
+            let taken = started.elapsed();
+            let (object, buffer) = stage.complete(&owned_path)?;
+            owned_stager.recycle(buffer);
+            owned_stager.record(object.is_some());
+            anyhow::Ok(object.map(|o| (o, taken)))
+        })
+        .await
+        .context("join WAL stage completion")??;
+        let Some((object, taken)) = completed else {
+            return Ok(None);
+        };
+        let completed = started.elapsed();
+        let key = layout::wal_key(&name)?;
+        let outcome = object
+            .commit(cancel)
+            .await
+            .with_context(|| format!("archive {name} to {}", self.repo.describe()))?;
+        tracing::debug!(
+            file = %name,
+            take_ms = taken.as_secs_f64() * 1e3,
+            complete_ms = (completed - taken).as_secs_f64() * 1e3,
+            commit_ms = (started.elapsed() - completed).as_secs_f64() * 1e3,
+            "archived from its stage"
+        );
+        self.acknowledge(&name, &key, outcome, started, cancel)
+            .await
+            .map(Some)
+    }
+
+    /// Reads back the checksum of a newly stored object before the push counts as done.
+    async fn acknowledge(
+        &self,
+        name: &str,
+        key: &str,
+        outcome: PutOutcome,
+        started: std::time::Instant,
+        cancel: &CancellationToken,
+    ) -> Result<Pushed> {
         match outcome {
             PutOutcome::AlreadyIdentical { .. } => Ok(Pushed::AlreadyArchived),
             PutOutcome::Created {
@@ -104,7 +166,7 @@ impl PushContext {
                 let uploaded = started.elapsed();
                 // Read back what the store now holds before acknowledging.
                 let stored = retry(&self.retry, cancel, &format!("verify {name}"), || {
-                    self.repo.exists(&key)
+                    self.repo.exists(key)
                 })
                 .await
                 .with_context(|| format!("verify archived {name}"))?;

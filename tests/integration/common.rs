@@ -230,7 +230,10 @@ impl Pgward {
         ] {
             cmd.env_remove(var);
         }
-        cmd.env("PGWARD_LOG", "info");
+        cmd.env(
+            "PGWARD_LOG",
+            std::env::var("TEST_PGWARD_LOG").unwrap_or("info".into()),
+        );
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -165,6 +165,14 @@ async fn archives_every_segment_under_pgbench_and_fetches_them_back_identical() 
     assert_eq!(archiver["failed_total"], 0, "{status}");
     // Look-ahead and postgres's own requests never upload a file twice.
     assert_eq!(archiver["already_archived_total"], 0, "{status}");
+    // Segments filled under load were staged as they were written (the first one after the
+    // start has no predecessor archived to follow, switched segments may finish at once).
+    assert!(
+        archiver["staged_total"].as_u64().unwrap() >= 2,
+        "{status}\n{}",
+        pgward.output()
+    );
+    assert_eq!(archiver["stage_discarded_total"], 0, "{status}");
 
     // Not in the archive: exit 1, the end of the archived WAL for postgres.
     let (code, _) = wal_fetch(
