@@ -1,14 +1,15 @@
 //! Where things live inside the repository: key names only, no I/O.
 //!
 //! ```text
-//! repo.json                                  RepoMeta
+//! repo.json                                  RepoMeta, plain JSON (no codec extension)
 //! wal/<TTTTTTTT>/<24 hex>                    WAL segments (and .partial, .backup files)
 //! wal/<TTTTTTTT>/<TTTTTTTT>.history          timeline history files
 //! backups/<id>/...                           one backup; its manifest is written last
 //! ```
-//! Keys carry no codec extension; [`Repo`](super::Repo) appends it. The timeline directory keeps
-//! listings per timeline short. Names follow PostgreSQL's `XLogFileName` and friends
-//! (uppercase hex); this module validates them without depending on `postgres/`.
+//! Keys carry no codec extension; [`Repo`](super::Repo) appends it, except to the plain
+//! objects a human reads (`repo.json`), which are stored under their key. The timeline
+//! directory keeps listings per timeline short. Names follow PostgreSQL's `XLogFileName` and
+//! friends (uppercase hex); this module validates them without depending on `postgres/`.
 
 use super::RepoError;
 

@@ -1,7 +1,8 @@
 //! The repository: one storage layer over `object_store` for WAL and backups.
 //!
 //! Owns the object format (`frame`: header, compressed payload, trailer with length and
-//! BLAKE3), codecs, the key layout, `repo.json`, create-only semantics and the retry helper.
+//! BLAKE3), the few objects stored as is for humans to read (`plain`), codecs, the key layout,
+//! `repo.json`, create-only semantics and the retry helper.
 //! It knows nothing of postgres processes, WAL queues or backup logic (callers in `wal/`,
 //! `backup/`, `restore/` compose it), and never touches a data directory except the one
 //! destination file a download writes.
@@ -34,6 +35,7 @@ mod error;
 mod frame;
 pub mod layout;
 mod meta;
+mod plain;
 pub mod retry;
 mod staged;
 mod store;
@@ -243,6 +245,11 @@ impl Repo {
 
     /// The stored name of `key` under `codec`.
     fn path(&self, key: &str, codec: Codec) -> Result<ObjectPath, RepoError> {
+        self.stored_path(key, &format!(".{}", codec.extension()))
+    }
+
+    /// The stored name of `key`: under the prefix, `suffix` appended (empty for plain objects).
+    fn stored_path(&self, key: &str, suffix: &str) -> Result<ObjectPath, RepoError> {
         let invalid = |reason: String| RepoError::InvalidKey {
             key: key.to_owned(),
             reason,
@@ -251,9 +258,9 @@ impl Repo {
             return Err(invalid("must be a relative path naming an object".into()));
         }
         let full = if self.inner.prefix.is_empty() {
-            format!("{key}.{}", codec.extension())
+            format!("{key}{suffix}")
         } else {
-            format!("{}/{key}.{}", self.inner.prefix, codec.extension())
+            format!("{}/{key}{suffix}", self.inner.prefix)
         };
         ObjectPath::parse(&full).map_err(|e| invalid(e.to_string()))
     }
@@ -290,13 +297,20 @@ impl Repo {
             blocking(move || std::fs::File::open(&src).map_err(|e| RepoError::io(&src, e))).await?
         };
         let outcome = self
-            .upload(key, path, file, src.to_owned(), PutMode::Create, cancel)
+            .upload(
+                key,
+                path.clone(),
+                file,
+                src.to_owned(),
+                PutMode::Create,
+                cancel,
+            )
             .await?;
-        self.make_durable(key, &outcome).await?;
+        self.make_durable(&path, &outcome).await?;
         Ok(outcome)
     }
 
-    /// Stores `bytes` (small: `repo.json`, manifests) under `key`.
+    /// Stores `bytes` (small: manifests) under `key`.
     pub async fn put_bytes(
         &self,
         key: &str,
@@ -321,30 +335,30 @@ impl Repo {
         let outcome = self
             .put_encoded(key, &path, vec![Bytes::from(encoded)], digest, mode)
             .await?;
-        self.make_durable(key, &outcome).await?;
+        self.make_durable(&path, &outcome).await?;
         Ok(outcome)
     }
 
-    /// For a `file://` repository, fsyncs a newly written object and its directory, and each
-    /// ancestor up to the repository root once per process: a directory's entry in its parent
-    /// only changes when the directory is created, and fsyncs are what a put costs on a busy
-    /// disk.
-    async fn make_durable(&self, key: &str, outcome: &PutOutcome) -> Result<(), RepoError> {
-        self.make_entry_durable(key, outcome, true).await
+    /// For a `file://` repository, fsyncs a newly written object (stored at `path`) and its
+    /// directory, and each ancestor up to the repository root once per process: a directory's
+    /// entry in its parent only changes when the directory is created, and fsyncs are what a
+    /// put costs on a busy disk.
+    async fn make_durable(&self, path: &ObjectPath, outcome: &PutOutcome) -> Result<(), RepoError> {
+        self.make_entry_durable(path, outcome, true).await
     }
 
     /// [`Repo::make_durable`], with the file's own fsync left out when `sync_file` is false
     /// (the writer synced it before publishing it).
     async fn make_entry_durable(
         &self,
-        key: &str,
+        path: &ObjectPath,
         outcome: &PutOutcome,
         sync_file: bool,
     ) -> Result<(), RepoError> {
         let (Some(root), PutOutcome::Created { .. }) = (&self.inner.local_root, outcome) else {
             return Ok(());
         };
-        let stored = root.join(self.path(key, self.inner.codec)?.as_ref());
+        let stored = root.join(path.as_ref());
         let root = root.clone();
         let this = self.clone();
         blocking(move || {

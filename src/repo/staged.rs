@@ -259,7 +259,7 @@ impl StagedObject {
             }
         };
         // The temp file was synced before it was renamed into place.
-        repo.make_entry_durable(&key, &outcome, false).await?;
+        repo.make_entry_durable(&path, &outcome, false).await?;
         Ok(outcome)
     }
 }

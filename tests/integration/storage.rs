@@ -1,9 +1,10 @@
 //! The repository layer against real storage servers: s3s-fs (S3) and Azurite (Azure Blob).
-//! Round trips byte for byte, create-only semantics, corruption detection, listing.
+//! Round trips byte for byte, create-only semantics, corruption detection, listing, the plain
+//! `repo.json`.
 
 use std::path::Path;
 
-use pgward::repo::{PutOutcome, Repo, RepoError};
+use pgward::repo::{PutMode, PutOutcome, Repo, RepoError, RepoMeta, REPO_META};
 use tokio_util::sync::CancellationToken;
 
 use crate::common::TestDir;
@@ -90,6 +91,31 @@ async fn exercise(repo: &Repo, dir: &TestDir) {
         .await
         .unwrap());
     assert!(!dir.join("missing").exists());
+
+    // repo.json: created once (the store's conditional create), then checked, never listed.
+    let meta = RepoMeta::new(16, 7_312_345_678_901_234_567);
+    assert_eq!(repo.ensure_meta(&meta).await.unwrap(), meta);
+    let later = RepoMeta {
+        created_at: "2099-01-01T00:00:00Z".into(),
+        ..meta.clone()
+    };
+    assert_eq!(repo.ensure_meta(&later).await.unwrap(), meta);
+    match repo
+        .put_plain(REPO_META, b"{}".to_vec(), PutMode::Create)
+        .await
+    {
+        Err(RepoError::Conflict { .. }) => {}
+        other => panic!("expected a conflict for repo.json, got {other:?}"),
+    }
+    assert_eq!(repo.read_meta().await.unwrap(), Some(meta));
+    let all: Vec<String> = repo
+        .list("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert_eq!(all, listed, "repo.json is not a framed object");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,6 +139,18 @@ async fn s3_round_trip_create_only_and_corruption() {
     assert!(matches!(err, RepoError::Corrupt { .. }), "{err}");
     assert!(err.to_string().contains(key), "{err}");
     assert!(!dir.join("corrupt").exists());
+
+    // repo.json is the plain file a human reads, under its exact key.
+    let plain = std::fs::read_to_string(s3.object_path("repo-test/repo.json")).unwrap();
+    assert!(
+        plain.starts_with("{\n  \"format_version\": 1,\n"),
+        "{plain}"
+    );
+    assert!(
+        plain.contains("\"system_identifier\": \"7312345678901234567\""),
+        "{plain}"
+    );
+    assert!(plain.contains("\"checksum\": \""), "{plain}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
