@@ -2,10 +2,12 @@
 # WAL archiving throughput benchmark: how fast each archive_command keeps up with a pgbench
 # write load. One run of each setup; see bench/README.md for what is measured and how.
 #
-# Usage: bench/wal-archive.sh [SETUP...]    SETUP is a, b or c (default: all three)
+# Usage: bench/wal-archive.sh [SETUP...]    SETUP is a, b, c or f (default: all four)
 #   a  archive_command = test ! -f ARCHIVE/%f && cp %p ARCHIVE/%f
 #   b  pgBackRest archive-push, async, process-max 2, to a local posix repository
 #   c  pgward wal-push (postgres run by `pgward run`); skipped when this build has no wal-push
+#   f  archive_command = true: archives nothing; the floor, what starting any archive_command
+#      costs under the same load (postgres forks a shell, the timing wrapper forks the command)
 #
 #   DURATION        pgbench -T seconds (default 60)
 #   SCALE           pgbench -i -s (default 50)
@@ -22,7 +24,7 @@ cd "$(dirname "$0")/.."
 root=$PWD
 
 setups=("$@")
-[[ ${#setups[@]} -gt 0 ]] || setups=(a b c)
+[[ ${#setups[@]} -gt 0 ]] || setups=(a b c f)
 duration=${DURATION:-60}
 scale=${SCALE:-50}
 clients=${CLIENTS:-4}
@@ -41,7 +43,7 @@ done
 declare -A note skipped
 for s in "${setups[@]}"; do
     case $s in
-    a) ;;
+    a | f) ;;
     b)
         if ! pgbackrest version >/dev/null 2>&1; then
             die "setup b needs pgbackrest. HINT: run scripts/bench-deps.sh"
@@ -56,7 +58,7 @@ for s in "${setups[@]}"; do
             skipped[c]="pgward wal-push not available in this build"
         fi
         ;;
-    *) die "unknown setup '$s' (expected a, b or c)" ;;
+    *) die "unknown setup '$s' (expected a, b, c or f)" ;;
     esac
 done
 
@@ -294,6 +296,24 @@ run_a() {
     stop_postmaster "$d/data"
 }
 
+# --- (f) the floor: an archive_command that does nothing ---------------------------------------
+run_f() {
+    local d=$tmp/f port
+    prepare f
+    port=$(free_port)
+    {
+        common_conf "$d/run" "$port"
+        echo "archive_command = '$tmp/timed-archive $d/latency $(type -P true)'"
+    } >>"$d/data/postgresql.conf"
+    own "$d"
+    start_pg_ctl f "$port" || {
+        note[f]="postgres did not start"
+        return 0
+    }
+    measure f "$d/run" "$port" "$d/data" "$d/latency"
+    stop_postmaster "$d/data"
+}
+
 # --- (b) pgBackRest ----------------------------------------------------------------------------
 run_b() {
     local d=$tmp/b port conf
@@ -408,6 +428,7 @@ declare -A label=(
     [a]="(a) cp"
     [b]="(b) pgBackRest async, 2 procs"
     [c]="(c) pgward wal-push"
+    [f]="(f) true (floor, no archive)"
 )
 row() {
     printf '%-30s | %8s | %8s | %6s | %9s | %8s | %8s | %8s | %6s\n' "$@"

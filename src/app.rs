@@ -21,7 +21,7 @@ use crate::postgres::{bootstrap, BinDir};
 use crate::process::{LogSink, RunAs};
 use crate::supervisor::service::{postgres_policy, service_policy, service_spec, SpecLauncher};
 use crate::supervisor::{State, Supervisor, UnitSpec, View, POSTGRES};
-use crate::wal::archiver::Archiver;
+use crate::wal::archiver::{Archiver, ArchiverOptions};
 use crate::wal::fetch::{Fetched, Fetcher};
 
 /// Exit code when a supervised process failed for good (or pgward itself could not go on).
@@ -284,6 +284,7 @@ async fn open_wal_services(
         match commands::push_context(&config, owner.as_ref()).await {
             Ok(ctx) => {
                 let data_dir = &config.postgres.data_dir;
+                let owner_ids = owner.as_ref().map(|u| (u.uid, u.gid));
                 let fetcher = Fetcher::new(
                     ctx.repo.clone(),
                     ctx.retry,
@@ -294,13 +295,12 @@ async fn open_wal_services(
                     cancel.clone(),
                 );
                 tracing::info!(repository = %ctx.repo.describe(), "WAL archiving to the repository");
-                let archiver = Archiver::start(
-                    ctx,
-                    data_dir,
-                    config.wal.push_concurrency as usize,
-                    config.wal.stage,
-                    cancel,
-                );
+                let options = ArchiverOptions {
+                    concurrency: config.wal.push_concurrency as usize,
+                    stage: config.wal.stage,
+                    owner: owner_ids,
+                };
+                let archiver = Archiver::start(ctx, data_dir, options, cancel);
                 let _ = slot.set(WalServices { archiver, fetcher });
                 return;
             }

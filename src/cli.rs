@@ -1,5 +1,6 @@
 //! The command tree. Names are the public interface (see the README).
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -51,4 +52,75 @@ pub enum ConfigCommand {
     Check,
     /// Print the effective config (defaults applied, secrets redacted).
     Print,
+}
+
+/// The path of `pgward [--config FILE] wal-push PATH`, recognised without building the command
+/// tree: postgres runs this once per WAL segment, and the call is often answered by one
+/// `unlink` (see `wal::archived_marks`). Any other shape is `None` and goes through clap.
+pub fn plain_wal_push_path(args: impl IntoIterator<Item = OsString>) -> Option<PathBuf> {
+    let mut args = args.into_iter().skip(1);
+    loop {
+        let arg = args.next()?;
+        match arg.to_str()? {
+            "wal-push" => break,
+            "--config" => {
+                args.next()?;
+            }
+            a if a.starts_with("--config=") => {}
+            _ => return None,
+        }
+    }
+    let path = args.next()?;
+    if path.to_str().is_none_or(|p| p.starts_with('-')) || args.next().is_some() {
+        return None;
+    }
+    Some(PathBuf::from(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path_of(args: &[&str]) -> Option<PathBuf> {
+        plain_wal_push_path(args.iter().map(OsString::from))
+    }
+
+    #[test]
+    fn only_the_plain_wal_push_shapes_skip_the_parser() {
+        let p = Some(PathBuf::from("pg_wal/000000010000000000000003"));
+        assert_eq!(
+            path_of(&["pgward", "wal-push", "pg_wal/000000010000000000000003"]),
+            p
+        );
+        assert_eq!(
+            path_of(&[
+                "pgward",
+                "--config",
+                "/c.yaml",
+                "wal-push",
+                "pg_wal/000000010000000000000003"
+            ]),
+            p
+        );
+        assert_eq!(
+            path_of(&[
+                "pgward",
+                "--config=/c.yaml",
+                "wal-push",
+                "pg_wal/000000010000000000000003"
+            ]),
+            p
+        );
+        for other in [
+            &["pgward"][..],
+            &["pgward", "wal-push"],
+            &["pgward", "wal-push", "--help"],
+            &["pgward", "wal-push", "a", "b"],
+            &["pgward", "wal-fetch", "a", "b"],
+            &["pgward", "-v", "wal-push", "a"],
+            &["pgward", "--config"],
+        ] {
+            assert_eq!(path_of(other), None, "{other:?}");
+        }
+    }
 }

@@ -107,8 +107,16 @@ pub async fn wal_push(config: &mut LazyConfig, path: &Path) -> Result<i32> {
 /// once per segment by postgres, often while the machine is busiest, so every millisecond of
 /// process start counts. `None` when the answer is anything but success; the full path then
 /// asks again (an idempotent request) and reports what went wrong.
+///
+/// The daemon may have archived the file already and left a mark (see `wal::archived_marks`):
+/// taking it is the whole call. Only a `wal-push` started by the daemon's postgres (the
+/// daemon's socket is in its environment) trusts marks: one run by hand may mean another
+/// repository.
 pub fn wal_push_quick(path: &Path) -> Option<()> {
     let socket = PathBuf::from(std::env::var_os(SOCKET_ENV)?);
+    if wal::archived_marks::take_mark(path) {
+        return Some(());
+    }
     let path = wal::push::absolute(path).ok()?;
     let request = Request::WalPush { path };
     match client::exchange_blocking(&socket, &request, WAL_PATIENCE) {

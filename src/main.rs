@@ -13,6 +13,13 @@ use pgward::{app, commands, init, logging};
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
+    // archive_command's common cases (a mark, or the daemon's answer), before the command
+    // tree is even built.
+    if let Some(path) = pgward::cli::plain_wal_push_path(std::env::args_os()) {
+        if commands::wal_push_quick(&path).is_some() {
+            return ExitCode::SUCCESS;
+        }
+    }
     let cli = Cli::parse();
     let config_path = config_path(cli.config.as_deref());
     match cli.command.unwrap_or(Command::Run) {
@@ -41,9 +48,6 @@ fn main() -> ExitCode {
         // archive_command and restore_command: the config is read only if no daemon does the
         // work (see `commands::SOCKET_ENV`); the daemon passes its log format along.
         Command::WalPush { path } => {
-            if commands::wal_push_quick(&path).is_some() {
-                return ExitCode::SUCCESS;
-            }
             logging::init(client_log_format(), "info");
             let mut config = commands::LazyConfig::new(config_path);
             with_runtime(false, async move {

@@ -344,65 +344,61 @@ impl Repo {
     /// entry in its parent only changes when the directory is created, and fsyncs are what a
     /// put costs on a busy disk.
     async fn make_durable(&self, path: &ObjectPath, outcome: &PutOutcome) -> Result<(), RepoError> {
-        self.make_entry_durable(path, outcome, true).await
-    }
-
-    /// [`Repo::make_durable`], with the file's own fsync left out when `sync_file` is false
-    /// (the writer synced it before publishing it).
-    async fn make_entry_durable(
-        &self,
-        path: &ObjectPath,
-        outcome: &PutOutcome,
-        sync_file: bool,
-    ) -> Result<(), RepoError> {
         let (Some(root), PutOutcome::Created { .. }) = (&self.inner.local_root, outcome) else {
             return Ok(());
         };
         let stored = root.join(path.as_ref());
-        let root = root.clone();
         let this = self.clone();
-        blocking(move || {
-            if sync_file {
-                std::fs::File::open(&stored)
-                    .and_then(|f| f.sync_all())
-                    .map_err(|e| RepoError::io(&stored, e))?;
+        blocking(move || this.make_local_entry_durable(&stored, true)).await
+    }
+
+    /// The blocking body of [`Repo::make_durable`] for the object stored at `stored` in this
+    /// `file://` repository; `sync_file` false when the writer synced the file before
+    /// publishing it.
+    fn make_local_entry_durable(&self, stored: &Path, sync_file: bool) -> Result<(), RepoError> {
+        let Some(root) = &self.inner.local_root else {
+            return Ok(());
+        };
+        let root = root.as_path();
+        if sync_file {
+            std::fs::File::open(stored)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| RepoError::io(stored, e))?;
+        }
+        if let Some((uid, gid)) = self.inner.local_owner {
+            // The file and the directories a put may have created (not the root's parent).
+            let mut path = Some(stored);
+            while let Some(p) = path.filter(|p| *p != root) {
+                std::os::unix::fs::chown(p, Some(uid), Some(gid))
+                    .map_err(|e| RepoError::io(p, e))?;
+                path = p.parent();
             }
-            if let Some((uid, gid)) = this.inner.local_owner {
-                // The file and the directories a put may have created (not the root's parent).
-                let mut path = Some(stored.as_path());
-                while let Some(p) = path.filter(|p| *p != root) {
-                    std::os::unix::fs::chown(p, Some(uid), Some(gid))
-                        .map_err(|e| RepoError::io(p, e))?;
-                    path = p.parent();
+        }
+        let sync = |d: &Path| {
+            crate::fsutil::sync_dir(d)
+                .map_err(|e| RepoError::io(d, io::Error::other(format!("{e:#}"))))
+        };
+        let Some(parent) = stored.parent() else {
+            return Ok(());
+        };
+        sync(parent)?;
+        let mut dir = Some(parent);
+        while let Some(d) = dir.filter(|d| *d != root) {
+            let up = d.parent();
+            if let Some(up) = up {
+                let first_time = self
+                    .inner
+                    .synced_dirs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(d.to_owned());
+                if first_time {
+                    sync(up)?;
                 }
             }
-            let sync = |d: &Path| {
-                crate::fsutil::sync_dir(d)
-                    .map_err(|e| RepoError::io(d, io::Error::other(format!("{e:#}"))))
-            };
-            let Some(parent) = stored.parent() else {
-                return Ok(());
-            };
-            sync(parent)?;
-            let mut dir = Some(parent);
-            while let Some(d) = dir.filter(|d| *d != root) {
-                let up = d.parent();
-                if let Some(up) = up {
-                    let first_time = this
-                        .inner
-                        .synced_dirs
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(d.to_owned());
-                    if first_time {
-                        sync(up)?;
-                    }
-                }
-                dir = up;
-            }
-            Ok(())
-        })
-        .await
+            dir = up;
+        }
+        Ok(())
     }
 
     /// Streams `key` into `dest`, decoding and verifying it, and replaces `dest` atomically

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::archived_marks::{ArchivedMarks, MARKS_DIR};
 use super::push::{file_name, PushContext, Pushed};
 use super::ready_watch::watch_ready;
 use super::stage::SegmentStager;
@@ -42,7 +43,8 @@ pub struct ArchiverStatus {
     pub archived_total: u64,
     pub already_archived_total: u64,
     pub failed_total: u64,
-    /// Requests answered at once from an upload the look-ahead had finished.
+    /// Requests answered at once from an upload the look-ahead had finished, by the daemon
+    /// or by the mark it left for `wal-push`.
     pub answered_ahead_total: u64,
     /// Segments archived from a stage (only their last pages read at the request).
     #[serde(default)]
@@ -72,6 +74,17 @@ struct State {
     last_backlog_warning: Option<Instant>,
 }
 
+/// How the archiver works, from config.
+#[derive(Debug, Clone, Copy)]
+pub struct ArchiverOptions {
+    /// Uploads at once (`wal.push_concurrency`).
+    pub concurrency: usize,
+    /// Stage the segment being written (`wal.stage`).
+    pub stage: bool,
+    /// `(uid, gid)` of the server's user, who runs `wal-push`, when the daemon is root.
+    pub owner: Option<(u32, u32)>,
+}
+
 /// Cloneable handle to the running archiver.
 #[derive(Clone)]
 pub struct Archiver {
@@ -82,6 +95,8 @@ struct Inner {
     ctx: PushContext,
     /// Stages the segment being written, so its archiving costs only its last pages.
     stager: Option<SegmentStager>,
+    /// Where `wal-push` finds what was archived before it asked.
+    marks: Option<ArchivedMarks>,
     status_dir: PathBuf,
     wal_dir: PathBuf,
     permits: Semaphore,
@@ -89,20 +104,33 @@ struct Inner {
     state: Mutex<State>,
     wake: Notify,
     cancel: CancellationToken,
+    /// For uploads started from the archive_status watcher's thread.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Archiver {
-    /// Starts the look-ahead for the cluster in `data_dir`, and staging of the segment being
-    /// written when `stage` is set. Stops when `cancel` fires.
+    /// Starts the look-ahead for the cluster in `data_dir`. Stops when `cancel` fires.
     pub fn start(
         ctx: PushContext,
         data_dir: &Path,
-        concurrency: usize,
-        stage: bool,
+        options: ArchiverOptions,
         cancel: CancellationToken,
     ) -> Archiver {
+        let ArchiverOptions {
+            concurrency,
+            stage,
+            owner,
+        } = options;
         let wal_dir = data_dir.join("pg_wal");
         let cancel_watch = cancel.clone();
+        let marks = ArchivedMarks::reset(&wal_dir, owner)
+            .inspect_err(|e| {
+                tracing::warn!(
+                    "cannot prepare {}/{MARKS_DIR} ({e}); every wal-push asks the daemon",
+                    wal_dir.display()
+                )
+            })
+            .ok();
         let stager = stage
             .then(|| {
                 SegmentStager::start(
@@ -120,6 +148,7 @@ impl Archiver {
             inner: Arc::new(Inner {
                 ctx,
                 stager,
+                marks,
                 status_dir: data_dir.join("pg_wal/archive_status"),
                 wal_dir,
                 permits: Semaphore::new(concurrency.max(1)),
@@ -127,15 +156,19 @@ impl Archiver {
                 state: Mutex::new(State::default()),
                 wake: Notify::new(),
                 cancel,
+                runtime: tokio::runtime::Handle::current(),
             }),
         };
-        let inner = Arc::downgrade(&archiver.inner);
-        let wake = move || {
-            if let Some(inner) = inner.upgrade() {
-                inner.wake.notify_one();
+        let weak = Arc::downgrade(&archiver.inner);
+        let on_ready = move |names: Vec<String>| {
+            let Some(inner) = weak.upgrade() else { return };
+            let this = Archiver { inner };
+            for name in &names {
+                this.archive_staged_here(name);
             }
+            this.inner.wake.notify_one();
         };
-        if let Err(e) = watch_ready(&archiver.inner.status_dir, wake, cancel_watch) {
+        if let Err(e) = watch_ready(&archiver.inner.status_dir, on_ready, cancel_watch) {
             tracing::debug!("archive_status is scanned, not watched: {e:#}");
         }
         tokio::spawn(archiver.clone().look_ahead());
@@ -155,6 +188,7 @@ impl Archiver {
                 let mut state = self.lock();
                 if let Some(outcome) = state.done.remove(&name) {
                     tracing::debug!(file = %name, "answered from the look-ahead");
+                    self.unmark(&name);
                     state.acked.insert(name);
                     state.status.answered_ahead_total += 1;
                     return Ok(outcome);
@@ -173,6 +207,7 @@ impl Archiver {
             );
             {
                 // The upload task records results in `done`; this request consumes it.
+                self.unmark(&name);
                 let mut state = self.lock();
                 state.done.remove(&name);
                 if result.is_ok() {
@@ -236,22 +271,86 @@ impl Archiver {
         Ok(outcome)
     }
 
+    /// On the thread that saw postgres mark `name` ready: archives it right here when it is
+    /// the staged segment of a `file://` repository. Every hand-over between threads costs a
+    /// scheduler wake-up, which on a busy machine is most of what archiving a staged segment
+    /// takes; this path has none. Registered in flight like any upload, so a request for
+    /// `name` meanwhile waits for this result. Blocking.
+    fn archive_staged_here(&self, name: &str) {
+        let Some(stager) = &self.inner.stager else {
+            return;
+        };
+        if !self.inner.ctx.repo.is_local() || !stager.is_staging(name) {
+            return;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        {
+            let mut state = self.lock();
+            let busy = state.in_flight.contains_key(name)
+                || state.done.contains_key(name)
+                || state.acked.contains(name)
+                || state.paused_until.is_some_and(|t| Instant::now() < t);
+            if busy {
+                return;
+            }
+            let upload = async move {
+                rx.await
+                    .unwrap_or_else(|_| Err("the archiving thread stopped".into()))
+            }
+            .boxed()
+            .shared();
+            state.in_flight.insert(name.to_owned(), upload);
+        }
+        let path = self.inner.wal_dir.join(name);
+        match self.inner.ctx.push_staged_here(stager, &path) {
+            Ok(Some(outcome)) => {
+                stager.archived(name);
+                let _ = tx.send(self.publish(name, Ok(outcome)));
+            }
+            other => {
+                if let Err(e) = other {
+                    tracing::warn!(
+                        file = name,
+                        "archiving from the stage failed, archiving the file whole: {e:#}"
+                    );
+                }
+                // The usual upload takes over; whoever waits gets its result.
+                let (this, name) = (self.clone(), name.to_owned());
+                self.inner.runtime.spawn(async move {
+                    let _ = tx.send(this.upload(&name, &path).await);
+                });
+            }
+        }
+    }
+
+    /// One upload with a permit, its mark and its bookkeeping.
+    async fn upload(&self, name: &str, path: &Path) -> Result<Pushed, String> {
+        let permit = self
+            .inner
+            .permits
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        let result = self.push_one(name, path).await;
+        drop(permit);
+        self.publish(name, result)
+    }
+
+    /// Marks a success for `wal-push`, then records the result.
+    fn publish(&self, name: &str, result: anyhow::Result<Pushed>) -> Result<Pushed, String> {
+        if let (Ok(_), Some(marks)) = (&result, &self.inner.marks) {
+            // Before the result is published: a request that sees it removes the mark.
+            marks.mark(name);
+        }
+        self.finish(name, result)
+    }
+
     /// Registers and spawns the upload of `name`; the caller holds the state lock, so no second
     /// upload of the same file can start.
     fn start_upload(&self, state: &mut State, name: String, path: PathBuf) -> Upload {
         let this = self.clone();
         let key = name.clone();
-        let task = tokio::spawn(async move {
-            let permit = this
-                .inner
-                .permits
-                .acquire()
-                .await
-                .expect("the semaphore is never closed");
-            let result = this.push_one(&key, &path).await;
-            drop(permit);
-            this.finish(&key, result)
-        });
+        let task = tokio::spawn(async move { this.upload(&key, &path).await });
         let upload = async move {
             task.await
                 .unwrap_or_else(|e| Err(format!("upload task failed: {e}")))
@@ -323,9 +422,12 @@ impl Archiver {
             }
             // Results for files postgres no longer waits on (acknowledged by another path, or
             // removed) must not accumulate.
+            let before = state.done.len();
             state
                 .done
                 .retain(|name, _| ready.iter().any(|r| &r.name == name));
+            // Postgres moved on without asking the daemon: a wal-push took the mark.
+            state.status.answered_ahead_total += (before - state.done.len()) as u64;
             state
                 .acked
                 .retain(|name| ready.iter().any(|r| &r.name == name));
@@ -369,6 +471,12 @@ impl Archiver {
             "WAL archiving backlog: {} files wait, the oldest for {oldest}; nothing is dropped, postgres keeps them until archived",
             ready.len()
         );
+    }
+
+    fn unmark(&self, name: &str) {
+        if let Some(marks) = &self.inner.marks {
+            marks.unmark(name);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

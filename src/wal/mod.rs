@@ -6,6 +6,7 @@
 //! (one storage client, parallel uploads, look-ahead, prefetch) and do the work themselves when
 //! no daemon answers.
 
+pub mod archived_marks;
 pub mod archiver;
 pub mod fetch;
 pub mod push;

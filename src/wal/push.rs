@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::postgres::control_file::ControlFile;
 use crate::postgres::wal::{WalFileName, WalSegSize};
 use crate::postgres::wal_header::{read_segment_header, ExpectedHeader};
-use crate::repo::{layout, retry, PutOutcome, Repo, RepoMeta, RetryPolicy};
+use crate::repo::{layout, retry, PutOutcome, Repo, RepoMeta, RetryPolicy, StagedObject};
 
 use super::stage::SegmentStager;
 
@@ -113,39 +113,47 @@ impl PushContext {
     ) -> Result<Option<Pushed>> {
         let name = file_name(path)?;
         let started = std::time::Instant::now();
-        let (owned_stager, owned_path, owned_name) =
-            (stager.clone(), path.to_path_buf(), name.clone());
-        let completed = tokio::task::spawn_blocking(move || {
-            let Some(stage) = owned_stager.take(&owned_name) else {
-                return Ok(None);
-            };
-            let taken = started.elapsed();
-            let (object, buffer) = stage.complete(&owned_path)?;
-            owned_stager.recycle(buffer);
-            owned_stager.record(object.is_some());
-            anyhow::Ok(object.map(|o| (o, taken)))
-        })
-        .await
-        .context("join WAL stage completion")??;
-        let Some((object, taken)) = completed else {
-            return Ok(None);
+        let (owned_stager, owned_path) = (stager.clone(), path.to_path_buf());
+        // For a file:// repository everything happens on one blocking thread (see
+        // `StagedObject::commit_local`); an object store gets the object after this.
+        let completed =
+            tokio::task::spawn_blocking(move || complete_stage(&owned_stager, &owned_path))
+                .await
+                .context("join WAL stage completion")?
+                .with_context(|| format!("archive {name} to {}", self.repo.describe()))?;
+        let outcome = match completed {
+            Completed::NotStaged | Completed::Changed => return Ok(None),
+            Completed::Stored(PutOutcome::AlreadyIdentical { .. }) => {
+                return Ok(Some(Pushed::AlreadyArchived))
+            }
+            // Read back on the blocking thread already.
+            Completed::Stored(PutOutcome::Created { .. }) => return Ok(Some(Pushed::Created)),
+            Completed::ToUpload(object) => object
+                .commit(cancel)
+                .await
+                .with_context(|| format!("archive {name} to {}", self.repo.describe()))?,
         };
-        let completed = started.elapsed();
         let key = layout::wal_key(&name)?;
-        let outcome = object
-            .commit(cancel)
-            .await
-            .with_context(|| format!("archive {name} to {}", self.repo.describe()))?;
-        tracing::debug!(
-            file = %name,
-            take_ms = taken.as_secs_f64() * 1e3,
-            complete_ms = (completed - taken).as_secs_f64() * 1e3,
-            commit_ms = (started.elapsed() - completed).as_secs_f64() * 1e3,
-            "archived from its stage"
-        );
         self.acknowledge(&name, &key, outcome, started, cancel)
             .await
             .map(Some)
+    }
+
+    /// [`PushContext::push_staged`] on the calling thread, for a `file://` repository
+    /// (blocking; `Ok(None)` for other repositories, or when the file was not staged or
+    /// differs from its stage). Used where postgres's `.ready` is noticed, so a segment is
+    /// archived without any hand-over between threads.
+    pub fn push_staged_here(&self, stager: &SegmentStager, path: &Path) -> Result<Option<Pushed>> {
+        if !self.repo.is_local() {
+            return Ok(None);
+        }
+        let completed = complete_stage(stager, path)
+            .with_context(|| format!("archive {} to {}", path.display(), self.repo.describe()))?;
+        Ok(match completed {
+            Completed::Stored(PutOutcome::Created { .. }) => Some(Pushed::Created),
+            Completed::Stored(PutOutcome::AlreadyIdentical { .. }) => Some(Pushed::AlreadyArchived),
+            Completed::NotStaged | Completed::Changed | Completed::ToUpload(_) => None,
+        })
     }
 
     /// Reads back the checksum of a newly stored object before the push counts as done.
@@ -187,6 +195,48 @@ impl PushContext {
             }
         }
     }
+}
+
+/// Completes the stage of the file at `path` (blocking): compares it with the finished file
+/// and, for a `file://` repository, stores it (read back included).
+fn complete_stage(stager: &SegmentStager, path: &Path) -> Result<Completed> {
+    let started = std::time::Instant::now();
+    let name = file_name(path)?;
+    let Some(stage) = stager.take(&name) else {
+        return Ok(Completed::NotStaged);
+    };
+    let taken = started.elapsed();
+    let (object, buffer) = stage.complete(path)?;
+    stager.recycle(buffer);
+    stager.record(object.is_some());
+    let Some(object) = object else {
+        return Ok(Completed::Changed);
+    };
+    let read = started.elapsed();
+    if !object.is_local() {
+        return Ok(Completed::ToUpload(Box::new(object)));
+    }
+    let outcome = object.commit_local()?;
+    tracing::debug!(
+        file = %name,
+        take_ms = taken.as_secs_f64() * 1e3,
+        complete_ms = (read - taken).as_secs_f64() * 1e3,
+        commit_ms = (started.elapsed() - read).as_secs_f64() * 1e3,
+        "archived from its stage"
+    );
+    Ok(Completed::Stored(outcome))
+}
+
+/// How completing a stage went, on the blocking thread.
+enum Completed {
+    /// The stager was not staging this file.
+    NotStaged,
+    /// The finished file differs from what was staged.
+    Changed,
+    /// Stored and read back (a `file://` repository).
+    Stored(PutOutcome),
+    /// Ready to go to an object store.
+    ToUpload(Box<StagedObject>),
 }
 
 /// The final path component as UTF-8 (WAL file names are ASCII).

@@ -16,11 +16,12 @@ use tokio_util::sync::CancellationToken;
 /// How often the watching thread looks at `cancel` while no event comes.
 const CANCEL_CHECK_MS: u16 = 250;
 
-/// Calls `on_ready` from a thread of its own whenever a `.ready` file appears in
-/// `status_dir`, until `cancel` fires.
+/// Calls `on_ready` from a thread of its own whenever `.ready` files appear in `status_dir`,
+/// with the names of the WAL files (an empty list when the kernel dropped events: scan), until
+/// `cancel` fires. `on_ready` may block; events wait meanwhile.
 pub fn watch_ready(
     status_dir: &Path,
-    on_ready: impl Fn() + Send + 'static,
+    on_ready: impl Fn(Vec<String>) + Send + 'static,
     cancel: CancellationToken,
 ) -> Result<()> {
     let inotify =
@@ -45,22 +46,25 @@ pub fn watch_ready(
                         return;
                     }
                 }
-                // Overflow and other events carry no name; a wake-up costs one scan.
-                let ready = match inotify.read_events() {
-                    Ok(events) => events.iter().any(|e| {
-                        e.name
-                            .as_ref()
-                            .and_then(|n| n.to_str())
-                            .is_none_or(|n| n.ends_with(".ready"))
-                    }),
-                    Err(nix::errno::Errno::EAGAIN) => false,
+                let events = match inotify.read_events() {
+                    Ok(events) => events,
+                    Err(nix::errno::Errno::EAGAIN) => continue,
                     Err(e) => {
                         tracing::debug!("watching archive_status stopped: {e}");
                         return;
                     }
                 };
-                if ready {
-                    on_ready();
+                // An overflow event carries no name: report it as "look for yourself".
+                let overflow = events.iter().any(|e| e.name.is_none());
+                let names: Vec<String> = events
+                    .iter()
+                    .filter_map(|e| e.name.as_ref()?.to_str()?.strip_suffix(".ready"))
+                    .map(str::to_owned)
+                    .collect();
+                if overflow {
+                    on_ready(Vec::new());
+                } else if !names.is_empty() {
+                    on_ready(names);
                 }
             }
         })

@@ -32,7 +32,7 @@ use crate::postgres::wal_header::{check_segment_header, ExpectedHeader, LONG_HEA
 use crate::repo::{layout, Repo, StagedObject};
 
 /// Most bytes fed per step while holding the lock, so a request waits at most that long.
-const SLICE: usize = 1 << 20;
+const SLICE: usize = 256 << 10;
 /// Pause after a step that fed pages; idle steps back off from there to [`IDLE_MAX`].
 const BUSY_PAUSE: Duration = Duration::from_millis(5);
 const IDLE_MAX: Duration = Duration::from_millis(100);
@@ -143,6 +143,14 @@ impl SegmentStager {
         state.stage.take()
     }
 
+    /// Whether `file_name` is the segment being staged. Blocking like [`SegmentStager::take`].
+    pub fn is_staging(&self, file_name: &str) -> bool {
+        self.lock()
+            .stage
+            .as_ref()
+            .is_some_and(|s| s.name.to_string() == file_name)
+    }
+
     /// Counts the outcome of completing a stage.
     pub fn record(&self, used: bool) {
         let counter = match used {
@@ -175,8 +183,11 @@ impl SegmentStager {
         let mut pause = BUSY_PAUSE;
         while !cancel.is_cancelled() {
             pause = match self.step() {
-                Ok(true) => BUSY_PAUSE,
-                Ok(false) => (pause * 2).min(IDLE_MAX),
+                // A whole slice: postgres is ahead, catch up without pausing (the lock was
+                // released in between, so a request is not held up).
+                Ok(fed) if fed >= SLICE => continue,
+                Ok(0) => (pause * 2).min(IDLE_MAX),
+                Ok(_) => BUSY_PAUSE,
                 Err(e) => {
                     // Staging is an optimisation: on trouble the segment is archived whole.
                     tracing::debug!("WAL staging paused: {e:#}");
@@ -211,11 +222,11 @@ impl SegmentStager {
     }
 
     /// One round: begins the target's stage when its file has begun, then feeds complete
-    /// pages. `Ok(true)` when something was fed.
-    fn step(&self) -> Result<bool> {
+    /// pages. Returns the bytes fed.
+    fn step(&self) -> Result<usize> {
         let mut state = self.lock();
         let Some(target) = state.target else {
-            return Ok(false);
+            return Ok(0);
         };
         if state.stage.as_ref().is_some_and(|s| s.name != target) {
             // Archived by another path, or its timeline ended: no one will ask for it.
@@ -225,7 +236,7 @@ impl SegmentStager {
             let spare = std::mem::take(&mut state.spare);
             match self.begin(target, spare)? {
                 Some(stage) => state.stage = Some(stage),
-                None => return Ok(false),
+                None => return Ok(0),
             }
         }
         let stage = state.stage.as_mut().expect("set above");
@@ -286,12 +297,13 @@ impl SegmentStager {
 
 impl Stage {
     /// Feeds the pages that are complete (postgres has begun the page after them), at most
-    /// one [`SLICE`]. The last page of the segment is left to [`Stage::complete`].
-    fn feed_complete_pages(&mut self) -> Result<bool> {
+    /// one [`SLICE`]; returns how much. The last page of the segment is left to
+    /// [`Stage::complete`].
+    fn feed_complete_pages(&mut self) -> Result<usize> {
         let fed = self.staged.len();
         let want = (SLICE + self.page_size).min(self.seg_size - fed);
         if want == 0 {
-            return Ok(false);
+            return Ok(0);
         }
         let start = self.staged.len();
         self.staged.resize(start + want, 0);
@@ -307,10 +319,10 @@ impl Stage {
         let complete = written.saturating_sub(1) * self.page_size;
         self.staged.truncate(start + complete);
         if complete == 0 {
-            return Ok(false);
+            return Ok(0);
         }
         self.object.append(&self.staged[start..start + complete])?;
-        Ok(true)
+        Ok(complete)
     }
 
     /// How many pages from the start of `bytes` (which begins at segment offset `offset`)
@@ -459,7 +471,7 @@ mod tests {
     }
 
     fn feed_until_idle(stager: &SegmentStager) {
-        while stager.step().unwrap() {}
+        while stager.step().unwrap() > 0 {}
     }
 
     #[tokio::test]
@@ -469,7 +481,7 @@ mod tests {
         let stager = stager(dir.path());
         // Nothing written yet: a recycled file of stale bytes is not staged.
         std::fs::write(&path, vec![7u8; SEG]).unwrap();
-        assert!(!stager.step().unwrap());
+        assert_eq!(stager.step().unwrap(), 0);
         assert!(stager.lock().stage.is_none());
 
         write_pages(&path, 0, 40);

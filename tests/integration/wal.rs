@@ -597,7 +597,7 @@ async fn archives_to_azure_blob_and_fetches_back_identical() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_segments_is_answered_from_the_look_ahead() {
-    let (_cluster, config, _pgward, client, _) = one_archived_segment().await;
+    let (cluster, config, _pgward, client, _) = one_archived_segment().await;
     // Twenty segments at once: postgres archives them one by one, the look-ahead in parallel.
     for i in 0..20 {
         client
@@ -620,4 +620,11 @@ async fn a_burst_of_segments_is_answered_from_the_look_ahead() {
     );
     assert_eq!(archiver["already_archived_total"], 0, "{status}");
     assert_eq!(archiver["failed_total"], 0, "{status}");
+    // Every mark the daemon left for wal-push was taken or withdrawn.
+    let marks = cluster.data_dir().join("pg_wal/pgward.archived");
+    let left: Vec<_> = std::fs::read_dir(&marks)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "marks left behind: {left:?}");
 }
