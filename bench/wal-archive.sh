@@ -13,7 +13,8 @@
 #   SCALE           pgbench -i -s (default 50)
 #   CLIENTS, JOBS   pgbench -c / -j (default 4 / 2)
 #   PGWARD_BIN      pgward binary (default target/release/pgward, built when missing for c)
-#   ARCHIVE_CMD_PGWARD  archive_command for c (default: PGWARD_BIN --config CONF wal-push %p)
+#   ARCHIVE_CMD_PGWARD  archive_command for c (default: what pgward sets, test -f
+#                   pg_wal/pgward.archived/%f || PGWARD_BIN --config CONF wal-push %p)
 #   PGWARD_LOG_LEVEL  pgward's log filter for c, e.g. pgward::wal=debug (default info; log kept with KEEP=1)
 #   DRAIN_TIMEOUT   seconds to wait for the .ready backlog to drain (default 600)
 #   KEEP=1          keep the temporary directory (its path is printed)
@@ -364,7 +365,8 @@ run_c() {
     local d=$tmp/c port pid cmd
     prepare c
     port=$(free_port)
-    cmd=${ARCHIVE_CMD_PGWARD:-$pgward_bin --config $d/pgward.yaml wal-push %p}
+    # What pgward sets itself: its mark first (a shell built-in), then wal-push.
+    cmd=${ARCHIVE_CMD_PGWARD:-test -f pg_wal/pgward.archived/%f || $pgward_bin --config $d/pgward.yaml wal-push %p}
     mkdir -p "$d/repo"
     cat >"$d/pgward.yaml" <<YAML
 postgres:

@@ -21,6 +21,7 @@ use crate::postgres::{bootstrap, BinDir};
 use crate::process::{LogSink, RunAs};
 use crate::supervisor::service::{postgres_policy, service_policy, service_spec, SpecLauncher};
 use crate::supervisor::{State, Supervisor, UnitSpec, View, POSTGRES};
+use crate::wal::archived_marks::{ArchivedMarks, MARKS_DIR};
 use crate::wal::archiver::{Archiver, ArchiverOptions};
 use crate::wal::fetch::{Fetched, Fetcher};
 
@@ -85,6 +86,15 @@ pub async fn run(
     // first base backup cannot be used for recovery anyway.
     if config.wal.archive {
         archive_parameters(&config, &mut server.parameters)?;
+        // Marks of an earlier run vouch for that run's repository: gone before postgres
+        // can look for them.
+        let owner = run_as.as_ref().map(|u| (u.uid, u.gid));
+        ArchivedMarks::reset(&server.data_dir.join("pg_wal"), owner).with_context(|| {
+            format!(
+                "prepare {}",
+                server.data_dir.join("pg_wal").join(MARKS_DIR).display()
+            )
+        })?;
     }
 
     let control = ControlServer::bind(&config.control.socket, run_as.as_ref()).await?;
@@ -225,6 +235,10 @@ fn units(config: &Config, server: &Server, sink: &LogSink) -> Result<Vec<UnitSpe
 }
 
 /// Sets `archive_mode`, `archive_command` (this binary's `wal-push`) and `archive_timeout`.
+///
+/// The command first looks for the daemon's mark of the file (see `wal::archived_marks`) with
+/// the shell's built-in `test`: a segment the daemon archived before postgres asked then costs
+/// postgres no process beyond its shell.
 fn archive_parameters(config: &Config, parameters: &mut BTreeMap<String, String>) -> Result<()> {
     parameters.insert("archive_mode".into(), "on".into());
     parameters.insert(
@@ -238,7 +252,10 @@ fn archive_parameters(config: &Config, parameters: &mut BTreeMap<String, String>
     }
 
     let exe = std::env::current_exe().context("find the pgward executable for archive_command")?;
-    let mut command = shell_quote(&exe.to_string_lossy());
+    let mut command = format!(
+        "test -f pg_wal/{MARKS_DIR}/%f || {}",
+        shell_quote(&exe.to_string_lossy())
+    );
     if let Some(file) = &config.source {
         let file = std::path::absolute(file).context("make the config path absolute")?;
         command.push_str(&format!(

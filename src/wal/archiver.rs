@@ -423,11 +423,22 @@ impl Archiver {
             // Results for files postgres no longer waits on (acknowledged by another path, or
             // removed) must not accumulate.
             let before = state.done.len();
-            state
-                .done
-                .retain(|name, _| ready.iter().any(|r| &r.name == name));
-            // Postgres moved on without asking the daemon: a wal-push took the mark.
+            let mut answered_by_mark = Vec::new();
+            state.done.retain(|name, _| {
+                let pending = ready.iter().any(|r| &r.name == name);
+                if !pending {
+                    answered_by_mark.push(name.clone());
+                }
+                pending
+            });
+            // Postgres moved on without asking the daemon: its archive_command found the mark,
+            // which has served its purpose.
             state.status.answered_ahead_total += (before - state.done.len()) as u64;
+            if let Some(marks) = &self.inner.marks {
+                for name in &answered_by_mark {
+                    marks.unmark(name);
+                }
+            }
             state
                 .acked
                 .retain(|name| ready.iter().any(|r| &r.name == name));

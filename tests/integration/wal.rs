@@ -628,3 +628,38 @@ async fn a_burst_of_segments_is_answered_from_the_look_ahead() {
         .collect();
     assert!(left.is_empty(), "marks left behind: {left:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mark_left_by_an_earlier_run_is_never_trusted() {
+    let (cluster, config, mut pgward, client, _) = one_archived_segment().await;
+    let current: String = client
+        // The insert position is past the page header, so this names the segment being
+        // written even right after a switch.
+        .query_one("SELECT pg_walfile_name(pg_current_wal_insert_lsn())", &[])
+        .await
+        .unwrap()
+        .get(0);
+    drop(client);
+    pgward.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(pgward.wait_exit(Duration::from_secs(30)).code(), Some(0));
+
+    // A mark from an earlier run (its repository may not be this one) for the segment postgres
+    // writes next: archive_command must not take it for "archived".
+    let marks = cluster.data_dir().join("pg_wal/pgward.archived");
+    std::fs::create_dir_all(&marks).unwrap();
+    std::fs::write(marks.join(&current), "").unwrap();
+    let pgward = Pgward::start(&["--config", config.to_str().unwrap(), "run"], &[]);
+    let client = cluster
+        .wait_connect("postgres", "pw", "postgres", BOOT)
+        .await;
+    assert!(
+        !marks.join(&current).exists(),
+        "the earlier run's mark is still there while postgres runs"
+    );
+    let switched = switch_and_wait_archived(&client).await;
+    assert!(switched >= current, "{switched} < {current}");
+    let dest = cluster.dir.join("fetched-current");
+    let (code, err) = wal_fetch(&config, &current, &dest);
+    assert_eq!(code, 0, "{current} is not in the archive: {err}");
+    pgward.assert_no_errors_except(&[]);
+}
