@@ -34,7 +34,7 @@ use crate::repo::{layout, Repo, StagedObject};
 /// Most bytes fed per step while holding the lock, so a request waits at most that long.
 const SLICE: usize = 256 << 10;
 /// Pause after a step that fed pages; idle steps back off from there to [`IDLE_MAX`].
-const BUSY_PAUSE: Duration = Duration::from_millis(5);
+const BUSY_PAUSE: Duration = Duration::from_millis(2);
 const IDLE_MAX: Duration = Duration::from_millis(100);
 /// Offset of `xlp_pageaddr` in every page header (after magic, info and timeline).
 const PAGEADDR_OFFSET: usize = 8;
@@ -301,44 +301,47 @@ impl Stage {
     /// [`Stage::complete`].
     fn feed_complete_pages(&mut self) -> Result<usize> {
         let fed = self.staged.len();
-        let want = (SLICE + self.page_size).min(self.seg_size - fed);
-        if want == 0 {
-            return Ok(0);
+        let pages_left = (self.seg_size - fed) / self.page_size;
+        // Headers first, one small read each, content after: a page whose successor has a
+        // header was complete before that header was written, so reading in this order never
+        // catches a page half-written. Most rounds find nothing new and cost one small read.
+        let mut written = 0;
+        while written < pages_left.min(SLICE / self.page_size + 1)
+            && self.is_written(fed + written * self.page_size)?
+        {
+            written += 1;
         }
-        let start = self.staged.len();
-        self.staged.resize(start + want, 0);
-        let read = read_at_most(&self.file, &mut self.staged[start..], fed as u64);
-        let read = match read {
-            Ok(n) => n,
-            Err(e) => {
-                self.staged.truncate(start);
-                return Err(e).with_context(|| format!("read WAL segment {}", self.name));
-            }
-        };
-        let written = self.written_pages(&self.staged[start..start + read], fed);
         let complete = written.saturating_sub(1) * self.page_size;
-        self.staged.truncate(start + complete);
         if complete == 0 {
             return Ok(0);
         }
-        self.object.append(&self.staged[start..start + complete])?;
+        self.staged.resize(fed + complete, 0);
+        let read = read_at_most(&self.file, &mut self.staged[fed..], fed as u64);
+        if !matches!(read, Ok(n) if n == complete) {
+            self.staged.truncate(fed);
+            return Err(read
+                .err()
+                .unwrap_or_else(|| io::ErrorKind::UnexpectedEof.into()))
+            .with_context(|| format!("read WAL segment {}", self.name));
+        }
+        self.object.append(&self.staged[fed..])?;
         Ok(complete)
     }
 
-    /// How many pages from the start of `bytes` (which begins at segment offset `offset`)
-    /// postgres has written in this segment's current life: their headers carry this file's
-    /// magic and their own address.
-    fn written_pages(&self, bytes: &[u8], offset: usize) -> usize {
-        bytes
-            .chunks(self.page_size)
-            .enumerate()
-            .take_while(|(i, page)| {
-                let addr = self.start + (offset + i * self.page_size) as u64;
-                page.len() >= PAGEADDR_OFFSET + 8
-                    && u16::from_ne_bytes([page[0], page[1]]) == self.magic
-                    && page[PAGEADDR_OFFSET..PAGEADDR_OFFSET + 8] == addr.to_ne_bytes()
-            })
-            .count()
+    /// Whether postgres has written the page at segment offset `offset` in this segment's
+    /// current life: its header carries this file's magic and the page's own address.
+    fn is_written(&self, offset: usize) -> Result<bool> {
+        let mut header = [0u8; PAGEADDR_OFFSET + 8];
+        match self.file.read_exact_at(&mut header, offset as u64) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
+            Err(e) => {
+                return Err(e).with_context(|| format!("read WAL segment {}", self.name));
+            }
+        }
+        let addr = self.start + offset as u64;
+        Ok(u16::from_ne_bytes([header[0], header[1]]) == self.magic
+            && header[PAGEADDR_OFFSET..] == addr.to_ne_bytes())
     }
 
     /// Reads the finished segment at `path` once: `Some` (ready to commit) when it starts with
