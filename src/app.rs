@@ -269,7 +269,7 @@ fn archive_parameters(config: &Config, parameters: &mut BTreeMap<String, String>
 }
 
 /// Quotes `word` for /bin/sh, which runs archive_command.
-fn shell_quote(word: &str) -> String {
+pub(crate) fn shell_quote(word: &str) -> String {
     if word
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || "/._-+:=,".contains(c))

@@ -38,6 +38,54 @@ pub enum Command {
         /// Where to put it (`%p`).
         dest: PathBuf,
     },
+    /// Take a base backup of the running cluster into the repository.
+    Backup {
+        /// A full backup (the default; incremental backups come later).
+        #[arg(long)]
+        full: bool,
+        /// Attach `key=value` to the backup (repeatable).
+        #[arg(long = "annotate", value_name = "KEY=VALUE")]
+        annotations: Vec<String>,
+        /// Never expire this backup.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// List the complete backups, oldest first.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a backup into a data directory and set up recovery from the WAL archive.
+    Restore {
+        /// A backup id, or `latest`.
+        #[arg(default_value = "latest")]
+        backup: String,
+        /// Where to restore [default: postgres.data_dir from the config].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Stop recovery at this time (as postgres reads it, e.g. `2026-11-30 03:55:00+00`).
+        #[arg(long, group = "target", value_name = "TIME")]
+        target_time: Option<String>,
+        /// Stop recovery at this LSN.
+        #[arg(long, group = "target", value_name = "LSN")]
+        target_lsn: Option<String>,
+        /// Stop recovery after this transaction id.
+        #[arg(long, group = "target", value_name = "XID")]
+        target_xid: Option<u64>,
+        /// Stop recovery at this restore point (`pg_create_restore_point`).
+        #[arg(long, group = "target", value_name = "NAME")]
+        target_name: Option<String>,
+        /// Stop recovery as soon as the backup is consistent.
+        #[arg(long, group = "target")]
+        target_immediate: bool,
+        /// What postgres does at the target: pause (postgres's default), promote or shutdown.
+        #[arg(long, value_name = "ACTION")]
+        target_action: Option<String>,
+        /// Replace whatever the data directory holds.
+        #[arg(long)]
+        force: bool,
+    },
     /// Ask the running daemon for the state of every service.
     Status {
         /// Print JSON instead of a table.

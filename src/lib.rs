@@ -25,6 +25,8 @@
 //! callers; only `app` wires subsystems together.
 
 pub mod app;
+pub mod backup;
+pub mod backup_commands;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -35,5 +37,6 @@ pub mod logging;
 pub mod postgres;
 pub mod process;
 pub mod repo;
+pub mod restore;
 pub mod supervisor;
 pub mod wal;

@@ -7,7 +7,7 @@ use clap::Parser;
 
 use pgward::cli::{Cli, Command, ConfigCommand};
 use pgward::config::{self, Config, ConfigError, LogFormat};
-use pgward::{app, commands, init, logging};
+use pgward::{app, backup_commands, commands, init, logging};
 
 /// Exit code for a bad config or bad usage.
 const EXIT_CONFIG: u8 = 2;
@@ -62,6 +62,42 @@ fn main() -> ExitCode {
             let mut config = commands::LazyConfig::new(config_path);
             with_runtime(false, async move {
                 Ok(commands::wal_fetch(&mut config, &name, &dest).await)
+            })
+        }
+        Command::Backup {
+            full: _,
+            annotations,
+            keep,
+        } => with_config(config_path.as_deref(), |config| {
+            with_runtime(true, backup_commands::backup(&config, &annotations, keep))
+        }),
+        Command::List { json } => with_config(config_path.as_deref(), |config| {
+            with_runtime(false, backup_commands::list(&config, json))
+        }),
+        Command::Restore {
+            backup,
+            data_dir,
+            target_time,
+            target_lsn,
+            target_xid,
+            target_name,
+            target_immediate,
+            target_action,
+            force,
+        } => {
+            let request = backup_commands::RestoreRequest {
+                backup,
+                data_dir,
+                target_time,
+                target_lsn,
+                target_xid,
+                target_name,
+                target_immediate,
+                target_action,
+                force,
+            };
+            with_config(config_path.as_deref(), |config| {
+                with_runtime(true, backup_commands::restore_command(&config, &request))
             })
         }
         Command::Run => run(config_path.as_deref()),
@@ -129,6 +165,18 @@ fn source_name(config: &Config) -> String {
     match &config.source {
         Some(path) => path.display().to_string(),
         None => "built-in defaults".into(),
+    }
+}
+
+/// Loads the config (exit 2 on problems), sets up logging for a one-shot command, then runs
+/// `work` with it.
+fn with_config(config_path: Option<&Path>, work: impl FnOnce(Config) -> ExitCode) -> ExitCode {
+    match load(config_path) {
+        Ok(config) => {
+            logging::init(config.log.format, &config.log.level);
+            work(config)
+        }
+        Err(code) => code,
     }
 }
 

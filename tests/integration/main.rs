@@ -7,6 +7,7 @@
 mod common;
 mod storage_servers;
 
+mod backup;
 mod config_cli;
 mod pid1;
 mod postgres_run;

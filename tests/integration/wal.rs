@@ -8,11 +8,11 @@ use std::time::Duration;
 use crate::common::{self, pgward_bin, Cluster, Pgward};
 use crate::storage_servers::{TestAzurite, TestS3};
 
-const BOOT: Duration = Duration::from_secs(60);
+pub(crate) const BOOT: Duration = Duration::from_secs(60);
 
 /// A cluster archiving to `storage` (a `storage:` YAML block), keeping its WAL around so the
 /// archived copies can be compared with the originals.
-fn archiving_config(cluster: &Cluster, storage: &str) -> PathBuf {
+pub(crate) fn archiving_config(cluster: &Cluster, storage: &str) -> PathBuf {
     cluster.config(
         "password: pw",
         &format!(
@@ -21,7 +21,7 @@ fn archiving_config(cluster: &Cluster, storage: &str) -> PathBuf {
     )
 }
 
-fn file_storage(cluster: &Cluster) -> String {
+pub(crate) fn file_storage(cluster: &Cluster) -> String {
     format!(
         "storage:\n  url: file://{}\n",
         cluster.dir.join("repo").display()
@@ -29,7 +29,7 @@ fn file_storage(cluster: &Cluster) -> String {
 }
 
 /// Adds `wal_keep_size` so postgres does not recycle archived segments under the test.
-fn keep_wal(config: &Path) {
+pub(crate) fn keep_wal(config: &Path) {
     let text = std::fs::read_to_string(config).unwrap();
     let text = text.replacen(
         "  parameters:\n",
@@ -40,7 +40,7 @@ fn keep_wal(config: &Path) {
 }
 
 /// Runs pgbench against the cluster, as the server's user when root (peer-free socket auth).
-fn pgbench(cluster: &Cluster, args: &[&str]) {
+pub(crate) fn pgbench(cluster: &Cluster, args: &[&str]) {
     let out = Command::new(common::pg_bin_dir().join("pgbench"))
         .args([
             "-h",
@@ -63,7 +63,7 @@ fn pgbench(cluster: &Cluster, args: &[&str]) {
 }
 
 /// Switches WAL and waits until postgres reports that segment archived; returns its name.
-async fn switch_and_wait_archived(client: &tokio_postgres::Client) -> String {
+pub(crate) async fn switch_and_wait_archived(client: &tokio_postgres::Client) -> String {
     let name: String = client
         .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
         .await
@@ -90,7 +90,7 @@ async fn switch_and_wait_archived(client: &tokio_postgres::Client) -> String {
     }
 }
 
-fn wal_fetch(config: &Path, name: &str, dest: &Path) -> (i32, String) {
+pub(crate) fn wal_fetch(config: &Path, name: &str, dest: &Path) -> (i32, String) {
     let out = Command::new(pgward_bin())
         .args([
             "--config",
@@ -186,7 +186,7 @@ async fn archives_every_segment_under_pgbench_and_fetches_them_back_identical() 
 }
 
 /// Starts pgward on `cluster` archiving to `storage`, keeping its WAL, and connects.
-async fn start_archiving(
+pub(crate) async fn start_archiving(
     cluster: &Cluster,
     storage: &str,
 ) -> (PathBuf, Pgward, tokio_postgres::Client) {

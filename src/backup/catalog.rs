@@ -1,0 +1,66 @@
+//! The backups a repository holds: those with a manifest. An interrupted backup has objects
+//! but no manifest and is never listed (nor restored).
+
+use anyhow::{bail, Context, Result};
+
+use super::manifest::{check_backup_id, manifest_key, Manifest, MANIFEST_VERSION};
+use crate::repo::layout::BACKUPS_PREFIX;
+use crate::repo::Repo;
+
+/// Ids of the complete backups, oldest first.
+pub async fn backup_ids(repo: &Repo) -> Result<Vec<String>> {
+    let objects = repo
+        .list(BACKUPS_PREFIX)
+        .await
+        .with_context(|| format!("list backups in {}", repo.describe()))?;
+    let mut ids: Vec<String> = objects
+        .iter()
+        .filter_map(|o| {
+            let rest = o.key.strip_prefix(BACKUPS_PREFIX)?.strip_prefix('/')?;
+            let id = rest.strip_suffix("/manifest.json")?;
+            check_backup_id(id).is_ok().then(|| id.to_owned())
+        })
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+/// The manifest of backup `id`.
+pub async fn read_manifest(repo: &Repo, id: &str) -> Result<Manifest> {
+    check_backup_id(id)?;
+    let bytes = repo
+        .get_bytes(&manifest_key(id))
+        .await
+        .with_context(|| format!("read the manifest of backup {id}"))?
+        .with_context(|| format!("backup {id} is not in {} (or incomplete)", repo.describe()))?;
+    let manifest: Manifest = serde_json::from_slice(&bytes)
+        .with_context(|| format!("the manifest of backup {id} is not valid"))?;
+    if manifest.format_version > MANIFEST_VERSION {
+        bail!(
+            "backup {id} has manifest format {}; this pgward reads up to {MANIFEST_VERSION}",
+            manifest.format_version
+        );
+    }
+    Ok(manifest)
+}
+
+/// All complete backups' manifests, oldest first.
+pub async fn manifests(repo: &Repo) -> Result<Vec<Manifest>> {
+    let mut out = Vec::new();
+    for id in backup_ids(repo).await? {
+        out.push(read_manifest(repo, &id).await?);
+    }
+    Ok(out)
+}
+
+/// `latest` or an id, resolved to a manifest.
+pub async fn resolve(repo: &Repo, which: &str) -> Result<Manifest> {
+    if which == "latest" {
+        let ids = backup_ids(repo).await?;
+        let Some(id) = ids.last() else {
+            bail!("there is no complete backup in {}", repo.describe());
+        };
+        return read_manifest(repo, id).await;
+    }
+    read_manifest(repo, which).await
+}

@@ -1,0 +1,172 @@
+//! The manifest of one backup: what it holds and where in the WAL it starts and stops.
+//!
+//! A backup lives under `backups/<id>/` in the repository: one object per file of the data
+//! directory (`data/<path>`), `backup_label` and `tablespace_map` as `pg_backup_stop` returned
+//! them, and `manifest.json`, written last. A backup without a manifest is not a backup: it
+//! was interrupted, and no listing or restore treats it as one.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Result};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::repo::layout::backup_prefix;
+
+/// Manifest format this pgward writes and the newest it reads.
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// Full or incremental.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackupKind {
+    Full,
+    Incremental,
+}
+
+impl BackupKind {
+    /// The letter that ends a backup id (`F`/`I`).
+    fn letter(self) -> char {
+        match self {
+            BackupKind::Full => 'F',
+            BackupKind::Incremental => 'I',
+        }
+    }
+}
+
+/// One regular file of the data directory (or of a tablespace, under `pg_tblspc/<oid>/`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Relative to the data directory, `/`-separated.
+    pub path: String,
+    /// Bytes read (a file may change while an online backup reads it; WAL replay fixes that).
+    pub size: u64,
+    /// Modification time when read, seconds since the epoch.
+    pub mtime: i64,
+    /// Unix permission bits.
+    pub mode: u32,
+    /// BLAKE3 of the content, lowercase hex.
+    pub checksum: String,
+    /// Size of the stored object.
+    pub stored_size: u64,
+    /// The backup whose objects hold the content: this one, or for an unchanged file of an
+    /// incremental backup, an earlier one of its chain.
+    pub stored_in: String,
+}
+
+/// A directory to recreate at restore (excluded directories are kept, empty).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    pub path: String,
+    pub mode: u32,
+}
+
+/// A tablespace: `pg_tblspc/<oid>` is a symlink to `location`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tablespace {
+    pub oid: u32,
+    pub location: String,
+}
+
+/// The content of `manifest.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub id: String,
+    pub kind: BackupKind,
+    /// The backup this incremental one builds on.
+    pub parent: Option<String>,
+    pub pg_major: u32,
+    /// As a string, like `repo.json`: above 2^53.
+    pub system_identifier: String,
+    pub timeline: u32,
+    pub start_lsn: String,
+    pub stop_lsn: String,
+    /// First and last WAL segment the backup needs.
+    pub start_wal: String,
+    pub stop_wal: String,
+    pub start_time: DateTime<Utc>,
+    pub stop_time: DateTime<Utc>,
+    /// Whether the cluster has data checksums.
+    pub data_checksums: bool,
+    pub tablespaces: Vec<Tablespace>,
+    pub directories: Vec<DirEntry>,
+    pub files: Vec<FileEntry>,
+    /// `--annotate key=value`.
+    pub annotations: BTreeMap<String, String>,
+    /// `--keep`: never expired.
+    pub keep: bool,
+    /// Sum of `files[].size`.
+    pub size: u64,
+    /// Sum of the stored sizes of the objects this backup wrote itself.
+    pub stored_size: u64,
+    /// `pgward <version>` that took it.
+    pub created_by: String,
+}
+
+/// A backup id for `kind` started at `at`: `20261130T035500F`. Ids sort by start time.
+pub fn backup_id(at: DateTime<Utc>, kind: BackupKind) -> String {
+    format!("{}{}", at.format("%Y%m%dT%H%M%S"), kind.letter())
+}
+
+/// Checks that `id` has the shape [`backup_id`] makes (it becomes part of object keys).
+pub fn check_backup_id(id: &str) -> Result<()> {
+    let ok = id.len() == 16
+        && id[..8].bytes().all(|b| b.is_ascii_digit())
+        && &id[8..9] == "T"
+        && id[9..15].bytes().all(|b| b.is_ascii_digit())
+        && matches!(&id[15..], "F" | "I");
+    if !ok {
+        bail!("{id:?} is not a backup id (expected e.g. 20261130T035500F)");
+    }
+    Ok(())
+}
+
+/// Key of a backup's manifest.
+pub fn manifest_key(id: &str) -> String {
+    format!("{}/manifest.json", backup_prefix(id))
+}
+
+/// Key of the object holding the file at `path` (relative to the data directory).
+pub fn file_key(id: &str, path: &str) -> String {
+    format!("{}/data/{path}", backup_prefix(id))
+}
+
+/// Key of the backup label or tablespace map returned by `pg_backup_stop`.
+pub fn label_key(id: &str, name: &str) -> String {
+    format!("{}/{name}", backup_prefix(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backup_ids_sort_by_time_and_are_checked() {
+        let at = DateTime::parse_from_rfc3339("2026-11-30T03:55:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let full = backup_id(at, BackupKind::Full);
+        assert_eq!(full, "20261130T035500F");
+        check_backup_id(&full).unwrap();
+        check_backup_id("20261130T035501I").unwrap();
+        assert!(full.as_str() < "20261130T035501I");
+        for bad in [
+            "",
+            "latest",
+            "20261130T035500X",
+            "20261130-035500F",
+            "../../etc/passwd",
+        ] {
+            assert!(check_backup_id(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            file_key(&full, "base/1/1259"),
+            "backups/20261130T035500F/data/base/1/1259"
+        );
+        assert_eq!(
+            manifest_key(&full),
+            "backups/20261130T035500F/manifest.json"
+        );
+    }
+}

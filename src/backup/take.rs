@@ -1,0 +1,430 @@
+//! Taking a base backup of the running cluster.
+//!
+//! Non-exclusive backup mode on one held session (`pg_backup_start` … `pg_backup_stop`), the
+//! data directory read directly (pgward runs beside postgres), every file stored as its own
+//! checksummed object, files in parallel. The backup is only usable with the WAL from its
+//! start to its stop, so it is complete only once the stop segment is in the archive; the
+//! manifest is written after that, last, and is what makes the backup exist.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use chrono::Utc;
+use futures_util::{stream, StreamExt, TryStreamExt};
+use tokio_util::sync::CancellationToken;
+
+use super::exclude::{rule, Rule};
+use super::manifest::{
+    backup_id, file_key, label_key, manifest_key, BackupKind, DirEntry, FileEntry, Manifest,
+    Tablespace, MANIFEST_VERSION,
+};
+use crate::postgres::ready::Target;
+use crate::repo::{layout, PutMode, PutOutcome, Repo};
+
+/// How a backup runs.
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    /// Files read, compressed and uploaded at once.
+    pub concurrency: usize,
+    /// How long to wait for the stop segment to reach the archive.
+    pub wal_wait: Duration,
+    pub annotations: BTreeMap<String, String>,
+    pub keep: bool,
+}
+
+/// What the cluster is, for the manifest.
+#[derive(Debug, Clone, Copy)]
+pub struct ClusterIdentity {
+    pub pg_major: u32,
+    pub system_identifier: u64,
+}
+
+/// A file to back up.
+struct Source {
+    path: String,
+    abs: PathBuf,
+    mode: u32,
+}
+
+/// What a walk of the data directory found.
+#[derive(Default)]
+struct Walk {
+    dirs: Vec<DirEntry>,
+    files: Vec<Source>,
+    tablespaces: Vec<Tablespace>,
+    bytes: u64,
+}
+
+/// Takes a full backup of the cluster at `data_dir`, reachable at `target`, into `repo`.
+pub async fn take_full(
+    repo: &Repo,
+    target: &Target,
+    data_dir: &Path,
+    cluster: ClusterIdentity,
+    options: &BackupOptions,
+    cancel: &CancellationToken,
+) -> Result<Manifest> {
+    let client = target
+        .connect()
+        .await
+        .with_context(|| format!("connect to postgres at {}", target.socket_dir.display()))?;
+    let data_checksums = preflight(&client).await?;
+
+    let start_time = Utc::now();
+    let id = backup_id(start_time, BackupKind::Full);
+    let label = format!("pgward backup {id}");
+    let start_sql = if cluster.pg_major >= 15 {
+        "SELECT pg_backup_start($1, true)::text"
+    } else {
+        "SELECT pg_start_backup($1, true, false)::text"
+    };
+    let start_lsn: String = client
+        .query_one(start_sql, &[&label])
+        .await
+        .context("start the backup (pg_backup_start)")?
+        .get(0);
+    let row = client
+        .query_one(
+            "SELECT timeline_id::int4, pg_walfile_name($1::text::pg_lsn) FROM pg_control_checkpoint()",
+            &[&start_lsn],
+        )
+        .await
+        .context("read the backup's timeline")?;
+    let (timeline, start_wal): (i32, String) = (row.get(0), row.get(1));
+    tracing::info!(backup = %id, %start_lsn, "backup started");
+
+    // Until pg_backup_stop, a failure must still end backup mode: the session's end does
+    // that for a non-exclusive backup, so dropping `client` is enough.
+    let walk = {
+        let data_dir = data_dir.to_owned();
+        tokio::task::spawn_blocking(move || walk(&data_dir))
+            .await
+            .context("join the data directory walk")??
+    };
+    tracing::info!(
+        backup = %id,
+        files = walk.files.len(),
+        bytes = walk.bytes,
+        "copying the data directory"
+    );
+    let files = copy_files(repo, &id, walk.files, walk.bytes, options, cancel).await?;
+
+    let stop_sql = if cluster.pg_major >= 15 {
+        "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)"
+    } else {
+        "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, false)"
+    };
+    let row = client
+        .query_one(stop_sql, &[])
+        .await
+        .context("stop the backup (pg_backup_stop)")?;
+    let (stop_lsn, labelfile, spcmapfile): (String, String, Option<String>) =
+        (row.get(0), row.get(1), row.get(2));
+    let stop_wal: String = client
+        .query_one("SELECT pg_walfile_name($1::text::pg_lsn)", &[&stop_lsn])
+        .await
+        .context("name the stop segment")?
+        .get(0);
+    repo.put_bytes(
+        &label_key(&id, "backup_label"),
+        labelfile.into_bytes(),
+        PutMode::Create,
+    )
+    .await
+    .context("store backup_label")?;
+    if let Some(map) = spcmapfile.filter(|m| !m.is_empty()) {
+        repo.put_bytes(
+            &label_key(&id, "tablespace_map"),
+            map.into_bytes(),
+            PutMode::Create,
+        )
+        .await
+        .context("store tablespace_map")?;
+    }
+    wait_archived(repo, &client, &stop_wal, options.wal_wait, cancel).await?;
+
+    let size = files.iter().map(|f| f.size).sum();
+    let stored_size = files.iter().map(|f| f.stored_size).sum();
+    let manifest = Manifest {
+        format_version: MANIFEST_VERSION,
+        id: id.clone(),
+        kind: BackupKind::Full,
+        parent: None,
+        pg_major: cluster.pg_major,
+        system_identifier: cluster.system_identifier.to_string(),
+        timeline: timeline as u32,
+        start_lsn,
+        stop_lsn,
+        start_wal,
+        stop_wal,
+        start_time,
+        stop_time: Utc::now(),
+        data_checksums,
+        tablespaces: walk.tablespaces,
+        directories: walk.dirs,
+        files,
+        annotations: options.annotations.clone(),
+        keep: options.keep,
+        size,
+        stored_size,
+        created_by: format!("pgward {}", env!("CARGO_PKG_VERSION")),
+    };
+    let json = serde_json::to_vec_pretty(&manifest).context("encode the manifest")?;
+    // Last: the manifest is what makes the backup exist.
+    repo.put_bytes(&manifest_key(&id), json, PutMode::Create)
+        .await
+        .context("store the manifest")?;
+    tracing::info!(
+        backup = %id,
+        size,
+        stored_size,
+        seconds = (manifest.stop_time - manifest.start_time).num_milliseconds() as f64 / 1e3,
+        "backup complete"
+    );
+    Ok(manifest)
+}
+
+/// Refuses to start a backup that could not be completed: archiving must be pgward's and
+/// working, or the backup would wait for WAL that never comes. Returns whether data
+/// checksums are on.
+async fn preflight(client: &tokio_postgres::Client) -> Result<bool> {
+    let row = client
+        .query_one(
+            "SELECT pg_is_in_recovery(), current_setting('archive_mode'), \
+             current_setting('archive_command'), current_setting('data_checksums'), \
+             coalesce(last_failed_wal, ''), \
+             coalesce(last_failed_time > coalesce(last_archived_time, 'epoch'), false) \
+             FROM pg_stat_archiver",
+            &[],
+        )
+        .await
+        .context("read the archiving settings")?;
+    let in_recovery: bool = row.get(0);
+    let archive_mode: String = row.get(1);
+    let archive_command: String = row.get(2);
+    let checksums: String = row.get(3);
+    let failed_wal: String = row.get(4);
+    let failing: bool = row.get(5);
+    if in_recovery {
+        bail!("the server is in recovery: take backups from the primary");
+    }
+    if archive_mode == "off" {
+        bail!("archive_mode is off: a backup needs its WAL archived (set wal.archive: true)");
+    }
+    if !archive_command.contains(" wal-push ") {
+        bail!(
+            "archive_command is {archive_command:?}, not pgward's wal-push: the backup's WAL \
+             would not reach this repository"
+        );
+    }
+    if failing {
+        bail!(
+            "WAL archiving is failing (last failure: {failed_wal}); fix it before a backup \
+             (see `pgward status` and the log)"
+        );
+    }
+    Ok(checksums == "on")
+}
+
+/// Lists what to back up. Blocking.
+fn walk(data_dir: &Path) -> Result<Walk> {
+    let mut out = Walk::default();
+    let mut pending = vec![String::new()];
+    while let Some(rel) = pending.pop() {
+        let dir = if rel.is_empty() {
+            data_dir.to_owned()
+        } else {
+            data_dir.join(&rel)
+        };
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            // Dropped while the backup runs (a database, a temp directory): nothing to copy.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !rel.is_empty() => continue,
+            Err(e) => return Err(e).with_context(|| format!("read {}", dir.display())),
+        };
+        for entry in entries {
+            let entry = entry.with_context(|| format!("read {}", dir.display()))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                tracing::warn!("skipping {}: not a UTF-8 name", entry.path().display());
+                continue;
+            };
+            let path = if rel.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{rel}/{name}")
+            };
+            let abs = entry.path();
+            // A tablespace is a symlink in pg_tblspc: remember where it points, walk it.
+            let meta = if rel == "pg_tblspc" {
+                let link = std::fs::symlink_metadata(&abs)
+                    .with_context(|| format!("stat {}", abs.display()))?;
+                if link.file_type().is_symlink() {
+                    let location = std::fs::read_link(&abs)
+                        .with_context(|| format!("read link {}", abs.display()))?;
+                    out.tablespaces.push(Tablespace {
+                        oid: name.parse().with_context(|| {
+                            format!("{} is not a tablespace oid", abs.display())
+                        })?,
+                        location: location.to_string_lossy().into_owned(),
+                    });
+                }
+                std::fs::metadata(&abs)
+            } else {
+                entry.metadata()
+            };
+            let meta = match meta {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| format!("stat {}", abs.display())),
+            };
+            let mode = meta.permissions().mode() & 0o7777;
+            match rule(&path, meta.is_dir()) {
+                Rule::Skip => {}
+                Rule::KeepEmpty => out.dirs.push(DirEntry { path, mode }),
+                Rule::Include if meta.is_dir() => {
+                    out.dirs.push(DirEntry {
+                        path: path.clone(),
+                        mode,
+                    });
+                    pending.push(path);
+                }
+                Rule::Include if meta.is_file() => {
+                    out.bytes += meta.len();
+                    out.files.push(Source { path, abs, mode });
+                }
+                // Sockets, fifos, symlinks outside pg_tblspc: not data.
+                Rule::Include => {
+                    tracing::debug!("skipping {}: not a regular file", abs.display())
+                }
+            }
+        }
+    }
+    out.dirs.sort_by(|a, b| a.path.cmp(&b.path));
+    // Largest first: the long uploads start early and the tail of the backup is short.
+    out.files
+        .sort_by_key(|s| std::cmp::Reverse(file_len(&s.abs)));
+    Ok(out)
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Stores every file, `concurrency` at a time, logging progress.
+async fn copy_files(
+    repo: &Repo,
+    id: &str,
+    sources: Vec<Source>,
+    total: u64,
+    options: &BackupOptions,
+    cancel: &CancellationToken,
+) -> Result<Vec<FileEntry>> {
+    let progress = super::progress::Progress::new(id, total);
+    let results: Vec<Option<FileEntry>> = stream::iter(sources)
+        .map(|source| {
+            let progress = &progress;
+            async move {
+                let entry = copy_file(repo, id, source, cancel).await?;
+                if let Some(entry) = &entry {
+                    progress.add(entry.size);
+                }
+                anyhow::Ok(entry)
+            }
+        })
+        .buffer_unordered(options.concurrency.max(1))
+        .try_collect()
+        .await?;
+    progress.finish();
+    let mut files: Vec<FileEntry> = results.into_iter().flatten().collect();
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(files)
+}
+
+/// Stores one file; `None` when it vanished (dropped while the backup ran: WAL replay
+/// drops it in the restored cluster too).
+async fn copy_file(
+    repo: &Repo,
+    id: &str,
+    source: Source,
+    cancel: &CancellationToken,
+) -> Result<Option<FileEntry>> {
+    let meta = match tokio::fs::metadata(&source.abs).await {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("stat {}", source.abs.display())),
+    };
+    let key = file_key(id, &source.path);
+    let outcome = match repo.put_file_create(&key, &source.abs, cancel).await {
+        Ok(outcome) => outcome,
+        Err(e) if is_not_found(&e) => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("back up {}", source.path)),
+    };
+    let (checksum, stored_size) = match outcome {
+        PutOutcome::Created {
+            checksum,
+            stored_bytes,
+        } => (checksum, stored_bytes),
+        // Only a retry of this very backup could find its own object there.
+        PutOutcome::AlreadyIdentical { checksum } => (checksum, 0),
+    };
+    Ok(Some(FileEntry {
+        path: source.path,
+        size: meta.len(),
+        mtime: meta.mtime(),
+        mode: source.mode,
+        checksum: checksum.to_string(),
+        stored_size,
+        stored_in: id.to_owned(),
+    }))
+}
+
+fn is_not_found(e: &crate::repo::RepoError) -> bool {
+    matches!(e, crate::repo::RepoError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+}
+
+/// Waits until `segment` is in the archive: before that the backup cannot be restored.
+async fn wait_archived(
+    repo: &Repo,
+    client: &tokio_postgres::Client,
+    segment: &str,
+    patience: Duration,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let key = layout::wal_key(segment)?;
+    let started = Instant::now();
+    loop {
+        if repo
+            .exists(&key)
+            .await
+            .with_context(|| format!("look for {segment} in the archive"))?
+            .is_some()
+        {
+            return Ok(());
+        }
+        if started.elapsed() > patience {
+            let last_error: String = client
+                .query_one(
+                    "SELECT coalesce(last_failed_wal || ' at ' || last_failed_time::text, 'none') \
+                     FROM pg_stat_archiver",
+                    &[],
+                )
+                .await
+                .map(|r| r.get(0))
+                .unwrap_or_else(|e| format!("unknown ({e})"));
+            bail!(
+                "the backup's last WAL segment {segment} did not reach the archive within {} \
+                 (the archiver's last failure: {last_error}); the backup is incomplete and \
+                 not listed",
+                humantime::format_duration(patience)
+            );
+        }
+        tokio::select! {
+            () = cancel.cancelled() => bail!("cancelled while waiting for {segment} to be archived"),
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+}

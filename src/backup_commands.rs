@@ -1,0 +1,217 @@
+//! `pgward backup`, `pgward list` and `pgward restore`: config in, a backup or restore run in
+//! this process, a report out.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tokio_util::sync::CancellationToken;
+
+use crate::backup::catalog;
+use crate::backup::manifest::Manifest;
+use crate::backup::progress::human_bytes;
+use crate::backup::take::{take_full, BackupOptions, ClusterIdentity};
+use crate::config::Config;
+use crate::postgres::ready::Target;
+use crate::postgres::server::data_dir_major;
+use crate::postgres::wal::Lsn;
+use crate::process::RunAs;
+use crate::repo::Repo;
+use crate::restore::target::{RecoverySettings, RecoveryTarget, TargetAction};
+use crate::restore::{restore, RestoreOptions};
+
+/// Files moved at once by a backup or restore.
+const CONCURRENCY: usize = 2;
+/// How long a backup waits for its last WAL segment to be archived.
+const WAL_WAIT: Duration = Duration::from_secs(300);
+
+/// `pgward backup`: exit 0 once the backup is complete (manifest written).
+pub async fn backup(config: &Config, annotations: &[String], keep: bool) -> Result<i32> {
+    let annotations = parse_annotations(annotations)?;
+    let owner = RunAs::for_child(Some(&config.postgres.user))?;
+    let ctx = crate::commands::push_context(config, owner.as_ref()).await?;
+    let pg_major = data_dir_major(&config.postgres.data_dir)?;
+    let options = BackupOptions {
+        concurrency: CONCURRENCY,
+        wal_wait: WAL_WAIT,
+        annotations,
+        keep,
+    };
+    let cluster = ClusterIdentity {
+        pg_major,
+        system_identifier: ctx.system_identifier,
+    };
+    let manifest = take_full(
+        &ctx.repo,
+        &server_target(config),
+        &config.postgres.data_dir,
+        cluster,
+        &options,
+        &CancellationToken::new(),
+    )
+    .await?;
+    println!(
+        "backup {} complete: {} in {} files, {} stored",
+        manifest.id,
+        human_bytes(manifest.size),
+        manifest.files.len(),
+        human_bytes(manifest.stored_size)
+    );
+    Ok(0)
+}
+
+/// `pgward list [--json]`.
+pub async fn list(config: &Config, json: bool) -> Result<i32> {
+    let repo = Repo::open(&config.storage)
+        .with_context(|| format!("open repository {}", config.storage.url))?;
+    let manifests = catalog::manifests(&repo).await?;
+    if json {
+        let rows: Vec<serde_json::Value> = manifests.iter().map(summary).collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(0);
+    }
+    println!(
+        "{:<18} {:<11} {:<25} {:<25} {:>10} {:>10}  WAL",
+        "id", "type", "start", "stop", "size", "stored"
+    );
+    for m in &manifests {
+        println!(
+            "{:<18} {:<11} {:<25} {:<25} {:>10} {:>10}  {}..{}",
+            m.id,
+            format!("{:?}", m.kind).to_lowercase(),
+            m.start_time.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            m.stop_time.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            human_bytes(m.size),
+            human_bytes(m.stored_size),
+            m.start_wal,
+            m.stop_wal
+        );
+    }
+    Ok(0)
+}
+
+/// One backup for `list --json`: the manifest without its file list.
+fn summary(m: &Manifest) -> serde_json::Value {
+    let mut value = serde_json::to_value(m).unwrap_or_default();
+    if let Some(object) = value.as_object_mut() {
+        object.remove("files");
+        object.remove("directories");
+        object.insert("file_count".into(), m.files.len().into());
+        object.insert(
+            "duration_seconds".into(),
+            ((m.stop_time - m.start_time).num_milliseconds() as f64 / 1e3).into(),
+        );
+    }
+    value
+}
+
+/// What `pgward restore` was asked for.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreRequest {
+    pub backup: String,
+    pub data_dir: Option<std::path::PathBuf>,
+    pub target_time: Option<String>,
+    pub target_lsn: Option<String>,
+    pub target_xid: Option<u64>,
+    pub target_name: Option<String>,
+    pub target_immediate: bool,
+    pub target_action: Option<String>,
+    pub force: bool,
+}
+
+/// `pgward restore`.
+pub async fn restore_command(config: &Config, request: &RestoreRequest) -> Result<i32> {
+    let target = recovery_target(request)?;
+    let action = request
+        .target_action
+        .as_deref()
+        .map(TargetAction::parse)
+        .transpose()?;
+    if action.is_some() && target == RecoveryTarget::EndOfWal {
+        bail!("--target-action needs a target (--target-time, --target-lsn, --target-xid, --target-name or --target-immediate)");
+    }
+    let owner = RunAs::for_child(Some(&config.postgres.user))?;
+    let repo = Repo::open(&config.storage)
+        .with_context(|| format!("open repository {}", config.storage.url))?;
+    let manifest = catalog::resolve(&repo, &request.backup).await?;
+    let data_dir = request
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| config.postgres.data_dir.clone());
+    let options = RestoreOptions {
+        data_dir: std::path::absolute(&data_dir)
+            .with_context(|| format!("make {} absolute", data_dir.display()))?,
+        force: request.force,
+        concurrency: CONCURRENCY,
+        owner,
+        recovery: RecoverySettings {
+            restore_command: wal_fetch_command(config)?,
+            target,
+            action,
+            backup_id: manifest.id.clone(),
+        },
+    };
+    tracing::info!(backup = %manifest.id, data_dir = %options.data_dir.display(), "restoring");
+    restore(&repo, &manifest, &options, &CancellationToken::new()).await?;
+    println!(
+        "restored backup {} into {}; start postgres (pgward run) to recover from the archive",
+        manifest.id,
+        options.data_dir.display()
+    );
+    Ok(0)
+}
+
+fn recovery_target(request: &RestoreRequest) -> Result<RecoveryTarget> {
+    Ok(if let Some(time) = &request.target_time {
+        RecoveryTarget::Time(time.clone())
+    } else if let Some(lsn) = &request.target_lsn {
+        RecoveryTarget::Lsn(
+            lsn.parse::<Lsn>()
+                .with_context(|| format!("--target-lsn {lsn:?}"))?,
+        )
+    } else if let Some(xid) = request.target_xid {
+        RecoveryTarget::Xid(xid)
+    } else if let Some(name) = &request.target_name {
+        RecoveryTarget::Name(name.clone())
+    } else if request.target_immediate {
+        RecoveryTarget::Immediate
+    } else {
+        RecoveryTarget::EndOfWal
+    })
+}
+
+/// `restore_command` for the restored cluster: this binary's `wal-fetch` with this config.
+fn wal_fetch_command(config: &Config) -> Result<String> {
+    let exe = std::env::current_exe().context("find the pgward executable")?;
+    let mut command = crate::app::shell_quote(&exe.to_string_lossy());
+    if let Some(file) = &config.source {
+        let file = std::path::absolute(file).context("make the config path absolute")?;
+        command.push_str(&format!(
+            " --config {}",
+            crate::app::shell_quote(&file.to_string_lossy())
+        ));
+    }
+    command.push_str(" wal-fetch %f %p");
+    Ok(command)
+}
+
+/// How to reach the server as its superuser over the unix socket.
+pub fn server_target(config: &Config) -> Target {
+    let pg = &config.postgres;
+    Target {
+        socket_dir: pg.socket_dir.clone(),
+        port: pg.port,
+        user: pg.init.superuser.clone(),
+        password: pg.init.password.clone(),
+        dbname: "postgres".into(),
+    }
+}
+
+fn parse_annotations(raw: &[String]) -> Result<BTreeMap<String, String>> {
+    raw.iter()
+        .map(|a| match a.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+            _ => bail!("--annotate {a:?}: expected key=value"),
+        })
+        .collect()
+}

@@ -1,0 +1,167 @@
+//! Restoring a backup into a data directory, and the recovery settings that make postgres
+//! replay the archived WAL on top of it (to the end, or to a point in time).
+//!
+//! Every file comes back through the repository's verified download (checksum, atomic
+//! write); the data directory is refused unless empty (or `--force`); the backup label,
+//! tablespace links, permissions and owner are restored; `recovery.signal` and the recovery
+//! settings are written last, so an interrupted restore never looks startable.
+
+pub mod target;
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use futures_util::{stream, StreamExt, TryStreamExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::backup::manifest::{file_key, label_key, Manifest};
+use crate::backup::progress::Progress;
+use crate::process::RunAs;
+use crate::repo::Repo;
+use target::RecoverySettings;
+
+/// How a restore runs.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    pub data_dir: PathBuf,
+    /// Empty a non-empty data directory first.
+    pub force: bool,
+    pub concurrency: usize,
+    /// Owner of the restored files when running as root (the server's user).
+    pub owner: Option<RunAs>,
+    pub recovery: RecoverySettings,
+}
+
+/// Restores `manifest`'s backup from `repo`.
+pub async fn restore(
+    repo: &Repo,
+    manifest: &Manifest,
+    options: &RestoreOptions,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let data_dir = &options.data_dir;
+    prepare_data_dir(data_dir, options.force)?;
+    for tablespace in &manifest.tablespaces {
+        let link = data_dir.join("pg_tblspc").join(tablespace.oid.to_string());
+        std::fs::create_dir_all(data_dir.join("pg_tblspc"))
+            .with_context(|| format!("create {}", data_dir.join("pg_tblspc").display()))?;
+        let location = Path::new(&tablespace.location);
+        prepare_data_dir(location, options.force)
+            .with_context(|| format!("tablespace {}", tablespace.oid))?;
+        std::os::unix::fs::symlink(location, &link)
+            .with_context(|| format!("link {} to {}", link.display(), location.display()))?;
+    }
+    for dir in &manifest.directories {
+        let path = data_dir.join(&dir.path);
+        if !path.exists() {
+            std::fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(dir.mode))
+            .with_context(|| format!("set the mode of {}", path.display()))?;
+    }
+    std::fs::create_dir_all(data_dir.join("pg_wal/archive_status"))
+        .with_context(|| format!("create {}", data_dir.join("pg_wal").display()))?;
+
+    let progress = Progress::new(&manifest.id, manifest.size);
+    stream::iter(&manifest.files)
+        .map(|file| {
+            let progress = &progress;
+            async move {
+                let dest = data_dir.join(&file.path);
+                let key = file_key(&file.stored_in, &file.path);
+                let found = repo
+                    .get_to_file(&key, &dest, cancel)
+                    .await
+                    .with_context(|| format!("restore {}", file.path))?;
+                if !found {
+                    bail!(
+                        "object {key} of backup {} is missing from {}",
+                        manifest.id,
+                        repo.describe()
+                    );
+                }
+                tokio::fs::set_permissions(&dest, std::fs::Permissions::from_mode(file.mode))
+                    .await
+                    .with_context(|| format!("set the mode of {}", dest.display()))?;
+                progress.add(file.size);
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(options.concurrency.max(1))
+        .try_collect::<()>()
+        .await?;
+    progress.finish();
+
+    for name in ["backup_label", "tablespace_map"] {
+        let key = label_key(&manifest.id, name);
+        match repo
+            .get_bytes(&key)
+            .await
+            .with_context(|| format!("read {key}"))?
+        {
+            Some(content) => write_file(&data_dir.join(name), &content)?,
+            None if name == "backup_label" => bail!(
+                "backup {} has no backup_label in {}",
+                manifest.id,
+                repo.describe()
+            ),
+            None => {}
+        }
+    }
+    // Last: with recovery.signal the directory is a cluster that recovers.
+    options.recovery.write(data_dir)?;
+    if let Some(owner) = &options.owner {
+        crate::postgres::server::chown_tree(data_dir, owner)?;
+        for tablespace in &manifest.tablespaces {
+            crate::postgres::server::chown_tree(Path::new(&tablespace.location), owner)?;
+        }
+    }
+    crate::fsutil::sync_dir(data_dir)?;
+    Ok(())
+}
+
+/// A data directory (or tablespace location) to restore into: created when missing, refused
+/// when it holds anything unless `force`, then emptied.
+fn prepare_data_dir(dir: &Path, force: bool) -> Result<()> {
+    match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        }
+        Err(e) => return Err(e).with_context(|| format!("read {}", dir.display())),
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                if !force {
+                    bail!(
+                        "{} is not empty; restoring would overwrite it\nHINT: restore into an \
+                         empty directory, or pass --force to replace its content",
+                        dir.display()
+                    );
+                }
+                for entry in std::fs::read_dir(dir)? {
+                    let path = entry?.path();
+                    let removed = if path.is_dir() && !path.is_symlink() {
+                        std::fs::remove_dir_all(&path)
+                    } else {
+                        std::fs::remove_file(&path)
+                    };
+                    removed.with_context(|| format!("remove {}", path.display()))?;
+                }
+            }
+        }
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("set the mode of {}", dir.display()))
+}
+
+/// Writes a small file durably (temp, fsync, rename).
+fn write_file(path: &Path, content: &[u8]) -> Result<()> {
+    let mut file = crate::fsutil::AtomicFile::create(path)
+        .with_context(|| format!("write {}", path.display()))?;
+    file.write_all(content)
+        .and_then(|()| file.commit())
+        .with_context(|| format!("write {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("set the mode of {}", path.display()))
+}

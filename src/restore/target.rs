@@ -1,0 +1,192 @@
+//! Recovery settings of a restored cluster: `recovery.signal`, and a block in
+//! `postgresql.auto.conf` with `restore_command` (pgward's `wal-fetch`) and the recovery
+//! target. A block from an earlier restore is replaced, never stacked: a stale
+//! `recovery_target_time` left behind would stop a later recovery at the wrong point.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use crate::postgres::wal::Lsn;
+
+const BEGIN: &str = "# pgward restore: recovery settings (begin)";
+const END: &str = "# pgward restore: recovery settings (end)";
+
+/// Where recovery stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecoveryTarget {
+    /// Replay all archived WAL.
+    EndOfWal,
+    /// As soon as the backup is consistent.
+    Immediate,
+    /// A timestamp postgres understands (`2026-11-30 03:55:00+00`).
+    Time(String),
+    Lsn(Lsn),
+    Xid(u64),
+    /// A restore point made with `pg_create_restore_point`.
+    Name(String),
+}
+
+/// What postgres does at the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetAction {
+    Pause,
+    Promote,
+    Shutdown,
+}
+
+impl TargetAction {
+    pub fn parse(s: &str) -> Result<TargetAction> {
+        Ok(match s {
+            "pause" => TargetAction::Pause,
+            "promote" => TargetAction::Promote,
+            "shutdown" => TargetAction::Shutdown,
+            other => bail!("invalid target action {other:?} (use pause, promote or shutdown)"),
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            TargetAction::Pause => "pause",
+            TargetAction::Promote => "promote",
+            TargetAction::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Everything written for recovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoverySettings {
+    /// The shell command postgres runs to fetch WAL (`%f`, `%p`).
+    pub restore_command: String,
+    pub target: RecoveryTarget,
+    /// Default: postgres's own (`pause`).
+    pub action: Option<TargetAction>,
+    /// Written into the block's comment.
+    pub backup_id: String,
+}
+
+impl RecoverySettings {
+    /// The `postgresql.auto.conf` block.
+    pub fn block(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "{BEGIN}");
+        let _ = writeln!(out, "# from backup {}", self.backup_id);
+        let _ = writeln!(out, "restore_command = {}", quote(&self.restore_command));
+        let _ = writeln!(out, "recovery_target_timeline = 'latest'");
+        match &self.target {
+            RecoveryTarget::EndOfWal => {}
+            RecoveryTarget::Immediate => {
+                let _ = writeln!(out, "recovery_target = 'immediate'");
+            }
+            RecoveryTarget::Time(t) => {
+                let _ = writeln!(out, "recovery_target_time = {}", quote(t));
+            }
+            RecoveryTarget::Lsn(lsn) => {
+                let _ = writeln!(out, "recovery_target_lsn = '{lsn}'");
+            }
+            RecoveryTarget::Xid(xid) => {
+                let _ = writeln!(out, "recovery_target_xid = '{xid}'");
+            }
+            RecoveryTarget::Name(name) => {
+                let _ = writeln!(out, "recovery_target_name = {}", quote(name));
+            }
+        }
+        if let Some(action) = self.action {
+            let _ = writeln!(out, "recovery_target_action = '{}'", action.name());
+        }
+        let _ = writeln!(out, "{END}");
+        out
+    }
+
+    /// Writes the block into `data_dir/postgresql.auto.conf` (replacing an earlier one) and
+    /// creates `recovery.signal`.
+    pub fn write(&self, data_dir: &Path) -> Result<()> {
+        let conf = data_dir.join("postgresql.auto.conf");
+        let existing = match std::fs::read_to_string(&conf) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e).with_context(|| format!("read {}", conf.display())),
+        };
+        let mut text = without_block(&existing);
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&self.block());
+        super::write_file(&conf, text.as_bytes())?;
+        super::write_file(&data_dir.join("recovery.signal"), b"")
+    }
+}
+
+/// `text` without a block written by an earlier restore.
+fn without_block(text: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in text.lines() {
+        match line.trim() {
+            BEGIN => inside = true,
+            END if inside => inside = false,
+            _ if inside => {}
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// A GUC string literal.
+fn quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(target: RecoveryTarget) -> RecoverySettings {
+        RecoverySettings {
+            restore_command: "/usr/bin/pgward --config '/etc/p g.yaml' wal-fetch %f %p".into(),
+            target,
+            action: Some(TargetAction::Promote),
+            backup_id: "20261130T035500F".into(),
+        }
+    }
+
+    #[test]
+    fn a_block_replaces_the_one_of_an_earlier_restore() {
+        let first = settings(RecoveryTarget::Time("2026-11-30 03:55:00+00".into())).block();
+        assert!(first.contains("recovery_target_time = '2026-11-30 03:55:00+00'\n"));
+        assert!(first.contains(
+            "restore_command = '/usr/bin/pgward --config ''/etc/p g.yaml'' wal-fetch %f %p'\n"
+        ));
+        let conf = format!("work_mem = '8MB'\n{first}max_connections = '50'\n");
+        let second = settings(RecoveryTarget::EndOfWal);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("postgresql.auto.conf"), conf).unwrap();
+        second.write(dir.path()).unwrap();
+        let written = std::fs::read_to_string(dir.path().join("postgresql.auto.conf")).unwrap();
+        assert!(!written.contains("recovery_target_time ="), "{written}");
+        assert!(written.starts_with("work_mem = '8MB'\nmax_connections = '50'\n"));
+        assert!(written.ends_with(&second.block()));
+        assert!(dir.path().join("recovery.signal").exists());
+    }
+
+    #[test]
+    fn targets_and_actions() {
+        let lsn = settings(RecoveryTarget::Lsn(Lsn(0x3_0000_0028))).block();
+        assert!(lsn.contains("recovery_target_lsn = '3/28'\n"), "{lsn}");
+        assert!(settings(RecoveryTarget::Immediate)
+            .block()
+            .contains("recovery_target = 'immediate'\n"));
+        assert!(settings(RecoveryTarget::Name("before-delete".into()))
+            .block()
+            .contains("recovery_target_name = 'before-delete'\n"));
+        assert!(settings(RecoveryTarget::Xid(1234))
+            .block()
+            .contains("recovery_target_action = 'promote'\n"));
+        assert!(TargetAction::parse("resume").is_err());
+    }
+}
