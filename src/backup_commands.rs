@@ -2,7 +2,6 @@
 //! this process, a report out.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use tokio_util::sync::CancellationToken;
@@ -20,11 +19,6 @@ use crate::repo::Repo;
 use crate::restore::target::{RecoverySettings, RecoveryTarget, TargetAction};
 use crate::restore::{restore, RestoreOptions};
 
-/// Files moved at once by a backup or restore.
-const CONCURRENCY: usize = 2;
-/// How long a backup waits for its last WAL segment to be archived.
-const WAL_WAIT: Duration = Duration::from_secs(300);
-
 /// `pgward backup`: exit 0 once the backup is complete (manifest written).
 pub async fn backup(config: &Config, annotations: &[String], keep: bool) -> Result<i32> {
     let annotations = parse_annotations(annotations)?;
@@ -32,8 +26,8 @@ pub async fn backup(config: &Config, annotations: &[String], keep: bool) -> Resu
     let ctx = crate::commands::push_context(config, owner.as_ref()).await?;
     let pg_major = data_dir_major(&config.postgres.data_dir)?;
     let options = BackupOptions {
-        concurrency: CONCURRENCY,
-        wal_wait: WAL_WAIT,
+        concurrency: config.backup.concurrency as usize,
+        wal_wait: config.backup.wal_wait,
         annotations,
         keep,
     };
@@ -142,7 +136,7 @@ pub async fn restore_command(config: &Config, request: &RestoreRequest) -> Resul
         data_dir: std::path::absolute(&data_dir)
             .with_context(|| format!("make {} absolute", data_dir.display()))?,
         force: request.force,
-        concurrency: CONCURRENCY,
+        concurrency: config.backup.concurrency as usize,
         owner,
         recovery: RecoverySettings {
             restore_command: wal_fetch_command(config)?,

@@ -25,6 +25,7 @@ pub struct Config {
     pub control: ControlConfig,
     pub storage: StorageConfig,
     pub wal: WalConfig,
+    pub backup: BackupConfig,
 }
 
 /// `postgres:` — the supervised server.
@@ -301,6 +302,16 @@ pub struct WalConfig {
     /// Segments fetched ahead of the one postgres asks for during recovery; 0 disables
     /// prefetching. Default 8.
     pub prefetch: u32,
+}
+
+/// `backup:` — base backups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackupConfig {
+    /// Files read, compressed and uploaded (or downloaded, at restore) at once. Default 2.
+    pub concurrency: u32,
+    /// How long a backup waits for its last WAL segment to reach the archive. Default 5m.
+    #[serde(serialize_with = "ser_duration")]
+    pub wal_wait: Duration,
 }
 
 /// A secret value: never printed by `Debug`, serialized as `<redacted>`.

@@ -100,6 +100,8 @@ pub(crate) struct RawConfig {
     pub storage: RawStorage,
     #[serde(deserialize_with = "null_as_default")]
     pub wal: RawWal,
+    #[serde(deserialize_with = "null_as_default")]
+    pub backup: RawBackup,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -262,4 +264,11 @@ pub(crate) struct RawWal {
     pub push_concurrency: Option<Text>,
     pub stage: Option<Text>,
     pub prefetch: Option<Text>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawBackup {
+    pub concurrency: Option<Text>,
+    pub wal_wait: Option<Text>,
 }

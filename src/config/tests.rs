@@ -485,6 +485,10 @@ fn defaults(data_dir: &str, superuser: &str, database: &str) -> Config {
             stage: true,
             prefetch: 8,
         },
+        backup: BackupConfig {
+            concurrency: 2,
+            wal_wait: Duration::from_secs(300),
+        },
     }
 }
 
@@ -1003,6 +1007,18 @@ fn storage_problems_are_located() {
     );
     assert!(problem("storage:\n  s4: {}\n")
         .starts_with("cfg.yaml:2:3: storage.s4: unknown field `s4`, expected one of "));
+}
+
+#[test]
+fn backup_problems_are_located() {
+    assert_eq!(
+        problem("backup:\n  concurrency: 0\n"),
+        "cfg.yaml:2:16: backup.concurrency: invalid concurrency \"0\" (use an integer from 1 \
+         to 64)"
+    );
+    assert!(problem("backup:\n  wal_wait: soon\n").starts_with("cfg.yaml:2:13: backup.wal_wait: "));
+    assert!(problem("backup:\n  retention: 3\n")
+        .starts_with("cfg.yaml:2:3: backup.retention: unknown field `retention`"));
 }
 
 #[test]

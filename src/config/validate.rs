@@ -188,6 +188,7 @@ pub(crate) fn validate(raw: RawConfig, cx: &mut Cx<'_>) -> Config {
         control,
         storage,
         wal,
+        backup,
     } = raw;
     let postgres = validate_postgres(postgres, cx);
     let services = validate_services(services, cx);
@@ -196,6 +197,7 @@ pub(crate) fn validate(raw: RawConfig, cx: &mut Cx<'_>) -> Config {
     let control = validate_control(control, &postgres.socket_dir, cx);
     let storage = validate_storage(storage, cx);
     let wal = validate_wal(wal, cx);
+    let backup = validate_backup(backup, cx);
     check_archive_parameters(&postgres, &wal, cx);
     Config {
         source: None,
@@ -206,6 +208,7 @@ pub(crate) fn validate(raw: RawConfig, cx: &mut Cx<'_>) -> Config {
         control,
         storage,
         wal,
+        backup,
     }
 }
 
@@ -984,6 +987,28 @@ fn validate_wal(raw: RawWal, cx: &mut Cx<'_>) -> WalConfig {
                 )),
             })
             .unwrap_or(8),
+    }
+}
+
+fn validate_backup(raw: RawBackup, cx: &mut Cx<'_>) -> BackupConfig {
+    let RawBackup {
+        concurrency,
+        wal_wait,
+    } = raw;
+    BackupConfig {
+        concurrency: cx
+            .parse("backup.concurrency", concurrency, |s| {
+                match parse_count(s)? {
+                    n @ 1..=64 => Ok(n),
+                    _ => Err(format!(
+                        "invalid concurrency {s:?} (use an integer from 1 to 64)"
+                    )),
+                }
+            })
+            .unwrap_or(2),
+        wal_wait: cx
+            .parse("backup.wal_wait", wal_wait, parse_duration)
+            .unwrap_or(Duration::from_secs(300)),
     }
 }
 
