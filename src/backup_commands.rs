@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backup::catalog;
 use crate::backup::manifest::Manifest;
 use crate::backup::progress::human_bytes;
-use crate::backup::take::{take_full, BackupOptions, ClusterIdentity};
+use crate::backup::take::{take, BackupOptions, ClusterIdentity};
 use crate::config::Config;
 use crate::postgres::ready::Target;
 use crate::postgres::server::data_dir_major;
@@ -19,8 +19,14 @@ use crate::repo::Repo;
 use crate::restore::target::{RecoverySettings, RecoveryTarget, TargetAction};
 use crate::restore::{restore, RestoreOptions};
 
-/// `pgward backup`: exit 0 once the backup is complete (manifest written).
-pub async fn backup(config: &Config, annotations: &[String], keep: bool) -> Result<i32> {
+/// `pgward backup`: exit 0 once the backup is complete (manifest written). An incremental
+/// backup builds on the latest backup; without one, it is full.
+pub async fn backup(
+    config: &Config,
+    incremental: bool,
+    annotations: &[String],
+    keep: bool,
+) -> Result<i32> {
     let annotations = parse_annotations(annotations)?;
     let owner = RunAs::for_child(Some(&config.postgres.user))?;
     let ctx = crate::commands::push_context(config, owner.as_ref()).await?;
@@ -35,20 +41,45 @@ pub async fn backup(config: &Config, annotations: &[String], keep: bool) -> Resu
         pg_major,
         system_identifier: ctx.system_identifier,
     };
-    let manifest = take_full(
+    let parent = if incremental {
+        let latest = catalog::backup_ids(&ctx.repo).await?.pop();
+        match latest {
+            Some(id) => Some(catalog::read_manifest(&ctx.repo, &id).await?),
+            None => {
+                tracing::info!("no earlier backup to build on: taking a full backup");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let manifest = take(
         &ctx.repo,
         &server_target(config),
         &config.postgres.data_dir,
         cluster,
+        parent.as_ref(),
         &options,
         &CancellationToken::new(),
     )
     .await?;
+    let copied = manifest
+        .files
+        .iter()
+        .filter(|f| f.stored_in == manifest.id)
+        .count();
     println!(
-        "backup {} complete: {} in {} files, {} stored",
+        "backup {} complete ({}{}): {} in {} files, {} copied, {} stored",
         manifest.id,
+        format!("{:?}", manifest.kind).to_lowercase(),
+        manifest
+            .parent
+            .as_deref()
+            .map(|p| format!(" on {p}"))
+            .unwrap_or_default(),
         human_bytes(manifest.size),
         manifest.files.len(),
+        copied,
         human_bytes(manifest.stored_size)
     );
     Ok(0)
@@ -84,6 +115,63 @@ pub async fn list(config: &Config, json: bool) -> Result<i32> {
     Ok(0)
 }
 
+/// `pgward show <id|latest> [--json]`.
+pub async fn show(config: &Config, which: &str, json: bool) -> Result<i32> {
+    let repo = Repo::open(&config.storage)
+        .with_context(|| format!("open repository {}", config.storage.url))?;
+    let m = catalog::resolve(&repo, which).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary(&m))?);
+        return Ok(0);
+    }
+    let copied = m.files.iter().filter(|f| f.stored_in == m.id).count();
+    let duration = (m.stop_time - m.start_time).num_milliseconds() as f64 / 1e3;
+    println!("backup      {}", m.id);
+    println!(
+        "type        {}{}",
+        format!("{:?}", m.kind).to_lowercase(),
+        m.parent
+            .as_deref()
+            .map(|p| format!(" (on {p})"))
+            .unwrap_or_default()
+    );
+    println!(
+        "postgres    {} (system identifier {})",
+        m.pg_major, m.system_identifier
+    );
+    println!("timeline    {}", m.timeline);
+    println!(
+        "start       {} at {}",
+        m.start_time.format("%Y-%m-%d %H:%M:%S UTC"),
+        m.start_lsn
+    );
+    println!(
+        "stop        {} at {} ({duration:.1} s)",
+        m.stop_time.format("%Y-%m-%d %H:%M:%S UTC"),
+        m.stop_lsn
+    );
+    println!("WAL         {} .. {}", m.start_wal, m.stop_wal);
+    println!(
+        "size        {} in {} files ({} copied by this backup), {} stored",
+        human_bytes(m.size),
+        m.files.len(),
+        copied,
+        human_bytes(m.stored_size)
+    );
+    println!(
+        "checksums   {}",
+        if m.data_checksums { "on" } else { "off" }
+    );
+    println!(
+        "keep        {}",
+        if m.keep { "yes (never expired)" } else { "no" }
+    );
+    for (k, v) in &m.annotations {
+        println!("annotation  {k}={v}");
+    }
+    Ok(0)
+}
+
 /// One backup for `list --json`: the manifest without its file list.
 fn summary(m: &Manifest) -> serde_json::Value {
     let mut value = serde_json::to_value(m).unwrap_or_default();
@@ -91,6 +179,8 @@ fn summary(m: &Manifest) -> serde_json::Value {
         object.remove("files");
         object.remove("directories");
         object.insert("file_count".into(), m.files.len().into());
+        let copied = m.files.iter().filter(|f| f.stored_in == m.id).count();
+        object.insert("files_copied".into(), copied.into());
         object.insert(
             "duration_seconds".into(),
             ((m.stop_time - m.start_time).num_milliseconds() as f64 / 1e3).into(),

@@ -40,9 +40,12 @@ pub enum Command {
     },
     /// Take a base backup of the running cluster into the repository.
     Backup {
-        /// A full backup (the default; incremental backups come later).
-        #[arg(long)]
+        /// A full backup (the default).
+        #[arg(long, conflicts_with = "incremental")]
         full: bool,
+        /// Store only the files changed since the latest backup (full when there is none).
+        #[arg(long)]
+        incremental: bool,
         /// Attach `key=value` to the backup (repeatable).
         #[arg(long = "annotate", value_name = "KEY=VALUE")]
         annotations: Vec<String>,
@@ -53,6 +56,15 @@ pub enum Command {
     /// List the complete backups, oldest first.
     List {
         /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one backup: kind, parent, start and stop, WAL range, sizes, annotations.
+    Show {
+        /// A backup id, or `latest`.
+        #[arg(default_value = "latest")]
+        backup: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },

@@ -66,13 +66,20 @@ fn main() -> ExitCode {
         }
         Command::Backup {
             full: _,
+            incremental,
             annotations,
             keep,
         } => with_config(config_path.as_deref(), |config| {
-            with_runtime(true, backup_commands::backup(&config, &annotations, keep))
+            with_runtime(
+                true,
+                backup_commands::backup(&config, incremental, &annotations, keep),
+            )
         }),
         Command::List { json } => with_config(config_path.as_deref(), |config| {
             with_runtime(false, backup_commands::list(&config, json))
+        }),
+        Command::Show { backup, json } => with_config(config_path.as_deref(), |config| {
+            with_runtime(false, backup_commands::show(&config, &backup, json))
         }),
         Command::Restore {
             backup,

@@ -41,8 +41,11 @@ pub struct FileEntry {
     pub path: String,
     /// Bytes read (a file may change while an online backup reads it; WAL replay fixes that).
     pub size: u64,
-    /// Modification time when read, seconds since the epoch.
+    /// Modification time when read, seconds since the epoch, and its nanoseconds: an
+    /// incremental backup compares both.
     pub mtime: i64,
+    #[serde(default)]
+    pub mtime_nsec: i64,
     /// Unix permission bits.
     pub mode: u32,
     /// BLAKE3 of the content, lowercase hex.
@@ -103,6 +106,30 @@ pub struct Manifest {
     /// `pgward <version>` that took it.
     pub created_by: String,
 }
+
+impl FileEntry {
+    /// Whether `self` (from an earlier backup that started at `taken_at`) still describes a
+    /// file of `size` bytes modified at `mtime`.`mtime_nsec`: then its stored object can serve
+    /// a later backup without reading the file.
+    ///
+    /// File times come from a coarse clock (a few milliseconds on Linux), so a write in the
+    /// same tick as the earlier backup's read would leave them unchanged: a file modified less
+    /// than [`UNSTABLE_WINDOW_SECS`] before that backup started, or after, is never trusted
+    /// and is copied again.
+    pub fn unchanged(
+        &self,
+        size: u64,
+        mtime: i64,
+        mtime_nsec: i64,
+        taken_at: DateTime<Utc>,
+    ) -> bool {
+        let stable = self.mtime < taken_at.timestamp() - UNSTABLE_WINDOW_SECS;
+        stable && self.size == size && self.mtime == mtime && self.mtime_nsec == mtime_nsec
+    }
+}
+
+/// See [`FileEntry::unchanged`].
+pub const UNSTABLE_WINDOW_SECS: i64 = 2;
 
 /// A backup id for `kind` started at `at`: `20261130T035500F`. Ids sort by start time.
 pub fn backup_id(at: DateTime<Utc>, kind: BackupKind) -> String {
@@ -168,5 +195,30 @@ mod tests {
             manifest_key(&full),
             "backups/20261130T035500F/manifest.json"
         );
+    }
+
+    #[test]
+    fn only_files_settled_before_the_earlier_backup_are_trusted_unchanged() {
+        let taken_at = DateTime::parse_from_rfc3339("2026-11-30T03:55:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let entry = |mtime: i64| FileEntry {
+            path: "base/1/1259".into(),
+            size: 8192,
+            mtime,
+            mtime_nsec: 5,
+            mode: 0o600,
+            checksum: "00".into(),
+            stored_size: 100,
+            stored_in: "20261130T035500F".into(),
+        };
+        let old = taken_at.timestamp() - 60;
+        assert!(entry(old).unchanged(8192, old, 5, taken_at));
+        assert!(!entry(old).unchanged(16384, old, 5, taken_at));
+        assert!(!entry(old).unchanged(8192, old, 6, taken_at));
+        assert!(!entry(old).unchanged(8192, old + 1, 5, taken_at));
+        // Written just before (or while) the earlier backup ran: copied again.
+        let recent = taken_at.timestamp() - 1;
+        assert!(!entry(recent).unchanged(8192, recent, 5, taken_at));
     }
 }

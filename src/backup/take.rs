@@ -6,7 +6,7 @@
 //! start to its stop, so it is complete only once the stop segment is in the archive; the
 //! manifest is written after that, last, and is what makes the backup exist.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -58,15 +58,21 @@ struct Walk {
     bytes: u64,
 }
 
-/// Takes a full backup of the cluster at `data_dir`, reachable at `target`, into `repo`.
-pub async fn take_full(
+/// Takes a backup of the cluster at `data_dir`, reachable at `target`, into `repo`: full, or
+/// incremental on top of `parent` (the latest backup), storing only files changed since.
+pub async fn take(
     repo: &Repo,
     target: &Target,
     data_dir: &Path,
     cluster: ClusterIdentity,
+    parent: Option<&Manifest>,
     options: &BackupOptions,
     cancel: &CancellationToken,
 ) -> Result<Manifest> {
+    let kind = match parent {
+        Some(_) => BackupKind::Incremental,
+        None => BackupKind::Full,
+    };
     let client = target
         .connect()
         .await
@@ -74,7 +80,7 @@ pub async fn take_full(
     let data_checksums = preflight(&client).await?;
 
     let start_time = Utc::now();
-    let id = backup_id(start_time, BackupKind::Full);
+    let id = backup_id(start_time, kind);
     let label = format!("pgward backup {id}");
     let start_sql = if cluster.pg_major >= 15 {
         "SELECT pg_backup_start($1, true)::text"
@@ -110,7 +116,7 @@ pub async fn take_full(
         bytes = walk.bytes,
         "copying the data directory"
     );
-    let files = copy_files(repo, &id, walk.files, walk.bytes, options, cancel).await?;
+    let files = copy_files(repo, &id, walk.files, walk.bytes, parent, options, cancel).await?;
 
     let stop_sql = if cluster.pg_major >= 15 {
         "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)"
@@ -147,12 +153,16 @@ pub async fn take_full(
     wait_archived(repo, &client, &stop_wal, options.wal_wait, cancel).await?;
 
     let size = files.iter().map(|f| f.size).sum();
-    let stored_size = files.iter().map(|f| f.stored_size).sum();
+    let stored_size = files
+        .iter()
+        .filter(|f| f.stored_in == id)
+        .map(|f| f.stored_size)
+        .sum();
     let manifest = Manifest {
         format_version: MANIFEST_VERSION,
         id: id.clone(),
-        kind: BackupKind::Full,
-        parent: None,
+        kind,
+        parent: parent.map(|p| p.id.clone()),
         pg_major: cluster.pg_major,
         system_identifier: cluster.system_identifier.to_string(),
         timeline: timeline as u32,
@@ -314,21 +324,36 @@ fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
-/// Stores every file, `concurrency` at a time, logging progress.
+/// Stores every file, `concurrency` at a time, logging progress; with a `parent`, files it
+/// holds unchanged are referenced instead.
 async fn copy_files(
     repo: &Repo,
     id: &str,
     sources: Vec<Source>,
     total: u64,
+    parent: Option<&Manifest>,
     options: &BackupOptions,
     cancel: &CancellationToken,
 ) -> Result<Vec<FileEntry>> {
     let progress = super::progress::Progress::new(id, total);
+    let earlier: HashMap<&str, &FileEntry> = parent
+        .map(|p| p.files.iter().map(|f| (f.path.as_str(), f)).collect())
+        .unwrap_or_default();
+    let earlier = &earlier;
     let results: Vec<Option<FileEntry>> = stream::iter(sources)
         .map(|source| {
             let progress = &progress;
             async move {
-                let entry = copy_file(repo, id, source, cancel).await?;
+                let reference = match (earlier.get(source.path.as_str()), parent) {
+                    (Some(entry), Some(parent)) => {
+                        referenced(entry, &source, parent.start_time).await
+                    }
+                    _ => None,
+                };
+                let entry = match reference {
+                    Some(entry) => Some(entry),
+                    None => copy_file(repo, id, source, cancel).await?,
+                };
                 if let Some(entry) = &entry {
                     progress.add(entry.size);
                 }
@@ -342,6 +367,21 @@ async fn copy_files(
     let mut files: Vec<FileEntry> = results.into_iter().flatten().collect();
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(files)
+}
+
+/// `earlier`'s entry for `source` when the file has not changed since: its object serves.
+async fn referenced(
+    earlier: &FileEntry,
+    source: &Source,
+    earlier_start: chrono::DateTime<Utc>,
+) -> Option<FileEntry> {
+    let meta = tokio::fs::metadata(&source.abs).await.ok()?;
+    earlier
+        .unchanged(meta.len(), meta.mtime(), meta.mtime_nsec(), earlier_start)
+        .then(|| FileEntry {
+            mode: source.mode,
+            ..earlier.clone()
+        })
 }
 
 /// Stores one file; `None` when it vanished (dropped while the backup ran: WAL replay
@@ -375,6 +415,7 @@ async fn copy_file(
         path: source.path,
         size: meta.len(),
         mtime: meta.mtime(),
+        mtime_nsec: meta.mtime_nsec(),
         mode: source.mode,
         checksum: checksum.to_string(),
         stored_size,

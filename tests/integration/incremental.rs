@@ -1,0 +1,126 @@
+//! Incremental backups: they store only what changed since the backup they build on, and a
+//! restore through the chain is exact.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::common::{pgward_bin, Cluster, Pgward};
+use crate::wal::{file_storage, pgbench, start_archiving, BOOT};
+
+fn pgward_json(config: &Path, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(pgward_bin())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("run pgward");
+    assert!(
+        out.status.success(),
+        "pgward {args:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if args.contains(&"--json") {
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    } else {
+        serde_json::Value::Null
+    }
+}
+
+/// (files copied by this backup, files in it)
+fn copied(show: &serde_json::Value) -> (u64, u64) {
+    (
+        show["files_copied"].as_u64().unwrap(),
+        show["file_count"].as_u64().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_backups_store_what_changed_and_restore_exactly() {
+    let cluster = Cluster::new();
+    let storage = file_storage(&cluster);
+    let (config, _pgward, client) = start_archiving(&cluster, &storage).await;
+    pgbench(&cluster, &["-i", "-s", "2", "-q"]);
+
+    // The first "incremental" has nothing to build on: it is full.
+    pgward_json(&config, &["backup", "--incremental"]);
+    let first = pgward_json(&config, &["show", "latest", "--json"]);
+    assert_eq!(first["kind"], "full", "{first}");
+    // Settle: files written around a backup's start are always copied again by the next.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    pgward_json(&config, &["backup", "--incremental"]);
+    let second = pgward_json(&config, &["show", "latest", "--json"]);
+    assert_eq!(second["kind"], "incremental");
+    assert_eq!(second["parent"], first["id"]);
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+
+    client
+        .batch_execute("UPDATE pgbench_branches SET bbalance = bbalance + 7 WHERE bid = 1")
+        .await
+        .unwrap();
+    pgward_json(&config, &["backup", "--incremental"]);
+    let third = pgward_json(&config, &["show", "latest", "--json"]);
+    assert_eq!(third["parent"], second["id"]);
+    let (copied_files, files) = copied(&third);
+    assert!(
+        copied_files * 5 < files,
+        "an incremental after one small update copied {copied_files} of {files} files"
+    );
+    assert!(
+        third["stored_size"].as_u64().unwrap() * 5 < first["stored_size"].as_u64().unwrap(),
+        "{third}\n{first}"
+    );
+
+    let expected: i64 = client
+        .query_one("SELECT sum(bbalance)::int8 FROM pgbench_branches", &[])
+        .await
+        .unwrap()
+        .get(0);
+
+    // Restore the newest backup, to its consistency point only (its WAL is archived by the
+    // time the backup completes): the data comes from three backups' objects.
+    let restored = Cluster::new();
+    let data = restored.data_dir();
+    pgward_json(
+        &config,
+        &[
+            "restore",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--target-immediate",
+            "--target-action",
+            "promote",
+        ],
+    );
+    let restored_config = restored.config(
+        "password: pw",
+        &format!("{storage}wal:\n  archive: false\n"),
+    );
+    let _restored_pgward =
+        Pgward::start(&["--config", restored_config.to_str().unwrap(), "run"], &[]);
+    let restored_client = restored
+        .wait_connect("postgres", "pw", "postgres", BOOT)
+        .await;
+    let deadline = std::time::Instant::now() + BOOT;
+    while restored_client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get::<_, bool>(0)
+    {
+        assert!(std::time::Instant::now() < deadline, "recovery did not end");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let got: i64 = restored_client
+        .query_one("SELECT sum(bbalance)::int8 FROM pgbench_branches", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(got, expected);
+    let accounts: i64 = restored_client
+        .query_one("SELECT count(*) FROM pgbench_accounts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(accounts, 200_000);
+}
