@@ -41,6 +41,14 @@ pub async fn backup(
         pg_major,
         system_identifier: ctx.system_identifier,
     };
+    let unfinished = catalog::unfinished_ids(&ctx.repo).await?;
+    if !unfinished.is_empty() {
+        tracing::warn!(
+            "the repository holds objects of backups that never completed (interrupted, or \
+             running elsewhere now); they are not listed or restored: {}",
+            unfinished.join(", ")
+        );
+    }
     let parent = if incremental {
         let latest = catalog::backup_ids(&ctx.repo).await?.pop();
         match latest {

@@ -64,3 +64,24 @@ pub async fn resolve(repo: &Repo, which: &str) -> Result<Manifest> {
     }
     read_manifest(repo, which).await
 }
+
+/// Ids with objects but no manifest: backups that were interrupted (or are running now in
+/// another process). Never listed or restored; reported so the space they take is known.
+pub async fn unfinished_ids(repo: &Repo) -> Result<Vec<String>> {
+    let objects = repo
+        .list(BACKUPS_PREFIX)
+        .await
+        .with_context(|| format!("list backups in {}", repo.describe()))?;
+    let complete = backup_ids(repo).await?;
+    let mut ids: Vec<String> = objects
+        .iter()
+        .filter_map(|o| {
+            let rest = o.key.strip_prefix(BACKUPS_PREFIX)?.strip_prefix('/')?;
+            let id = rest.split('/').next()?;
+            (check_backup_id(id).is_ok() && !complete.iter().any(|c| c == id))
+                .then(|| id.to_owned())
+        })
+        .collect();
+    ids.dedup();
+    Ok(ids)
+}

@@ -79,8 +79,7 @@ pub async fn take(
         .with_context(|| format!("connect to postgres at {}", target.socket_dir.display()))?;
     let data_checksums = preflight(&client).await?;
 
-    let start_time = Utc::now();
-    let id = backup_id(start_time, kind);
+    let (start_time, id) = unused_id(repo, kind).await?;
     let label = format!("pgward backup {id}");
     let start_sql = if cluster.pg_major >= 15 {
         "SELECT pg_backup_start($1, true)::text"
@@ -195,6 +194,27 @@ pub async fn take(
         "backup complete"
     );
     Ok(manifest)
+}
+
+/// A backup id no object uses yet, and the time it stands for. Ids have a resolution of one
+/// second, and a backup killed in the same second leaves objects under its id: those must
+/// never be mistaken for this backup's (a create-only put would find them), so a used id waits
+/// for the next second.
+async fn unused_id(repo: &Repo, kind: BackupKind) -> Result<(chrono::DateTime<Utc>, String)> {
+    for _ in 0..5 {
+        let now = Utc::now();
+        let id = backup_id(now, kind);
+        let used = repo
+            .list(&layout::backup_prefix(&id))
+            .await
+            .with_context(|| format!("look for objects of backup {id}"))?;
+        if used.is_empty() {
+            return Ok((now, id));
+        }
+        let next_second = 1_000_000_000u32.saturating_sub(now.timestamp_subsec_nanos());
+        tokio::time::sleep(Duration::from_nanos(u64::from(next_second) + 1_000_000)).await;
+    }
+    bail!("no unused backup id after 5 seconds (are backups started in a loop?)")
 }
 
 /// Refuses to start a backup that could not be completed: archiving must be pgward's and

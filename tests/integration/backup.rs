@@ -1,13 +1,13 @@
 //! Base backups and restores with a real postgres and a `file://` repository: a backup taken
 //! under pgward, restored into another directory and recovered by postgres from the archive,
-//! to the end and to a point in time.
+//! to the end and to a point in time; a backup killed midway, and a damaged stored object.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::common::{pgward_bin, Cluster, Pgward};
-use crate::wal::{file_storage, start_archiving, switch_and_wait_archived, BOOT};
+use crate::wal::{file_storage, pgbench, start_archiving, switch_and_wait_archived, BOOT};
 
 fn pgward(config: &Path, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(pgward_bin())
@@ -140,4 +140,214 @@ async fn a_full_backup_restores_to_the_end_of_the_archive_and_to_a_point_in_time
     assert_eq!(code, 0, "restore failed:\n{out}\n{err}");
     let (_restored, rows) = recover_and_count(&pitr, &storage).await;
     assert_eq!(rows, 2000);
+}
+
+/// The complete backups `pgward list --json` reports.
+fn listed(config: &Path) -> Vec<serde_json::Value> {
+    let (code, out, err) = pgward(config, &["list", "--json"]);
+    assert_eq!(code, 0, "list failed: {err}");
+    let list: serde_json::Value = serde_json::from_str(&out).expect("list --json is JSON");
+    list.as_array().expect("list --json is an array").clone()
+}
+
+/// Every regular file below `dir`.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// The backup ids that have a directory in the `file://` repository at `repo`, complete or not.
+fn backup_dirs(repo: &Path) -> Vec<String> {
+    let mut ids: Vec<String> = std::fs::read_dir(repo.join("backups"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_killed_midway_is_never_listed_and_the_next_one_succeeds() {
+    let cluster = Cluster::new();
+    let storage = file_storage(&cluster);
+    let (config, pgward_run, client) = start_archiving(&cluster, &storage).await;
+    // About 170 MiB, most of it in two files, which are copied first: something appears under
+    // the backup's data/ (a stored object or its temp file) long before the copy ends.
+    pgbench(&cluster, &["-i", "-s", "10", "-q"]);
+    let repo = cluster.dir.join("repo");
+
+    let mut killed = Pgward::start(&["--config", config.to_str().unwrap(), "backup"], &[]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        if let [id] = &backup_dirs(&repo)[..] {
+            if !files_under(&repo.join("backups").join(id).join("data")).is_empty() {
+                break id.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no backup object stored; output:\n{}",
+            killed.output()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // The session that holds backup mode: its last statement read the start timeline.
+    let session: i32 = client
+        .query_one(
+            "SELECT pid FROM pg_stat_activity \
+             WHERE query LIKE '%pg_control_checkpoint()%' AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    killed.signal(nix::sys::signal::Signal::SIGKILL);
+    let status = killed.wait_exit(Duration::from_secs(10));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(nix::sys::signal::Signal::SIGKILL as i32),
+        "the backup ended before it was killed; output:\n{}",
+        killed.output()
+    );
+    assert!(
+        !repo
+            .join(format!("backups/{id}/manifest.json.zst"))
+            .exists(),
+        "the killed backup wrote its manifest"
+    );
+
+    // Objects without a manifest: not a backup, for list and restore alike.
+    assert_eq!(listed(&config), Vec::<serde_json::Value>::new());
+    let restored = Cluster::new();
+    let data = restored.data_dir();
+    let (code, out, err) = pgward(
+        &config,
+        &["restore", "latest", "--data-dir", data.to_str().unwrap()],
+    );
+    assert_ne!(code, 0, "restored an interrupted backup:\n{out}\n{err}");
+    assert!(err.contains("there is no complete backup in"), "{err}");
+    assert!(
+        files_under(&data).is_empty(),
+        "the failed restore wrote files"
+    );
+
+    // Postgres ended the session, and with it backup mode, and carries on.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let gone: bool = client
+            .query_one(
+                "SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $1)",
+                &[&session],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if gone {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the killed backup's session {session} is still there"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pgward_run.wait_for_output(
+        "aborting backup due to backend exiting",
+        Duration::from_secs(10),
+    );
+    client
+        .batch_execute("CREATE TABLE after_kill AS SELECT 1 AS i")
+        .await
+        .unwrap();
+    let accounts: i64 = client
+        .query_one("SELECT count(*) FROM pgbench_accounts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(accounts, 1_000_000);
+
+    // The killed backup's objects stay under its id (ids name the start second): the next
+    // backup, maybe in the same second, gets an id of its own and says what it found.
+    let (code, out, err) = pgward(&config, &["backup"]);
+    assert_eq!(code, 0, "backup after the killed one failed:\n{out}\n{err}");
+    assert!(
+        err.contains("never completed") && err.contains(&id),
+        "{err}"
+    );
+    let backups = listed(&config);
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    let new_id = backups[0]["id"].as_str().unwrap();
+    assert_ne!(new_id, id);
+    assert!(out.contains(&format!("backup {new_id} complete")), "{out}");
+    pgward_run.assert_no_errors_except(&[]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_backup_object_fails_the_restore_naming_it() {
+    let cluster = Cluster::new();
+    let storage = file_storage(&cluster);
+    let (config, _pgward, client) = start_archiving(&cluster, &storage).await;
+    client
+        .batch_execute(
+            "CREATE TABLE t AS SELECT i, md5(i::text) AS m FROM generate_series(1, 50000) AS i",
+        )
+        .await
+        .unwrap();
+    let (code, out, err) = pgward(&config, &["backup"]);
+    assert_eq!(code, 0, "backup failed:\n{out}\n{err}");
+    let backups = listed(&config);
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    let id = backups[0]["id"].as_str().unwrap().to_owned();
+
+    // The largest stored object of a relation (`t`): its middle is compressed table data.
+    let stored_data = cluster.dir.join("repo/backups").join(&id).join("data");
+    let stored = files_under(&stored_data.join("base"))
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .expect("stored objects under base/");
+    let mut bytes = std::fs::read(&stored).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&stored, &bytes).unwrap();
+    let rel = stored
+        .strip_prefix(&stored_data)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .strip_suffix(".zst")
+        .expect("stored objects end in .zst")
+        .to_owned();
+
+    let restored = Cluster::new();
+    let data = restored.data_dir();
+    let (code, out, err) = pgward(&config, &["restore", "--data-dir", data.to_str().unwrap()]);
+    assert_ne!(code, 0, "restored a corrupt backup:\n{out}\n{err}");
+    // `restore base/5/16384: object backups/<id>/data/base/5/16384 is corrupt: checksum
+    // mismatch: ...` (or a decompression or length failure, depending on the byte).
+    assert!(
+        err.contains(&format!(
+            "restore {rel}: object backups/{id}/data/{rel} is corrupt: "
+        )),
+        "{err}"
+    );
+    assert!(!data.join(&rel).exists(), "the corrupt file was written");
+    let temp_files: Vec<PathBuf> = files_under(&data)
+        .into_iter()
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(".tmp"))
+        .collect();
+    assert!(temp_files.is_empty(), "temp files left: {temp_files:?}");
+    assert!(
+        !data.join("recovery.signal").exists(),
+        "a failed restore left a directory that recovers"
+    );
 }
