@@ -70,6 +70,18 @@ pub async fn run(
     bootstrap::check_not_half_initialized(&server.data_dir)?;
     if server.is_initialized() {
         server.check_version()?;
+    } else if let Some(which) = &pg.init.from_backup {
+        // A disaster-recovery host (or a copy) in one command: the backup comes back, and
+        // postgres recovers from the archive when it starts, then promotes.
+        tokio::select! {
+            result = crate::backup_commands::bootstrap_from_backup(&config, which, run_as.clone()) => {
+                result.with_context(|| format!("bootstrap from backup {which} failed"))?
+            }
+            Some(ForwardedSignal::Terminate(n)) = signals.recv() => {
+                tracing::warn!("stop requested during the restore; abandoning it");
+                return Ok(128 + n);
+            }
+        }
     } else {
         // A stop request during bootstrap abandons it; the marker left in the data directory
         // makes the next start refuse rather than run on a half-made cluster.

@@ -253,6 +253,34 @@ pub async fn restore_command(config: &Config, request: &RestoreRequest) -> Resul
     Ok(0)
 }
 
+/// `postgres.init.from_backup`: restores `which` into the (empty) data directory, with
+/// recovery to the end of the archive, before `pgward run` starts postgres.
+pub async fn bootstrap_from_backup(
+    config: &Config,
+    which: &str,
+    owner: Option<RunAs>,
+) -> Result<()> {
+    let repo = Repo::open(&config.storage)
+        .with_context(|| format!("open repository {}", config.storage.url))?;
+    let manifest = catalog::resolve(&repo, which).await?;
+    let options = RestoreOptions {
+        data_dir: config.postgres.data_dir.clone(),
+        force: false,
+        concurrency: config.backup.concurrency as usize,
+        owner,
+        recovery: RecoverySettings {
+            restore_command: wal_fetch_command(config)?,
+            target: RecoveryTarget::EndOfWal,
+            action: None,
+            backup_id: manifest.id.clone(),
+        },
+    };
+    tracing::info!(backup = %manifest.id, data_dir = %options.data_dir.display(), "empty data directory: restoring from the repository instead of initdb");
+    restore(&repo, &manifest, &options, &CancellationToken::new()).await?;
+    tracing::info!(backup = %manifest.id, "restored; postgres recovers from the archive when it starts");
+    Ok(())
+}
+
 fn recovery_target(request: &RestoreRequest) -> Result<RecoveryTarget> {
     Ok(if let Some(time) = &request.target_time {
         RecoveryTarget::Time(time.clone())

@@ -39,6 +39,7 @@ const TOP_FILES: &[&str] = &[
     "current_logfiles.tmp",
     "recovery.signal",
     "standby.signal",
+    crate::postgres::bootstrap::INCOMPLETE_MARKER,
 ];
 
 /// The rule for `path` (relative to the data directory, `/`-separated).

@@ -1,5 +1,5 @@
 //! Progress of a long transfer: bytes done of total, rate and time left, as a line rewritten
-//! in place on a terminal, or a log line every [`LOG_EVERY`] otherwise (containers).
+//! in place on a terminal, or a log line every 10 seconds otherwise (containers).
 
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;

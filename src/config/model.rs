@@ -69,6 +69,9 @@ pub struct InitConfig {
     /// Scripts run once against a socket-only server after initdb. Default
     /// `/docker-entrypoint-initdb.d`.
     pub scripts_dir: PathBuf,
+    /// Instead of initdb, restore this backup (`latest` or an id) into the empty data
+    /// directory and recover from the archive. Default: none (initdb).
+    pub from_backup: Option<String>,
 }
 
 /// `postgres.stop:` — how postgres is stopped on SIGTERM/SIGINT.

@@ -133,6 +133,7 @@ pub(crate) struct RawInit {
     pub waldir: Option<Text>,
     pub host_auth_method: Option<Text>,
     pub scripts_dir: Option<Text>,
+    pub from_backup: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize)]

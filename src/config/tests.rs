@@ -424,6 +424,7 @@ fn defaults(data_dir: &str, superuser: &str, database: &str) -> Config {
                 waldir: None,
                 host_auth_method: None,
                 scripts_dir: PathBuf::from("/docker-entrypoint-initdb.d"),
+                from_backup: None,
             },
             stop: StopConfig {
                 mode: StopMode::Fast,

@@ -289,6 +289,7 @@ fn validate_init(raw: RawInit, cx: &mut Cx<'_>) -> InitConfig {
         waldir,
         host_auth_method,
         scripts_dir,
+        from_backup,
     } = raw;
     let superuser = match superuser {
         Some(raw) => cx.string("postgres.init.superuser", Some(raw)),
@@ -323,6 +324,14 @@ fn validate_init(raw: RawInit, cx: &mut Cx<'_>) -> InitConfig {
     let scripts_dir = cx
         .path("postgres.init.scripts_dir", scripts_dir)
         .unwrap_or_else(|| PathBuf::from("/docker-entrypoint-initdb.d"));
+    let from_backup = cx.parse("postgres.init.from_backup", from_backup, |s| {
+        match s == "latest" || crate::backup::manifest::check_backup_id(s).is_ok() {
+            true => Ok(s.to_owned()),
+            false => Err(format!(
+                "invalid from_backup {s:?} (use latest or a backup id such as 20261130T035500F)"
+            )),
+        }
+    });
     InitConfig {
         superuser,
         password,
@@ -331,6 +340,7 @@ fn validate_init(raw: RawInit, cx: &mut Cx<'_>) -> InitConfig {
         waldir,
         host_auth_method,
         scripts_dir,
+        from_backup,
     }
 }
 

@@ -29,8 +29,8 @@ pub fn check_not_half_initialized(data_dir: &Path) -> Result<()> {
     let marker = data_dir.join(INCOMPLETE_MARKER);
     if marker.exists() {
         bail!(
-            "the initialization of data directory {} did not complete (initdb or an init script failed or was interrupted)\n\
-             HINT: read the log of that first start, fix the cause, empty the data directory and start again",
+            "the initialization of data directory {} did not complete (initdb, an init script or a restore failed or was interrupted)\n\
+             HINT: read the log of that run, fix the cause, empty the data directory and start again",
             data_dir.display()
         );
     }
@@ -363,6 +363,7 @@ mod tests {
             waldir: None,
             host_auth_method: method.map(Into::into),
             scripts_dir: "/nonexistent".into(),
+            from_backup: None,
         }
     }
 

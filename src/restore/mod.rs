@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backup::manifest::{file_key, label_key, Manifest};
 use crate::backup::progress::Progress;
+use crate::postgres::bootstrap::INCOMPLETE_MARKER;
 use crate::process::RunAs;
 use crate::repo::Repo;
 use target::RecoverySettings;
@@ -43,6 +44,11 @@ pub async fn restore(
 ) -> Result<()> {
     let data_dir = &options.data_dir;
     prepare_data_dir(data_dir, options.force)?;
+    // Until the end, the directory holds a cluster that must not start (no backup_label
+    // yet: postgres would "recover" from the copied pg_control and serve torn data). The
+    // marker makes `pgward run` refuse it, as it does a half-done initdb.
+    let marker = data_dir.join(INCOMPLETE_MARKER);
+    write_file(&marker, b"restore under way\n")?;
     for tablespace in &manifest.tablespaces {
         let link = data_dir.join("pg_tblspc").join(tablespace.oid.to_string());
         std::fs::create_dir_all(data_dir.join("pg_tblspc"))
@@ -118,6 +124,7 @@ pub async fn restore(
             crate::postgres::server::chown_tree(Path::new(&tablespace.location), owner)?;
         }
     }
+    std::fs::remove_file(&marker).with_context(|| format!("remove {}", marker.display()))?;
     crate::fsutil::sync_dir(data_dir)?;
     Ok(())
 }

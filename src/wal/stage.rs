@@ -129,7 +129,7 @@ impl SegmentStager {
     }
 
     /// The stage of `file_name`, if it was being staged. Blocking: waits for a feeding step
-    /// in progress (at most one [`SLICE`]).
+    /// in progress (at most one feeding slice, 256 KiB).
     pub fn take(&self, file_name: &str) -> Option<Stage> {
         let mut state = self.lock();
         let name = state.stage.as_ref()?.name;

@@ -351,3 +351,54 @@ async fn a_corrupted_backup_object_fails_the_restore_naming_it() {
         "a failed restore left a directory that recovers"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_data_directory_can_start_from_the_latest_backup() {
+    let cluster = Cluster::new();
+    let storage = file_storage(&cluster);
+    let (config, _pgward, client) = start_archiving(&cluster, &storage).await;
+    client
+        .batch_execute("CREATE TABLE t (i int); INSERT INTO t SELECT generate_series(1, 500)")
+        .await
+        .unwrap();
+    let (code, out, err) = pgward(&config, &["backup"]);
+    assert_eq!(code, 0, "backup failed:\n{out}\n{err}");
+    client
+        .batch_execute("INSERT INTO t SELECT generate_series(501, 800)")
+        .await
+        .unwrap();
+    switch_and_wait_archived(&client).await;
+
+    // A disaster-recovery host: same repository, nothing in its data directory, archiving on
+    // (after promotion it archives its own timeline beside the original's).
+    let host = Cluster::new();
+    let host_config = host.config(
+        "password: pw\nfrom_backup: latest",
+        &format!("{storage}wal:\n  archive: true\n"),
+    );
+    let host_pgward = Pgward::start(&["--config", host_config.to_str().unwrap(), "run"], &[]);
+    let host_client = host.wait_connect("postgres", "pw", "postgres", BOOT).await;
+    let deadline = std::time::Instant::now() + BOOT;
+    while host_client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get::<_, bool>(0)
+    {
+        assert!(std::time::Instant::now() < deadline, "recovery did not end");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rows: i64 = host_client
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 800);
+    assert!(!host.data_dir().join("pgward.init-incomplete").exists());
+    let output = host_pgward.output();
+    assert!(
+        output.contains("restoring from the repository instead of initdb"),
+        "{output}"
+    );
+    host_pgward.assert_no_errors_except(&[]);
+}
