@@ -1,5 +1,5 @@
-//! `pgward backup`, `pgward list` and `pgward restore`: config in, a backup or restore run in
-//! this process, a report out.
+//! `pgward backup`, `pgward list`, `pgward restore` and `pgward verify`: config in, a backup,
+//! restore or verification run in this process, a report out.
 
 use std::collections::BTreeMap;
 
@@ -10,12 +10,13 @@ use crate::backup::catalog;
 use crate::backup::manifest::Manifest;
 use crate::backup::progress::human_bytes;
 use crate::backup::take::{take, BackupOptions, ClusterIdentity};
+use crate::backup::verify::{Report, SegSizeSource, VerifyOptions};
 use crate::config::Config;
 use crate::postgres::ready::Target;
 use crate::postgres::server::data_dir_major;
 use crate::postgres::wal::Lsn;
 use crate::process::RunAs;
-use crate::repo::Repo;
+use crate::repo::{Repo, RetryPolicy};
 use crate::restore::target::{RecoverySettings, RecoveryTarget, TargetAction};
 use crate::restore::{restore, RestoreOptions};
 
@@ -197,6 +198,68 @@ fn summary(m: &Manifest) -> serde_json::Value {
     value
 }
 
+/// `pgward verify [--json]`: exit 0 when the backup restores (warnings allowed), 1 when not.
+pub async fn verify(config: &Config, backup: &str, json: bool) -> Result<i32> {
+    let repo = Repo::open(&config.storage)
+        .with_context(|| format!("open repository {}", config.storage.url))?;
+    let manifest = catalog::resolve(&repo, backup).await?;
+    let options = VerifyOptions {
+        concurrency: config.backup.concurrency as usize,
+        retry: RetryPolicy::from_config(&config.storage.retry),
+        data_dir: Some(config.postgres.data_dir.clone()),
+    };
+    let report =
+        crate::backup::verify::verify(&repo, &manifest, &options, &CancellationToken::new())
+            .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", human_report(&report));
+    }
+    Ok(if report.ok { 0 } else { 1 })
+}
+
+/// One line per problem, a note when the WAL segment size was assumed, then the summary.
+fn human_report(report: &Report) -> String {
+    let mut out = String::new();
+    for finding in &report.problems {
+        out.push_str(&format!(
+            "{finding}
+"
+        ));
+    }
+    if report.wal_segment_size_source == SegSizeSource::Assumed {
+        out.push_str(&format!(
+            "note: WAL segment size assumed to be {} MiB (neither the backup's pg_control nor \
+             the data directory's could be read)\n",
+            report.wal_segment_size >> 20
+        ));
+    }
+    let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    let verdict = match (report.errors(), report.warnings()) {
+        (0, 0) => "ok".to_owned(),
+        (0, w) => format!("ok, {}", plural(w, "warning")),
+        (e, 0) => format!("not restorable, {}", plural(e, "error")),
+        (e, w) => format!(
+            "not restorable, {}, {}",
+            plural(e, "error"),
+            plural(w, "warning")
+        ),
+    };
+    let wal_to = report.wal_continuous_to.as_deref().map_or_else(
+        || "not even the start segment".to_owned(),
+        |s| format!("continuous to {s}"),
+    );
+    out.push_str(&format!(
+        "backup {}: {} ({}) and {} ({wal_to}) checked: {verdict}\n",
+        report.backup,
+        plural(report.files_checked, "file"),
+        human_bytes(report.bytes_checked),
+        plural(report.wal_segments_checked, "WAL segment"),
+    ));
+    out
+}
+
 /// What `pgward restore` was asked for.
 #[derive(Debug, Clone, Default)]
 pub struct RestoreRequest {
@@ -334,4 +397,65 @@ fn parse_annotations(raw: &[String]) -> Result<BTreeMap<String, String>> {
             _ => bail!("--annotate {a:?}: expected key=value"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::verify::{Finding, Problem, Severity};
+
+    fn report(problems: Vec<Finding>, source: SegSizeSource) -> Report {
+        Report {
+            backup: "20261130T035500F".into(),
+            ok: problems.iter().all(|p| p.severity != Severity::Error),
+            files_checked: 1203,
+            bytes_checked: 23 << 20,
+            wal_segments_checked: 5,
+            wal_segment_size: 16 << 20,
+            wal_segment_size_source: source,
+            start_wal: "000000010000000000000003".into(),
+            stop_wal: "000000010000000000000004".into(),
+            wal_continuous_to: Some("000000010000000000000007".into()),
+            problems,
+        }
+    }
+
+    #[test]
+    fn the_human_report_lists_problems_then_sums_up() {
+        assert_eq!(
+            human_report(&report(vec![], SegSizeSource::Backup)),
+            "backup 20261130T035500F: 1203 files (23.0 MiB) and 5 WAL segments (continuous to \
+             000000010000000000000007) checked: ok\n"
+        );
+        let problems = vec![
+            Finding {
+                severity: Severity::Error,
+                problem: Problem::MissingObject {
+                    key: "backups/20261130T035500F/data/base/1/1259".into(),
+                },
+            },
+            Finding {
+                severity: Severity::Warning,
+                problem: Problem::WalGap {
+                    segment: "000000010000000000000008".into(),
+                    key: "wal/00000001/000000010000000000000008".into(),
+                    newest: "000000010000000000000009".into(),
+                },
+            },
+        ];
+        let text = human_report(&report(problems, SegSizeSource::Assumed));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert_eq!(
+            lines[0],
+            "error: backups/20261130T035500F/data/base/1/1259: missing from the repository"
+        );
+        assert!(lines[1].starts_with("warning: wal/00000001/000000010000000000000008: "));
+        assert!(lines[2].starts_with("note: WAL segment size assumed to be 16 MiB"));
+        assert!(
+            lines[3].ends_with("checked: not restorable, 1 error, 1 warning"),
+            "{}",
+            lines[3]
+        );
+    }
 }

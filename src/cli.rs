@@ -98,6 +98,16 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Check a backup without restoring it: every object against its checksum, and the WAL
+    /// it needs in the archive. Exit 0 when it restores, 1 when anything it needs is wrong.
+    Verify {
+        /// A backup id, or `latest`.
+        #[arg(default_value = "latest")]
+        backup: String,
+        /// Print JSON instead of a report.
+        #[arg(long)]
+        json: bool,
+    },
     /// Ask the running daemon for the state of every service.
     Status {
         /// Print JSON instead of a table.

@@ -107,6 +107,9 @@ fn main() -> ExitCode {
                 with_runtime(true, backup_commands::restore_command(&config, &request))
             })
         }
+        Command::Verify { backup, json } => with_config(config_path.as_deref(), |config| {
+            with_runtime(true, backup_commands::verify(&config, &backup, json))
+        }),
         Command::Run => run(config_path.as_deref()),
     }
 }

@@ -310,7 +310,8 @@ pub struct WalConfig {
 /// `backup:` — base backups.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BackupConfig {
-    /// Files read, compressed and uploaded (or downloaded, at restore) at once. Default 2.
+    /// Files read, compressed and uploaded (or downloaded, at restore; checked, at verify) at
+    /// once. Default 2.
     pub concurrency: u32,
     /// How long a backup waits for its last WAL segment to reach the archive. Default 5m.
     #[serde(serialize_with = "ser_duration")]

@@ -19,7 +19,8 @@
 //!   window (a few MiB at the default levels).
 //! - download: the body's chunks (as the store delivers them, typically ≤ 64 KiB) through a
 //!   channel of [`CHANNEL_DEPTH`] × 4 to a decoder thread, which writes a temp file beside the
-//!   destination (see [`crate::fsutil::AtomicFile`]).
+//!   destination (see [`crate::fsutil::AtomicFile`]). [`Repo::verify`] is the same download
+//!   into a sink that discards.
 //!
 //! # Create-only
 //!
@@ -114,6 +115,17 @@ pub struct ObjectSummary {
     /// Stored (encoded) size in bytes.
     pub size: u64,
     pub last_modified: DateTime<Utc>,
+}
+
+/// What [`Repo::verify`] found in a well-formed object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    /// Length of the decoded content.
+    pub len: u64,
+    /// BLAKE3 of the decoded content (equal to the trailer's, or the object is corrupt).
+    pub checksum: Checksum,
+    /// Stored (encoded) size.
+    pub stored_bytes: u64,
 }
 
 /// What a put did.
@@ -432,6 +444,50 @@ impl Repo {
             }
         }
         Ok(false)
+    }
+
+    /// Streams `key` through the decoder into nothing: header, decompression, length and
+    /// the trailer's checksum are verified, and what the content is (length, checksum) is
+    /// returned, with the stored size. `Ok(None)` when `key` is absent under every codec.
+    /// Memory is bounded like a download's.
+    ///
+    /// Cancel safety: nothing is written; cancelling just stops the read.
+    pub async fn verify(
+        &self,
+        key: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Verified>, RepoError> {
+        if cancel.is_cancelled() {
+            return Err(RepoError::Cancelled);
+        }
+        for codec in self.codecs() {
+            let path = self.path(key, codec)?;
+            let result = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Err(RepoError::Cancelled),
+                r = self.inner.store.get(&path) => r,
+            };
+            match result {
+                Ok(get) => {
+                    let stored_bytes = get.meta.size;
+                    let key_owned = key.to_owned();
+                    let digest = self
+                        .decode_stream(key, get, cancel, move |reader| {
+                            frame::decode(reader, io::sink())
+                                .map_err(|e| decode_error(&key_owned, Path::new("<sink>"), e))
+                        })
+                        .await?;
+                    return Ok(Some(Verified {
+                        len: digest.len,
+                        checksum: digest.checksum,
+                        stored_bytes,
+                    }));
+                }
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(RepoError::storage(key, e)),
+            }
+        }
+        Ok(None)
     }
 
     /// Reads, decodes and verifies a small object (at most 64 MiB stored) into memory.
@@ -807,24 +863,38 @@ impl Repo {
         dest: &Path,
         cancel: &CancellationToken,
     ) -> Result<(), RepoError> {
+        let (key_owned, dest_owned) = (key.to_owned(), dest.to_owned());
+        self.decode_stream(key, get, cancel, move |reader| {
+            let dest = dest_owned;
+            let file =
+                crate::fsutil::AtomicFile::create(&dest).map_err(|e| RepoError::io(&dest, e))?;
+            let mut out = io::BufWriter::with_capacity(256 * 1024, file);
+            frame::decode(reader, &mut out).map_err(|e| decode_error(&key_owned, &dest, e))?;
+            let file = out
+                .into_inner()
+                .map_err(|e| RepoError::io(&dest, e.into_error()))?;
+            file.commit().map_err(|e| RepoError::io(&dest, e))
+        })
+        .await
+    }
+
+    /// Feeds a get's body, through a bounded channel, to `decode` running on a blocking
+    /// thread, and returns what it returns. A storage error while reading the body wins over
+    /// the decoder's (which then only saw an interrupted stream).
+    async fn decode_stream<T: Send + 'static>(
+        &self,
+        key: &str,
+        get: object_store::GetResult,
+        cancel: &CancellationToken,
+        decode: impl FnOnce(ChannelReader) -> Result<T, RepoError> + Send + 'static,
+    ) -> Result<T, RepoError> {
         let (tx, rx) = mpsc::channel::<Option<Bytes>>(CHANNEL_DEPTH * 4);
-        let decoder = {
-            let (key, dest) = (key.to_owned(), dest.to_owned());
-            tokio::task::spawn_blocking(move || -> Result<(), RepoError> {
-                let file = crate::fsutil::AtomicFile::create(&dest)
-                    .map_err(|e| RepoError::io(&dest, e))?;
-                let mut out = io::BufWriter::with_capacity(256 * 1024, file);
-                let reader = ChannelReader {
-                    rx,
-                    current: Bytes::new(),
-                };
-                frame::decode(reader, &mut out).map_err(|e| decode_error(&key, &dest, e))?;
-                let file = out
-                    .into_inner()
-                    .map_err(|e| RepoError::io(&dest, e.into_error()))?;
-                file.commit().map_err(|e| RepoError::io(&dest, e))
+        let decoder = tokio::task::spawn_blocking(move || {
+            decode(ChannelReader {
+                rx,
+                current: Bytes::new(),
             })
-        };
+        });
         let mut body = get.into_stream();
         let fed: Result<(), RepoError> = async {
             loop {
@@ -849,12 +919,12 @@ impl Repo {
             }
         }
         .await;
-        // Without the end marker the decoder sees an interrupted stream and discards its
-        // temp file.
+        // Without the end marker the decoder sees an interrupted stream (and a download
+        // discards its temp file).
         drop(tx);
         let decoded = decoder
             .await
-            .map_err(|e| RepoError::io(dest, io::Error::other(e)))?;
+            .map_err(|e| RepoError::io("<decoder thread>", io::Error::other(e)))?;
         fed?;
         decoded
     }

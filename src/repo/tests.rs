@@ -310,6 +310,56 @@ async fn corrupted_and_truncated_objects_are_reported_by_key() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_decodes_into_nothing_and_reports_what_it_found() {
+    let l = local();
+    let scratch = tempfile::tempdir().expect("temp dir");
+    // Larger than the decoder's channel holds: the stream must be fed, not buffered whole.
+    let data = content(6, 3 * MIB, MIB);
+    let src = write_file(scratch.path(), "src", &data);
+    for codec in Codec::ALL {
+        let repo = Repo::open_with_store(l.store.clone(), "v", codec, 3);
+        assert_eq!(repo.verify(SEGMENT, &never()).await.expect("verify"), None);
+        let outcome = repo
+            .put_file_create(SEGMENT, &src, &never())
+            .await
+            .expect("put");
+        let found = repo
+            .verify(SEGMENT, &never())
+            .await
+            .expect("verify")
+            .expect("present");
+        let stored = l
+            .dir
+            .path()
+            .join(format!("v/{SEGMENT}.{}", codec.extension()));
+        let good = std::fs::read(&stored).expect("stored object");
+        assert_eq!(
+            found,
+            Verified {
+                len: data.len() as u64,
+                checksum: outcome.checksum(),
+                stored_bytes: good.len() as u64,
+            }
+        );
+
+        let mut flipped = good.clone();
+        flipped[good.len() / 2] ^= 0x40;
+        std::fs::write(&stored, &flipped).expect("corrupt it");
+        assert!(matches!(
+            repo.verify(SEGMENT, &never()).await,
+            Err(RepoError::Corrupt { ref key, .. }) if key == SEGMENT
+        ));
+        let cancelled = CancellationToken::new();
+        cancelled.cancel();
+        assert!(matches!(
+            repo.verify(SEGMENT, &cancelled).await,
+            Err(RepoError::Cancelled)
+        ));
+        repo.delete(SEGMENT).await.expect("delete");
+    }
+}
+
 #[tokio::test]
 async fn list_strips_the_prefix_and_extensions() {
     for (name, store, _keep) in stores() {

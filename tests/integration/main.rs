@@ -14,4 +14,5 @@ mod pid1;
 mod postgres_run;
 mod services;
 mod storage;
+mod verify;
 mod wal;
