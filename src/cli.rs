@@ -108,6 +108,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Health checks (server, archiving, repository, backups), each OK or FAILED; exit 1 when
+    /// any failed.
+    Check {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Ask the running daemon for the state of every service.
     Status {
         /// Print JSON instead of a table.

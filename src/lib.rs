@@ -27,6 +27,7 @@
 pub mod app;
 pub mod backup;
 pub mod backup_commands;
+pub mod check;
 pub mod cli;
 pub mod commands;
 pub mod config;

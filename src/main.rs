@@ -78,6 +78,13 @@ fn main() -> ExitCode {
         Command::List { json } => with_config(config_path.as_deref(), |config| {
             with_runtime(false, backup_commands::list(&config, json))
         }),
+        Command::Check { json } => with_config(config_path.as_deref(), |config| {
+            with_runtime(false, async move {
+                let results = pgward::check::run(&config).await;
+                pgward::check::print(&results, json)?;
+                Ok(if results.iter().all(|r| r.ok) { 0 } else { 1 })
+            })
+        }),
         Command::Show { backup, json } => with_config(config_path.as_deref(), |config| {
             with_runtime(false, backup_commands::show(&config, &backup, json))
         }),

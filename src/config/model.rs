@@ -305,6 +305,10 @@ pub struct WalConfig {
     /// Segments fetched ahead of the one postgres asks for during recovery; 0 disables
     /// prefetching. Default 8.
     pub prefetch: u32,
+    /// `pgward check` fails when WAL waits longer than this to be archived. Default: the
+    /// server's `checkpoint_timeout` plus 2 minutes.
+    #[serde(serialize_with = "ser_opt_duration")]
+    pub max_age: Option<Duration>,
 }
 
 /// `backup:` — base backups.
@@ -316,6 +320,11 @@ pub struct BackupConfig {
     /// How long a backup waits for its last WAL segment to reach the archive. Default 5m.
     #[serde(serialize_with = "ser_duration")]
     pub wal_wait: Duration,
+    /// `pgward check` fails when the newest complete backup is older. Default: no limit.
+    #[serde(serialize_with = "ser_opt_duration")]
+    pub max_age: Option<Duration>,
+    /// `pgward check` fails with fewer complete full backups. Default 1.
+    pub min_redundancy: u32,
 }
 
 /// A secret value: never printed by `Debug`, serialized as `<redacted>`.

@@ -265,6 +265,7 @@ pub(crate) struct RawWal {
     pub push_concurrency: Option<Text>,
     pub stage: Option<Text>,
     pub prefetch: Option<Text>,
+    pub max_age: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -272,4 +273,6 @@ pub(crate) struct RawWal {
 pub(crate) struct RawBackup {
     pub concurrency: Option<Text>,
     pub wal_wait: Option<Text>,
+    pub max_age: Option<Text>,
+    pub min_redundancy: Option<Text>,
 }

@@ -485,10 +485,13 @@ fn defaults(data_dir: &str, superuser: &str, database: &str) -> Config {
             push_concurrency: 4,
             stage: true,
             prefetch: 8,
+            max_age: None,
         },
         backup: BackupConfig {
             concurrency: 2,
             wal_wait: Duration::from_secs(300),
+            max_age: None,
+            min_redundancy: 1,
         },
     }
 }
@@ -899,6 +902,7 @@ wal:
             push_concurrency: 64,
             stage: true,
             prefetch: 0,
+            max_age: None,
         }
     );
     // With wal.archive off, the archive parameters are the user's.

@@ -960,6 +960,7 @@ fn validate_wal(raw: RawWal, cx: &mut Cx<'_>) -> WalConfig {
         push_concurrency,
         stage,
         prefetch,
+        max_age,
     } = raw;
     WalConfig {
         archive: cx.bool("wal.archive", archive).unwrap_or(true),
@@ -997,6 +998,7 @@ fn validate_wal(raw: RawWal, cx: &mut Cx<'_>) -> WalConfig {
                 )),
             })
             .unwrap_or(8),
+        max_age: cx.parse("wal.max_age", max_age, parse_duration),
     }
 }
 
@@ -1004,6 +1006,8 @@ fn validate_backup(raw: RawBackup, cx: &mut Cx<'_>) -> BackupConfig {
     let RawBackup {
         concurrency,
         wal_wait,
+        max_age,
+        min_redundancy,
     } = raw;
     BackupConfig {
         concurrency: cx
@@ -1019,6 +1023,10 @@ fn validate_backup(raw: RawBackup, cx: &mut Cx<'_>) -> BackupConfig {
         wal_wait: cx
             .parse("backup.wal_wait", wal_wait, parse_duration)
             .unwrap_or(Duration::from_secs(300)),
+        max_age: cx.parse("backup.max_age", max_age, parse_duration),
+        min_redundancy: cx
+            .parse("backup.min_redundancy", min_redundancy, parse_count)
+            .unwrap_or(1),
     }
 }
 

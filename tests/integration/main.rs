@@ -8,6 +8,7 @@ mod common;
 mod storage_servers;
 
 mod backup;
+mod check;
 mod config_cli;
 mod incremental;
 mod pid1;

@@ -1,0 +1,381 @@
+//! `pgward check`: can this cluster be recovered right now? A list of checks in the manner of
+//! Barman's `check`, each OK or FAILED with the reason, and an exit code for monitoring.
+//!
+//! Every check runs even when an earlier one failed (a monitoring run wants the whole
+//! picture); those that need the server or the repository say so when it is unreachable.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::backup::manifest::{BackupKind, Manifest};
+use crate::postgres::ready::Target;
+
+/// The outcome of one check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CheckResult {
+    pub name: &'static str,
+    pub ok: bool,
+    /// Why it failed, or what was found.
+    pub detail: String,
+}
+
+impl CheckResult {
+    fn ok(name: &'static str, detail: impl Into<String>) -> CheckResult {
+        CheckResult {
+            name,
+            ok: true,
+            detail: detail.into(),
+        }
+    }
+
+    fn failed(name: &'static str, detail: impl Into<String>) -> CheckResult {
+        CheckResult {
+            name,
+            ok: false,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// What the server said, for the checks that need it.
+#[derive(Debug, Clone)]
+pub struct ServerFacts {
+    pub wal_level: String,
+    pub archive_mode: String,
+    pub archive_command: String,
+    pub checkpoint_timeout: Duration,
+    pub last_archived_wal: Option<String>,
+    pub last_archived_time: Option<DateTime<Utc>>,
+    pub last_failed_wal: Option<String>,
+    pub last_failed_time: Option<DateTime<Utc>>,
+    /// How long the oldest `.ready` file has waited.
+    pub oldest_ready_age: Option<Duration>,
+    pub in_recovery: bool,
+}
+
+/// Reads [`ServerFacts`] over one session, and the `.ready` files of `data_dir`.
+pub async fn server_facts(
+    target: &Target,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<ServerFacts> {
+    let client = target.connect().await?;
+    let row = client
+        .query_one(
+            "SELECT current_setting('wal_level'), current_setting('archive_mode'), \
+             current_setting('archive_command'), \
+             extract(epoch FROM current_setting('checkpoint_timeout')::interval)::float8, \
+             last_archived_wal, \
+             extract(epoch FROM last_archived_time)::float8, \
+             last_failed_wal, extract(epoch FROM last_failed_time)::float8, \
+             pg_is_in_recovery() \
+             FROM pg_stat_archiver",
+            &[],
+        )
+        .await?;
+    let time =
+        |v: Option<f64>| v.and_then(|s| DateTime::<Utc>::from_timestamp(s.trunc() as i64, 0));
+    Ok(ServerFacts {
+        wal_level: row.get(0),
+        archive_mode: row.get(1),
+        archive_command: row.get(2),
+        checkpoint_timeout: Duration::from_secs_f64(row.get::<_, f64>(3).max(0.0)),
+        last_archived_wal: row.get(4),
+        last_archived_time: time(row.get(5)),
+        last_failed_wal: row.get(6),
+        last_failed_time: time(row.get(7)),
+        in_recovery: row.get(8),
+        oldest_ready_age: {
+            let data_dir = data_dir.to_owned();
+            tokio::task::spawn_blocking(move || oldest_ready_age(&data_dir)).await?
+        },
+    })
+}
+
+/// The checks on the server's settings and archiver (pure).
+pub fn server_checks(facts: &ServerFacts, wal_max_age: Option<Duration>) -> Vec<CheckResult> {
+    let mut out = vec![CheckResult::ok("postgres", "reachable")];
+    out.push(match facts.wal_level.as_str() {
+        "replica" | "logical" => CheckResult::ok("wal_level", facts.wal_level.clone()),
+        other => CheckResult::failed(
+            "wal_level",
+            format!("{other}: backups need replica or logical"),
+        ),
+    });
+    out.push(match facts.archive_mode.as_str() {
+        "on" | "always" => CheckResult::ok("archive_mode", facts.archive_mode.clone()),
+        other => CheckResult::failed("archive_mode", format!("{other}: WAL is not archived")),
+    });
+    out.push(if facts.archive_command.contains(" wal-push ") {
+        CheckResult::ok("archive_command", "pgward wal-push")
+    } else {
+        CheckResult::failed(
+            "archive_command",
+            format!("{:?} is not pgward's wal-push", facts.archive_command),
+        )
+    });
+    let failing = match (facts.last_failed_time, facts.last_archived_time) {
+        (Some(failed), Some(archived)) => failed > archived,
+        (Some(_), None) => true,
+        _ => false,
+    };
+    out.push(if failing {
+        CheckResult::failed(
+            "archiver",
+            format!(
+                "failing: {} could not be archived (last attempt {}); see pgward's log",
+                facts.last_failed_wal.as_deref().unwrap_or("?"),
+                facts
+                    .last_failed_time
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_default()
+            ),
+        )
+    } else {
+        CheckResult::ok("archiver", "no failures since the last success")
+    });
+    out.push(wal_age_check(facts, wal_max_age));
+    out
+}
+
+/// Archiving must not lag: the oldest WAL file waiting to be archived (`.ready`) must be
+/// younger than the limit. An idle server has nothing waiting, whatever the age of its last
+/// archived segment.
+fn wal_age_check(facts: &ServerFacts, max_age: Option<Duration>) -> CheckResult {
+    const NAME: &str = "wal_archived_age";
+    let limit = max_age.unwrap_or(facts.checkpoint_timeout + Duration::from_secs(120));
+    let limit_text = humantime::format_duration(limit).to_string();
+    let last = facts.last_archived_wal.as_deref().unwrap_or("none yet");
+    match facts.oldest_ready_age {
+        None => CheckResult::ok(NAME, format!("nothing waiting (last archived: {last})")),
+        Some(age) => {
+            let age_text = humantime::format_duration(Duration::from_secs(age.as_secs()));
+            if age > limit {
+                CheckResult::failed(
+                    NAME,
+                    format!("WAL has waited {age_text} to be archived, above {limit_text} (last archived: {last})"),
+                )
+            } else {
+                CheckResult::ok(
+                    NAME,
+                    format!("oldest waiting for {age_text} (limit {limit_text})"),
+                )
+            }
+        }
+    }
+}
+
+/// Age of the oldest `.ready` file in `data_dir` (blocking; `None` when there is none).
+pub fn oldest_ready_age(data_dir: &std::path::Path) -> Option<Duration> {
+    let entries = std::fs::read_dir(data_dir.join("pg_wal/archive_status")).ok()?;
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.ends_with(".ready"))
+        })
+        .filter_map(|e| e.metadata().ok()?.modified().ok())
+        .min()
+        .map(|oldest| {
+            std::time::SystemTime::now()
+                .duration_since(oldest)
+                .unwrap_or_default()
+        })
+}
+
+/// The checks on the catalogue (pure).
+pub fn backup_checks(
+    manifests: &[Manifest],
+    now: DateTime<Utc>,
+    max_age: Option<Duration>,
+    min_redundancy: u32,
+) -> Vec<CheckResult> {
+    let fulls = manifests
+        .iter()
+        .filter(|m| m.kind == BackupKind::Full)
+        .count();
+    let mut out = vec![if fulls as u32 >= min_redundancy {
+        CheckResult::ok(
+            "minimum_redundancy",
+            format!("{fulls} full backups (at least {min_redundancy})"),
+        )
+    } else {
+        CheckResult::failed(
+            "minimum_redundancy",
+            format!("{fulls} full backups, at least {min_redundancy} wanted"),
+        )
+    }];
+    let newest = manifests.iter().max_by_key(|m| m.stop_time);
+    out.push(match (newest, max_age) {
+        (None, _) => CheckResult::failed("backup_age", "no complete backup"),
+        (Some(m), limit) => {
+            let age = (now - m.stop_time).to_std().unwrap_or_default();
+            let age_text = humantime::format_duration(Duration::from_secs(age.as_secs()));
+            match limit {
+                Some(limit) if age > limit => CheckResult::failed(
+                    "backup_age",
+                    format!(
+                        "the newest backup {} is {age_text} old, above {}",
+                        m.id,
+                        humantime::format_duration(limit)
+                    ),
+                ),
+                Some(limit) => CheckResult::ok(
+                    "backup_age",
+                    format!(
+                        "{} is {age_text} old (limit {})",
+                        m.id,
+                        humantime::format_duration(limit)
+                    ),
+                ),
+                None => CheckResult::ok(
+                    "backup_age",
+                    format!("{} is {age_text} old (no limit)", m.id),
+                ),
+            }
+        }
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn healthy() -> ServerFacts {
+        ServerFacts {
+            wal_level: "replica".into(),
+            archive_mode: "on".into(),
+            archive_command: "test -f x || /usr/bin/pgward --config /c wal-push %p".into(),
+            checkpoint_timeout: Duration::from_secs(300),
+            last_archived_wal: Some("000000010000000000000009".into()),
+            last_archived_time: Some(at("2026-11-30T10:00:00Z")),
+            last_failed_wal: None,
+            last_failed_time: None,
+            oldest_ready_age: None,
+            in_recovery: false,
+        }
+    }
+
+    fn failed(results: &[CheckResult]) -> Vec<&'static str> {
+        results.iter().filter(|r| !r.ok).map(|r| r.name).collect()
+    }
+
+    #[test]
+    fn an_idle_healthy_server_passes_however_old_its_last_segment() {
+        let results = server_checks(&healthy(), None);
+        assert!(failed(&results).is_empty(), "{results:?}");
+    }
+
+    #[test]
+    fn wal_waiting_longer_than_the_limit_fails() {
+        let mut facts = healthy();
+        facts.oldest_ready_age = Some(Duration::from_secs(419));
+        assert!(failed(&server_checks(&facts, None)).is_empty());
+        facts.oldest_ready_age = Some(Duration::from_secs(421));
+        assert_eq!(failed(&server_checks(&facts, None)), ["wal_archived_age"]);
+        facts.oldest_ready_age = Some(Duration::from_secs(61));
+        let tight = Some(Duration::from_secs(60));
+        assert_eq!(failed(&server_checks(&facts, tight)), ["wal_archived_age"]);
+    }
+
+    #[test]
+    fn settings_and_a_failing_archiver_are_reported() {
+        let mut facts = healthy();
+        facts.wal_level = "minimal".into();
+        facts.archive_mode = "off".into();
+        facts.archive_command = "cp %p /x/%f".into();
+        facts.last_failed_wal = Some("00000001000000000000000A".into());
+        facts.last_failed_time = Some(at("2026-11-30T10:01:00Z"));
+        let results = server_checks(&facts, None);
+        assert_eq!(
+            failed(&results),
+            ["wal_level", "archive_mode", "archive_command", "archiver"]
+        );
+        assert!(results[4].detail.contains("00000001000000000000000A"));
+    }
+
+    #[test]
+    fn redundancy_and_backup_age() {
+        let results = backup_checks(&[], at("2026-11-30T10:00:00Z"), None, 1);
+        assert_eq!(failed(&results), ["minimum_redundancy", "backup_age"]);
+    }
+}
+
+/// Runs every check for `config`'s cluster and repository.
+pub async fn run(config: &crate::config::Config) -> Vec<CheckResult> {
+    let now = Utc::now();
+    let target = crate::backup_commands::server_target(config);
+    let mut out = match server_facts(&target, &config.postgres.data_dir).await {
+        Ok(facts) => server_checks(&facts, config.wal.max_age),
+        Err(e) => vec![CheckResult::failed(
+            "postgres",
+            format!("cannot connect at {}: {e:#}", target.socket_dir.display()),
+        )],
+    };
+    out.extend(repository_checks(config).await);
+    match crate::repo::Repo::open(&config.storage) {
+        Ok(repo) => match crate::backup::catalog::manifests(&repo).await {
+            Ok(manifests) => out.extend(backup_checks(
+                &manifests,
+                now,
+                config.backup.max_age,
+                config.backup.min_redundancy,
+            )),
+            Err(e) => out.push(CheckResult::failed("backups", format!("{e:#}"))),
+        },
+        Err(e) => out.push(CheckResult::failed("backups", format!("{e:#}"))),
+    }
+    out
+}
+
+/// The repository is reachable, writable, and this cluster's.
+async fn repository_checks(config: &crate::config::Config) -> Vec<CheckResult> {
+    let owner = crate::process::RunAs::for_child(Some(&config.postgres.user))
+        .ok()
+        .flatten();
+    let ctx = match crate::commands::push_context(config, owner.as_ref()).await {
+        Ok(ctx) => ctx,
+        Err(e) => return vec![CheckResult::failed("repository", format!("{e:#}"))],
+    };
+    let mut out = vec![CheckResult::ok(
+        "system_identifier",
+        format!("{} matches {}", ctx.system_identifier, ctx.repo.describe()),
+    )];
+    let probe = format!("check/probe-{}", std::process::id());
+    let written = ctx
+        .repo
+        .put_bytes(
+            &probe,
+            b"pgward check".to_vec(),
+            crate::repo::PutMode::Overwrite,
+        )
+        .await;
+    let _ = ctx.repo.delete(&probe).await;
+    out.push(match written {
+        Ok(_) => CheckResult::ok("repository", format!("{} is writable", ctx.repo.describe())),
+        Err(e) => CheckResult::failed("repository", format!("cannot write: {e:#}")),
+    });
+    out
+}
+
+/// Prints `results` as a table (or JSON).
+pub fn print(results: &[CheckResult], json: bool) -> anyhow::Result<()> {
+    if json {
+        let ok = results.iter().all(|r| r.ok);
+        let value = serde_json::json!({ "ok": ok, "checks": results });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    for r in results {
+        let verdict = if r.ok { "OK" } else { "FAILED" };
+        println!("{:<20} {:<6} {}", r.name, verdict, r.detail);
+    }
+    Ok(())
+}
