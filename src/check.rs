@@ -240,74 +240,6 @@ pub fn backup_checks(
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn at(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-    }
-
-    fn healthy() -> ServerFacts {
-        ServerFacts {
-            wal_level: "replica".into(),
-            archive_mode: "on".into(),
-            archive_command: "test -f x || /usr/bin/pgward --config /c wal-push %p".into(),
-            checkpoint_timeout: Duration::from_secs(300),
-            last_archived_wal: Some("000000010000000000000009".into()),
-            last_archived_time: Some(at("2026-11-30T10:00:00Z")),
-            last_failed_wal: None,
-            last_failed_time: None,
-            oldest_ready_age: None,
-            in_recovery: false,
-        }
-    }
-
-    fn failed(results: &[CheckResult]) -> Vec<&'static str> {
-        results.iter().filter(|r| !r.ok).map(|r| r.name).collect()
-    }
-
-    #[test]
-    fn an_idle_healthy_server_passes_however_old_its_last_segment() {
-        let results = server_checks(&healthy(), None);
-        assert!(failed(&results).is_empty(), "{results:?}");
-    }
-
-    #[test]
-    fn wal_waiting_longer_than_the_limit_fails() {
-        let mut facts = healthy();
-        facts.oldest_ready_age = Some(Duration::from_secs(419));
-        assert!(failed(&server_checks(&facts, None)).is_empty());
-        facts.oldest_ready_age = Some(Duration::from_secs(421));
-        assert_eq!(failed(&server_checks(&facts, None)), ["wal_archived_age"]);
-        facts.oldest_ready_age = Some(Duration::from_secs(61));
-        let tight = Some(Duration::from_secs(60));
-        assert_eq!(failed(&server_checks(&facts, tight)), ["wal_archived_age"]);
-    }
-
-    #[test]
-    fn settings_and_a_failing_archiver_are_reported() {
-        let mut facts = healthy();
-        facts.wal_level = "minimal".into();
-        facts.archive_mode = "off".into();
-        facts.archive_command = "cp %p /x/%f".into();
-        facts.last_failed_wal = Some("00000001000000000000000A".into());
-        facts.last_failed_time = Some(at("2026-11-30T10:01:00Z"));
-        let results = server_checks(&facts, None);
-        assert_eq!(
-            failed(&results),
-            ["wal_level", "archive_mode", "archive_command", "archiver"]
-        );
-        assert!(results[4].detail.contains("00000001000000000000000A"));
-    }
-
-    #[test]
-    fn redundancy_and_backup_age() {
-        let results = backup_checks(&[], at("2026-11-30T10:00:00Z"), None, 1);
-        assert_eq!(failed(&results), ["minimum_redundancy", "backup_age"]);
-    }
-}
-
 /// Runs every check for `config`'s cluster and repository.
 pub async fn run(config: &crate::config::Config) -> Vec<CheckResult> {
     let now = Utc::now();
@@ -378,4 +310,72 @@ pub fn print(results: &[CheckResult], json: bool) -> anyhow::Result<()> {
         println!("{:<20} {:<6} {}", r.name, verdict, r.detail);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn healthy() -> ServerFacts {
+        ServerFacts {
+            wal_level: "replica".into(),
+            archive_mode: "on".into(),
+            archive_command: "test -f x || /usr/bin/pgward --config /c wal-push %p".into(),
+            checkpoint_timeout: Duration::from_secs(300),
+            last_archived_wal: Some("000000010000000000000009".into()),
+            last_archived_time: Some(at("2026-11-30T10:00:00Z")),
+            last_failed_wal: None,
+            last_failed_time: None,
+            oldest_ready_age: None,
+            in_recovery: false,
+        }
+    }
+
+    fn failed(results: &[CheckResult]) -> Vec<&'static str> {
+        results.iter().filter(|r| !r.ok).map(|r| r.name).collect()
+    }
+
+    #[test]
+    fn an_idle_healthy_server_passes_however_old_its_last_segment() {
+        let results = server_checks(&healthy(), None);
+        assert!(failed(&results).is_empty(), "{results:?}");
+    }
+
+    #[test]
+    fn wal_waiting_longer_than_the_limit_fails() {
+        let mut facts = healthy();
+        facts.oldest_ready_age = Some(Duration::from_secs(419));
+        assert!(failed(&server_checks(&facts, None)).is_empty());
+        facts.oldest_ready_age = Some(Duration::from_secs(421));
+        assert_eq!(failed(&server_checks(&facts, None)), ["wal_archived_age"]);
+        facts.oldest_ready_age = Some(Duration::from_secs(61));
+        let tight = Some(Duration::from_secs(60));
+        assert_eq!(failed(&server_checks(&facts, tight)), ["wal_archived_age"]);
+    }
+
+    #[test]
+    fn settings_and_a_failing_archiver_are_reported() {
+        let mut facts = healthy();
+        facts.wal_level = "minimal".into();
+        facts.archive_mode = "off".into();
+        facts.archive_command = "cp %p /x/%f".into();
+        facts.last_failed_wal = Some("00000001000000000000000A".into());
+        facts.last_failed_time = Some(at("2026-11-30T10:01:00Z"));
+        let results = server_checks(&facts, None);
+        assert_eq!(
+            failed(&results),
+            ["wal_level", "archive_mode", "archive_command", "archiver"]
+        );
+        assert!(results[4].detail.contains("00000001000000000000000A"));
+    }
+
+    #[test]
+    fn redundancy_and_backup_age() {
+        let results = backup_checks(&[], at("2026-11-30T10:00:00Z"), None, 1);
+        assert_eq!(failed(&results), ["minimum_redundancy", "backup_age"]);
+    }
 }
