@@ -288,7 +288,19 @@ pub async fn restore_command(config: &Config, request: &RestoreRequest) -> Resul
     let owner = RunAs::for_child(Some(&config.postgres.user))?;
     let repo = Repo::open(&config.storage)
         .with_context(|| format!("open repository {}", config.storage.url))?;
-    let manifest = catalog::resolve(&repo, &request.backup).await?;
+    let manifest = match (&target, request.backup.as_str()) {
+        // "The backup before the mistake": the newest one that ended before the target time.
+        (RecoveryTarget::Time(time), "latest") => match parse_target_time(time) {
+            Some(at) => catalog::newest_before(&repo, at).await?,
+            None => {
+                tracing::warn!(
+                    "cannot read --target-time {time:?} here (postgres will); restoring the latest backup"
+                );
+                catalog::resolve(&repo, "latest").await?
+            }
+        },
+        _ => catalog::resolve(&repo, &request.backup).await?,
+    };
     let data_dir = request
         .data_dir
         .clone()
@@ -342,6 +354,25 @@ pub async fn bootstrap_from_backup(
     restore(&repo, &manifest, &options, &CancellationToken::new()).await?;
     tracing::info!(backup = %manifest.id, "restored; postgres recovers from the archive when it starts");
     Ok(())
+}
+
+/// The common shapes of a recovery target time (`2026-11-30 03:55:00+00`, with or without
+/// fractional seconds, `T`, or a zone); `None` for anything else.
+fn parse_target_time(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    use chrono::{DateTime, NaiveDateTime, Utc};
+    let text = text.trim();
+    for format in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f%#z"] {
+        if let Ok(t) = DateTime::parse_from_str(text, format) {
+            return Some(t.with_timezone(&Utc));
+        }
+    }
+    // Without a zone, postgres reads the server's TimeZone; UTC is what images run with.
+    for format in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(text, format) {
+            return Some(t.and_utc());
+        }
+    }
+    None
 }
 
 fn recovery_target(request: &RestoreRequest) -> Result<RecoveryTarget> {
@@ -457,5 +488,20 @@ mod tests {
             "{}",
             lines[3]
         );
+    }
+
+    #[test]
+    fn target_times_in_the_shapes_people_type() {
+        let want = chrono::DateTime::parse_from_rfc3339("2026-11-30T03:55:00Z").unwrap();
+        for text in [
+            "2026-11-30 03:55:00+00",
+            "2026-11-30 04:55:00+01:00",
+            "2026-11-30T03:55:00Z",
+            "2026-11-30 03:55:00",
+            "2026-11-30 03:55:00.000000+00",
+        ] {
+            assert_eq!(parse_target_time(text), Some(want.into()), "{text}");
+        }
+        assert_eq!(parse_target_time("yesterday"), None);
     }
 }

@@ -53,6 +53,24 @@ pub async fn manifests(repo: &Repo) -> Result<Vec<Manifest>> {
     Ok(out)
 }
 
+/// The newest complete backup that ended before `at`: the one to restore for a recovery to
+/// that time.
+pub async fn newest_before(repo: &Repo, at: chrono::DateTime<chrono::Utc>) -> Result<Manifest> {
+    let mut found = None;
+    for id in backup_ids(repo).await? {
+        let manifest = read_manifest(repo, &id).await?;
+        if manifest.stop_time < at {
+            found = Some(manifest);
+        }
+    }
+    found.with_context(|| {
+        format!(
+            "no backup in {} ended before {at}; recovery to that time needs an older backup",
+            repo.describe()
+        )
+    })
+}
+
 /// `latest` or an id, resolved to a manifest.
 pub async fn resolve(repo: &Repo, which: &str) -> Result<Manifest> {
     if which == "latest" {

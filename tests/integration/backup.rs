@@ -86,13 +86,21 @@ async fn a_full_backup_restores_to_the_end_of_the_archive_and_to_a_point_in_time
         .batch_execute("INSERT INTO t (i) SELECT generate_series(2001, 3000)")
         .await
         .unwrap();
+    // A second backup, after the target time below: a restore to that time must pick the
+    // first one without being told.
+    let (code, out, err) = pgward(&config, &["backup"]);
+    assert_eq!(code, 0, "second backup failed:\n{out}\n{err}");
+    client
+        .batch_execute("INSERT INTO t (i) SELECT generate_series(3001, 3010)")
+        .await
+        .unwrap();
     switch_and_wait_archived(&client).await;
 
     let (code, out, err) = pgward(&config, &["list", "--json"]);
     assert_eq!(code, 0, "{err}");
     let list: serde_json::Value = serde_json::from_str(&out).unwrap();
     let backups = list.as_array().unwrap();
-    assert_eq!(backups.len(), 1, "{out}");
+    assert_eq!(backups.len(), 2, "{out}");
     assert_eq!(backups[0]["kind"], "full");
     assert_eq!(backups[0]["annotations"]["why"], "test");
 
@@ -120,9 +128,10 @@ async fn a_full_backup_restores_to_the_end_of_the_archive_and_to_a_point_in_time
     assert_eq!(code, 0, "restore failed:\n{out}\n{err}");
     assert!(!data.join("keep.me").exists());
     let (_restored, rows) = recover_and_count(&latest, &storage).await;
-    assert_eq!(rows, 3000);
+    assert_eq!(rows, 3010);
 
-    // To a time between the second and the third insert.
+    // To a time between the second and the third insert, no backup named: the first backup
+    // (the newest that ended before that time) is restored.
     let pitr = Cluster::new();
     let data = pitr.data_dir();
     let (code, out, err) = pgward(
