@@ -272,6 +272,7 @@ pub struct RestoreRequest {
     pub target_immediate: bool,
     pub target_action: Option<String>,
     pub force: bool,
+    pub delta: bool,
 }
 
 /// `pgward restore`.
@@ -309,6 +310,7 @@ pub async fn restore_command(config: &Config, request: &RestoreRequest) -> Resul
         data_dir: std::path::absolute(&data_dir)
             .with_context(|| format!("make {} absolute", data_dir.display()))?,
         force: request.force,
+        delta: request.delta,
         concurrency: config.backup.concurrency as usize,
         owner,
         recovery: RecoverySettings {
@@ -341,6 +343,7 @@ pub async fn bootstrap_from_backup(
     let options = RestoreOptions {
         data_dir: config.postgres.data_dir.clone(),
         force: false,
+        delta: false,
         concurrency: config.backup.concurrency as usize,
         owner,
         recovery: RecoverySettings {

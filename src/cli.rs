@@ -95,8 +95,12 @@ pub enum Command {
         #[arg(long, value_name = "ACTION")]
         target_action: Option<String>,
         /// Replace whatever the data directory holds.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "delta")]
         force: bool,
+        /// Restore over the data directory's content: keep files that already match the
+        /// backup (compared by checksum), rewrite the others, remove the rest.
+        #[arg(long)]
+        delta: bool,
     },
     /// Check a backup without restoring it: every object against its checksum, and the WAL
     /// it needs in the archive. Exit 0 when it restores, 1 when anything it needs is wrong.

@@ -98,6 +98,7 @@ fn main() -> ExitCode {
             target_immediate,
             target_action,
             force,
+            delta,
         } => {
             let request = backup_commands::RestoreRequest {
                 backup,
@@ -109,6 +110,7 @@ fn main() -> ExitCode {
                 target_immediate,
                 target_action,
                 force,
+                delta,
             };
             with_config(config_path.as_deref(), |config| {
                 with_runtime(true, backup_commands::restore_command(&config, &request))

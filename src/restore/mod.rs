@@ -29,6 +29,9 @@ pub struct RestoreOptions {
     pub data_dir: PathBuf,
     /// Empty a non-empty data directory first.
     pub force: bool,
+    /// Restore over what the data directory holds: files whose content already matches the
+    /// backup's are kept, the rest rewritten, anything else removed.
+    pub delta: bool,
     pub concurrency: usize,
     /// Owner of the restored files when running as root (the server's user).
     pub owner: Option<RunAs>,
@@ -43,7 +46,11 @@ pub async fn restore(
     cancel: &CancellationToken,
 ) -> Result<()> {
     let data_dir = &options.data_dir;
-    prepare_data_dir(data_dir, options.force)?;
+    if options.delta {
+        prepare_for_delta(data_dir, manifest)?;
+    } else {
+        prepare_data_dir(data_dir, options.force)?;
+    }
     // Until the end, the directory holds a cluster that must not start (no backup_label
     // yet: postgres would "recover" from the copied pg_control and serve torn data). The
     // marker makes `pgward run` refuse it, as it does a half-done initdb.
@@ -54,6 +61,9 @@ pub async fn restore(
         std::fs::create_dir_all(data_dir.join("pg_tblspc"))
             .with_context(|| format!("create {}", data_dir.join("pg_tblspc").display()))?;
         let location = Path::new(&tablespace.location);
+        if options.delta && std::fs::read_link(&link).is_ok_and(|l| l == location) {
+            continue;
+        }
         prepare_data_dir(location, options.force)
             .with_context(|| format!("tablespace {}", tablespace.oid))?;
         std::os::unix::fs::symlink(location, &link)
@@ -77,6 +87,13 @@ pub async fn restore(
             async move {
                 let dest = data_dir.join(&file.path);
                 let key = file_key(&file.stored_in, &file.path);
+                if options.delta && matches_already(&dest, file.size, &file.checksum).await? {
+                    tokio::fs::set_permissions(&dest, std::fs::Permissions::from_mode(file.mode))
+                        .await
+                        .with_context(|| format!("set the mode of {}", dest.display()))?;
+                    progress.add(file.size);
+                    return anyhow::Ok(());
+                }
                 let found = repo
                     .get_to_file(&key, &dest, cancel)
                     .await
@@ -127,6 +144,120 @@ pub async fn restore(
     std::fs::remove_file(&marker).with_context(|| format!("remove {}", marker.display()))?;
     crate::fsutil::sync_dir(data_dir)?;
     Ok(())
+}
+
+/// Before a delta restore: the server must not run on `data_dir`, and whatever the backup
+/// does not hold goes (files and directories not in the manifest, stale WAL, the old
+/// `postmaster.pid`); what it holds stays, to be compared.
+fn prepare_for_delta(data_dir: &Path, manifest: &Manifest) -> Result<()> {
+    if !data_dir.exists() {
+        return prepare_data_dir(data_dir, false);
+    }
+    if let Some(pid) = running_postmaster(data_dir) {
+        bail!(
+            "postgres (pid {pid}) runs on {}; stop it before restoring over it",
+            data_dir.display()
+        );
+    }
+    let files: std::collections::HashSet<&str> =
+        manifest.files.iter().map(|f| f.path.as_str()).collect();
+    let dirs: std::collections::HashSet<&str> = manifest
+        .directories
+        .iter()
+        .map(|d| d.path.as_str())
+        .chain(["pg_tblspc"])
+        .collect();
+    let mut pending = vec![String::new()];
+    while let Some(rel) = pending.pop() {
+        let dir = data_dir.join(&rel);
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
+            let entry = entry.with_context(|| format!("read {}", dir.display()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let abs = entry.path();
+            let kind = std::fs::symlink_metadata(&abs)
+                .with_context(|| format!("stat {}", abs.display()))?
+                .file_type();
+            let keep = if kind.is_dir() {
+                dirs.contains(path.as_str())
+            } else if kind.is_symlink() {
+                // Tablespace links are checked and recreated by the caller.
+                rel == "pg_tblspc"
+            } else {
+                files.contains(path.as_str())
+            };
+            if keep && kind.is_dir() {
+                pending.push(path);
+            } else if keep && kind.is_symlink() {
+                let target = manifest.tablespaces.iter().find(|t| {
+                    t.oid.to_string() == abs.file_name().unwrap_or_default().to_string_lossy()
+                });
+                match target {
+                    Some(t)
+                        if std::fs::read_link(&abs).is_ok_and(|l| l == Path::new(&t.location)) =>
+                    {
+                        pending.push(path);
+                    }
+                    _ => std::fs::remove_file(&abs)
+                        .with_context(|| format!("remove {}", abs.display()))?,
+                }
+            } else if !keep {
+                let removed = if kind.is_dir() {
+                    std::fs::remove_dir_all(&abs)
+                } else {
+                    std::fs::remove_file(&abs)
+                };
+                removed.with_context(|| format!("remove {}", abs.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The pid in `postmaster.pid` when that process exists.
+fn running_postmaster(data_dir: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+    alive.then_some(pid)
+}
+
+/// Whether the file at `path` already holds content of `size` bytes with `checksum` (BLAKE3
+/// hex), read on a blocking thread.
+async fn matches_already(path: &Path, size: u64, checksum: &str) -> Result<bool> {
+    let path = path.to_owned();
+    let checksum = checksum.to_owned();
+    tokio::task::spawn_blocking(move || -> Result<bool> {
+        let mut file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e).with_context(|| format!("open {}", path.display())),
+        };
+        let len = file
+            .metadata()
+            .with_context(|| format!("stat {}", path.display()))?
+            .len();
+        if len != size {
+            return Ok(false);
+        }
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = std::io::Read::read(&mut file, &mut buf)
+                .with_context(|| format!("read {}", path.display()))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        Ok(hasher.finalize().to_hex().as_str() == checksum)
+    })
+    .await
+    .context("join a file comparison")?
 }
 
 /// A data directory (or tablespace location) to restore into: created when missing, refused
