@@ -126,6 +126,7 @@ pub async fn run(
         view: supervisor.view(),
         stopping: stopping.clone(),
         wal,
+        target: crate::backup_commands::server_target(&config),
     });
     let mut control_task = tokio::spawn(control.serve(handler, cancel_control.clone()));
 
@@ -358,6 +359,42 @@ struct DaemonHandler {
     stopping: Arc<std::sync::atomic::AtomicBool>,
     /// `None` when archiving is off: WAL requests are then left to the clients.
     wal: Option<Arc<OnceLock<WalServices>>>,
+    /// Where to ask postgres whether it recovers.
+    target: Target,
+}
+
+/// Whether postgres recovers, and where (`None` when it does not, or cannot say now).
+async fn recovery_status(target: &Target) -> Option<crate::control::RecoveryStatus> {
+    let query = async {
+        let client = target.connect().await.ok()?;
+        let row = client
+            .query_one(
+                "SELECT pg_is_in_recovery(), \
+                 CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END, \
+                 pg_last_wal_replay_lsn()::text",
+                &[],
+            )
+            .await
+            .ok()?;
+        let (in_recovery, paused, lsn): (bool, bool, Option<String>) =
+            (row.get(0), row.get(1), row.get(2));
+        in_recovery.then(|| crate::control::RecoveryStatus {
+            paused,
+            hint: if paused {
+                "replay is paused (at the recovery target?): check the data, then run \
+                 SELECT pg_wal_replay_resume(); to end recovery and promote, or restore \
+                 again with another target"
+                    .into()
+            } else {
+                "replaying WAL from the archive".into()
+            },
+            replay_lsn: lsn,
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(3), query)
+        .await
+        .ok()
+        .flatten()
 }
 
 impl DaemonHandler {
@@ -415,6 +452,15 @@ impl Handler for DaemonHandler {
                         Some(wal) => Some(wal.archiver.status().await),
                         None => None,
                     };
+                    let postgres_ready = self
+                        .view
+                        .status()
+                        .iter()
+                        .any(|s| s.name == POSTGRES && s.state == "ready");
+                    let recovery = match postgres_ready {
+                        true => recovery_status(&self.target).await,
+                        false => None,
+                    };
                     Response::Status(Box::new(Status {
                         pgward_pid: std::process::id(),
                         version: env!("CARGO_PKG_VERSION").into(),
@@ -427,6 +473,7 @@ impl Handler for DaemonHandler {
                         .into(),
                         services: self.view.status(),
                         archiver,
+                        recovery,
                     }))
                 }
             }

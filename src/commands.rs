@@ -49,6 +49,14 @@ pub async fn status(config: &Config, json: bool) -> Result<i32> {
             s.last_exit.as_deref().unwrap_or("-"),
         );
     }
+    if let Some(r) = &status.recovery {
+        println!(
+            "recovery: {} at {}; {}",
+            if r.paused { "PAUSED" } else { "in progress" },
+            r.replay_lsn.as_deref().unwrap_or("-"),
+            r.hint
+        );
+    }
     if let Some(a) = &status.archiver {
         println!(
             "archiver: {} archived ({} answered ahead), {} already archived, {} failed; backlog {} (oldest {}), {} in flight; last {}{}",

@@ -61,4 +61,18 @@ pub struct Status {
     pub services: Vec<UnitStatus>,
     /// Absent when archiving is off.
     pub archiver: Option<ArchiverStatus>,
+    /// Present while postgres recovers (a restore, a standby).
+    #[serde(default)]
+    pub recovery: Option<RecoveryStatus>,
+}
+
+/// Where a recovering postgres stands.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RecoveryStatus {
+    /// Replay is paused (at a recovery target with `--target-action pause`, or by hand).
+    pub paused: bool,
+    /// The last WAL position replayed.
+    pub replay_lsn: Option<String>,
+    /// What to do next, for a human.
+    pub hint: String,
 }

@@ -422,7 +422,11 @@ fn tree(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
             if path.is_dir() {
                 pending.push(path);
             } else {
-                let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                let rel = path
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
                 out.insert(rel, std::fs::read(&path).unwrap());
             }
         }
@@ -471,4 +475,72 @@ async fn a_delta_restore_over_a_changed_directory_gives_an_exact_copy() {
         .filter(|k| want.get(*k) != got.get(*k))
         .collect();
     assert!(differ.is_empty(), "differ after --delta: {differ:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovery_paused_at_its_target_says_so_in_status() {
+    let cluster = Cluster::new();
+    let storage = file_storage(&cluster);
+    let (config, _pgward, client) = start_archiving(&cluster, &storage).await;
+    client
+        .batch_execute("CREATE TABLE t (i int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let (code, out, err) = pgward(&config, &["backup"]);
+    assert_eq!(code, 0, "backup failed:\n{out}\n{err}");
+    client
+        .batch_execute("INSERT INTO t VALUES (2)")
+        .await
+        .unwrap();
+    client
+        .batch_execute("SELECT pg_create_restore_point('before-3')")
+        .await
+        .unwrap();
+    client
+        .batch_execute("INSERT INTO t VALUES (3)")
+        .await
+        .unwrap();
+    switch_and_wait_archived(&client).await;
+
+    let restored = Cluster::new();
+    let data = restored.data_dir();
+    let (code, out, err) = pgward(
+        &config,
+        &[
+            "restore",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--target-name",
+            "before-3",
+            "--target-action",
+            "pause",
+        ],
+    );
+    assert_eq!(code, 0, "restore failed:\n{out}\n{err}");
+    let restored_config = restored.config(
+        "password: pw",
+        &format!("{storage}wal:\n  archive: false\n"),
+    );
+    let _restored_pgward =
+        Pgward::start(&["--config", restored_config.to_str().unwrap(), "run"], &[]);
+    let restored_client = restored
+        .wait_connect("postgres", "pw", "postgres", BOOT)
+        .await;
+    let deadline = std::time::Instant::now() + BOOT;
+    let status = loop {
+        let status = Pgward::status(&restored_config);
+        if status["recovery"]["paused"] == true {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let hint = status["recovery"]["hint"].as_str().unwrap();
+    assert!(hint.contains("pg_wal_replay_resume"), "{hint}");
+    let rows: i64 = restored_client
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 2);
 }
