@@ -1,9 +1,12 @@
-//! Base backups: taking them (`take`), the catalogue of complete ones (`catalog`), and what a
-//! backup is in the repository (`manifest`). Composes `repo/` and `postgres/`; restoring is
-//! `restore/`'s job.
+//! Base backups: taking them (`take`), the catalogue of complete ones (`catalog`), what a
+//! backup is in the repository (`manifest`), and removing those retention no longer keeps,
+//! with the WAL only they needed (`retention` decides, `expire` deletes). Composes `repo/` and
+//! `postgres/`; restoring is `restore/`'s job.
 
 pub mod catalog;
 pub mod exclude;
+pub mod expire;
 pub mod manifest;
 pub mod progress;
+pub mod retention;
 pub mod take;

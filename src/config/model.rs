@@ -312,6 +312,20 @@ pub struct BackupConfig {
     /// How long a backup waits for its last WAL segment to reach the archive. Default 5m.
     #[serde(serialize_with = "ser_duration")]
     pub wal_wait: Duration,
+    pub retention: RetentionConfig,
+}
+
+/// `backup.retention:` — what `pgward expire` keeps. A backup is expired only when no rule
+/// keeps it; the newest full backup and backups marked `--keep` are always kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RetentionConfig {
+    /// Keep the newest `full` full backups, each with the incremental backups built on it.
+    /// At least 1. Default 2.
+    pub full: u32,
+    /// Also keep every backup needed to restore to any point of the last `max_age`. Default:
+    /// none (no backup is kept for its age).
+    #[serde(serialize_with = "ser_opt_duration")]
+    pub max_age: Option<Duration>,
 }
 
 /// A secret value: never printed by `Debug`, serialized as `<redacted>`.

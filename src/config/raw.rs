@@ -271,4 +271,13 @@ pub(crate) struct RawWal {
 pub(crate) struct RawBackup {
     pub concurrency: Option<Text>,
     pub wal_wait: Option<Text>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub retention: RawRetention,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawRetention {
+    pub full: Option<Text>,
+    pub max_age: Option<Text>,
 }

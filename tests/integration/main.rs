@@ -9,6 +9,7 @@ mod storage_servers;
 
 mod backup;
 mod config_cli;
+mod expire;
 mod incremental;
 mod pid1;
 mod postgres_run;
