@@ -1,5 +1,5 @@
-//! `pgward backup`, `pgward list`, `pgward restore` and `pgward verify`: config in, a backup,
-//! restore or verification run in this process, a report out.
+//! `pgward backup`, `list`, `show`, `restore`, `verify` and `expire`: config in, the work
+//! done in this process, a report out.
 
 use std::collections::BTreeMap;
 
@@ -7,8 +7,10 @@ use anyhow::{bail, Context, Result};
 use tokio_util::sync::CancellationToken;
 
 use crate::backup::catalog;
+use crate::backup::expire;
 use crate::backup::manifest::Manifest;
 use crate::backup::progress::human_bytes;
+use crate::backup::retention::Policy;
 use crate::backup::take::{take, BackupOptions, ClusterIdentity};
 use crate::backup::verify::{Report, SegSizeSource, VerifyOptions};
 use crate::config::Config;
@@ -258,6 +260,143 @@ fn human_report(report: &Report) -> String {
         plural(report.wal_segments_checked, "WAL segment"),
     ));
     out
+}
+
+/// `pgward expire [--dry-run] [--json]`: apply `backup.retention`.
+pub async fn expire(config: &Config, dry_run: bool, json: bool) -> Result<i32> {
+    let repo = Repo::open(&config.storage)
+        .with_context(|| format!("open repository {}", config.storage.url))?;
+    let retention = &config.backup.retention;
+    let policy = Policy {
+        full: retention.full,
+        max_age: retention.max_age,
+    };
+    let plan = expire::plan(&repo, &policy, chrono::Utc::now()).await?;
+    if !json {
+        print!("{}", expire_text(&plan));
+    }
+    if !dry_run {
+        expire::execute(&repo, &plan).await?;
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&expire_json(&plan, dry_run))?
+        );
+    } else {
+        println!("{}", expire_summary(&plan, dry_run));
+    }
+    Ok(0)
+}
+
+/// One line per backup, unfinished backup and timeline.
+fn expire_text(plan: &expire::Plan) -> String {
+    let mut out = String::new();
+    for v in &plan.selection.verdicts {
+        let action = if v.expire { "expire" } else { "keep" };
+        out.push_str(&format!("{action} {} ({})\n", v.id, v.explain()));
+    }
+    for id in &plan.abandoned {
+        out.push_str(&format!(
+            "delete unfinished backup {id} ({} objects; interrupted: it started before the \
+             newest complete backup)\n",
+            plan.object_count(id)
+        ));
+    }
+    match plan.wal_horizon {
+        None => out.push_str("no backup is kept: WAL left as it is\n"),
+        Some(horizon) => {
+            for (tli, wal) in &plan.wal {
+                let mut line = format!("delete {} segments of timeline {tli}", wal.segments.len());
+                if let Some(last) = wal.last {
+                    line.push_str(&format!(" up to {last}"));
+                }
+                match wal.backup_files.len() {
+                    0 => {}
+                    1 => line.push_str(" and 1 backup history file"),
+                    n => line.push_str(&format!(" and {n} backup history files")),
+                }
+                out.push_str(&line);
+                out.push('\n');
+            }
+            out.push_str(&format!(
+                "keep WAL from {horizon} (where the earliest kept backup starts)\n"
+            ));
+        }
+    }
+    out
+}
+
+fn expire_summary(plan: &expire::Plan, dry_run: bool) -> String {
+    let what = format!(
+        "{} of {} backups and {} unfinished",
+        plan.selection.expired().count(),
+        plan.selection.verdicts.len(),
+        plan.abandoned.len()
+    );
+    let objects = format!(
+        "{} backup objects and {} WAL files",
+        plan.backup_objects(),
+        plan.wal_files()
+    );
+    if dry_run {
+        format!("dry run, nothing deleted: would expire {what}, deleting {objects}")
+    } else {
+        format!("expired {what}: deleted {objects}")
+    }
+}
+
+/// `expire --json`: the same as the text, as one object.
+fn expire_json(plan: &expire::Plan, dry_run: bool) -> serde_json::Value {
+    let backups: Vec<serde_json::Value> = plan
+        .selection
+        .verdicts
+        .iter()
+        .map(|v| {
+            serde_json::json!({
+                "id": v.id,
+                "kind": format!("{:?}", v.kind).to_lowercase(),
+                "action": if v.expire { "expire" } else { "keep" },
+                "chain": v.chain,
+                "reason": v.reason.to_string(),
+                "objects": plan.object_count(&v.id),
+            })
+        })
+        .collect();
+    let unfinished: Vec<serde_json::Value> = plan
+        .abandoned
+        .iter()
+        .map(|id| serde_json::json!({ "id": id, "objects": plan.object_count(id) }))
+        .collect();
+    let timelines: Vec<serde_json::Value> = plan
+        .wal
+        .iter()
+        .map(|(tli, wal)| {
+            serde_json::json!({
+                "timeline": tli.0,
+                "segments": wal.segments.len(),
+                "backup_files": wal.backup_files.len(),
+                "up_to": wal.last.map(|s| s.to_string()),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "dry_run": dry_run,
+        "backups": backups,
+        "unfinished": unfinished,
+        "wal": {
+            "keep_from": plan.wal_horizon.map(|s| s.to_string()),
+            "timelines": timelines,
+        },
+        "summary": {
+            "backups": plan.selection.verdicts.len(),
+            "kept": plan.selection.kept().count(),
+            "expired": plan.selection.expired().count(),
+            "unfinished": plan.abandoned.len(),
+            "backup_objects": plan.backup_objects(),
+            "wal_files": plan.wal_files(),
+        },
+    })
 }
 
 /// What `pgward restore` was asked for.

@@ -68,6 +68,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Delete the backups `backup.retention` no longer keeps, the objects of interrupted
+    /// backups, and the archived WAL no kept backup needs.
+    Expire {
+        /// Print what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Restore a backup into a data directory and set up recovery from the WAL archive.
     Restore {
         /// A backup id, or `latest`.

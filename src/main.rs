@@ -88,6 +88,9 @@ fn main() -> ExitCode {
         Command::Show { backup, json } => with_config(config_path.as_deref(), |config| {
             with_runtime(false, backup_commands::show(&config, &backup, json))
         }),
+        Command::Expire { dry_run, json } => with_config(config_path.as_deref(), |config| {
+            with_runtime(false, backup_commands::expire(&config, dry_run, json))
+        }),
         Command::Restore {
             backup,
             data_dir,

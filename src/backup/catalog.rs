@@ -1,6 +1,8 @@
 //! The backups a repository holds: those with a manifest. An interrupted backup has objects
 //! but no manifest and is never listed (nor restored).
 
+use std::collections::BTreeMap;
+
 use anyhow::{bail, Context, Result};
 
 use super::manifest::{check_backup_id, manifest_key, Manifest, MANIFEST_VERSION};
@@ -102,4 +104,25 @@ pub async fn unfinished_ids(repo: &Repo) -> Result<Vec<String>> {
         .collect();
     ids.dedup();
     Ok(ids)
+}
+
+/// Keys of every object under `backups/`, by backup id, complete or not (one listing).
+pub async fn objects_by_backup(repo: &Repo) -> Result<BTreeMap<String, Vec<String>>> {
+    let objects = repo
+        .list(BACKUPS_PREFIX)
+        .await
+        .with_context(|| format!("list backups in {}", repo.describe()))?;
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for o in objects {
+        let id = o
+            .key
+            .strip_prefix(BACKUPS_PREFIX)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .and_then(|rest| rest.split('/').next())
+            .filter(|id| check_backup_id(id).is_ok());
+        if let Some(id) = id {
+            out.entry(id.to_owned()).or_default().push(o.key.clone());
+        }
+    }
+    Ok(out)
 }

@@ -1,10 +1,14 @@
 //! Base backups: taking them (`take`), the catalogue of complete ones (`catalog`), what a
-//! backup is in the repository (`manifest`), and checking one without restoring it
-//! (`verify`). Composes `repo/` and `postgres/`; restoring is `restore/`'s job.
+//! backup is in the repository (`manifest`), checking one without restoring it (`verify`),
+//! and removing those retention no longer keeps, with the WAL only they needed
+//! (`retention` decides, `expire` deletes). Composes `repo/` and `postgres/`; restoring is
+//! `restore/`'s job.
 
 pub mod catalog;
 pub mod exclude;
+pub mod expire;
 pub mod manifest;
 pub mod progress;
+pub mod retention;
 pub mod take;
 pub mod verify;

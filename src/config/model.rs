@@ -325,6 +325,20 @@ pub struct BackupConfig {
     pub max_age: Option<Duration>,
     /// `pgward check` fails with fewer complete full backups. Default 1.
     pub min_redundancy: u32,
+    pub retention: RetentionConfig,
+}
+
+/// `backup.retention:` — what `pgward expire` keeps. A backup is expired only when no rule
+/// keeps it; the newest full backup and backups marked `--keep` are always kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RetentionConfig {
+    /// Keep the newest `full` full backups, each with the incremental backups built on it.
+    /// At least 1. Default 2.
+    pub full: u32,
+    /// Also keep every backup needed to restore to any point of the last `max_age`. Default:
+    /// none (no backup is kept for its age).
+    #[serde(serialize_with = "ser_opt_duration")]
+    pub max_age: Option<Duration>,
 }
 
 /// A secret value: never printed by `Debug`, serialized as `<redacted>`.

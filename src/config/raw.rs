@@ -275,4 +275,13 @@ pub(crate) struct RawBackup {
     pub wal_wait: Option<Text>,
     pub max_age: Option<Text>,
     pub min_redundancy: Option<Text>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub retention: RawRetention,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawRetention {
+    pub full: Option<Text>,
+    pub max_age: Option<Text>,
 }

@@ -492,6 +492,10 @@ fn defaults(data_dir: &str, superuser: &str, database: &str) -> Config {
             wal_wait: Duration::from_secs(300),
             max_age: None,
             min_redundancy: 1,
+            retention: RetentionConfig {
+                full: 2,
+                max_age: None,
+            },
         },
     }
 }
@@ -1022,8 +1026,57 @@ fn backup_problems_are_located() {
          to 64)"
     );
     assert!(problem("backup:\n  wal_wait: soon\n").starts_with("cfg.yaml:2:13: backup.wal_wait: "));
-    assert!(problem("backup:\n  retention: 3\n")
-        .starts_with("cfg.yaml:2:3: backup.retention: unknown field `retention`"));
+    assert_eq!(
+        problem("backup:\n  retention:\n    full: 0\n"),
+        "cfg.yaml:3:11: backup.retention.full: invalid full \"0\": the newest full backup is \
+         always kept (use 1 or more; to keep backups by age alone, set full: 1 and max_age)"
+    );
+    assert_eq!(
+        problem("backup:\n  retention: { full: many }\n"),
+        "cfg.yaml:2:22: backup.retention.full: invalid full \"many\" (use an integer of 1 or \
+         more)"
+    );
+    assert_eq!(
+        problem("backup:\n  retention:\n    max_age: 0s\n"),
+        "cfg.yaml:3:14: backup.retention.max_age: max_age must be longer than 0s"
+    );
+    assert!(problem("backup:\n  retention:\n    max_age: a month\n")
+        .starts_with("cfg.yaml:3:14: backup.retention.max_age: invalid duration \"a month\""));
+    assert!(problem("backup:\n  retention:\n    days: 3\n")
+        .starts_with("cfg.yaml:3:5: backup.retention.days: unknown field `days`"));
+}
+
+#[test]
+fn backup_section_parses() {
+    let yaml = "\
+backup:
+  concurrency: 8
+  wal_wait: 90s
+  retention:
+    full: ${FULLS}
+    max_age: 30d
+";
+    assert_eq!(
+        ok(yaml, &[("FULLS", "5")]).backup,
+        BackupConfig {
+            concurrency: 8,
+            wal_wait: Duration::from_secs(90),
+            max_age: None,
+            min_redundancy: 1,
+            retention: RetentionConfig {
+                full: 5,
+                max_age: Some(Duration::from_secs(30 * 86400)),
+            },
+        }
+    );
+    // An empty retention section is the defaults.
+    assert_eq!(
+        ok("backup:\n  retention: ~\n", &[]).backup.retention,
+        RetentionConfig {
+            full: 2,
+            max_age: None,
+        }
+    );
 }
 
 #[test]

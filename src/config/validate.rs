@@ -1008,6 +1008,7 @@ fn validate_backup(raw: RawBackup, cx: &mut Cx<'_>) -> BackupConfig {
         wal_wait,
         max_age,
         min_redundancy,
+        retention,
     } = raw;
     BackupConfig {
         concurrency: cx
@@ -1027,6 +1028,35 @@ fn validate_backup(raw: RawBackup, cx: &mut Cx<'_>) -> BackupConfig {
         min_redundancy: cx
             .parse("backup.min_redundancy", min_redundancy, parse_count)
             .unwrap_or(1),
+        retention: validate_retention(retention, cx),
+    }
+}
+
+fn validate_retention(raw: RawRetention, cx: &mut Cx<'_>) -> RetentionConfig {
+    let RawRetention { full, max_age } = raw;
+    RetentionConfig {
+        full: cx
+            .parse("backup.retention.full", full, |s| {
+                match s.trim().parse::<u32>() {
+                    // 0 reads as "no limit" in many tools; here it would mean "keep none by
+                    // count", which the newest full backup overrides anyway: refuse the ambiguity.
+                    Ok(0) => Err(format!(
+                        "invalid full {s:?}: the newest full backup is always kept (use 1 or \
+                     more; to keep backups by age alone, set full: 1 and max_age)"
+                    )),
+                    Ok(n) => Ok(n),
+                    Err(_) => Err(format!("invalid full {s:?} (use an integer of 1 or more)")),
+                }
+            })
+            .unwrap_or(2),
+        max_age: cx.parse(
+            "backup.retention.max_age",
+            max_age,
+            |s| match parse_duration(s)? {
+                Duration::ZERO => Err("max_age must be longer than 0s".to_owned()),
+                d => Ok(d),
+            },
+        ),
     }
 }
 

@@ -221,6 +221,12 @@ impl SegmentName {
         self.tli
     }
 
+    /// The log id and segment-in-log-id: where the segment sits in the WAL, whatever the
+    /// timeline. Orders like the segments' start LSNs.
+    pub fn position(self) -> (u32, u32) {
+        (self.log, self.seg)
+    }
+
     /// `XLogFromFileName`: the segment number, checking that the last 8 digits fit the
     /// segment size (PostgreSQL's `sscanf` would silently fold them into the next log id).
     pub fn segno(self, seg_size: WalSegSize) -> Result<SegmentNo, NameError> {

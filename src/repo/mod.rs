@@ -597,6 +597,38 @@ impl Repo {
         Ok(())
     }
 
+    /// For a `file://` repository, removes the directories left empty under `prefix`, and
+    /// `prefix` itself when it ends up empty: deleting objects leaves their directories
+    /// behind. Object stores have no directories; there it does nothing. Only for prefixes
+    /// nothing writes into any more (an expired backup's): a put racing with the removal
+    /// could find its directory gone.
+    pub async fn remove_empty_dirs(&self, prefix: &str) -> Result<(), RepoError> {
+        let Some(root) = &self.inner.local_root else {
+            return Ok(());
+        };
+        let top = root.join(self.stored_path(prefix, "")?.as_ref());
+        blocking(move || {
+            fn prune(dir: &Path) -> io::Result<()> {
+                for entry in std::fs::read_dir(dir)? {
+                    let entry = entry?;
+                    if entry.file_type()?.is_dir() {
+                        prune(&entry.path())?;
+                    }
+                }
+                match std::fs::remove_dir(dir) {
+                    // Not empty: something other than empty directories is left in it.
+                    Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => Ok(()),
+                    other => other,
+                }
+            }
+            match prune(&top) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                other => other.map_err(|e| RepoError::io(&top, e)),
+            }
+        })
+        .await
+    }
+
     /// The trailer of the object at `path`, `None` when absent.
     async fn read_trailer(
         &self,

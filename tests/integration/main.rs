@@ -10,6 +10,7 @@ mod storage_servers;
 mod backup;
 mod check;
 mod config_cli;
+mod expire;
 mod incremental;
 mod pid1;
 mod postgres_run;

@@ -1,0 +1,365 @@
+//! `pgward expire` on the repository: read the manifests and the listings, let
+//! [`retention`] decide, delete. Nothing here decides what to keep.
+//!
+//! Deletion order, so that an interruption (a crash, a storage outage, Ctrl-C) leaves a
+//! repository that is consistent and that the next run finishes cleaning:
+//! 1. expired backups, newest first (an incremental before the backups it builds on), each
+//!    manifest first: the backup stops being one at once, and what remains of it is an
+//!    unfinished backup, older than the newest complete one, which the next run removes;
+//! 2. the objects of abandoned unfinished backups;
+//! 3. WAL below what the kept backups need.
+//!
+//! Memory: one listing of `backups/` and one of `wal/` (a key and a size per object), and
+//! every manifest.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::{bail, Context, Result};
+use chrono::{DateTime, Utc};
+use futures_util::{stream, StreamExt, TryStreamExt};
+
+use super::catalog;
+use super::manifest::{manifest_key, Manifest};
+use super::retention::{self, Policy, Selection, WalDeletion};
+use crate::postgres::wal::{SegmentName, TimelineId};
+use crate::repo::layout::{backup_prefix, WAL_PREFIX};
+use crate::repo::Repo;
+
+/// Deletions in flight at once.
+const DELETE_CONCURRENCY: usize = 8;
+
+/// What `expire` deletes, decided before anything is.
+#[derive(Debug)]
+pub struct Plan {
+    /// Every complete backup, kept or expired, oldest first.
+    pub selection: Selection,
+    /// Keys of every backup's objects, complete or not.
+    objects: BTreeMap<String, Vec<String>>,
+    /// Unfinished backups that cannot be running anymore (see [`retention::abandoned`]).
+    pub abandoned: Vec<String>,
+    /// Where the WAL the kept backups need starts; `None` when no backup is kept (no WAL is
+    /// deleted then).
+    pub wal_horizon: Option<SegmentName>,
+    /// The WAL to delete, by timeline.
+    pub wal: BTreeMap<TimelineId, WalDeletion>,
+}
+
+impl Plan {
+    /// How many objects backup `id` (complete or not) has.
+    pub fn object_count(&self, id: &str) -> usize {
+        self.objects.get(id).map_or(0, Vec::len)
+    }
+
+    /// Objects the expired and abandoned backups have, together.
+    pub fn backup_objects(&self) -> usize {
+        self.selection
+            .expired()
+            .chain(self.abandoned.iter().map(String::as_str))
+            .map(|id| self.object_count(id))
+            .sum()
+    }
+
+    /// WAL files to delete, every timeline.
+    pub fn wal_files(&self) -> usize {
+        self.wal.values().map(|w| w.keys().count()).sum()
+    }
+}
+
+/// Reads the repository and decides, as of `now`, what `policy` lets go.
+pub async fn plan(repo: &Repo, policy: &Policy, now: DateTime<Utc>) -> Result<Plan> {
+    let objects = catalog::objects_by_backup(repo).await?;
+    let mut manifests: Vec<Manifest> = Vec::new();
+    let mut unfinished: Vec<String> = Vec::new();
+    for (id, keys) in &objects {
+        if keys.contains(&manifest_key(id)) {
+            let manifest = catalog::read_manifest(repo, id).await?;
+            // Deletion goes by the manifest's id: it must name its own objects.
+            if manifest.id != *id {
+                bail!(
+                    "the manifest of backup {id} names backup {:?}; nothing deleted\n\
+                     HINT: was it copied from another backup's directory?",
+                    manifest.id
+                );
+            }
+            manifests.push(manifest);
+        } else {
+            unfinished.push(id.clone());
+        }
+    }
+    let selection = retention::select(&manifests, policy, now);
+    let abandoned = retention::abandoned(&unfinished, &manifests)
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let kept: BTreeSet<&str> = selection.kept().collect();
+    let wal_horizon =
+        retention::wal_horizon(manifests.iter().filter(|m| kept.contains(m.id.as_str())))?;
+    let wal = match wal_horizon {
+        Some(horizon) => {
+            let keys: Vec<String> = repo
+                .list(WAL_PREFIX)
+                .await
+                .with_context(|| format!("list WAL in {}", repo.describe()))?
+                .into_iter()
+                .map(|o| o.key)
+                .collect();
+            retention::wal_to_delete(&keys, horizon)
+        }
+        None => BTreeMap::new(),
+    };
+    Ok(Plan {
+        selection,
+        objects,
+        abandoned,
+        wal_horizon,
+        wal,
+    })
+}
+
+/// Deletes what `plan` says, in the order the module doc gives.
+///
+/// Cancel safety: every step can be cut short; a later `expire` finishes the work.
+pub async fn execute(repo: &Repo, plan: &Plan) -> Result<()> {
+    let mut expired: Vec<&str> = plan.selection.expired().collect();
+    // Ids sort by start time, and an incremental starts after the backups it builds on.
+    expired.sort_unstable_by(|a, b| b.cmp(a));
+    for id in expired {
+        let manifest = manifest_key(id);
+        repo.delete(&manifest)
+            .await
+            .with_context(|| format!("delete the manifest of backup {id}"))?;
+        let rest = plan.objects.get(id).into_iter().flatten();
+        let n = delete_all(repo, rest.filter(|k| **k != manifest)).await?;
+        repo.remove_empty_dirs(&backup_prefix(id))
+            .await
+            .with_context(|| format!("remove the directories of backup {id}"))?;
+        tracing::info!(backup = %id, objects = n + 1, "backup expired");
+    }
+    for id in &plan.abandoned {
+        let n = delete_all(repo, plan.objects.get(id).into_iter().flatten()).await?;
+        repo.remove_empty_dirs(&backup_prefix(id))
+            .await
+            .with_context(|| format!("remove the directories of backup {id}"))?;
+        tracing::info!(backup = %id, objects = n, "objects of an unfinished backup deleted");
+    }
+    for (tli, wal) in &plan.wal {
+        let n = delete_all(repo, wal.keys()).await?;
+        tracing::info!(timeline = tli.0, files = n, last = ?wal.last.map(|s| s.to_string()),
+            "WAL no kept backup needs deleted");
+    }
+    Ok(())
+}
+
+/// Deletes `keys`, a few at a time; how many.
+async fn delete_all<K: AsRef<str>>(repo: &Repo, keys: impl Iterator<Item = K>) -> Result<usize> {
+    stream::iter(keys)
+        .map(|key| async move {
+            let key = key.as_ref();
+            repo.delete(key)
+                .await
+                .with_context(|| format!("delete {key}"))
+        })
+        .buffer_unordered(DELETE_CONCURRENCY)
+        .try_fold(0, |n, ()| async move { Ok(n + 1) })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::manifest::{file_key, label_key, BackupKind};
+    use crate::backup::retention::tests::{full, incr, now};
+    use crate::repo::PutMode;
+
+    async fn put(repo: &Repo, key: &str) {
+        repo.put_bytes(key, b"x".to_vec(), PutMode::Create)
+            .await
+            .unwrap();
+    }
+
+    /// A backup's objects: two files, the label, then the manifest.
+    async fn store(repo: &Repo, m: &Manifest) {
+        for f in &m.files {
+            if f.stored_in == m.id {
+                put(repo, &file_key(&m.id, &f.path)).await;
+            }
+        }
+        put(repo, &label_key(&m.id, "backup_label")).await;
+        let json = serde_json::to_vec(m).unwrap();
+        repo.put_bytes(&manifest_key(&m.id), json, PutMode::Create)
+            .await
+            .unwrap();
+    }
+
+    async fn keys(repo: &Repo, prefix: &str) -> Vec<String> {
+        repo.list(prefix)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect()
+    }
+
+    fn wal(name: &str) -> String {
+        crate::repo::wal_key(name).unwrap()
+    }
+
+    #[tokio::test]
+    async fn expire_deletes_old_chains_abandoned_objects_and_unneeded_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = format!("storage:\n  url: file://{}\n", dir.path().display());
+        let config = crate::config::from_str(&yaml, "t.yaml", &|_| None).unwrap();
+        let repo = Repo::open(&config.storage).unwrap();
+
+        let f1 = full(30, 2);
+        let i1 = incr(29, &f1, 3);
+        let f2 = full(20, 5);
+        let f3 = full(10, 9);
+        for m in [&f1, &i1, &f2, &f3] {
+            store(&repo, m).await;
+        }
+        // Interrupted 25 days ago, and one started after the newest backup (maybe running).
+        let interrupted = crate::backup::manifest::backup_id(
+            now() - chrono::Duration::days(25),
+            BackupKind::Full,
+        );
+        let running = crate::backup::manifest::backup_id(now(), BackupKind::Full);
+        put(&repo, &file_key(&interrupted, "base/1/1")).await;
+        put(&repo, &file_key(&running, "base/1/1")).await;
+        for seg in 1..=12u32 {
+            put(&repo, &wal(&format!("0000000100000000{seg:08X}"))).await;
+        }
+        put(&repo, &wal("000000010000000000000002.00000028.backup")).await;
+        put(&repo, &wal("000000010000000000000005.00000028.backup")).await;
+        put(&repo, &wal("00000002.history")).await;
+
+        let policy = Policy {
+            full: 2,
+            max_age: None,
+        };
+        let plan = super::plan(&repo, &policy, now()).await.unwrap();
+        assert_eq!(
+            plan.selection.expired().collect::<Vec<_>>(),
+            [f1.id.as_str(), i1.id.as_str()]
+        );
+        assert_eq!(plan.abandoned, [interrupted.as_str()]);
+        assert_eq!(
+            plan.wal_horizon.unwrap().to_string(),
+            "000000010000000000000005"
+        );
+        assert_eq!(plan.object_count(&f1.id), 4);
+        assert_eq!(plan.object_count(&i1.id), 3);
+        assert_eq!(plan.backup_objects(), 8);
+        assert_eq!(plan.wal_files(), 5);
+
+        execute(&repo, &plan).await.unwrap();
+        let left = catalog::objects_by_backup(&repo).await.unwrap();
+        assert_eq!(left.keys().collect::<Vec<_>>(), [&f2.id, &f3.id, &running]);
+        assert_eq!(
+            keys(&repo, WAL_PREFIX).await,
+            [
+                "wal/00000001/000000010000000000000005",
+                "wal/00000001/000000010000000000000005.00000028.backup",
+                "wal/00000001/000000010000000000000006",
+                "wal/00000001/000000010000000000000007",
+                "wal/00000001/000000010000000000000008",
+                "wal/00000001/000000010000000000000009",
+                "wal/00000001/00000001000000000000000A",
+                "wal/00000001/00000001000000000000000B",
+                "wal/00000001/00000001000000000000000C",
+                "wal/00000002/00000002.history",
+            ]
+        );
+        // No empty directories are left of what went.
+        for id in [&f1.id, &i1.id, &interrupted] {
+            assert!(!dir.path().join("backups").join(id).exists(), "{id}");
+        }
+
+        // Nothing more to do.
+        let again = super::plan(&repo, &policy, now()).await.unwrap();
+        assert_eq!(again.selection.expired().count(), 0);
+        assert_eq!(again.backup_objects() + again.wal_files(), 0);
+
+        // A run cut short after a manifest went: the rest is an unfinished backup older than
+        // the newest one, removed by the next run.
+        repo.delete(&manifest_key(&f2.id)).await.unwrap();
+        let resumed = super::plan(&repo, &policy, now()).await.unwrap();
+        assert_eq!(resumed.abandoned, [f2.id.as_str()]);
+        // f3 alone is kept now: WAL before its start goes.
+        assert_eq!(
+            resumed.wal_horizon.unwrap().to_string(),
+            "000000010000000000000009"
+        );
+        execute(&repo, &resumed).await.unwrap();
+        assert_eq!(
+            catalog::objects_by_backup(&repo)
+                .await
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>(),
+            [&f3.id, &running]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_manifest_naming_another_backup_stops_everything() {
+        let repo = Repo::open_with_store(
+            std::sync::Arc::new(object_store::memory::InMemory::new()),
+            "",
+            crate::repo::Codec::Zstd,
+            3,
+        );
+        let f1 = full(20, 1);
+        let f2 = full(10, 2);
+        store(&repo, &f1).await;
+        let json = serde_json::to_vec(&f2).unwrap();
+        repo.put_bytes(&manifest_key("20260101T000000F"), json, PutMode::Create)
+            .await
+            .unwrap();
+        let err = super::plan(
+            &repo,
+            &Policy {
+                full: 1,
+                max_age: None,
+            },
+            now(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "the manifest of backup 20260101T000000F names backup {:?}; nothing deleted\n\
+                 HINT: was it copied from another backup's directory?",
+                f2.id
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_complete_backup_nothing_is_deleted() {
+        let repo = Repo::open_with_store(
+            std::sync::Arc::new(object_store::memory::InMemory::new()),
+            "",
+            crate::repo::Codec::Zstd,
+            3,
+        );
+        put(&repo, &file_key("20261201T000000F", "base/1/1")).await;
+        put(&repo, &wal("000000010000000000000001")).await;
+        let plan = super::plan(
+            &repo,
+            &Policy {
+                full: 1,
+                max_age: None,
+            },
+            now(),
+        )
+        .await
+        .unwrap();
+        assert!(plan.selection.verdicts.is_empty());
+        assert!(plan.abandoned.is_empty());
+        assert_eq!(plan.wal_horizon, None);
+        execute(&repo, &plan).await.unwrap();
+        assert_eq!(keys(&repo, "").await.len(), 2);
+    }
+}
