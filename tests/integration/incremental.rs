@@ -123,4 +123,13 @@ async fn incremental_backups_store_what_changed_and_restore_exactly() {
         .unwrap()
         .get(0);
     assert_eq!(accounts, 200_000);
+    // The restored indexes are structurally sound and agree with their tables.
+    restored_client
+        .batch_execute(
+            "CREATE EXTENSION amcheck;
+             SELECT bt_index_check(c.oid, true) FROM pg_class c JOIN pg_am a ON a.oid = c.relam
+              WHERE a.amname = 'btree' AND c.relpersistence = 'p';",
+        )
+        .await
+        .expect("amcheck on the restored cluster");
 }
