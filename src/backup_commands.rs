@@ -79,6 +79,18 @@ pub async fn backup(
         .iter()
         .filter(|f| f.stored_in == manifest.id)
         .count();
+    let damaged: Vec<String> = manifest
+        .files
+        .iter()
+        .filter(|f| !f.bad_blocks.is_empty())
+        .map(|f| format!("{} (blocks {:?})", f.path, f.bad_blocks))
+        .collect();
+    if !damaged.is_empty() {
+        eprintln!(
+            "WARNING: data page checksum failures, copied as they are on disk: {}",
+            damaged.join(", ")
+        );
+    }
     println!(
         "backup {} complete ({}{}): {} in {} files, {} copied, {} stored",
         manifest.id,
@@ -192,6 +204,8 @@ fn summary(m: &Manifest) -> serde_json::Value {
         object.insert("file_count".into(), m.files.len().into());
         let copied = m.files.iter().filter(|f| f.stored_in == m.id).count();
         object.insert("files_copied".into(), copied.into());
+        let bad: usize = m.files.iter().map(|f| f.bad_blocks.len()).sum();
+        object.insert("bad_blocks".into(), bad.into());
         object.insert(
             "duration_seconds".into(),
             ((m.stop_time - m.start_time).num_milliseconds() as f64 / 1e3).into(),

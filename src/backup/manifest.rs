@@ -55,6 +55,10 @@ pub struct FileEntry {
     /// The backup whose objects hold the content: this one, or for an unchanged file of an
     /// incremental backup, an earlier one of its chain.
     pub stored_in: String,
+    /// Blocks whose data page checksum did not match when the file was read (clusters with
+    /// data checksums only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bad_blocks: Vec<u32>,
 }
 
 /// A directory to recreate at restore (excluded directories are kept, empty).
@@ -211,6 +215,7 @@ mod tests {
             checksum: "00".into(),
             stored_size: 100,
             stored_in: "20261130T035500F".into(),
+            bad_blocks: vec![],
         };
         let old = taken_at.timestamp() - 60;
         assert!(entry(old).unchanged(8192, old, 5, taken_at));

@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod exclude;
 pub mod expire;
 pub mod manifest;
+pub mod page_checksum;
 pub mod progress;
 pub mod retention;
 pub mod take;

@@ -450,6 +450,7 @@ pub(crate) mod tests {
             checksum: "00".into(),
             stored_size: 1,
             stored_in: stored_in.into(),
+            bad_blocks: vec![],
         };
         let mut files = vec![file("base/1/1", &id)];
         if let Some(p) = parent {

@@ -21,6 +21,7 @@ use super::manifest::{
     backup_id, file_key, label_key, manifest_key, BackupKind, DirEntry, FileEntry, Manifest,
     Tablespace, MANIFEST_VERSION,
 };
+use super::page_checksum;
 use crate::postgres::ready::Target;
 use crate::repo::{layout, PutMode, PutOutcome, Repo};
 
@@ -115,7 +116,26 @@ pub async fn take(
         bytes = walk.bytes,
         "copying the data directory"
     );
-    let files = copy_files(repo, &id, walk.files, walk.bytes, parent, options, cancel).await?;
+    let check_pages_before = match data_checksums {
+        true => Some(
+            start_lsn
+                .parse::<crate::postgres::wal::Lsn>()
+                .with_context(|| format!("read the start LSN {start_lsn}"))?
+                .0,
+        ),
+        false => None,
+    };
+    let files = copy_files(
+        repo,
+        &id,
+        walk.files,
+        walk.bytes,
+        parent,
+        check_pages_before,
+        options,
+        cancel,
+    )
+    .await?;
 
     let stop_sql = if cluster.pg_major >= 15 {
         "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)"
@@ -346,12 +366,14 @@ fn file_len(path: &Path) -> u64 {
 
 /// Stores every file, `concurrency` at a time, logging progress; with a `parent`, files it
 /// holds unchanged are referenced instead.
+#[allow(clippy::too_many_arguments)]
 async fn copy_files(
     repo: &Repo,
     id: &str,
     sources: Vec<Source>,
     total: u64,
     parent: Option<&Manifest>,
+    check_pages_before: Option<u64>,
     options: &BackupOptions,
     cancel: &CancellationToken,
 ) -> Result<Vec<FileEntry>> {
@@ -372,7 +394,7 @@ async fn copy_files(
                 };
                 let entry = match reference {
                     Some(entry) => Some(entry),
-                    None => copy_file(repo, id, source, cancel).await?,
+                    None => copy_file(repo, id, source, check_pages_before, cancel).await?,
                 };
                 if let Some(entry) = &entry {
                     progress.add(entry.size);
@@ -406,10 +428,14 @@ async fn referenced(
 
 /// Stores one file; `None` when it vanished (dropped while the backup ran: WAL replay
 /// drops it in the restored cluster too).
+///
+/// With `check_pages_before` (the backup's start LSN, when the cluster has data checksums),
+/// the pages of relation files are checked too, and bad ones recorded.
 async fn copy_file(
     repo: &Repo,
     id: &str,
     source: Source,
+    check_pages_before: Option<u64>,
     cancel: &CancellationToken,
 ) -> Result<Option<FileEntry>> {
     let meta = match tokio::fs::metadata(&source.abs).await {
@@ -431,6 +457,30 @@ async fn copy_file(
         // Only a retry of this very backup could find its own object there.
         PutOutcome::AlreadyIdentical { checksum } => (checksum, 0),
     };
+    let bad_blocks = match check_pages_before {
+        Some(lsn) if page_checksum::is_relation_file(&source.path) => {
+            let (abs, path) = (source.abs.clone(), source.path.clone());
+            let bad =
+                tokio::task::spawn_blocking(move || page_checksum::bad_blocks(&abs, &path, lsn))
+                    .await
+                    .context("join a page check")?;
+            match bad {
+                Ok(bad) => bad,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("check the pages of {}", source.path))
+                }
+            }
+        }
+        _ => Vec::new(),
+    };
+    if !bad_blocks.is_empty() {
+        tracing::warn!(
+            file = %source.path,
+            blocks = ?bad_blocks,
+            "data page checksum mismatch: the copy holds the damaged pages as they are on disk"
+        );
+    }
     Ok(Some(FileEntry {
         path: source.path,
         size: meta.len(),
@@ -440,6 +490,7 @@ async fn copy_file(
         checksum: checksum.to_string(),
         stored_size,
         stored_in: id.to_owned(),
+        bad_blocks,
     }))
 }
 

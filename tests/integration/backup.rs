@@ -544,3 +544,52 @@ async fn a_recovery_paused_at_its_target_says_so_in_status() {
         .get(0);
     assert_eq!(rows, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_data_checksums_a_damaged_page_is_reported_by_the_backup() {
+    let cluster = Cluster::new();
+    let storage = file_storage(&cluster);
+    let config = cluster.config(
+        "password: pw\ninitdb_args: [--data-checksums]",
+        &format!("{storage}wal:\n  archive: true\n"),
+    );
+    let _pgward = Pgward::start(&["--config", config.to_str().unwrap(), "run"], &[]);
+    let client = cluster
+        .wait_connect("postgres", "pw", "postgres", BOOT)
+        .await;
+    client
+        .batch_execute(
+            "CREATE TABLE t AS SELECT i, repeat('x', 100) AS pad FROM generate_series(1, 3000) i;
+             CHECKPOINT;",
+        )
+        .await
+        .unwrap();
+    // Every page of a healthy cluster checks out: the checksums are computed as postgres does.
+    let (code, out, err) = pgward(&config, &["backup"]);
+    assert_eq!(code, 0, "backup failed:\n{out}\n{err}");
+    let (_, show, _) = pgward(&config, &["show", "latest", "--json"]);
+    let show: serde_json::Value = serde_json::from_str(&show).unwrap();
+    assert_eq!(show["data_checksums"], true);
+    assert_eq!(show["bad_blocks"], 0, "{err}");
+
+    // Damage block 1 of the table on disk (its buffer is clean: postgres will not rewrite it).
+    let relpath: String = client
+        .query_one("SELECT pg_relation_filepath('t')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let file = cluster.data_dir().join(&relpath);
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[8192 + 4000] ^= 0x5A;
+    std::fs::write(&file, bytes).unwrap();
+
+    let (code, out, err) = pgward(&config, &["backup"]);
+    assert_eq!(code, 0, "backup failed:\n{out}\n{err}");
+    assert!(
+        err.contains("data page checksum failures") && err.contains(&relpath),
+        "{err}"
+    );
+    let (_, show, _) = pgward(&config, &["show", "latest", "--json"]);
+    let show: serde_json::Value = serde_json::from_str(&show).unwrap();
+    assert_eq!(show["bad_blocks"], 1, "{show}");
+}
