@@ -3,24 +3,13 @@
 //! to the end and to a point in time; a backup killed midway, and a damaged stored object.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::common::{pgward_bin, Cluster, Pgward};
+use crate::common::{Cluster, Pgward};
 use crate::wal::{file_storage, pgbench, start_archiving, switch_and_wait_archived, BOOT};
 
 fn pgward(config: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(pgward_bin())
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .expect("run pgward");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    crate::common::pgward_with(config, args)
 }
 
 /// Starts pgward on a restored data directory (no archiving: its WAL must not mix with the
@@ -34,19 +23,7 @@ async fn recover_and_count(restored: &Cluster, storage: &str) -> (Pgward, i64) {
     let client = restored
         .wait_connect("postgres", "pw", "postgres", BOOT)
         .await;
-    let deadline = std::time::Instant::now() + BOOT;
-    loop {
-        let in_recovery: bool = client
-            .query_one("SELECT pg_is_in_recovery()", &[])
-            .await
-            .unwrap()
-            .get(0);
-        if !in_recovery {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "recovery did not end");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::common::wait_promoted(&client, BOOT).await;
     let rows: i64 = client
         .query_one("SELECT count(*) FROM t", &[])
         .await
@@ -387,16 +364,7 @@ async fn an_empty_data_directory_can_start_from_the_latest_backup() {
     );
     let host_pgward = Pgward::start(&["--config", host_config.to_str().unwrap(), "run"], &[]);
     let host_client = host.wait_connect("postgres", "pw", "postgres", BOOT).await;
-    let deadline = std::time::Instant::now() + BOOT;
-    while host_client
-        .query_one("SELECT pg_is_in_recovery()", &[])
-        .await
-        .unwrap()
-        .get::<_, bool>(0)
-    {
-        assert!(std::time::Instant::now() < deadline, "recovery did not end");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::common::wait_promoted(&host_client, BOOT).await;
     let rows: i64 = host_client
         .query_one("SELECT count(*) FROM t", &[])
         .await

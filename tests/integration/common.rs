@@ -424,3 +424,32 @@ pub fn children_of(pid: i32) -> Vec<(i32, char)> {
     }
     out
 }
+
+/// `pgward --config <config> <args>`, run to completion: (exit code, stdout, stderr).
+pub fn pgward_with(config: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(pgward_bin())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("run pgward");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Waits until a recovering server has ended recovery (promoted).
+pub async fn wait_promoted(client: &tokio_postgres::Client, within: Duration) {
+    let deadline = Instant::now() + within;
+    while client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get::<_, bool>(0)
+    {
+        assert!(Instant::now() < deadline, "recovery did not end");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -2,26 +2,15 @@
 //! restore through the chain is exact.
 
 use std::path::Path;
-use std::process::Command;
 
-use crate::common::{pgward_bin, Cluster, Pgward};
+use crate::common::{Cluster, Pgward};
 use crate::wal::{file_storage, pgbench, start_archiving, BOOT};
 
 fn pgward_json(config: &Path, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(pgward_bin())
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .expect("run pgward");
-    assert!(
-        out.status.success(),
-        "pgward {args:?}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, out, err) = crate::common::pgward_with(config, args);
+    assert_eq!(code, 0, "pgward {args:?}: {out}\n{err}");
     if args.contains(&"--json") {
-        serde_json::from_slice(&out.stdout).expect("JSON")
+        serde_json::from_str(&out).expect("JSON")
     } else {
         serde_json::Value::Null
     }
@@ -101,16 +90,7 @@ async fn incremental_backups_store_what_changed_and_restore_exactly() {
     let restored_client = restored
         .wait_connect("postgres", "pw", "postgres", BOOT)
         .await;
-    let deadline = std::time::Instant::now() + BOOT;
-    while restored_client
-        .query_one("SELECT pg_is_in_recovery()", &[])
-        .await
-        .unwrap()
-        .get::<_, bool>(0)
-    {
-        assert!(std::time::Instant::now() < deadline, "recovery did not end");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    crate::common::wait_promoted(&restored_client, BOOT).await;
     let got: i64 = restored_client
         .query_one("SELECT sum(bbalance)::int8 FROM pgbench_branches", &[])
         .await

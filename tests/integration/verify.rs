@@ -3,23 +3,12 @@
 //! fails the check, naming the object.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use crate::common::{pgward_bin, Cluster};
+use crate::common::Cluster;
 use crate::wal::{file_storage, start_archiving, switch_and_wait_archived};
 
 fn pgward(config: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(pgward_bin())
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .expect("run pgward");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    crate::common::pgward_with(config, args)
 }
 
 fn verify_json(config: &Path) -> (i32, serde_json::Value) {
