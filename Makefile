@@ -17,10 +17,10 @@ override PGWARD_HOME := $(abspath $(PGWARD_HOME))
 export PGWARD_HOME
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test deps lint doc image push bench bench-wal bench-deps clean
+.PHONY: help build run test deps lint doc image push bench bench-wal bench-backup bench-deps clean
 
 help: ## list the targets
-	@awk 'BEGIN { FS = ":.*## " } /^[a-z-]+:.*## / { printf "  make %-11s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+	@awk 'BEGIN { FS = ":.*## " } /^[a-z-]+:.*## / { printf "  make %-12s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
 build: ## cargo build --release
 	$(CARGO) build --release --locked
@@ -70,6 +70,9 @@ bench: build bench-deps ## startup/shutdown/memory benchmark (bench/README.md)
 
 bench-wal: build bench-deps ## WAL archiving throughput: cp, pgBackRest, pgward (bench/README.md)
 	bench/wal-archive.sh
+
+bench-backup: build bench-deps ## backup and restore: pg_basebackup, pgBackRest, pgward (bench/README.md)
+	bench/backup.sh
 
 clean: ## remove build output and ./.pgward (the dev cluster and the bench venv)
 	$(CARGO) clean
