@@ -363,10 +363,10 @@ if [[ -n ${pgward_id[pgward-zstd]:-} ]]; then
     warm "$repo/backups/${pgward_id[pgward-zstd]}"
     if timed pgward-restore-zstd "$pgward_bin" --config "$tmp/pgward.yaml" restore \
         "${pgward_id[pgward-zstd]}" --data-dir "$d"; then
-        # pgward has no --delta yet: --force empties the directory and restores everything.
+        # Again onto what it just restored: --delta keeps each file whose checksum matches.
         warm "$repo/backups/${pgward_id[pgward-zstd]}" "$d"
-        timed pgward-force "$pgward_bin" --config "$tmp/pgward.yaml" restore \
-            "${pgward_id[pgward-zstd]}" --data-dir "$d" --force || true
+        timed pgward-delta "$pgward_bin" --config "$tmp/pgward.yaml" restore \
+            "${pgward_id[pgward-zstd]}" --data-dir "$d" --delta || true
     fi
     done_with "$d"
 fi
@@ -407,7 +407,7 @@ declare -A label=(
     [pgbr-delta]="pgBackRest restore --delta zst"
     [pgward-restore-lz4]="pgward restore lz4"
     [pgward-restore-zstd]="pgward restore zstd"
-    [pgward-force]="pgward restore --force zstd"
+    [pgward-delta]="pgward restore --delta zstd"
 )
 ratio() { # key reference-key
     if [[ -n ${secs[$1]:-} && -n ${secs[$2]:-} ]]; then
@@ -432,7 +432,7 @@ sep() {
 }
 backups=(pgbb-lz4 pgbb-zstd pgbr-lz4 pgbr-zst tar-zstd pgward-lz4 pgward-zstd pgward-incr)
 restores=(pgbr-restore-lz4 pgbr-restore-zst pgbr-delta pgward-restore-lz4 pgward-restore-zstd
-    pgward-force)
+    pgward-delta)
 
 echo
 echo "pgbench -i -s $scale, data checksums on; data directory $(mb "$data_bytes") MB without pg_wal;" \
@@ -452,8 +452,7 @@ for k in "${restores[@]}"; do
     row "${label[$k]}" "${secs[$k]:--}" "$(mbps "$k")" "" "${rss[$k]:--}" "" \
         "$(ratio "$k" pgbr-restore-zst)"
 done
-echo "--delta and --force restore onto the unchanged directory the row above restored;" \
-    "pgward has no --delta yet"
+echo "--delta restores onto the unchanged directory the row above restored"
 failed=0
 for k in "${backups[@]}" "${restores[@]}" pgward-run; do
     [[ -n ${note[$k]:-} ]] || continue
