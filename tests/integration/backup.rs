@@ -58,6 +58,11 @@ async fn a_full_backup_restores_to_the_end_of_the_archive_and_to_a_point_in_time
         .await
         .unwrap()
         .get(0);
+    let lsn_after_2000: String = client
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     client
         .batch_execute("INSERT INTO t (i) SELECT generate_series(2001, 3000)")
@@ -125,6 +130,27 @@ async fn a_full_backup_restores_to_the_end_of_the_archive_and_to_a_point_in_time
     );
     assert_eq!(code, 0, "restore failed:\n{out}\n{err}");
     let (_restored, rows) = recover_and_count(&pitr, &storage).await;
+    assert_eq!(rows, 2000);
+
+    // To the LSN right after the second insert, from the first backup by id.
+    let first = listed(&config)[0]["id"].as_str().unwrap().to_owned();
+    let by_lsn = Cluster::new();
+    let data = by_lsn.data_dir();
+    let (code, out, err) = pgward(
+        &config,
+        &[
+            "restore",
+            &first,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--target-lsn",
+            &lsn_after_2000,
+            "--target-action",
+            "promote",
+        ],
+    );
+    assert_eq!(code, 0, "restore failed:\n{out}\n{err}");
+    let (_restored, rows) = recover_and_count(&by_lsn, &storage).await;
     assert_eq!(rows, 2000);
 }
 
