@@ -414,19 +414,7 @@ fn expire_json(plan: &expire::Plan, dry_run: bool) -> serde_json::Value {
 }
 
 /// What `pgward restore` was asked for.
-#[derive(Debug, Clone, Default)]
-pub struct RestoreRequest {
-    pub backup: String,
-    pub data_dir: Option<std::path::PathBuf>,
-    pub target_time: Option<String>,
-    pub target_lsn: Option<String>,
-    pub target_xid: Option<u64>,
-    pub target_name: Option<String>,
-    pub target_immediate: bool,
-    pub target_action: Option<String>,
-    pub force: bool,
-    pub delta: bool,
-}
+pub type RestoreRequest = crate::cli::RestoreArgs;
 
 /// `pgward restore`.
 pub async fn restore_command(config: &Config, request: &RestoreRequest) -> Result<i32> {

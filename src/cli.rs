@@ -79,39 +79,7 @@ pub enum Command {
         json: bool,
     },
     /// Restore a backup into a data directory and set up recovery from the WAL archive.
-    Restore {
-        /// A backup id, or `latest`.
-        #[arg(default_value = "latest")]
-        backup: String,
-        /// Where to restore [default: postgres.data_dir from the config].
-        #[arg(long, value_name = "DIR")]
-        data_dir: Option<PathBuf>,
-        /// Stop recovery at this time (as postgres reads it, e.g. `2026-11-30 03:55:00+00`).
-        #[arg(long, group = "target", value_name = "TIME")]
-        target_time: Option<String>,
-        /// Stop recovery at this LSN.
-        #[arg(long, group = "target", value_name = "LSN")]
-        target_lsn: Option<String>,
-        /// Stop recovery after this transaction id.
-        #[arg(long, group = "target", value_name = "XID")]
-        target_xid: Option<u64>,
-        /// Stop recovery at this restore point (`pg_create_restore_point`).
-        #[arg(long, group = "target", value_name = "NAME")]
-        target_name: Option<String>,
-        /// Stop recovery as soon as the backup is consistent.
-        #[arg(long, group = "target")]
-        target_immediate: bool,
-        /// What postgres does at the target: pause (postgres's default), promote or shutdown.
-        #[arg(long, value_name = "ACTION")]
-        target_action: Option<String>,
-        /// Replace whatever the data directory holds.
-        #[arg(long, conflicts_with = "delta")]
-        force: bool,
-        /// Restore over the data directory's content: keep files that already match the
-        /// backup (compared by checksum), rewrite the others, remove the rest.
-        #[arg(long)]
-        delta: bool,
-    },
+    Restore(RestoreArgs),
     /// Check a backup without restoring it: every object against its checksum, and the WAL
     /// it needs in the archive. Exit 0 when it restores, 1 when anything it needs is wrong.
     Verify {
@@ -135,6 +103,42 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `pgward restore`'s arguments.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RestoreArgs {
+    /// A backup id, or `latest`.
+    #[arg(default_value = "latest")]
+    pub backup: String,
+    /// Where to restore [default: postgres.data_dir from the config].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Stop recovery at this time (as postgres reads it, e.g. `2026-11-30 03:55:00+00`).
+    #[arg(long, group = "target", value_name = "TIME")]
+    pub target_time: Option<String>,
+    /// Stop recovery at this LSN.
+    #[arg(long, group = "target", value_name = "LSN")]
+    pub target_lsn: Option<String>,
+    /// Stop recovery after this transaction id.
+    #[arg(long, group = "target", value_name = "XID")]
+    pub target_xid: Option<u64>,
+    /// Stop recovery at this restore point (`pg_create_restore_point`).
+    #[arg(long, group = "target", value_name = "NAME")]
+    pub target_name: Option<String>,
+    /// Stop recovery as soon as the backup is consistent.
+    #[arg(long, group = "target")]
+    pub target_immediate: bool,
+    /// What postgres does at the target: pause (postgres's default), promote or shutdown.
+    #[arg(long, value_name = "ACTION")]
+    pub target_action: Option<String>,
+    /// Replace whatever the data directory holds.
+    #[arg(long, conflicts_with = "delta")]
+    pub force: bool,
+    /// Restore over the data directory's content: keep files that already match the
+    /// backup (compared by checksum), rewrite the others, remove the rest.
+    #[arg(long)]
+    pub delta: bool,
 }
 
 #[derive(Debug, Subcommand)]

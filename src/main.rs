@@ -91,34 +91,9 @@ fn main() -> ExitCode {
         Command::Expire { dry_run, json } => with_config(config_path.as_deref(), |config| {
             with_runtime(false, backup_commands::expire(&config, dry_run, json))
         }),
-        Command::Restore {
-            backup,
-            data_dir,
-            target_time,
-            target_lsn,
-            target_xid,
-            target_name,
-            target_immediate,
-            target_action,
-            force,
-            delta,
-        } => {
-            let request = backup_commands::RestoreRequest {
-                backup,
-                data_dir,
-                target_time,
-                target_lsn,
-                target_xid,
-                target_name,
-                target_immediate,
-                target_action,
-                force,
-                delta,
-            };
-            with_config(config_path.as_deref(), |config| {
-                with_runtime(true, backup_commands::restore_command(&config, &request))
-            })
-        }
+        Command::Restore(request) => with_config(config_path.as_deref(), |config| {
+            with_runtime(true, backup_commands::restore_command(&config, &request))
+        }),
         Command::Verify { backup, json } => with_config(config_path.as_deref(), |config| {
             with_runtime(true, backup_commands::verify(&config, &backup, json))
         }),

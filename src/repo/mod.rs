@@ -841,22 +841,46 @@ impl Repo {
             checksum: digest.checksum,
             stored_bytes,
         };
-        let store = &self.inner.store;
         if mode == PutMode::Overwrite {
-            store
+            self.inner
+                .store
                 .put(path, payload)
                 .await
                 .map_err(|e| RepoError::storage(key, e))?;
             return Ok(created);
         }
+        self.put_create_only(key, path, payload, created, || async {
+            Ok(self.read_trailer(key, path).await?.map(|d| d.checksum))
+        })
+        .await
+    }
+
+    /// A create-only put of `payload` at `path`, which would be `created`: a conditional
+    /// create where the store has one, else a read before the write (a writer racing within
+    /// that window is overwritten). An object already there is compared by the checksum
+    /// `existing` reads: identical is success, different a conflict.
+    async fn put_create_only<F, Fut>(
+        &self,
+        key: &str,
+        path: &ObjectPath,
+        payload: PutPayload,
+        created: PutOutcome,
+        existing: F,
+    ) -> Result<PutOutcome, RepoError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<Checksum>, RepoError>>,
+    {
+        let store = &self.inner.store;
+        let new = created.checksum();
         if !self.inner.no_conditional_put.load(Ordering::Relaxed) {
             let options = object_store::PutOptions::from(object_store::PutMode::Create);
             match store.put_opts(path, payload.clone(), options).await {
                 Ok(_) => return Ok(created),
                 Err(object_store::Error::AlreadyExists { .. })
                 | Err(object_store::Error::Precondition { .. }) => {
-                    return match self.read_trailer(key, path).await? {
-                        Some(existing) => compare(key, existing.checksum, digest.checksum),
+                    return match existing().await? {
+                        Some(existing) => compare(key, existing, new),
                         // Deleted in between: a retry will create it.
                         None => Err(RepoError::storage(
                             key,
@@ -877,8 +901,8 @@ impl Repo {
             }
         }
         // Race window: a writer between this check and the put is overwritten.
-        if let Some(existing) = self.read_trailer(key, path).await? {
-            return compare(key, existing.checksum, digest.checksum);
+        if let Some(existing) = existing().await? {
+            return compare(key, existing, new);
         }
         store
             .put(path, payload)

@@ -8,13 +8,11 @@
 //! Plain objects are small (at most [`PLAIN_MAX`]), so they are hashed on the calling thread
 //! rather than on the blocking pool.
 
-use std::sync::atomic::Ordering;
-
 use bytes::Bytes;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStoreExt, PutPayload};
 
-use super::{compare, Checksum, Codec, PutMode, PutOutcome, Repo, RepoError};
+use super::{Checksum, Codec, PutMode, PutOutcome, Repo, RepoError};
 
 /// Largest plain object read or written: a few KiB is what a human reads.
 const PLAIN_MAX: usize = 1 << 20;
@@ -92,59 +90,13 @@ impl Repo {
                     .map_err(|e| RepoError::storage(key, e))?;
                 created
             }
-            PutMode::Create => self.create_plain(key, &path, payload, created).await?,
+            PutMode::Create => {
+                self.put_create_only(key, &path, payload, created, || self.plain_checksum(key))
+                    .await?
+            }
         };
         self.make_durable(&path, &outcome).await?;
         Ok(outcome)
-    }
-
-    /// The create-only put of [`Repo::put_plain`]: a conditional create where the store has
-    /// one, else (like `put_encoded`) a read before the write, with its race window.
-    async fn create_plain(
-        &self,
-        key: &str,
-        path: &ObjectPath,
-        payload: PutPayload,
-        created: PutOutcome,
-    ) -> Result<PutOutcome, RepoError> {
-        let store = &self.inner.store;
-        let new = created.checksum();
-        if !self.inner.no_conditional_put.load(Ordering::Relaxed) {
-            let options = object_store::PutOptions::from(object_store::PutMode::Create);
-            match store.put_opts(path, payload.clone(), options).await {
-                Ok(_) => return Ok(created),
-                Err(object_store::Error::AlreadyExists { .. })
-                | Err(object_store::Error::Precondition { .. }) => {
-                    return match self.plain_checksum(key).await? {
-                        Some(existing) => compare(key, existing, new),
-                        // Deleted in between: a retry will create it.
-                        None => Err(RepoError::storage(
-                            key,
-                            object_store::Error::Generic {
-                                store: "repo",
-                                source: "object vanished after a create conflict".into(),
-                            },
-                        )),
-                    };
-                }
-                Err(object_store::Error::NotImplemented { .. })
-                | Err(object_store::Error::NotSupported { .. }) => {
-                    tracing::debug!(repo = %self.inner.describe,
-                        "the store has no create-only put; checking before writing instead");
-                    self.inner.no_conditional_put.store(true, Ordering::Relaxed);
-                }
-                Err(e) => return Err(RepoError::storage(key, e)),
-            }
-        }
-        // Race window: a writer between this check and the put is overwritten.
-        if let Some(existing) = self.plain_checksum(key).await? {
-            return compare(key, existing, new);
-        }
-        store
-            .put(path, payload)
-            .await
-            .map_err(|e| RepoError::storage(key, e))?;
-        Ok(created)
     }
 
     /// BLAKE3 of the stored plain object `key`, `None` when absent.
