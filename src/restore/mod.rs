@@ -64,8 +64,15 @@ pub async fn restore(
         if options.delta && std::fs::read_link(&link).is_ok_and(|l| l == location) {
             continue;
         }
-        prepare_data_dir(location, options.force)
-            .with_context(|| format!("tablespace {}", tablespace.oid))?;
+        // Never emptied, not even with --force: on the original's host the location is the
+        // running cluster's own tablespace.
+        prepare_data_dir(location, false).with_context(|| {
+            format!(
+                "tablespace {} (restoring a cluster with tablespaces needs their locations \
+                 empty; relocating them is not supported yet)",
+                tablespace.oid
+            )
+        })?;
         std::os::unix::fs::symlink(location, &link)
             .with_context(|| format!("link {} to {}", link.display(), location.display()))?;
     }
