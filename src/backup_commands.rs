@@ -447,7 +447,30 @@ pub async fn restore_command(config: &Config, request: &RestoreRequest) -> Resul
         .data_dir
         .clone()
         .unwrap_or_else(|| config.postgres.data_dir.clone());
+    let tablespace_map = request
+        .tablespace_map
+        .iter()
+        .map(|m| {
+            let (oid, dir) = m
+                .split_once('=')
+                .with_context(|| format!("--tablespace-map {m:?}: expected OID=DIR"))?;
+            let oid: u32 = oid
+                .trim()
+                .parse()
+                .with_context(|| format!("--tablespace-map {m:?}: {oid:?} is not an oid"))?;
+            let dir = std::path::absolute(dir.trim())
+                .with_context(|| format!("--tablespace-map {m:?}"))?;
+            if !manifest.tablespaces.iter().any(|t| t.oid == oid) {
+                bail!(
+                    "--tablespace-map {m:?}: backup {} has no tablespace {oid}",
+                    manifest.id
+                );
+            }
+            Ok((oid, dir))
+        })
+        .collect::<Result<_>>()?;
     let options = RestoreOptions {
+        tablespace_map,
         data_dir: std::path::absolute(&data_dir)
             .with_context(|| format!("make {} absolute", data_dir.display()))?,
         force: request.force,
@@ -485,6 +508,7 @@ pub async fn bootstrap_from_backup(
         data_dir: config.postgres.data_dir.clone(),
         force: false,
         delta: false,
+        tablespace_map: Default::default(),
         concurrency: config.backup.concurrency as usize,
         owner,
         recovery: RecoverySettings {

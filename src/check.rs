@@ -199,7 +199,10 @@ pub fn backup_checks(
     let mut out = vec![if fulls as u32 >= min_redundancy {
         CheckResult::ok(
             "minimum_redundancy",
-            format!("{fulls} full backups (at least {min_redundancy})"),
+            format!(
+                "{fulls} full backup{} (at least {min_redundancy})",
+                if fulls == 1 { "" } else { "s" }
+            ),
         )
     } else {
         CheckResult::failed(

@@ -139,6 +139,9 @@ pub struct RestoreArgs {
     /// backup (compared by checksum), rewrite the others, remove the rest.
     #[arg(long)]
     pub delta: bool,
+    /// Restore tablespace OID into DIR instead of its original location (repeatable).
+    #[arg(long = "tablespace-map", value_name = "OID=DIR")]
+    pub tablespace_map: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -36,6 +36,33 @@ pub struct RestoreOptions {
     /// Owner of the restored files when running as root (the server's user).
     pub owner: Option<RunAs>,
     pub recovery: RecoverySettings,
+    /// New locations of tablespaces, by oid; the others go back where they were.
+    pub tablespace_map: std::collections::HashMap<u32, PathBuf>,
+}
+
+/// Where tablespace `oid` of a backup is restored.
+fn location_of<'a>(options: &'a RestoreOptions, oid: u32, original: &'a str) -> &'a Path {
+    options
+        .tablespace_map
+        .get(&oid)
+        .map(PathBuf::as_path)
+        .unwrap_or_else(|| Path::new(original))
+}
+
+/// `tablespace_map` as `pg_backup_stop` wrote it (`<oid> <path>` lines), with relocated
+/// tablespaces pointing at their new place: postgres recreates the links from it.
+fn relocate_map(map: &str, options: &RestoreOptions) -> String {
+    map.lines()
+        .map(|line| {
+            let relocated = line
+                .split_once(' ')
+                .and_then(|(oid, _)| Some((oid, options.tablespace_map.get(&oid.parse().ok()?)?)));
+            match relocated {
+                Some((oid, dir)) => format!("{oid} {}\n", dir.display()),
+                None => format!("{line}\n"),
+            }
+        })
+        .collect()
 }
 
 /// Restores `manifest`'s backup from `repo`.
@@ -60,7 +87,7 @@ pub async fn restore(
         let link = data_dir.join("pg_tblspc").join(tablespace.oid.to_string());
         std::fs::create_dir_all(data_dir.join("pg_tblspc"))
             .with_context(|| format!("create {}", data_dir.join("pg_tblspc").display()))?;
-        let location = Path::new(&tablespace.location);
+        let location = location_of(options, tablespace.oid, &tablespace.location);
         if options.delta && std::fs::read_link(&link).is_ok_and(|l| l == location) {
             continue;
         }
@@ -68,9 +95,9 @@ pub async fn restore(
         // running cluster's own tablespace.
         prepare_data_dir(location, false).with_context(|| {
             format!(
-                "tablespace {} (restoring a cluster with tablespaces needs their locations \
-                 empty; relocating them is not supported yet)",
-                tablespace.oid
+                "tablespace {} (its location must be empty; restore it elsewhere with \
+                 --tablespace-map {}=DIR)",
+                tablespace.oid, tablespace.oid
             )
         })?;
         std::os::unix::fs::symlink(location, &link)
@@ -131,6 +158,10 @@ pub async fn restore(
             .await
             .with_context(|| format!("read {key}"))?
         {
+            Some(content) if name == "tablespace_map" => {
+                let map = relocate_map(&String::from_utf8_lossy(&content), options);
+                write_file(&data_dir.join(name), map.as_bytes())?
+            }
             Some(content) => write_file(&data_dir.join(name), &content)?,
             None if name == "backup_label" => bail!(
                 "backup {} has no backup_label in {}",
@@ -145,7 +176,8 @@ pub async fn restore(
     if let Some(owner) = &options.owner {
         crate::postgres::server::chown_tree(data_dir, owner)?;
         for tablespace in &manifest.tablespaces {
-            crate::postgres::server::chown_tree(Path::new(&tablespace.location), owner)?;
+            let location = location_of(options, tablespace.oid, &tablespace.location);
+            crate::postgres::server::chown_tree(location, owner)?;
         }
     }
     std::fs::remove_file(&marker).with_context(|| format!("remove {}", marker.display()))?;

@@ -587,3 +587,71 @@ async fn with_data_checksums_a_damaged_page_is_reported_by_the_backup() {
     let show: serde_json::Value = serde_json::from_str(&show).unwrap();
     assert_eq!(show["bad_blocks"], 1, "{show}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tablespace_is_backed_up_and_restored_where_it_is_mapped() {
+    let cluster = Cluster::new();
+    let storage = file_storage(&cluster);
+    let (config, _pgward, client) = start_archiving(&cluster, &storage).await;
+    let location = cluster.dir.join("ts");
+    std::fs::create_dir_all(&location).unwrap();
+    if crate::common::is_root() {
+        let pg = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+        nix::unistd::chown(&location, Some(pg.uid), Some(pg.gid)).unwrap();
+    }
+    client
+        .batch_execute(&format!(
+            "CREATE TABLESPACE ts LOCATION '{}'",
+            location.display()
+        ))
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE t (i int) TABLESPACE ts; INSERT INTO t SELECT generate_series(1, 1000);",
+        )
+        .await
+        .unwrap();
+    let oid: u32 = client
+        .query_one("SELECT oid FROM pg_tablespace WHERE spcname = 'ts'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let (code, out, err) = pgward(&config, &["backup"]);
+    assert_eq!(code, 0, "backup failed:\n{out}\n{err}");
+    client
+        .batch_execute("INSERT INTO t VALUES (1001)")
+        .await
+        .unwrap();
+    switch_and_wait_archived(&client).await;
+
+    let restored = Cluster::new();
+    let data = restored.data_dir();
+    // The original location is in use: refused, even with --force, and left alone.
+    let (code, _, err) = pgward(
+        &config,
+        &["restore", "--data-dir", data.to_str().unwrap(), "--force"],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&format!("--tablespace-map {oid}=DIR")),
+        "{err}"
+    );
+    let moved = restored.dir.join("ts-restored");
+    let (code, out, err) = pgward(
+        &config,
+        &[
+            "restore",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--force",
+            "--tablespace-map",
+            &format!("{oid}={}", moved.display()),
+        ],
+    );
+    assert_eq!(code, 0, "restore failed:\n{out}\n{err}");
+    let (_restored, rows) = recover_and_count(&restored, &storage).await;
+    assert_eq!(rows, 1001);
+    let link = std::fs::read_link(data.join(format!("pg_tblspc/{oid}"))).unwrap();
+    assert_eq!(link, moved);
+}
