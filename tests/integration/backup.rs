@@ -13,8 +13,11 @@ fn pgward(config: &Path, args: &[&str]) -> (i32, String, String) {
 }
 
 /// Starts pgward on a restored data directory (no archiving: its WAL must not mix with the
-/// original's) and counts the rows of `t` once recovery has ended.
-async fn recover_and_count(restored: &Cluster, storage: &str) -> (Pgward, i64) {
+/// original's) and waits until recovery has ended.
+pub(crate) async fn start_recovered(
+    restored: &Cluster,
+    storage: &str,
+) -> (Pgward, tokio_postgres::Client) {
     let config = restored.config(
         "password: pw",
         &format!("{storage}wal:\n  archive: false\n"),
@@ -24,6 +27,12 @@ async fn recover_and_count(restored: &Cluster, storage: &str) -> (Pgward, i64) {
         .wait_connect("postgres", "pw", "postgres", BOOT)
         .await;
     crate::common::wait_promoted(&client, BOOT).await;
+    (pgward, client)
+}
+
+/// [`start_recovered`], then the rows of `t`.
+async fn recover_and_count(restored: &Cluster, storage: &str) -> (Pgward, i64) {
+    let (pgward, client) = start_recovered(restored, storage).await;
     let rows: i64 = client
         .query_one("SELECT count(*) FROM t", &[])
         .await

@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use crate::common::{Cluster, Pgward};
-use crate::wal::{file_storage, pgbench, start_archiving, BOOT};
+use crate::common::Cluster;
+use crate::wal::{file_storage, pgbench, start_archiving};
 
 fn pgward_json(config: &Path, args: &[&str]) -> serde_json::Value {
     let (code, out, err) = crate::common::pgward_with(config, args);
@@ -81,16 +81,8 @@ async fn incremental_backups_store_what_changed_and_restore_exactly() {
             "promote",
         ],
     );
-    let restored_config = restored.config(
-        "password: pw",
-        &format!("{storage}wal:\n  archive: false\n"),
-    );
-    let _restored_pgward =
-        Pgward::start(&["--config", restored_config.to_str().unwrap(), "run"], &[]);
-    let restored_client = restored
-        .wait_connect("postgres", "pw", "postgres", BOOT)
-        .await;
-    crate::common::wait_promoted(&restored_client, BOOT).await;
+    let (_restored_pgward, restored_client) =
+        crate::backup::start_recovered(&restored, &storage).await;
     let got: i64 = restored_client
         .query_one("SELECT sum(bbalance)::int8 FROM pgbench_branches", &[])
         .await
