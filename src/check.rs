@@ -283,17 +283,7 @@ async fn repository_checks(config: &crate::config::Config) -> Vec<CheckResult> {
         "system_identifier",
         format!("{} matches {}", ctx.system_identifier, ctx.repo.describe()),
     )];
-    let probe = format!("check/probe-{}", std::process::id());
-    let written = ctx
-        .repo
-        .put_bytes(
-            &probe,
-            b"pgward check".to_vec(),
-            crate::repo::PutMode::Overwrite,
-        )
-        .await;
-    let _ = ctx.repo.delete(&probe).await;
-    out.push(match written {
+    out.push(match ctx.repo.probe_writable().await {
         Ok(_) => CheckResult::ok("repository", format!("{} is writable", ctx.repo.describe())),
         Err(e) => CheckResult::failed("repository", format!("cannot write: {e:#}")),
     });

@@ -79,6 +79,12 @@ pub async fn take(
         .await
         .with_context(|| format!("connect to postgres at {}", target.socket_dir.display()))?;
     let data_checksums = preflight(&client).await?;
+    repo.probe_writable().await.with_context(|| {
+        format!(
+            "the repository {} is not writable; no backup started",
+            repo.describe()
+        )
+    })?;
 
     let (start_time, id) = unused_id(repo, kind).await?;
     let label = format!("pgward backup {id}");

@@ -585,6 +585,17 @@ impl Repo {
         Ok(out)
     }
 
+    /// Writes and deletes a small object (`check/probe-<pid>`): whether this process can
+    /// write to the repository at all, asked before work that would fail half-way.
+    pub async fn probe_writable(&self) -> Result<(), RepoError> {
+        let probe = format!("check/probe-{}", std::process::id());
+        let written = self
+            .put_bytes(&probe, b"pgward probe".to_vec(), PutMode::Overwrite)
+            .await;
+        let _ = self.delete(&probe).await;
+        written.map(|_| ())
+    }
+
     /// Deletes `key` under every codec; deleting an absent key succeeds.
     pub async fn delete(&self, key: &str) -> Result<(), RepoError> {
         for codec in Codec::ALL {
