@@ -424,6 +424,20 @@ impl Repo {
         dest: &Path,
         cancel: &CancellationToken,
     ) -> Result<bool, RepoError> {
+        let Some(get) = self.open_object(key, cancel).await? else {
+            return Ok(false);
+        };
+        self.download(key, get, dest, cancel).await?;
+        Ok(true)
+    }
+
+    /// Starts reading `key` under the first codec it is stored with; `None` when absent
+    /// under every codec.
+    async fn open_object(
+        &self,
+        key: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Option<object_store::GetResult>, RepoError> {
         if cancel.is_cancelled() {
             return Err(RepoError::Cancelled);
         }
@@ -435,15 +449,12 @@ impl Repo {
                 r = self.inner.store.get(&path) => r,
             };
             match result {
-                Ok(get) => {
-                    self.download(key, get, dest, cancel).await?;
-                    return Ok(true);
-                }
+                Ok(get) => return Ok(Some(get)),
                 Err(object_store::Error::NotFound { .. }) => continue,
                 Err(e) => return Err(RepoError::storage(key, e)),
             }
         }
-        Ok(false)
+        Ok(None)
     }
 
     /// Streams `key` through the decoder into nothing: header, decompression, length and
@@ -457,37 +468,22 @@ impl Repo {
         key: &str,
         cancel: &CancellationToken,
     ) -> Result<Option<Verified>, RepoError> {
-        if cancel.is_cancelled() {
-            return Err(RepoError::Cancelled);
-        }
-        for codec in self.codecs() {
-            let path = self.path(key, codec)?;
-            let result = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => return Err(RepoError::Cancelled),
-                r = self.inner.store.get(&path) => r,
-            };
-            match result {
-                Ok(get) => {
-                    let stored_bytes = get.meta.size;
-                    let key_owned = key.to_owned();
-                    let digest = self
-                        .decode_stream(key, get, cancel, move |reader| {
-                            frame::decode(reader, io::sink())
-                                .map_err(|e| decode_error(&key_owned, Path::new("<sink>"), e))
-                        })
-                        .await?;
-                    return Ok(Some(Verified {
-                        len: digest.len,
-                        checksum: digest.checksum,
-                        stored_bytes,
-                    }));
-                }
-                Err(object_store::Error::NotFound { .. }) => continue,
-                Err(e) => return Err(RepoError::storage(key, e)),
-            }
-        }
-        Ok(None)
+        let Some(get) = self.open_object(key, cancel).await? else {
+            return Ok(None);
+        };
+        let stored_bytes = get.meta.size;
+        let key_owned = key.to_owned();
+        let digest = self
+            .decode_stream(key, get, cancel, move |reader| {
+                frame::decode(reader, io::sink())
+                    .map_err(|e| decode_error(&key_owned, Path::new("<sink>"), e))
+            })
+            .await?;
+        Ok(Some(Verified {
+            len: digest.len,
+            checksum: digest.checksum,
+            stored_bytes,
+        }))
     }
 
     /// Reads, decodes and verifies a small object (at most 64 MiB stored) into memory.
