@@ -48,6 +48,8 @@ struct Source {
     path: String,
     abs: PathBuf,
     mode: u32,
+    /// Size when walked, for ordering only (the copy records what it reads).
+    len: u64,
 }
 
 /// What a walk of the data directory found.
@@ -350,7 +352,12 @@ fn walk(data_dir: &Path) -> Result<Walk> {
                 }
                 Rule::Include if meta.is_file() => {
                     out.bytes += meta.len();
-                    out.files.push(Source { path, abs, mode });
+                    out.files.push(Source {
+                        path,
+                        abs,
+                        mode,
+                        len: meta.len(),
+                    });
                 }
                 // Sockets, fifos, symlinks outside pg_tblspc: not data.
                 Rule::Include => {
@@ -361,13 +368,8 @@ fn walk(data_dir: &Path) -> Result<Walk> {
     }
     out.dirs.sort_by(|a, b| a.path.cmp(&b.path));
     // Largest first: the long uploads start early and the tail of the backup is short.
-    out.files
-        .sort_by_key(|s| std::cmp::Reverse(file_len(&s.abs)));
+    out.files.sort_by_key(|s| std::cmp::Reverse(s.len));
     Ok(out)
-}
-
-fn file_len(path: &Path) -> u64 {
-    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
 /// Stores every file, `concurrency` at a time, logging progress; with a `parent`, files it
