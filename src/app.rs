@@ -126,7 +126,7 @@ pub async fn run(
         view: supervisor.view(),
         stopping: stopping.clone(),
         wal,
-        target: crate::backup_commands::server_target(&config),
+        target: Target::superuser_of(&config.postgres),
     });
     let mut control_task = tokio::spawn(control.serve(handler, cancel_control.clone()));
 
@@ -201,13 +201,7 @@ pub async fn run(
 /// Postgres first, then the services in config order.
 fn units(config: &Config, server: &Server, sink: &LogSink) -> Result<Vec<UnitSpec>> {
     let pg = &config.postgres;
-    let target = Target {
-        socket_dir: pg.socket_dir.clone(),
-        port: pg.port,
-        user: pg.init.superuser.clone(),
-        password: pg.init.password.clone(),
-        dbname: "postgres".into(),
-    };
+    let target = Target::superuser_of(pg);
     let data_dir = pg.data_dir.clone();
     let mut units = vec![UnitSpec {
         name: POSTGRES.into(),
@@ -264,11 +258,19 @@ fn archive_parameters(config: &Config, parameters: &mut BTreeMap<String, String>
         return Ok(());
     }
 
-    let exe = std::env::current_exe().context("find the pgward executable for archive_command")?;
-    let mut command = format!(
-        "test -f pg_wal/{MARKS_DIR}/%f || {}",
-        shell_quote(&exe.to_string_lossy())
+    let command = format!(
+        "test -f pg_wal/{MARKS_DIR}/%f || {} wal-push %p",
+        pgward_invocation(config)?
     );
+    parameters.insert("archive_command".into(), command);
+    Ok(())
+}
+
+/// This pgward with this config, quoted for /bin/sh: the start of the archive and restore
+/// commands postgres runs.
+pub(crate) fn pgward_invocation(config: &Config) -> Result<String> {
+    let exe = std::env::current_exe().context("find the pgward executable")?;
+    let mut command = shell_quote(&exe.to_string_lossy());
     if let Some(file) = &config.source {
         let file = std::path::absolute(file).context("make the config path absolute")?;
         command.push_str(&format!(
@@ -276,13 +278,11 @@ fn archive_parameters(config: &Config, parameters: &mut BTreeMap<String, String>
             shell_quote(&file.to_string_lossy())
         ));
     }
-    command.push_str(" wal-push %p");
-    parameters.insert("archive_command".into(), command);
-    Ok(())
+    Ok(command)
 }
 
 /// Quotes `word` for /bin/sh, which runs archive_command.
-pub(crate) fn shell_quote(word: &str) -> String {
+fn shell_quote(word: &str) -> String {
     if word
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || "/._-+:=,".contains(c))

@@ -66,7 +66,7 @@ pub async fn backup(
     };
     let manifest = take(
         &ctx.repo,
-        &server_target(config),
+        &Target::superuser_of(&config.postgres),
         &config.postgres.data_dir,
         cluster,
         parent.as_ref(),
@@ -564,29 +564,10 @@ fn recovery_target(request: &RestoreRequest) -> Result<RecoveryTarget> {
 
 /// `restore_command` for the restored cluster: this binary's `wal-fetch` with this config.
 fn wal_fetch_command(config: &Config) -> Result<String> {
-    let exe = std::env::current_exe().context("find the pgward executable")?;
-    let mut command = crate::app::shell_quote(&exe.to_string_lossy());
-    if let Some(file) = &config.source {
-        let file = std::path::absolute(file).context("make the config path absolute")?;
-        command.push_str(&format!(
-            " --config {}",
-            crate::app::shell_quote(&file.to_string_lossy())
-        ));
-    }
-    command.push_str(" wal-fetch %f %p");
-    Ok(command)
-}
-
-/// How to reach the server as its superuser over the unix socket.
-pub fn server_target(config: &Config) -> Target {
-    let pg = &config.postgres;
-    Target {
-        socket_dir: pg.socket_dir.clone(),
-        port: pg.port,
-        user: pg.init.superuser.clone(),
-        password: pg.init.password.clone(),
-        dbname: "postgres".into(),
-    }
+    Ok(format!(
+        "{} wal-fetch %f %p",
+        crate::app::pgward_invocation(config)?
+    ))
 }
 
 fn parse_annotations(raw: &[String]) -> Result<BTreeMap<String, String>> {

@@ -246,7 +246,7 @@ pub fn backup_checks(
 /// Runs every check for `config`'s cluster and repository.
 pub async fn run(config: &crate::config::Config) -> Vec<CheckResult> {
     let now = Utc::now();
-    let target = crate::backup_commands::server_target(config);
+    let target = Target::superuser_of(&config.postgres);
     let mut out = match server_facts(&target, &config.postgres.data_dir).await {
         Ok(facts) => server_checks(&facts, config.wal.max_age),
         Err(e) => vec![CheckResult::failed(
