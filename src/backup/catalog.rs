@@ -11,20 +11,16 @@ use crate::repo::Repo;
 
 /// Ids of the complete backups, oldest first.
 pub async fn backup_ids(repo: &Repo) -> Result<Vec<String>> {
-    let objects = repo
-        .list(BACKUPS_PREFIX)
-        .await
-        .with_context(|| format!("list backups in {}", repo.describe()))?;
-    let mut ids: Vec<String> = objects
-        .iter()
-        .filter_map(|o| {
-            let rest = o.key.strip_prefix(BACKUPS_PREFIX)?.strip_prefix('/')?;
-            let id = rest.strip_suffix("/manifest.json")?;
-            check_backup_id(id).is_ok().then(|| id.to_owned())
-        })
-        .collect();
-    ids.sort();
-    Ok(ids)
+    Ok(split_by_completion(objects_by_backup(repo).await?).0)
+}
+
+/// (complete, unfinished) backup ids, each oldest first: complete ones have a manifest.
+fn split_by_completion(objects: BTreeMap<String, Vec<String>>) -> (Vec<String>, Vec<String>) {
+    let (complete, unfinished): (Vec<_>, Vec<_>) = objects
+        .into_iter()
+        .partition(|(id, keys)| keys.contains(&manifest_key(id)));
+    let ids = |v: Vec<(String, Vec<String>)>| v.into_iter().map(|(id, _)| id).collect();
+    (ids(complete), ids(unfinished))
 }
 
 /// The manifest of backup `id`.
@@ -88,22 +84,7 @@ pub async fn resolve(repo: &Repo, which: &str) -> Result<Manifest> {
 /// Ids with objects but no manifest: backups that were interrupted (or are running now in
 /// another process). Never listed or restored; reported so the space they take is known.
 pub async fn unfinished_ids(repo: &Repo) -> Result<Vec<String>> {
-    let objects = repo
-        .list(BACKUPS_PREFIX)
-        .await
-        .with_context(|| format!("list backups in {}", repo.describe()))?;
-    let complete = backup_ids(repo).await?;
-    let mut ids: Vec<String> = objects
-        .iter()
-        .filter_map(|o| {
-            let rest = o.key.strip_prefix(BACKUPS_PREFIX)?.strip_prefix('/')?;
-            let id = rest.split('/').next()?;
-            (check_backup_id(id).is_ok() && !complete.iter().any(|c| c == id))
-                .then(|| id.to_owned())
-        })
-        .collect();
-    ids.dedup();
-    Ok(ids)
+    Ok(split_by_completion(objects_by_backup(repo).await?).1)
 }
 
 /// Keys of every object under `backups/`, by backup id, complete or not (one listing).
