@@ -218,34 +218,28 @@ impl StagedObject {
     /// machine those are what a commit waits for most. The stored trailer is read back before
     /// `Created` is returned.
     pub fn commit_local(self) -> Result<PutOutcome, RepoError> {
-        let StagedObject {
-            repo,
-            key,
-            path,
-            hasher,
-            len,
-            encoder,
-        } = self;
-        let Some(root) = repo.inner.local_root.clone() else {
+        let Some(root) = self.repo.inner.local_root.clone() else {
             return Err(RepoError::io(
-                &key,
+                &self.key,
                 io::Error::other("commit_local on a repository that is not file://"),
             ));
         };
-        let digest = Digest {
-            len,
-            checksum: Checksum(*hasher.finalize().as_bytes()),
-        };
-        let io_error = |e| RepoError::io(&key, e);
         // Another codec's object of the same key (storage.compression changed) counts too.
-        for codec in repo.codecs() {
-            let stored = root.join(repo.path(&key, codec)?.as_ref());
-            if let Some(existing) = read_local_trailer(&key, &stored)? {
-                return compare(&key, existing.checksum, digest.checksum);
+        for codec in self.repo.codecs() {
+            let stored = root.join(self.repo.path(&self.key, codec)?.as_ref());
+            if let Some(existing) = read_local_trailer(&self.key, &stored)? {
+                let digest = self.hasher.finalize();
+                return compare(&self.key, existing.checksum, Checksum(*digest.as_bytes()));
             }
         }
-        let mut sink = encoder.finish().map_err(io_error)?;
-        sink.write_all(&frame::trailer(digest)).map_err(io_error)?;
+        let Finished {
+            repo,
+            key,
+            path,
+            digest,
+            sink,
+        } = self.finish()?;
+        let io_error = |e| RepoError::io(&key, e);
         let StageSink::Local { tmp, written, .. } = sink else {
             unreachable!("is_local was checked by the caller")
         };
@@ -290,6 +284,22 @@ impl StagedObject {
         if self.is_local() {
             return blocking(move || self.commit_local()).await;
         }
+        let Finished {
+            repo,
+            key,
+            path,
+            digest,
+            sink,
+        } = blocking(move || self.finish()).await?;
+        let StageSink::Memory(encoded) = sink else {
+            unreachable!("only a file:// repository stages into a local file")
+        };
+        repo.put_encoded_any(&key, &path, encoded, digest, cancel)
+            .await
+    }
+
+    /// Ends the compressed stream and writes the trailer (blocking).
+    fn finish(self) -> Result<Finished, RepoError> {
         let StagedObject {
             repo,
             key,
@@ -302,20 +312,26 @@ impl StagedObject {
             len,
             checksum: Checksum(*hasher.finalize().as_bytes()),
         };
-        let key_for_io = key.clone();
-        let sink = blocking(move || {
-            let io_error = |e| RepoError::io(&key_for_io, e);
-            let mut sink = encoder.finish().map_err(io_error)?;
-            sink.write_all(&frame::trailer(digest)).map_err(io_error)?;
-            Ok(sink)
+        let io_error = |e| RepoError::io(&key, e);
+        let mut sink = encoder.finish().map_err(io_error)?;
+        sink.write_all(&frame::trailer(digest)).map_err(io_error)?;
+        Ok(Finished {
+            repo,
+            key,
+            path,
+            digest,
+            sink,
         })
-        .await?;
-        let StageSink::Memory(encoded) = sink else {
-            unreachable!("only a file:// repository stages into a local file")
-        };
-        repo.put_encoded_any(&key, &path, encoded, digest, cancel)
-            .await
     }
+}
+
+/// A staged object whose frame is complete, ready to be published.
+struct Finished {
+    repo: Repo,
+    key: String,
+    path: ObjectPath,
+    digest: Digest,
+    sink: StageSink,
 }
 
 /// The trailer of the local object file `stored`, `None` when there is no such file.
