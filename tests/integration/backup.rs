@@ -87,11 +87,8 @@ async fn a_full_backup_restores_to_the_end_of_the_archive_and_to_a_point_in_time
         .unwrap();
     switch_and_wait_archived(&client).await;
 
-    let (code, out, err) = pgward(&config, &["list", "--json"]);
-    assert_eq!(code, 0, "{err}");
-    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let backups = list.as_array().unwrap();
-    assert_eq!(backups.len(), 2, "{out}");
+    let backups = listed(&config);
+    assert_eq!(backups.len(), 2, "{backups:?}");
     assert_eq!(backups[0]["kind"], "full");
     assert_eq!(backups[0]["annotations"]["why"], "test");
 
@@ -164,7 +161,7 @@ async fn a_full_backup_restores_to_the_end_of_the_archive_and_to_a_point_in_time
 }
 
 /// The complete backups `pgward list --json` reports.
-fn listed(config: &Path) -> Vec<serde_json::Value> {
+pub(crate) fn listed(config: &Path) -> Vec<serde_json::Value> {
     let (code, out, err) = pgward(config, &["list", "--json"]);
     assert_eq!(code, 0, "list failed: {err}");
     let list: serde_json::Value = serde_json::from_str(&out).expect("list --json is JSON");

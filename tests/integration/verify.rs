@@ -55,9 +55,7 @@ async fn verify_passes_a_good_backup_and_names_what_is_wrong() {
         .unwrap();
     let (code, out, err) = pgward(&config, &["backup"]);
     assert_eq!(code, 0, "backup failed:\n{out}\n{err}");
-    let (code, out, err) = pgward(&config, &["list", "--json"]);
-    assert_eq!(code, 0, "{err}");
-    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let list = crate::backup::listed(&config);
     let backup = &list[0];
     let id = backup["id"].as_str().unwrap().to_owned();
     let files = backup["file_count"].as_u64().unwrap();
