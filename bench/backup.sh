@@ -59,21 +59,13 @@ cleanup() {
     for pid in "${children[@]}"; do
         wait "$pid" 2>/dev/null
     done
-    if [[ ${KEEP:-0} == 1 ]]; then
-        log "kept $tmp"
-    else
-        rm -rf "$tmp"
-    fi
+    remove_tmp "$tmp"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # --- helpers ---------------------------------------------------------------------------------
-
-own() { # paths...
-    [[ $(id -u) -ne 0 ]] || chown -R postgres:postgres "$@"
-}
 
 psql_q() { # sql
     "$pg_bin/psql" -X -A -t -q -w -h "$tmp/run" -p "$port" -U postgres -d postgres -c "$1"

@@ -16,6 +16,20 @@ free_port() {
     /usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+# Gives paths to the server's user when root (the server runs as postgres).
+own() { # paths...
+    [[ $(id -u) -ne 0 ]] || chown -R postgres:postgres "$@"
+}
+
+# Removes a run's temporary directory, or keeps it (and says where) with KEEP=1.
+remove_tmp() { # dir
+    if [[ ${KEEP:-0} == 1 ]]; then
+        log "kept $1"
+    else
+        rm -rf "$1"
+    fi
+}
+
 show_log() { # file
     log "last lines of $1:"
     tail -n 20 "$1" >&2 || true

@@ -67,11 +67,7 @@ cleanup() {
         sleep 0.5
         kill -KILL "$pid" 2>/dev/null
     done
-    if [[ ${KEEP:-0} == 1 ]]; then
-        log "kept $tmp"
-    else
-        rm -rf "$tmp"
-    fi
+    remove_tmp "$tmp"
 }
 trap cleanup EXIT
 trap 'exit 130' INT

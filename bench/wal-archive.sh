@@ -94,11 +94,7 @@ cleanup() {
     # pgBackRest's async archiver outlives archive-push by design; it exits once idle, but
     # nothing may be left running.
     pkill_bench_pgbackrest
-    if [[ ${KEEP:-0} == 1 ]]; then
-        log "kept $tmp"
-    else
-        rm -rf "$tmp"
-    fi
+    remove_tmp "$tmp"
 }
 # Only pgbackrest processes started with this run's config file (never a broad name match).
 pkill_bench_pgbackrest() {
@@ -254,10 +250,6 @@ prepare() { # setup
     mkdir -p "$d/run" "$d/archive"
     cp -a "$tmp/template" "$d/data"
     : >"$d/latency"
-}
-
-own() { # paths...
-    [[ $(id -u) -ne 0 ]] || chown -R postgres:postgres "$@"
 }
 
 start_pg_ctl() { # setup port
