@@ -74,7 +74,7 @@ pub async fn restore(
 ) -> Result<()> {
     let data_dir = &options.data_dir;
     if options.delta {
-        prepare_for_delta(data_dir, manifest)?;
+        prepare_for_delta(data_dir, manifest, options)?;
     } else {
         prepare_data_dir(data_dir, options.force)?;
     }
@@ -188,7 +188,7 @@ pub async fn restore(
 /// Before a delta restore: the server must not run on `data_dir`, and whatever the backup
 /// does not hold goes (files and directories not in the manifest, stale WAL, the old
 /// `postmaster.pid`); what it holds stays, to be compared.
-fn prepare_for_delta(data_dir: &Path, manifest: &Manifest) -> Result<()> {
+fn prepare_for_delta(data_dir: &Path, manifest: &Manifest, options: &RestoreOptions) -> Result<()> {
     if !data_dir.exists() {
         return prepare_data_dir(data_dir, false);
     }
@@ -236,8 +236,10 @@ fn prepare_for_delta(data_dir: &Path, manifest: &Manifest) -> Result<()> {
                     t.oid.to_string() == abs.file_name().unwrap_or_default().to_string_lossy()
                 });
                 match target {
+                    // Where the restore puts it (mapped or original), as `restore` checks too.
                     Some(t)
-                        if std::fs::read_link(&abs).is_ok_and(|l| l == Path::new(&t.location)) =>
+                        if std::fs::read_link(&abs)
+                            .is_ok_and(|l| l == location_of(options, t.oid, &t.location)) =>
                     {
                         pending.push(path);
                     }

@@ -656,6 +656,19 @@ async fn a_tablespace_is_backed_up_and_restored_where_it_is_mapped() {
         ],
     );
     assert_eq!(code, 0, "restore failed:\n{out}\n{err}");
+    // Again over it with --delta: the relocated tablespace is kept and compared, not refused.
+    let (code, out, err) = pgward(
+        &config,
+        &[
+            "restore",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--delta",
+            "--tablespace-map",
+            &format!("{oid}={}", moved.display()),
+        ],
+    );
+    assert_eq!(code, 0, "delta restore failed:\n{out}\n{err}");
     let (_restored, rows) = recover_and_count(&restored, &storage).await;
     assert_eq!(rows, 1001);
     let link = std::fs::read_link(data.join(format!("pg_tblspc/{oid}"))).unwrap();
