@@ -37,6 +37,7 @@ pub async fn backup(
     let options = BackupOptions {
         concurrency: config.backup.concurrency as usize,
         wal_wait: config.backup.wal_wait,
+        slice_size: config.backup.slice_size,
         annotations,
         keep,
     };
@@ -204,6 +205,8 @@ fn summary(m: &Manifest) -> serde_json::Value {
         object.insert("file_count".into(), m.files.len().into());
         let copied = m.files.iter().filter(|f| f.stored_in == m.id).count();
         object.insert("files_copied".into(), copied.into());
+        let parted = m.files.iter().filter(|f| !f.parts.is_empty()).count();
+        object.insert("parted_files".into(), parted.into());
         let bad: usize = m.files.iter().map(|f| f.bad_blocks.len()).sum();
         object.insert("bad_blocks".into(), bad.into());
         object.insert(
@@ -269,7 +272,7 @@ fn human_report(report: &Report) -> String {
     out.push_str(&format!(
         "backup {}: {} ({}) and {} ({wal_to}) checked: {verdict}\n",
         report.backup,
-        plural(report.files_checked, "file"),
+        plural(report.objects_checked, "data object"),
         human_bytes(report.bytes_checked),
         plural(report.wal_segments_checked, "WAL segment"),
     ));
@@ -588,7 +591,7 @@ mod tests {
         Report {
             backup: "20261130T035500F".into(),
             ok: problems.iter().all(|p| p.severity != Severity::Error),
-            files_checked: 1203,
+            objects_checked: 1203,
             bytes_checked: 23 << 20,
             wal_segments_checked: 5,
             wal_segment_size: 16 << 20,
@@ -604,7 +607,7 @@ mod tests {
     fn the_human_report_lists_problems_then_sums_up() {
         assert_eq!(
             human_report(&report(vec![], SegSizeSource::Backup)),
-            "backup 20261130T035500F: 1203 files (23.0 MiB) and 5 WAL segments (continuous to \
+            "backup 20261130T035500F: 1203 data objects (23.0 MiB) and 5 WAL segments (continuous to \
              000000010000000000000007) checked: ok\n"
         );
         let problems = vec![

@@ -33,6 +33,11 @@ impl AtomicFile {
         })
     }
 
+    /// The temp file, for positioned writes.
+    pub fn as_file(&self) -> &fs::File {
+        self.tmp.as_file()
+    }
+
     /// Makes the content durable and visible at `path`.
     pub fn commit(self) -> std::io::Result<()> {
         self.tmp.as_file().sync_all()?;

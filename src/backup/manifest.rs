@@ -48,17 +48,87 @@ pub struct FileEntry {
     pub mtime_nsec: i64,
     /// Unix permission bits.
     pub mode: u32,
-    /// BLAKE3 of the content, lowercase hex.
+    /// BLAKE3 of the content, lowercase hex; empty for a file stored in `parts`.
+    #[serde(default)]
     pub checksum: String,
-    /// Size of the stored object.
+    /// Size of the stored object (of the parts stored in `stored_in`, for a parted file).
     pub stored_size: u64,
     /// The backup whose objects hold the content: this one, or for an unchanged file of an
-    /// incremental backup, an earlier one of its chain.
+    /// incremental backup, an earlier one of its chain. For a parted file, the backup that
+    /// stored its newest part.
     pub stored_in: String,
     /// Blocks whose data page checksum did not match when the file was read (clusters with
     /// data checksums only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bad_blocks: Vec<u32>,
+    /// A file stored as several objects: a large file cut into slices stored in parallel,
+    /// and for a relation changed since the parent backup, the parent's parts followed by
+    /// one part with the changed blocks. Restored in order, a later part overwriting what
+    /// it overlaps; the file is then cut to `size`. Empty: one object holds the whole file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<Part>,
+}
+
+/// One object holding byte ranges of a file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part {
+    /// `[offset, length]` pairs, ascending and disjoint: the object's content is these
+    /// ranges of the file, concatenated. Never empty.
+    pub ranges: Vec<[u64; 2]>,
+    /// BLAKE3 of the content, lowercase hex.
+    pub checksum: String,
+    pub stored_size: u64,
+    /// The backup that stored the object.
+    pub stored_in: String,
+}
+
+impl Part {
+    /// Bytes of the file the part holds.
+    pub fn bytes(&self) -> u64 {
+        self.ranges.iter().map(|r| r[1]).sum()
+    }
+
+    /// Where the object is: beside a whole file's, named by the first byte it holds.
+    pub fn key(&self, path: &str) -> String {
+        let first = self.ranges.first().map_or(0, |r| r[0]);
+        format!("{}@{first}", file_key(&self.stored_in, path))
+    }
+
+    /// The ranges as `(offset, length)`.
+    pub fn ranges(&self) -> Vec<(u64, u64)> {
+        self.ranges.iter().map(|r| (r[0], r[1])).collect()
+    }
+
+    /// Whether the two parts hold a byte in common.
+    pub fn overlaps(&self, other: &Part) -> bool {
+        let (mut a, mut b) = (
+            self.ranges.iter().peekable(),
+            other.ranges.iter().peekable(),
+        );
+        while let (Some(x), Some(y)) = (a.peek(), b.peek()) {
+            if x[0] < y[0] + y[1] && y[0] < x[0] + x[1] {
+                return true;
+            }
+            if x[0] + x[1] <= y[0] + y[1] {
+                a.next();
+            } else {
+                b.next();
+            }
+        }
+        false
+    }
+}
+
+/// One object a file of a backup needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectRef<'a> {
+    pub key: String,
+    /// BLAKE3 of its content, lowercase hex.
+    pub checksum: &'a str,
+    /// Bytes of content.
+    pub len: u64,
+    pub stored_size: u64,
+    pub stored_in: &'a str,
 }
 
 /// A directory to recreate at restore (excluded directories are kept, empty).
@@ -107,6 +177,9 @@ pub struct Manifest {
     pub size: u64,
     /// Sum of the stored sizes of the objects this backup wrote itself.
     pub stored_size: u64,
+    /// Bytes this backup read from the data directory (the content of those objects).
+    #[serde(default)]
+    pub read_size: u64,
     /// `pgward <version>` that took it.
     pub created_by: String,
 }
@@ -129,6 +202,48 @@ impl FileEntry {
     ) -> bool {
         let stable = self.mtime < taken_at.timestamp() - UNSTABLE_WINDOW_SECS;
         stable && self.size == size && self.mtime == mtime && self.mtime_nsec == mtime_nsec
+    }
+}
+
+impl FileEntry {
+    /// The objects holding the file: one, or its parts.
+    pub fn objects(&self) -> Vec<ObjectRef<'_>> {
+        if self.parts.is_empty() {
+            return vec![ObjectRef {
+                key: file_key(&self.stored_in, &self.path),
+                checksum: &self.checksum,
+                len: self.size,
+                stored_size: self.stored_size,
+                stored_in: &self.stored_in,
+            }];
+        }
+        self.parts
+            .iter()
+            .map(|p| ObjectRef {
+                key: p.key(&self.path),
+                checksum: &p.checksum,
+                len: p.bytes(),
+                stored_size: p.stored_size,
+                stored_in: &p.stored_in,
+            })
+            .collect()
+    }
+
+    /// For each part, the round it is restored in: after every earlier part it overlaps
+    /// (parts of one round are disjoint and may be written at once).
+    pub fn part_rounds(&self) -> Vec<usize> {
+        let mut rounds: Vec<usize> = Vec::with_capacity(self.parts.len());
+        for (i, part) in self.parts.iter().enumerate() {
+            let round = self.parts[..i]
+                .iter()
+                .zip(&rounds)
+                .filter(|(earlier, _)| earlier.overlaps(part))
+                .map(|(_, r)| r + 1)
+                .max()
+                .unwrap_or(0);
+            rounds.push(round);
+        }
+        rounds
     }
 }
 
@@ -216,6 +331,7 @@ mod tests {
             stored_size: 100,
             stored_in: "20261130T035500F".into(),
             bad_blocks: vec![],
+            parts: vec![],
         };
         let old = taken_at.timestamp() - 60;
         assert!(entry(old).unchanged(8192, old, 5, taken_at));
@@ -225,5 +341,48 @@ mod tests {
         // Written just before (or while) the earlier backup ran: copied again.
         let recent = taken_at.timestamp() - 1;
         assert!(!entry(recent).unchanged(8192, recent, 5, taken_at));
+    }
+
+    fn part(ranges: &[[u64; 2]], stored_in: &str) -> Part {
+        Part {
+            ranges: ranges.to_vec(),
+            checksum: "00".into(),
+            stored_size: 1,
+            stored_in: stored_in.into(),
+        }
+    }
+
+    #[test]
+    fn parts_are_restored_in_rounds_of_disjoint_parts() {
+        let full = "20261130T035500F";
+        let incr = "20261130T045500I";
+        let entry = FileEntry {
+            path: "base/5/16384".into(),
+            size: 300,
+            mtime: 0,
+            mtime_nsec: 0,
+            mode: 0o600,
+            checksum: String::new(),
+            stored_size: 3,
+            stored_in: incr.into(),
+            bad_blocks: vec![],
+            parts: vec![
+                part(&[[0, 100]], full),
+                part(&[[100, 100]], full),
+                part(&[[200, 100]], full),
+                // Changed blocks: over the first and the third slice.
+                part(&[[10, 5], [250, 10]], incr),
+                // Over the changed blocks again, and the untouched second slice.
+                part(&[[12, 1]], incr),
+                part(&[[150, 1]], incr),
+            ],
+        };
+        assert_eq!(entry.part_rounds(), vec![0, 0, 0, 1, 2, 1]);
+        assert!(!entry.parts[0].overlaps(&entry.parts[1]));
+        assert!(entry.parts[3].overlaps(&entry.parts[2]));
+        let keys: Vec<String> = entry.objects().into_iter().map(|o| o.key).collect();
+        assert_eq!(keys[0], format!("backups/{full}/data/base/5/16384@0"));
+        assert_eq!(keys[3], format!("backups/{incr}/data/base/5/16384@10"));
+        assert_eq!(entry.objects()[3].len, 15);
     }
 }

@@ -4,7 +4,6 @@
 //! `src/include/storage/checksum_impl.h`). A backup checks every page it copies, so a bad block
 //! is reported when the backup is taken, not discovered at restore.
 
-use std::io::Read;
 use std::path::Path;
 
 /// Page size (BLCKSZ); clusters built with another size are not checked.
@@ -86,36 +85,68 @@ fn segment_of(path: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Block numbers of the pages of `file` (a relation file at `path`) whose checksum is wrong.
-/// Pages never initialized (all zero) are fine, and so are pages with an LSN at or after
-/// `backup_start_lsn`: they may be mid-write as the backup reads them, and WAL replay
+/// Block numbers of the pages of `file` (a relation file at `path`) whose checksum is wrong,
+/// among those in `ranges` (page-aligned `(offset, length)` pairs; `(0, u64::MAX)` for the
+/// whole file). Pages never initialized (all zero) are fine, and so are pages with an LSN at
+/// or after `backup_start_lsn`: they may be mid-write as the backup reads them, and WAL replay
 /// rewrites them from full-page images anyway. Blocking.
-pub fn bad_blocks(file: &Path, path: &str, backup_start_lsn: u64) -> std::io::Result<Vec<u32>> {
-    let mut reader = std::io::BufReader::with_capacity(256 * 1024, std::fs::File::open(file)?);
+pub fn bad_blocks(
+    file: &Path,
+    path: &str,
+    backup_start_lsn: u64,
+    ranges: &[(u64, u64)],
+) -> std::io::Result<Vec<u32>> {
+    let file = std::fs::File::open(file)?;
     let first_block = segment_of(path) * PAGES_PER_SEGMENT;
-    let mut page = vec![0u8; PAGE];
+    let mut buf = vec![0u8; PAGE * 32];
     let mut bad = Vec::new();
-    for index in 0u64.. {
-        match read_page(&mut reader, &mut page)? {
-            PageRead::Full => {}
+    for &(offset, len) in ranges {
+        let end = offset.saturating_add(len);
+        let mut pos = offset;
+        while pos < end {
+            let want = (end - pos).min(buf.len() as u64) as usize;
+            let got = read_at_most(&file, &mut buf[..want], pos)?;
             // A partial page at the end: the file is being extended; WAL replay covers it.
-            PageRead::Partial | PageRead::End => break,
-        }
-        let blkno = (first_block + index) as u32;
-        let upper = u16::from_ne_bytes([page[UPPER_OFFSET], page[UPPER_OFFSET + 1]]);
-        if upper == 0 && page.iter().all(|&b| b == 0) {
-            continue;
-        }
-        let lsn = page_lsn(&page);
-        if lsn >= backup_start_lsn {
-            continue;
-        }
-        let stored = u16::from_ne_bytes([page[CHECKSUM_OFFSET], page[CHECKSUM_OFFSET + 1]]);
-        if stored != page_checksum(&page, blkno) {
-            bad.push(blkno);
+            for (index, page) in buf[..got].chunks_exact(PAGE).enumerate() {
+                let blkno = (first_block + pos / PAGE as u64 + index as u64) as u32;
+                if page_is_bad(page, blkno, backup_start_lsn) {
+                    bad.push(blkno);
+                }
+            }
+            if got < want {
+                break;
+            }
+            pos += got as u64;
         }
     }
     Ok(bad)
+}
+
+fn page_is_bad(page: &[u8], blkno: u32, backup_start_lsn: u64) -> bool {
+    let upper = u16::from_ne_bytes([page[UPPER_OFFSET], page[UPPER_OFFSET + 1]]);
+    if upper == 0 && page.iter().all(|&b| b == 0) {
+        return false;
+    }
+    if page_lsn(page) >= backup_start_lsn {
+        return false;
+    }
+    let stored = u16::from_ne_bytes([page[CHECKSUM_OFFSET], page[CHECKSUM_OFFSET + 1]]);
+    stored != page_checksum(page, blkno)
+}
+
+/// Reads into `buf` from `offset` until it is full or the file ends; the bytes read.
+fn read_at_most(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
 }
 
 /// `pd_lsn`: two 32-bit halves, high first.
@@ -123,29 +154,6 @@ fn page_lsn(page: &[u8]) -> u64 {
     let hi = u32::from_ne_bytes(page[0..4].try_into().expect("4 bytes"));
     let lo = u32::from_ne_bytes(page[4..8].try_into().expect("4 bytes"));
     (u64::from(hi) << 32) | u64::from(lo)
-}
-
-enum PageRead {
-    Full,
-    Partial,
-    End,
-}
-
-fn read_page(reader: &mut impl Read, page: &mut [u8]) -> std::io::Result<PageRead> {
-    let mut done = 0;
-    while done < page.len() {
-        match reader.read(&mut page[done..]) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(match done {
-        0 => PageRead::End,
-        n if n == page.len() => PageRead::Full,
-        _ => PageRead::Partial,
-    })
 }
 
 #[cfg(test)]

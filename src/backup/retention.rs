@@ -231,7 +231,12 @@ pub fn select(manifests: &[Manifest], policy: &Policy, now: DateTime<Utc>) -> Se
                 continue;
             }
             for m in &chain.members {
-                let stores: BTreeSet<&str> = m.files.iter().map(|f| f.stored_in.as_str()).collect();
+                let stores: BTreeSet<&str> = m
+                    .files
+                    .iter()
+                    .flat_map(|f| f.objects())
+                    .map(|o| o.stored_in)
+                    .collect();
                 for holder in stores {
                     if let Some(&j) = chain_of.get(holder) {
                         if reasons[j].is_none() && !newly.iter().any(|(k, _)| *k == j) {
@@ -451,6 +456,7 @@ pub(crate) mod tests {
             stored_size: 1,
             stored_in: stored_in.into(),
             bad_blocks: vec![],
+            parts: vec![],
         };
         let mut files = vec![file("base/1/1", &id)];
         if let Some(p) = parent {
@@ -480,6 +486,7 @@ pub(crate) mod tests {
             keep: false,
             size: 2,
             stored_size: 2,
+            read_size: 2,
             created_by: "pgward test".into(),
         }
     }

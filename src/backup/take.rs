@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -18,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::exclude::{rule, Rule};
 use super::manifest::{
-    backup_id, file_key, label_key, manifest_key, BackupKind, DirEntry, FileEntry, Manifest,
+    backup_id, file_key, label_key, manifest_key, BackupKind, DirEntry, FileEntry, Manifest, Part,
     Tablespace, MANIFEST_VERSION,
 };
 use super::page_checksum;
@@ -32,6 +33,8 @@ pub struct BackupOptions {
     pub concurrency: usize,
     /// How long to wait for the stop segment to reach the archive.
     pub wal_wait: Duration,
+    /// Files larger than this are stored in slices of this size.
+    pub slice_size: u64,
     pub annotations: BTreeMap<String, String>,
     pub keep: bool,
 }
@@ -180,11 +183,14 @@ pub async fn take(
     wait_archived(repo, &client, &stop_wal, options.wal_wait, cancel).await?;
 
     let size = files.iter().map(|f| f.size).sum();
-    let stored_size = files
-        .iter()
-        .filter(|f| f.stored_in == id)
-        .map(|f| f.stored_size)
-        .sum();
+    let own_objects = || {
+        files
+            .iter()
+            .flat_map(|f| f.objects())
+            .filter(|o| o.stored_in == id)
+    };
+    let stored_size = own_objects().map(|o| o.stored_size).sum();
+    let read_size = own_objects().map(|o| o.len).sum();
     let manifest = Manifest {
         format_version: MANIFEST_VERSION,
         id: id.clone(),
@@ -207,6 +213,7 @@ pub async fn take(
         keep: options.keep,
         size,
         stored_size,
+        read_size,
         created_by: format!("pgward {}", env!("CARGO_PKG_VERSION")),
     };
     let json = serde_json::to_vec_pretty(&manifest).context("encode the manifest")?;
@@ -372,6 +379,34 @@ fn walk(data_dir: &Path) -> Result<Walk> {
     Ok(out)
 }
 
+/// One unit of copying work. Files larger than `backup.slice_size` are stored in slices, read,
+/// compressed and uploaded in parallel (a 1 GiB relation segment would otherwise keep one
+/// worker busy while the others idle at the end of the backup), and restored in parallel.
+enum Work {
+    /// A file stored as one object.
+    Whole(Source),
+    /// One slice of a large file: `(offset, length)`, the last one reading to the end.
+    Slice(Arc<SlicedFile>, (u64, u64)),
+}
+
+/// A large file being stored in slices, as it was before the first slice was read.
+struct SlicedFile {
+    source: Source,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+/// What one unit of work produced.
+enum Done {
+    File(FileEntry),
+    Slice {
+        file: Arc<SlicedFile>,
+        part: Option<Part>,
+        bad_blocks: Vec<u32>,
+    },
+    Vanished,
+}
+
 /// Stores every file, `concurrency` at a time, logging progress; with a `parent`, files it
 /// holds unchanged are referenced instead.
 #[allow(clippy::too_many_arguments)]
@@ -389,34 +424,240 @@ async fn copy_files(
     let earlier: HashMap<&str, &FileEntry> = parent
         .map(|p| p.files.iter().map(|f| (f.path.as_str(), f)).collect())
         .unwrap_or_default();
-    let earlier = &earlier;
-    let results: Vec<Option<FileEntry>> = stream::iter(sources)
+    let mut files = Vec::new();
+    let mut work = Vec::new();
+    let planned: Vec<Plan> = stream::iter(sources)
         .map(|source| {
+            let earlier = earlier.get(source.path.as_str()).copied();
+            plan(source, earlier, parent, options.slice_size)
+        })
+        .buffered(16)
+        .try_collect()
+        .await?;
+    for planned in planned {
+        match planned {
+            Plan::Reference(entry) => {
+                progress.add(entry.size);
+                files.push(entry);
+            }
+            Plan::Work(items) => work.extend(items),
+            Plan::Vanished => {}
+        }
+    }
+    let results: Vec<Done> = stream::iter(work)
+        .map(|item| {
             let progress = &progress;
             async move {
-                let reference = match (earlier.get(source.path.as_str()), parent) {
-                    (Some(entry), Some(parent)) => {
-                        referenced(entry, &source, parent.start_time).await
+                let done = match item {
+                    Work::Whole(source) => {
+                        match copy_file(repo, id, source, check_pages_before, cancel).await? {
+                            Some(entry) => Done::File(entry),
+                            None => Done::Vanished,
+                        }
                     }
-                    _ => None,
+                    Work::Slice(file, range) => {
+                        copy_slice(repo, id, file, range, check_pages_before, cancel).await?
+                    }
                 };
-                let entry = match reference {
-                    Some(entry) => Some(entry),
-                    None => copy_file(repo, id, source, check_pages_before, cancel).await?,
-                };
-                if let Some(entry) = &entry {
-                    progress.add(entry.size);
+                match &done {
+                    Done::File(entry) => progress.add(entry.size),
+                    Done::Slice {
+                        part: Some(part), ..
+                    } => progress.add(part.bytes()),
+                    _ => {}
                 }
-                anyhow::Ok(entry)
+                anyhow::Ok(done)
             }
         })
         .buffer_unordered(options.concurrency.max(1))
         .try_collect()
         .await?;
     progress.finish();
-    let mut files: Vec<FileEntry> = results.into_iter().flatten().collect();
+    files.extend(assemble(id, results));
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(files)
+}
+
+/// How one file is backed up.
+enum Plan {
+    /// Unchanged since the parent: its entry there serves.
+    Reference(FileEntry),
+    Work(Vec<Work>),
+    Vanished,
+}
+
+/// Decides how `source` is backed up: referenced when `earlier` (its entry in the parent
+/// backup) still describes it, else copied whole or, when large, in slices.
+async fn plan(
+    source: Source,
+    earlier: Option<&FileEntry>,
+    parent: Option<&Manifest>,
+    slice_size: u64,
+) -> Result<Plan> {
+    if let (Some(entry), Some(parent)) = (earlier, parent) {
+        if let Some(entry) = referenced(entry, &source, parent.start_time).await {
+            return Ok(Plan::Reference(entry));
+        }
+    }
+    if source.len <= slice_size {
+        return Ok(Plan::Work(vec![Work::Whole(source)]));
+    }
+    let meta = match tokio::fs::metadata(&source.abs).await {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Plan::Vanished),
+        Err(e) => return Err(e).with_context(|| format!("stat {}", source.abs.display())),
+    };
+    let slices = meta.len().div_ceil(slice_size);
+    let file = Arc::new(SlicedFile {
+        source,
+        mtime: meta.mtime(),
+        mtime_nsec: meta.mtime_nsec(),
+    });
+    Ok(Plan::Work(
+        (0..slices)
+            .map(|i| {
+                let offset = i * slice_size;
+                // The last slice reads whatever the file holds by then.
+                let len = if i + 1 == slices {
+                    u64::MAX - offset
+                } else {
+                    slice_size
+                };
+                Work::Slice(file.clone(), (offset, len))
+            })
+            .collect(),
+    ))
+}
+
+/// Stores one slice of a large file; no part when the file no longer reaches it.
+async fn copy_slice(
+    repo: &Repo,
+    id: &str,
+    file: Arc<SlicedFile>,
+    range: (u64, u64),
+    check_pages_before: Option<u64>,
+    cancel: &CancellationToken,
+) -> Result<Done> {
+    let source = &file.source;
+    let key = format!("{}@{}", file_key(id, &source.path), range.0);
+    let (outcome, stored) = match repo
+        .put_ranges_create(&key, &source.abs, vec![range], cancel)
+        .await
+    {
+        Ok(done) => done,
+        Err(e) if is_not_found(&e) => return Ok(Done::Vanished),
+        Err(e) => return Err(e).with_context(|| format!("back up {}", source.path)),
+    };
+    let bad_blocks = check_pages(source, check_pages_before, &stored).await?;
+    let part = (!stored.is_empty()).then(|| {
+        let (checksum, stored_size) = stored_outcome(outcome);
+        Part {
+            ranges: stored.iter().map(|&(o, l)| [o, l]).collect(),
+            checksum,
+            stored_size,
+            stored_in: id.to_owned(),
+        }
+    });
+    Ok(Done::Slice {
+        file,
+        part,
+        bad_blocks,
+    })
+}
+
+/// The entries of the files stored whole and of those stored in slices.
+fn assemble(id: &str, results: Vec<Done>) -> Vec<FileEntry> {
+    let mut files = Vec::new();
+    /// A sliced file, its stored parts, its bad blocks.
+    type Slices = (Arc<SlicedFile>, Vec<Part>, Vec<u32>);
+    let mut sliced: BTreeMap<String, Slices> = BTreeMap::new();
+    for done in results {
+        match done {
+            Done::File(entry) => files.push(entry),
+            Done::Vanished => {}
+            Done::Slice {
+                file,
+                part,
+                bad_blocks,
+            } => {
+                let slot = sliced
+                    .entry(file.source.path.clone())
+                    .or_insert_with(|| (file.clone(), Vec::new(), Vec::new()));
+                slot.1.extend(part);
+                slot.2.extend(bad_blocks);
+            }
+        }
+    }
+    for (path, (file, mut parts, mut bad_blocks)) in sliced {
+        if parts.is_empty() {
+            continue;
+        }
+        parts.sort_by_key(|p| p.ranges[0][0]);
+        bad_blocks.sort_unstable();
+        let size = parts
+            .iter()
+            .flat_map(|p| p.ranges.iter().map(|r| r[0] + r[1]))
+            .max()
+            .unwrap_or(0);
+        files.push(FileEntry {
+            path,
+            size,
+            mtime: file.mtime,
+            mtime_nsec: file.mtime_nsec,
+            mode: file.source.mode,
+            checksum: String::new(),
+            stored_size: parts.iter().map(|p| p.stored_size).sum(),
+            stored_in: id.to_owned(),
+            bad_blocks,
+            parts,
+        });
+    }
+    files
+}
+
+/// Checksum and stored size of a put.
+fn stored_outcome(outcome: PutOutcome) -> (String, u64) {
+    match outcome {
+        PutOutcome::Created {
+            checksum,
+            stored_bytes,
+        } => (checksum.to_string(), stored_bytes),
+        // Only a retry of this very backup could find its own object there.
+        PutOutcome::AlreadyIdentical { checksum } => (checksum.to_string(), 0),
+    }
+}
+
+/// With `check_pages_before` (the backup's start LSN, when the cluster has data checksums),
+/// the bad pages among `ranges` of a relation file, logged.
+async fn check_pages(
+    source: &Source,
+    check_pages_before: Option<u64>,
+    ranges: &[(u64, u64)],
+) -> Result<Vec<u32>> {
+    let Some(lsn) = check_pages_before else {
+        return Ok(Vec::new());
+    };
+    if !page_checksum::is_relation_file(&source.path) || ranges.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (abs, path, ranges) = (source.abs.clone(), source.path.clone(), ranges.to_vec());
+    let bad =
+        tokio::task::spawn_blocking(move || page_checksum::bad_blocks(&abs, &path, lsn, &ranges))
+            .await
+            .context("join a page check")?;
+    let bad = match bad {
+        Ok(bad) => bad,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("check the pages of {}", source.path)),
+    };
+    if !bad.is_empty() {
+        tracing::warn!(
+            file = %source.path,
+            blocks = ?bad,
+            "data page checksum mismatch: the copy holds the damaged pages as they are on disk"
+        );
+    }
+    Ok(bad)
 }
 
 /// `earlier`'s entry for `source` when the file has not changed since: its object serves.
@@ -457,48 +698,19 @@ async fn copy_file(
         Err(e) if is_not_found(&e) => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("back up {}", source.path)),
     };
-    let (checksum, stored_size) = match outcome {
-        PutOutcome::Created {
-            checksum,
-            stored_bytes,
-        } => (checksum, stored_bytes),
-        // Only a retry of this very backup could find its own object there.
-        PutOutcome::AlreadyIdentical { checksum } => (checksum, 0),
-    };
-    let bad_blocks = match check_pages_before {
-        Some(lsn) if page_checksum::is_relation_file(&source.path) => {
-            let (abs, path) = (source.abs.clone(), source.path.clone());
-            let bad =
-                tokio::task::spawn_blocking(move || page_checksum::bad_blocks(&abs, &path, lsn))
-                    .await
-                    .context("join a page check")?;
-            match bad {
-                Ok(bad) => bad,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-                Err(e) => {
-                    return Err(e).with_context(|| format!("check the pages of {}", source.path))
-                }
-            }
-        }
-        _ => Vec::new(),
-    };
-    if !bad_blocks.is_empty() {
-        tracing::warn!(
-            file = %source.path,
-            blocks = ?bad_blocks,
-            "data page checksum mismatch: the copy holds the damaged pages as they are on disk"
-        );
-    }
+    let (checksum, stored_size) = stored_outcome(outcome);
+    let bad_blocks = check_pages(&source, check_pages_before, &[(0, u64::MAX)]).await?;
     Ok(Some(FileEntry {
         path: source.path,
         size: meta.len(),
         mtime: meta.mtime(),
         mtime_nsec: meta.mtime_nsec(),
         mode: source.mode,
-        checksum: checksum.to_string(),
+        checksum,
         stored_size,
         stored_in: id.to_owned(),
         bad_blocks,
+        parts: Vec::new(),
     }))
 }
 

@@ -145,9 +145,9 @@ pub struct Report {
     pub backup: String,
     /// No error (warnings allowed): the backup restores.
     pub ok: bool,
-    /// Files of the manifest read back (`backup_label` and `tablespace_map` are checked
-    /// too, not counted).
-    pub files_checked: usize,
+    /// Objects holding the manifest's files read back (one per file, or one per part of a
+    /// parted file; `backup_label` and `tablespace_map` are checked too, not counted).
+    pub objects_checked: usize,
     /// Decoded bytes of those that decoded.
     pub bytes_checked: u64,
     /// WAL segments looked up in the archive (trailer read and parsed).
@@ -184,7 +184,8 @@ struct ObjectCheck {
     key: String,
     /// The manifest's checksum (hex), for data files.
     expected: Option<String>,
-    /// A file of the manifest (counted, and its size moves the progress).
+    /// An object holding (part of) a file of the manifest: counted, and the bytes of the
+    /// file it holds move the progress.
     file_size: Option<u64>,
     /// Absence is a problem (always, except `tablespace_map` without tablespaces).
     required: bool,
@@ -200,10 +201,11 @@ pub async fn verify(
     let mut checks: Vec<ObjectCheck> = manifest
         .files
         .iter()
-        .map(|f| ObjectCheck {
-            key: file_key(&f.stored_in, &f.path),
-            expected: Some(f.checksum.clone()),
-            file_size: Some(f.size),
+        .flat_map(|f| f.objects())
+        .map(|o| ObjectCheck {
+            key: o.key,
+            expected: Some(o.checksum.to_owned()),
+            file_size: Some(o.len),
             required: true,
         })
         .collect();
@@ -239,10 +241,10 @@ pub async fn verify(
     progress.finish();
 
     let mut problems: Vec<Finding> = Vec::new();
-    let (mut files_checked, mut bytes_checked) = (0, 0);
+    let (mut objects_checked, mut bytes_checked) = (0, 0);
     for (decoded, problem) in results {
         if let Some(decoded) = decoded {
-            files_checked += 1;
+            objects_checked += 1;
             bytes_checked += decoded;
         }
         problems.extend(problem.map(|problem| Finding {
@@ -274,7 +276,7 @@ pub async fn verify(
     let mut report = Report {
         backup: manifest.id.clone(),
         ok: false,
-        files_checked,
+        objects_checked,
         bytes_checked,
         wal_segments_checked: wal.checked,
         wal_segment_size: seg_size.bytes(),

@@ -320,6 +320,9 @@ pub struct BackupConfig {
     /// How long a backup waits for its last WAL segment to reach the archive. Default 5m.
     #[serde(serialize_with = "ser_duration")]
     pub wal_wait: Duration,
+    /// Files larger than this are stored (and restored) in slices of this size, in
+    /// parallel. A multiple of 8 KiB, at least 1 MiB. Default 128 MiB.
+    pub slice_size: u64,
     /// `pgward check` fails when the newest complete backup is older. Default: no limit.
     #[serde(serialize_with = "ser_opt_duration")]
     pub max_age: Option<Duration>,

@@ -273,6 +273,7 @@ pub(crate) struct RawWal {
 pub(crate) struct RawBackup {
     pub concurrency: Option<Text>,
     pub wal_wait: Option<Text>,
+    pub slice_size: Option<Text>,
     pub max_age: Option<Text>,
     pub min_redundancy: Option<Text>,
     #[serde(deserialize_with = "null_as_default")]

@@ -490,6 +490,7 @@ fn defaults(data_dir: &str, superuser: &str, database: &str) -> Config {
         backup: BackupConfig {
             concurrency: 2,
             wal_wait: Duration::from_secs(300),
+            slice_size: 128 << 20,
             max_age: None,
             min_redundancy: 1,
             retention: RetentionConfig {
@@ -1026,6 +1027,8 @@ fn backup_problems_are_located() {
          to 64)"
     );
     assert!(problem("backup:\n  wal_wait: soon\n").starts_with("cfg.yaml:2:13: backup.wal_wait: "));
+    assert!(problem("backup:\n  slice_size: 1000kB\n")
+        .starts_with("cfg.yaml:2:15: backup.slice_size: invalid slice size"));
     assert_eq!(
         problem("backup:\n  retention:\n    full: 0\n"),
         "cfg.yaml:3:11: backup.retention.full: invalid full \"0\": the newest full backup is \
@@ -1052,6 +1055,7 @@ fn backup_section_parses() {
 backup:
   concurrency: 8
   wal_wait: 90s
+  slice_size: 16MiB
   retention:
     full: ${FULLS}
     max_age: 30d
@@ -1061,6 +1065,7 @@ backup:
         BackupConfig {
             concurrency: 8,
             wal_wait: Duration::from_secs(90),
+            slice_size: 16 << 20,
             max_age: None,
             min_redundancy: 1,
             retention: RetentionConfig {

@@ -1006,6 +1006,7 @@ fn validate_backup(raw: RawBackup, cx: &mut Cx<'_>) -> BackupConfig {
     let RawBackup {
         concurrency,
         wal_wait,
+        slice_size,
         max_age,
         min_redundancy,
         retention,
@@ -1024,6 +1025,17 @@ fn validate_backup(raw: RawBackup, cx: &mut Cx<'_>) -> BackupConfig {
         wal_wait: cx
             .parse("backup.wal_wait", wal_wait, parse_duration)
             .unwrap_or(Duration::from_secs(300)),
+        slice_size: cx
+            .parse("backup.slice_size", slice_size, |s| {
+                let size = parse_size(s)?;
+                if size < 1 << 20 || size % 8192 != 0 {
+                    return Err(format!(
+                        "invalid slice size {s:?} (use a multiple of 8kB of at least 1MB)"
+                    ));
+                }
+                Ok(size)
+            })
+            .unwrap_or(128 << 20),
         max_age: cx.parse("backup.max_age", max_age, parse_duration),
         min_redundancy: cx
             .parse("backup.min_redundancy", min_redundancy, parse_count)

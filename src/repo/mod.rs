@@ -37,6 +37,7 @@ mod frame;
 pub mod layout;
 mod meta;
 mod plain;
+pub mod ranges;
 pub mod retry;
 mod staged;
 mod store;
@@ -322,6 +323,56 @@ impl Repo {
         Ok(outcome)
     }
 
+    /// Streams `ranges` of the local file `src`, concatenated and compressed, into `key`,
+    /// create-only like [`Repo::put_file_create`]. A range cut short by the end of the file
+    /// ends the content (see [`ranges::RangesReader`]); the ranges actually stored are
+    /// returned with the outcome.
+    ///
+    /// Cancel safety: as [`Repo::put_file_create`].
+    pub async fn put_ranges_create(
+        &self,
+        key: &str,
+        src: &Path,
+        ranges: Vec<ranges::Range>,
+        cancel: &CancellationToken,
+    ) -> Result<(PutOutcome, Vec<ranges::Range>), RepoError> {
+        let path = self.path(key, self.inner.codec)?;
+        if cancel.is_cancelled() {
+            return Err(RepoError::Cancelled);
+        }
+        let open = {
+            let src = src.to_owned();
+            move || std::fs::File::open(&src).map_err(|e| RepoError::io(&src, e))
+        };
+        let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        if let Some(existing) = self.exists(key).await? {
+            let (open, wanted, total) = (open.clone(), ranges.clone(), total.clone());
+            let src_owned = src.to_owned();
+            let digest = blocking(move || {
+                let reader = ranges::RangesReader::new(open()?, wanted, total);
+                frame::digest(reader).map_err(|e| RepoError::io(&src_owned, e))
+            })
+            .await?;
+            let outcome = compare(key, existing, digest.checksum)?;
+            return Ok((outcome, ranges::read_prefix(&ranges, digest.len)));
+        }
+        let file = blocking(open).await?;
+        let reader = ranges::RangesReader::new(file, ranges.clone(), total.clone());
+        let outcome = self
+            .upload(
+                key,
+                path.clone(),
+                reader,
+                src.to_owned(),
+                PutMode::Create,
+                cancel,
+            )
+            .await?;
+        self.make_durable(&path, &outcome).await?;
+        let read = total.load(Ordering::Relaxed);
+        Ok((outcome, ranges::read_prefix(&ranges, read)))
+    }
+
     /// Stores `bytes` (small: manifests) under `key`.
     pub async fn put_bytes(
         &self,
@@ -428,6 +479,33 @@ impl Repo {
             return Ok(false);
         };
         self.download(key, get, dest, cancel).await?;
+        Ok(true)
+    }
+
+    /// Streams `key`, decoding and verifying it, into `ranges` of `dest` (positioned writes:
+    /// other parts of the same file may be written at the same time). The content must fill
+    /// the ranges exactly. `Ok(false)` when `key` is absent. The caller makes `dest` durable.
+    pub async fn get_to_ranges(
+        &self,
+        key: &str,
+        dest: std::fs::File,
+        dest_name: &Path,
+        ranges: Vec<ranges::Range>,
+        cancel: &CancellationToken,
+    ) -> Result<bool, RepoError> {
+        let Some(get) = self.open_object(key, cancel).await? else {
+            return Ok(false);
+        };
+        let (key_owned, name) = (key.to_owned(), dest_name.to_owned());
+        self.decode_stream(key, get, cancel, move |reader| {
+            let mut writer = ranges::RangesWriter::new(&dest, &ranges);
+            frame::decode(reader, &mut writer).map_err(|e| decode_error(&key_owned, &name, e))?;
+            writer.finish().map_err(|e| RepoError::Corrupt {
+                key: key_owned.clone(),
+                reason: e.to_string(),
+            })
+        })
+        .await?;
         Ok(true)
     }
 
@@ -689,7 +767,7 @@ impl Repo {
         &self,
         key: &str,
         path: ObjectPath,
-        file: std::fs::File,
+        file: impl Read + Send + 'static,
         src: PathBuf,
         mode: PutMode,
         cancel: &CancellationToken,

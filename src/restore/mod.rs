@@ -11,12 +11,13 @@ pub mod target;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use futures_util::{stream, StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::backup::manifest::{file_key, label_key, Manifest};
+use crate::backup::manifest::{file_key, label_key, FileEntry, Manifest, Part};
 use crate::backup::progress::Progress;
 use crate::postgres::bootstrap::INCOMPLETE_MARKER;
 use crate::process::RunAs;
@@ -114,42 +115,7 @@ pub async fn restore(
     std::fs::create_dir_all(data_dir.join("pg_wal/archive_status"))
         .with_context(|| format!("create {}", data_dir.join("pg_wal").display()))?;
 
-    let progress = Progress::new(&manifest.id, manifest.size);
-    stream::iter(&manifest.files)
-        .map(|file| {
-            let progress = &progress;
-            async move {
-                let dest = data_dir.join(&file.path);
-                let key = file_key(&file.stored_in, &file.path);
-                if options.delta && matches_already(&dest, file.size, &file.checksum).await? {
-                    tokio::fs::set_permissions(&dest, std::fs::Permissions::from_mode(file.mode))
-                        .await
-                        .with_context(|| format!("set the mode of {}", dest.display()))?;
-                    progress.add(file.size);
-                    return anyhow::Ok(());
-                }
-                let found = repo
-                    .get_to_file(&key, &dest, cancel)
-                    .await
-                    .with_context(|| format!("restore {}", file.path))?;
-                if !found {
-                    bail!(
-                        "object {key} of backup {} is missing from {}",
-                        manifest.id,
-                        repo.describe()
-                    );
-                }
-                tokio::fs::set_permissions(&dest, std::fs::Permissions::from_mode(file.mode))
-                    .await
-                    .with_context(|| format!("set the mode of {}", dest.display()))?;
-                progress.add(file.size);
-                anyhow::Ok(())
-            }
-        })
-        .buffer_unordered(options.concurrency.max(1))
-        .try_collect::<()>()
-        .await?;
-    progress.finish();
+    restore_files(repo, manifest, options, cancel).await?;
 
     for name in ["backup_label", "tablespace_map"] {
         let key = label_key(&manifest.id, name);
@@ -183,6 +149,161 @@ pub async fn restore(
     std::fs::remove_file(&marker).with_context(|| format!("remove {}", marker.display()))?;
     crate::fsutil::sync_dir(data_dir)?;
     Ok(())
+}
+
+/// Writes the backup's files, `concurrency` objects at a time: whole files, and the parts of
+/// parted files in rounds (a part after every earlier part it overlaps). With `--delta`,
+/// files that already hold the backup's content are kept.
+async fn restore_files(
+    repo: &Repo,
+    manifest: &Manifest,
+    options: &RestoreOptions,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let data_dir = &options.data_dir;
+    let progress = Progress::new(&manifest.id, manifest.size);
+    let todo: Vec<&FileEntry> = if options.delta {
+        let kept: Vec<Option<&FileEntry>> = stream::iter(&manifest.files)
+            .map(|file| {
+                let progress = &progress;
+                async move {
+                    let dest = data_dir.join(&file.path);
+                    if !matches_already(&dest, file).await? {
+                        return anyhow::Ok(Some(file));
+                    }
+                    set_mode(&dest, file.mode).await?;
+                    progress.add(file.size);
+                    Ok(None)
+                }
+            })
+            .buffer_unordered(options.concurrency.max(1))
+            .try_collect()
+            .await?;
+        kept.into_iter().flatten().collect()
+    } else {
+        manifest.files.iter().collect()
+    };
+    let (whole, parted): (Vec<&FileEntry>, Vec<&FileEntry>) =
+        todo.into_iter().partition(|f| f.parts.is_empty());
+
+    // Parted files are assembled in a temp file beside their place, renamed when complete.
+    let mut outputs = Vec::with_capacity(parted.len());
+    for file in &parted {
+        let dest = data_dir.join(&file.path);
+        let out = crate::fsutil::AtomicFile::create(&dest)
+            .and_then(|out| out.as_file().set_len(file.size).map(|()| out))
+            .with_context(|| format!("create {}", dest.display()))?;
+        outputs.push(Arc::new(out));
+    }
+    let mut jobs: Vec<(usize, Job)> = whole.into_iter().map(|f| (0, Job::Whole(f))).collect();
+    for (file, out) in parted.iter().zip(&outputs) {
+        for (part, round) in file.parts.iter().zip(file.part_rounds()) {
+            jobs.push((
+                round,
+                Job::Part {
+                    file,
+                    part,
+                    out: out.clone(),
+                },
+            ));
+        }
+    }
+    let rounds = jobs.iter().map(|(r, _)| *r).max().map_or(0, |r| r + 1);
+    let mut by_round: Vec<Vec<Job>> = (0..rounds).map(|_| Vec::new()).collect();
+    for (round, job) in jobs {
+        by_round[round].push(job);
+    }
+    for jobs in by_round {
+        stream::iter(jobs)
+            .map(|job| {
+                let progress = &progress;
+                async move {
+                    let written = restore_job(repo, manifest, data_dir, job, cancel).await?;
+                    progress.add(written);
+                    anyhow::Ok(())
+                }
+            })
+            .buffer_unordered(options.concurrency.max(1))
+            .try_collect::<()>()
+            .await?;
+    }
+    for (file, out) in parted.into_iter().zip(outputs) {
+        let dest = data_dir.join(&file.path);
+        let out = Arc::into_inner(out).expect("every part job has ended");
+        tokio::task::spawn_blocking(move || out.commit())
+            .await
+            .context("join a file commit")?
+            .with_context(|| format!("write {}", dest.display()))?;
+        set_mode(&dest, file.mode).await?;
+    }
+    progress.finish();
+    Ok(())
+}
+
+/// One object to restore.
+enum Job<'a> {
+    /// A file stored as one object.
+    Whole(&'a FileEntry),
+    /// One part of a parted file, into its temp file.
+    Part {
+        file: &'a FileEntry,
+        part: &'a Part,
+        out: Arc<crate::fsutil::AtomicFile>,
+    },
+}
+
+/// Restores one object; the bytes of the file it wrote.
+async fn restore_job(
+    repo: &Repo,
+    manifest: &Manifest,
+    data_dir: &Path,
+    job: Job<'_>,
+    cancel: &CancellationToken,
+) -> Result<u64> {
+    let missing = |key: &str| {
+        anyhow::anyhow!(
+            "object {key} of backup {} is missing from {}",
+            manifest.id,
+            repo.describe()
+        )
+    };
+    match job {
+        Job::Whole(file) => {
+            let dest = data_dir.join(&file.path);
+            let key = file_key(&file.stored_in, &file.path);
+            let found = repo
+                .get_to_file(&key, &dest, cancel)
+                .await
+                .with_context(|| format!("restore {}", file.path))?;
+            if !found {
+                return Err(missing(&key));
+            }
+            set_mode(&dest, file.mode).await?;
+            Ok(file.size)
+        }
+        Job::Part { file, part, out } => {
+            let key = part.key(&file.path);
+            let dest = data_dir.join(&file.path);
+            let handle = out
+                .as_file()
+                .try_clone()
+                .with_context(|| format!("open {} for writing", dest.display()))?;
+            let found = repo
+                .get_to_ranges(&key, handle, &dest, part.ranges(), cancel)
+                .await
+                .with_context(|| format!("restore {}", file.path))?;
+            if !found {
+                return Err(missing(&key));
+            }
+            Ok(part.bytes())
+        }
+    }
+}
+
+async fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .await
+        .with_context(|| format!("set the mode of {}", path.display()))
 }
 
 /// Before a delta restore: the server must not run on `data_dir`, and whatever the backup
@@ -267,35 +388,48 @@ fn running_postmaster(data_dir: &Path) -> Option<i32> {
     alive.then_some(pid)
 }
 
-/// Whether the file at `path` already holds content of `size` bytes with `checksum` (BLAKE3
-/// hex), read on a blocking thread.
-async fn matches_already(path: &Path, size: u64, checksum: &str) -> Result<bool> {
+/// Whether the file at `path` already holds `file`'s content: its size, and the checksum of
+/// the whole file or of each part. A parted file with overlapping parts (an incremental
+/// backup's changed blocks over earlier parts) cannot be compared part by part and is
+/// always rewritten. Read on a blocking thread.
+async fn matches_already(path: &Path, file: &FileEntry) -> Result<bool> {
+    if file.part_rounds().iter().any(|&r| r > 0) {
+        return Ok(false);
+    }
     let path = path.to_owned();
-    let checksum = checksum.to_owned();
+    let size = file.size;
+    let expected: Vec<(Vec<(u64, u64)>, String)> = if file.parts.is_empty() {
+        vec![(vec![(0, size)], file.checksum.clone())]
+    } else {
+        file.parts
+            .iter()
+            .map(|p| (p.ranges(), p.checksum.clone()))
+            .collect()
+    };
     tokio::task::spawn_blocking(move || -> Result<bool> {
-        let mut file = match std::fs::File::open(&path) {
-            Ok(file) => file,
+        let local = match std::fs::File::open(&path) {
+            Ok(local) => local,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(e).with_context(|| format!("open {}", path.display())),
         };
-        let len = file
+        let len = local
             .metadata()
             .with_context(|| format!("stat {}", path.display()))?
             .len();
         if len != size {
             return Ok(false);
         }
-        let mut hasher = blake3::Hasher::new();
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = std::io::Read::read(&mut file, &mut buf)
+        for (ranges, checksum) in expected {
+            let handle = local
+                .try_clone()
+                .with_context(|| format!("open {}", path.display()))?;
+            let (hash, whole) = crate::repo::ranges::hash_ranges(handle, &ranges)
                 .with_context(|| format!("read {}", path.display()))?;
-            if n == 0 {
-                break;
+            if !whole || hash.to_hex().as_str() != checksum {
+                return Ok(false);
             }
-            hasher.update(&buf[..n]);
         }
-        Ok(hasher.finalize().to_hex().as_str() == checksum)
+        Ok(true)
     })
     .await
     .context("join a file comparison")?

@@ -73,14 +73,14 @@ async fn verify_passes_a_good_backup_and_names_what_is_wrong() {
     let (code, out, err) = pgward(&config, &["verify", "latest"]);
     assert_eq!(code, 0, "verify failed:\n{out}\n{err}");
     assert!(
-        out.starts_with(&format!("backup {id}: {files} files (")),
+        out.starts_with(&format!("backup {id}: {files} data objects (")),
         "{out}"
     );
     assert!(out.trim_end().ends_with("checked: ok"), "{out}");
     let (code, report) = verify_json(&config);
     assert_eq!(code, 0, "{report}");
     assert_eq!(report["ok"], true);
-    assert_eq!(report["files_checked"], files);
+    assert_eq!(report["objects_checked"], files);
     assert_eq!(report["wal_segment_size_source"], "backup");
     assert!(
         report["wal_segments_checked"].as_u64().unwrap() >= 3,
