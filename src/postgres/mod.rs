@@ -1,6 +1,7 @@
 //! Everything about the PostgreSQL server itself: finding its binaries, bootstrapping an empty
 //! data directory like the official image, the server's command line and readiness, and its
-//! on-disk formats: WAL file names and LSNs, WAL page headers, `pg_control`.
+//! on-disk formats: WAL file names and LSNs, WAL page headers, `pg_control`; and which
+//! relation blocks a range of WAL records changed (`wal_records`).
 //!
 //! A leaf: uses `process` to run programs, knows nothing of supervision or storage.
 
@@ -12,5 +13,6 @@ pub mod server;
 pub mod timeline;
 pub mod wal;
 pub mod wal_header;
+pub mod wal_records;
 
 pub use bin::BinDir;

@@ -18,3 +18,4 @@ mod services;
 mod storage;
 mod verify;
 mod wal;
+mod wal_records;
