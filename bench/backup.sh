@@ -364,23 +364,32 @@ if [[ -n ${pgward_id[pgward-zstd]:-} ]]; then
 fi
 
 # --- pgward incremental ------------------------------------------------------------------------
-# 1% of pgbench_accounts' rows, spread over the whole table, then an incremental backup on top
-# of the zstd full one.
-if [[ -n ${pgward_id[pgward-zstd]:-} ]]; then
-    log "updating 1% of pgbench_accounts"
-    psql_q 'UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 100 = 0' >/dev/null
-    pgward_row pgward-incr "$tmp/pgward.yaml" --incremental
-    if [[ -n ${pgward_id[pgward-incr]:-} ]]; then
-        incr_json=$("$pgward_bin" --config "$tmp/pgward.yaml" show latest --json)
-        full_json=$("$pgward_bin" --config "$tmp/pgward.yaml" show "${pgward_id[pgward-zstd]}" --json)
-        incr_line=$(/usr/bin/python3 -c '
+# Two incremental backups on top of the zstd full one: after updating 1% of pgbench_accounts'
+# rows in one range (recent rows, the usual hot set), then 1% spread over the whole table (one
+# row in 100, so about half of the table's pages hold a changed row).
+incr_report() { # key: "read X MB, stored Y MB (Z% / W% of the full backup)"
+    local incr_json full_json
+    incr_json=$("$pgward_bin" --config "$tmp/pgward.yaml" show "${pgward_id[$1]}" --json)
+    full_json=$("$pgward_bin" --config "$tmp/pgward.yaml" show "${pgward_id[pgward-zstd]}" --json)
+    /usr/bin/python3 -c '
 import json, sys
 i, f = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-print("%d of %d files copied (full: %d); stored %.0f MB of %.0f MB (full stored %.0f MB, %.0f%%)" % (
-    i["files_copied"], i["file_count"], f["files_copied"], i["stored_size"] / 1048576,
-    i["size"] / 1048576, f["stored_size"] / 1048576, 100.0 * i["stored_size"] / f["stored_size"]))
-' "$incr_json" "$full_json")
-    fi
+print("read %.0f MB (%.1f%% of the full backup), stored %.1f MB (%.1f%%), %d of %d files touched" % (
+    i["read_size"] / 1048576, 100.0 * i["read_size"] / f["read_size"],
+    i["stored_size"] / 1048576, 100.0 * i["stored_size"] / f["stored_size"],
+    i["files_copied"], i["file_count"]))
+' "$incr_json" "$full_json"
+}
+declare -A incr_line=()
+if [[ -n ${pgward_id[pgward-zstd]:-} ]]; then
+    log "updating 1% of pgbench_accounts (aid <= scale * 1000)"
+    psql_q "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= $scale * 1000" >/dev/null
+    pgward_row pgward-incr-hot "$tmp/pgward.yaml" --incremental
+    [[ -n ${pgward_id[pgward-incr-hot]:-} ]] && incr_line[pgward-incr-hot]=$(incr_report pgward-incr-hot)
+    log "updating 1% of pgbench_accounts (aid % 100 = 0)"
+    psql_q 'UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 100 = 0' >/dev/null
+    pgward_row pgward-incr-spread "$tmp/pgward.yaml" --incremental
+    [[ -n ${pgward_id[pgward-incr-spread]:-} ]] && incr_line[pgward-incr-spread]=$(incr_report pgward-incr-spread)
 fi
 grep -q ' ERROR ' "$tmp/log/pgward-run.log" && note[pgward-run]="pgward run logged errors"
 
@@ -393,7 +402,8 @@ declare -A label=(
     [tar-zstd]="tar | zstd -T2 -1 (bound)"
     [pgward-lz4]="pgward full lz4"
     [pgward-zstd]="pgward full zstd"
-    [pgward-incr]="pgward incr zstd (1% updated)"
+    [pgward-incr-hot]="pgward incr zstd (1% rows, range)"
+    [pgward-incr-spread]="pgward incr zstd (1% rows, spread)"
     [pgbr-restore-lz4]="pgBackRest restore lz4"
     [pgbr-restore-zst]="pgBackRest restore zst"
     [pgbr-delta]="pgBackRest restore --delta zst"
@@ -422,7 +432,7 @@ sep() {
     row "-------------------------------" "-------" "------" "--------" "-------" "----------" \
         "----------"
 }
-backups=(pgbb-lz4 pgbb-zstd pgbr-lz4 pgbr-zst tar-zstd pgward-lz4 pgward-zstd pgward-incr)
+backups=(pgbb-lz4 pgbb-zstd pgbr-lz4 pgbr-zst tar-zstd pgward-lz4 pgward-zstd pgward-incr-hot pgward-incr-spread)
 restores=(pgbr-restore-lz4 pgbr-restore-zst pgbr-delta pgward-restore-lz4 pgward-restore-zstd
     pgward-delta)
 
@@ -436,7 +446,9 @@ for k in "${backups[@]}"; do
     row "${label[$k]}" "${secs[$k]:--}" "$(mbps "$k")" "${s:+$(mb "$s")}" "${rss[$k]:--}" \
         "$(ratio "$k" pgbb-lz4)" "$(ratio "$k" pgbr-zst)"
 done
-[[ -z ${incr_line:-} ]] || echo "pgward incr: $incr_line"
+for key in pgward-incr-hot pgward-incr-spread; do
+    [[ -z ${incr_line[$key]:-} ]] || echo "${label[$key]}: ${incr_line[$key]}"
+done
 echo
 row "restore (into an empty dir)" "time s" "MB/s" "" "RSS MB" "" "x pgbr zst"
 sep

@@ -183,6 +183,10 @@ pub async fn show(config: &Config, which: &str, json: bool) -> Result<i32> {
         human_bytes(m.stored_size)
     );
     println!(
+        "read        {} from the data directory",
+        human_bytes(m.read_size)
+    );
+    println!(
         "checksums   {}",
         if m.data_checksums { "on" } else { "off" }
     );

@@ -80,6 +80,10 @@ pub struct Part {
     pub stored_size: u64,
     /// The backup that stored the object.
     pub stored_in: String,
+    /// The object is the one that backup stored for the whole file (its key has no
+    /// `@offset`): the first part of a file whose changed blocks a later backup stored.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub whole_object: bool,
 }
 
 impl Part {
@@ -90,8 +94,12 @@ impl Part {
 
     /// Where the object is: beside a whole file's, named by the first byte it holds.
     pub fn key(&self, path: &str) -> String {
+        let whole = file_key(&self.stored_in, path);
+        if self.whole_object {
+            return whole;
+        }
         let first = self.ranges.first().map_or(0, |r| r[0]);
-        format!("{}@{first}", file_key(&self.stored_in, path))
+        format!("{whole}@{first}")
     }
 
     /// The ranges as `(offset, length)`.
@@ -349,6 +357,7 @@ mod tests {
             checksum: "00".into(),
             stored_size: 1,
             stored_in: stored_in.into(),
+            whole_object: false,
         }
     }
 

@@ -1,9 +1,10 @@
-//! Base backups: taking them (`take`), the catalogue of complete ones (`catalog`), what a
+//! Base backups: taking them (`take`; `block_delta` picks the blocks an incremental reads), the catalogue of complete ones (`catalog`), what a
 //! backup is in the repository (`manifest`), checking one without restoring it (`verify`),
 //! and removing those retention no longer keeps, with the WAL only they needed
 //! (`retention` decides, `expire` deletes). Composes `repo/` and `postgres/`; restoring is
 //! `restore/`'s job.
 
+pub mod block_delta;
 pub mod catalog;
 pub mod exclude;
 pub mod expire;

@@ -17,13 +17,16 @@ use chrono::Utc;
 use futures_util::{stream, StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 
+use super::block_delta::{self, BlockMap};
 use super::exclude::{rule, Rule};
 use super::manifest::{
     backup_id, file_key, label_key, manifest_key, BackupKind, DirEntry, FileEntry, Manifest, Part,
     Tablespace, MANIFEST_VERSION,
 };
 use super::page_checksum;
+use crate::postgres::control_file::ControlFile;
 use crate::postgres::ready::Target;
+use crate::postgres::wal::{Lsn, TimelineId};
 use crate::repo::{layout, PutMode, PutOutcome, Repo};
 
 /// How a backup runs.
@@ -127,6 +130,21 @@ pub async fn take(
         bytes = walk.bytes,
         "copying the data directory"
     );
+    let block_map = match parent {
+        Some(parent) => {
+            block_map(
+                repo,
+                data_dir,
+                parent,
+                &start_lsn,
+                timeline as u32,
+                cluster,
+                cancel,
+            )
+            .await
+        }
+        None => None,
+    };
     let check_pages_before = match data_checksums {
         true => Some(
             start_lsn
@@ -141,7 +159,7 @@ pub async fn take(
         &id,
         walk.files,
         walk.bytes,
-        parent,
+        parent.map(|p| (p, block_map.as_ref())),
         check_pages_before,
         options,
         cancel,
@@ -229,6 +247,75 @@ pub async fn take(
         "backup complete"
     );
     Ok(manifest)
+}
+
+/// The blocks changed since `parent` started, when a block-level incremental is possible;
+/// else `None`, said in the log, and changed files are copied whole.
+async fn block_map(
+    repo: &Repo,
+    data_dir: &Path,
+    parent: &Manifest,
+    start_lsn: &str,
+    timeline: u32,
+    cluster: ClusterIdentity,
+    cancel: &CancellationToken,
+) -> Option<BlockMap> {
+    let attempt = async {
+        let control = {
+            let data_dir = data_dir.to_owned();
+            // pg_control is rewritten in place: a read may catch it mid-write; try again.
+            tokio::task::spawn_blocking(move || {
+                let mut last = None;
+                for _ in 0..5 {
+                    match ControlFile::read(&data_dir) {
+                        Ok(control) => return Ok(control),
+                        Err(e) => last = Some(e),
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(last.expect("five attempts"))
+            })
+            .await
+            .context("join a pg_control read")??
+        };
+        if let Some(why) =
+            block_delta::unusable_parent(parent, timeline, cluster.pg_major, &control)
+        {
+            anyhow::bail!("{why}");
+        }
+        let start: Lsn = start_lsn
+            .parse()
+            .with_context(|| format!("read the start LSN {start_lsn}"))?;
+        block_delta::scan(
+            repo,
+            data_dir,
+            parent,
+            start,
+            TimelineId(timeline),
+            &control,
+            cancel,
+        )
+        .await
+    };
+    match attempt.await {
+        Ok(map) => {
+            let (records, wal_bytes) = map.scanned();
+            tracing::info!(
+                parent = %parent.id,
+                records,
+                wal_bytes,
+                "changed relation files are read block by block (WAL since the parent backup scanned)"
+            );
+            Some(map)
+        }
+        Err(e) => {
+            tracing::warn!(
+                parent = %parent.id,
+                "changed files are copied whole: no block-level incremental: {e:#}"
+            );
+            None
+        }
+    }
 }
 
 /// A backup id no object uses yet, and the time it stands for. Ids have a resolution of one
@@ -387,6 +474,21 @@ enum Work {
     Whole(Source),
     /// One slice of a large file: `(offset, length)`, the last one reading to the end.
     Slice(Arc<SlicedFile>, (u64, u64)),
+    /// The changed blocks of a relation file, over the parent's copy.
+    Blocks(Box<ChangedFile>),
+}
+
+/// A relation file of which an incremental reads only the changed blocks.
+struct ChangedFile {
+    source: Source,
+    /// The parent's entry.
+    earlier: FileEntry,
+    /// What to read.
+    ranges: Vec<(u64, u64)>,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+    relseg_size: u32,
 }
 
 /// A large file being stored in slices, as it was before the first slice was read.
@@ -415,12 +517,16 @@ async fn copy_files(
     id: &str,
     sources: Vec<Source>,
     total: u64,
-    parent: Option<&Manifest>,
+    parent: Option<(&Manifest, Option<&BlockMap>)>,
     check_pages_before: Option<u64>,
     options: &BackupOptions,
     cancel: &CancellationToken,
 ) -> Result<Vec<FileEntry>> {
     let progress = super::progress::Progress::new(id, total);
+    let (parent, block_map) = match parent {
+        Some((parent, map)) => (Some(parent), map),
+        None => (None, None),
+    };
     let earlier: HashMap<&str, &FileEntry> = parent
         .map(|p| p.files.iter().map(|f| (f.path.as_str(), f)).collect())
         .unwrap_or_default();
@@ -429,7 +535,7 @@ async fn copy_files(
     let planned: Vec<Plan> = stream::iter(sources)
         .map(|source| {
             let earlier = earlier.get(source.path.as_str()).copied();
-            plan(source, earlier, parent, options.slice_size)
+            plan(source, earlier, parent, block_map, options.slice_size)
         })
         .buffered(16)
         .try_collect()
@@ -457,6 +563,9 @@ async fn copy_files(
                     }
                     Work::Slice(file, range) => {
                         copy_slice(repo, id, file, range, check_pages_before, cancel).await?
+                    }
+                    Work::Blocks(delta) => {
+                        Done::File(copy_blocks(repo, id, *delta, check_pages_before, cancel).await?)
                     }
                 };
                 match &done {
@@ -492,11 +601,30 @@ async fn plan(
     source: Source,
     earlier: Option<&FileEntry>,
     parent: Option<&Manifest>,
+    block_map: Option<&BlockMap>,
     slice_size: u64,
 ) -> Result<Plan> {
     if let (Some(entry), Some(parent)) = (earlier, parent) {
         if let Some(entry) = referenced(entry, &source, parent.start_time).await {
             return Ok(Plan::Reference(entry));
+        }
+        if let Some(map) = block_map {
+            let meta = match tokio::fs::metadata(&source.abs).await {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Plan::Vanished),
+                Err(e) => return Err(e).with_context(|| format!("stat {}", source.abs.display())),
+            };
+            if let Some(ranges) = map.ranges_to_read(&source.path, entry, meta.len()) {
+                return Ok(Plan::Work(vec![Work::Blocks(Box::new(ChangedFile {
+                    source,
+                    earlier: entry.clone(),
+                    ranges,
+                    size: meta.len(),
+                    mtime: meta.mtime(),
+                    mtime_nsec: meta.mtime_nsec(),
+                    relseg_size: map.relseg_size(),
+                }))]));
+            }
         }
     }
     if source.len <= slice_size {
@@ -556,12 +684,88 @@ async fn copy_slice(
             checksum,
             stored_size,
             stored_in: id.to_owned(),
+            whole_object: false,
         }
     });
     Ok(Done::Slice {
         file,
         part,
         bad_blocks,
+    })
+}
+
+/// Stores the changed blocks of a relation file: its entry is the parent's parts, then one
+/// part with those blocks. A file gone since is still listed: WAL replay removes it.
+async fn copy_blocks(
+    repo: &Repo,
+    id: &str,
+    file: ChangedFile,
+    check_pages_before: Option<u64>,
+    cancel: &CancellationToken,
+) -> Result<FileEntry> {
+    let source = &file.source;
+    let mut parts = block_delta::base_parts(&file.earlier, file.size);
+    let mut stored = Vec::new();
+    let mut new_part = None;
+    if let Some(&(first, _)) = file.ranges.first() {
+        let key = format!("{}@{first}", file_key(id, &source.path));
+        let (outcome, read) = repo
+            .put_ranges_create(&key, &source.abs, file.ranges.clone(), cancel)
+            .await
+            .with_context(|| format!("back up the changed blocks of {}", source.path))?;
+        if !read.is_empty() {
+            let (checksum, stored_size) = stored_outcome(outcome);
+            new_part = Some(Part {
+                ranges: read.iter().map(|&(o, l)| [o, l]).collect(),
+                checksum,
+                stored_size,
+                stored_in: id.to_owned(),
+                whole_object: false,
+            });
+            stored = read;
+        }
+    }
+    let mut bad_blocks = check_pages(source, check_pages_before, &stored).await?;
+    // The parent's bad blocks that were not read again are still in the copy.
+    let per_segment = u64::from(file.relseg_size.max(1));
+    let reread = |blkno: u32| {
+        let offset = (u64::from(blkno) % per_segment) * block_delta::BLOCK;
+        offset >= file.size || stored.iter().any(|&(o, l)| offset >= o && offset < o + l)
+    };
+    bad_blocks.extend(
+        file.earlier
+            .bad_blocks
+            .iter()
+            .copied()
+            .filter(|&b| !reread(b)),
+    );
+    bad_blocks.sort_unstable();
+    let (stored_in, stored_size) = match &new_part {
+        Some(part) => (id.to_owned(), part.stored_size),
+        None => {
+            let newest = parts
+                .last()
+                .map_or(&file.earlier.stored_in, |p| &p.stored_in);
+            let size = parts
+                .iter()
+                .filter(|p| &p.stored_in == newest)
+                .map(|p| p.stored_size)
+                .sum();
+            (newest.clone(), size)
+        }
+    };
+    parts.extend(new_part);
+    Ok(FileEntry {
+        path: source.path.clone(),
+        size: file.size,
+        mtime: file.mtime,
+        mtime_nsec: file.mtime_nsec,
+        mode: source.mode,
+        checksum: String::new(),
+        stored_size,
+        stored_in,
+        bad_blocks,
+        parts,
     })
 }
 
@@ -693,16 +897,22 @@ async fn copy_file(
         Err(e) => return Err(e).with_context(|| format!("stat {}", source.abs.display())),
     };
     let key = file_key(id, &source.path);
-    let outcome = match repo.put_file_create(&key, &source.abs, cancel).await {
-        Ok(outcome) => outcome,
+    // The size recorded is what was read (the file may grow meanwhile): a later backup may
+    // use the object as the first part of the file, and parts hold exact ranges.
+    let (outcome, read) = match repo
+        .put_ranges_create(&key, &source.abs, vec![(0, u64::MAX)], cancel)
+        .await
+    {
+        Ok(done) => done,
         Err(e) if is_not_found(&e) => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("back up {}", source.path)),
     };
+    let size = read.first().map_or(0, |r| r.1);
     let (checksum, stored_size) = stored_outcome(outcome);
     let bad_blocks = check_pages(&source, check_pages_before, &[(0, u64::MAX)]).await?;
     Ok(Some(FileEntry {
         path: source.path,
-        size: meta.len(),
+        size,
         mtime: meta.mtime(),
         mtime_nsec: meta.mtime_nsec(),
         mode: source.mode,

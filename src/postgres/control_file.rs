@@ -34,6 +34,8 @@ mod offset {
     pub const CHECKPOINT_REDO: usize = 40;
     pub const CHECKPOINT_TLI: usize = 48;
     pub const FLOAT_FORMAT: usize = 208;
+    pub const BLCKSZ: usize = 216;
+    pub const RELSEG_SIZE: usize = 220;
     pub const XLOG_BLCKSZ: usize = 224;
     pub const XLOG_SEG_SIZE: usize = 228;
     pub const DATA_CHECKSUM_VERSION: usize = 252;
@@ -116,6 +118,10 @@ pub struct ControlFile {
     pub checkpoint_redo: Lsn,
     /// `checkPointCopy.ThisTimeLineID`: the timeline of that checkpoint.
     pub checkpoint_tli: TimelineId,
+    /// `blcksz`: data page size.
+    pub blcksz: u32,
+    /// `relseg_size`: blocks per segment file of a relation.
+    pub relseg_size: u32,
     /// `xlog_blcksz`: WAL page size.
     pub xlog_blcksz: u32,
     /// `xlog_seg_size`: `wal_segment_size`.
@@ -214,6 +220,8 @@ impl ControlFile {
             checkpoint: Lsn(u64_at(offset::CHECKPOINT)),
             checkpoint_redo: Lsn(u64_at(offset::CHECKPOINT_REDO)),
             checkpoint_tli: TimelineId(u32_at(offset::CHECKPOINT_TLI)),
+            blcksz: u32_at(offset::BLCKSZ),
+            relseg_size: u32_at(offset::RELSEG_SIZE),
             xlog_blcksz: u32_at(offset::XLOG_BLCKSZ),
             xlog_seg_size: WalSegSize::new(u32_at(offset::XLOG_SEG_SIZE))?,
             data_checksum_version: u32_at(offset::DATA_CHECKSUM_VERSION),
@@ -256,6 +264,8 @@ mod tests {
         put(offset::CHECKPOINT_REDO, &c.checkpoint_redo.0.to_ne_bytes());
         put(offset::CHECKPOINT_TLI, &c.checkpoint_tli.0.to_ne_bytes());
         put(offset::FLOAT_FORMAT, &FLOAT_FORMAT_VALUE.to_ne_bytes());
+        put(offset::BLCKSZ, &c.blcksz.to_ne_bytes());
+        put(offset::RELSEG_SIZE, &c.relseg_size.to_ne_bytes());
         put(offset::XLOG_BLCKSZ, &c.xlog_blcksz.to_ne_bytes());
         put(
             offset::XLOG_SEG_SIZE,
@@ -289,6 +299,8 @@ mod tests {
             checkpoint: Lsn(0x16_B374_D848),
             checkpoint_redo: Lsn(0x16_B374_D810),
             checkpoint_tli: TimelineId(3),
+            blcksz: 8192,
+            relseg_size: 131_072,
             xlog_blcksz: 8192,
             xlog_seg_size: WalSegSize::DEFAULT,
             data_checksum_version: 1,
@@ -600,6 +612,11 @@ mod real_cluster_tests {
             field("Bytes per WAL segment")
         );
         assert_eq!(control.xlog_blcksz.to_string(), field("WAL block size"));
+        assert_eq!(control.blcksz.to_string(), field("Database block size"));
+        assert_eq!(
+            control.relseg_size.to_string(),
+            field("Blocks per segment of large relation")
+        );
         assert_eq!(
             control.data_checksum_version.to_string(),
             field("Data page checksum version")

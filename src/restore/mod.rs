@@ -230,10 +230,14 @@ async fn restore_files(
     for (file, out) in parted.into_iter().zip(outputs) {
         let dest = data_dir.join(&file.path);
         let out = Arc::into_inner(out).expect("every part job has ended");
-        tokio::task::spawn_blocking(move || out.commit())
-            .await
-            .context("join a file commit")?
-            .with_context(|| format!("write {}", dest.display()))?;
+        let size = file.size;
+        // Parts of the parent's copy may reach past a file that shrank since.
+        tokio::task::spawn_blocking(move || {
+            out.as_file().set_len(size).and_then(|()| out.commit())
+        })
+        .await
+        .context("join a file commit")?
+        .with_context(|| format!("write {}", dest.display()))?;
         set_mode(&dest, file.mode).await?;
     }
     progress.finish();
