@@ -157,23 +157,192 @@ impl Serialize for StopSignal {
     }
 }
 
-/// `jobs[]:` — cron-style jobs. Validated here; run by the scheduler.
+/// `jobs[]:` — cron-style jobs run by the scheduler. The policies mean what yacron's do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct JobConfig {
     pub name: String,
-    /// Five-field cron expression or `@hourly`/`@daily`/`@midnight`/`@weekly`/`@monthly`/
-    /// `@yearly`/`@annually`, as written; turn it into a schedule with
-    /// [`parse_schedule`](super::parse_schedule).
+    /// Cron expression (five fields, or six with seconds first) or `@hourly`/`@daily`/
+    /// `@midnight`/`@weekly`/`@monthly`/`@yearly`/`@annually`/`@reboot`, as written; turn it
+    /// into a schedule with [`parse_schedule`](super::parse_schedule).
     pub schedule: String,
-    /// Built-in action (`backup`, `expire`, `verify`, `check`); exclusive with `command`.
-    pub action: Option<String>,
-    /// argv of a command to run; exclusive with `action`.
-    pub command: Option<Vec<String>>,
     /// IANA zone name the schedule is evaluated in. Default UTC.
     pub timezone: String,
-    /// Kill the job after this long. Default: none.
+    /// What the job does: `action:` (with its `options:`) or `command:`.
+    pub task: JobTask,
+    /// Added to the environment of a command (and of its report command).
+    pub env: BTreeMap<String, String>,
+    /// OS user a command runs as when pgward is root. Default: `postgres.user`.
+    pub user: Option<String>,
+    /// Working directory of a command. Default: the user's home, else `/`.
+    pub working_dir: Option<PathBuf>,
+    /// A run due while the previous one still runs: `allow` both, `forbid` the new one
+    /// (skipped), `replace` the old one (stopped). Default `forbid`.
+    pub concurrency: ConcurrencyPolicy,
+    /// A run still going after this long is stopped (SIGTERM to its process group, then
+    /// SIGKILL after `kill_timeout`) and failed. Default: none.
     #[serde(serialize_with = "ser_opt_duration")]
     pub timeout: Option<Duration>,
+    /// Between SIGTERM and SIGKILL. Default 30s.
+    #[serde(serialize_with = "ser_duration")]
+    pub kill_timeout: Duration,
+    pub retries: RetryConfig,
+    pub fails_when: FailsWhen,
+    /// `false` keeps the job listed but never run on schedule (`jobs run` still runs it).
+    /// Default true.
+    pub enabled: bool,
+    /// A run missed while pgward was not running runs once at start. Default false.
+    pub catch_up: bool,
+    /// Runs wait until postgres accepts connections. Default true (built-in actions other
+    /// than `check` cannot work without it).
+    pub wait_for_postgres: bool,
+    /// Lines of a command's output kept for `status` and reports. Default 50.
+    pub output_lines: u32,
+    /// Reported after a run that failed (retries exhausted).
+    pub on_failure: Option<ReportConfig>,
+    /// Reported after a run that succeeded.
+    pub on_success: Option<ReportConfig>,
+}
+
+/// What a job runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "action")]
+pub enum JobTask {
+    /// `command:` — a program (argv) or a `/bin/sh -c` string.
+    Command { command: CommandLine },
+    /// `action: backup`, `options: {type: full|incremental}` (default full).
+    Backup { incremental: bool },
+    /// `action: expire`: apply `backup.retention`.
+    Expire,
+    /// `action: verify`, `options: {backup: latest|<id>}`.
+    Verify { backup: String },
+    /// `action: check`: `pgward check`, failing when any item fails.
+    Check,
+    /// `action: sql`, `options: {sql, database, statement_timeout}`.
+    Sql {
+        sql: String,
+        /// Default `postgres`.
+        database: String,
+        /// Default: the job's `timeout`, else 1h.
+        #[serde(serialize_with = "ser_duration")]
+        statement_timeout: Duration,
+    },
+    /// `action: restore-test`.
+    RestoreTest(RestoreTestConfig),
+}
+
+impl JobTask {
+    /// The action's name, or `command`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            JobTask::Command { .. } => "command",
+            JobTask::Backup { .. } => "backup",
+            JobTask::Expire => "expire",
+            JobTask::Verify { .. } => "verify",
+            JobTask::Check => "check",
+            JobTask::Sql { .. } => "sql",
+            JobTask::RestoreTest(_) => "restore-test",
+        }
+    }
+}
+
+/// `options:` of `action: restore-test`: restore a backup into a scratch directory, start a
+/// throwaway server on it, recover, run `sql`, clean up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RestoreTestConfig {
+    /// `latest` or a backup id. Default `latest`.
+    pub backup: String,
+    /// `consistent` (recover to the backup's end) or `latest` (replay all archived WAL).
+    /// Default `consistent`.
+    pub target: RestoreTestTarget,
+    /// Must return one row whose first column is true. Default: none (reaching consistency
+    /// and accepting a connection is the test).
+    pub sql: Option<String>,
+    /// Database `sql` runs in. Default `postgres`.
+    pub database: String,
+    /// Where the scratch data directory is made (and removed). Default: beside
+    /// `postgres.data_dir`, `<parent>/pgward-restore-test`.
+    pub scratch_dir: Option<PathBuf>,
+}
+
+/// How far a restore test recovers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RestoreTestTarget {
+    Consistent,
+    Latest,
+}
+
+/// `command:` as written: a list is the argv, a string runs under `/bin/sh -c`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum CommandLine {
+    Argv(Vec<String>),
+    Shell(String),
+}
+
+/// `concurrency:` of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConcurrencyPolicy {
+    Allow,
+    Forbid,
+    Replace,
+}
+
+/// `retries:` — a failed run is tried again after `initial_delay`, each delay `multiplier`
+/// times the previous, at most `max_delay`, up to `max` more times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RetryConfig {
+    /// Default 0: no retry.
+    pub max: u32,
+    /// Default 30s.
+    #[serde(serialize_with = "ser_duration")]
+    pub initial_delay: Duration,
+    /// Default 2.
+    pub multiplier: Multiplier,
+    /// Default 10m.
+    #[serde(serialize_with = "ser_duration")]
+    pub max_delay: Duration,
+}
+
+/// A backoff multiplier: finite, at least 1 (checked when read), so equality is total.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Multiplier(pub f64);
+
+impl Eq for Multiplier {}
+
+/// `fails_when:` — what makes a run a failure (any that is set and true).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FailsWhen {
+    /// A non-zero exit status (or death by a signal, or a timeout). Default true.
+    pub nonzero_exit: bool,
+    /// Anything written to stdout. Default false.
+    pub produces_stdout: bool,
+    /// Anything written to stderr. Default false (yacron's default is true; PostgreSQL's
+    /// tools print notices there).
+    pub produces_stderr: bool,
+    /// Every run. Default false.
+    pub always: bool,
+}
+
+/// `on_failure:` / `on_success:` — how a run is reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReportConfig {
+    /// Run with `PGWARD_JOB_*` variables describing the run.
+    pub command: Option<CommandLine>,
+    /// POSTed a JSON description of the run.
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// A webhook a report is POSTed to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// Extra request headers (e.g. `Authorization`); values are secrets, never printed.
+    pub headers: BTreeMap<String, Secret>,
+    /// Default 10s.
+    #[serde(serialize_with = "ser_duration")]
+    pub timeout: Duration,
 }
 
 /// `log:`

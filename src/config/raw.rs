@@ -179,10 +179,106 @@ pub(crate) struct RawService {
 pub(crate) struct RawJob {
     pub name: Option<Text>,
     pub schedule: Option<Text>,
-    pub action: Option<Text>,
-    pub command: Option<Vec<Text>>,
     pub timezone: Option<Text>,
+    pub action: Option<Text>,
+    pub options: Option<RawJobOptions>,
+    pub command: Option<RawCommandLine>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub env: BTreeMap<String, Text>,
+    pub user: Option<Text>,
+    pub working_dir: Option<Text>,
+    pub concurrency: Option<Text>,
     pub timeout: Option<Text>,
+    pub kill_timeout: Option<Text>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub retries: RawRetries,
+    #[serde(deserialize_with = "null_as_default")]
+    pub fails_when: RawFailsWhen,
+    pub enabled: Option<Text>,
+    pub catch_up: Option<Text>,
+    pub wait_for_postgres: Option<Text>,
+    pub output_lines: Option<Text>,
+    pub on_failure: Option<RawReport>,
+    pub on_success: Option<RawReport>,
+}
+
+/// `options:` of a built-in action: the union of every action's keys; `validate` refuses
+/// those the job's action does not take.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawJobOptions {
+    #[serde(rename = "type")]
+    pub kind: Option<Text>,
+    pub backup: Option<Text>,
+    pub sql: Option<Text>,
+    pub database: Option<Text>,
+    pub statement_timeout: Option<Text>,
+    pub target: Option<Text>,
+    pub scratch_dir: Option<Text>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawRetries {
+    pub max: Option<Text>,
+    pub initial_delay: Option<Text>,
+    pub multiplier: Option<Text>,
+    pub max_delay: Option<Text>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawFailsWhen {
+    pub nonzero_exit: Option<Text>,
+    pub produces_stdout: Option<Text>,
+    pub produces_stderr: Option<Text>,
+    pub always: Option<Text>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawReport {
+    pub command: Option<RawCommandLine>,
+    pub webhook: Option<RawWebhook>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawWebhook {
+    pub url: Option<Text>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub headers: BTreeMap<String, Text>,
+    pub timeout: Option<Text>,
+}
+
+/// `command: [prog, arg]` (argv) or `command: "a shell line"` (run by `/bin/sh -c`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RawCommandLine {
+    Argv(Vec<Text>),
+    Shell(Text),
+}
+
+impl<'de> Deserialize<'de> for RawCommandLine {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawCommandLine;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of arguments or a shell command line")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawCommandLine, E> {
+                Ok(RawCommandLine::Shell(Text(v.to_owned())))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawCommandLine, A::Error> {
+                let mut args = Vec::new();
+                while let Some(arg) = seq.next_element::<Text>()? {
+                    args.push(arg);
+                }
+                Ok(RawCommandLine::Argv(args))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -244,7 +244,7 @@ fn unknown_action() {
     assert_eq!(
         problem("jobs:\n  - { name: j, schedule: '@daily', action: vacuum }\n"),
         "cfg.yaml:2:44: jobs[0].action: unknown action \"vacuum\" (use backup, expire, verify, \
-         check)"
+         check, sql, restore-test)"
     );
 }
 
@@ -733,25 +733,25 @@ fn full_example() {
         config.jobs,
         [
             JobConfig {
-                name: "nightly".into(),
-                schedule: "0 1 * * *".into(),
-                action: Some("backup".into()),
-                command: None,
                 timezone: "Europe/Paris".into(),
                 timeout: Some(Duration::from_secs(3600)),
+                ..job(
+                    "nightly",
+                    "0 1 * * *",
+                    JobTask::Backup { incremental: false }
+                )
             },
-            JobConfig {
-                name: "analyze".into(),
-                schedule: "@weekly".into(),
-                action: None,
-                command: Some(vec![
-                    "vacuumdb".into(),
-                    "--all".into(),
-                    "--analyze-only".into()
-                ]),
-                timezone: "UTC".into(),
-                timeout: None,
-            },
+            job(
+                "analyze",
+                "@weekly",
+                JobTask::Command {
+                    command: CommandLine::Argv(vec![
+                        "vacuumdb".into(),
+                        "--all".into(),
+                        "--analyze-only".into()
+                    ])
+                }
+            ),
         ]
     );
     assert_eq!(
@@ -1149,4 +1149,179 @@ fn the_example_file_is_the_defaults() {
         ok(include_str!("../../configs/pgward.example.yaml"), &[]),
         defaults("/var/lib/postgresql/data", "postgres", "postgres")
     );
+}
+
+/// A job as written with only `name`, `schedule` and what it runs: every default.
+fn job(name: &str, schedule: &str, task: JobTask) -> JobConfig {
+    JobConfig {
+        name: name.into(),
+        schedule: schedule.into(),
+        timezone: "UTC".into(),
+        task,
+        env: BTreeMap::new(),
+        user: None,
+        working_dir: None,
+        concurrency: ConcurrencyPolicy::Forbid,
+        timeout: None,
+        kill_timeout: Duration::from_secs(30),
+        retries: RetryConfig {
+            max: 0,
+            initial_delay: Duration::from_secs(30),
+            multiplier: Multiplier(2.0),
+            max_delay: Duration::from_secs(600),
+        },
+        fails_when: FailsWhen {
+            nonzero_exit: true,
+            produces_stdout: false,
+            produces_stderr: false,
+            always: false,
+        },
+        enabled: true,
+        catch_up: false,
+        wait_for_postgres: true,
+        output_lines: 50,
+        on_failure: None,
+        on_success: None,
+    }
+}
+
+#[test]
+fn jobs_take_policies_options_and_reports() {
+    let yaml = "\
+jobs:
+  - name: nightly
+    schedule: '0 1 * * *'
+    action: backup
+    options: { type: incremental }
+    concurrency: replace
+    timeout: 2h
+    kill_timeout: 5s
+    retries: { max: 3, initial_delay: 1s, multiplier: 1.5, max_delay: 1m }
+    fails_when: { produces_stderr: true, nonzero_exit: false }
+    catch_up: true
+    on_failure:
+      command: 'echo $PGWARD_JOB_NAME failed'
+      webhook: { url: 'http://127.0.0.1:9/hook', headers: { Authorization: Bearer x } }
+  - name: vacuum
+    schedule: '@daily'
+    action: sql
+    options: { sql: VACUUM, database: app }
+  - name: drill
+    schedule: '0 4 * * 0'
+    action: restore-test
+    options: { target: latest, sql: 'SELECT count(*) > 0 FROM t', scratch_dir: /scratch }
+  - name: cleanup
+    schedule: '*/5 * * * *'
+    command: 'rm -f /tmp/x*'
+    env: { A: b }
+    user: nobody
+    working_dir: /tmp
+    enabled: false
+    wait_for_postgres: false
+    output_lines: 10
+";
+    let jobs = ok(yaml, &[]).jobs;
+    assert_eq!(
+        jobs[0],
+        JobConfig {
+            concurrency: ConcurrencyPolicy::Replace,
+            timeout: Some(Duration::from_secs(7200)),
+            kill_timeout: Duration::from_secs(5),
+            retries: RetryConfig {
+                max: 3,
+                initial_delay: Duration::from_secs(1),
+                multiplier: Multiplier(1.5),
+                max_delay: Duration::from_secs(60),
+            },
+            fails_when: FailsWhen {
+                nonzero_exit: false,
+                produces_stdout: false,
+                produces_stderr: true,
+                always: false,
+            },
+            catch_up: true,
+            on_failure: Some(ReportConfig {
+                command: Some(CommandLine::Shell("echo $PGWARD_JOB_NAME failed".into())),
+                webhook: Some(WebhookConfig {
+                    url: "http://127.0.0.1:9/hook".into(),
+                    headers: [("Authorization".to_owned(), Secret::new("Bearer x".into()))]
+                        .into_iter()
+                        .collect(),
+                    timeout: Duration::from_secs(10),
+                }),
+            }),
+            ..job(
+                "nightly",
+                "0 1 * * *",
+                JobTask::Backup { incremental: true }
+            )
+        }
+    );
+    assert_eq!(
+        jobs[1].task,
+        JobTask::Sql {
+            sql: "VACUUM".into(),
+            database: "app".into(),
+            statement_timeout: Duration::from_secs(3600),
+        }
+    );
+    assert_eq!(
+        jobs[2].task,
+        JobTask::RestoreTest(RestoreTestConfig {
+            backup: "latest".into(),
+            target: RestoreTestTarget::Latest,
+            sql: Some("SELECT count(*) > 0 FROM t".into()),
+            database: "postgres".into(),
+            scratch_dir: Some("/scratch".into()),
+        })
+    );
+    assert_eq!(
+        jobs[3],
+        JobConfig {
+            env: [("A".to_owned(), "b".to_owned())].into_iter().collect(),
+            user: Some("nobody".into()),
+            working_dir: Some("/tmp".into()),
+            enabled: false,
+            wait_for_postgres: false,
+            output_lines: 10,
+            ..job(
+                "cleanup",
+                "*/5 * * * *",
+                JobTask::Command {
+                    command: CommandLine::Shell("rm -f /tmp/x*".into())
+                }
+            )
+        }
+    );
+}
+
+#[test]
+fn job_options_must_fit_the_action() {
+    assert_eq!(
+        problem(
+            "jobs:\n  - { name: j, schedule: '@daily', action: expire, options: { sql: x } }\n"
+        ),
+        "cfg.yaml:2:63: jobs[0].options.sql: action expire takes no option \"sql\" (it takes no \
+         options)"
+    );
+    assert_eq!(
+        problem("jobs:\n  - { name: j, schedule: '@daily', action: sql }\n"),
+        "cfg.yaml:2:5: jobs[0].options: action sql needs options.sql"
+    );
+    assert!(problem(
+        "jobs:\n  - { name: j, schedule: '@daily', action: backup, options: { type: delta } }\n"
+    )
+    .contains("invalid backup type \"delta\""));
+    assert!(problem(
+        "jobs:\n  - { name: j, schedule: '@daily', command: x, retries: { multiplier: 0.5 } }\n"
+    )
+    .contains("invalid multiplier"));
+    assert!(problem(
+        "jobs:\n  - { name: j, schedule: '@daily', command: x, concurrency: queue }\n"
+    )
+    .contains("invalid concurrency policy"));
+    assert!(problem(
+        "jobs:\n  - { name: j, schedule: '@daily', command: x, on_failure: { webhook: { url: ftp://x } } }\n"
+    )
+    .contains("invalid webhook url"));
 }

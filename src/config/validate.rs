@@ -21,7 +21,7 @@ use super::size::parse_size;
 use super::*;
 
 /// Built-in actions a job may run.
-pub(crate) const ACTIONS: &[&str] = &["backup", "expire", "verify", "check"];
+pub(crate) const ACTIONS: &[&str] = &["backup", "expire", "verify", "check", "sql", "restore-test"];
 /// Signals a service may be stopped with.
 const STOP_SIGNALS: &[Signal] = &[
     Signal::SIGTERM,
@@ -598,10 +598,24 @@ fn validate_job(base: &str, raw: RawJob, cx: &mut Cx<'_>) -> JobConfig {
     let RawJob {
         name,
         schedule,
-        action,
-        command,
         timezone,
+        action,
+        options,
+        command,
+        env,
+        user,
+        working_dir,
+        concurrency,
         timeout,
+        kill_timeout,
+        retries,
+        fails_when,
+        enabled,
+        catch_up,
+        wait_for_postgres,
+        output_lines,
+        on_failure,
+        on_success,
     } = raw;
     let path = |key: &str| super::locate::join(base, key);
     let name = required_name(cx, &path("name"), name, "job");
@@ -614,29 +628,6 @@ fn validate_job(base: &str, raw: RawJob, cx: &mut Cx<'_>) -> JobConfig {
         })
         .unwrap_or_default()
     };
-    let (action, command) = match (action, command) {
-        (Some(_), Some(_)) => {
-            cx.at_key(
-                &path("command"),
-                "action and command are exclusive; set one",
-            );
-            (None, None)
-        }
-        (None, None) => {
-            cx.at_value(base, "either action or command is required");
-            (None, None)
-        }
-        (action, command) => (
-            cx.parse(&path("action"), action, |s| {
-                if ACTIONS.contains(&s) {
-                    Ok(s.to_owned())
-                } else {
-                    Err(format!("unknown action {s:?} (use {})", ACTIONS.join(", ")))
-                }
-            }),
-            command.map(|c| required_command(cx, &path("command"), Some(c))),
-        ),
-    };
     let zoneinfo = cx.zoneinfo;
     let timezone = cx
         .parse(&path("timezone"), timezone, |s| {
@@ -644,13 +635,298 @@ fn validate_job(base: &str, raw: RawJob, cx: &mut Cx<'_>) -> JobConfig {
         })
         .unwrap_or_else(|| "UTC".to_owned());
     let timeout = cx.duration(&path("timeout"), timeout);
+    let task = match (action, command) {
+        (Some(_), Some(_)) => {
+            cx.at_key(
+                &path("command"),
+                "action and command are exclusive; set one",
+            );
+            JobTask::Check
+        }
+        (None, None) => {
+            cx.at_value(base, "either action or command is required");
+            JobTask::Check
+        }
+        (None, Some(command)) => {
+            if options.is_some() {
+                cx.at_key(
+                    &path("options"),
+                    "options are for actions; a command takes none",
+                );
+            }
+            JobTask::Command {
+                command: command_line(cx, &path("command"), command),
+            }
+        }
+        (Some(action), None) => {
+            let action_path = path("action");
+            let action = cx.parse(&action_path, Some(action), |s| {
+                if ACTIONS.contains(&s) {
+                    Ok(s.to_owned())
+                } else {
+                    Err(format!("unknown action {s:?} (use {})", ACTIONS.join(", ")))
+                }
+            });
+            match action {
+                Some(action) => job_action(
+                    cx,
+                    &path("options"),
+                    &action,
+                    options.unwrap_or_default(),
+                    timeout,
+                ),
+                None => JobTask::Check,
+            }
+        }
+    };
+    let concurrency = cx
+        .parse(&path("concurrency"), concurrency, |s| match s {
+            "allow" => Ok(ConcurrencyPolicy::Allow),
+            "forbid" => Ok(ConcurrencyPolicy::Forbid),
+            "replace" => Ok(ConcurrencyPolicy::Replace),
+            _ => Err(format!(
+                "invalid concurrency policy {s:?} (use allow, forbid or replace)"
+            )),
+        })
+        .unwrap_or(ConcurrencyPolicy::Forbid);
+    let retries = {
+        let RawRetries {
+            max,
+            initial_delay,
+            multiplier,
+            max_delay,
+        } = retries;
+        let retries_path = path("retries");
+        let at = |key: &str| super::locate::join(&retries_path, key);
+        RetryConfig {
+            max: cx.parse(&at("max"), max, parse_count).unwrap_or(0),
+            initial_delay: cx
+                .duration(&at("initial_delay"), initial_delay)
+                .unwrap_or(Duration::from_secs(30)),
+            multiplier: cx
+                .parse(&at("multiplier"), multiplier, |s| match s.parse::<f64>() {
+                    Ok(m) if m.is_finite() && (1.0..=100.0).contains(&m) => Ok(Multiplier(m)),
+                    _ => Err(format!(
+                        "invalid multiplier {s:?} (use a number from 1 to 100)"
+                    )),
+                })
+                .unwrap_or(Multiplier(2.0)),
+            max_delay: cx
+                .duration(&at("max_delay"), max_delay)
+                .unwrap_or(Duration::from_secs(600)),
+        }
+    };
+    let fails_when = {
+        let RawFailsWhen {
+            nonzero_exit,
+            produces_stdout,
+            produces_stderr,
+            always,
+        } = fails_when;
+        let fails_path = path("fails_when");
+        let at = |key: &str| super::locate::join(&fails_path, key);
+        FailsWhen {
+            nonzero_exit: cx.bool(&at("nonzero_exit"), nonzero_exit).unwrap_or(true),
+            produces_stdout: cx
+                .bool(&at("produces_stdout"), produces_stdout)
+                .unwrap_or(false),
+            produces_stderr: cx
+                .bool(&at("produces_stderr"), produces_stderr)
+                .unwrap_or(false),
+            always: cx.bool(&at("always"), always).unwrap_or(false),
+        }
+    };
     JobConfig {
         name,
         schedule,
-        action,
-        command,
         timezone,
+        task,
+        env: cx.map(&path("env"), env),
+        user: cx.string(&path("user"), user),
+        working_dir: cx.path(&path("working_dir"), working_dir),
+        concurrency,
         timeout,
+        kill_timeout: cx
+            .duration(&path("kill_timeout"), kill_timeout)
+            .unwrap_or(Duration::from_secs(30)),
+        retries,
+        fails_when,
+        enabled: cx.bool(&path("enabled"), enabled).unwrap_or(true),
+        catch_up: cx.bool(&path("catch_up"), catch_up).unwrap_or(false),
+        wait_for_postgres: cx
+            .bool(&path("wait_for_postgres"), wait_for_postgres)
+            .unwrap_or(true),
+        output_lines: cx
+            .parse(&path("output_lines"), output_lines, parse_count)
+            .unwrap_or(50),
+        on_failure: on_failure.map(|r| report(cx, &path("on_failure"), r)),
+        on_success: on_success.map(|r| report(cx, &path("on_success"), r)),
+    }
+}
+
+/// A job's built-in `action` with its `options`; keys the action does not take are refused.
+fn job_action(
+    cx: &mut Cx<'_>,
+    base: &str,
+    action: &str,
+    options: RawJobOptions,
+    job_timeout: Option<Duration>,
+) -> JobTask {
+    let RawJobOptions {
+        kind,
+        backup,
+        sql,
+        database,
+        statement_timeout,
+        target,
+        scratch_dir,
+    } = options;
+    let path = |key: &str| super::locate::join(base, key);
+    let allowed: &[&str] = match action {
+        "backup" => &["type"],
+        "verify" => &["backup"],
+        "sql" => &["sql", "database", "statement_timeout"],
+        "restore-test" => &["backup", "target", "sql", "database", "scratch_dir"],
+        _ => &[],
+    };
+    for (key, given) in [
+        ("type", kind.is_some()),
+        ("backup", backup.is_some()),
+        ("sql", sql.is_some()),
+        ("database", database.is_some()),
+        ("statement_timeout", statement_timeout.is_some()),
+        ("target", target.is_some()),
+        ("scratch_dir", scratch_dir.is_some()),
+    ] {
+        if given && !allowed.contains(&key) {
+            let takes = if allowed.is_empty() {
+                "no options".to_owned()
+            } else {
+                allowed.join(", ")
+            };
+            cx.at_key(
+                &path(key),
+                format!("action {action} takes no option {key:?} (it takes {takes})"),
+            );
+        }
+    }
+    let backup_id = |cx: &mut Cx<'_>, raw| {
+        cx.parse(&path("backup"), raw, |s| {
+            if s == "latest" {
+                return Ok(s.to_owned());
+            }
+            crate::backup::manifest::check_backup_id(s)
+                .map(|()| s.to_owned())
+                .map_err(|e| format!("{e:#}"))
+        })
+        .unwrap_or_else(|| "latest".to_owned())
+    };
+    match action {
+        "backup" => JobTask::Backup {
+            incremental: cx
+                .parse(&path("type"), kind, |s| match s {
+                    "full" => Ok(false),
+                    "incremental" => Ok(true),
+                    _ => Err(format!(
+                        "invalid backup type {s:?} (use full or incremental)"
+                    )),
+                })
+                .unwrap_or(false),
+        },
+        "expire" => JobTask::Expire,
+        "check" => JobTask::Check,
+        "verify" => JobTask::Verify {
+            backup: backup_id(cx, backup),
+        },
+        "sql" => {
+            if sql.is_none() {
+                cx.at_value(base, "action sql needs options.sql");
+            }
+            JobTask::Sql {
+                sql: cx.string(&path("sql"), sql).unwrap_or_default(),
+                database: cx
+                    .string(&path("database"), database)
+                    .unwrap_or_else(|| "postgres".to_owned()),
+                statement_timeout: cx
+                    .duration(&path("statement_timeout"), statement_timeout)
+                    .or(job_timeout)
+                    .unwrap_or(Duration::from_secs(3600)),
+            }
+        }
+        "restore-test" => JobTask::RestoreTest(RestoreTestConfig {
+            backup: backup_id(cx, backup),
+            target: cx
+                .parse(&path("target"), target, |s| match s {
+                    "consistent" => Ok(RestoreTestTarget::Consistent),
+                    "latest" => Ok(RestoreTestTarget::Latest),
+                    _ => Err(format!(
+                        "invalid restore test target {s:?} (use consistent or latest)"
+                    )),
+                })
+                .unwrap_or(RestoreTestTarget::Consistent),
+            sql: cx.string(&path("sql"), sql),
+            database: cx
+                .string(&path("database"), database)
+                .unwrap_or_else(|| "postgres".to_owned()),
+            scratch_dir: cx.path(&path("scratch_dir"), scratch_dir),
+        }),
+        other => unreachable!("action {other} passed the ACTIONS check"),
+    }
+}
+
+/// `command:` of a job or report: argv, or a shell line.
+fn command_line(cx: &mut Cx<'_>, path: &str, raw: RawCommandLine) -> CommandLine {
+    match raw {
+        RawCommandLine::Argv(argv) => CommandLine::Argv(required_command(cx, path, Some(argv))),
+        RawCommandLine::Shell(line) => {
+            CommandLine::Shell(cx.string(path, Some(line)).unwrap_or_default())
+        }
+    }
+}
+
+/// `on_failure:` / `on_success:`.
+fn report(cx: &mut Cx<'_>, base: &str, raw: RawReport) -> ReportConfig {
+    let RawReport { command, webhook } = raw;
+    let path = |key: &str| super::locate::join(base, key);
+    if command.is_none() && webhook.is_none() {
+        cx.at_value(base, "a report needs a command, a webhook or both");
+    }
+    let webhook = webhook.map(|raw| {
+        let RawWebhook {
+            url,
+            headers,
+            timeout,
+        } = raw;
+        let hook = path("webhook");
+        let at = |key: &str| super::locate::join(&hook, key);
+        if url.is_none() {
+            cx.at_value(&hook, "a webhook needs a url");
+        }
+        WebhookConfig {
+            url: cx
+                .parse(&at("url"), url, |s| {
+                    if s.starts_with("http://") || s.starts_with("https://") {
+                        Ok(s.to_owned())
+                    } else {
+                        Err(format!(
+                            "invalid webhook url {s:?} (use http:// or https://)"
+                        ))
+                    }
+                })
+                .unwrap_or_default(),
+            headers: cx
+                .map(&at("headers"), headers)
+                .into_iter()
+                .map(|(k, v)| (k, Secret::new(v)))
+                .collect(),
+            timeout: cx
+                .duration(&at("timeout"), timeout)
+                .unwrap_or(Duration::from_secs(10)),
+        }
+    });
+    ReportConfig {
+        command: command.map(|c| command_line(cx, &path("command"), c)),
+        webhook,
     }
 }
 
