@@ -18,6 +18,7 @@
 //! - [`control`]: the unix-socket protocol between CLI clients and the daemon.
 //! - [`repo`]: the repository on object storage (file, S3, GCS, Azure): object format,
 //!   codecs, key layout, `repo.json`, create-only puts, retries.
+//! - [`scheduler`]: cron jobs, their policies and reports, the built-in actions.
 //! - [`fsutil`]: durable local writes.
 //! - [`logging`]: pgward's own log records.
 //!
@@ -39,5 +40,6 @@ pub mod postgres;
 pub mod process;
 pub mod repo;
 pub mod restore;
+pub mod scheduler;
 pub mod supervisor;
 pub mod wal;
