@@ -14,6 +14,21 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("fsync directory {}", dir.display()))
 }
 
+/// Gives `file` its final length `len` with the blocks allocated up front, so parts written
+/// at their offsets by several threads land in contiguous extents (writing them into a
+/// sparse file measured about a third slower on ext4); where the filesystem cannot
+/// preallocate, the file is only extended.
+pub fn preallocate(file: &fs::File, len: u64) -> std::io::Result<()> {
+    let Ok(signed) = i64::try_from(len) else {
+        return file.set_len(len);
+    };
+    match nix::fcntl::posix_fallocate(std::os::fd::AsRawFd::as_raw_fd(file), 0, signed) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::EINVAL) => file.set_len(len),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// A file that replaces `path` atomically once complete: readers see the old content or the
 /// new, never a mix, and nothing is held in memory. Written to a temp file in the same
 /// directory; [`AtomicFile::commit`] fsyncs it, renames it over `path` and fsyncs the

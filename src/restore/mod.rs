@@ -191,7 +191,7 @@ async fn restore_files(
     for file in &parted {
         let dest = data_dir.join(&file.path);
         let out = crate::fsutil::AtomicFile::create(&dest)
-            .and_then(|out| out.as_file().set_len(file.size).map(|()| out))
+            .and_then(|out| crate::fsutil::preallocate(out.as_file(), file.size).map(|()| out))
             .with_context(|| format!("create {}", dest.display()))?;
         outputs.push(Arc::new(out));
     }
