@@ -81,16 +81,17 @@ impl Reaper {
         let mut reaped = 0;
         loop {
             let mut waiting = self.lock();
-            let (pid, info) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => (pid, ExitInfo::Code(code)),
-                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, ExitInfo::Signal(sig as i32)),
+            let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return reaped,
-                Ok(_) => continue,
+                Ok(status) => status,
                 Err(Errno::EINTR) => continue,
                 Err(e) => {
                     tracing::warn!("waitpid failed: {e}");
                     return reaped;
                 }
+            };
+            let Some((pid, info)) = exit_info(status) else {
+                continue;
             };
             reaped += 1;
             match waiting.remove(&pid.as_raw()) {
@@ -101,9 +102,59 @@ impl Reaper {
         }
     }
 
+    /// Collects the statuses of registered children only, for unit tests: the test binary is
+    /// not PID 1 and runs other tests that wait for their own `std::process` children, whose
+    /// statuses a `waitpid(-1)` would steal. Production uses [`reap_all`](Self::reap_all).
+    #[cfg(test)]
+    pub(crate) fn reap_registered(&self) -> usize {
+        let mut waiting = self.lock();
+        let pids: Vec<i32> = waiting.keys().copied().collect();
+        let mut reaped = 0;
+        for pid in pids {
+            if let Ok(Some((_, info))) =
+                waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)).map(exit_info)
+            {
+                reaped += 1;
+                if let Some(tx) = waiting.remove(&pid) {
+                    // The owner may have gone away; nothing to tell.
+                    let _ = tx.send(info);
+                }
+            }
+        }
+        reaped
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i32, oneshot::Sender<ExitInfo>>> {
         // A panic while holding this lock cannot leave the map inconsistent (single inserts and
         // removes), so a poisoned lock is still usable.
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// The pid and [`ExitInfo`] of a status that means the process is gone; `None` for a stop,
+/// a continue or "still alive".
+fn exit_info(status: WaitStatus) -> Option<(Pid, ExitInfo)> {
+    match status {
+        WaitStatus::Exited(pid, code) => Some((pid, ExitInfo::Code(code))),
+        WaitStatus::Signaled(pid, sig, _) => Some((pid, ExitInfo::Signal(sig as i32))),
+        _ => None,
+    }
+}
+
+/// Starts, once per test binary, a thread that delivers the statuses of children spawned
+/// through [`Reaper::global`] (polling every few milliseconds, see
+/// [`Reaper::reap_registered`]). Tests that run real processes through `process` call it
+/// first; the signal thread is not used because it would also take the harness's SIGINT.
+#[cfg(test)]
+pub(crate) fn start_test_reaper() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        std::thread::Builder::new()
+            .name("test-reaper".into())
+            .spawn(|| loop {
+                Reaper::global().reap_registered();
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            })
+            .expect("start the test reaper thread");
+    });
 }

@@ -1,8 +1,9 @@
 //! Spawning child processes the way PID 1 must: registered with the one reaper, optionally as
 //! another user, in their own process group, killed if pgward dies, output relayed line by line.
 //!
-//! Used by the supervisor (long-lived children) and by postgres bootstrap (initdb, psql, init
-//! scripts). Knows nothing of what the children are.
+//! Used by the supervisor (long-lived children), postgres bootstrap (initdb, psql, init
+//! scripts) and the scheduler (job commands, which also tap their output). Knows nothing of
+//! what the children are.
 
 pub mod relay;
 pub mod user;
@@ -18,7 +19,7 @@ use nix::sys::signal::Signal;
 use tokio::sync::oneshot;
 
 use crate::init::{ExitInfo, Reaper};
-pub use relay::{LogSink, StreamKind};
+pub use relay::{LogSink, OutputLine, StreamKind, Tap};
 pub use user::RunAs;
 
 /// Everything needed to start one child.
@@ -148,20 +149,35 @@ pub fn spawn(spec: &Spec, sink: &LogSink) -> Result<Running> {
     spawn_with_stdin(spec, sink, Stdio::null()).map(|(running, _)| running)
 }
 
+/// Starts `spec` like [`spawn`], and also sends each line of both streams, in the order they
+/// were read, to `tap` (see [`Tap`] for when it closes).
+pub fn spawn_tapped(spec: &Spec, sink: &LogSink, tap: Tap) -> Result<Running> {
+    start(spec, sink, Stdio::null(), Some(tap)).map(|(running, _)| running)
+}
+
 /// Starts `spec` with a piped stdin the caller writes to (e.g. a decompressed SQL script).
 pub fn spawn_with_stdin(
     spec: &Spec,
     sink: &LogSink,
     stdin: Stdio,
 ) -> Result<(Running, Option<std::process::ChildStdin>)> {
+    start(spec, sink, stdin, None)
+}
+
+fn start(
+    spec: &Spec,
+    sink: &LogSink,
+    stdin: Stdio,
+    tap: Option<Tap>,
+) -> Result<(Running, Option<std::process::ChildStdin>)> {
     let (mut child, exit) = Reaper::global()
         .spawn(&mut spec.command(stdin))
         .with_context(|| format!("start {} ({})", spec.name, spec.program.display()))?;
     if let Some(out) = child.stdout.take() {
-        sink.relay(&spec.name, StreamKind::Stdout, out);
+        sink.relay_tapped(&spec.name, StreamKind::Stdout, out, tap.clone());
     }
     if let Some(err) = child.stderr.take() {
-        sink.relay(&spec.name, StreamKind::Stderr, err);
+        sink.relay_tapped(&spec.name, StreamKind::Stderr, err, tap);
     }
     let pid = child.id() as i32;
     Ok((Running { pid, exit }, child.stdin.take()))

@@ -2,19 +2,40 @@
 //!
 //! One small OS thread per stream: the pipes are plain blocking fds, and a thread that only
 //! ever blocks in read(2) costs a few KiB of RSS and no runtime thread.
+//!
+//! A caller that needs the lines too (the scheduler counts them, keeps the last ones and streams
+//! them to `pgward jobs run`) passes a [`Tap`]: each line is logged first, then sent to it.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::thread;
 use std::time::SystemTime;
 
+use serde::Serialize;
+use tokio::sync::mpsc;
+
 use crate::config::LogFormat;
 
 /// Which of the child's streams a line came from; it goes to the same stream of pgward.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum StreamKind {
     Stdout,
     Stderr,
 }
+
+/// One relayed line, as logged: lossy UTF-8, without its line ending. An overlong line comes
+/// as several, split at [`LogSink::max_line_bytes`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OutputLine {
+    pub stream: StreamKind,
+    pub text: String,
+}
+
+/// Where a relay also sends each line. Bounded, so a slow reader slows the child down (its
+/// pipe fills) instead of growing pgward's memory; the relay's clone is dropped at EOF, so the
+/// receiver sees the channel close once every stream tapped into it has ended. A receiver
+/// that goes away only stops the tapping: the lines are still logged.
+pub type Tap = mpsc::Sender<OutputLine>;
 
 /// How relayed lines are written.
 #[derive(Debug, Clone, Copy)]
@@ -28,25 +49,51 @@ pub struct LogSink {
 impl LogSink {
     /// Starts relaying `reader` until EOF (the child closed it or exited).
     pub fn relay<R: Read + Send + 'static>(&self, name: &str, kind: StreamKind, reader: R) {
+        self.relay_tapped(name, kind, reader, None);
+    }
+
+    /// Like [`relay`](Self::relay), and sends each line to `tap` after logging it.
+    pub fn relay_tapped<R: Read + Send + 'static>(
+        &self,
+        name: &str,
+        kind: StreamKind,
+        reader: R,
+        tap: Option<Tap>,
+    ) {
         let sink = *self;
         let owned = name.to_owned();
         let spawned = thread::Builder::new()
             .name(format!("relay-{name}"))
             .stack_size(64 * 1024)
-            .spawn(move || sink.pump(&owned, kind, reader));
+            .spawn(move || sink.pump(&owned, kind, reader, tap));
         if let Err(e) = spawned {
             // Without a reader the child would block on a full pipe: better to say so loudly.
+            // The tap went down with the closure, so its receiver is not left waiting.
             tracing::error!(service = %name, "cannot start output relay thread: {e}");
         }
     }
 
-    fn pump<R: Read>(&self, name: &str, kind: StreamKind, reader: R) {
+    fn pump<R: Read>(&self, name: &str, kind: StreamKind, reader: R, mut tap: Option<Tap>) {
         let mut reader = BufReader::with_capacity(8 * 1024, reader);
         let mut line = Vec::new();
         loop {
             match read_bounded_line(&mut reader, &mut line, self.max_line_bytes) {
                 Ok(0) => return,
-                Ok(_) => self.emit(name, kind, &line),
+                Ok(_) => {
+                    let lossy = String::from_utf8_lossy(&line);
+                    let text = trim_line_end(&lossy);
+                    self.write_record(name, kind, text);
+                    if let Some(sender) = &tap {
+                        let line = OutputLine {
+                            stream: kind,
+                            text: text.to_owned(),
+                        };
+                        // This is a plain thread, never a runtime one, so blocking is allowed.
+                        if sender.blocking_send(line).is_err() {
+                            tap = None;
+                        }
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return,
             }
@@ -55,8 +102,10 @@ impl LogSink {
 
     /// Writes one record. A failed write to our own stdout/stderr has nowhere to be reported.
     pub fn emit(&self, name: &str, kind: StreamKind, line: &[u8]) {
-        let text = String::from_utf8_lossy(line);
-        let text = text.trim_end_matches(['\n', '\r']);
+        self.write_record(name, kind, trim_line_end(&String::from_utf8_lossy(line)));
+    }
+
+    fn write_record(&self, name: &str, kind: StreamKind, text: &str) {
         let record = match self.format {
             LogFormat::Text => format!("[{name}] {text}\n"),
             LogFormat::Json => {
@@ -78,6 +127,10 @@ impl LogSink {
             StreamKind::Stderr => io::stderr().lock().write_all(record.as_bytes()),
         };
     }
+}
+
+fn trim_line_end(text: &str) -> &str {
+    text.trim_end_matches(['\n', '\r'])
 }
 
 /// Reads up to and including the next `\n`, or `max` bytes, whichever comes first, into `buf`
@@ -130,5 +183,26 @@ mod tests {
     #[test]
     fn splits_overlong_lines_at_the_bound() {
         assert_eq!(lines(b"abcdefg\nh\n", 3), vec!["abc", "def", "g\n", "h\n"]);
+    }
+
+    #[test]
+    fn a_tap_gets_each_line_as_logged_and_closes_at_eof() {
+        let sink = LogSink {
+            format: LogFormat::Text,
+            max_line_bytes: 8,
+        };
+        let (tap, mut lines) = mpsc::channel(1);
+        sink.relay_tapped(
+            "tap-test",
+            StreamKind::Stderr,
+            &b"one\r\ntoolong-line\nlast"[..],
+            Some(tap),
+        );
+        let mut got = Vec::new();
+        while let Some(line) = lines.blocking_recv() {
+            assert_eq!(line.stream, StreamKind::Stderr);
+            got.push(line.text);
+        }
+        assert_eq!(got, vec!["one", "toolong-", "line", "last"]);
     }
 }
