@@ -2,3 +2,12 @@
 //! yacron's policies (concurrency, timeout and kill, retries with backoff, `fails_when`),
 //! catch-up of runs missed while pgward was down, reports on failure and success, and the
 //! built-in actions (backup, expire, verify, check, sql, restore-test).
+//!
+//! - [`schedule`]: when a job fires, in its time zone, through DST changes (pure).
+//! - [`policy`]: concurrency, retry delays, what makes a run a failure (pure).
+//! - [`state`]: what survives a restart (last runs, for catch-up and status), kept in the
+//!   data directory.
+
+pub mod policy;
+pub mod schedule;
+pub mod state;
