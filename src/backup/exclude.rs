@@ -26,7 +26,8 @@ const EMPTY_DIRS: &[&str] = &[
 ];
 
 /// Files at the top of the data directory that belong to the running server or to the
-/// backup itself (the label and map are stored apart, as `pg_backup_stop` returned them).
+/// backup itself (the label and map are stored apart, as `pg_backup_stop` returned them), or
+/// that are pgward's own rather than the cluster's.
 const TOP_FILES: &[&str] = &[
     "postmaster.pid",
     "postmaster.opts",
@@ -40,6 +41,11 @@ const TOP_FILES: &[&str] = &[
     "recovery.signal",
     "standby.signal",
     crate::postgres::bootstrap::INCOMPLETE_MARKER,
+    // The scheduler's memory of past runs (`scheduler::state::STATE_FILE`, spelled out so
+    // that backup does not depend on the scheduler, which runs backups; a test checks they
+    // agree). A restored cluster starts with no job history rather than a stale copy of the
+    // original's, taken while a run (perhaps this backup) was going.
+    "pgward.jobs.json",
 ];
 
 /// The rule for `path` (relative to the data directory, `/`-separated).
@@ -102,5 +108,16 @@ mod tests {
         for (path, is_dir, expected) in cases {
             assert_eq!(rule(path, is_dir), expected, "{path}");
         }
+    }
+
+    #[test]
+    fn pgward_files_are_left_out() {
+        let state = crate::scheduler::state::STATE_FILE;
+        assert_eq!(rule(state, false), Rule::Skip);
+        assert_eq!(rule(&format!("base/1/{state}"), false), Rule::Include);
+        assert_eq!(
+            rule(crate::postgres::bootstrap::INCOMPLETE_MARKER, false),
+            Rule::Skip
+        );
     }
 }

@@ -25,7 +25,7 @@ mod validate;
 
 pub use model::*;
 pub use redact::redacted_yaml;
-pub use schedule::parse_schedule;
+pub use schedule::{parse_schedule, parse_timezone, ParsedSchedule};
 
 use std::path::{Path, PathBuf};
 
@@ -84,9 +84,6 @@ impl Problem {
 /// Label of the built-in defaults in problems, when no file is loaded.
 const DEFAULTS_FILE: &str = "<defaults>";
 
-/// Where IANA time zone names are looked up (`jobs[].timezone`).
-const ZONEINFO: &str = "/usr/share/zoneinfo";
-
 /// Loads and validates the config at `path`, or the built-in defaults when `path` is `None`.
 /// `env` looks up environment variables (interpolation, `$PGDATA`, `POSTGRES_*` defaults).
 pub fn load(
@@ -112,15 +109,6 @@ pub fn from_str(
     file: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
-    from_str_with(text, file, env, Path::new(ZONEINFO))
-}
-
-fn from_str_with(
-    text: &str,
-    file: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-    zoneinfo: &Path,
-) -> Result<Config, ConfigError> {
     let locator = Locator::new(text);
     // serde_yaml_ng reads an empty document (or one holding only comments) as null, which the
     // all-optional raw model takes as "everything default".
@@ -130,7 +118,6 @@ fn from_str_with(
         file: file.to_owned(),
         loc: &locator,
         env,
-        zoneinfo,
         problems: Vec::new(),
     };
     let config = validate::validate(raw, &mut cx);

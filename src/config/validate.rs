@@ -15,7 +15,7 @@ use super::image_env::{self, EnvProblem};
 use super::interpolate::{interpolate, Env};
 use super::locate::{Locator, Pos};
 use super::raw::*;
-use super::schedule::{check_timezone, parse_schedule};
+use super::schedule::{parse_schedule, parse_timezone};
 use super::secret::read_secret_file;
 use super::size::parse_size;
 use super::*;
@@ -42,7 +42,6 @@ pub(crate) struct Cx<'a> {
     pub file: String,
     pub loc: &'a Locator,
     pub env: Env<'a>,
-    pub zoneinfo: &'a Path,
     pub problems: Vec<Problem>,
 }
 
@@ -628,10 +627,9 @@ fn validate_job(base: &str, raw: RawJob, cx: &mut Cx<'_>) -> JobConfig {
         })
         .unwrap_or_default()
     };
-    let zoneinfo = cx.zoneinfo;
     let timezone = cx
         .parse(&path("timezone"), timezone, |s| {
-            check_timezone(s, zoneinfo).map(|()| s.to_owned())
+            parse_timezone(s).map(|_| s.to_owned())
         })
         .unwrap_or_else(|| "UTC".to_owned());
     let timeout = cx.duration(&path("timeout"), timeout);
