@@ -18,7 +18,7 @@ use nix::sys::signal::Signal;
 use tokio::sync::oneshot;
 
 use crate::init::{ExitInfo, Reaper};
-pub use relay::{LogSink, StreamKind};
+pub use relay::{LogSink, StreamKind, Tail};
 pub use user::RunAs;
 
 /// Everything needed to start one child.
@@ -154,14 +154,28 @@ pub fn spawn_with_stdin(
     sink: &LogSink,
     stdin: Stdio,
 ) -> Result<(Running, Option<std::process::ChildStdin>)> {
+    start(spec, sink, stdin, None)
+}
+
+/// [`spawn`], also keeping the last lines of its output (both streams) in `tail`.
+pub fn spawn_keeping_tail(spec: &Spec, sink: &LogSink, tail: &Tail) -> Result<Running> {
+    start(spec, sink, Stdio::null(), Some(tail)).map(|(running, _)| running)
+}
+
+fn start(
+    spec: &Spec,
+    sink: &LogSink,
+    stdin: Stdio,
+    tail: Option<&Tail>,
+) -> Result<(Running, Option<std::process::ChildStdin>)> {
     let (mut child, exit) = Reaper::global()
         .spawn(&mut spec.command(stdin))
         .with_context(|| format!("start {} ({})", spec.name, spec.program.display()))?;
     if let Some(out) = child.stdout.take() {
-        sink.relay(&spec.name, StreamKind::Stdout, out);
+        sink.relay_keeping(&spec.name, StreamKind::Stdout, out, tail.cloned());
     }
     if let Some(err) = child.stderr.take() {
-        sink.relay(&spec.name, StreamKind::Stderr, err);
+        sink.relay_keeping(&spec.name, StreamKind::Stderr, err, tail.cloned());
     }
     let pid = child.id() as i32;
     Ok((Running { pid, exit }, child.stdin.take()))

@@ -2,3 +2,4 @@
 //! yacron's policies (concurrency, timeout and kill, retries with backoff, `fails_when`),
 //! catch-up of runs missed while pgward was down, reports on failure and success, and the
 //! built-in actions (backup, expire, verify, check, sql, restore-test).
+pub mod restore_test;
