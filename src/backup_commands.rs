@@ -1,5 +1,5 @@
-//! `pgward backup`, `list`, `show`, `restore`, `verify` and `expire`: config in, the work
-//! done in this process, a report out.
+//! `pgward backup`, `list`, `show`, `restore`, `verify`, `expire` and `restore-test`: config
+//! in, the work done in this process, a report out.
 
 use std::collections::BTreeMap;
 
@@ -499,6 +499,59 @@ pub async fn restore_command(config: &Config, request: &RestoreRequest) -> Resul
         options.data_dir.display()
     );
     Ok(0)
+}
+
+/// `pgward restore-test`: exit 0 when the backup restored, recovered and the query returned
+/// true, 1 when not, 2 when the test cannot run as asked. A stop signal (`signals`) ends the
+/// test early, cleaning up.
+pub async fn restore_test(
+    config: &Config,
+    args: &crate::cli::RestoreTestArgs,
+    mut signals: tokio::sync::mpsc::UnboundedReceiver<crate::init::ForwardedSignal>,
+) -> Result<i32> {
+    use crate::config::{RestoreTestConfig, RestoreTestTarget};
+    use crate::scheduler::restore_test;
+
+    const EXIT_USAGE: i32 = 2;
+    if args.backup != "latest" {
+        if let Err(e) = crate::backup::manifest::check_backup_id(&args.backup) {
+            eprintln!("error: {e:#}");
+            return Ok(EXIT_USAGE);
+        }
+    }
+    let options = RestoreTestConfig {
+        backup: args.backup.clone(),
+        target: match args.target.as_str() {
+            "latest" => RestoreTestTarget::Latest,
+            _ => RestoreTestTarget::Consistent,
+        },
+        sql: args.sql.clone(),
+        database: args.database.clone(),
+        scratch_dir: args.scratch_dir.clone(),
+    };
+    let cancel = CancellationToken::new();
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        while let Some(signal) = signals.recv().await {
+            if let crate::init::ForwardedSignal::Terminate(_) = signal {
+                tracing::warn!("stop requested: ending the restore test and cleaning up");
+                on_signal.cancel();
+            }
+        }
+    });
+    let report = match restore_test::run(config, &options, &cancel).await {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(EXIT_USAGE);
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", restore_test::human_report(&report));
+    }
+    Ok(if report.ok { 0 } else { 1 })
 }
 
 /// `postgres.init.from_backup`: restores `which` into the (empty) data directory, with

@@ -90,6 +90,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Restore a backup into a scratch directory, start a throwaway postgres on it, recover,
+    /// run a query, clean up. Exit 0 when it restored, recovered and the query returned true,
+    /// 1 when not (with the reason).
+    RestoreTest(RestoreTestArgs),
     /// Health checks (server, archiving, repository, backups), each OK or FAILED; exit 1 when
     /// any failed.
     Check {
@@ -142,6 +146,31 @@ pub struct RestoreArgs {
     /// Restore tablespace OID into DIR instead of its original location (repeatable).
     #[arg(long = "tablespace-map", value_name = "OID=DIR")]
     pub tablespace_map: Vec<String>,
+}
+
+/// `pgward restore-test`'s arguments: the options of the `restore-test` job action.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RestoreTestArgs {
+    /// A backup id, or `latest`.
+    #[arg(default_value = "latest")]
+    pub backup: String,
+    /// `consistent`: recover to the backup's end, then promote; `latest`: replay all the
+    /// archived WAL, then promote.
+    #[arg(long, default_value = "consistent", value_parser = ["consistent", "latest"])]
+    pub target: String,
+    /// A query that must return one row whose first column is true.
+    #[arg(long, value_name = "SQL")]
+    pub sql: Option<String>,
+    /// The database the query runs in.
+    #[arg(long, default_value = "postgres", value_name = "DB")]
+    pub database: String,
+    /// Where the scratch data directory is made (and removed) [default: pgward-restore-test
+    /// beside postgres.data_dir].
+    #[arg(long, value_name = "DIR")]
+    pub scratch_dir: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -97,6 +97,21 @@ fn main() -> ExitCode {
         Command::Verify { backup, json } => with_config(config_path.as_deref(), |config| {
             with_runtime(true, backup_commands::verify(&config, &backup, json))
         }),
+        Command::RestoreTest(args) => with_config(config_path.as_deref(), |config| {
+            // The throwaway server is a child: the reaper must run, and a stop signal must
+            // stop it and clean up rather than kill pgward.
+            let signals = match init::start_signal_thread() {
+                Ok(signals) => signals,
+                Err(e) => {
+                    tracing::error!("failed to install signal handlers: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if let Err(e) = init::become_subreaper() {
+                tracing::debug!("cannot become child subreaper: {e}");
+            }
+            with_runtime(true, backup_commands::restore_test(&config, &args, signals))
+        }),
         Command::Run => run(config_path.as_deref()),
     }
 }

@@ -87,10 +87,21 @@ pub async fn probe(target: &Target) -> Result<(), String> {
 /// (start-up of a small cluster takes a few tens of ms, and this delay adds directly to
 /// time-to-ready), then every 100 ms.
 pub async fn wait_ready(target: &Target, data_dir: &Path, pid: i32) {
+    wait_for_status(target, data_dir, pid, &["ready", "standby"]).await
+}
+
+/// [`wait_ready`] for a server that is out of recovery (`ready`). A warm standby (recovery
+/// with `hot_standby` off) says `standby` but refuses connections: trying it would only
+/// leave a FATAL line in its log at every poll.
+pub async fn wait_open(target: &Target, data_dir: &Path, pid: i32) {
+    wait_for_status(target, data_dir, pid, &["ready"]).await
+}
+
+async fn wait_for_status(target: &Target, data_dir: &Path, pid: i32, accepted: &[&str]) {
     let start = tokio::time::Instant::now();
     let pid_file = data_dir.join("postmaster.pid");
     loop {
-        if says_ready(&pid_file, pid) && probe(target).await.is_ok() {
+        if says(&pid_file, pid, accepted) && probe(target).await.is_ok() {
             return;
         }
         let pause = if start.elapsed() < Duration::from_secs(1) {
@@ -104,14 +115,21 @@ pub async fn wait_ready(target: &Target, data_dir: &Path, pid: i32) {
 
 /// Whether `postmaster.pid` belongs to `pid` and its status line (the 8th) says the server
 /// accepts connections: `ready`, or `standby` for a hot standby.
+#[cfg(test)]
 fn says_ready(pid_file: &Path, pid: i32) -> bool {
+    says(pid_file, pid, &["ready", "standby"])
+}
+
+/// Whether `postmaster.pid` belongs to `pid` and its status line (the 8th) is one of
+/// `accepted`.
+fn says(pid_file: &Path, pid: i32, accepted: &[&str]) -> bool {
     let Ok(text) = std::fs::read_to_string(pid_file) else {
         return false;
     };
     let mut lines = text.lines();
     let owner = lines.next().and_then(|l| l.trim().parse::<i32>().ok());
     let status = lines.nth(6).map(str::trim);
-    owner == Some(pid) && matches!(status, Some("ready" | "standby"))
+    owner == Some(pid) && status.is_some_and(|s| accepted.contains(&s))
 }
 
 #[cfg(test)]
@@ -136,6 +154,7 @@ mod tests {
         assert!(!says_ready(&file, 43), "another postmaster's file");
         write("standby ");
         assert!(says_ready(&file, 42));
+        assert!(!says(&file, 42, &["ready"]), "a warm standby is not open");
         assert!(!says_ready(&dir.path().join("missing"), 42));
     }
 }

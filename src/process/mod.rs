@@ -2,8 +2,9 @@
 //! another user, in their own process group, killed if pgward dies, output relayed line by line.
 //!
 //! Used by the supervisor (long-lived children), postgres bootstrap (initdb, psql, init
-//! scripts) and the scheduler (job commands, which also tap their output). Knows nothing of
-//! what the children are.
+//! scripts), the scheduler (job commands, which also tap their output) and the restore test
+//! (a throwaway server, whose last lines explain an early exit). Knows nothing of what the
+//! children are.
 
 pub mod relay;
 pub mod user;
@@ -19,7 +20,7 @@ use nix::sys::signal::Signal;
 use tokio::sync::oneshot;
 
 use crate::init::{ExitInfo, Reaper};
-pub use relay::{LogSink, OutputLine, StreamKind, Tap};
+pub use relay::{LogSink, OutputLine, StreamKind, Tail, Tap};
 pub use user::RunAs;
 
 /// Everything needed to start one child.
@@ -152,7 +153,12 @@ pub fn spawn(spec: &Spec, sink: &LogSink) -> Result<Running> {
 /// Starts `spec` like [`spawn`], and also sends each line of both streams, in the order they
 /// were read, to `tap` (see [`Tap`] for when it closes).
 pub fn spawn_tapped(spec: &Spec, sink: &LogSink, tap: Tap) -> Result<Running> {
-    start(spec, sink, Stdio::null(), Some(tap)).map(|(running, _)| running)
+    start(spec, sink, Stdio::null(), Some(tap), None).map(|(running, _)| running)
+}
+
+/// [`spawn`], also keeping the last lines of its output (both streams) in `tail`.
+pub fn spawn_keeping_tail(spec: &Spec, sink: &LogSink, tail: &Tail) -> Result<Running> {
+    start(spec, sink, Stdio::null(), None, Some(tail)).map(|(running, _)| running)
 }
 
 /// Starts `spec` with a piped stdin the caller writes to (e.g. a decompressed SQL script).
@@ -161,7 +167,7 @@ pub fn spawn_with_stdin(
     sink: &LogSink,
     stdin: Stdio,
 ) -> Result<(Running, Option<std::process::ChildStdin>)> {
-    start(spec, sink, stdin, None)
+    start(spec, sink, stdin, None, None)
 }
 
 fn start(
@@ -169,15 +175,16 @@ fn start(
     sink: &LogSink,
     stdin: Stdio,
     tap: Option<Tap>,
+    tail: Option<&Tail>,
 ) -> Result<(Running, Option<std::process::ChildStdin>)> {
     let (mut child, exit) = Reaper::global()
         .spawn(&mut spec.command(stdin))
         .with_context(|| format!("start {} ({})", spec.name, spec.program.display()))?;
     if let Some(out) = child.stdout.take() {
-        sink.relay_tapped(&spec.name, StreamKind::Stdout, out, tap.clone());
+        sink.relay_observed(&spec.name, StreamKind::Stdout, out, tap.clone(), tail.cloned());
     }
     if let Some(err) = child.stderr.take() {
-        sink.relay_tapped(&spec.name, StreamKind::Stderr, err, tap);
+        sink.relay_observed(&spec.name, StreamKind::Stderr, err, tap, tail.cloned());
     }
     let pid = child.id() as i32;
     Ok((Running { pid, exit }, child.stdin.take()))

@@ -4,9 +4,12 @@
 //! ever blocks in read(2) costs a few KiB of RSS and no runtime thread.
 //!
 //! A caller that needs the lines too (the scheduler counts them, keeps the last ones and streams
-//! them to `pgward jobs run`) passes a [`Tap`]: each line is logged first, then sent to it.
+//! them to `pgward jobs run`) passes a [`Tap`]: each line is logged first, then sent to it. A
+//! caller that only needs the last lines, to quote them in an error, passes a [`Tail`].
 
+use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::SystemTime;
 
@@ -46,6 +49,56 @@ pub struct LogSink {
     pub max_line_bytes: usize,
 }
 
+/// The last lines a child wrote, kept beside the relay so that an error can quote them (a
+/// server that exits during start-up says why in its last lines). Bounded: `keep` lines.
+#[derive(Debug, Clone)]
+pub struct Tail {
+    state: Arc<Mutex<TailState>>,
+    keep: usize,
+}
+
+#[derive(Debug, Default)]
+struct TailState {
+    lines: VecDeque<String>,
+    /// Streams still relayed into it.
+    open: usize,
+}
+
+impl Tail {
+    pub fn new(keep: usize) -> Tail {
+        Tail {
+            state: Arc::default(),
+            keep,
+        }
+    }
+
+    /// The kept lines, oldest first, without their line ends.
+    pub fn lines(&self) -> Vec<String> {
+        self.lock().lines.iter().cloned().collect()
+    }
+
+    /// Whether every stream relayed into it has ended: the child and whatever inherited its
+    /// output have exited, and their last lines are in.
+    pub fn is_closed(&self) -> bool {
+        self.lock().open == 0
+    }
+
+    fn push(&self, line: &str) {
+        let mut state = self.lock();
+        if state.lines.len() == self.keep {
+            state.lines.pop_front();
+        }
+        if self.keep > 0 {
+            state.lines.push_back(line.to_owned());
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TailState> {
+        // Single updates: a poisoned lock still holds a consistent state.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 impl LogSink {
     /// Starts relaying `reader` until EOF (the child closed it or exited).
     pub fn relay<R: Read + Send + 'static>(&self, name: &str, kind: StreamKind, reader: R) {
@@ -60,20 +113,62 @@ impl LogSink {
         reader: R,
         tap: Option<Tap>,
     ) {
+        self.relay_observed(name, kind, reader, tap, None);
+    }
+
+    /// [`relay`](Self::relay), also keeping the last lines in `tail`.
+    pub fn relay_keeping<R: Read + Send + 'static>(
+        &self,
+        name: &str,
+        kind: StreamKind,
+        reader: R,
+        tail: Option<Tail>,
+    ) {
+        self.relay_observed(name, kind, reader, None, tail);
+    }
+
+    /// [`relay`](Self::relay) with both observers.
+    pub fn relay_observed<R: Read + Send + 'static>(
+        &self,
+        name: &str,
+        kind: StreamKind,
+        reader: R,
+        tap: Option<Tap>,
+        tail: Option<Tail>,
+    ) {
         let sink = *self;
         let owned = name.to_owned();
+        if let Some(tail) = &tail {
+            tail.lock().open += 1;
+        }
+        let closing = tail.clone();
         let spawned = thread::Builder::new()
             .name(format!("relay-{name}"))
             .stack_size(64 * 1024)
-            .spawn(move || sink.pump(&owned, kind, reader, tap));
+            .spawn(move || {
+                sink.pump(&owned, kind, reader, tap, tail.as_ref());
+                if let Some(tail) = tail {
+                    tail.lock().open -= 1;
+                }
+            });
         if let Err(e) = spawned {
+            if let Some(tail) = closing {
+                tail.lock().open -= 1;
+            }
             // Without a reader the child would block on a full pipe: better to say so loudly.
             // The tap went down with the closure, so its receiver is not left waiting.
             tracing::error!(service = %name, "cannot start output relay thread: {e}");
         }
     }
 
-    fn pump<R: Read>(&self, name: &str, kind: StreamKind, reader: R, mut tap: Option<Tap>) {
+    fn pump<R: Read>(
+        &self,
+        name: &str,
+        kind: StreamKind,
+        reader: R,
+        mut tap: Option<Tap>,
+        tail: Option<&Tail>,
+    ) {
         let mut reader = BufReader::with_capacity(8 * 1024, reader);
         let mut line = Vec::new();
         loop {
@@ -83,6 +178,9 @@ impl LogSink {
                     let lossy = String::from_utf8_lossy(&line);
                     let text = trim_line_end(&lossy);
                     self.write_record(name, kind, text);
+                    if let Some(tail) = tail {
+                        tail.push(text);
+                    }
                     if let Some(sender) = &tap {
                         let line = OutputLine {
                             stream: kind,
@@ -178,6 +276,30 @@ mod tests {
     #[test]
     fn splits_on_newlines_and_keeps_a_final_partial_line() {
         assert_eq!(lines(b"a\nbc\nd", 100), vec!["a\n", "bc\n", "d"]);
+    }
+
+    #[test]
+    fn a_tail_keeps_the_last_lines() {
+        let tail = Tail::new(2);
+        let sink = LogSink {
+            format: LogFormat::Text,
+            max_line_bytes: 100,
+        };
+        sink.relay_keeping(
+            "t",
+            StreamKind::Stderr,
+            &b"one\ntwo\r\nthree"[..],
+            Some(tail.clone()),
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !tail.is_closed() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the relay never ended"
+            );
+            thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(tail.lines(), vec!["two", "three"]);
     }
 
     #[test]

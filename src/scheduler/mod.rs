@@ -9,9 +9,12 @@
 //!   data directory.
 //! - [`command`]: one attempt of a command job (process group, timeout and kill, output).
 //! - [`report`]: `on_failure` / `on_success` (command and webhook).
+//! - [`restore_test`]: a backup restored, started, recovered and queried in a scratch
+//!   directory.
 
 pub mod command;
 pub mod policy;
 pub mod report;
+pub mod restore_test;
 pub mod schedule;
 pub mod state;

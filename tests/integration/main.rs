@@ -14,6 +14,7 @@ mod expire;
 mod incremental;
 mod pid1;
 mod postgres_run;
+mod restore_test;
 mod services;
 mod storage;
 mod verify;
