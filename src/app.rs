@@ -19,6 +19,7 @@ use crate::postgres::ready::{self, Target};
 use crate::postgres::server::Server;
 use crate::postgres::{bootstrap, BinDir};
 use crate::process::{LogSink, RunAs};
+use crate::scheduler::Scheduler;
 use crate::supervisor::service::{postgres_policy, service_policy, service_spec, SpecLauncher};
 use crate::supervisor::{State, Supervisor, UnitSpec, View, POSTGRES};
 use crate::wal::archived_marks::{ArchivedMarks, MARKS_DIR};
@@ -122,11 +123,31 @@ pub async fn run(
     }
     let mut supervisor = Supervisor::start(units(&config, &server, &sink)?);
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
+    let mut ready_watch = supervisor.postgres();
+    let ready_relay = tokio::spawn(async move {
+        // Jobs wait for postgres: whether it accepts connections, as the supervisor sees it.
+        loop {
+            let ready = ready_watch.borrow_and_update().state.is_ready();
+            ready_tx.send_if_modified(|r| std::mem::replace(r, ready) != ready);
+            if ready_watch.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    let cancel_jobs = CancellationToken::new();
+    let scheduler = Scheduler::start(
+        Arc::new(config.clone()),
+        sink,
+        ready_rx,
+        cancel_jobs.clone(),
+    );
     let handler = Arc::new(DaemonHandler {
         view: supervisor.view(),
         stopping: stopping.clone(),
         wal,
         target: Target::superuser_of(&config.postgres),
+        scheduler: scheduler.clone(),
     });
     let mut control_task = tokio::spawn(control.serve(handler, cancel_control.clone()));
 
@@ -165,6 +186,9 @@ pub async fn run(
         Stop::Crashed(message) => tracing::error!("{message}; shutting down"),
     }
     stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+    // Jobs first: a backup or a restore test needs postgres until it ends.
+    scheduler.shutdown().await;
+    ready_relay.abort();
 
     // Further stop signals escalate: each skips every stopping unit to its next stop rung.
     let (escalate_tx, mut escalate) = mpsc::unbounded_channel();
@@ -361,6 +385,7 @@ struct DaemonHandler {
     wal: Option<Arc<OnceLock<WalServices>>>,
     /// Where to ask postgres whether it recovers.
     target: Target,
+    scheduler: Scheduler,
 }
 
 /// Whether postgres recovers, and where (`None` when it does not, or cannot say now).
@@ -426,6 +451,33 @@ impl From<WalUnavailable> for Response {
 }
 
 impl Handler for DaemonHandler {
+    fn stream(&self, request: &Request) -> Option<mpsc::UnboundedReceiver<Response>> {
+        let Request::JobRun { name } = request else {
+            return None;
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (lines_tx, mut lines) = mpsc::unbounded_channel();
+        let scheduler = self.scheduler.clone();
+        let name = name.clone();
+        tokio::spawn(async move {
+            let run = scheduler.run_now(&name, lines_tx);
+            tokio::pin!(run);
+            let result = loop {
+                tokio::select! {
+                    result = &mut run => break result,
+                    Some(line) = lines.recv() => {
+                        let _ = tx.send(Response::JobOutput { line });
+                    }
+                }
+            };
+            while let Ok(line) = lines.try_recv() {
+                let _ = tx.send(Response::JobOutput { line });
+            }
+            let _ = tx.send(Response::JobDone { result });
+        });
+        Some(rx)
+    }
+
     fn handle(&self, request: Request) -> Answer<'_> {
         Box::pin(async move {
             match request {
@@ -474,8 +526,15 @@ impl Handler for DaemonHandler {
                         services: self.view.status(),
                         archiver,
                         recovery,
+                        jobs: self.scheduler.list(),
                     }))
                 }
+                Request::Jobs => Response::Jobs {
+                    jobs: self.scheduler.list(),
+                },
+                Request::JobRun { .. } => Response::Error {
+                    message: "job runs are answered as a stream".into(),
+                },
             }
         })
     }

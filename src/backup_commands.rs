@@ -31,6 +31,33 @@ pub async fn backup(
     keep: bool,
 ) -> Result<i32> {
     let annotations = parse_annotations(annotations)?;
+    let manifest = take_backup(
+        config,
+        incremental,
+        annotations,
+        keep,
+        &CancellationToken::new(),
+    )
+    .await?;
+    let damaged = damaged_files(&manifest);
+    if !damaged.is_empty() {
+        eprintln!(
+            "WARNING: data page checksum failures, copied as they are on disk: {}",
+            damaged.join(", ")
+        );
+    }
+    println!("{}", backup_summary(&manifest));
+    Ok(0)
+}
+
+/// Takes a backup (the `backup` command and job action): the manifest of the complete backup.
+pub async fn take_backup(
+    config: &Config,
+    incremental: bool,
+    annotations: BTreeMap<String, String>,
+    keep: bool,
+    cancel: &CancellationToken,
+) -> Result<Manifest> {
     let owner = RunAs::for_child(Some(&config.postgres.user))?;
     let ctx = crate::commands::push_context(config, owner.as_ref()).await?;
     let pg_major = data_dir_major(&config.postgres.data_dir)?;
@@ -65,34 +92,36 @@ pub async fn backup(
     } else {
         None
     };
-    let manifest = take(
+    take(
         &ctx.repo,
         &Target::superuser_of(&config.postgres),
         &config.postgres.data_dir,
         cluster,
         parent.as_ref(),
         &options,
-        &CancellationToken::new(),
+        cancel,
     )
-    .await?;
+    .await
+}
+
+/// Files of `manifest` with bad blocks, and which.
+pub fn damaged_files(manifest: &Manifest) -> Vec<String> {
+    manifest
+        .files
+        .iter()
+        .filter(|f| !f.bad_blocks.is_empty())
+        .map(|f| format!("{} (blocks {:?})", f.path, f.bad_blocks))
+        .collect()
+}
+
+/// One line saying what a complete backup holds.
+pub fn backup_summary(manifest: &Manifest) -> String {
     let copied = manifest
         .files
         .iter()
         .filter(|f| f.stored_in == manifest.id)
         .count();
-    let damaged: Vec<String> = manifest
-        .files
-        .iter()
-        .filter(|f| !f.bad_blocks.is_empty())
-        .map(|f| format!("{} (blocks {:?})", f.path, f.bad_blocks))
-        .collect();
-    if !damaged.is_empty() {
-        eprintln!(
-            "WARNING: data page checksum failures, copied as they are on disk: {}",
-            damaged.join(", ")
-        );
-    }
-    println!(
+    format!(
         "backup {} complete ({}{}): {} in {} files, {} copied, {} stored",
         manifest.id,
         format!("{:?}", manifest.kind).to_lowercase(),
@@ -105,8 +134,7 @@ pub async fn backup(
         manifest.files.len(),
         copied,
         human_bytes(manifest.stored_size)
-    );
-    Ok(0)
+    )
 }
 
 /// `pgward list [--json]`.
@@ -223,17 +251,7 @@ fn summary(m: &Manifest) -> serde_json::Value {
 
 /// `pgward verify [--json]`: exit 0 when the backup restores (warnings allowed), 1 when not.
 pub async fn verify(config: &Config, backup: &str, json: bool) -> Result<i32> {
-    let repo = Repo::open(&config.storage)
-        .with_context(|| format!("open repository {}", config.storage.url))?;
-    let manifest = catalog::resolve(&repo, backup).await?;
-    let options = VerifyOptions {
-        concurrency: config.backup.concurrency as usize,
-        retry: RetryPolicy::from_config(&config.storage.retry),
-        data_dir: Some(config.postgres.data_dir.clone()),
-    };
-    let report =
-        crate::backup::verify::verify(&repo, &manifest, &options, &CancellationToken::new())
-            .await?;
+    let report = verify_backup(config, backup, &CancellationToken::new()).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -242,8 +260,25 @@ pub async fn verify(config: &Config, backup: &str, json: bool) -> Result<i32> {
     Ok(if report.ok { 0 } else { 1 })
 }
 
+/// Verifies a backup (the `verify` command and job action).
+pub async fn verify_backup(
+    config: &Config,
+    backup: &str,
+    cancel: &CancellationToken,
+) -> Result<Report> {
+    let repo = Repo::open(&config.storage)
+        .with_context(|| format!("open repository {}", config.storage.url))?;
+    let manifest = catalog::resolve(&repo, backup).await?;
+    let options = VerifyOptions {
+        concurrency: config.backup.concurrency as usize,
+        retry: RetryPolicy::from_config(&config.storage.retry),
+        data_dir: Some(config.postgres.data_dir.clone()),
+    };
+    crate::backup::verify::verify(&repo, &manifest, &options, cancel).await
+}
+
 /// One line per problem, a note when the WAL segment size was assumed, then the summary.
-fn human_report(report: &Report) -> String {
+pub fn human_report(report: &Report) -> String {
     let mut out = String::new();
     for finding in &report.problems {
         out.push_str(&format!(
@@ -285,14 +320,7 @@ fn human_report(report: &Report) -> String {
 
 /// `pgward expire [--dry-run] [--json]`: apply `backup.retention`.
 pub async fn expire(config: &Config, dry_run: bool, json: bool) -> Result<i32> {
-    let repo = Repo::open(&config.storage)
-        .with_context(|| format!("open repository {}", config.storage.url))?;
-    let retention = &config.backup.retention;
-    let policy = Policy {
-        full: retention.full,
-        max_age: retention.max_age,
-    };
-    let plan = expire::plan(&repo, &policy, chrono::Utc::now()).await?;
+    let (repo, plan) = expire_plan(config).await?;
     if !json {
         print!("{}", expire_text(&plan));
     }
@@ -308,6 +336,19 @@ pub async fn expire(config: &Config, dry_run: bool, json: bool) -> Result<i32> {
         println!("{}", expire_summary(&plan, dry_run));
     }
     Ok(0)
+}
+
+/// The repository and what `backup.retention` expires in it now.
+pub async fn expire_plan(config: &Config) -> Result<(Repo, expire::Plan)> {
+    let repo = Repo::open(&config.storage)
+        .with_context(|| format!("open repository {}", config.storage.url))?;
+    let retention = &config.backup.retention;
+    let policy = Policy {
+        full: retention.full,
+        max_age: retention.max_age,
+    };
+    let plan = expire::plan(&repo, &policy, chrono::Utc::now()).await?;
+    Ok((repo, plan))
 }
 
 /// One line per backup, unfinished backup and timeline.
@@ -348,7 +389,7 @@ fn expire_text(plan: &expire::Plan) -> String {
     out
 }
 
-fn expire_summary(plan: &expire::Plan, dry_run: bool) -> String {
+pub fn expire_summary(plan: &expire::Plan, dry_run: bool) -> String {
     let what = format!(
         "{} of {} backups and {} unfinished",
         plan.selection.expired().count(),

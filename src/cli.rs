@@ -107,6 +107,25 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The scheduler's jobs: list them, or run one now.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Every job: schedule, next run (in its time zone and in UTC), last result, running.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a job now through the daemon, streaming its output; exit with its exit code (0
+    /// when it succeeded, the command's code or 1 when it failed).
+    Run {
+        /// The job's name.
+        name: String,
+    },
 }
 
 /// `pgward restore`'s arguments.

@@ -49,6 +49,9 @@ pub async fn status(config: &Config, json: bool) -> Result<i32> {
             s.last_exit.as_deref().unwrap_or("-"),
         );
     }
+    if !status.jobs.is_empty() {
+        print!("{}", crate::jobs_commands::table(&status.jobs));
+    }
     if let Some(r) = &status.recovery {
         println!(
             "recovery: {} at {}; {}",

@@ -4,7 +4,8 @@
 //! - [`cli`]: the command tree; `main.rs` stays thin (CLI → logging → config → runtime →
 //!   `app::run` → exit code).
 //! - [`app`]: wiring only: builds postgres and services from config, owns shutdown order.
-//! - [`commands`]: client commands that talk to the daemon (`status`).
+//! - [`commands`]: client commands that talk to the daemon (`status`); [`jobs_commands`]:
+//!   `jobs list` and `jobs run`.
 //! - [`config`]: one YAML file → validated typed config (interpolation, secrets,
 //!   `file:line:col` errors, redaction).
 //! - [`init`]: PID-1 duties off the async runtime: signal thread, the one reaper, subreaper.
@@ -35,6 +36,7 @@ pub mod config;
 pub mod control;
 pub mod fsutil;
 pub mod init;
+pub mod jobs_commands;
 pub mod logging;
 pub mod postgres;
 pub mod process;

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use pgward::cli::{Cli, Command, ConfigCommand};
+use pgward::cli::{Cli, Command, ConfigCommand, JobsCommand};
 use pgward::config::{self, Config, ConfigError, LogFormat};
-use pgward::{app, backup_commands, commands, init, logging};
+use pgward::{app, backup_commands, commands, init, jobs_commands, logging};
 
 /// Exit code for a bad config or bad usage.
 const EXIT_CONFIG: u8 = 2;
@@ -37,6 +37,21 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Jobs(command) => {
+            let config = match load(config_path.as_deref()) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            logging::init(config.log.format, "warn");
+            match command {
+                JobsCommand::List { json } => {
+                    with_runtime(false, jobs_commands::list(&config, json))
+                }
+                JobsCommand::Run { name } => {
+                    with_runtime(false, jobs_commands::run(&config, &name))
+                }
+            }
+        }
         Command::Status { json } => {
             let config = match load(config_path.as_deref()) {
                 Ok(config) => config,

@@ -120,30 +120,47 @@ pub async fn plan(repo: &Repo, policy: &Policy, now: DateTime<Utc>) -> Result<Pl
 ///
 /// Cancel safety: every step can be cut short; a later `expire` finishes the work.
 pub async fn execute(repo: &Repo, plan: &Plan) -> Result<()> {
-    let mut expired: Vec<&str> = plan.selection.expired().collect();
+    // Owned ids and keys throughout: futures holding iterators over `plan` across awaits
+    // would not be `Send` for every lifetime, which a scheduled job (a spawned task) needs.
+    let mut expired: Vec<String> = plan.selection.expired().map(str::to_owned).collect();
     // Ids sort by start time, and an incremental starts after the backups it builds on.
     expired.sort_unstable_by(|a, b| b.cmp(a));
     for id in expired {
-        let manifest = manifest_key(id);
+        let manifest = manifest_key(&id);
         repo.delete(&manifest)
             .await
             .with_context(|| format!("delete the manifest of backup {id}"))?;
-        let rest = plan.objects.get(id).into_iter().flatten();
-        let n = delete_all(repo, rest.filter(|k| **k != manifest)).await?;
-        repo.remove_empty_dirs(&backup_prefix(id))
+        let rest: Vec<String> = plan
+            .objects
+            .get(&id)
+            .into_iter()
+            .flatten()
+            .filter(|k| **k != manifest)
+            .cloned()
+            .collect();
+        let n = delete_all(repo, rest).await?;
+        repo.remove_empty_dirs(&backup_prefix(&id))
             .await
             .with_context(|| format!("remove the directories of backup {id}"))?;
         tracing::info!(backup = %id, objects = n + 1, "backup expired");
     }
     for id in &plan.abandoned {
-        let n = delete_all(repo, plan.objects.get(id).into_iter().flatten()).await?;
+        let keys: Vec<String> = plan
+            .objects
+            .get(id)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        let n = delete_all(repo, keys).await?;
         repo.remove_empty_dirs(&backup_prefix(id))
             .await
             .with_context(|| format!("remove the directories of backup {id}"))?;
         tracing::info!(backup = %id, objects = n, "objects of an unfinished backup deleted");
     }
     for (tli, wal) in &plan.wal {
-        let n = delete_all(repo, wal.keys()).await?;
+        let keys: Vec<String> = wal.keys().map(str::to_owned).collect();
+        let n = delete_all(repo, keys).await?;
         tracing::info!(timeline = tli.0, files = n, last = ?wal.last.map(|s| s.to_string()),
             "WAL no kept backup needs deleted");
     }
@@ -151,11 +168,10 @@ pub async fn execute(repo: &Repo, plan: &Plan) -> Result<()> {
 }
 
 /// Deletes `keys`, a few at a time; how many.
-async fn delete_all<K: AsRef<str>>(repo: &Repo, keys: impl Iterator<Item = K>) -> Result<usize> {
+async fn delete_all(repo: &Repo, keys: Vec<String>) -> Result<usize> {
     stream::iter(keys)
         .map(|key| async move {
-            let key = key.as_ref();
-            repo.delete(key)
+            repo.delete(&key)
                 .await
                 .with_context(|| format!("delete {key}"))
         })

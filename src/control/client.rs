@@ -1,4 +1,4 @@
-//! The client side: one request, one response.
+//! The client side: one request, one response (or a stream of them for `job_run`).
 
 use std::path::Path;
 use std::time::Duration;
@@ -100,4 +100,34 @@ pub fn exchange_blocking(
     serde_json::from_str(answer.trim())
         .map(Some)
         .with_context(|| format!("bad answer from the daemon: {answer:?}"))
+}
+
+/// Sends `request` to the daemon at `socket` and hands each response line to `each` until
+/// the daemon closes the connection (no time limit: a job may run for hours).
+pub async fn call_streaming(
+    socket: &Path,
+    request: &Request,
+    mut each: impl FnMut(Response),
+) -> Result<()> {
+    let stream = UnixStream::connect(socket).await.with_context(|| {
+        format!(
+            "cannot reach the pgward daemon at {}\nHINT: is `pgward run` running with the same config (control.socket)?",
+            socket.display()
+        )
+    })?;
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_vec(request).context("encode request")?;
+    line.push(b'\n');
+    write.write_all(&line).await.context("send request")?;
+    let mut lines = BufReader::new(read).lines();
+    while let Some(line) = lines
+        .next_line()
+        .await
+        .context("read the daemon's answer")?
+    {
+        let response = serde_json::from_str(line.trim())
+            .with_context(|| format!("bad answer from the daemon: {line:?}"))?;
+        each(response);
+    }
+    Ok(())
 }

@@ -1,7 +1,8 @@
 //! The control socket: a unix socket on which the daemon answers requests of short-lived
 //! `pgward` clients (`status` now; `wal-push` and others later).
 //!
-//! Protocol: one JSON request line, one JSON response line, then the connection closes.
+//! Protocol: one JSON request line, one JSON response line, then the connection closes. A
+//! request answered as it goes (`job_run`) gets several response lines, the last one final.
 
 pub mod client;
 pub mod server;
@@ -10,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use std::path::PathBuf;
 
+use crate::scheduler::{JobStatus, OutputLine, RunSummary};
 use crate::supervisor::UnitStatus;
 use crate::wal::archiver::ArchiverStatus;
 use crate::wal::push::Pushed;
@@ -28,6 +30,13 @@ pub enum Request {
         name: String,
         dest: PathBuf,
     },
+    /// The jobs and what they did last.
+    Jobs,
+    /// Run this job now; answered with its output lines ([`Response::JobOutput`]), then
+    /// [`Response::JobDone`].
+    JobRun {
+        name: String,
+    },
 }
 
 /// The daemon's answer.
@@ -41,6 +50,17 @@ pub enum Response {
     /// `found: false`: not in the archive.
     WalFetched {
         found: bool,
+    },
+    Jobs {
+        jobs: Vec<JobStatus>,
+    },
+    /// One line of a running job's output.
+    JobOutput {
+        line: OutputLine,
+    },
+    /// The job ran (or could not: `Err`).
+    JobDone {
+        result: Result<RunSummary, String>,
     },
     /// This daemon does not serve that request (e.g. archiving is off): the client does the
     /// work itself.
@@ -64,6 +84,9 @@ pub struct Status {
     /// Present while postgres recovers (a restore, a standby).
     #[serde(default)]
     pub recovery: Option<RecoveryStatus>,
+    /// The scheduler's jobs.
+    #[serde(default)]
+    pub jobs: Vec<JobStatus>,
 }
 
 /// Where a recovering postgres stands.

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Request, Response};
@@ -22,6 +23,12 @@ pub type Answer<'a> = Pin<Box<dyn Future<Output = Response> + Send + 'a>>;
 /// Answers one request. Answers may take long (a WAL upload): each connection has its own task.
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, request: Request) -> Answer<'_>;
+
+    /// For a request answered as it goes (`job_run`): the response lines, the last one
+    /// final; `None` (the default) for requests answered once by [`Handler::handle`].
+    fn stream(&self, _request: &Request) -> Option<mpsc::UnboundedReceiver<Response>> {
+        None
+    }
 }
 
 /// A bound control socket; the file is removed on drop.
@@ -102,14 +109,28 @@ async fn answer(stream: UnixStream, handler: &dyn Handler) -> Result<()> {
     .await
     .context("request timed out")?
     .context("read request")?;
-    let response = match serde_json::from_str::<Request>(line.trim()) {
-        Ok(request) => handler.handle(request).await,
-        Err(e) => Response::Error {
-            message: format!("bad request: {e}"),
-        },
+    let request = match serde_json::from_str::<Request>(line.trim()) {
+        Ok(request) => request,
+        Err(e) => {
+            let response = Response::Error {
+                message: format!("bad request: {e}"),
+            };
+            return send(&mut write, &response).await;
+        }
     };
-    let mut out = serde_json::to_vec(&response).context("encode response")?;
+    if let Some(mut responses) = handler.stream(&request) {
+        // A client that goes away stops the stream here, not the work behind it.
+        while let Some(response) = responses.recv().await {
+            send(&mut write, &response).await?;
+        }
+        return Ok(());
+    }
+    let response = handler.handle(request).await;
+    send(&mut write, &response).await
+}
+
+async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, response: &Response) -> Result<()> {
+    let mut out = serde_json::to_vec(response).context("encode response")?;
     out.push(b'\n');
-    write.write_all(&out).await.context("write response")?;
-    Ok(())
+    write.write_all(&out).await.context("write response")
 }

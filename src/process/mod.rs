@@ -181,7 +181,13 @@ fn start(
         .spawn(&mut spec.command(stdin))
         .with_context(|| format!("start {} ({})", spec.name, spec.program.display()))?;
     if let Some(out) = child.stdout.take() {
-        sink.relay_observed(&spec.name, StreamKind::Stdout, out, tap.clone(), tail.cloned());
+        sink.relay_observed(
+            &spec.name,
+            StreamKind::Stdout,
+            out,
+            tap.clone(),
+            tail.cloned(),
+        );
     }
     if let Some(err) = child.stderr.take() {
         sink.relay_observed(&spec.name, StreamKind::Stderr, err, tap, tail.cloned());

@@ -12,6 +12,7 @@ mod check;
 mod config_cli;
 mod expire;
 mod incremental;
+mod jobs;
 mod pid1;
 mod postgres_run;
 mod restore_test;

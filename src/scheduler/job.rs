@@ -1,0 +1,732 @@
+//! One job: its schedule loop, its runs (attempts, retries, policies), its status and the
+//! state it leaves for the next start.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::policy::{self, Due, RunFacts};
+use super::schedule::Schedule;
+use super::state::{JobStates, RunResult};
+use super::{JobStatus, OutputLine};
+use crate::config::{ConcurrencyPolicy, Config, JobConfig, JobTask};
+use crate::init::ExitInfo;
+use crate::process::{LogSink, RunAs};
+
+/// A boxed future that is `Send` (see where it is used).
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// What the last runs left, into a status.
+pub(super) fn fill_from_state(status: &mut JobStatus, state: &super::state::JobState) {
+    status.last_start = state.last_start;
+    status.last_end = state.last_end;
+    status.last_success = state.last_success;
+    status.last_failure = state.last_failure;
+    match &state.last_result {
+        Some(RunResult::Success) => {
+            status.last_result = Some("success".into());
+            status.last_reason = None;
+        }
+        Some(RunResult::Failure { reason }) => {
+            status.last_result = Some("failure".into());
+            status.last_reason = Some(reason.clone());
+        }
+        None => {}
+    }
+    status.last_duration_seconds = state.last_duration_secs;
+}
+
+/// What every job shares.
+pub(super) struct Shared {
+    config: Arc<Config>,
+    sink: LogSink,
+    postgres_ready: watch::Receiver<bool>,
+    state_path: PathBuf,
+    /// Loaded once; changed in memory, written by [`Shared::save`] off the runtime.
+    states: Mutex<JobStates>,
+    /// Bumped on every change; the saver writes when it is ahead of what is on disk.
+    changes: watch::Sender<u64>,
+    /// The change last written (held while writing, so writes never reorder).
+    saved: Mutex<u64>,
+}
+
+impl Shared {
+    pub(super) fn new(
+        config: Arc<Config>,
+        sink: LogSink,
+        postgres_ready: watch::Receiver<bool>,
+        state_path: PathBuf,
+    ) -> Shared {
+        let states = match JobStates::load(&state_path) {
+            Ok(states) => states,
+            Err(e) => {
+                tracing::error!(
+                    "failed to read the jobs' state ({e:#}); starting without it (no catch-up \
+                     this time)"
+                );
+                JobStates::default()
+            }
+        };
+        Shared {
+            config,
+            sink,
+            postgres_ready,
+            state_path,
+            states: Mutex::new(states),
+            changes: watch::channel(0).0,
+            saved: Mutex::new(0),
+        }
+    }
+
+    /// Writes the state file whenever it changed, until `cancel`; bursts of changes (a
+    /// seconds schedule) are written once.
+    pub(super) async fn saver(self: Arc<Self>, cancel: CancellationToken) {
+        let mut changes = self.changes.subscribe();
+        loop {
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return },
+                () = cancel.cancelled() => return,
+            }
+            self.clone().save().await;
+        }
+    }
+
+    /// Writes the current state (fsyncs: on a blocking thread). A failed write is logged:
+    /// the scheduler goes on, and catch-up may then run a job once more than needed.
+    pub(super) async fn save(self: Arc<Self>) {
+        let written = tokio::task::spawn_blocking(move || {
+            let mut saved = self.saved.lock().unwrap_or_else(|p| p.into_inner());
+            let current = *self.changes.borrow();
+            if current <= *saved {
+                return Ok(());
+            }
+            let snapshot = self
+                .states
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            snapshot.save(&self.state_path)?;
+            *saved = current;
+            anyhow::Ok(())
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("failed to save the jobs' state: {e:#}"),
+            Err(e) => tracing::error!("failed to save the jobs' state: {e}"),
+        }
+    }
+
+    /// Changes job `name`'s persisted state; the saver writes it soon after.
+    fn update_state(&self, name: &str, change: impl FnOnce(&mut super::state::JobState)) {
+        change(
+            self.states
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .job_mut(name),
+        );
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    fn state_of(&self, name: &str) -> Option<super::state::JobState> {
+        let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        states.jobs.get(name).cloned()
+    }
+}
+
+/// How a run ended, for a `jobs run` client.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunSummary {
+    pub job: String,
+    pub success: bool,
+    /// Why it failed.
+    pub reason: Option<String>,
+    /// A command's exit code (the last attempt's).
+    pub exit_code: Option<i32>,
+    pub attempts: u32,
+    pub duration_seconds: u64,
+}
+
+/// Why a run was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// Its time came (this is that time).
+    Schedule(DateTime<Utc>),
+    /// Missed while pgward was down (the missed time).
+    CatchUp(DateTime<Utc>),
+    /// `@reboot`.
+    Reboot,
+    /// `pgward jobs run`.
+    Manual,
+}
+
+impl Trigger {
+    fn describe(self) -> String {
+        match self {
+            Trigger::Schedule(_) => "on schedule".into(),
+            Trigger::CatchUp(at) => format!("to catch up the run missed at {at}"),
+            Trigger::Reboot => "at start (@reboot)".into(),
+            Trigger::Manual => "on request (jobs run)".into(),
+        }
+    }
+}
+
+/// A run in progress: how to stop it.
+struct Active {
+    id: u64,
+    started: DateTime<Utc>,
+    stop: CancellationToken,
+}
+
+/// One configured job.
+pub(super) struct Job {
+    config: JobConfig,
+    schedule: Schedule,
+    shared: Arc<Shared>,
+    status: Mutex<JobStatus>,
+    active: Mutex<Vec<Active>>,
+    /// Changes whenever a run ends, so `wait_idle` and `replace` can wait for it.
+    ended: watch::Sender<u64>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+impl Job {
+    pub(super) fn new(config: JobConfig, shared: Arc<Shared>) -> Result<Job, String> {
+        let schedule = Schedule::new(&config.schedule, &config.timezone)?;
+        let mut status = JobStatus {
+            name: config.name.clone(),
+            schedule: config.schedule.clone(),
+            timezone: config.timezone.clone(),
+            kind: config.task.kind().to_owned(),
+            enabled: config.enabled,
+            timeout_seconds: config.timeout.map(|t| t.as_secs_f64()),
+            ..JobStatus::default()
+        };
+        if let Some(state) = shared.state_of(&config.name) {
+            fill_from_state(&mut status, &state);
+        }
+        Ok(Job {
+            config,
+            schedule,
+            shared,
+            status: Mutex::new(status),
+            active: Mutex::new(Vec::new()),
+            ended: watch::channel(0).0,
+            next_id: std::sync::atomic::AtomicU64::new(1),
+        })
+    }
+
+    pub(super) fn status(&self) -> JobStatus {
+        let mut status = self
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        status.running = active.len();
+        status.running_since = active.iter().map(|a| a.started).min();
+        status
+    }
+
+    fn set_next(&self, next: Option<DateTime<Utc>>) {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .next_run = next;
+    }
+
+    /// The job's life in the daemon: catch-up or `@reboot` first, then every scheduled time
+    /// until `cancel`.
+    pub(super) async fn schedule_loop(
+        self: Arc<Self>,
+        started: DateTime<Utc>,
+        cancel: CancellationToken,
+    ) {
+        if !self.config.enabled {
+            self.set_next(None);
+            return;
+        }
+        let name = self.config.name.clone();
+        if self.schedule.is_reboot() {
+            self.set_next(None);
+            self.clone().start(Trigger::Reboot, None, cancel.clone());
+            return;
+        }
+        match self.shared.state_of(&name).and_then(|s| s.last_fire) {
+            Some(last_fire) if self.config.catch_up => {
+                if let Some(missed) = self.schedule.last_due(last_fire, started) {
+                    tracing::info!(job = %name, %missed, "a run was missed while pgward was down: running it now");
+                    self.shared
+                        .update_state(&name, |s| s.last_fire = Some(missed));
+                    self.clone()
+                        .start(Trigger::CatchUp(missed), None, cancel.clone());
+                }
+            }
+            Some(_) => {}
+            // First start with this job: from now on, missed runs can be told.
+            None => self
+                .shared
+                .update_state(&name, |s| s.last_fire = Some(started)),
+        }
+        let mut after = started;
+        loop {
+            let Some(next) = self.schedule.next_after(after) else {
+                self.set_next(None);
+                return;
+            };
+            self.set_next(Some(next));
+            let wait = (next - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+            // The wall clock may lag the monotonic sleep by a little (or jump): never start
+            // before the scheduled second.
+            let now = Utc::now();
+            if now < next {
+                let early = (next - now).to_std().unwrap_or(Duration::ZERO);
+                tokio::time::sleep(early).await;
+            }
+            self.shared
+                .update_state(&name, |s| s.last_fire = Some(next));
+            tracing::debug!(job = %name, %next, "job due");
+            self.clone()
+                .start(Trigger::Schedule(next), None, cancel.clone());
+            after = next;
+        }
+    }
+
+    /// Applies the concurrency policy and, if it allows, starts a run in its own task; the
+    /// run's summary arrives on the returned receiver (or an error saying why it did not
+    /// start).
+    fn start(
+        self: Arc<Self>,
+        trigger: Trigger,
+        live: Option<mpsc::UnboundedSender<OutputLine>>,
+        cancel: CancellationToken,
+    ) -> tokio::sync::oneshot::Receiver<Result<RunSummary, String>> {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let name = self.config.name.clone();
+        let running = self.active.lock().unwrap_or_else(|p| p.into_inner()).len();
+        match policy::on_due(self.config.concurrency, running) {
+            Due::Skip => {
+                let message = format!(
+                    "job {name} is still running (concurrency: forbid): run {} skipped",
+                    trigger.describe()
+                );
+                tracing::warn!(job = %name, "{message}");
+                let _ = done_tx.send(Err(message));
+                return done_rx;
+            }
+            Due::ReplaceThenStart => {
+                tracing::warn!(job = %name, "job is still running (concurrency: replace): stopping the running one");
+                for active in self.active.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                    active.stop.cancel();
+                }
+            }
+            Due::Start => {}
+        }
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stop = cancel.child_token();
+        let started = Utc::now();
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Active {
+                id,
+                started,
+                stop: stop.clone(),
+            });
+        tokio::spawn(async move {
+            if self.config.concurrency == ConcurrencyPolicy::Replace {
+                self.wait_others(id).await;
+            }
+            let summary = self.run(trigger, live, &stop).await;
+            self.active
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|a| a.id != id);
+            self.ended.send_modify(|n| *n += 1);
+            let _ = done_tx.send(Ok(summary));
+        });
+        done_rx
+    }
+
+    /// For `replace`: waits until every run started before run `id` has ended.
+    async fn wait_others(&self, id: u64) {
+        let mut ended = self.ended.subscribe();
+        loop {
+            let older = self
+                .active
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .any(|a| a.id < id);
+            if !older || ended.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Waits until no run of this job is in progress.
+    pub(super) async fn wait_idle(&self) {
+        let mut ended = self.ended.subscribe();
+        loop {
+            if self
+                .active
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+            {
+                return;
+            }
+            if ended.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// `pgward jobs run`: starts a run now and waits for its end.
+    pub(super) async fn run_now(
+        self: Arc<Self>,
+        live: mpsc::UnboundedSender<OutputLine>,
+        cancel: CancellationToken,
+    ) -> Result<RunSummary, String> {
+        let done = self.start(Trigger::Manual, Some(live), cancel);
+        done.await
+            .unwrap_or_else(|_| Err("the run ended without a result".into()))
+    }
+
+    /// One run: wait for postgres if needed, attempts with retries, status, state, report.
+    async fn run(
+        &self,
+        trigger: Trigger,
+        live: Option<mpsc::UnboundedSender<OutputLine>>,
+        stop: &CancellationToken,
+    ) -> RunSummary {
+        let name = self.config.name.clone();
+        let say = |text: String| {
+            if let Some(live) = &live {
+                let _ = live.send(OutputLine {
+                    stream: "pgward".into(),
+                    text,
+                });
+            }
+        };
+        if self.config.wait_for_postgres && !*self.shared.postgres_ready.borrow() {
+            tracing::info!(job = %name, "waiting for postgres to accept connections");
+            say("waiting for postgres to accept connections".into());
+            let mut ready = self.shared.postgres_ready.clone();
+            tokio::select! {
+                _ = ready.wait_for(|r| *r) => {}
+                () = stop.cancelled() => {
+                    return self.cancelled_before_start();
+                }
+            }
+        }
+        let started = Utc::now();
+        let clock = Instant::now();
+        {
+            let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+            status.last_start = Some(started);
+        }
+        self.shared
+            .update_state(&name, |s| s.last_start = Some(started));
+        tracing::info!(job = %name, kind = self.config.task.kind(), "job started {}", trigger.describe());
+        let mut attempt = 1u32;
+        let (facts, tail, reason) = loop {
+            let (facts, tail, error) = self.attempt(live.as_ref(), stop).await;
+            // An action's own error (or a command that could not start) says more than its
+            // exit status would.
+            let reason = error.or_else(|| policy::failure_reason(&self.config.fails_when, &facts));
+            let Some(why) = &reason else {
+                break (facts, tail, reason);
+            };
+            if stop.is_cancelled() {
+                break (facts, tail, reason);
+            }
+            match policy::retry_delay(&self.config.retries, attempt) {
+                Some(delay) => {
+                    tracing::warn!(
+                        job = %name,
+                        attempt,
+                        "job attempt failed: {why}; retrying in {}",
+                        humantime::format_duration(delay)
+                    );
+                    say(format!(
+                        "attempt {attempt} failed: {why}; retrying in {}",
+                        humantime::format_duration(delay)
+                    ));
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = stop.cancelled() => break (facts, tail, reason),
+                    }
+                    attempt += 1;
+                }
+                None => break (facts, tail, reason),
+            }
+        };
+        let ended = Utc::now();
+        let duration = clock.elapsed();
+        let success = reason.is_none();
+        match &reason {
+            None => tracing::info!(
+                job = %name,
+                seconds = duration.as_secs_f64(),
+                attempts = attempt,
+                "job succeeded"
+            ),
+            Some(why) => tracing::error!(
+                job = %name,
+                seconds = duration.as_secs_f64(),
+                attempts = attempt,
+                "job failed: {why}"
+            ),
+        }
+        say(match &reason {
+            None => format!("job {name} succeeded"),
+            Some(why) => format!("job {name} failed: {why}"),
+        });
+        {
+            let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+            status.last_end = Some(ended);
+            status.last_duration_seconds = Some(duration.as_secs_f64());
+            status.runs_total += 1;
+            status.last_output = tail.clone();
+            if success {
+                status.last_success = Some(ended);
+                status.last_result = Some("success".into());
+                status.last_reason = None;
+            } else {
+                status.last_failure = Some(ended);
+                status.last_result = Some("failure".into());
+                status.last_reason = reason.clone();
+                status.failures_total += 1;
+            }
+        }
+        self.shared.update_state(&name, |s| {
+            s.last_end = Some(ended);
+            s.last_duration_secs = Some(duration.as_secs_f64());
+            s.last_result = Some(match &reason {
+                None => RunResult::Success,
+                Some(reason) => RunResult::Failure {
+                    reason: reason.clone(),
+                },
+            });
+            if success {
+                s.last_success = Some(ended);
+            } else {
+                s.last_failure = Some(ended);
+            }
+        });
+        let report_config = if success {
+            &self.config.on_success
+        } else {
+            &self.config.on_failure
+        };
+        if let Some(report_config) = report_config {
+            let report = super::report::RunReport {
+                job: name.clone(),
+                status: if success {
+                    super::report::RunStatus::Success
+                } else {
+                    super::report::RunStatus::Failure
+                },
+                reason: reason.clone(),
+                exit_code: facts.exit_code,
+                attempt,
+                started_at: started,
+                finished_at: ended,
+                duration_secs: duration.as_secs_f64(),
+                output_tail: tail,
+                host: super::report::hostname(),
+            };
+            let run_as = self.run_as();
+            // Boxed as `dyn Send`: the compiler then checks Send for these borrows here, once,
+            // instead of failing to prove it for every lifetime inside the spawned run.
+            let send: BoxFuture<'_, ()> = Box::pin(super::report::send(
+                report_config,
+                &report,
+                &self.config.env,
+                run_as,
+                &self.shared.sink,
+            ));
+            send.await;
+        }
+        RunSummary {
+            job: name,
+            success,
+            reason,
+            exit_code: facts.exit_code,
+            attempts: attempt,
+            duration_seconds: duration.as_secs(),
+        }
+    }
+
+    fn cancelled_before_start(&self) -> RunSummary {
+        RunSummary {
+            job: self.config.name.clone(),
+            success: false,
+            reason: Some("stopped before it started (pgward is shutting down)".into()),
+            exit_code: None,
+            attempts: 0,
+            duration_seconds: 0,
+        }
+    }
+
+    /// The OS user commands run as: the job's `user`, else the server's.
+    fn run_as(&self) -> Option<RunAs> {
+        let user = self
+            .config
+            .user
+            .as_deref()
+            .unwrap_or(&self.shared.config.postgres.user);
+        match RunAs::for_child(Some(user)) {
+            Ok(run_as) => run_as,
+            Err(e) => {
+                tracing::error!(job = %self.config.name, "cannot run as {user}: {e:#}");
+                None
+            }
+        }
+    }
+
+    /// One attempt: the facts that decide success, the output's last lines, and the error
+    /// of an action that failed (or of a command that could not start).
+    async fn attempt(
+        &self,
+        live: Option<&mpsc::UnboundedSender<OutputLine>>,
+        stop: &CancellationToken,
+    ) -> (RunFacts, Vec<String>, Option<String>) {
+        match &self.config.task {
+            JobTask::Command { .. } => {
+                let run = super::command::CommandRun::for_job(&self.config, self.run_as())
+                    .expect("a command job has a command");
+                // The runner speaks in process streams; a `jobs run` client gets them named.
+                let forward = live.cloned().map(|live| {
+                    let (tx, mut rx) = mpsc::unbounded_channel::<crate::process::OutputLine>();
+                    let task = tokio::spawn(async move {
+                        while let Some(line) = rx.recv().await {
+                            let stream = match line.stream {
+                                crate::process::StreamKind::Stdout => "stdout",
+                                crate::process::StreamKind::Stderr => "stderr",
+                            };
+                            let _ = live.send(OutputLine {
+                                stream: stream.into(),
+                                text: line.text,
+                            });
+                        }
+                    });
+                    (tx, task)
+                });
+                let (tx, task) = match forward {
+                    Some((tx, task)) => (Some(tx), Some(task)),
+                    None => (None, None),
+                };
+                let outcome = super::command::run(&run, &self.shared.sink, tx, stop).await;
+                if let Some(task) = task {
+                    // Every line before the verdict.
+                    let _ = task.await;
+                }
+                match outcome {
+                    Ok(outcome) => {
+                        let (exit_code, signal) = match outcome.exit {
+                            ExitInfo::Code(code) => (Some(code), None),
+                            ExitInfo::Signal(signal) => (None, Some(signal)),
+                        };
+                        let facts = RunFacts {
+                            exit_code,
+                            signal,
+                            timed_out: outcome.timed_out.then_some(self.config.timeout).flatten(),
+                            stdout_lines: outcome.stdout_lines,
+                            stderr_lines: outcome.stderr_lines,
+                        };
+                        let error = (outcome.cancelled && !outcome.timed_out).then(|| {
+                            format!(
+                                "stopped (replaced by a newer run, or pgward is shutting down; {})",
+                                outcome.exit
+                            )
+                        });
+                        (facts, outcome.tail, error)
+                    }
+                    Err(e) => {
+                        let error = format!("failed to start: {e:#}");
+                        (RunFacts::action(false), vec![error.clone()], Some(error))
+                    }
+                }
+            }
+            task => {
+                let result = self.run_action(task, stop).await;
+                let result = match result {
+                    ActionEnd::Done(result) => result,
+                    ActionEnd::TimedOut(limit) => {
+                        let facts = RunFacts {
+                            timed_out: Some(limit),
+                            ..RunFacts::default()
+                        };
+                        let reason = policy::failure_reason(&self.config.fails_when, &facts)
+                            .unwrap_or_else(|| "timed out".into());
+                        return (facts, vec![reason], None);
+                    }
+                };
+                let line = match &result {
+                    Ok(summary) => summary.clone(),
+                    Err(e) => e.clone(),
+                };
+                if let Some(live) = live {
+                    let _ = live.send(OutputLine {
+                        stream: "pgward".into(),
+                        text: line.clone(),
+                    });
+                }
+                match result {
+                    Ok(_) => (RunFacts::action(true), vec![line], None),
+                    Err(e) => (RunFacts::action(false), vec![line], Some(e)),
+                }
+            }
+        }
+    }
+
+    /// Runs a built-in action to its end, its `timeout`, or `stop`.
+    ///
+    /// The action runs on a blocking-pool thread driving it with the runtime's handle: the
+    /// actions' futures borrow across awaits in ways the compiler cannot prove `Send` for every
+    /// lifetime, which a spawned task needs, and `block_on` needs no `Send`. An action stops
+    /// where it stands when its future is dropped: a backup then leaves no manifest, so none is
+    /// listed.
+    async fn run_action(&self, task: &JobTask, stop: &CancellationToken) -> ActionEnd {
+        let config = self.shared.config.clone();
+        let name = self.config.name.clone();
+        let task = task.clone();
+        let stop = stop.clone();
+        let limit = self.config.timeout.unwrap_or(Duration::MAX);
+        let handle = tokio::runtime::Handle::current();
+        let work = tokio::task::spawn_blocking(move || {
+            handle.block_on(async move {
+                tokio::select! {
+                    result = tokio::time::timeout(limit, super::actions::run(&config, &name, &task, &stop)) => match result {
+                        Ok(result) => ActionEnd::Done(result.map_err(|e| format!("{e:#}"))),
+                        Err(_) => ActionEnd::TimedOut(limit),
+                    },
+                    () = stop.cancelled() => ActionEnd::Done(Err(
+                        "stopped (replaced by a newer run, or pgward is shutting down)".to_owned(),
+                    )),
+                }
+            })
+        });
+        work.await
+            .unwrap_or_else(|e| ActionEnd::Done(Err(format!("the action's thread failed: {e}"))))
+    }
+}
+
+/// How a built-in action ended.
+enum ActionEnd {
+    Done(Result<String, String>),
+    TimedOut(Duration),
+}
