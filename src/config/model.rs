@@ -26,6 +26,41 @@ pub struct Config {
     pub storage: StorageConfig,
     pub wal: WalConfig,
     pub backup: BackupConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// `metrics:` — the HTTP endpoints: `/metrics` (Prometheus), `/healthz`, `/readyz`, `/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MetricsConfig {
+    /// Default true.
+    pub enabled: bool,
+    /// Address and port. Default `0.0.0.0:9187` (postgres_exporter's port).
+    pub listen: std::net::SocketAddr,
+    /// Basic auth for every endpoint when set (with `password`/`password_file`).
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// TLS for every endpoint when set: PEM certificate chain and private key.
+    pub tls: Option<TlsConfig>,
+    /// `/readyz` answers 200 while postgres recovers (a standby). Default false.
+    pub ready_in_recovery: bool,
+    /// Custom queries in postgres_exporter's `queries.yaml` format. Default: none.
+    pub queries_file: Option<PathBuf>,
+    /// A whole scrape's deadline. Default 10s.
+    #[serde(serialize_with = "ser_duration")]
+    pub scrape_timeout: Duration,
+    /// `statement_timeout` of every metrics query. Default 5s.
+    #[serde(serialize_with = "ser_duration")]
+    pub statement_timeout: Duration,
+    /// `lock_timeout` of every metrics query. Default 1s.
+    #[serde(serialize_with = "ser_duration")]
+    pub lock_timeout: Duration,
+}
+
+/// `metrics.tls:`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 /// `postgres:` — the supervised server.

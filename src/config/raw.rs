@@ -102,6 +102,32 @@ pub(crate) struct RawConfig {
     pub wal: RawWal,
     #[serde(deserialize_with = "null_as_default")]
     pub backup: RawBackup,
+    #[serde(deserialize_with = "null_as_default")]
+    pub metrics: RawMetrics,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawMetrics {
+    pub enabled: Option<Text>,
+    pub listen: Option<Text>,
+    pub username: Option<Text>,
+    pub password: Option<Text>,
+    pub password_file: Option<Text>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub tls: RawTls,
+    pub ready_in_recovery: Option<Text>,
+    pub queries_file: Option<Text>,
+    pub scrape_timeout: Option<Text>,
+    pub statement_timeout: Option<Text>,
+    pub lock_timeout: Option<Text>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawTls {
+    pub cert_file: Option<Text>,
+    pub key_file: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -513,6 +513,18 @@ fn defaults(data_dir: &str, superuser: &str, database: &str) -> Config {
                 max_age: None,
             },
         },
+        metrics: MetricsConfig {
+            enabled: true,
+            listen: "0.0.0.0:9187".parse().unwrap(),
+            username: None,
+            password: None,
+            tls: None,
+            ready_in_recovery: false,
+            queries_file: None,
+            scrape_timeout: Duration::from_secs(10),
+            statement_timeout: Duration::from_secs(5),
+            lock_timeout: Duration::from_secs(1),
+        },
     }
 }
 
@@ -1339,4 +1351,34 @@ fn job_options_must_fit_the_action() {
         "jobs:\n  - { name: j, schedule: '@daily', command: x, on_failure: { webhook: { url: ftp://x } } }\n"
     )
     .contains("invalid webhook url"));
+}
+
+#[test]
+fn metrics_section_parses_and_checks_pairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("pw");
+    std::fs::write(&secret, "hunter2\n").unwrap();
+    let yaml = format!(
+        "metrics:\n  listen: 127.0.0.1:9999\n  username: prom\n  password_file: {}\n  tls: {{ cert_file: /c.pem, key_file: /k.pem }}\n  ready_in_recovery: true\n  scrape_timeout: 3s\n",
+        secret.display()
+    );
+    let metrics = ok(&yaml, &[]).metrics;
+    assert_eq!(metrics.listen, "127.0.0.1:9999".parse().unwrap());
+    assert_eq!(metrics.username.as_deref(), Some("prom"));
+    assert_eq!(
+        metrics.password.as_ref().map(|p| p.expose()),
+        Some("hunter2")
+    );
+    assert_eq!(
+        metrics.tls,
+        Some(TlsConfig {
+            cert_file: "/c.pem".into(),
+            key_file: "/k.pem".into()
+        })
+    );
+    assert!(metrics.ready_in_recovery);
+    assert_eq!(metrics.scrape_timeout, Duration::from_secs(3));
+    assert!(problem("metrics:\n  username: prom\n").contains("needs metrics.password"));
+    assert!(problem("metrics:\n  tls: { cert_file: /c.pem }\n").contains("needs key_file"));
+    assert!(problem("metrics:\n  listen: nowhere\n").contains("invalid listen address"));
 }

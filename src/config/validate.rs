@@ -188,6 +188,7 @@ pub(crate) fn validate(raw: RawConfig, cx: &mut Cx<'_>) -> Config {
         storage,
         wal,
         backup,
+        metrics,
     } = raw;
     let postgres = validate_postgres(postgres, cx);
     let services = validate_services(services, cx);
@@ -197,6 +198,7 @@ pub(crate) fn validate(raw: RawConfig, cx: &mut Cx<'_>) -> Config {
     let storage = validate_storage(storage, cx);
     let wal = validate_wal(wal, cx);
     let backup = validate_backup(backup, cx);
+    let metrics = validate_metrics(metrics, cx);
     check_archive_parameters(&postgres, &wal, cx);
     Config {
         source: None,
@@ -208,6 +210,84 @@ pub(crate) fn validate(raw: RawConfig, cx: &mut Cx<'_>) -> Config {
         storage,
         wal,
         backup,
+        metrics,
+    }
+}
+
+fn validate_metrics(raw: RawMetrics, cx: &mut Cx<'_>) -> MetricsConfig {
+    let RawMetrics {
+        enabled,
+        listen,
+        username,
+        password,
+        password_file,
+        tls,
+        ready_in_recovery,
+        queries_file,
+        scrape_timeout,
+        statement_timeout,
+        lock_timeout,
+    } = raw;
+    let username = cx.string("metrics.username", username);
+    let password = cx.secret("metrics.password", password, password_file);
+    match (&username, &password) {
+        (Some(_), None) => cx.at_value(
+            "metrics.username",
+            "metrics.username needs metrics.password (or password_file)",
+        ),
+        (None, Some(_)) => cx.at_value(
+            "metrics.password",
+            "metrics.password needs metrics.username",
+        ),
+        _ => {}
+    }
+    let RawTls {
+        cert_file,
+        key_file,
+    } = tls;
+    let tls = match (
+        cx.path("metrics.tls.cert_file", cert_file),
+        cx.path("metrics.tls.key_file", key_file),
+    ) {
+        (Some(cert_file), Some(key_file)) => Some(TlsConfig {
+            cert_file,
+            key_file,
+        }),
+        (None, None) => None,
+        (Some(_), None) => {
+            cx.at_value("metrics.tls", "metrics.tls needs key_file too");
+            None
+        }
+        (None, Some(_)) => {
+            cx.at_value("metrics.tls", "metrics.tls needs cert_file too");
+            None
+        }
+    };
+    MetricsConfig {
+        enabled: cx.bool("metrics.enabled", enabled).unwrap_or(true),
+        listen: cx
+            .parse("metrics.listen", listen, |s| {
+                s.parse::<std::net::SocketAddr>().map_err(|_| {
+                    format!("invalid listen address {s:?} (use host:port, e.g. 0.0.0.0:9187)")
+                })
+            })
+            .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 9187))),
+        username,
+        password,
+        tls,
+        ready_in_recovery: cx
+            .bool("metrics.ready_in_recovery", ready_in_recovery)
+            .unwrap_or(false),
+        queries_file: cx.path("metrics.queries_file", queries_file),
+        scrape_timeout: cx
+            .duration("metrics.scrape_timeout", scrape_timeout)
+            .unwrap_or(Duration::from_secs(10)),
+        statement_timeout: cx
+            .duration("metrics.statement_timeout", statement_timeout)
+            .unwrap_or(Duration::from_secs(5)),
+        lock_timeout: cx
+            .duration("metrics.lock_timeout", lock_timeout)
+            .unwrap_or(Duration::from_secs(1)),
     }
 }
 
