@@ -20,6 +20,7 @@
 //! - [`repo`]: the repository on object storage (file, S3, GCS, Azure): object format,
 //!   codecs, key layout, `repo.json`, create-only puts, retries.
 //! - [`scheduler`]: cron jobs, their policies and reports, the built-in actions.
+//! - [`metrics`]: the exporter (postgres and pgward metrics) and its HTTP endpoints.
 //! - [`fsutil`]: durable local writes.
 //! - [`logging`]: pgward's own log records.
 //!
@@ -38,6 +39,7 @@ pub mod fsutil;
 pub mod init;
 pub mod jobs_commands;
 pub mod logging;
+pub mod metrics;
 pub mod postgres;
 pub mod process;
 pub mod repo;
