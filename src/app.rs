@@ -423,6 +423,38 @@ async fn recovery_status(target: &Target) -> Option<crate::control::RecoveryStat
 }
 
 impl DaemonHandler {
+    /// What `pgward status` (and the exporter's `/status`) shows.
+    async fn status(&self) -> Status {
+        let archiver = match self.wal.as_ref().and_then(|w| w.get()) {
+            Some(wal) => Some(wal.archiver.status().await),
+            None => None,
+        };
+        let postgres_ready = self
+            .view
+            .status()
+            .iter()
+            .any(|s| s.name == POSTGRES && s.state == "ready");
+        let recovery = match postgres_ready {
+            true => recovery_status(&self.target).await,
+            false => None,
+        };
+        Status {
+            pgward_pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_seconds: self.view.uptime().as_secs_f64(),
+            phase: if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                "stopping"
+            } else {
+                "running"
+            }
+            .into(),
+            services: self.view.status(),
+            archiver,
+            recovery,
+            jobs: self.scheduler.list(),
+        }
+    }
+
     fn wal(&self) -> Result<&WalServices, WalUnavailable> {
         let slot = self.wal.as_ref().ok_or(WalUnavailable::NotServed)?;
         slot.get().ok_or(WalUnavailable::NotOpen)
@@ -499,36 +531,7 @@ impl Handler for DaemonHandler {
                     },
                     Err(why) => why.into(),
                 },
-                Request::Status => {
-                    let archiver = match self.wal.as_ref().and_then(|w| w.get()) {
-                        Some(wal) => Some(wal.archiver.status().await),
-                        None => None,
-                    };
-                    let postgres_ready = self
-                        .view
-                        .status()
-                        .iter()
-                        .any(|s| s.name == POSTGRES && s.state == "ready");
-                    let recovery = match postgres_ready {
-                        true => recovery_status(&self.target).await,
-                        false => None,
-                    };
-                    Response::Status(Box::new(Status {
-                        pgward_pid: std::process::id(),
-                        version: env!("CARGO_PKG_VERSION").into(),
-                        uptime_seconds: self.view.uptime().as_secs_f64(),
-                        phase: if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
-                            "stopping"
-                        } else {
-                            "running"
-                        }
-                        .into(),
-                        services: self.view.status(),
-                        archiver,
-                        recovery,
-                        jobs: self.scheduler.list(),
-                    }))
-                }
+                Request::Status => Response::Status(Box::new(self.status().await)),
                 Request::Jobs => Response::Jobs {
                     jobs: self.scheduler.list(),
                 },

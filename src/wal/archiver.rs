@@ -350,7 +350,13 @@ impl Archiver {
     fn start_upload(&self, state: &mut State, name: String, path: PathBuf) -> Upload {
         let this = self.clone();
         let key = name.clone();
-        let task = tokio::spawn(async move { this.upload(&key, &path).await });
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            let result = this.upload(&key, &path).await;
+            metrics::histogram!("pgward_wal_push_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
+            result
+        });
         let upload = async move {
             task.await
                 .unwrap_or_else(|e| Err(format!("upload task failed: {e}")))
@@ -366,6 +372,11 @@ impl Archiver {
         state.in_flight.remove(name);
         match result {
             Ok(outcome) => {
+                let result = match outcome {
+                    Pushed::Created => "archived",
+                    Pushed::AlreadyArchived => "already_archived",
+                };
+                metrics::counter!("pgward_wal_pushed_total", "result" => result).increment(1);
                 match outcome {
                     Pushed::Created => {
                         state.status.archived_total += 1;
@@ -391,6 +402,7 @@ impl Archiver {
             }
             Err(e) => {
                 let message = format!("{e:#}");
+                metrics::counter!("pgward_wal_pushed_total", "result" => "failed").increment(1);
                 state.status.failed_total += 1;
                 state.failures_in_a_row += 1;
                 let pause = Duration::from_millis(500)

@@ -87,6 +87,17 @@ impl Fetcher {
 
     /// Fetches `name` into `dest` (atomically) and starts prefetching what follows it.
     pub async fn fetch(&self, name: &str, dest: &Path) -> Result<Fetched> {
+        let result = self.fetch_file(name, dest).await;
+        let outcome = match &result {
+            Ok(Fetched::Found) => "found",
+            Ok(Fetched::NotFound) => "not_found",
+            Err(_) => "failed",
+        };
+        metrics::counter!("pgward_wal_fetched_total", "result" => outcome).increment(1);
+        result
+    }
+
+    async fn fetch_file(&self, name: &str, dest: &Path) -> Result<Fetched> {
         let kind =
             WalFileName::parse(name).with_context(|| format!("{name} is not a WAL file name"))?;
         let segment = match kind.segment() {
@@ -102,12 +113,14 @@ impl Fetcher {
         if let Some(download) = download {
             match download.await {
                 Ok(Fetched::Found) => {
-                    return hand_over(&spooled, dest).await.map(|()| Fetched::Found)
+                    metrics::counter!("pgward_wal_prefetch_hits_total").increment(1);
+                    return hand_over(&spooled, dest).await.map(|()| Fetched::Found);
                 }
                 // Absent a moment ago, or a failed prefetch: ask the archive again below.
                 Ok(Fetched::NotFound) | Err(_) => {}
             }
         } else if tokio::fs::try_exists(&spooled).await.unwrap_or(false) {
+            metrics::counter!("pgward_wal_prefetch_hits_total").increment(1);
             return hand_over(&spooled, dest).await.map(|()| Fetched::Found);
         }
         let fetched = self.download(name, dest).await?;
