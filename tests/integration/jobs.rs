@@ -92,8 +92,15 @@ async fn command_jobs_follow_their_policies_and_report() {
     let dir = job_dir();
     let d = dir.join("").display().to_string();
     let (hook_port, hook) = one_request_server(200).await;
+    let pg_isready = crate::common::pg_bin_dir()
+        .join("pg_isready")
+        .display()
+        .to_string();
+    let socket = cluster.socket_dir().display().to_string();
+    let port = cluster.port;
     let jobs = format!(
-        r#"  - {{ name: forbid, schedule: '* * * * * *', command: 'sleep 3' }}
+        r#"  - {{ name: at-start, schedule: '@reboot', command: [{pg_isready}, -h, {socket}, -p, '{port}'] }}
+  - {{ name: forbid, schedule: '* * * * * *', command: 'sleep 3' }}
   - {{ name: allow, schedule: '* * * * * *', command: 'sleep 3', concurrency: allow }}
   - {{ name: replace, schedule: '* * * * * *', command: 'sleep 3', concurrency: replace, kill_timeout: 1s }}
   - name: stubborn
@@ -199,6 +206,21 @@ async fn command_jobs_follow_their_policies_and_report() {
     }
     let (_, out, _) = pgward_with(&config, &["jobs", "run", "noisy-out"]);
     assert!(out.contains("hello from a job"), "{out}");
+    // Relayed to pgward's log with the job's name, and kept for status.
+    assert!(
+        pgward.output().contains("[job noisy-out] hello from a job"),
+        "{}",
+        pgward.output()
+    );
+    let jobs = jobs_json(&config);
+    assert_eq!(
+        job(&jobs, "noisy-out")["last_output"][0],
+        "hello from a job",
+        "{jobs}"
+    );
+    // @reboot ran once, after postgres accepted connections.
+    assert_eq!(job(&jobs, "at-start")["last_result"], "success", "{jobs}");
+    assert_eq!(job(&jobs, "at-start")["runs_total"], 1, "{jobs}");
 
     // Reports: the failure hook's command and webhook, the success hook.
     let (code, out, err) = pgward_with(&config, &["jobs", "run", "hooked"]);
