@@ -88,11 +88,12 @@ impl Shared {
     pub(super) async fn saver(self: Arc<Self>, cancel: CancellationToken) {
         let mut changes = self.changes.subscribe();
         loop {
+            // First round too: changes made before this task subscribed count as seen.
+            self.clone().save().await;
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { return },
                 () = cancel.cancelled() => return,
             }
-            self.clone().save().await;
         }
     }
 
