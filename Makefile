@@ -46,7 +46,7 @@ test: deps lint ## install test dependencies, lint, then run every test
 		$(CARGO) test --workspace --locked --no-fail-fast; \
 	fi
 
-deps: ## install what the tests need (PostgreSQL, process tools, s3s-fs and Azurite in .tools/)
+deps: ## install what the tests need (PostgreSQL, process tools; s3s-fs, Azurite, promtool in .tools/)
 	scripts/test-deps.sh
 
 lint: doc ## rustfmt, clippy (warnings are errors) and rustdoc

@@ -10,6 +10,9 @@
 #   - the object-storage test servers, into .tools/ of this checkout (git-ignored; see
 #     docs/testing.md): s3s-fs (an S3-compatible server on a local directory) built by
 #     `cargo install`, and Azurite (Microsoft's Azure Blob emulator) from npm, which needs node
+#   - promtool (Prometheus's rule, config and exposition-format checker), into .tools/bin: taken
+#     out of Debian's `prometheus` package rather than installing it, which would also set up
+#     and start a Prometheus server
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -35,12 +38,15 @@ as_root() {
 }
 
 updated=0
-apt_install() {
+apt_update() {
     if [[ $updated -eq 0 ]]; then
         log "apt-get update"
         as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
         updated=1
     fi
+}
+apt_install() {
+    apt_update
     log "installing: $*"
     as_root env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -qq --no-install-recommends "$@" >/dev/null
@@ -120,10 +126,41 @@ if [[ $azurite_version != "$AZURITE_VERSION" ]]; then
     azurite_version=$("$azurite_blob" --version)
 fi
 
+# --- promtool --------------------------------------------------------------------------------
+# Only the binary (it needs nothing but libc): `apt-get install prometheus` would add a user, a
+# data directory and a server on :9090 started by the package's scripts. Reinstalled when the
+# package's version changes.
+promtool=$tools/bin/promtool
+prometheus_candidate() { apt-cache policy prometheus 2>/dev/null | awk '/Candidate:/ { print $2 }'; }
+prometheus_version=$(prometheus_candidate)
+if [[ ! -x $promtool || $(cat "$tools/promtool.version" 2>/dev/null) != "$prometheus_version" ]]; then
+    apt_update
+    prometheus_version=$(prometheus_candidate)
+    if [[ -z $prometheus_version || $prometheus_version == "(none)" ]]; then
+        log "Debian's prometheus package is not available from the configured apt sources"
+        exit 1
+    fi
+    log "extracting promtool from Debian's prometheus $prometheus_version into $tools/bin"
+    deb_dir=$(mktemp -d)
+    # As root apt downloads as the unprivileged _apt user, which cannot write to a private
+    # temp dir: download as whoever runs this.
+    (cd "$deb_dir" && apt-get download -qq -o APT::Sandbox::User="$(id -un)" \
+        "prometheus=$prometheus_version")
+    mkdir -p "$tools/bin"
+    dpkg-deb --fsys-tarfile "$deb_dir"/prometheus_*.deb \
+        | tar -x -O ./usr/bin/promtool >"$promtool.tmp"
+    chmod 755 "$promtool.tmp"
+    mv "$promtool.tmp" "$promtool"
+    printf '%s\n' "$prometheus_version" >"$tools/promtool.version"
+    rm -rf "$deb_dir"
+fi
+
 # --- verify --------------------------------------------------------------------------------
 "$bin/postgres" --version >/dev/null
 command -v unshare >/dev/null
 command -v pgrep >/dev/null
 "$s3s_fs" --help >/dev/null
+"$promtool" --version >/dev/null 2>&1
 log "ok: $("$bin/postgres" --version) in $bin; user postgres uid $(id -u postgres);" \
-    "$("$s3s_fs" --version); azurite-blob $azurite_version (node $(node --version))"
+    "$("$s3s_fs" --version); azurite-blob $azurite_version (node $(node --version));" \
+    "promtool $prometheus_version"

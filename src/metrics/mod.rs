@@ -1,4 +1,9 @@
 //! The exporter: Prometheus metrics of postgres (postgres_exporter's names) and of pgward
 //! itself, and the HTTP endpoints that serve them with the probes (`/metrics`, `/healthz`,
 //! `/readyz`, `/status`).
+//!
+//! - [`pgward`]: pgward's own metrics (`pgward_*`), through the `metrics` facade.
+//! - [`server`]: the HTTP endpoints, with basic auth and TLS.
+
 pub mod pgward;
+pub mod server;

@@ -15,6 +15,7 @@ mod incremental;
 mod jobs;
 mod pid1;
 mod postgres_run;
+mod prometheus_rules;
 mod restore_test;
 mod services;
 mod storage;
