@@ -6,6 +6,8 @@
 #   - a PostgreSQL server (postgres, initdb, pg_ctl under /usr/lib/postgresql/<major>/bin);
 #     Debian's `postgresql` metapackage is installed only when no server is present
 #   - util-linux (unshare), procps (ps, pgrep), psmisc (killall, fuser), for the process tests
+#   - prometheus-postgres-exporter (postgres_exporter 0.11), the reference the exporter tests
+#     compare pgward's metrics with
 #   - an OS user `postgres`, which pgward drops to when it runs as root
 #   - the object-storage test servers, into .tools/ of this checkout (git-ignored; see
 #     docs/testing.md): s3s-fs (an S3-compatible server on a local directory) built by
@@ -93,6 +95,15 @@ for p in util-linux procps psmisc; do
 done
 [[ ${#missing[@]} -eq 0 ]] || apt_install "${missing[@]}"
 
+# --- the reference exporter ----------------------------------------------------------------
+if ! have_pkgs prometheus-postgres-exporter; then
+    apt_install prometheus-postgres-exporter
+    # The tests run their own; the package's service (where systemd runs) would hold :9187.
+    if command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]]; then
+        as_root systemctl disable --now prometheus-postgres-exporter >/dev/null 2>&1 || true
+    fi
+fi
+
 # --- the postgres OS user ------------------------------------------------------------------
 if ! id -u postgres >/dev/null 2>&1; then
     log "creating system user postgres"
@@ -159,6 +170,7 @@ fi
 "$bin/postgres" --version >/dev/null
 command -v unshare >/dev/null
 command -v pgrep >/dev/null
+command -v prometheus-postgres-exporter >/dev/null
 "$s3s_fs" --help >/dev/null
 "$promtool" --version >/dev/null 2>&1
 log "ok: $("$bin/postgres" --version) in $bin; user postgres uid $(id -u postgres);" \

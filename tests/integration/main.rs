@@ -11,6 +11,7 @@ mod backup;
 mod check;
 mod config_cli;
 mod expire;
+mod exporter;
 mod incremental;
 mod jobs;
 mod pid1;
