@@ -48,6 +48,19 @@ pub async fn run(
     };
     let pg = &config.postgres;
     let run_as = RunAs::for_child(Some(&pg.user))?;
+    // Before anything records a metric; and the port is taken (or a TLS file bad) now or
+    // never: a daemon without its endpoints is not started.
+    let exporter = match config.metrics.enabled {
+        true => Some((
+            crate::metrics::pgward::install()?,
+            crate::metrics::server::Server::bind(&config.metrics).await?,
+            crate::metrics::postgres::PostgresCollector::new(
+                Target::superuser_of(pg),
+                &config.metrics,
+            )?,
+        )),
+        false => None,
+    };
     let path_var = std::env::var("PATH").ok();
     let bin = BinDir::find(pg.bin_dir.as_deref(), path_var.as_deref(), &sink).await?;
     tracing::info!(
@@ -149,7 +162,25 @@ pub async fn run(
         target: Target::superuser_of(&config.postgres),
         scheduler: scheduler.clone(),
     });
-    let mut control_task = tokio::spawn(control.serve(handler, cancel_control.clone()));
+    let mut control_task = tokio::spawn(control.serve(handler.clone(), cancel_control.clone()));
+    let cancel_metrics = CancellationToken::new();
+    let mut metrics_task = match exporter {
+        Some((handle, server, postgres)) => {
+            tracing::info!(address = %server.local_addr(), "metrics endpoints listening");
+            let source = Arc::new(DaemonMetrics {
+                daemon: handler.clone(),
+                handle,
+                watchers: crate::metrics::pgward::Watchers::start(
+                    Arc::new(config.clone()),
+                    cancel_metrics.clone(),
+                ),
+                postgres,
+                min_redundancy: config.backup.min_redundancy,
+            });
+            tokio::spawn(server.serve(source, cancel_metrics.clone()))
+        }
+        None => tokio::spawn(std::future::pending()),
+    };
 
     let mut postgres = supervisor.postgres();
     let ready_logger = tokio::spawn(async move {
@@ -177,6 +208,11 @@ pub async fn run(
                 Err(e) if e.is_panic() => "the control socket server panicked".into(),
                 _ => "the control socket server ended".into(),
             }),
+            result = &mut metrics_task => break Stop::Crashed(match result {
+                Err(e) if e.is_panic() => "the metrics server panicked".into(),
+                Ok(Err(e)) => format!("the metrics server failed: {e:#}"),
+                _ => "the metrics server ended".into(),
+            }),
         }
     };
     ready_logger.abort();
@@ -202,6 +238,8 @@ pub async fn run(
     });
     supervisor.shutdown(&mut escalate).await;
     cancel_control.cancel();
+    cancel_metrics.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), metrics_task).await;
     if !control_task.is_finished() {
         let _ = control_task.await;
     }
@@ -540,6 +578,91 @@ impl Handler for DaemonHandler {
                 },
             }
         })
+    }
+}
+
+/// What the metrics endpoints serve: the daemon's state, pgward's metrics and postgres's.
+struct DaemonMetrics {
+    daemon: Arc<DaemonHandler>,
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    watchers: crate::metrics::pgward::Watchers,
+    postgres: crate::metrics::postgres::PostgresCollector,
+    min_redundancy: u32,
+}
+
+impl crate::metrics::server::Source for DaemonMetrics {
+    fn metrics(&self) -> futures_util::future::BoxFuture<'_, String> {
+        Box::pin(async move {
+            let archiver = match self.daemon.wal.as_ref().and_then(|w| w.get()) {
+                Some(wal) => Some(wal.archiver.status().await),
+                None => None,
+            };
+            let services = self.daemon.view.status();
+            let jobs = self.daemon.scheduler.list();
+            crate::metrics::pgward::update(
+                &crate::metrics::pgward::Snapshot {
+                    services: &services,
+                    archiver: archiver.as_ref(),
+                    jobs: &jobs,
+                    min_redundancy: self.min_redundancy,
+                    now: chrono::Utc::now(),
+                },
+                &self.watchers,
+            );
+            let mut body = self.handle.render();
+            self.postgres.scrape().await.render_into(&mut body);
+            body
+        })
+    }
+
+    fn healthy(&self) -> futures_util::future::BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let services = self.daemon.view.status();
+            match services.iter().find(|s| s.name == POSTGRES) {
+                Some(pg) if pg.state == "fatal" => Err(format!(
+                    "postgres failed for good ({})",
+                    pg.last_error.as_deref().unwrap_or("see the log")
+                )),
+                Some(_) => Ok(()),
+                None => Err("postgres is not supervised".into()),
+            }
+        })
+    }
+
+    fn ready(&self) -> futures_util::future::BoxFuture<'_, crate::metrics::server::Readiness> {
+        use crate::metrics::server::Readiness;
+        Box::pin(async move {
+            if self
+                .daemon
+                .stopping
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                return Readiness::NotReady("pgward is shutting down".into());
+            }
+            let services = self.daemon.view.status();
+            let Some(pg) = services.iter().find(|s| s.name == POSTGRES) else {
+                return Readiness::NotReady("postgres is not supervised".into());
+            };
+            if !matches!(pg.state.as_str(), "ready" | "running") {
+                return Readiness::NotReady(format!(
+                    "postgres is {} (restarts: {})",
+                    pg.state, pg.restarts
+                ));
+            }
+            if let Err(e) = ready::probe(&self.daemon.target).await {
+                return Readiness::NotReady(format!("postgres does not accept connections: {e}"));
+            }
+            match recovery_status(&self.daemon.target).await {
+                Some(_) => Readiness::InRecovery,
+                None => Readiness::Ready,
+            }
+        })
+    }
+
+    fn status(&self) -> futures_util::future::BoxFuture<'_, serde_json::Value> {
+        Box::pin(
+            async move { serde_json::to_value(self.daemon.status().await).unwrap_or_default() },
+        )
     }
 }
 

@@ -296,23 +296,25 @@ pub fn update(snapshot: &Snapshot<'_>, watchers: &Watchers) {
     for job in snapshot.jobs {
         let name = job.name.clone();
         if let Some(at) = job.last_start {
-            gauge!("pgward_job_last_run_timestamp_seconds", "job" => name.clone()).set(secs(at));
+            gauge!("pgward_job_last_run_timestamp_seconds", "job_name" => name.clone())
+                .set(secs(at));
         }
         if let Some(at) = job.last_success {
-            gauge!("pgward_job_last_success_timestamp_seconds", "job" => name.clone())
+            gauge!("pgward_job_last_success_timestamp_seconds", "job_name" => name.clone())
                 .set(secs(at));
         }
         if let Some(d) = job.last_duration_seconds {
-            gauge!("pgward_job_last_duration_seconds", "job" => name.clone()).set(d);
+            gauge!("pgward_job_last_duration_seconds", "job_name" => name.clone()).set(d);
         }
-        counter!("pgward_job_runs_total", "job" => name.clone()).absolute(job.runs_total);
-        counter!("pgward_job_failures_total", "job" => name.clone()).absolute(job.failures_total);
-        gauge!("pgward_job_running", "job" => name.clone()).set(job.running as f64);
+        counter!("pgward_job_runs_total", "job_name" => name.clone()).absolute(job.runs_total);
+        counter!("pgward_job_failures_total", "job_name" => name.clone())
+            .absolute(job.failures_total);
+        gauge!("pgward_job_running", "job_name" => name.clone()).set(job.running as f64);
         let stuck = match (job.running_since, job.timeout_seconds) {
             (Some(since), Some(limit)) => (now - since).num_milliseconds() as f64 / 1000.0 > limit,
             _ => false,
         };
-        gauge!("pgward_job_stuck", "job" => name).set(f64::from(u8::from(stuck)));
+        gauge!("pgward_job_stuck", "job_name" => name).set(f64::from(u8::from(stuck)));
     }
     let failed_backup = snapshot
         .jobs

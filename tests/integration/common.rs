@@ -58,6 +58,8 @@ impl TestDir {
 pub struct Cluster {
     pub dir: TestDir,
     pub port: u16,
+    /// Where pgward's metrics endpoints listen (on 127.0.0.1), unless the test's config says.
+    pub metrics_port: u16,
 }
 
 impl Cluster {
@@ -65,6 +67,7 @@ impl Cluster {
         Cluster {
             dir: TestDir::new(),
             port: free_port(),
+            metrics_port: free_port(),
         }
     }
 
@@ -93,7 +96,13 @@ impl Cluster {
                 self.dir.join("repo").display()
             )
         };
-        let extra = format!("{storage}{extra}");
+        // Tests run in parallel: each daemon's endpoints on a port of its own.
+        let metrics = if extra.contains("metrics:") {
+            String::new()
+        } else {
+            format!("metrics:\n  listen: 127.0.0.1:{}\n", self.metrics_port)
+        };
+        let extra = format!("{storage}{metrics}{extra}");
         let text = format!(
             "postgres:\n  data_dir: {data}\n  port: {port}\n  socket_dir: {sock}\n  parameters:\n    listen_addresses: 127.0.0.1\n  stop:\n    timeout: 20s\n  init:\n    scripts_dir: {scripts}\n{init}\ncontrol:\n  socket: {control}\n{extra}\n",
             data = self.data_dir().display(),

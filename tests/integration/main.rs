@@ -14,6 +14,7 @@ mod expire;
 mod exporter;
 mod incremental;
 mod jobs;
+mod metrics_endpoints;
 mod pid1;
 mod postgres_run;
 mod prometheus_rules;

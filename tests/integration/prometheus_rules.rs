@@ -47,7 +47,21 @@ fn promtool() -> PathBuf {
 }
 
 /// Runs promtool in `image/prometheus/` with `stdin`; fails the test unless it exits 0.
-fn promtool_ok(args: &[&str], stdin: Option<&str>) -> String {
+pub(crate) fn promtool_ok(args: &[&str], stdin: Option<&str>) -> String {
+    let (status, output) = promtool_run(args, stdin);
+    assert!(
+        status.success(),
+        "promtool {} failed ({status}):\n{output}",
+        args.join(" ")
+    );
+    output
+}
+
+/// Runs promtool in `image/prometheus/` with `stdin`: its exit status and output.
+pub(crate) fn promtool_run(
+    args: &[&str],
+    stdin: Option<&str>,
+) -> (std::process::ExitStatus, String) {
     let mut child = Command::new(promtool())
         .args(args)
         .current_dir(prometheus_dir())
@@ -74,12 +88,7 @@ fn promtool_ok(args: &[&str], stdin: Option<&str>) -> String {
         String::from_utf8_lossy(&stdout),
         String::from_utf8_lossy(&stderr)
     );
-    assert!(
-        status.success(),
-        "promtool {} failed ({status}):\n{output}",
-        args.join(" ")
-    );
-    output
+    (status, output)
 }
 
 #[test]
