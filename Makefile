@@ -17,7 +17,7 @@ override PGWARD_HOME := $(abspath $(PGWARD_HOME))
 export PGWARD_HOME
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test deps lint doc image push bench bench-wal bench-backup bench-deps clean
+.PHONY: help build run test deps lint doc image push bench bench-wal bench-backup bench-exporter bench-deps clean
 
 help: ## list the targets
 	@awk 'BEGIN { FS = ":.*## " } /^[a-z-]+:.*## / { printf "  make %-12s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -73,6 +73,9 @@ bench-wal: build bench-deps ## WAL archiving throughput: cp, pgBackRest, pgward 
 
 bench-backup: build bench-deps ## backup and restore: pg_basebackup, pgBackRest, pgward (bench/README.md)
 	bench/backup.sh
+
+bench-exporter: build bench-deps ## scrapes: postgres_exporter vs pgward's /metrics (bench/README.md)
+	bench/exporter.sh
 
 clean: ## remove build output and ./.pgward (the dev cluster and the bench venv)
 	$(CARGO) clean
