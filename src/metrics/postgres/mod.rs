@@ -97,7 +97,24 @@ struct Session {
 #[derive(Default)]
 struct Last {
     generation: u64,
-    families: Families,
+    /// Kept only while scrapes wait for it: thousands of labelled samples are not held
+    /// between scrapes.
+    families: Option<Families>,
+    /// Scrapes waiting for the session.
+    waiting: usize,
+}
+
+/// One scrape waiting for (or holding) the session; the last one out drops the kept result.
+struct Waiting<'a>(&'a std::sync::Mutex<Last>);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        last.waiting -= 1;
+        if last.waiting == 0 {
+            last.families = None;
+        }
+    }
 }
 
 impl PostgresCollector {
@@ -168,18 +185,20 @@ impl PostgresCollector {
     /// Cancel safe: a query left running by a dropped scrape is cancelled at the start of
     /// the next collection.
     pub async fn scrape(&self) -> Families {
-        let seen = self
-            .last
-            .lock()
-            .expect("last scrape lock poisoned")
-            .generation;
+        let seen = {
+            let mut last = self.last.lock().expect("last scrape lock poisoned");
+            last.waiting += 1;
+            last.generation
+        };
+        // Leaves the count right even if this scrape is dropped while it waits.
+        let _waiting = Waiting(&self.last);
         let mut session = self.session.lock().await;
         {
             let last = self.last.lock().expect("last scrape lock poisoned");
-            if last.generation > seen {
+            if let (true, Some(families)) = (last.generation > seen, &last.families) {
                 // A collection finished while this scrape waited: it is at least as fresh
                 // as this scrape.
-                return last.families.clone();
+                return families.clone();
             }
         }
         let families = self
@@ -188,7 +207,8 @@ impl PostgresCollector {
             .await;
         let mut last = self.last.lock().expect("last scrape lock poisoned");
         last.generation += 1;
-        last.families = families.clone();
+        // This scrape is one of the waiting ones: keep the result only for the others.
+        last.families = (last.waiting > 1).then(|| families.clone());
         families
     }
 
