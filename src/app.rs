@@ -611,6 +611,8 @@ impl crate::metrics::server::Source for DaemonMetrics {
             );
             let mut body = self.handle.render();
             self.postgres.scrape().await.render_into(&mut body);
+            // After the answer is on its way, not before: the trim takes a moment.
+            tokio::spawn(crate::metrics::pgward::give_back_memory());
             body
         })
     }

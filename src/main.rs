@@ -13,7 +13,6 @@ use pgward::{app, backup_commands, commands, init, jobs_commands, logging};
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
-    tune_malloc();
     // archive_command's common cases (a mark, or the daemon's answer), before the command
     // tree is even built.
     if let Some(path) = pgward::cli::plain_wal_push_path(std::env::args_os()) {
@@ -233,25 +232,5 @@ fn with_runtime(
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Keeps a long-running daemon's memory near what it uses (bench/exporter.sh: 30 MB after
-/// scrapes of 100 databases without these, 18 MB with them).
-///
-/// - glibc gives every thread that allocates its own arena, up to 8 per core, and keeps what
-///   each arena once held; work hops between runtime and blocking threads. Two arenas keep
-///   contention low on the few threads pgward has.
-/// - Past its first large free, glibc raises the size it serves from mmap (up to 32 MiB) and
-///   the size it gives back to the system (twice that): a scrape's or an upload's buffers then
-///   stay resident for good. Fixed thresholds give large buffers back when freed.
-fn tune_malloc() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only sets allocator parameters; called first thing in main, before any
-    // other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 * 1024);
     }
 }

@@ -379,6 +379,18 @@ fn update_backups(manifests: &[Manifest], now: DateTime<Utc>) {
     }
 }
 
+/// Returns the free memory of the allocator's arenas to the system: a scrape of many
+/// databases builds and drops thousands of labelled samples, and glibc would keep their pages
+/// (bench/exporter.sh: 30 MB after scrapes of 100 databases without it, 18 MB with it).
+/// Fixed mmap and trim thresholds would give large buffers back at once too, but then every
+/// WAL upload faults its buffers in afresh and push latency rose by half: trimming after a
+/// scrape costs nothing on that path. Blocking for a moment: on a blocking thread.
+pub async fn give_back_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory of the allocator; safe at any time.
+    let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+}
+
 /// The exit code in a supervisor's "exit code N" / "killed by SIGX" text.
 fn exit_code(text: &str) -> Option<i32> {
     if let Some(code) = text.strip_prefix("exit code ") {
