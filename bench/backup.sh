@@ -48,20 +48,7 @@ chmod 0755 "$tmp"
 mkdir "$tmp/run" "$tmp/out" "$tmp/log" "$tmp/restore"
 children=()
 
-cleanup() {
-    local pid
-    set +e
-    trap '' INT TERM
-    # pgward stops postgres (fast) on SIGTERM.
-    for pid in "${children[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${children[@]}"; do
-        wait "$pid" 2>/dev/null
-    done
-    remove_tmp "$tmp"
-}
-trap cleanup EXIT
+trap stop_children_and_remove_tmp EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 

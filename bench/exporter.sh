@@ -28,19 +28,7 @@ tmp=$(mktemp -d /tmp/pgward-exporterbench.XXXXXX)
 chmod 0755 "$tmp"
 mkdir "$tmp/run" "$tmp/log"
 children=()
-cleanup() {
-    local pid
-    set +e
-    trap '' INT TERM
-    for pid in "${children[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${children[@]}"; do
-        wait "$pid" 2>/dev/null
-    done
-    remove_tmp "$tmp"
-}
-trap cleanup EXIT
+trap stop_children_and_remove_tmp EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
@@ -67,6 +55,7 @@ metrics:
 YAML
 
 log "starting postgres under pgward ($("$pg_bin/postgres" --version))"
+# shellcheck disable=SC2086 # PGWARD_ENV is a list of VAR=value words
 env ${PGWARD_ENV:-} "$pgward_bin" --config "$tmp/pgward.yaml" run >"$tmp/log/pgward.log" 2>&1 &
 pgward_pid=$!
 children+=("$pgward_pid")

@@ -30,6 +30,23 @@ remove_tmp() { # dir
     fi
 }
 
+# Stops the run's children (pgward stops postgres, fast, on SIGTERM), waits for them, and
+# removes the temporary directory: the EXIT trap of scripts whose children are all pgward or
+# exporters (they set `children` and `tmp`).
+# shellcheck disable=SC2154 # children and tmp are set by the sourcing script
+stop_children_and_remove_tmp() {
+    local pid
+    set +e
+    trap '' INT TERM
+    for pid in "${children[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${children[@]}"; do
+        wait "$pid" 2>/dev/null
+    done
+    remove_tmp "$tmp"
+}
+
 show_log() { # file
     log "last lines of $1:"
     tail -n 20 "$1" >&2 || true
