@@ -30,6 +30,13 @@ pub(crate) async fn start_recovered(
     (pgward, client)
 }
 
+/// `pgward backup` on `config`, which must succeed; its output.
+pub(crate) fn backup_ok(config: &std::path::Path) -> String {
+    let (code, out, err) = crate::common::pgward_with(config, &["backup"]);
+    assert_eq!(code, 0, "backup failed:\n{out}\n{err}");
+    out
+}
+
 /// [`start_recovered`], then the rows of `t`.
 async fn recover_and_count(restored: &Cluster, storage: &str) -> (Pgward, i64) {
     let (pgward, client) = start_recovered(restored, storage).await;
@@ -79,8 +86,7 @@ async fn a_full_backup_restores_to_the_end_of_the_archive_and_to_a_point_in_time
         .unwrap();
     // A second backup, after the target time below: a restore to that time must pick the
     // first one without being told.
-    let (code, out, err) = pgward(&config, &["backup"]);
-    assert_eq!(code, 0, "second backup failed:\n{out}\n{err}");
+    backup_ok(&config);
     client
         .batch_execute("INSERT INTO t (i) SELECT generate_series(3001, 3010)")
         .await
@@ -321,8 +327,7 @@ async fn a_corrupted_backup_object_fails_the_restore_naming_it() {
         )
         .await
         .unwrap();
-    let (code, out, err) = pgward(&config, &["backup"]);
-    assert_eq!(code, 0, "backup failed:\n{out}\n{err}");
+    backup_ok(&config);
     let backups = listed(&config);
     assert_eq!(backups.len(), 1, "{backups:?}");
     let id = backups[0]["id"].as_str().unwrap().to_owned();
@@ -379,8 +384,7 @@ async fn an_empty_data_directory_can_start_from_the_latest_backup() {
         .batch_execute("CREATE TABLE t (i int); INSERT INTO t SELECT generate_series(1, 500)")
         .await
         .unwrap();
-    let (code, out, err) = pgward(&config, &["backup"]);
-    assert_eq!(code, 0, "backup failed:\n{out}\n{err}");
+    backup_ok(&config);
     client
         .batch_execute("INSERT INTO t SELECT generate_series(501, 800)")
         .await
@@ -443,8 +447,7 @@ async fn a_delta_restore_over_a_changed_directory_gives_an_exact_copy() {
         .batch_execute("CREATE TABLE t (i int); INSERT INTO t SELECT generate_series(1, 5000)")
         .await
         .unwrap();
-    let (code, out, err) = pgward(&config, &["backup"]);
-    assert_eq!(code, 0, "backup failed:\n{out}\n{err}");
+    backup_ok(&config);
 
     let fresh = Cluster::new();
     let changed = Cluster::new();
@@ -486,8 +489,7 @@ async fn a_recovery_paused_at_its_target_says_so_in_status() {
         .batch_execute("CREATE TABLE t (i int); INSERT INTO t VALUES (1)")
         .await
         .unwrap();
-    let (code, out, err) = pgward(&config, &["backup"]);
-    assert_eq!(code, 0, "backup failed:\n{out}\n{err}");
+    backup_ok(&config);
     client
         .batch_execute("INSERT INTO t VALUES (2)")
         .await
@@ -623,8 +625,7 @@ async fn a_tablespace_is_backed_up_and_restored_where_it_is_mapped() {
         .await
         .unwrap()
         .get(0);
-    let (code, out, err) = pgward(&config, &["backup"]);
-    assert_eq!(code, 0, "backup failed:\n{out}\n{err}");
+    backup_ok(&config);
     client
         .batch_execute("INSERT INTO t VALUES (1001)")
         .await

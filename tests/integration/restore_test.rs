@@ -87,8 +87,7 @@ async fn restore_test_passes_a_good_backup_and_fails_a_false_query_or_a_corrupt_
         )
         .await
         .unwrap();
-    let (code, out, err) = pgward(&config, &["backup"]);
-    assert_eq!(code, 0, "backup failed:\n{out}\n{err}");
+    crate::backup::backup_ok(&config);
     let id = crate::backup::listed(&config)[0]["id"]
         .as_str()
         .unwrap()
@@ -235,8 +234,7 @@ async fn restore_test_to_latest_replays_the_wal_archived_after_the_backup() {
         .batch_execute("CREATE TABLE t (i int); INSERT INTO t SELECT generate_series(1, 1000)")
         .await
         .unwrap();
-    let (code, out, err) = pgward(&config, &["backup"]);
-    assert_eq!(code, 0, "backup failed:\n{out}\n{err}");
+    crate::backup::backup_ok(&config);
     client
         .batch_execute("INSERT INTO t SELECT generate_series(1001, 1500)")
         .await
