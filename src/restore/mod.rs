@@ -213,19 +213,36 @@ async fn restore_files(
     for (round, job) in jobs {
         by_round[round].push(job);
     }
+    // On the first failure the jobs not started yet are skipped, and the ones under way are
+    // awaited: no download may still be writing into the directory once this returns (a
+    // restore test removes it right after).
+    let stop = cancel.child_token();
     for jobs in by_round {
-        stream::iter(jobs)
+        let results: Vec<Result<()>> = stream::iter(jobs)
             .map(|job| {
-                let progress = &progress;
+                let (progress, stop) = (&progress, &stop);
                 async move {
-                    let written = restore_job(repo, manifest, data_dir, job, cancel).await?;
+                    if stop.is_cancelled() {
+                        return Ok(());
+                    }
+                    let written = restore_job(repo, manifest, data_dir, job, stop)
+                        .await
+                        .inspect_err(|_| stop.cancel())?;
                     progress.add(written);
                     anyhow::Ok(())
                 }
             })
             .buffer_unordered(options.concurrency.max(1))
-            .try_collect::<()>()
-            .await?;
+            .collect()
+            .await;
+        // The first real failure, not the cancellations it caused.
+        let mut errors = results.into_iter().filter_map(Result::err);
+        if let Some(first) = errors.find(|e| !is_cancelled(e)) {
+            return Err(first);
+        }
+        if stop.is_cancelled() {
+            bail!("cancelled");
+        }
     }
     for (file, out) in parted.into_iter().zip(outputs) {
         let dest = data_dir.join(&file.path);
@@ -242,6 +259,16 @@ async fn restore_files(
     }
     progress.finish();
     Ok(())
+}
+
+/// Whether `e` only says the restore was cancelled (by the caller, or after another job failed).
+fn is_cancelled(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<crate::repo::RepoError>(),
+            Some(crate::repo::RepoError::Cancelled)
+        )
+    })
 }
 
 /// One object to restore.
