@@ -81,6 +81,19 @@ impl Problem {
     }
 }
 
+/// The JSON Schema (draft 2020-12) of the config file, pretty-printed with a final newline, as
+/// `pgward config schema` prints it. Generated from the `raw` model that reads the file, so it
+/// names exactly the keys serde accepts; values are checked further by `validate`, which the
+/// schema does not repeat (a duration is a string to it).
+pub fn json_schema() -> String {
+    let generator = schemars::generate::SchemaSettings::draft2020_12().into_generator();
+    let mut schema = generator.into_root_schema_for::<raw::RawConfig>();
+    schema.insert("title".into(), "pgward configuration".into());
+    let mut text = serde_json::to_string_pretty(&schema).expect("a schema is plain JSON");
+    text.push('\n');
+    text
+}
+
 /// Label of the built-in defaults in problems, when no file is loaded.
 const DEFAULTS_FILE: &str = "<defaults>";
 
