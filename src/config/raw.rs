@@ -369,8 +369,8 @@ pub(crate) struct RawJob {
     pub on_success: Option<RawReport>,
 }
 
-/// `options:` of a built-in action: the union of every action's keys; `validate` refuses
-/// those the job's action does not take.
+/// The options of a job's built-in action: the keys of every action together;
+/// `pgward config check` refuses those the job's action does not take.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawJobOptions {
