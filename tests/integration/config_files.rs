@@ -147,3 +147,64 @@ fn the_reference_and_the_example_name_every_key_of_the_schema() {
         "not in configs/pgward.example.yaml: {missing:?}"
     );
 }
+
+/// A default as the docs write it or as `config print` does (`60s` = `1m`, `64KiB` = `65536`).
+fn same_default(doc: &str, value: &Value) -> bool {
+    let value = match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let bytes = |s: &str| -> Option<u64> {
+        let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+        let factor = match unit {
+            "" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            _ => return None,
+        };
+        Some(digits.parse::<u64>().ok()? * factor)
+    };
+    doc == value
+        || matches!(
+            (humantime::parse_duration(doc), humantime::parse_duration(&value)),
+            (Ok(a), Ok(b)) if a == b
+        )
+        || matches!((bytes(doc), bytes(&value)), (Some(a), Some(b)) if a == b)
+}
+
+#[test]
+fn the_schema_defaults_are_the_built_in_ones_and_the_descriptions_agree() {
+    let schema = schema();
+    let mut objects = vec![&schema];
+    objects.extend(schema["$defs"].as_object().expect("$defs").values());
+    let mut compared = 0;
+    for object in objects {
+        let Some(props) = object.get("properties").and_then(Value::as_object) else {
+            continue;
+        };
+        for (key, prop) in props {
+            let description = prop["description"].as_str().unwrap_or_default();
+            let Some(doc) = description
+                .strip_suffix("`.")
+                .and_then(|d| d.rsplit_once("Default: `"))
+                .map(|(_, d)| d)
+            else {
+                continue;
+            };
+            if let Some(default) = prop.get("default") {
+                assert!(
+                    same_default(doc, default),
+                    "{key}: described default {doc:?}, built-in {default}"
+                );
+                compared += 1;
+            }
+        }
+    }
+    // Every section's scalar keys, not list items' (services, jobs), have one.
+    assert!(compared >= 40, "{compared}");
+    assert_eq!(
+        schema["$defs"]["RawPostgres"]["properties"]["port"]["default"],
+        5432
+    );
+}
