@@ -198,6 +198,8 @@ pub enum ConfigCommand {
     Check,
     /// Print the effective config (defaults applied, secrets redacted).
     Print,
+    /// Print the JSON Schema (draft 2020-12) of the config file, for editors and linters.
+    Schema,
 }
 
 /// The path of `pgward [--config FILE] wal-push PATH`, recognised without building the command

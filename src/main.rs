@@ -37,6 +37,10 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Config(ConfigCommand::Schema) => {
+            print!("{}", config::json_schema());
+            ExitCode::SUCCESS
+        }
         Command::Jobs(command) => {
             let config = match load(config_path.as_deref()) {
                 Ok(config) => config,

@@ -81,6 +81,81 @@ impl Problem {
     }
 }
 
+/// The JSON Schema (draft 2020-12) of the config file, pretty-printed with a final newline, as
+/// `pgward config schema` prints it. Generated from the `raw` model that reads the file, so it
+/// names exactly the keys serde accepts; values are checked further by `validate`, which the
+/// schema does not repeat (a duration is a string to it).
+pub fn json_schema() -> String {
+    let generator = schemars::generate::SchemaSettings::draft2020_12().into_generator();
+    let schema = generator.into_root_schema_for::<raw::RawConfig>();
+    let mut schema = schema.to_value();
+    schema["title"] = "pgward configuration".into();
+    // The built-in defaults, as `config print` shows them with no file and no environment,
+    // become the schema's `default`s: the values come from `validate`, not from a second list.
+    let defaults = from_str("", DEFAULTS_FILE, &|_| None).expect("the built-in defaults are valid");
+    let defaults: serde_json::Value =
+        serde_yaml_ng::from_str(&redacted_yaml(&defaults)).expect("config print is YAML");
+    add_defaults(&mut schema, &defaults);
+    let mut text = serde_json::to_string_pretty(&schema).expect("a schema is plain JSON");
+    text.push('\n');
+    text
+}
+
+/// Sets `default` on each property of the root object schema whose built-in value is a
+/// scalar, following `$ref`s into `$defs` for nested sections. Lists and maps (`services`,
+/// `parameters`) and unset values (`null`) get none, and so do the keys whose default follows
+/// the environment or another key (their descriptions say how), where one value would mislead.
+fn add_defaults(schema: &mut serde_json::Value, defaults: &serde_json::Value) {
+    use serde_json::Value;
+    // (`$defs` name or `None` for the root, defaults of that section).
+    let mut todo: Vec<(Option<String>, &Value)> = vec![(None, defaults)];
+    while let Some((def, values)) = todo.pop() {
+        let node = match &def {
+            None => &mut *schema,
+            Some(name) => &mut schema["$defs"][name.as_str()],
+        };
+        let Some(Value::Object(props)) = node.get_mut("properties") else {
+            continue;
+        };
+        for (key, prop) in props.iter_mut() {
+            match values.get(key) {
+                Some(v @ (Value::String(_) | Value::Number(_) | Value::Bool(_)))
+                    if !DERIVED_DEFAULTS.contains(&key.as_str()) =>
+                {
+                    prop["default"] = v.clone();
+                }
+                Some(v @ Value::Object(_)) => {
+                    if let Some(name) = section_ref(prop) {
+                        todo.push((Some(name), v));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Keys whose built-in value depends on the environment (`$PGDATA`, `POSTGRES_*`) or on
+/// another key (`control.socket` on `postgres.socket_dir`, `storage.s3.path_style` on
+/// `endpoint`).
+const DERIVED_DEFAULTS: &[&str] = &["data_dir", "superuser", "database", "socket", "path_style"];
+
+/// The `$defs` name a property refers to, directly or as the non-null branch of an `anyOf`.
+fn section_ref(prop: &serde_json::Value) -> Option<String> {
+    let direct = prop.get("$ref").into_iter();
+    let branches = prop
+        .get("anyOf")
+        .and_then(|a| a.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b.get("$ref"));
+    direct
+        .chain(branches)
+        .filter_map(|r| r.as_str()?.strip_prefix("#/$defs/"))
+        .find(|name| name.starts_with("Raw"))
+        .map(str::to_owned)
+}
+
 /// Label of the built-in defaults in problems, when no file is loaded.
 const DEFAULTS_FILE: &str = "<defaults>";
 

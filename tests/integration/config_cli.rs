@@ -30,15 +30,12 @@ fn check_accepts_a_valid_file_and_the_shipped_examples() {
     );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("ok"), "{out}");
-    let root = env!("CARGO_MANIFEST_DIR");
-    for example in [
-        "configs/pgward.example.yaml",
-        "configs/dev.yaml",
-        "image/pgward.yaml",
-    ] {
-        let path = format!("{root}/{example}");
+    // Every example config of the repository and the image, found by listing: a new one is
+    // checked without being named here.
+    for path in crate::config_files::example_configs() {
+        let example = path.display().to_string();
         let (code, _, err) = pgward(
-            &["--config", &path, "config", "check"],
+            &["--config", &example, "config", "check"],
             &[
                 ("POSTGRES_PASSWORD", "x"),
                 ("PGWARD_HOME", "/tmp/pgward-dev"),

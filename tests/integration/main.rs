@@ -10,6 +10,8 @@ mod storage_servers;
 mod backup;
 mod check;
 mod config_cli;
+mod config_files;
+mod docs_cli;
 mod expire;
 mod exporter;
 mod incremental;
