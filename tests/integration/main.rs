@@ -12,6 +12,7 @@ mod check;
 mod config_cli;
 mod expire;
 mod exporter;
+mod image;
 mod incremental;
 mod jobs;
 mod metrics_endpoints;
