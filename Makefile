@@ -1,6 +1,19 @@
 # pgward — developer entry points. `make help` lists them.
 
-IMAGE ?= pgward:dev
+# The image: `make image` builds $(IMAGE), `make push` logs in to $(REGISTRY_ADDR) and pushes
+# it. The names are those of the postgres+WAL-G images' Makefiles:
+#   make push REGISTRY_ADDR=registry.example.com REGISTRY_USER=me REGISTRY_PASSWORD=... \
+#             IMAGE_NAME=team/pgward IMAGE_TAG=1.0-pg17 POSTGRES_VERSION=17
+POSTGRES_VERSION ?= 18
+IMAGE_NAME ?= pgward
+IMAGE_TAG ?= dev
+REGISTRY_ADDR ?=
+REGISTRY_USER ?=
+REGISTRY_PASSWORD ?=
+# To `docker login` through the environment and stdin: never on a command line.
+export REGISTRY_PASSWORD
+DOCKER ?= docker
+IMAGE ?= $(if $(REGISTRY_ADDR),$(REGISTRY_ADDR)/)$(IMAGE_NAME):$(IMAGE_TAG)
 CARGO ?= cargo
 BIN := target/release/pgward
 
@@ -56,11 +69,16 @@ lint: doc ## rustfmt, clippy (warnings are errors) and rustdoc
 doc: ## build the API docs with warnings as errors
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --locked
 
-image: ## build the container image $(IMAGE)
-	docker build -f image/Dockerfile -t $(IMAGE) .
+image: ## build the container image $(IMAGE) on postgres:$(POSTGRES_VERSION) (13-18)
+	$(DOCKER) build -f image/Dockerfile --build-arg POSTGRES_VERSION=$(POSTGRES_VERSION) -t $(IMAGE) .
 
-push: ## push $(IMAGE)
-	docker push $(IMAGE)
+# The password goes to `docker login` on stdin, never on its command line; without
+# REGISTRY_USER, whatever login the Docker config already holds is used.
+push: image ## log in to $(REGISTRY_ADDR) and push $(IMAGE)
+	@if [ -n "$(REGISTRY_USER)" ]; then \
+		printf '%s' "$$REGISTRY_PASSWORD" | $(DOCKER) login --username "$(REGISTRY_USER)" --password-stdin $(REGISTRY_ADDR); \
+	fi
+	$(DOCKER) push $(IMAGE)
 
 bench-deps: ## install supervisor, postgres_exporter, yacron and pgbackrest for the benchmarks
 	scripts/bench-deps.sh

@@ -101,6 +101,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Ask the running daemon's `/healthz` (or `/readyz`) on `metrics.listen`: exit 0 when it
+    /// answers 200, 1 otherwise. For a container's HEALTHCHECK, without curl in the image.
+    Health {
+        /// Ask `/readyz` (postgres accepts connections) instead of `/healthz` (pgward is alive
+        /// and postgres has not failed for good).
+        #[arg(long)]
+        ready: bool,
+    },
     /// Ask the running daemon for the state of every service.
     Status {
         /// Print JSON instead of a table.

@@ -97,6 +97,9 @@ fn main() -> ExitCode {
         Command::List { json } => with_config(config_path.as_deref(), |config| {
             with_runtime(false, backup_commands::list(&config, json))
         }),
+        Command::Health { ready } => with_config(config_path.as_deref(), |config| {
+            with_runtime(false, commands::health(&config, ready))
+        }),
         Command::Check { json } => with_config(config_path.as_deref(), |config| {
             with_runtime(false, async move {
                 let results = pgward::check::run(&config).await;

@@ -441,7 +441,8 @@ pub struct S3Config {
     /// Session token of temporary credentials. Default `$AWS_SESSION_TOKEN`.
     pub session_token: Option<Secret>,
     /// Path-style requests (`endpoint/bucket/key`) instead of virtual-hosted ones
-    /// (`bucket.endpoint/key`). Default: true when `endpoint` is set, else false.
+    /// (`bucket.endpoint/key`). Default: true when `endpoint` or `$AWS_ENDPOINT_URL` is set,
+    /// else false.
     pub path_style: bool,
     /// Allow a plain `http://` endpoint. Default false.
     pub allow_http: bool,

@@ -404,13 +404,16 @@ fn validate_init(raw: RawInit, cx: &mut Cx<'_>) -> InitConfig {
         .path("postgres.init.scripts_dir", scripts_dir)
         .unwrap_or_else(|| PathBuf::from("/docker-entrypoint-initdb.d"));
     let from_backup = cx.parse("postgres.init.from_backup", from_backup, |s| {
-        match s == "latest" || crate::backup::manifest::check_backup_id(s).is_ok() {
+        match s == "none" || s == "latest" || crate::backup::manifest::check_backup_id(s).is_ok()
+        {
             true => Ok(s.to_owned()),
             false => Err(format!(
-                "invalid from_backup {s:?} (use latest or a backup id such as 20261130T035500F)"
+                "invalid from_backup {s:?} (use none, latest or a backup id such as 20261130T035500F)"
             )),
         }
-    });
+    })
+    // `none`, the default written out: what an image's `${PGWARD_FROM_BACKUP:-none}` gives.
+    .filter(|s| s != "none");
     InitConfig {
         superuser,
         password,
@@ -1189,7 +1192,9 @@ fn validate_s3(raw: RawS3, cx: &mut Cx<'_>) -> S3Config {
         ),
         path_style: cx
             .bool("storage.s3.path_style", path_style)
-            .unwrap_or(endpoint.is_some()),
+            // MinIO and the like are addressed by path; an endpoint from the environment
+            // (the storage client reads AWS_ENDPOINT_URL) is one of them too.
+            .unwrap_or(endpoint.is_some() || image_env::var(cx.env, "AWS_ENDPOINT_URL").is_some()),
         endpoint,
         allow_http,
     }

@@ -14,6 +14,7 @@ mod config_files;
 mod docs_cli;
 mod expire;
 mod exporter;
+mod image;
 mod incremental;
 mod jobs;
 mod metrics_endpoints;
