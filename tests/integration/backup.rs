@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::common::{Cluster, Pgward};
+use crate::common::{files_under, Cluster, Pgward};
 use crate::wal::{file_storage, pgbench, start_archiving, switch_and_wait_archived, BOOT};
 
 fn pgward(config: &Path, args: &[&str]) -> (i32, String, String) {
@@ -172,20 +172,6 @@ pub(crate) fn listed(config: &Path) -> Vec<serde_json::Value> {
     assert_eq!(code, 0, "list failed: {err}");
     let list: serde_json::Value = serde_json::from_str(&out).expect("list --json is JSON");
     list.as_array().expect("list --json is an array").clone()
-}
-
-/// Every regular file below `dir`.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 /// The backup ids that have a directory in the `file://` repository at `repo`, complete or not.

@@ -323,22 +323,14 @@ async fn backup_jobs_run_on_schedule_and_actions_work() {
         .map(|e| e.path())
         .min()
         .unwrap();
-    let mut damaged = 0;
-    let mut pending = vec![first.join("data")];
-    while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()) {
-            let path = entry.path();
-            if path.is_dir() {
-                pending.push(path);
-            } else {
-                let mut bytes = std::fs::read(&path).unwrap();
-                let middle = bytes.len() / 2;
-                bytes[middle] ^= 0xFF;
-                std::fs::write(&path, bytes).unwrap();
-                damaged += 1;
-            }
-        }
+    let objects = crate::common::files_under(&first.join("data"));
+    for path in &objects {
+        let mut bytes = std::fs::read(path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xFF;
+        std::fs::write(path, bytes).unwrap();
     }
+    let damaged = objects.len();
     assert!(damaged > 100, "{damaged}");
     let (code, out, err) = pgward_with(&config, &["jobs", "run", "drill"]);
     assert_eq!(code, 1, "{out}\n{err}");

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::common::{Cluster, Pgward};
+use crate::common::{files_under, Cluster, Pgward};
 use crate::wal::{file_storage, start_archiving, switch_and_wait_archived};
 
 fn pgward(config: &Path, args: &[&str]) -> (i32, String, String) {
@@ -32,20 +32,6 @@ fn entries(dir: &Path) -> Vec<String> {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect()
-}
-
-/// Every regular file below `dir`.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 /// Flips a byte in the middle of the stored file at `path`.
