@@ -46,6 +46,15 @@ pub fn install() -> Result<PrometheusHandle> {
 }
 
 fn describe() {
+    describe_wal();
+    describe_services();
+    describe_backups();
+    describe_checks();
+    describe_jobs();
+}
+
+/// WAL archiving and fetching.
+fn describe_wal() {
     describe_counter!(
         "pgward_wal_pushed_total",
         "WAL files archived by the daemon, by result (archived, already_archived, failed)"
@@ -72,6 +81,10 @@ fn describe() {
         Unit::Seconds,
         "Seconds since the last WAL file was archived"
     );
+}
+
+/// pgward's loop and the supervised services.
+fn describe_services() {
     describe_gauge!("pgward_up", "1 while pgward's loop runs");
     describe_gauge!(
         "pgward_service_up",
@@ -85,6 +98,10 @@ fn describe() {
         "pgward_postgres_last_exit_code",
         "Exit code of postgres's last exit (128 + signal when killed); absent before any"
     );
+}
+
+/// The backups in the repository.
+fn describe_backups() {
     describe_gauge!(
         "pgward_backup_last_success_timestamp_seconds",
         Unit::Seconds,
@@ -137,6 +154,10 @@ fn describe() {
         "pgward_backup_bad_blocks",
         "Data pages whose checksum failed in the newest backup"
     );
+}
+
+/// Restore tests and `pgward check`.
+fn describe_checks() {
     describe_gauge!(
         "pgward_restore_test_last_success",
         "1 when the last restore test passed, 0 when it failed"
@@ -155,6 +176,10 @@ fn describe() {
         "pgward_check_ok",
         "1 when the `pgward check` item passed at the last check, 0 when it failed"
     );
+}
+
+/// Scheduled jobs.
+fn describe_jobs() {
     describe_gauge!(
         "pgward_job_last_run_timestamp_seconds",
         Unit::Seconds,

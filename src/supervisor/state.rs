@@ -198,20 +198,7 @@ pub fn step(
                 ready: false,
             },
             E::Ready,
-        ) => (
-            S::Starting {
-                pid,
-                since,
-                ready: true,
-            },
-            vec![
-                A::Log {
-                    message: format!("ready (pid {pid})"),
-                    error: false,
-                },
-                A::ArmTimer(policy.start_secs),
-            ],
-        ),
+        ) => became_ready(pid, since, policy),
         (
             S::Starting {
                 pid, ready: true, ..
@@ -231,33 +218,7 @@ pub fn step(
             )
         }
         (S::Starting { .. } | S::Running { .. }, E::Exited { status }) => {
-            counters.last_exit = Some(status);
-            if policy.restarts_after(status) {
-                counters.failures = 1;
-                counters.restarts += 1;
-                let delay = policy.backoff_for(1);
-                (
-                    S::Backoff { until: now + delay },
-                    vec![
-                        A::Log {
-                            message: format!(
-                                "{status}; restarting in {}",
-                                humantime::format_duration(delay)
-                            ),
-                            error: false,
-                        },
-                        A::ArmTimer(delay),
-                    ],
-                )
-            } else {
-                (
-                    S::Exited { status },
-                    vec![A::Log {
-                        message: format!("{status}; not restarted (restart: {:?})", policy.restart),
-                        error: false,
-                    }],
-                )
-            }
+            exited(counters, policy, now, status)
         }
         (S::Starting { pid, .. } | S::Running { pid, .. }, E::Stop) => stop_rung(pid, 0, policy),
         (S::Stopping { pid, rung }, E::Timer | E::Escalate) => {
@@ -268,21 +229,7 @@ pub fn step(
                 (S::Stopping { pid, rung }, vec![])
             }
         }
-        (S::Stopping { .. }, E::Exited { status }) => {
-            counters.last_exit = Some(status);
-            (
-                S::Stopped {
-                    status: Some(status),
-                },
-                vec![
-                    A::DisarmTimer,
-                    A::Log {
-                        message: format!("stopped: {status}"),
-                        error: false,
-                    },
-                ],
-            )
-        }
+        (S::Stopping { .. }, E::Exited { status }) => stopped(counters, status),
         (S::Pending | S::Backoff { .. }, E::Stop) => {
             (S::Stopped { status: None }, vec![A::DisarmTimer])
         }
@@ -290,6 +237,78 @@ pub fn step(
         // that is gone change nothing.
         (state, _) => (state, vec![]),
     }
+}
+
+/// `Ready` while starting: the process must stay up `start_secs` longer to count as running.
+fn became_ready(pid: i32, since: Instant, policy: &Policy) -> (State, Vec<Action>) {
+    (
+        State::Starting {
+            pid,
+            since,
+            ready: true,
+        },
+        vec![
+            Action::Log {
+                message: format!("ready (pid {pid})"),
+                error: false,
+            },
+            Action::ArmTimer(policy.start_secs),
+        ],
+    )
+}
+
+/// An exit that is not a failed start: restart after the first backoff delay, or stay down,
+/// as the restart policy says.
+fn exited(
+    counters: &mut Counters,
+    policy: &Policy,
+    now: Instant,
+    status: ExitInfo,
+) -> (State, Vec<Action>) {
+    counters.last_exit = Some(status);
+    if policy.restarts_after(status) {
+        counters.failures = 1;
+        counters.restarts += 1;
+        let delay = policy.backoff_for(1);
+        (
+            State::Backoff { until: now + delay },
+            vec![
+                Action::Log {
+                    message: format!(
+                        "{status}; restarting in {}",
+                        humantime::format_duration(delay)
+                    ),
+                    error: false,
+                },
+                Action::ArmTimer(delay),
+            ],
+        )
+    } else {
+        (
+            State::Exited { status },
+            vec![Action::Log {
+                message: format!("{status}; not restarted (restart: {:?})", policy.restart),
+                error: false,
+            }],
+        )
+    }
+}
+
+/// The exit a stop was waiting for.
+fn stopped(counters: &mut Counters, status: ExitInfo) -> (State, Vec<Action>) {
+    counters.last_exit = Some(status);
+    (
+        State::Stopped {
+            status: Some(status),
+        },
+        vec![
+            Action::DisarmTimer,
+            Action::Log {
+                message: format!("stopped: {status}"),
+                error: false,
+            },
+        ],
+    )
 }
 
 fn failed_start(

@@ -31,12 +31,14 @@ pub const SETTINGS_QUERY: &str = "SELECT name, setting, COALESCE(unit, '') AS un
 
 /// The built-in namespaces, in the order they are collected.
 pub fn namespaces() -> Vec<Namespace> {
-    let db = || {
-        vec![
-            Column::new("datid", Label, "OID of a database"),
-            Column::new("datname", Label, "Name of this database"),
-        ]
-    };
+    [databases(), activity(), replication()]
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// postgres_exporter's `bgwriter` collector.
+fn bgwriter() -> Namespace {
     let mut bgwriter = namespace(
         "pg_stat_bgwriter",
         "bgwriter",
@@ -62,7 +64,18 @@ pub fn namespaces() -> Vec<Namespace> {
     );
     // postgres_exporter's bgwriter collector reads a fixed column list.
     bgwriter.unknown_columns = false;
+    bgwriter
+}
 
+/// postgres_exporter's `database` collector, `bgwriter` collector and per-database metric
+/// maps.
+fn databases() -> Vec<Namespace> {
+    let db = || {
+        vec![
+            Column::new("datid", Label, "OID of a database"),
+            Column::new("datname", Label, "Name of this database"),
+        ]
+    };
     vec![
         namespace(
             "pg_database",
@@ -73,7 +86,7 @@ pub fn namespaces() -> Vec<Namespace> {
                 Column::new("size_bytes", Gauge, "Disk space used by the database"),
             ],
         ),
-        bgwriter,
+        bgwriter(),
         namespace(
             "pg_stat_database",
             "stat_database",
@@ -118,6 +131,12 @@ pub fn namespaces() -> Vec<Namespace> {
             ]
             .concat(),
         ),
+    ]
+}
+
+/// Locks, connections and the archiver.
+fn activity() -> Vec<Namespace> {
+    vec![
         namespace(
             "pg_locks",
             "locks",
@@ -154,7 +173,11 @@ pub fn namespaces() -> Vec<Namespace> {
                 Column::new("datname", Label, "Name of this database"),
                 Column::new("state", Label, "connection state"),
                 Column::new("count", Gauge, "number of connections in this state"),
-                Column::new("max_tx_duration", Gauge, "max duration in seconds any active transaction has been running"),
+                Column::new(
+                    "max_tx_duration",
+                    Gauge,
+                    "max duration in seconds any active transaction has been running",
+                ),
             ],
         ),
         namespace(
@@ -163,16 +186,54 @@ pub fn namespaces() -> Vec<Namespace> {
             "SELECT *, extract(epoch FROM now() - last_archived_time) AS last_archive_age \
              FROM pg_stat_archiver",
             vec![
-                Column::new("archived_count", Counter, "Number of WAL files that have been successfully archived"),
-                Column::new("last_archived_wal", Discard, "Name of the last WAL file successfully archived"),
-                Column::new("last_archived_time", Discard, "Time of the last successful archive operation"),
-                Column::new("failed_count", Counter, "Number of failed attempts for archiving WAL files"),
-                Column::new("last_failed_wal", Discard, "Name of the WAL file of the last failed archival operation"),
-                Column::new("last_failed_time", Discard, "Time of the last failed archival operation"),
-                Column::new("stats_reset", Discard, "Time at which these statistics were last reset"),
-                Column::new("last_archive_age", Gauge, "Time in seconds since last WAL segment was successfully archived"),
+                Column::new(
+                    "archived_count",
+                    Counter,
+                    "Number of WAL files that have been successfully archived",
+                ),
+                Column::new(
+                    "last_archived_wal",
+                    Discard,
+                    "Name of the last WAL file successfully archived",
+                ),
+                Column::new(
+                    "last_archived_time",
+                    Discard,
+                    "Time of the last successful archive operation",
+                ),
+                Column::new(
+                    "failed_count",
+                    Counter,
+                    "Number of failed attempts for archiving WAL files",
+                ),
+                Column::new(
+                    "last_failed_wal",
+                    Discard,
+                    "Name of the WAL file of the last failed archival operation",
+                ),
+                Column::new(
+                    "last_failed_time",
+                    Discard,
+                    "Time of the last failed archival operation",
+                ),
+                Column::new(
+                    "stats_reset",
+                    Discard,
+                    "Time at which these statistics were last reset",
+                ),
+                Column::new(
+                    "last_archive_age",
+                    Gauge,
+                    "Time in seconds since last WAL segment was successfully archived",
+                ),
             ],
         ),
+    ]
+}
+
+/// Replication (senders, slots, a standby's lag) and the postmaster's start time.
+fn replication() -> Vec<Namespace> {
+    vec![
         namespace(
             "pg_stat_replication",
             "stat_replication",
