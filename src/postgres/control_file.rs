@@ -581,46 +581,47 @@ mod real_cluster_tests {
                 .get(key)
                 .unwrap_or_else(|| panic!("pg_controldata has no {key:?}:\n{text}"))
         };
-        assert_eq!(
-            control.system_identifier.to_string(),
-            field("Database system identifier")
-        );
-        assert_eq!(
-            control.pg_control_version.to_string(),
-            field("pg_control version number")
-        );
-        assert_eq!(
-            control.catalog_version_no.to_string(),
-            field("Catalog version number")
-        );
-        assert_eq!(control.state.to_string(), field("Database cluster state"));
-        assert_eq!(
-            control.checkpoint.to_string(),
-            field("Latest checkpoint location")
-        );
-        assert_eq!(
-            control.checkpoint_redo.to_string(),
-            field("Latest checkpoint's REDO location")
-        );
-        assert_eq!(
-            control.checkpoint_tli.to_string(),
-            field("Latest checkpoint's TimeLineID")
-        );
         assert_eq!(control.xlog_seg_size, WalSegSize::new(2 << 20).unwrap());
-        assert_eq!(
-            control.xlog_seg_size.bytes().to_string(),
-            field("Bytes per WAL segment")
-        );
-        assert_eq!(control.xlog_blcksz.to_string(), field("WAL block size"));
-        assert_eq!(control.blcksz.to_string(), field("Database block size"));
-        assert_eq!(
-            control.relseg_size.to_string(),
-            field("Blocks per segment of large relation")
-        );
-        assert_eq!(
-            control.data_checksum_version.to_string(),
-            field("Data page checksum version")
-        );
+        for (ours, key) in [
+            (
+                control.system_identifier.to_string(),
+                "Database system identifier",
+            ),
+            (
+                control.pg_control_version.to_string(),
+                "pg_control version number",
+            ),
+            (
+                control.catalog_version_no.to_string(),
+                "Catalog version number",
+            ),
+            (control.state.to_string(), "Database cluster state"),
+            (control.checkpoint.to_string(), "Latest checkpoint location"),
+            (
+                control.checkpoint_redo.to_string(),
+                "Latest checkpoint's REDO location",
+            ),
+            (
+                control.checkpoint_tli.to_string(),
+                "Latest checkpoint's TimeLineID",
+            ),
+            (
+                control.xlog_seg_size.bytes().to_string(),
+                "Bytes per WAL segment",
+            ),
+            (control.xlog_blcksz.to_string(), "WAL block size"),
+            (control.blcksz.to_string(), "Database block size"),
+            (
+                control.relseg_size.to_string(),
+                "Blocks per segment of large relation",
+            ),
+            (
+                control.data_checksum_version.to_string(),
+                "Data page checksum version",
+            ),
+        ] {
+            assert_eq!(ours, field(key), "{key}");
+        }
 
         let first = std::fs::read_dir(data.join("pg_wal"))
             .unwrap()
