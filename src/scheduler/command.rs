@@ -292,18 +292,19 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
+/// How the scheduler's tests relay what their commands write: text lines of up to 4 KiB.
+#[cfg(test)]
+pub(super) fn test_sink() -> LogSink {
+    LogSink {
+        format: crate::config::LogFormat::Text,
+        max_line_bytes: 4096,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::LogFormat;
     use crate::process::StreamKind;
-
-    fn sink() -> LogSink {
-        LogSink {
-            format: LogFormat::Text,
-            max_line_bytes: 4096,
-        }
-    }
 
     fn shell(script: &str) -> CommandRun {
         command(CommandLine::Shell(script.into()))
@@ -324,9 +325,21 @@ mod tests {
     }
 
     async fn run_to_end(run: &CommandRun) -> CommandOutcome {
-        super::run(run, &sink(), None, &CancellationToken::new())
+        super::run(run, &test_sink(), None, &CancellationToken::new())
             .await
             .expect("start the test command")
+    }
+
+    /// Awaits `future`, which must finish within 3 s (the tests' bound on a prompt kill).
+    async fn within_3s<T>(future: impl std::future::Future<Output = T>) -> T {
+        let clock = Instant::now();
+        let output = future.await;
+        assert!(
+            clock.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            clock.elapsed()
+        );
+        output
     }
 
     /// Whether `pid` no longer runs: gone, or a zombie nobody reaped yet (outside PID 1,
@@ -433,7 +446,7 @@ jobs:
     #[tokio::test]
     async fn a_missing_program_is_an_error_naming_the_job() {
         let run = command(CommandLine::Argv(vec!["/nonexistent/program".into()]));
-        let error = super::run(&run, &sink(), None, &CancellationToken::new())
+        let error = super::run(&run, &test_sink(), None, &CancellationToken::new())
             .await
             .expect_err("the program does not exist");
         assert!(
@@ -441,7 +454,7 @@ jobs:
             "{error:#}"
         );
         let empty = command(CommandLine::Argv(Vec::new()));
-        let error = super::run(&empty, &sink(), None, &CancellationToken::new())
+        let error = super::run(&empty, &test_sink(), None, &CancellationToken::new())
             .await
             .expect_err("an empty argv cannot run");
         assert_eq!(error.to_string(), "job test has an empty command");
@@ -488,13 +501,7 @@ jobs:
         let mut run = shell("trap '' TERM; sleep 30 & echo $!; wait");
         run.timeout = Some(Duration::from_millis(300));
         run.kill_timeout = Duration::from_millis(300);
-        let clock = Instant::now();
-        let outcome = run_to_end(&run).await;
-        assert!(
-            clock.elapsed() < Duration::from_secs(3),
-            "{:?}",
-            clock.elapsed()
-        );
+        let outcome = within_3s(run_to_end(&run)).await;
         assert!(outcome.timed_out && !outcome.cancelled);
         assert_eq!(outcome.exit, ExitInfo::Signal(libc::SIGKILL));
         assert!(outcome.duration >= Duration::from_millis(600));
@@ -508,25 +515,13 @@ jobs:
         let mut run = shell("(trap '' TERM; exec sleep 30) & echo $!; wait");
         run.timeout = Some(Duration::from_millis(300));
         run.kill_timeout = Duration::from_secs(30);
-        let clock = Instant::now();
-        let outcome = run_to_end(&run).await;
-        assert!(
-            clock.elapsed() < Duration::from_secs(3),
-            "{:?}",
-            clock.elapsed()
-        );
+        let outcome = within_3s(run_to_end(&run)).await;
         assert!(outcome.timed_out);
         assert_eq!(outcome.exit, ExitInfo::Signal(libc::SIGTERM));
         assert!(wait_gone(first_line_pid(&outcome)).await);
 
         // A job that succeeds and leaves a child in the background.
-        let clock = Instant::now();
-        let outcome = run_to_end(&shell("sleep 30 & echo $!")).await;
-        assert!(
-            clock.elapsed() < Duration::from_secs(3),
-            "{:?}",
-            clock.elapsed()
-        );
+        let outcome = within_3s(run_to_end(&shell("sleep 30 & echo $!"))).await;
         assert_eq!(outcome.exit, ExitInfo::Code(0));
         assert!(wait_gone(first_line_pid(&outcome)).await);
     }
@@ -541,15 +536,9 @@ jobs:
             tokio::time::sleep(Duration::from_millis(100)).await;
             trigger.cancel();
         });
-        let clock = Instant::now();
-        let outcome = super::run(&run, &sink(), None, &cancel)
+        let outcome = within_3s(super::run(&run, &test_sink(), None, &cancel))
             .await
             .expect("start the test command");
-        assert!(
-            clock.elapsed() < Duration::from_secs(3),
-            "{:?}",
-            clock.elapsed()
-        );
         assert!(outcome.cancelled && !outcome.timed_out);
         assert_eq!(outcome.exit, ExitInfo::Signal(libc::SIGTERM));
     }
@@ -558,7 +547,7 @@ jobs:
     async fn a_live_subscriber_receives_every_line_in_order() {
         let run = shell("seq 1 300; echo done >&2");
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let outcome = super::run(&run, &sink(), Some(tx), &CancellationToken::new())
+        let outcome = super::run(&run, &test_sink(), Some(tx), &CancellationToken::new())
             .await
             .expect("start the test command");
         assert_eq!(outcome.stdout_lines, 300);

@@ -265,15 +265,9 @@ mod tests {
     use tokio::net::TcpListener;
     use tracing::instrument::WithSubscriber;
 
+    use super::command::test_sink;
     use super::*;
-    use crate::config::{LogFormat, Secret};
-
-    fn sink() -> LogSink {
-        LogSink {
-            format: LogFormat::Text,
-            max_line_bytes: 4096,
-        }
-    }
+    use crate::config::Secret;
 
     fn report() -> RunReport {
         let started_at = DateTime::parse_from_rfc3339("2024-05-01T02:00:00.5Z")
@@ -318,6 +312,18 @@ mod tests {
         future.with_subscriber(subscriber).await;
         let bytes = capture.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
         String::from_utf8(bytes).expect("utf-8 log")
+    }
+
+    /// Sends the test report with `config` and no job environment; returns the log.
+    async fn send_logged(config: &ReportConfig) -> String {
+        logged(send(
+            config,
+            &report(),
+            &BTreeMap::new(),
+            None,
+            &test_sink(),
+        ))
+        .await
     }
 
     /// A request as the test server saw it: header names lowercased.
@@ -450,7 +456,7 @@ mod tests {
             // The run's own value wins over the job's.
             ("PGWARD_JOB_NAME".to_owned(), "overridden".to_owned()),
         ]);
-        let log = logged(send(&config, &report(), &env, None, &sink())).await;
+        let log = logged(send(&config, &report(), &env, None, &test_sink())).await;
         assert!(!log.contains("ERROR"), "{log}");
         let written = std::fs::read_to_string(&out).expect("the command wrote its file");
         assert_eq!(
@@ -468,7 +474,7 @@ mod tests {
             command: Some(CommandLine::Shell("exit 3".into())),
             webhook: None,
         };
-        let log = logged(send(&config, &report(), &BTreeMap::new(), None, &sink())).await;
+        let log = send_logged(&config).await;
         assert!(
             log.contains("ERROR")
                 && log.contains(
@@ -481,14 +487,7 @@ mod tests {
     #[tokio::test]
     async fn the_webhook_gets_the_json_body_and_its_headers() {
         let (port, request) = serve_once("200 OK").await;
-        let log = logged(send(
-            &webhook(port),
-            &report(),
-            &BTreeMap::new(),
-            None,
-            &sink(),
-        ))
-        .await;
+        let log = send_logged(&webhook(port)).await;
         assert!(!log.contains("ERROR"), "{log}");
         let request = request.await.expect("the server saw a request");
         assert!(
@@ -514,14 +513,7 @@ mod tests {
     #[tokio::test]
     async fn a_webhook_error_status_is_logged_without_secrets() {
         let (port, request) = serve_once("500 Internal Server Error").await;
-        let log = logged(send(
-            &webhook(port),
-            &report(),
-            &BTreeMap::new(),
-            None,
-            &sink(),
-        ))
-        .await;
+        let log = send_logged(&webhook(port)).await;
         request.await.expect("the server saw a request");
         let expected = format!(
             "failed to POST the failure report of job nightly to http://127.0.0.1:{port}: \
@@ -538,14 +530,7 @@ mod tests {
             .expect("bind a test port");
         let port = closed.local_addr().expect("bound address").port();
         drop(closed);
-        let log = logged(send(
-            &webhook(port),
-            &report(),
-            &BTreeMap::new(),
-            None,
-            &sink(),
-        ))
-        .await;
+        let log = send_logged(&webhook(port)).await;
         let expected = format!(
             "failed to POST the failure report of job nightly to http://127.0.0.1:{port}: "
         );
@@ -561,7 +546,7 @@ mod tests {
         if let Some(webhook) = &mut config.webhook {
             webhook.timeout = Duration::from_millis(300);
         }
-        let log = logged(send(&config, &report(), &BTreeMap::new(), None, &sink())).await;
+        let log = send_logged(&config).await;
         assert!(log.contains("no answer within 300ms"), "{log}");
         drop(silent);
     }

@@ -236,15 +236,17 @@ fn next_wall_match(cron: &Cron, wall: i64) -> Option<i64> {
         .map(|found| found.timestamp())
 }
 
+/// `rfc3339` as a UTC time: how the scheduler's tests write their instants.
+#[cfg(test)]
+pub(super) fn at(rfc3339: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(rfc3339)
+        .expect("test time")
+        .with_timezone(&Utc)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn at(rfc3339: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(rfc3339)
-            .expect("test time")
-            .with_timezone(&Utc)
-    }
 
     fn schedule(expr: &str, tz: &str) -> Schedule {
         Schedule::new(expr, tz).expect("valid schedule")

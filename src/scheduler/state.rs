@@ -175,12 +175,7 @@ fn give_to_dir_owner(file: &AtomicFile, path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn at(rfc3339: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(rfc3339)
-            .expect("test time")
-            .with_timezone(&Utc)
-    }
+    use crate::scheduler::schedule::at;
 
     #[test]
     fn path_is_in_the_data_directory() {
