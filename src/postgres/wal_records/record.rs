@@ -9,7 +9,8 @@ use super::{
 };
 use crate::postgres::wal::Lsn;
 
-// Block ids and block header flags (`xlogrecord.h`).
+// Block ids and block header flags (`xlogrecord.h`). The ones the tests' WAL writer also
+// encodes are `pub(super)`.
 const XLR_MAX_BLOCK_ID: u8 = 32;
 pub(super) const XLR_BLOCK_ID_DATA_SHORT: u8 = 255;
 pub(super) const XLR_BLOCK_ID_DATA_LONG: u8 = 254;

@@ -8,7 +8,8 @@ use super::record::{After, Records, MAX_FORKNUM};
 use super::{bad, rel_at, u32_at, u64_at, Problem};
 use crate::postgres::wal::Lsn;
 
-// xl_info bits (`xlogrecord.h`).
+// xl_info bits (`xlogrecord.h`). The constants the tests' WAL writer also uses are
+// `pub(super)`.
 pub(super) const XLR_SPECIAL_REL_UPDATE: u8 = 0x01;
 const XLR_RMGR_INFO_MASK: u8 = 0xF0;
 
