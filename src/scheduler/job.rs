@@ -16,10 +16,9 @@ use super::state::{JobStates, RunResult};
 use super::{JobStatus, OutputLine};
 use crate::config::{ConcurrencyPolicy, Config, JobConfig, JobTask};
 use crate::init::ExitInfo;
-use crate::process::{LogSink, RunAs};
+use crate::process::{ChildEnv, LogSink, RunAs};
 
-/// A boxed future that is `Send` (see where it is used).
-type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+use super::BoxFuture;
 
 /// What the last runs left, into a status.
 pub(super) fn fill_from_state(status: &mut JobStatus, state: &super::state::JobState) {
@@ -45,6 +44,8 @@ pub(super) fn fill_from_state(status: &mut JobStatus, state: &super::state::JobS
 pub(super) struct Shared {
     config: Arc<Config>,
     sink: LogSink,
+    actions: Arc<dyn super::Actions>,
+    child_env: ChildEnv,
     postgres_ready: watch::Receiver<bool>,
     state_path: PathBuf,
     /// Loaded once; changed in memory, written by [`Shared::save`] off the runtime.
@@ -58,7 +59,7 @@ pub(super) struct Shared {
 impl Shared {
     pub(super) fn new(
         config: Arc<Config>,
-        sink: LogSink,
+        runners: super::Runners,
         postgres_ready: watch::Receiver<bool>,
         state_path: PathBuf,
     ) -> Shared {
@@ -74,7 +75,9 @@ impl Shared {
         };
         Shared {
             config,
-            sink,
+            sink: runners.sink,
+            actions: runners.actions,
+            child_env: runners.child_env,
             postgres_ready,
             state_path,
             states: Mutex::new(states),
@@ -242,12 +245,20 @@ impl Job {
     }
 
     /// The job's life in the daemon: catch-up or `@reboot` first, then every scheduled time
-    /// until `cancel`.
+    /// until `cancel`. A critical task: it returns only once cancelled.
     pub(super) async fn schedule_loop(
         self: Arc<Self>,
         started: DateTime<Utc>,
         cancel: CancellationToken,
     ) {
+        self.clone().fire_on_schedule(started, &cancel).await;
+        // Nothing (more) on schedule: a disabled or `@reboot` job, a schedule with no next time.
+        cancel.cancelled().await;
+    }
+
+    /// Starts the job's runs at its times, until `cancel` or the schedule's end.
+    async fn fire_on_schedule(self: Arc<Self>, started: DateTime<Utc>, cancel: &CancellationToken) {
+        let cancel = cancel.clone();
         if !self.config.enabled {
             self.set_next(None);
             return;
@@ -556,6 +567,7 @@ impl Job {
                 report_config,
                 &report,
                 &self.config.env,
+                &self.shared.child_env,
                 run_as,
                 &self.shared.sink,
             ));
@@ -607,8 +619,9 @@ impl Job {
     ) -> (RunFacts, Vec<String>, Option<String>) {
         match &self.config.task {
             JobTask::Command { .. } => {
-                let run = super::command::CommandRun::for_job(&self.config, self.run_as())
+                let mut run = super::command::CommandRun::for_job(&self.config, self.run_as())
                     .expect("a command job has a command");
+                run.child_env = self.shared.child_env.clone();
                 // The runner speaks in process streams; a `jobs run` client gets them named.
                 let forward = live.cloned().map(|live| {
                     let (tx, mut rx) = mpsc::unbounded_channel::<crate::process::OutputLine>();
@@ -694,35 +707,20 @@ impl Job {
         }
     }
 
-    /// Runs a built-in action to its end, its `timeout`, or `stop`.
-    ///
-    /// The action runs on a blocking-pool thread driving it with the runtime's handle: the
-    /// actions' futures borrow across awaits in ways the compiler cannot prove `Send` for every
-    /// lifetime, which a spawned task needs, and `block_on` needs no `Send`. An action stops
-    /// where it stands when its future is dropped: a backup then leaves no manifest, so none is
-    /// listed.
+    /// Runs a built-in action to its end, its `timeout`, or `stop`. An action stops where it
+    /// stands when its future is dropped (see [`super::Actions::run`]).
     async fn run_action(&self, task: &JobTask, stop: &CancellationToken) -> ActionEnd {
-        let config = self.shared.config.clone();
-        let name = self.config.name.clone();
-        let task = task.clone();
-        let stop = stop.clone();
         let limit = self.config.timeout.unwrap_or(Duration::MAX);
-        let handle = tokio::runtime::Handle::current();
-        let work = tokio::task::spawn_blocking(move || {
-            handle.block_on(async move {
-                tokio::select! {
-                    result = tokio::time::timeout(limit, super::actions::run(&config, &name, &task, &stop)) => match result {
-                        Ok(result) => ActionEnd::Done(result.map_err(|e| format!("{e:#}"))),
-                        Err(_) => ActionEnd::TimedOut(limit),
-                    },
-                    () = stop.cancelled() => ActionEnd::Done(Err(
-                        "stopped (replaced by a newer run, or pgward is shutting down)".to_owned(),
-                    )),
-                }
-            })
-        });
-        work.await
-            .unwrap_or_else(|e| ActionEnd::Done(Err(format!("the action's thread failed: {e}"))))
+        let action = self.shared.actions.run(&self.config.name, task, stop);
+        tokio::select! {
+            result = tokio::time::timeout(limit, action) => match result {
+                Ok(result) => ActionEnd::Done(result.map_err(|e| format!("{e:#}"))),
+                Err(_) => ActionEnd::TimedOut(limit),
+            },
+            () = stop.cancelled() => ActionEnd::Done(Err(
+                "stopped (replaced by a newer run, or pgward is shutting down)".to_owned(),
+            )),
+        }
     }
 }
 
