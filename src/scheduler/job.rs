@@ -432,16 +432,8 @@ impl Job {
                 });
             }
         };
-        if self.config.wait_for_postgres && !*self.shared.postgres_ready.borrow() {
-            tracing::info!(job = %name, "waiting for postgres to accept connections");
-            say("waiting for postgres to accept connections".into());
-            let mut ready = self.shared.postgres_ready.clone();
-            tokio::select! {
-                _ = ready.wait_for(|r| *r) => {}
-                () = stop.cancelled() => {
-                    return self.cancelled_before_start();
-                }
-            }
+        if !self.wait_for_postgres(&say, stop).await {
+            return self.cancelled_before_start();
         }
         let started = Utc::now();
         let clock = Instant::now();
@@ -452,66 +444,108 @@ impl Job {
         self.shared
             .update_state(&name, |s| s.last_start = Some(started));
         tracing::info!(job = %name, kind = self.config.task.kind(), "job started {}", trigger.describe());
-        let mut attempt = 1u32;
-        let (facts, tail, reason) = loop {
-            let (facts, tail, error) = self.attempt(live.as_ref(), stop).await;
-            // An action's own error (or a command that could not start) says more than its
-            // exit status would.
-            let reason = error.or_else(|| policy::failure_reason(&self.config.fails_when, &facts));
-            let Some(why) = &reason else {
-                break (facts, tail, reason);
-            };
-            if stop.is_cancelled() {
-                break (facts, tail, reason);
-            }
-            match policy::retry_delay(&self.config.retries, attempt) {
-                Some(delay) => {
-                    tracing::warn!(
-                        job = %name,
-                        attempt,
-                        "job attempt failed: {why}; retrying in {}",
-                        humantime::format_duration(delay)
-                    );
-                    say(format!(
-                        "attempt {attempt} failed: {why}; retrying in {}",
-                        humantime::format_duration(delay)
-                    ));
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = stop.cancelled() => break (facts, tail, reason),
-                    }
-                    attempt += 1;
-                }
-                None => break (facts, tail, reason),
-            }
-        };
+        let tried = self.attempts(live.as_ref(), stop, &say).await;
         let ended = Utc::now();
         let duration = clock.elapsed();
-        let success = reason.is_none();
-        match &reason {
+        match &tried.reason {
             None => tracing::info!(
                 job = %name,
                 seconds = duration.as_secs_f64(),
-                attempts = attempt,
+                attempts = tried.attempts,
                 "job succeeded"
             ),
             Some(why) => tracing::error!(
                 job = %name,
                 seconds = duration.as_secs_f64(),
-                attempts = attempt,
+                attempts = tried.attempts,
                 "job failed: {why}"
             ),
         }
-        say(match &reason {
+        say(match &tried.reason {
             None => format!("job {name} succeeded"),
             Some(why) => format!("job {name} failed: {why}"),
         });
+        self.record(&tried, ended, duration);
+        self.report(&tried, started, ended, duration).await;
+        RunSummary {
+            job: name,
+            success: tried.reason.is_none(),
+            reason: tried.reason,
+            exit_code: tried.facts.exit_code,
+            attempts: tried.attempts,
+            duration_seconds: duration.as_secs(),
+        }
+    }
+
+    /// Waits until postgres accepts connections if the job wants it; `false` when `stop`
+    /// came first.
+    async fn wait_for_postgres(&self, say: &impl Fn(String), stop: &CancellationToken) -> bool {
+        if !self.config.wait_for_postgres || *self.shared.postgres_ready.borrow() {
+            return true;
+        }
+        tracing::info!(job = %self.config.name, "waiting for postgres to accept connections");
+        say("waiting for postgres to accept connections".into());
+        let mut ready = self.shared.postgres_ready.clone();
+        tokio::select! {
+            _ = ready.wait_for(|r| *r) => true,
+            () = stop.cancelled() => false,
+        }
+    }
+
+    /// The attempts of one run: again after a failure while the retry policy allows.
+    async fn attempts(
+        &self,
+        live: Option<&mpsc::UnboundedSender<OutputLine>>,
+        stop: &CancellationToken,
+        say: &impl Fn(String),
+    ) -> Tried {
+        let mut attempt = 1u32;
+        loop {
+            let (facts, tail, error) = self.attempt(live, stop).await;
+            // An action's own error (or a command that could not start) says more than its
+            // exit status would.
+            let reason = error.or_else(|| policy::failure_reason(&self.config.fails_when, &facts));
+            let tried = Tried {
+                facts,
+                tail,
+                reason,
+                attempts: attempt,
+            };
+            let Some(why) = &tried.reason else {
+                return tried;
+            };
+            if stop.is_cancelled() {
+                return tried;
+            }
+            let Some(delay) = policy::retry_delay(&self.config.retries, attempt) else {
+                return tried;
+            };
+            let delay_text = humantime::format_duration(delay);
+            tracing::warn!(
+                job = %self.config.name,
+                attempt,
+                "job attempt failed: {why}; retrying in {delay_text}"
+            );
+            say(format!(
+                "attempt {attempt} failed: {why}; retrying in {delay_text}"
+            ));
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = stop.cancelled() => return tried,
+            }
+            attempt += 1;
+        }
+    }
+
+    /// Keeps how the run ended: in the status and in the state file.
+    fn record(&self, tried: &Tried, ended: DateTime<Utc>, duration: Duration) {
+        let success = tried.reason.is_none();
         {
             let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
             status.last_end = Some(ended);
             status.last_duration_seconds = Some(duration.as_secs_f64());
             status.runs_total += 1;
-            status.last_output = tail.clone();
+            status.last_output = tried.tail.clone();
             if success {
                 status.last_success = Some(ended);
                 status.last_result = Some("success".into());
@@ -519,14 +553,14 @@ impl Job {
             } else {
                 status.last_failure = Some(ended);
                 status.last_result = Some("failure".into());
-                status.last_reason = reason.clone();
+                status.last_reason = tried.reason.clone();
                 status.failures_total += 1;
             }
         }
-        self.shared.update_state(&name, |s| {
+        self.shared.update_state(&self.config.name, |s| {
             s.last_end = Some(ended);
             s.last_duration_secs = Some(duration.as_secs_f64());
-            s.last_result = Some(match &reason {
+            s.last_result = Some(match &tried.reason {
                 None => RunResult::Success,
                 Some(reason) => RunResult::Failure {
                     reason: reason.clone(),
@@ -538,49 +572,51 @@ impl Job {
                 s.last_failure = Some(ended);
             }
         });
-        let report_config = if success {
-            &self.config.on_success
-        } else {
-            &self.config.on_failure
+    }
+
+    /// Sends the `on_success` or `on_failure` report, if the job has one.
+    async fn report(
+        &self,
+        tried: &Tried,
+        started: DateTime<Utc>,
+        ended: DateTime<Utc>,
+        duration: Duration,
+    ) {
+        let success = tried.reason.is_none();
+        let report_config = match success {
+            true => &self.config.on_success,
+            false => &self.config.on_failure,
         };
-        if let Some(report_config) = report_config {
-            let report = super::report::RunReport {
-                job: name.clone(),
-                status: if success {
-                    super::report::RunStatus::Success
-                } else {
-                    super::report::RunStatus::Failure
-                },
-                reason: reason.clone(),
-                exit_code: facts.exit_code,
-                attempt,
-                started_at: started,
-                finished_at: ended,
-                duration_secs: duration.as_secs_f64(),
-                output_tail: tail,
-                host: super::report::hostname(),
-            };
-            let run_as = self.run_as();
-            // Boxed as `dyn Send`: the compiler then checks Send for these borrows here, once,
-            // instead of failing to prove it for every lifetime inside the spawned run.
-            let send: BoxFuture<'_, ()> = Box::pin(super::report::send(
-                report_config,
-                &report,
-                &self.config.env,
-                &self.shared.child_env,
-                run_as,
-                &self.shared.sink,
-            ));
-            send.await;
-        }
-        RunSummary {
-            job: name,
-            success,
-            reason,
-            exit_code: facts.exit_code,
-            attempts: attempt,
-            duration_seconds: duration.as_secs(),
-        }
+        let Some(report_config) = report_config else {
+            return;
+        };
+        let report = super::report::RunReport {
+            job: self.config.name.clone(),
+            status: match success {
+                true => super::report::RunStatus::Success,
+                false => super::report::RunStatus::Failure,
+            },
+            reason: tried.reason.clone(),
+            exit_code: tried.facts.exit_code,
+            attempt: tried.attempts,
+            started_at: started,
+            finished_at: ended,
+            duration_secs: duration.as_secs_f64(),
+            output_tail: tried.tail.clone(),
+            host: super::report::hostname(),
+        };
+        let run_as = self.run_as();
+        // Boxed as `dyn Send`: the compiler then checks Send for these borrows here, once,
+        // instead of failing to prove it for every lifetime inside the spawned run.
+        let send: BoxFuture<'_, ()> = Box::pin(super::report::send(
+            report_config,
+            &report,
+            &self.config.env,
+            &self.shared.child_env,
+            run_as,
+            &self.shared.sink,
+        ));
+        send.await;
     }
 
     fn cancelled_before_start(&self) -> RunSummary {
@@ -722,6 +758,15 @@ impl Job {
             )),
         }
     }
+}
+
+/// How a run's attempts ended: the last attempt's facts and output, why the run failed (none
+/// when it succeeded), and how many attempts it took.
+struct Tried {
+    facts: RunFacts,
+    tail: Vec<String>,
+    reason: Option<String>,
+    attempts: u32,
 }
 
 /// How a built-in action ended.
