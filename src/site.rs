@@ -106,14 +106,7 @@ impl Site {
 
     /// The server, as its superuser over the unix socket.
     pub fn target(&self) -> Target {
-        let pg = &self.config.postgres;
-        Target {
-            socket_dir: pg.socket_dir.clone(),
-            port: pg.port,
-            user: pg.init.superuser.clone(),
-            password: pg.init.password.clone(),
-            dbname: "postgres".into(),
-        }
+        self.config.postgres.superuser_target()
     }
 
     /// Where children's output goes (pgward's log, in its format).
