@@ -1,16 +1,22 @@
-//! `pgward check`: can this cluster be recovered right now? A list of checks in the manner of
-//! Barman's `check`, each OK or FAILED with the reason, and an exit code for monitoring.
+//! Can this cluster be recovered right now? A list of checks in the manner of Barman's
+//! `check`, each OK or FAILED with the reason: for `pgward check`, the `check` job action and
+//! the `pgward_check_ok` gauges. Composes `postgres/`, `repo/` and the backup catalogue; the
+//! caller opens what is checked ([`Subject`]).
 //!
 //! Every check runs even when an earlier one failed (a monitoring run wants the whole
 //! picture); those that need the server or the repository say so when it is unreachable.
 
+use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::backup::catalog;
 use crate::backup::manifest::{BackupKind, Manifest};
 use crate::postgres::ready::Target;
+use crate::postgres::ClusterIdentity;
+use crate::repo::Repo;
 
 /// The outcome of one check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -56,10 +62,7 @@ pub struct ServerFacts {
 }
 
 /// Reads [`ServerFacts`] over one session, and the `.ready` files of `data_dir`.
-pub async fn server_facts(
-    target: &Target,
-    data_dir: &std::path::Path,
-) -> anyhow::Result<ServerFacts> {
+pub async fn server_facts(target: &Target, data_dir: &Path) -> anyhow::Result<ServerFacts> {
     let client = target.connect().await?;
     let row = client
         .query_one(
@@ -243,66 +246,72 @@ pub fn backup_checks(
     out
 }
 
-/// Runs every check for `config`'s cluster and repository.
-pub async fn run(config: &crate::config::Config) -> Vec<CheckResult> {
+/// What the checks look at, opened by the caller.
+pub struct Subject<'a> {
+    /// The server, as its superuser.
+    pub target: Target,
+    pub data_dir: &'a Path,
+    /// The repository, or why it cannot be opened.
+    pub repo: Result<&'a Repo, String>,
+    /// The cluster's identity as checked against the repository's `repo.json`, or why that
+    /// failed.
+    pub identity: Result<ClusterIdentity, String>,
+    /// `wal.max_age`: how long WAL may wait to be archived (default: checkpoint_timeout + 2
+    /// minutes).
+    pub wal_max_age: Option<Duration>,
+    /// `backup.max_age`: how old the newest backup may be.
+    pub backup_max_age: Option<Duration>,
+    /// `backup.min_redundancy`: how many full backups there must be.
+    pub min_redundancy: u32,
+}
+
+/// Runs every check on `subject`.
+pub async fn run(subject: &Subject<'_>) -> Vec<CheckResult> {
     let now = Utc::now();
-    let target = Target::superuser_of(&config.postgres);
-    let mut out = match server_facts(&target, &config.postgres.data_dir).await {
-        Ok(facts) => server_checks(&facts, config.wal.max_age),
+    let target = &subject.target;
+    let mut out = match server_facts(target, subject.data_dir).await {
+        Ok(facts) => server_checks(&facts, subject.wal_max_age),
         Err(e) => vec![CheckResult::failed(
             "postgres",
             format!("cannot connect at {}: {e:#}", target.socket_dir.display()),
         )],
     };
-    out.extend(repository_checks(config).await);
-    match crate::repo::Repo::open(&config.storage) {
-        Ok(repo) => match crate::backup::catalog::manifests(&repo).await {
+    out.extend(repository_checks(subject).await);
+    match subject.repo {
+        Ok(repo) => match catalog::manifests(repo).await {
             Ok(manifests) => out.extend(backup_checks(
                 &manifests,
                 now,
-                config.backup.max_age,
-                config.backup.min_redundancy,
+                subject.backup_max_age,
+                subject.min_redundancy,
             )),
             Err(e) => out.push(CheckResult::failed("backups", format!("{e:#}"))),
         },
-        Err(e) => out.push(CheckResult::failed("backups", format!("{e:#}"))),
+        Err(ref e) => out.push(CheckResult::failed("backups", e.clone())),
     }
     out
 }
 
 /// The repository is reachable, writable, and this cluster's.
-async fn repository_checks(config: &crate::config::Config) -> Vec<CheckResult> {
-    let owner = crate::process::RunAs::for_child(Some(&config.postgres.user))
-        .ok()
-        .flatten();
-    let ctx = match crate::commands::push_context(config, owner.as_ref()).await {
-        Ok(ctx) => ctx,
-        Err(e) => return vec![CheckResult::failed("repository", format!("{e:#}"))],
+async fn repository_checks(subject: &Subject<'_>) -> Vec<CheckResult> {
+    let (repo, identity) = match (&subject.repo, &subject.identity) {
+        (Ok(repo), Ok(identity)) => (repo, identity),
+        (Err(e), _) | (_, Err(e)) => return vec![CheckResult::failed("repository", e.clone())],
     };
     let mut out = vec![CheckResult::ok(
         "system_identifier",
-        format!("{} matches {}", ctx.system_identifier, ctx.repo.describe()),
+        format!("{} matches {}", identity.system_identifier, repo.describe()),
     )];
-    out.push(match ctx.repo.probe_writable().await {
-        Ok(_) => CheckResult::ok("repository", format!("{} is writable", ctx.repo.describe())),
+    out.push(match repo.probe_writable().await {
+        Ok(_) => CheckResult::ok("repository", format!("{} is writable", repo.describe())),
         Err(e) => CheckResult::failed("repository", format!("cannot write: {e:#}")),
     });
     out
 }
 
-/// Prints `results` as a table (or JSON).
-pub fn print(results: &[CheckResult], json: bool) -> anyhow::Result<()> {
-    if json {
-        let ok = results.iter().all(|r| r.ok);
-        let value = serde_json::json!({ "ok": ok, "checks": results });
-        println!("{}", serde_json::to_string_pretty(&value)?);
-        return Ok(());
-    }
-    for r in results {
-        let verdict = if r.ok { "OK" } else { "FAILED" };
-        println!("{:<20} {:<6} {}", r.name, verdict, r.detail);
-    }
-    Ok(())
+/// Every check passed.
+pub fn all_ok(results: &[CheckResult]) -> bool {
+    results.iter().all(|r| r.ok)
 }
 
 #[cfg(test)]

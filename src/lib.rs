@@ -1,49 +1,63 @@
 //! pgward: PID 1 of a PostgreSQL container.
 //!
 //! # Layout
-//! - [`cli`]: the command tree; `main.rs` stays thin (CLI → logging → config → runtime →
-//!   `app::run` → exit code).
-//! - [`app`]: wiring only: builds postgres and services from config, owns shutdown order.
-//! - [`commands`]: client commands that talk to the daemon (`status`); [`jobs_commands`]:
-//!   `jobs list` and `jobs run`.
-//! - [`config`]: one YAML file → validated typed config (interpolation, secrets,
-//!   `file:line:col` errors, redaction).
-//! - [`init`]: PID-1 duties off the async runtime: signal thread, the one reaper, subreaper.
-//! - [`process`]: spawning children (privilege drop, process group, parent-death signal,
-//!   output relay), registered with the reaper.
-//! - [`supervisor`]: a pure state machine per service, its executor, ordered start and stop.
-//! - [`postgres`]: binaries, bootstrap like the official image, server command line, readiness;
-//!   WAL names and LSNs, WAL page headers, `pg_control`.
-//! - [`wal`]: `wal-push` / `wal-fetch` and the daemon's archiver (look-ahead uploads) and
-//!   fetcher (prefetch spool).
-//! - [`control`]: the unix-socket protocol between CLI clients and the daemon.
-//! - [`repo`]: the repository on object storage (file, S3, GCS, Azure): object format,
-//!   codecs, key layout, `repo.json`, create-only puts, retries.
-//! - [`scheduler`]: cron jobs, their policies and reports, the built-in actions.
-//! - [`metrics`]: the exporter (postgres and pgward metrics) and its HTTP endpoints.
-//! - [`fsutil`]: durable local writes.
-//! - [`logging`]: pgward's own log records.
+//! Floors, each importing only from the floors below it (and its own):
 //!
-//! Leaves (`config`, `init`, `fsutil`, `postgres`, `process`) know nothing of each other's
-//! callers; only `app` wires subsystems together.
+//! **Ground** (leaves; import nothing above them, not even `config`):
+//! - [`fsutil`]: durable local writes (temp file, fsync, rename, fsync dir).
+//! - [`init`]: PID-1 duties off the async runtime: signal thread, the one reaper, subreaper.
+//! - [`logging`]: pgward's own log records, and their format.
+//! - [`tasks`]: the daemon's critical tasks (a panic or an early end stops pgward in order).
+//! - [`process`]: spawning children (privilege drop, process group, parent-death signal,
+//!   output relay, the environment they get), registered with the reaper.
+//! - [`postgres`]: the server itself: binaries, bootstrap like the official image, command
+//!   line, readiness, backup-mode SQL; its formats: WAL names and LSNs, WAL pages and
+//!   records, `pg_control`, the cluster's identity.
+//! - [`repo`]: the repository on object storage (file, S3, GCS, Azure): its settings, object
+//!   format, codecs, key layout (`BackupId`), `repo.json`, create-only puts, retries.
+//!
+//! **Config**: [`config`]: one YAML file → validated typed config (interpolation, secrets,
+//! `file:line:col` errors, redaction, JSON Schema); builds the leaves' settings.
+//!
+//! **Domain** (compose the ground floor and `config`; never `site`, `cmd` or `app`):
+//! - [`wal`]: archiving one WAL file, the daemon's archiver (look-ahead, staging, marks) and
+//!   fetcher (prefetch spool).
+//! - [`backup`]: taking backups, the catalogue, manifests, verify, retention and expire.
+//! - [`restore`]: a backup back into a data directory, with recovery settings (PITR).
+//! - [`restore_test`]: a backup restored, recovered and queried in a scratch directory.
+//! - [`check`]: the health checks, each OK or FAILED with the reason.
+//! - [`supervisor`]: a pure state machine per service, its executor, ordered start and stop.
+//! - [`scheduler`]: cron jobs, their policies, state and reports; the built-in actions come
+//!   in from the wiring (`scheduler::Actions`).
+//! - [`control`]: the unix-socket protocol between the CLI's clients and the daemon.
+//! - [`metrics`]: the exporter (postgres's and pgward's metrics) and its HTTP endpoints.
+//!
+//! **Site**: [`site`]: the cluster's opened handles, built once per process from the config
+//! (repository, run-as user, superuser connection, archive and restore commands, every
+//! child's environment).
+//!
+//! **Top**: [`cmd`]: one file per command family (parse, call the domain, print); [`app`]:
+//! `pgward run`, the daemon's wiring and ordered shutdown. [`cli`] is the command tree; only
+//! `main.rs` uses `cmd`, and only `cmd::run` uses `app`.
 
 pub mod app;
 pub mod backup;
-pub mod backup_commands;
 pub mod check;
 pub mod cli;
-pub mod commands;
+pub mod cmd;
 pub mod config;
 pub mod control;
 pub mod fsutil;
 pub mod init;
-pub mod jobs_commands;
 pub mod logging;
 pub mod metrics;
 pub mod postgres;
 pub mod process;
 pub mod repo;
 pub mod restore;
+pub mod restore_test;
 pub mod scheduler;
+pub mod site;
 pub mod supervisor;
+pub mod tasks;
 pub mod wal;

@@ -63,6 +63,26 @@ impl Plan {
     pub fn wal_files(&self) -> usize {
         self.wal.values().map(|w| w.keys().count()).sum()
     }
+
+    /// One line saying what was (or, in a dry run, would be) deleted.
+    pub fn summary(&self, dry_run: bool) -> String {
+        let what = format!(
+            "{} of {} backups and {} unfinished",
+            self.selection.expired().count(),
+            self.selection.verdicts.len(),
+            self.abandoned.len()
+        );
+        let objects = format!(
+            "{} backup objects and {} WAL files",
+            self.backup_objects(),
+            self.wal_files()
+        );
+        if dry_run {
+            format!("dry run, nothing deleted: would expire {what}, deleting {objects}")
+        } else {
+            format!("expired {what}: deleted {objects}")
+        }
+    }
 }
 
 /// Reads the repository and decides, as of `now`, what `policy` lets go.

@@ -1,7 +1,8 @@
-//! Base backups: taking them (`take`; `block_delta` picks the blocks an incremental reads), the catalogue of complete ones (`catalog`), what a
-//! backup is in the repository (`manifest`), checking one without restoring it (`verify`),
-//! and removing those retention no longer keeps, with the WAL only they needed
-//! (`retention` decides, `expire` deletes). Composes `repo/` and `postgres/`; restoring is
+//! Base backups: taking them (`take`; `block_delta` picks the blocks an incremental reads),
+//! the catalogue of complete ones (`catalog`), what a backup is in the repository
+//! (`manifest`) and in words (`summary`), checking one without restoring it (`verify`), and
+//! removing those retention no longer keeps, with the WAL only they needed (`retention`
+//! decides, `expire` plans and deletes). Composes `repo/` and `postgres/`; restoring is
 //! `restore/`'s job.
 
 pub mod block_delta;
@@ -12,5 +13,6 @@ pub mod manifest;
 pub mod page_checksum;
 pub mod progress;
 pub mod retention;
+pub mod summary;
 pub mod take;
 pub mod verify;

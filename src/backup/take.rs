@@ -23,10 +23,12 @@ use super::manifest::{
     backup_id, file_key, label_key, manifest_key, BackupKind, DirEntry, FileEntry, Manifest, Part,
     Tablespace, MANIFEST_VERSION,
 };
-use super::page_checksum;
+use super::{catalog, page_checksum};
+use crate::postgres::backup_mode;
 use crate::postgres::control_file::ControlFile;
 use crate::postgres::ready::Target;
 use crate::postgres::wal::{Lsn, TimelineId};
+use crate::postgres::ClusterIdentity;
 use crate::repo::{layout, PutMode, PutOutcome, Repo};
 
 /// How a backup runs.
@@ -42,11 +44,13 @@ pub struct BackupOptions {
     pub keep: bool,
 }
 
-/// What the cluster is, for the manifest.
+/// The cluster a backup is taken of: its data directory (read directly), the session that
+/// holds backup mode, and the identity the repository was checked against.
 #[derive(Debug, Clone, Copy)]
-pub struct ClusterIdentity {
-    pub pg_major: u32,
-    pub system_identifier: u64,
+pub struct Cluster<'a> {
+    pub target: &'a Target,
+    pub data_dir: &'a Path,
+    pub identity: ClusterIdentity,
 }
 
 /// A file to back up.
@@ -67,59 +71,61 @@ struct Walk {
     bytes: u64,
 }
 
-/// Takes a backup of the cluster at `data_dir`, reachable at `target`, into `repo`: full, or
-/// incremental on top of `parent` (the latest backup), storing only files changed since.
+/// Takes a backup of `cluster` into `repo` (the `backup` command and job action): full, or,
+/// with `incremental`, on top of the latest complete backup (full when there is none).
+pub async fn take_backup(
+    repo: &Repo,
+    cluster: &Cluster<'_>,
+    incremental: bool,
+    options: &BackupOptions,
+    cancel: &CancellationToken,
+) -> Result<Manifest> {
+    let unfinished = catalog::unfinished_ids(repo).await?;
+    if !unfinished.is_empty() {
+        tracing::warn!(
+            "the repository holds objects of backups that never completed (interrupted, or \
+             running elsewhere now); they are not listed or restored: {}",
+            unfinished.join(", ")
+        );
+    }
+    let parent = match incremental {
+        true => match catalog::backup_ids(repo).await?.pop() {
+            Some(id) => Some(catalog::read_manifest(repo, &id).await?),
+            None => {
+                tracing::info!("no earlier backup to build on: taking a full backup");
+                None
+            }
+        },
+        false => None,
+    };
+    take(repo, cluster, parent.as_ref(), options, cancel).await
+}
+
+/// A backup that has started: backup mode held on `client`.
+struct Started {
+    client: tokio_postgres::Client,
+    id: String,
+    kind: BackupKind,
+    start_time: chrono::DateTime<Utc>,
+    start: backup_mode::BackupStart,
+    data_checksums: bool,
+}
+
+/// Takes a backup of `cluster` into `repo`: full, or incremental on top of `parent` (the
+/// latest backup), storing only what changed since.
 pub async fn take(
     repo: &Repo,
-    target: &Target,
-    data_dir: &Path,
-    cluster: ClusterIdentity,
+    cluster: &Cluster<'_>,
     parent: Option<&Manifest>,
     options: &BackupOptions,
     cancel: &CancellationToken,
 ) -> Result<Manifest> {
-    let kind = match parent {
-        Some(_) => BackupKind::Incremental,
-        None => BackupKind::Full,
-    };
-    let client = target
-        .connect()
-        .await
-        .with_context(|| format!("connect to postgres at {}", target.socket_dir.display()))?;
-    let data_checksums = preflight(&client).await?;
-    repo.probe_writable().await.with_context(|| {
-        format!(
-            "the repository {} is not writable; no backup started",
-            repo.describe()
-        )
-    })?;
-
-    let (start_time, id) = unused_id(repo, kind).await?;
-    let label = format!("pgward backup {id}");
-    let start_sql = if cluster.pg_major >= 15 {
-        "SELECT pg_backup_start($1, true)::text"
-    } else {
-        "SELECT pg_start_backup($1, true, false)::text"
-    };
-    let start_lsn: String = client
-        .query_one(start_sql, &[&label])
-        .await
-        .context("start the backup (pg_backup_start)")?
-        .get(0);
-    let row = client
-        .query_one(
-            "SELECT timeline_id::int4, pg_walfile_name($1::text::pg_lsn) FROM pg_control_checkpoint()",
-            &[&start_lsn],
-        )
-        .await
-        .context("read the backup's timeline")?;
-    let (timeline, start_wal): (i32, String) = (row.get(0), row.get(1));
-    tracing::info!(backup = %id, %start_lsn, "backup started");
-
-    // Until pg_backup_stop, a failure must still end backup mode: the session's end does
-    // that for a non-exclusive backup, so dropping `client` is enough.
+    let started = start(repo, cluster, parent).await?;
+    let id = &started.id;
+    // Until the stop, a failure must still end backup mode: the session's end does that for
+    // a non-exclusive backup, so dropping `started.client` is enough.
     let walk = {
-        let data_dir = data_dir.to_owned();
+        let data_dir = cluster.data_dir.to_owned();
         tokio::task::spawn_blocking(move || walk(&data_dir))
             .await
             .context("join the data directory walk")??
@@ -131,32 +137,23 @@ pub async fn take(
         "copying the data directory"
     );
     let block_map = match parent {
-        Some(parent) => {
-            block_map(
-                repo,
-                data_dir,
-                parent,
-                &start_lsn,
-                timeline as u32,
-                cluster,
-                cancel,
-            )
-            .await
-        }
+        Some(parent) => block_map(repo, cluster, parent, &started.start, cancel).await,
         None => None,
     };
-    let check_pages_before = match data_checksums {
+    let check_pages_before = match started.data_checksums {
         true => Some(
-            start_lsn
-                .parse::<crate::postgres::wal::Lsn>()
-                .with_context(|| format!("read the start LSN {start_lsn}"))?
+            started
+                .start
+                .lsn
+                .parse::<Lsn>()
+                .with_context(|| format!("read the start LSN {}", started.start.lsn))?
                 .0,
         ),
         false => None,
     };
     let files = copy_files(
         repo,
-        &id,
+        id,
         walk.files,
         walk.bytes,
         parent.map(|p| (p, block_map.as_ref())),
@@ -165,41 +162,97 @@ pub async fn take(
         cancel,
     )
     .await?;
-
-    let stop_sql = if cluster.pg_major >= 15 {
-        "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)"
-    } else {
-        "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, false)"
+    let stop = stop(repo, &started, cluster.identity.pg_major).await?;
+    wait_archived(repo, &started.client, &stop.wal, options.wal_wait, cancel).await?;
+    let contents = Contents {
+        files,
+        directories: walk.dirs,
+        tablespaces: walk.tablespaces,
     };
-    let row = client
-        .query_one(stop_sql, &[])
+    finish(repo, cluster, parent, options, started, stop, contents).await
+}
+
+/// Checks that the backup can complete, picks its id and starts backup mode.
+async fn start(repo: &Repo, cluster: &Cluster<'_>, parent: Option<&Manifest>) -> Result<Started> {
+    let kind = match parent {
+        Some(_) => BackupKind::Incremental,
+        None => BackupKind::Full,
+    };
+    let target = cluster.target;
+    let client = target
+        .connect()
         .await
-        .context("stop the backup (pg_backup_stop)")?;
-    let (stop_lsn, labelfile, spcmapfile): (String, String, Option<String>) =
-        (row.get(0), row.get(1), row.get(2));
-    let stop_wal: String = client
-        .query_one("SELECT pg_walfile_name($1::text::pg_lsn)", &[&stop_lsn])
-        .await
-        .context("name the stop segment")?
-        .get(0);
+        .with_context(|| format!("connect to postgres at {}", target.socket_dir.display()))?;
+    let data_checksums = preflight(&client).await?;
+    repo.probe_writable().await.with_context(|| {
+        format!(
+            "the repository {} is not writable; no backup started",
+            repo.describe()
+        )
+    })?;
+    let (start_time, id) = unused_id(repo, kind).await?;
+    let label = format!("pgward backup {id}");
+    let start = backup_mode::start(&client, &label, cluster.identity.pg_major).await?;
+    tracing::info!(backup = %id, start_lsn = %start.lsn, "backup started");
+    Ok(Started {
+        client,
+        id,
+        kind,
+        start_time,
+        start,
+        data_checksums,
+    })
+}
+
+/// Ends backup mode and stores the `backup_label` (and `tablespace_map`) it returns.
+async fn stop(repo: &Repo, started: &Started, pg_major: u32) -> Result<backup_mode::BackupStop> {
+    let stop = backup_mode::stop(&started.client, pg_major).await?;
+    let id = &started.id;
     repo.put_bytes(
-        &label_key(&id, "backup_label"),
-        labelfile.into_bytes(),
+        &label_key(id, "backup_label"),
+        stop.label_file.clone().into_bytes(),
         PutMode::Create,
     )
     .await
     .context("store backup_label")?;
-    if let Some(map) = spcmapfile.filter(|m| !m.is_empty()) {
+    if let Some(map) = &stop.tablespace_map {
         repo.put_bytes(
-            &label_key(&id, "tablespace_map"),
-            map.into_bytes(),
+            &label_key(id, "tablespace_map"),
+            map.clone().into_bytes(),
             PutMode::Create,
         )
         .await
         .context("store tablespace_map")?;
     }
-    wait_archived(repo, &client, &stop_wal, options.wal_wait, cancel).await?;
+    Ok(stop)
+}
 
+/// What a backup copied.
+struct Contents {
+    files: Vec<FileEntry>,
+    directories: Vec<DirEntry>,
+    tablespaces: Vec<Tablespace>,
+}
+
+/// Writes the manifest, last: it is what makes the backup exist.
+async fn finish(
+    repo: &Repo,
+    cluster: &Cluster<'_>,
+    parent: Option<&Manifest>,
+    options: &BackupOptions,
+    started: Started,
+    stop: backup_mode::BackupStop,
+    contents: Contents,
+) -> Result<Manifest> {
+    let Started {
+        id,
+        kind,
+        start_time,
+        start,
+        data_checksums,
+        ..
+    } = started;
+    let files = contents.files;
     let size = files.iter().map(|f| f.size).sum();
     let own_objects = || {
         files
@@ -214,18 +267,18 @@ pub async fn take(
         id: id.clone(),
         kind,
         parent: parent.map(|p| p.id.clone()),
-        pg_major: cluster.pg_major,
-        system_identifier: cluster.system_identifier.to_string(),
-        timeline: timeline as u32,
-        start_lsn,
-        stop_lsn,
-        start_wal,
-        stop_wal,
+        pg_major: cluster.identity.pg_major,
+        system_identifier: cluster.identity.system_identifier.to_string(),
+        timeline: start.timeline,
+        start_lsn: start.lsn,
+        stop_lsn: stop.lsn,
+        start_wal: start.wal,
+        stop_wal: stop.wal,
         start_time,
         stop_time: Utc::now(),
         data_checksums,
-        tablespaces: walk.tablespaces,
-        directories: walk.dirs,
+        tablespaces: contents.tablespaces,
+        directories: contents.directories,
         files,
         annotations: options.annotations.clone(),
         keep: options.keep,
@@ -235,7 +288,6 @@ pub async fn take(
         created_by: format!("pgward {}", env!("CARGO_PKG_VERSION")),
     };
     let json = serde_json::to_vec_pretty(&manifest).context("encode the manifest")?;
-    // Last: the manifest is what makes the backup exist.
     repo.put_bytes(&manifest_key(&id), json, PutMode::Create)
         .await
         .context("store the manifest")?;
@@ -253,13 +305,13 @@ pub async fn take(
 /// else `None`, said in the log, and changed files are copied whole.
 async fn block_map(
     repo: &Repo,
-    data_dir: &Path,
+    cluster: &Cluster<'_>,
     parent: &Manifest,
-    start_lsn: &str,
-    timeline: u32,
-    cluster: ClusterIdentity,
+    start: &backup_mode::BackupStart,
     cancel: &CancellationToken,
 ) -> Option<BlockMap> {
+    let data_dir = cluster.data_dir;
+    let (start_lsn, timeline) = (start.lsn.as_str(), start.timeline);
     let attempt = async {
         let control = {
             let data_dir = data_dir.to_owned();
@@ -279,7 +331,7 @@ async fn block_map(
             .context("join a pg_control read")??
         };
         if let Some(why) =
-            block_delta::unusable_parent(parent, timeline, cluster.pg_major, &control)
+            block_delta::unusable_parent(parent, timeline, cluster.identity.pg_major, &control)
         {
             anyhow::bail!("{why}");
         }

@@ -18,7 +18,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::manifest::{file_key, label_key, Manifest};
-use super::progress::Progress;
+use super::progress::{human_bytes, Progress};
 use crate::postgres::control_file::{ControlFile, CONTROL_FILE_PATH};
 use crate::postgres::wal::{NameError, SegmentName, WalSegSize};
 use crate::repo::{layout, retry, Checksum, Repo, RepoError, RetryPolicy, Verified};
@@ -339,7 +339,7 @@ async fn check_object(
 /// The problem a failed read of `key` is; `Err` only for cancellation.
 fn object_problem(key: &str, e: RepoError) -> Result<Problem> {
     Ok(match e {
-        RepoError::Cancelled => bail!("cancelled"),
+        RepoError::Cancelled => bail!("the verify was cancelled"),
         RepoError::Corrupt { reason, .. } => Problem::CorruptObject {
             key: key.to_owned(),
             reason,
@@ -561,10 +561,103 @@ fn plan_wal(
     })
 }
 
+/// One line per problem, a note when the WAL segment size was assumed, then the summary.
+pub fn human_report(report: &Report) -> String {
+    let mut out = String::new();
+    for finding in &report.problems {
+        out.push_str(&format!("{finding}\n"));
+    }
+    if report.wal_segment_size_source == SegSizeSource::Assumed {
+        out.push_str(&format!(
+            "note: WAL segment size assumed to be {} MiB (neither the backup's pg_control nor \
+             the data directory's could be read)\n",
+            report.wal_segment_size >> 20
+        ));
+    }
+    let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    let verdict = match (report.errors(), report.warnings()) {
+        (0, 0) => "ok".to_owned(),
+        (0, w) => format!("ok, {}", plural(w, "warning")),
+        (e, 0) => format!("not restorable, {}", plural(e, "error")),
+        (e, w) => format!(
+            "not restorable, {}, {}",
+            plural(e, "error"),
+            plural(w, "warning")
+        ),
+    };
+    let wal_to = report.wal_continuous_to.as_deref().map_or_else(
+        || "not even the start segment".to_owned(),
+        |s| format!("continuous to {s}"),
+    );
+    out.push_str(&format!(
+        "backup {}: {} ({}) and {} ({wal_to}) checked: {verdict}\n",
+        report.backup,
+        plural(report.objects_checked, "data object"),
+        human_bytes(report.bytes_checked),
+        plural(report.wal_segments_checked, "WAL segment"),
+    ));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::postgres::wal::{SegmentNo, TimelineId};
+
+    fn report(problems: Vec<Finding>, source: SegSizeSource) -> Report {
+        Report {
+            backup: "20261130T035500F".into(),
+            ok: problems.iter().all(|p| p.severity != Severity::Error),
+            objects_checked: 1203,
+            bytes_checked: 23 << 20,
+            wal_segments_checked: 5,
+            wal_segment_size: 16 << 20,
+            wal_segment_size_source: source,
+            start_wal: "000000010000000000000003".into(),
+            stop_wal: "000000010000000000000004".into(),
+            wal_continuous_to: Some("000000010000000000000007".into()),
+            problems,
+        }
+    }
+
+    #[test]
+    fn the_human_report_lists_problems_then_sums_up() {
+        assert_eq!(
+            human_report(&report(vec![], SegSizeSource::Backup)),
+            "backup 20261130T035500F: 1203 data objects (23.0 MiB) and 5 WAL segments (continuous to \
+             000000010000000000000007) checked: ok\n"
+        );
+        let problems = vec![
+            Finding {
+                severity: Severity::Error,
+                problem: Problem::MissingObject {
+                    key: "backups/20261130T035500F/data/base/1/1259".into(),
+                },
+            },
+            Finding {
+                severity: Severity::Warning,
+                problem: Problem::WalGap {
+                    segment: "000000010000000000000008".into(),
+                    key: "wal/00000001/000000010000000000000008".into(),
+                    newest: "000000010000000000000009".into(),
+                },
+            },
+        ];
+        let text = human_report(&report(problems, SegSizeSource::Assumed));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert_eq!(
+            lines[0],
+            "error: backups/20261130T035500F/data/base/1/1259: missing from the repository"
+        );
+        assert!(lines[1].starts_with("warning: wal/00000001/000000010000000000000008: "));
+        assert!(lines[2].starts_with("note: WAL segment size assumed to be 16 MiB"));
+        assert!(
+            lines[3].ends_with("checked: not restorable, 1 error, 1 warning"),
+            "{}",
+            lines[3]
+        );
+    }
 
     const SIZE: WalSegSize = WalSegSize::DEFAULT;
 

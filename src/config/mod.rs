@@ -21,6 +21,7 @@ mod redact;
 mod schedule;
 mod secret;
 mod size;
+mod target;
 mod validate;
 
 pub use model::*;

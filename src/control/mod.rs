@@ -16,6 +16,11 @@ use crate::supervisor::UnitStatus;
 use crate::wal::archiver::ArchiverStatus;
 use crate::wal::push::Pushed;
 
+/// Where the daemon listens, as `pgward run` tells the postgres it starts (and so its
+/// archive_command and restore_command). With it, a client reaches the daemon without reading
+/// the config file, which may hold secrets the server's user cannot read.
+pub const SOCKET_ENV: &str = "PGWARD_CONTROL_SOCKET";
+
 /// A request from a client.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "request", rename_all = "snake_case")]
@@ -68,6 +73,31 @@ pub enum Response {
     Error {
         message: String,
     },
+}
+
+impl Response {
+    /// The answer's kind, as the protocol names it (`wal_pushed`, `status`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Response::Status(_) => "status",
+            Response::WalPushed { .. } => "wal_pushed",
+            Response::WalFetched { .. } => "wal_fetched",
+            Response::Jobs { .. } => "jobs",
+            Response::JobOutput { .. } => "job_output",
+            Response::JobDone { .. } => "job_done",
+            Response::NotServed => "not_served",
+            Response::Error { .. } => "error",
+        }
+    }
+
+    /// The error for an answer the client did not ask for: a daemon of another version.
+    pub fn unexpected(&self) -> anyhow::Error {
+        anyhow::anyhow!(
+            "unexpected answer from the daemon: {}\nHINT: is the running daemon the same \
+             pgward version as this command? (`pgward status --json` shows its version)",
+            self.kind()
+        )
+    }
 }
 
 /// What `pgward status` shows.

@@ -14,9 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backup::manifest::{BackupKind, Manifest};
 use crate::check::CheckResult;
-use crate::config::Config;
-use crate::scheduler::JobStatus;
+use crate::scheduler::{BoxFuture, JobStatus};
 use crate::supervisor::UnitStatus;
+use crate::tasks::Critical;
 use crate::wal::archiver::ArchiverStatus;
 
 /// How often the backup catalogue is read again for the backup metrics.
@@ -217,7 +217,12 @@ pub struct BackupFacts {
     pub read_at: Option<DateTime<Utc>>,
 }
 
-/// Background readers of the backup catalogue and of `pgward check`, for the scrapes.
+/// Reads the backup catalogue, for the backup metrics.
+pub type ReadBackups = Arc<dyn Fn() -> BoxFuture<'static, Result<Vec<Manifest>>> + Send + Sync>;
+/// Runs the health checks, for the `pgward_check_ok` gauges.
+pub type RunChecks = Arc<dyn Fn() -> BoxFuture<'static, Vec<CheckResult>> + Send + Sync>;
+
+/// Background readers of the backup catalogue and of the health checks, for the scrapes.
 #[derive(Clone, Default)]
 pub struct Watchers {
     backups: Arc<Mutex<Option<BackupFacts>>>,
@@ -225,16 +230,26 @@ pub struct Watchers {
 }
 
 impl Watchers {
-    /// Starts the readers; they stop with `cancel`.
-    pub fn start(config: Arc<Config>, cancel: CancellationToken) -> Watchers {
+    /// Starts the readers, critical tasks; they stop with `cancel`.
+    pub fn start(
+        read_backups: ReadBackups,
+        run_checks: RunChecks,
+        critical: &Critical,
+        cancel: CancellationToken,
+    ) -> Watchers {
         let watchers = Watchers::default();
         let backups = watchers.backups.clone();
-        let backup_config = config.clone();
         let backup_cancel = cancel.clone();
-        tokio::spawn(async move {
+        critical.spawn("the backup metrics' reader", &cancel, async move {
             loop {
-                match read_backups(&backup_config).await {
-                    Ok(facts) => *backups.lock().unwrap_or_else(|p| p.into_inner()) = Some(facts),
+                match read_backups().await {
+                    Ok(manifests) => {
+                        let facts = BackupFacts {
+                            manifests,
+                            read_at: Some(Utc::now()),
+                        };
+                        *backups.lock().unwrap_or_else(|p| p.into_inner()) = Some(facts);
+                    }
                     Err(e) => tracing::debug!("backup metrics: {e:#}"),
                 }
                 tokio::select! {
@@ -244,17 +259,18 @@ impl Watchers {
             }
         });
         let checks = watchers.checks.clone();
-        tokio::spawn(async move {
+        let check_cancel = cancel.clone();
+        critical.spawn("the check metrics' runner", &cancel, async move {
             // Let postgres come up before the first round.
             tokio::select! {
-                () = cancel.cancelled() => return,
+                () = check_cancel.cancelled() => return,
                 () = tokio::time::sleep(Duration::from_secs(30)) => {}
             }
             loop {
-                let results = crate::check::run(&config).await;
+                let results = run_checks().await;
                 *checks.lock().unwrap_or_else(|p| p.into_inner()) = Some(results);
                 tokio::select! {
-                    () = cancel.cancelled() => return,
+                    () = check_cancel.cancelled() => return,
                     () = tokio::time::sleep(CHECKS_INTERVAL) => {}
                 }
             }
@@ -277,16 +293,6 @@ impl Watchers {
     }
 }
 
-async fn read_backups(config: &Config) -> Result<BackupFacts> {
-    let repo = crate::repo::Repo::open(&config.storage)
-        .with_context(|| format!("open repository {}", config.storage.url))?;
-    let manifests = crate::backup::catalog::manifests(&repo).await?;
-    Ok(BackupFacts {
-        manifests,
-        read_at: Some(Utc::now()),
-    })
-}
-
 /// The daemon's state at a scrape.
 pub struct Snapshot<'a> {
     pub services: &'a [UnitStatus],
@@ -302,7 +308,7 @@ pub fn update(snapshot: &Snapshot<'_>, watchers: &Watchers) {
     let secs = |t: DateTime<Utc>| t.timestamp_millis() as f64 / 1000.0;
     gauge!("pgward_up").set(1.0);
     for service in snapshot.services {
-        let up = matches!(service.state.as_str(), "running" | "ready");
+        let up = service.state.is_up();
         gauge!("pgward_service_up", "service" => service.name.clone()).set(f64::from(u8::from(up)));
         counter!("pgward_service_restarts_total", "service" => service.name.clone())
             .absolute(u64::from(service.restarts));

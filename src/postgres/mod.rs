@@ -1,13 +1,16 @@
 //! Everything about the PostgreSQL server itself: finding its binaries, bootstrapping an empty
 //! data directory like the official image, the server's command line and readiness, and its
-//! on-disk formats: WAL file names and LSNs, WAL page headers, `pg_control`; and which
-//! relation blocks a range of WAL records changed (`wal_records`).
+//! on-disk formats: WAL file names and LSNs, WAL page headers, `pg_control`, a cluster's
+//! identity; the backup-mode SQL of each major version; and which relation blocks a range of
+//! WAL records changed (`wal_records`).
 //!
 //! A leaf: uses `process` to run programs, knows nothing of supervision or storage.
 
+pub mod backup_mode;
 pub mod bin;
 pub mod bootstrap;
 pub mod control_file;
+pub mod identity;
 pub mod ready;
 pub mod server;
 pub mod timeline;
@@ -16,3 +19,4 @@ pub mod wal_header;
 pub mod wal_records;
 
 pub use bin::BinDir;
+pub use identity::ClusterIdentity;

@@ -28,17 +28,6 @@ pub struct Target {
 }
 
 impl Target {
-    /// The server `pg` configures, as its superuser over the unix socket.
-    pub fn superuser_of(pg: &crate::config::PostgresConfig) -> Target {
-        Target {
-            socket_dir: pg.socket_dir.clone(),
-            port: pg.port,
-            user: pg.init.superuser.clone(),
-            password: pg.init.password.clone(),
-            dbname: "postgres".into(),
-        }
-    }
-
     pub fn config(&self) -> tokio_postgres::Config {
         let mut config = tokio_postgres::Config::new();
         config

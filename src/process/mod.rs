@@ -23,6 +23,20 @@ use crate::init::{ExitInfo, Reaper};
 pub use relay::{LogSink, OutputLine, StreamKind, Tail, Tap};
 pub use user::RunAs;
 
+/// What pgward adds to (and takes from) its own environment for a child: built in one place
+/// by the caller that knows what the child is, applied with [`Spec::child_env`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChildEnv {
+    pub set: Vec<(OsString, OsString)>,
+    pub remove: Vec<OsString>,
+}
+
+impl ChildEnv {
+    pub fn set(&mut self, key: impl Into<OsString>, value: impl Into<OsString>) {
+        self.set.push((key.into(), value.into()));
+    }
+}
+
 /// Everything needed to start one child.
 #[derive(Debug, Clone)]
 pub struct Spec {
@@ -66,6 +80,14 @@ impl Spec {
 
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
         self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Applies `env` (before this spec's own variables, which win).
+    pub fn child_env(mut self, env: &ChildEnv) -> Self {
+        let own = std::mem::replace(&mut self.env, env.set.clone());
+        self.env.extend(own);
+        self.env_remove.extend(env.remove.iter().cloned());
         self
     }
 

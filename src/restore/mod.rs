@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use futures_util::future::BoxFuture;
 use futures_util::{stream, StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 
@@ -39,6 +40,40 @@ pub struct RestoreOptions {
     pub recovery: RecoverySettings,
     /// New locations of tablespaces, by oid; the others go back where they were.
     pub tablespace_map: std::collections::HashMap<u32, PathBuf>,
+}
+
+impl RestoreOptions {
+    /// A restore into `data_dir`, which must be empty: nothing forced, nothing moved.
+    pub fn new(
+        data_dir: PathBuf,
+        concurrency: usize,
+        owner: Option<RunAs>,
+        recovery: RecoverySettings,
+    ) -> RestoreOptions {
+        RestoreOptions {
+            data_dir,
+            force: false,
+            delta: false,
+            concurrency,
+            owner,
+            recovery,
+            tablespace_map: Default::default(),
+        }
+    }
+}
+
+/// `postgres.init.from_backup`: restores `manifest` into the empty data directory of
+/// `options` before `pgward run` starts postgres, which then recovers from the archive (a
+/// disaster-recovery host, or a copy, in one command).
+pub async fn bootstrap_from_backup(
+    repo: &Repo,
+    manifest: &Manifest,
+    options: &RestoreOptions,
+) -> Result<()> {
+    tracing::info!(backup = %manifest.id, data_dir = %options.data_dir.display(), "empty data directory: restoring from the repository instead of initdb");
+    restore(repo, manifest, options, &CancellationToken::new()).await?;
+    tracing::info!(backup = %manifest.id, "restored; postgres recovers from the archive when it starts");
+    Ok(())
 }
 
 /// Where tablespace `oid` of a backup is restored.
@@ -163,22 +198,25 @@ async fn restore_files(
     let data_dir = &options.data_dir;
     let progress = Progress::new(&manifest.id, manifest.size);
     let todo: Vec<&FileEntry> = if options.delta {
-        let kept: Vec<Option<&FileEntry>> = stream::iter(&manifest.files)
-            .map(|file| {
-                let progress = &progress;
-                async move {
-                    let dest = data_dir.join(&file.path);
-                    if !matches_already(&dest, file).await? {
-                        return anyhow::Ok(Some(file));
+        // Boxed as `dyn Send` (here too, see below).
+        let checks: BoxFuture<'_, Result<Vec<Option<&FileEntry>>>> = Box::pin(
+            stream::iter(&manifest.files)
+                .map(|file| {
+                    let progress = &progress;
+                    async move {
+                        let dest = data_dir.join(&file.path);
+                        if !matches_already(&dest, file).await? {
+                            return anyhow::Ok(Some(file));
+                        }
+                        set_mode(&dest, file.mode).await?;
+                        progress.add(file.size);
+                        Ok(None)
                     }
-                    set_mode(&dest, file.mode).await?;
-                    progress.add(file.size);
-                    Ok(None)
-                }
-            })
-            .buffer_unordered(options.concurrency.max(1))
-            .try_collect()
-            .await?;
+                })
+                .buffer_unordered(options.concurrency.max(1))
+                .try_collect(),
+        );
+        let kept = checks.await?;
         kept.into_iter().flatten().collect()
     } else {
         manifest.files.iter().collect()
@@ -218,30 +256,34 @@ async fn restore_files(
     // restore test removes it right after).
     let stop = cancel.child_token();
     for jobs in by_round {
-        let results: Vec<Result<()>> = stream::iter(jobs)
-            .map(|job| {
-                let (progress, stop) = (&progress, &stop);
-                async move {
-                    if stop.is_cancelled() {
-                        return Ok(());
+        // Boxed as `dyn Send` where the lifetimes are concrete: otherwise the compiler cannot
+        // prove a caller's future `Send` for every lifetime of this stream's closure.
+        let round: BoxFuture<'_, Vec<Result<()>>> = Box::pin(
+            stream::iter(jobs)
+                .map(|job| {
+                    let (progress, stop) = (&progress, &stop);
+                    async move {
+                        if stop.is_cancelled() {
+                            return Ok(());
+                        }
+                        let written = restore_job(repo, manifest, data_dir, job, stop)
+                            .await
+                            .inspect_err(|_| stop.cancel())?;
+                        progress.add(written);
+                        anyhow::Ok(())
                     }
-                    let written = restore_job(repo, manifest, data_dir, job, stop)
-                        .await
-                        .inspect_err(|_| stop.cancel())?;
-                    progress.add(written);
-                    anyhow::Ok(())
-                }
-            })
-            .buffer_unordered(options.concurrency.max(1))
-            .collect()
-            .await;
+                })
+                .buffer_unordered(options.concurrency.max(1))
+                .collect(),
+        );
+        let results = round.await;
         // The first real failure, not the cancellations it caused.
         let mut errors = results.into_iter().filter_map(Result::err);
         if let Some(first) = errors.find(|e| !is_cancelled(e)) {
             return Err(first);
         }
         if stop.is_cancelled() {
-            bail!("cancelled");
+            bail!("the restore was cancelled before it completed");
         }
     }
     for (file, out) in parted.into_iter().zip(outputs) {

@@ -142,6 +142,25 @@ fn quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 
+/// The common shapes of a recovery target time (`2026-11-30 03:55:00+00`, with or without
+/// fractional seconds, `T`, or a zone); `None` for anything else.
+pub fn parse_target_time(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    use chrono::{DateTime, NaiveDateTime, Utc};
+    let text = text.trim();
+    for format in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f%#z"] {
+        if let Ok(t) = DateTime::parse_from_str(text, format) {
+            return Some(t.with_timezone(&Utc));
+        }
+    }
+    // Without a zone, postgres reads the server's TimeZone; UTC is what images run with.
+    for format in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(text, format) {
+            return Some(t.and_utc());
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,5 +207,20 @@ mod tests {
             .block()
             .contains("recovery_target_action = 'promote'\n"));
         assert!(TargetAction::parse("resume").is_err());
+    }
+
+    #[test]
+    fn target_times_in_the_shapes_people_type() {
+        let want = chrono::DateTime::parse_from_rfc3339("2026-11-30T03:55:00Z").unwrap();
+        for text in [
+            "2026-11-30 03:55:00+00",
+            "2026-11-30 04:55:00+01:00",
+            "2026-11-30T03:55:00Z",
+            "2026-11-30 03:55:00",
+            "2026-11-30 03:55:00.000000+00",
+        ] {
+            assert_eq!(parse_target_time(text), Some(want.into()), "{text}");
+        }
+        assert_eq!(parse_target_time("yesterday"), None);
     }
 }

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{CommandLine, JobConfig, JobTask};
 use crate::init::ExitInfo;
-use crate::process::{self, LogSink, OutputLine, RunAs, Spec};
+use crate::process::{self, ChildEnv, LogSink, OutputLine, RunAs, Spec};
 
 /// How long the output relays may still take to reach EOF once the job's process group was
 /// killed. Only a process that left the group (e.g. with `setsid`) and kept the pipe open can
@@ -50,6 +50,8 @@ pub struct CommandRun {
     pub kill_timeout: Duration,
     /// How many of the last output lines (both streams) [`CommandOutcome::tail`] keeps.
     pub output_lines: usize,
+    /// What pgward gives every job's process (below `env`, which wins).
+    pub child_env: ChildEnv,
 }
 
 impl CommandRun {
@@ -74,6 +76,7 @@ impl CommandRun {
             timeout: job.timeout,
             kill_timeout: job.kill_timeout,
             output_lines: usize::try_from(job.output_lines).unwrap_or(usize::MAX),
+            child_env: ChildEnv::default(),
         })
     }
 
@@ -89,7 +92,7 @@ impl CommandRun {
                 .arg("-c")
                 .arg(script),
         };
-        let mut spec = spec.run_as(self.run_as.clone());
+        let mut spec = spec.run_as(self.run_as.clone()).child_env(&self.child_env);
         for (key, value) in &self.env {
             spec = spec.env(key, value);
         }
@@ -321,6 +324,7 @@ mod tests {
             timeout: None,
             kill_timeout: Duration::from_secs(10),
             output_lines: 50,
+            child_env: ChildEnv::default(),
         }
     }
 

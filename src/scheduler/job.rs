@@ -16,10 +16,9 @@ use super::state::{JobStates, RunResult};
 use super::{JobStatus, OutputLine};
 use crate::config::{ConcurrencyPolicy, Config, JobConfig, JobTask};
 use crate::init::ExitInfo;
-use crate::process::{LogSink, RunAs};
+use crate::process::{ChildEnv, LogSink, RunAs};
 
-/// A boxed future that is `Send` (see where it is used).
-type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+use super::BoxFuture;
 
 /// What the last runs left, into a status.
 pub(super) fn fill_from_state(status: &mut JobStatus, state: &super::state::JobState) {
@@ -45,6 +44,8 @@ pub(super) fn fill_from_state(status: &mut JobStatus, state: &super::state::JobS
 pub(super) struct Shared {
     config: Arc<Config>,
     sink: LogSink,
+    actions: Arc<dyn super::Actions>,
+    child_env: ChildEnv,
     postgres_ready: watch::Receiver<bool>,
     state_path: PathBuf,
     /// Loaded once; changed in memory, written by [`Shared::save`] off the runtime.
@@ -58,7 +59,7 @@ pub(super) struct Shared {
 impl Shared {
     pub(super) fn new(
         config: Arc<Config>,
-        sink: LogSink,
+        runners: super::Runners,
         postgres_ready: watch::Receiver<bool>,
         state_path: PathBuf,
     ) -> Shared {
@@ -74,7 +75,9 @@ impl Shared {
         };
         Shared {
             config,
-            sink,
+            sink: runners.sink,
+            actions: runners.actions,
+            child_env: runners.child_env,
             postgres_ready,
             state_path,
             states: Mutex::new(states),
@@ -242,12 +245,20 @@ impl Job {
     }
 
     /// The job's life in the daemon: catch-up or `@reboot` first, then every scheduled time
-    /// until `cancel`.
+    /// until `cancel`. A critical task: it returns only once cancelled.
     pub(super) async fn schedule_loop(
         self: Arc<Self>,
         started: DateTime<Utc>,
         cancel: CancellationToken,
     ) {
+        self.clone().fire_on_schedule(started, &cancel).await;
+        // Nothing (more) on schedule: a disabled or `@reboot` job, a schedule with no next time.
+        cancel.cancelled().await;
+    }
+
+    /// Starts the job's runs at its times, until `cancel` or the schedule's end.
+    async fn fire_on_schedule(self: Arc<Self>, started: DateTime<Utc>, cancel: &CancellationToken) {
+        let cancel = cancel.clone();
         if !self.config.enabled {
             self.set_next(None);
             return;
@@ -421,16 +432,8 @@ impl Job {
                 });
             }
         };
-        if self.config.wait_for_postgres && !*self.shared.postgres_ready.borrow() {
-            tracing::info!(job = %name, "waiting for postgres to accept connections");
-            say("waiting for postgres to accept connections".into());
-            let mut ready = self.shared.postgres_ready.clone();
-            tokio::select! {
-                _ = ready.wait_for(|r| *r) => {}
-                () = stop.cancelled() => {
-                    return self.cancelled_before_start();
-                }
-            }
+        if !self.wait_for_postgres(&say, stop).await {
+            return self.cancelled_before_start();
         }
         let started = Utc::now();
         let clock = Instant::now();
@@ -441,66 +444,108 @@ impl Job {
         self.shared
             .update_state(&name, |s| s.last_start = Some(started));
         tracing::info!(job = %name, kind = self.config.task.kind(), "job started {}", trigger.describe());
-        let mut attempt = 1u32;
-        let (facts, tail, reason) = loop {
-            let (facts, tail, error) = self.attempt(live.as_ref(), stop).await;
-            // An action's own error (or a command that could not start) says more than its
-            // exit status would.
-            let reason = error.or_else(|| policy::failure_reason(&self.config.fails_when, &facts));
-            let Some(why) = &reason else {
-                break (facts, tail, reason);
-            };
-            if stop.is_cancelled() {
-                break (facts, tail, reason);
-            }
-            match policy::retry_delay(&self.config.retries, attempt) {
-                Some(delay) => {
-                    tracing::warn!(
-                        job = %name,
-                        attempt,
-                        "job attempt failed: {why}; retrying in {}",
-                        humantime::format_duration(delay)
-                    );
-                    say(format!(
-                        "attempt {attempt} failed: {why}; retrying in {}",
-                        humantime::format_duration(delay)
-                    ));
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = stop.cancelled() => break (facts, tail, reason),
-                    }
-                    attempt += 1;
-                }
-                None => break (facts, tail, reason),
-            }
-        };
+        let tried = self.attempts(live.as_ref(), stop, &say).await;
         let ended = Utc::now();
         let duration = clock.elapsed();
-        let success = reason.is_none();
-        match &reason {
+        match &tried.reason {
             None => tracing::info!(
                 job = %name,
                 seconds = duration.as_secs_f64(),
-                attempts = attempt,
+                attempts = tried.attempts,
                 "job succeeded"
             ),
             Some(why) => tracing::error!(
                 job = %name,
                 seconds = duration.as_secs_f64(),
-                attempts = attempt,
+                attempts = tried.attempts,
                 "job failed: {why}"
             ),
         }
-        say(match &reason {
+        say(match &tried.reason {
             None => format!("job {name} succeeded"),
             Some(why) => format!("job {name} failed: {why}"),
         });
+        self.record(&tried, ended, duration);
+        self.report(&tried, started, ended, duration).await;
+        RunSummary {
+            job: name,
+            success: tried.reason.is_none(),
+            reason: tried.reason,
+            exit_code: tried.facts.exit_code,
+            attempts: tried.attempts,
+            duration_seconds: duration.as_secs(),
+        }
+    }
+
+    /// Waits until postgres accepts connections if the job wants it; `false` when `stop`
+    /// came first.
+    async fn wait_for_postgres(&self, say: &impl Fn(String), stop: &CancellationToken) -> bool {
+        if !self.config.wait_for_postgres || *self.shared.postgres_ready.borrow() {
+            return true;
+        }
+        tracing::info!(job = %self.config.name, "waiting for postgres to accept connections");
+        say("waiting for postgres to accept connections".into());
+        let mut ready = self.shared.postgres_ready.clone();
+        tokio::select! {
+            _ = ready.wait_for(|r| *r) => true,
+            () = stop.cancelled() => false,
+        }
+    }
+
+    /// The attempts of one run: again after a failure while the retry policy allows.
+    async fn attempts(
+        &self,
+        live: Option<&mpsc::UnboundedSender<OutputLine>>,
+        stop: &CancellationToken,
+        say: &impl Fn(String),
+    ) -> Tried {
+        let mut attempt = 1u32;
+        loop {
+            let (facts, tail, error) = self.attempt(live, stop).await;
+            // An action's own error (or a command that could not start) says more than its
+            // exit status would.
+            let reason = error.or_else(|| policy::failure_reason(&self.config.fails_when, &facts));
+            let tried = Tried {
+                facts,
+                tail,
+                reason,
+                attempts: attempt,
+            };
+            let Some(why) = &tried.reason else {
+                return tried;
+            };
+            if stop.is_cancelled() {
+                return tried;
+            }
+            let Some(delay) = policy::retry_delay(&self.config.retries, attempt) else {
+                return tried;
+            };
+            let delay_text = humantime::format_duration(delay);
+            tracing::warn!(
+                job = %self.config.name,
+                attempt,
+                "job attempt failed: {why}; retrying in {delay_text}"
+            );
+            say(format!(
+                "attempt {attempt} failed: {why}; retrying in {delay_text}"
+            ));
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = stop.cancelled() => return tried,
+            }
+            attempt += 1;
+        }
+    }
+
+    /// Keeps how the run ended: in the status and in the state file.
+    fn record(&self, tried: &Tried, ended: DateTime<Utc>, duration: Duration) {
+        let success = tried.reason.is_none();
         {
             let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
             status.last_end = Some(ended);
             status.last_duration_seconds = Some(duration.as_secs_f64());
             status.runs_total += 1;
-            status.last_output = tail.clone();
+            status.last_output = tried.tail.clone();
             if success {
                 status.last_success = Some(ended);
                 status.last_result = Some("success".into());
@@ -508,14 +553,14 @@ impl Job {
             } else {
                 status.last_failure = Some(ended);
                 status.last_result = Some("failure".into());
-                status.last_reason = reason.clone();
+                status.last_reason = tried.reason.clone();
                 status.failures_total += 1;
             }
         }
-        self.shared.update_state(&name, |s| {
+        self.shared.update_state(&self.config.name, |s| {
             s.last_end = Some(ended);
             s.last_duration_secs = Some(duration.as_secs_f64());
-            s.last_result = Some(match &reason {
+            s.last_result = Some(match &tried.reason {
                 None => RunResult::Success,
                 Some(reason) => RunResult::Failure {
                     reason: reason.clone(),
@@ -527,48 +572,51 @@ impl Job {
                 s.last_failure = Some(ended);
             }
         });
-        let report_config = if success {
-            &self.config.on_success
-        } else {
-            &self.config.on_failure
+    }
+
+    /// Sends the `on_success` or `on_failure` report, if the job has one.
+    async fn report(
+        &self,
+        tried: &Tried,
+        started: DateTime<Utc>,
+        ended: DateTime<Utc>,
+        duration: Duration,
+    ) {
+        let success = tried.reason.is_none();
+        let report_config = match success {
+            true => &self.config.on_success,
+            false => &self.config.on_failure,
         };
-        if let Some(report_config) = report_config {
-            let report = super::report::RunReport {
-                job: name.clone(),
-                status: if success {
-                    super::report::RunStatus::Success
-                } else {
-                    super::report::RunStatus::Failure
-                },
-                reason: reason.clone(),
-                exit_code: facts.exit_code,
-                attempt,
-                started_at: started,
-                finished_at: ended,
-                duration_secs: duration.as_secs_f64(),
-                output_tail: tail,
-                host: super::report::hostname(),
-            };
-            let run_as = self.run_as();
-            // Boxed as `dyn Send`: the compiler then checks Send for these borrows here, once,
-            // instead of failing to prove it for every lifetime inside the spawned run.
-            let send: BoxFuture<'_, ()> = Box::pin(super::report::send(
-                report_config,
-                &report,
-                &self.config.env,
-                run_as,
-                &self.shared.sink,
-            ));
-            send.await;
-        }
-        RunSummary {
-            job: name,
-            success,
-            reason,
-            exit_code: facts.exit_code,
-            attempts: attempt,
-            duration_seconds: duration.as_secs(),
-        }
+        let Some(report_config) = report_config else {
+            return;
+        };
+        let report = super::report::RunReport {
+            job: self.config.name.clone(),
+            status: match success {
+                true => super::report::RunStatus::Success,
+                false => super::report::RunStatus::Failure,
+            },
+            reason: tried.reason.clone(),
+            exit_code: tried.facts.exit_code,
+            attempt: tried.attempts,
+            started_at: started,
+            finished_at: ended,
+            duration_secs: duration.as_secs_f64(),
+            output_tail: tried.tail.clone(),
+            host: super::report::hostname(),
+        };
+        let run_as = self.run_as();
+        // Boxed as `dyn Send`: the compiler then checks Send for these borrows here, once,
+        // instead of failing to prove it for every lifetime inside the spawned run.
+        let send: BoxFuture<'_, ()> = Box::pin(super::report::send(
+            report_config,
+            &report,
+            &self.config.env,
+            &self.shared.child_env,
+            run_as,
+            &self.shared.sink,
+        ));
+        send.await;
     }
 
     fn cancelled_before_start(&self) -> RunSummary {
@@ -607,8 +655,9 @@ impl Job {
     ) -> (RunFacts, Vec<String>, Option<String>) {
         match &self.config.task {
             JobTask::Command { .. } => {
-                let run = super::command::CommandRun::for_job(&self.config, self.run_as())
+                let mut run = super::command::CommandRun::for_job(&self.config, self.run_as())
                     .expect("a command job has a command");
+                run.child_env = self.shared.child_env.clone();
                 // The runner speaks in process streams; a `jobs run` client gets them named.
                 let forward = live.cloned().map(|live| {
                     let (tx, mut rx) = mpsc::unbounded_channel::<crate::process::OutputLine>();
@@ -694,36 +743,30 @@ impl Job {
         }
     }
 
-    /// Runs a built-in action to its end, its `timeout`, or `stop`.
-    ///
-    /// The action runs on a blocking-pool thread driving it with the runtime's handle: the
-    /// actions' futures borrow across awaits in ways the compiler cannot prove `Send` for every
-    /// lifetime, which a spawned task needs, and `block_on` needs no `Send`. An action stops
-    /// where it stands when its future is dropped: a backup then leaves no manifest, so none is
-    /// listed.
+    /// Runs a built-in action to its end, its `timeout`, or `stop`. An action stops where it
+    /// stands when its future is dropped (see [`super::Actions::run`]).
     async fn run_action(&self, task: &JobTask, stop: &CancellationToken) -> ActionEnd {
-        let config = self.shared.config.clone();
-        let name = self.config.name.clone();
-        let task = task.clone();
-        let stop = stop.clone();
         let limit = self.config.timeout.unwrap_or(Duration::MAX);
-        let handle = tokio::runtime::Handle::current();
-        let work = tokio::task::spawn_blocking(move || {
-            handle.block_on(async move {
-                tokio::select! {
-                    result = tokio::time::timeout(limit, super::actions::run(&config, &name, &task, &stop)) => match result {
-                        Ok(result) => ActionEnd::Done(result.map_err(|e| format!("{e:#}"))),
-                        Err(_) => ActionEnd::TimedOut(limit),
-                    },
-                    () = stop.cancelled() => ActionEnd::Done(Err(
-                        "stopped (replaced by a newer run, or pgward is shutting down)".to_owned(),
-                    )),
-                }
-            })
-        });
-        work.await
-            .unwrap_or_else(|e| ActionEnd::Done(Err(format!("the action's thread failed: {e}"))))
+        let action = self.shared.actions.run(&self.config.name, task, stop);
+        tokio::select! {
+            result = tokio::time::timeout(limit, action) => match result {
+                Ok(result) => ActionEnd::Done(result.map_err(|e| format!("{e:#}"))),
+                Err(_) => ActionEnd::TimedOut(limit),
+            },
+            () = stop.cancelled() => ActionEnd::Done(Err(
+                "stopped (replaced by a newer run, or pgward is shutting down)".to_owned(),
+            )),
+        }
     }
+}
+
+/// How a run's attempts ended: the last attempt's facts and output, why the run failed (none
+/// when it succeeded), and how many attempts it took.
+struct Tried {
+    facts: RunFacts,
+    tail: Vec<String>,
+    reason: Option<String>,
+    attempts: u32,
 }
 
 /// How a built-in action ended.

@@ -1,7 +1,8 @@
 //! The job scheduler: `jobs[]` of the config run on cron schedules inside the daemon, with
 //! yacron's policies (concurrency, timeout and kill, retries with backoff, `fails_when`),
-//! catch-up of runs missed while pgward was down, reports on failure and success, and the
-//! built-in actions (backup, expire, verify, check, sql, restore-test).
+//! catch-up of runs missed while pgward was down, and reports on failure and success. What
+//! the built-in actions (backup, expire, verify, check, sql, restore-test) do is not known
+//! here: the daemon's wiring hands them in as [`Actions`].
 //!
 //! One task per job sleeps until the job's next time in its zone and starts a run; a run is
 //! its attempts (a command in its own process group, or an action in this process) and its
@@ -15,14 +16,10 @@
 //!   data directory.
 //! - [`command`]: one attempt of a command job (process group, timeout and kill, output).
 //! - [`report`]: `on_failure` / `on_success` (command and webhook).
-//! - [`restore_test`]: a backup restored, started, recovered and queried in a scratch
-//!   directory.
 
-pub mod actions;
 pub mod command;
 pub mod policy;
 pub mod report;
-pub mod restore_test;
 pub mod schedule;
 pub mod state;
 
@@ -37,10 +34,39 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
-use crate::process::LogSink;
+use crate::config::{Config, JobTask};
+use crate::process::{ChildEnv, LogSink};
+use crate::tasks::Critical;
 
 pub use job::RunSummary;
+
+/// A boxed future that is `Send`.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// The built-in actions, provided by the daemon's wiring: the scheduler decides when a job
+/// runs, how often it is tried and who hears of it; what an action does is this trait's.
+pub trait Actions: Send + Sync {
+    /// Runs `task` (an action, not a command) once for job `job`: a one-line summary of what
+    /// it did, or why it failed. Dropping the future stops the action where it stands (a
+    /// backup then leaves no manifest, so none is listed); `cancel` asks it to stop cleanly.
+    fn run<'a>(
+        &'a self,
+        job: &'a str,
+        task: &'a JobTask,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, anyhow::Result<String>>;
+}
+
+/// What runs a job's work besides the scheduler itself.
+pub struct Runners {
+    /// Where commands' output goes.
+    pub sink: LogSink,
+    /// The built-in actions.
+    pub actions: Arc<dyn Actions>,
+    /// The environment of job and report commands (on top of pgward's own and below the
+    /// job's `env`).
+    pub child_env: ChildEnv,
+}
 
 /// One line of a run's output, for a `jobs run` client.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -134,14 +160,15 @@ impl Scheduler {
     /// their job says otherwise).
     pub fn start(
         config: Arc<Config>,
-        sink: LogSink,
+        runners: Runners,
         postgres_ready: watch::Receiver<bool>,
         cancel: CancellationToken,
+        critical: &Critical,
     ) -> Scheduler {
         let state_path: PathBuf = state::state_path(&config.postgres.data_dir);
         let shared = Arc::new(job::Shared::new(
             config.clone(),
-            sink,
+            runners,
             postgres_ready,
             state_path,
         ));
@@ -161,10 +188,20 @@ impl Scheduler {
         let jobs = Arc::new(jobs);
         let now = Utc::now();
         let saver_cancel = CancellationToken::new();
-        let saver = tokio::spawn(shared.clone().saver(saver_cancel.clone()));
+        let saver = critical.spawn(
+            "the jobs' state saver",
+            &saver_cancel,
+            shared.clone().saver(saver_cancel.clone()),
+        );
         let tasks = jobs
-            .values()
-            .map(|job| tokio::spawn(job.clone().schedule_loop(now, cancel.clone())))
+            .iter()
+            .map(|(name, job)| {
+                critical.spawn(
+                    format!("the schedule of job {name}"),
+                    &cancel,
+                    job.clone().schedule_loop(now, cancel.clone()),
+                )
+            })
             .collect();
         if !jobs.is_empty() {
             tracing::info!(jobs = jobs.len(), "scheduler started");

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::command::{self, CommandRun};
 use crate::config::{CommandLine, ReportConfig, WebhookConfig};
-use crate::process::{LogSink, RunAs};
+use crate::process::{ChildEnv, LogSink, RunAs};
 
 /// How long a report command may run before it is stopped (SIGTERM to its process group).
 pub const REPORT_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -124,12 +124,13 @@ pub async fn send(
     report_config: &ReportConfig,
     report: &RunReport,
     env: &BTreeMap<String, String>,
+    child_env: &ChildEnv,
     run_as: Option<RunAs>,
     sink: &LogSink,
 ) {
     let command = async {
         if let Some(command) = &report_config.command {
-            if let Err(e) = run_command(command, report, env, run_as, sink).await {
+            if let Err(e) = run_command(command, report, env, child_env, run_as, sink).await {
                 tracing::error!(
                     job = %report.job,
                     "failed to run the {} report command of job {}: {e:#}",
@@ -160,6 +161,7 @@ async fn run_command(
     command: &CommandLine,
     report: &RunReport,
     env: &BTreeMap<String, String>,
+    child_env: &ChildEnv,
     run_as: Option<RunAs>,
     sink: &LogSink,
 ) -> Result<()> {
@@ -182,6 +184,7 @@ async fn run_command(
         kill_timeout: REPORT_COMMAND_KILL_TIMEOUT,
         // Its output is in the log already; nothing reads a tail of it.
         output_lines: 0,
+        child_env: child_env.clone(),
     };
     // Nothing cancels a report but dropping this future (see `send`).
     let outcome = command::run(&run, sink, None, &CancellationToken::new()).await?;
@@ -320,6 +323,7 @@ mod tests {
             config,
             &report(),
             &BTreeMap::new(),
+            &ChildEnv::default(),
             None,
             &test_sink(),
         ))
@@ -456,7 +460,15 @@ mod tests {
             // The run's own value wins over the job's.
             ("PGWARD_JOB_NAME".to_owned(), "overridden".to_owned()),
         ]);
-        let log = logged(send(&config, &report(), &env, None, &test_sink())).await;
+        let log = logged(send(
+            &config,
+            &report(),
+            &env,
+            &ChildEnv::default(),
+            None,
+            &test_sink(),
+        ))
+        .await;
         assert!(!log.contains("ERROR"), "{log}");
         let written = std::fs::read_to_string(&out).expect("the command wrote its file");
         assert_eq!(

@@ -52,11 +52,57 @@ pub struct View {
     started: Instant,
 }
 
+/// A unit's state as the outside sees it (`pgward status`, metrics, probes): the
+/// [`State`] without its data, written in snake case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnitState {
+    Pending,
+    /// Spawned, readiness not yet passed.
+    Starting,
+    /// Readiness passed, not yet counted as started.
+    Ready,
+    Running,
+    Backoff,
+    Stopping,
+    Exited,
+    Stopped,
+    Fatal,
+}
+
+impl UnitState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnitState::Pending => "pending",
+            UnitState::Starting => "starting",
+            UnitState::Ready => "ready",
+            UnitState::Running => "running",
+            UnitState::Backoff => "backoff",
+            UnitState::Stopping => "stopping",
+            UnitState::Exited => "exited",
+            UnitState::Stopped => "stopped",
+            UnitState::Fatal => "fatal",
+        }
+    }
+
+    /// Its process is up and passed its readiness check.
+    pub fn is_up(self) -> bool {
+        matches!(self, UnitState::Ready | UnitState::Running)
+    }
+}
+
+impl std::fmt::Display for UnitState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `pad`, so table columns (`{:<10}`) line up.
+        f.pad(self.as_str())
+    }
+}
+
 /// How a unit looks from the outside (`pgward status`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UnitStatus {
     pub name: String,
-    pub state: String,
+    pub state: UnitState,
     pub pid: Option<i32>,
     pub restarts: u32,
     pub uptime_seconds: Option<f64>,
@@ -200,7 +246,7 @@ impl View {
                 let running = snap.state.pid().is_some();
                 UnitStatus {
                     name: name.clone(),
-                    state: snap.state.name().to_owned(),
+                    state: snap.state.unit_state(),
                     pid: snap.state.pid(),
                     restarts: snap.counters.restarts,
                     uptime_seconds: snap

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::UnitState;
 use crate::config::RestartMode;
 use crate::init::ExitInfo;
 
@@ -73,18 +74,24 @@ pub enum State {
 }
 
 impl State {
-    pub fn name(&self) -> &'static str {
+    /// The state without its data, as `pgward status` and the metrics show it.
+    pub fn unit_state(&self) -> UnitState {
         match self {
-            State::Pending => "pending",
-            State::Starting { ready: false, .. } => "starting",
-            State::Starting { ready: true, .. } => "ready",
-            State::Running { .. } => "running",
-            State::Backoff { .. } => "backoff",
-            State::Stopping { .. } => "stopping",
-            State::Exited { .. } => "exited",
-            State::Stopped { .. } => "stopped",
-            State::Fatal { .. } => "fatal",
+            State::Pending => UnitState::Pending,
+            State::Starting { ready: false, .. } => UnitState::Starting,
+            State::Starting { ready: true, .. } => UnitState::Ready,
+            State::Running { .. } => UnitState::Running,
+            State::Backoff { .. } => UnitState::Backoff,
+            State::Stopping { .. } => UnitState::Stopping,
+            State::Exited { .. } => UnitState::Exited,
+            State::Stopped { .. } => UnitState::Stopped,
+            State::Fatal { .. } => UnitState::Fatal,
         }
+    }
+
+    /// The state's name: [`State::unit_state`] as text.
+    pub fn name(&self) -> &'static str {
+        self.unit_state().as_str()
     }
 
     pub fn pid(&self) -> Option<i32> {

@@ -24,6 +24,7 @@ use super::archived_marks::{ArchivedMarks, MARKS_DIR};
 use super::push::{file_name, PushContext, Pushed};
 use super::ready_watch::watch_ready;
 use super::stage::SegmentStager;
+use crate::tasks::Critical;
 
 /// How often the look-ahead scans `archive_status` when nothing wakes it.
 const SCAN_INTERVAL: Duration = Duration::from_millis(50);
@@ -109,12 +110,14 @@ struct Inner {
 }
 
 impl Archiver {
-    /// Starts the look-ahead for the cluster in `data_dir`. Stops when `cancel` fires.
+    /// Starts the look-ahead for the cluster in `data_dir`, a critical task. Stops when
+    /// `cancel` fires.
     pub fn start(
         ctx: PushContext,
         data_dir: &Path,
         options: ArchiverOptions,
         cancel: CancellationToken,
+        critical: &Critical,
     ) -> Archiver {
         let ArchiverOptions {
             concurrency,
@@ -171,7 +174,11 @@ impl Archiver {
         if let Err(e) = watch_ready(&archiver.inner.status_dir, on_ready, cancel_watch) {
             tracing::debug!("archive_status is scanned, not watched: {e:#}");
         }
-        tokio::spawn(archiver.clone().look_ahead());
+        critical.spawn(
+            "the WAL archiver's look-ahead",
+            &archiver.inner.cancel,
+            archiver.clone().look_ahead(),
+        );
         archiver
     }
 

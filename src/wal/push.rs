@@ -12,10 +12,10 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::postgres::control_file::ControlFile;
 use crate::postgres::wal::{WalFileName, WalSegSize};
 use crate::postgres::wal_header::{read_segment_header, ExpectedHeader};
-use crate::repo::{layout, retry, PutOutcome, Repo, RepoMeta, RetryPolicy, StagedObject};
+use crate::postgres::ClusterIdentity;
+use crate::repo::{layout, retry, PutOutcome, Repo, RetryPolicy, StagedObject};
 
 use super::stage::SegmentStager;
 
@@ -39,28 +39,15 @@ pub struct PushContext {
 }
 
 impl PushContext {
-    /// Opens the repository for the cluster in `data_dir`, creating `repo.json` on first use
-    /// and refusing a repository that belongs to another cluster or major version.
-    pub async fn open(
-        repo: Repo,
-        retry: RetryPolicy,
-        data_dir: &Path,
-        pg_major: u32,
-    ) -> Result<PushContext> {
-        let dir = data_dir.to_path_buf();
-        let control = tokio::task::spawn_blocking(move || ControlFile::read(&dir))
-            .await
-            .context("join pg_control reader")??;
-        let expected = RepoMeta::new(pg_major, control.system_identifier);
-        repo.ensure_meta(&expected)
-            .await
-            .with_context(|| format!("check repository {}", repo.describe()))?;
-        Ok(PushContext {
+    /// A context for the cluster `identity`, whose repository was checked to be this
+    /// cluster's (`repo.json`).
+    pub fn new(repo: Repo, retry: RetryPolicy, identity: ClusterIdentity) -> PushContext {
+        PushContext {
             repo,
             retry,
-            system_identifier: control.system_identifier,
-            seg_size: control.xlog_seg_size,
-        })
+            system_identifier: identity.system_identifier,
+            seg_size: identity.seg_size,
+        }
     }
 
     /// Archives the WAL file at `path` (a segment, partial segment, timeline history or

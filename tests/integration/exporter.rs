@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use pgward::metrics::postgres::PostgresCollector;
 use pgward::metrics::text::Families;
-use pgward::postgres::ready::Target;
 
 use crate::common::{self, free_port, Cluster, Pgward};
 
@@ -53,7 +52,7 @@ fn config_with(cluster: &Cluster, parameters: &str, metrics: &str, extra: &str) 
 
 fn collector_for(config: &Path) -> PostgresCollector {
     let config = pgward::config::load(Some(config), &|_| None).expect("load the test config");
-    PostgresCollector::new(Target::superuser_of(&config.postgres), &config.metrics)
+    PostgresCollector::new(config.postgres.superuser_target(), &config.metrics)
         .expect("a collector")
 }
 
@@ -776,7 +775,7 @@ fn a_bad_queries_file_is_refused_naming_the_file_and_the_query() {
     );
     let text = format!("metrics:\n  queries_file: {}\n", queries.display());
     let config = pgward::config::from_str(&text, "pgward.yaml", &|_| None).unwrap();
-    let target = Target::superuser_of(&config.postgres);
+    let target = config.postgres.superuser_target();
     let error = PostgresCollector::new(target.clone(), &config.metrics)
         .err()
         .expect("refused");

@@ -570,7 +570,7 @@ async fn without_a_daemon_the_server_user_archives_into_the_local_repository() {
             "wal-push",
             partial.to_str().unwrap(),
         ])
-        .env_remove(pgward::commands::SOCKET_ENV)
+        .env_remove(pgward::control::SOCKET_ENV)
         .output()
         .unwrap();
     assert!(

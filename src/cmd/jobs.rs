@@ -17,7 +17,7 @@ pub async fn list(config: &Config, json: bool) -> Result<i32> {
             {
                 Response::Jobs { jobs } => jobs,
                 Response::Error { message } => bail!("the daemon refused: {message}"),
-                other => bail!("unexpected answer from the daemon: {other:?}"),
+                other => return Err(other.unexpected()),
             }
         }
         // No daemon: what the config schedules and what the last runs left.
@@ -105,7 +105,7 @@ pub async fn run(config: &Config, name: &str) -> Result<i32> {
             },
             Response::JobDone { result: done } => result = Some(done),
             Response::Error { message } => result = Some(Err(message)),
-            other => result = Some(Err(format!("unexpected answer from the daemon: {other:?}"))),
+            other => result = Some(Err(format!("{:#}", other.unexpected()))),
         },
     )
     .await?;

@@ -1,0 +1,166 @@
+//! The scheduler's built-in actions: `backup`, `expire`, `verify`, `check`, `sql` and
+//! `restore-test`, each the same domain code as its command (`pgward backup`, ...), with a
+//! one-line summary on success and an error saying why otherwise.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tokio_util::sync::CancellationToken;
+
+use crate::backup::{catalog, expire, summary, verify};
+use crate::check::all_ok;
+use crate::config::{JobTask, RestoreTestConfig};
+use crate::postgres::ready::Target;
+use crate::scheduler::{Actions, BoxFuture};
+use crate::site::Site;
+
+/// The actions, on the daemon's site.
+pub(super) struct SiteActions {
+    pub(super) site: Arc<Site>,
+}
+
+impl Actions for SiteActions {
+    fn run<'a>(
+        &'a self,
+        job: &'a str,
+        task: &'a JobTask,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<String>> {
+        Box::pin(async move {
+            match task {
+                JobTask::Command { .. } => bail!("job {job} runs a command, not an action"),
+                JobTask::Backup { incremental } => self.backup(job, *incremental, cancel).await,
+                JobTask::Expire => self.expire().await,
+                JobTask::Verify { backup } => self.verify(backup, cancel).await,
+                JobTask::Check => self.check().await,
+                JobTask::Sql {
+                    sql,
+                    database,
+                    statement_timeout,
+                } => run_sql(self.site.target(), database, sql, *statement_timeout).await,
+                JobTask::RestoreTest(options) => self.restore_test(options, cancel).await,
+            }
+        })
+    }
+}
+
+impl SiteActions {
+    async fn backup(
+        &self,
+        job: &str,
+        incremental: bool,
+        cancel: &CancellationToken,
+    ) -> Result<String> {
+        let annotations = BTreeMap::from([("job".to_owned(), job.to_owned())]);
+        let options = self.site.backup_options(annotations, false);
+        let take: BoxFuture<'_, _> = Box::pin(self.site.take_backup(incremental, &options, cancel));
+        let manifest = take.await?;
+        let damaged = summary::damaged_files(&manifest);
+        if !damaged.is_empty() {
+            tracing::warn!(
+                job,
+                backup = %manifest.id,
+                "data page checksum failures, copied as they are on disk: {}",
+                damaged.join(", ")
+            );
+        }
+        Ok(summary::one_line(&manifest))
+    }
+
+    async fn expire(&self) -> Result<String> {
+        let repo = self.site.repo()?;
+        let policy = self.site.retention();
+        let plan: BoxFuture<'_, _> = Box::pin(expire::plan(repo, &policy, chrono::Utc::now()));
+        let plan = plan.await?;
+        let execute: BoxFuture<'_, _> = Box::pin(expire::execute(repo, &plan));
+        execute.await?;
+        Ok(plan.summary(false))
+    }
+
+    async fn verify(&self, backup: &str, cancel: &CancellationToken) -> Result<String> {
+        let repo = self.site.repo()?;
+        let manifest = catalog::resolve(repo, backup).await?;
+        let options = self.site.verify_options();
+        // Boxed as `dyn Send` here, where the lifetimes are concrete: the compiler cannot
+        // prove `Send` of this future for every lifetime inside `Actions::run`'s.
+        let verify: BoxFuture<'_, _> = Box::pin(verify::verify(repo, &manifest, &options, cancel));
+        let report = verify.await?;
+        let text = verify::human_report(&report);
+        if !report.ok {
+            bail!("{}", text.trim_end());
+        }
+        Ok(text.lines().last().unwrap_or_default().to_owned())
+    }
+
+    async fn check(&self) -> Result<String> {
+        let checks: BoxFuture<'_, _> = Box::pin(self.site.checks());
+        let results = checks.await;
+        if !all_ok(&results) {
+            let failed: Vec<String> = results
+                .iter()
+                .filter(|r| !r.ok)
+                .map(|r| format!("{}: {}", r.name, r.detail))
+                .collect();
+            bail!("check failed: {}", failed.join("; "));
+        }
+        Ok(format!("all {} checks ok", results.len()))
+    }
+
+    async fn restore_test(
+        &self,
+        options: &RestoreTestConfig,
+        cancel: &CancellationToken,
+    ) -> Result<String> {
+        let test: BoxFuture<'_, _> = Box::pin(self.site.restore_test(options, cancel));
+        let report = test.await?;
+        if !report.ok {
+            bail!(
+                "restore test of backup {} failed: {}",
+                report.backup,
+                report.reason.as_deref().unwrap_or("no reason given")
+            );
+        }
+        Ok(format!(
+            "backup {} restored and recovered in {:.1} s",
+            report.backup, report.total_secs
+        ))
+    }
+}
+
+/// Runs `sql` in `database` as the superuser, bounded by `statement_timeout`.
+async fn run_sql(
+    superuser: Target,
+    database: &str,
+    sql: &str,
+    statement_timeout: Duration,
+) -> Result<String> {
+    let target = Target {
+        dbname: database.to_owned(),
+        ..superuser
+    };
+    let client = target.connect().await.with_context(|| {
+        format!(
+            "connect to database {database} at {}",
+            target.socket_dir.display()
+        )
+    })?;
+    client
+        .batch_execute(&format!(
+            "SET statement_timeout = {}",
+            statement_timeout.as_millis()
+        ))
+        .await
+        .context("set statement_timeout")?;
+    client
+        .batch_execute(sql)
+        .await
+        .map_err(|e| match e.as_db_error() {
+            // The server's own message ("canceling statement due to statement timeout").
+            Some(db) => anyhow::anyhow!("{}: {}", db.severity(), db.message()),
+            None => anyhow::Error::new(e),
+        })
+        .with_context(|| format!("run the job's SQL in database {database}"))?;
+    Ok(format!("SQL ran in database {database}"))
+}

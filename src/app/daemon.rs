@@ -1,0 +1,270 @@
+//! What the daemon answers: requests on the control socket (WAL pushes and fetches from
+//! postgres's archive and restore commands, `status`, `jobs`), and the metrics endpoints'
+//! `/metrics`, `/healthz`, `/readyz` and `/status`, with where a recovering postgres stands.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::mpsc;
+
+use super::wal::{WalServices, WalSlot};
+use crate::control::server::{Answer, Handler};
+use crate::control::{RecoveryStatus, Request, Response, Status};
+use crate::metrics::pgward as pgward_metrics;
+use crate::metrics::pgward::Watchers;
+use crate::metrics::postgres::PostgresCollector;
+use crate::metrics::server::{Readiness, Source};
+use crate::postgres::ready::{self, Target};
+use crate::scheduler::Scheduler;
+use crate::supervisor::{UnitState, View, POSTGRES};
+use crate::wal::fetch::Fetched;
+
+pub(super) struct DaemonHandler {
+    pub(super) view: View,
+    pub(super) stopping: Arc<AtomicBool>,
+    /// `None` when archiving is off: WAL requests are then left to the clients.
+    pub(super) wal: WalSlot,
+    /// Where to ask postgres whether it recovers.
+    pub(super) target: Target,
+    pub(super) scheduler: Scheduler,
+}
+
+/// Whether postgres recovers, and where (`None` when it does not, or cannot say now).
+async fn recovery_status(target: &Target) -> Option<RecoveryStatus> {
+    let query = async {
+        let client = target.connect().await.ok()?;
+        let row = client
+            .query_one(
+                "SELECT pg_is_in_recovery(), \
+                 CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END, \
+                 pg_last_wal_replay_lsn()::text",
+                &[],
+            )
+            .await
+            .ok()?;
+        let (in_recovery, paused, lsn): (bool, bool, Option<String>) =
+            (row.get(0), row.get(1), row.get(2));
+        in_recovery.then(|| RecoveryStatus {
+            paused,
+            hint: if paused {
+                "replay is paused (at the recovery target?): check the data, then run \
+                 SELECT pg_wal_replay_resume(); to end recovery and promote, or restore \
+                 again with another target"
+                    .into()
+            } else {
+                "replaying WAL from the archive".into()
+            },
+            replay_lsn: lsn,
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(3), query)
+        .await
+        .ok()
+        .flatten()
+}
+
+impl DaemonHandler {
+    /// What `pgward status` (and the exporter's `/status`) shows.
+    async fn status(&self) -> Status {
+        let archiver = match self.wal.as_ref().and_then(|w| w.get()) {
+            Some(wal) => Some(wal.archiver.status().await),
+            None => None,
+        };
+        let postgres_ready = self
+            .view
+            .status()
+            .iter()
+            .any(|s| s.name == POSTGRES && s.state == UnitState::Ready);
+        let recovery = match postgres_ready {
+            true => recovery_status(&self.target).await,
+            false => None,
+        };
+        Status {
+            pgward_pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_seconds: self.view.uptime().as_secs_f64(),
+            phase: if self.stopping.load(Ordering::Relaxed) {
+                "stopping"
+            } else {
+                "running"
+            }
+            .into(),
+            services: self.view.status(),
+            archiver,
+            recovery,
+            jobs: self.scheduler.list(),
+        }
+    }
+
+    fn wal(&self) -> Result<&WalServices, WalUnavailable> {
+        let slot = self.wal.as_ref().ok_or(WalUnavailable::NotServed)?;
+        slot.get().ok_or(WalUnavailable::NotOpen)
+    }
+}
+
+/// Why a WAL request cannot be served by the daemon.
+enum WalUnavailable {
+    /// Archiving is off: the client does the work itself.
+    NotServed,
+    /// The repository could not be opened yet.
+    NotOpen,
+}
+
+impl From<WalUnavailable> for Response {
+    fn from(why: WalUnavailable) -> Response {
+        match why {
+            WalUnavailable::NotServed => Response::NotServed,
+            WalUnavailable::NotOpen => Response::Error {
+                message:
+                    "the WAL repository is not open yet (see pgward's log); postgres will retry"
+                        .into(),
+            },
+        }
+    }
+}
+
+impl Handler for DaemonHandler {
+    fn stream(&self, request: &Request) -> Option<mpsc::UnboundedReceiver<Response>> {
+        let Request::JobRun { name } = request else {
+            return None;
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (lines_tx, mut lines) = mpsc::unbounded_channel();
+        let scheduler = self.scheduler.clone();
+        let name = name.clone();
+        tokio::spawn(async move {
+            let run = scheduler.run_now(&name, lines_tx);
+            tokio::pin!(run);
+            let result = loop {
+                tokio::select! {
+                    result = &mut run => break result,
+                    Some(line) = lines.recv() => {
+                        let _ = tx.send(Response::JobOutput { line });
+                    }
+                }
+            };
+            while let Ok(line) = lines.try_recv() {
+                let _ = tx.send(Response::JobOutput { line });
+            }
+            let _ = tx.send(Response::JobDone { result });
+        });
+        Some(rx)
+    }
+
+    fn handle(&self, request: Request) -> Answer<'_> {
+        Box::pin(async move {
+            match request {
+                Request::WalPush { path } => match self.wal() {
+                    Ok(wal) => match wal.archiver.push(&path).await {
+                        Ok(outcome) => Response::WalPushed { outcome },
+                        Err(message) => Response::Error { message },
+                    },
+                    Err(why) => why.into(),
+                },
+                Request::WalFetch { name, dest } => match self.wal() {
+                    Ok(wal) => match wal.fetcher.fetch(&name, &dest).await {
+                        Ok(fetched) => Response::WalFetched {
+                            found: fetched == Fetched::Found,
+                        },
+                        Err(e) => Response::Error {
+                            message: format!("{e:#}"),
+                        },
+                    },
+                    Err(why) => why.into(),
+                },
+                Request::Status => Response::Status(Box::new(self.status().await)),
+                Request::Jobs => Response::Jobs {
+                    jobs: self.scheduler.list(),
+                },
+                Request::JobRun { .. } => Response::Error {
+                    message: "job runs are answered as a stream".into(),
+                },
+            }
+        })
+    }
+}
+
+/// What the metrics endpoints serve: the daemon's state, pgward's metrics and postgres's.
+pub(super) struct DaemonMetrics {
+    pub(super) daemon: Arc<DaemonHandler>,
+    pub(super) handle: PrometheusHandle,
+    pub(super) watchers: Watchers,
+    pub(super) postgres: PostgresCollector,
+    pub(super) min_redundancy: u32,
+}
+
+impl Source for DaemonMetrics {
+    fn metrics(&self) -> BoxFuture<'_, String> {
+        Box::pin(async move {
+            let archiver = match self.daemon.wal.as_ref().and_then(|w| w.get()) {
+                Some(wal) => Some(wal.archiver.status().await),
+                None => None,
+            };
+            let services = self.daemon.view.status();
+            let jobs = self.daemon.scheduler.list();
+            pgward_metrics::update(
+                &pgward_metrics::Snapshot {
+                    services: &services,
+                    archiver: archiver.as_ref(),
+                    jobs: &jobs,
+                    min_redundancy: self.min_redundancy,
+                    now: chrono::Utc::now(),
+                },
+                &self.watchers,
+            );
+            let mut body = self.handle.render();
+            self.postgres.scrape().await.render_into(&mut body);
+            // After the answer is on its way, not before: the trim takes a moment.
+            tokio::spawn(pgward_metrics::give_back_memory());
+            body
+        })
+    }
+
+    fn healthy(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let services = self.daemon.view.status();
+            match services.iter().find(|s| s.name == POSTGRES) {
+                Some(pg) if pg.state == UnitState::Fatal => Err(format!(
+                    "postgres failed for good ({})",
+                    pg.last_error.as_deref().unwrap_or("see the log")
+                )),
+                Some(_) => Ok(()),
+                None => Err("postgres is not supervised".into()),
+            }
+        })
+    }
+
+    fn ready(&self) -> BoxFuture<'_, Readiness> {
+        Box::pin(async move {
+            if self.daemon.stopping.load(Ordering::Relaxed) {
+                return Readiness::NotReady("pgward is shutting down".into());
+            }
+            let services = self.daemon.view.status();
+            let Some(pg) = services.iter().find(|s| s.name == POSTGRES) else {
+                return Readiness::NotReady("postgres is not supervised".into());
+            };
+            if !pg.state.is_up() {
+                return Readiness::NotReady(format!(
+                    "postgres is {} (restarts: {})",
+                    pg.state, pg.restarts
+                ));
+            }
+            if let Err(e) = ready::probe(&self.daemon.target).await {
+                return Readiness::NotReady(format!("postgres does not accept connections: {e}"));
+            }
+            match recovery_status(&self.daemon.target).await {
+                Some(_) => Readiness::InRecovery,
+                None => Readiness::Ready,
+            }
+        })
+    }
+
+    fn status(&self) -> BoxFuture<'_, serde_json::Value> {
+        Box::pin(
+            async move { serde_json::to_value(self.daemon.status().await).unwrap_or_default() },
+        )
+    }
+}
