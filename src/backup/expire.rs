@@ -240,6 +240,23 @@ mod tests {
         crate::repo::wal_key(name).unwrap()
     }
 
+    fn memory_repo() -> Repo {
+        Repo::open_with_store(
+            std::sync::Arc::new(object_store::memory::InMemory::new()),
+            "",
+            crate::repo::Codec::Zstd,
+            3,
+        )
+    }
+
+    async fn plan_keeping_one_full(repo: &Repo) -> Result<Plan> {
+        let policy = Policy {
+            full: 1,
+            max_age: None,
+        };
+        super::plan(repo, &policy, now()).await
+    }
+
     #[tokio::test]
     async fn expire_deletes_old_chains_abandoned_objects_and_unneeded_wal() {
         let dir = tempfile::tempdir().unwrap();
@@ -339,12 +356,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_manifest_naming_another_backup_stops_everything() {
-        let repo = Repo::open_with_store(
-            std::sync::Arc::new(object_store::memory::InMemory::new()),
-            "",
-            crate::repo::Codec::Zstd,
-            3,
-        );
+        let repo = memory_repo();
         let f1 = full(20, 1);
         let f2 = full(10, 2);
         store(&repo, &f1).await;
@@ -352,16 +364,7 @@ mod tests {
         repo.put_bytes(&manifest_key("20260101T000000F"), json, PutMode::Create)
             .await
             .unwrap();
-        let err = super::plan(
-            &repo,
-            &Policy {
-                full: 1,
-                max_age: None,
-            },
-            now(),
-        )
-        .await
-        .unwrap_err();
+        let err = plan_keeping_one_full(&repo).await.unwrap_err();
         assert_eq!(
             err.to_string(),
             format!(
@@ -374,24 +377,10 @@ mod tests {
 
     #[tokio::test]
     async fn without_a_complete_backup_nothing_is_deleted() {
-        let repo = Repo::open_with_store(
-            std::sync::Arc::new(object_store::memory::InMemory::new()),
-            "",
-            crate::repo::Codec::Zstd,
-            3,
-        );
+        let repo = memory_repo();
         put(&repo, &file_key("20261201T000000F", "base/1/1")).await;
         put(&repo, &wal("000000010000000000000001")).await;
-        let plan = super::plan(
-            &repo,
-            &Policy {
-                full: 1,
-                max_age: None,
-            },
-            now(),
-        )
-        .await
-        .unwrap();
+        let plan = plan_keeping_one_full(&repo).await.unwrap();
         assert!(plan.selection.verdicts.is_empty());
         assert!(plan.abandoned.is_empty());
         assert_eq!(plan.wal_horizon, None);

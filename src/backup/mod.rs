@@ -1,4 +1,5 @@
-//! Base backups: taking them (`take`; `block_delta` picks the blocks an incremental reads),
+//! Base backups: taking them (`take`: what to copy is `walk`'s, storing it `copy`'s, and
+//! `block_delta` picks the blocks an incremental reads),
 //! the catalogue of complete ones (`catalog`), what a backup is in the repository
 //! (`manifest`) and in words (`summary`), checking one without restoring it (`verify`), and
 //! removing those retention no longer keeps, with the WAL only they needed (`retention`
@@ -7,6 +8,7 @@
 
 pub mod block_delta;
 pub mod catalog;
+mod copy;
 pub mod exclude;
 pub mod expire;
 pub mod manifest;
@@ -16,3 +18,4 @@ pub mod retention;
 pub mod summary;
 pub mod take;
 pub mod verify;
+mod walk;

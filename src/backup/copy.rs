@@ -1,0 +1,482 @@
+//! Storing a backup's files: each file as its own checksummed object, large files in
+//! slices, changed blocks of relation files over the parent's copy, unchanged files referenced
+//! from the parent; `backup.concurrency` at a time, with progress. Data pages are checked
+//! against their checksums on the way.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+use futures_util::{stream, StreamExt, TryStreamExt};
+use tokio_util::sync::CancellationToken;
+
+use super::block_delta::{self, BlockMap};
+use super::manifest::{file_key, FileEntry, Manifest, Part};
+use super::page_checksum;
+use super::take::BackupOptions;
+use super::walk::Source;
+use crate::repo::{PutOutcome, Repo};
+
+/// One unit of copying work. Files larger than `backup.slice_size` are stored in slices, read,
+/// compressed and uploaded in parallel (a 1 GiB relation segment would otherwise keep one
+/// worker busy while the others idle at the end of the backup), and restored in parallel.
+enum Work {
+    /// A file stored as one object.
+    Whole(Source),
+    /// One slice of a large file: `(offset, length)`, the last one reading to the end.
+    Slice(Arc<SlicedFile>, (u64, u64)),
+    /// The changed blocks of a relation file, over the parent's copy.
+    Blocks(Box<ChangedFile>),
+}
+
+/// A relation file of which an incremental reads only the changed blocks.
+struct ChangedFile {
+    source: Source,
+    /// The parent's entry.
+    earlier: FileEntry,
+    /// What to read.
+    ranges: Vec<(u64, u64)>,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+    relseg_size: u32,
+}
+
+/// A large file being stored in slices, as it was before the first slice was read.
+struct SlicedFile {
+    source: Source,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+/// What one unit of work produced.
+enum Done {
+    File(FileEntry),
+    Slice {
+        file: Arc<SlicedFile>,
+        part: Option<Part>,
+        bad_blocks: Vec<u32>,
+    },
+    Vanished,
+}
+
+/// Stores every file, `concurrency` at a time, logging progress; with a `parent`, files it
+/// holds unchanged are referenced instead.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn copy_files(
+    repo: &Repo,
+    id: &str,
+    sources: Vec<Source>,
+    total: u64,
+    parent: Option<(&Manifest, Option<&BlockMap>)>,
+    check_pages_before: Option<u64>,
+    options: &BackupOptions,
+    cancel: &CancellationToken,
+) -> Result<Vec<FileEntry>> {
+    let progress = super::progress::Progress::new(id, total);
+    let (parent, block_map) = match parent {
+        Some((parent, map)) => (Some(parent), map),
+        None => (None, None),
+    };
+    let earlier: HashMap<&str, &FileEntry> = parent
+        .map(|p| p.files.iter().map(|f| (f.path.as_str(), f)).collect())
+        .unwrap_or_default();
+    let mut files = Vec::new();
+    let mut work = Vec::new();
+    let planned: Vec<Plan> = stream::iter(sources)
+        .map(|source| {
+            let earlier = earlier.get(source.path.as_str()).copied();
+            plan(source, earlier, parent, block_map, options.slice_size)
+        })
+        .buffered(16)
+        .try_collect()
+        .await?;
+    for planned in planned {
+        match planned {
+            Plan::Reference(entry) => {
+                progress.add(entry.size);
+                files.push(entry);
+            }
+            Plan::Work(items) => work.extend(items),
+            Plan::Vanished => {}
+        }
+    }
+    let results: Vec<Done> = stream::iter(work)
+        .map(|item| {
+            let progress = &progress;
+            async move {
+                let done = match item {
+                    Work::Whole(source) => {
+                        match copy_file(repo, id, source, check_pages_before, cancel).await? {
+                            Some(entry) => Done::File(entry),
+                            None => Done::Vanished,
+                        }
+                    }
+                    Work::Slice(file, range) => {
+                        copy_slice(repo, id, file, range, check_pages_before, cancel).await?
+                    }
+                    Work::Blocks(delta) => {
+                        Done::File(copy_blocks(repo, id, *delta, check_pages_before, cancel).await?)
+                    }
+                };
+                match &done {
+                    Done::File(entry) => progress.add(entry.size),
+                    Done::Slice {
+                        part: Some(part), ..
+                    } => progress.add(part.bytes()),
+                    _ => {}
+                }
+                anyhow::Ok(done)
+            }
+        })
+        .buffer_unordered(options.concurrency.max(1))
+        .try_collect()
+        .await?;
+    progress.finish();
+    files.extend(assemble(id, results));
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(files)
+}
+
+/// How one file is backed up.
+enum Plan {
+    /// Unchanged since the parent: its entry there serves.
+    Reference(FileEntry),
+    Work(Vec<Work>),
+    Vanished,
+}
+
+/// Decides how `source` is backed up: referenced when `earlier` (its entry in the parent
+/// backup) still describes it, else copied whole or, when large, in slices.
+async fn plan(
+    source: Source,
+    earlier: Option<&FileEntry>,
+    parent: Option<&Manifest>,
+    block_map: Option<&BlockMap>,
+    slice_size: u64,
+) -> Result<Plan> {
+    if let (Some(entry), Some(parent)) = (earlier, parent) {
+        if let Some(entry) = referenced(entry, &source, parent.start_time).await {
+            return Ok(Plan::Reference(entry));
+        }
+        if let Some(map) = block_map {
+            let meta = match tokio::fs::metadata(&source.abs).await {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Plan::Vanished),
+                Err(e) => return Err(e).with_context(|| format!("stat {}", source.abs.display())),
+            };
+            if let Some(ranges) = map.ranges_to_read(&source.path, entry, meta.len()) {
+                return Ok(Plan::Work(vec![Work::Blocks(Box::new(ChangedFile {
+                    source,
+                    earlier: entry.clone(),
+                    ranges,
+                    size: meta.len(),
+                    mtime: meta.mtime(),
+                    mtime_nsec: meta.mtime_nsec(),
+                    relseg_size: map.relseg_size(),
+                }))]));
+            }
+        }
+    }
+    if source.len <= slice_size {
+        return Ok(Plan::Work(vec![Work::Whole(source)]));
+    }
+    let meta = match tokio::fs::metadata(&source.abs).await {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Plan::Vanished),
+        Err(e) => return Err(e).with_context(|| format!("stat {}", source.abs.display())),
+    };
+    let slices = meta.len().div_ceil(slice_size);
+    let file = Arc::new(SlicedFile {
+        source,
+        mtime: meta.mtime(),
+        mtime_nsec: meta.mtime_nsec(),
+    });
+    Ok(Plan::Work(
+        (0..slices)
+            .map(|i| {
+                let offset = i * slice_size;
+                // The last slice reads whatever the file holds by then.
+                let len = if i + 1 == slices {
+                    u64::MAX - offset
+                } else {
+                    slice_size
+                };
+                Work::Slice(file.clone(), (offset, len))
+            })
+            .collect(),
+    ))
+}
+
+/// Stores one slice of a large file; no part when the file no longer reaches it.
+async fn copy_slice(
+    repo: &Repo,
+    id: &str,
+    file: Arc<SlicedFile>,
+    range: (u64, u64),
+    check_pages_before: Option<u64>,
+    cancel: &CancellationToken,
+) -> Result<Done> {
+    let source = &file.source;
+    let key = format!("{}@{}", file_key(id, &source.path), range.0);
+    let (outcome, stored) = match repo
+        .put_ranges_create(&key, &source.abs, vec![range], cancel)
+        .await
+    {
+        Ok(done) => done,
+        Err(e) if is_not_found(&e) => return Ok(Done::Vanished),
+        Err(e) => return Err(e).with_context(|| format!("back up {}", source.path)),
+    };
+    let bad_blocks = check_pages(source, check_pages_before, &stored).await?;
+    let part = (!stored.is_empty()).then(|| {
+        let (checksum, stored_size) = stored_outcome(outcome);
+        Part {
+            ranges: stored.iter().map(|&(o, l)| [o, l]).collect(),
+            checksum,
+            stored_size,
+            stored_in: id.to_owned(),
+            whole_object: false,
+        }
+    });
+    Ok(Done::Slice {
+        file,
+        part,
+        bad_blocks,
+    })
+}
+
+/// Stores the changed blocks of a relation file: its entry is the parent's parts, then one
+/// part with those blocks. A file gone since is still listed: WAL replay removes it.
+async fn copy_blocks(
+    repo: &Repo,
+    id: &str,
+    file: ChangedFile,
+    check_pages_before: Option<u64>,
+    cancel: &CancellationToken,
+) -> Result<FileEntry> {
+    let source = &file.source;
+    let mut parts = block_delta::base_parts(&file.earlier, file.size);
+    let mut stored = Vec::new();
+    let mut new_part = None;
+    if let Some(&(first, _)) = file.ranges.first() {
+        let key = format!("{}@{first}", file_key(id, &source.path));
+        let (outcome, read) = repo
+            .put_ranges_create(&key, &source.abs, file.ranges.clone(), cancel)
+            .await
+            .with_context(|| format!("back up the changed blocks of {}", source.path))?;
+        if !read.is_empty() {
+            let (checksum, stored_size) = stored_outcome(outcome);
+            new_part = Some(Part {
+                ranges: read.iter().map(|&(o, l)| [o, l]).collect(),
+                checksum,
+                stored_size,
+                stored_in: id.to_owned(),
+                whole_object: false,
+            });
+            stored = read;
+        }
+    }
+    let mut bad_blocks = check_pages(source, check_pages_before, &stored).await?;
+    // The parent's bad blocks that were not read again are still in the copy.
+    let per_segment = u64::from(file.relseg_size.max(1));
+    let reread = |blkno: u32| {
+        let offset = (u64::from(blkno) % per_segment) * block_delta::BLOCK;
+        offset >= file.size || stored.iter().any(|&(o, l)| offset >= o && offset < o + l)
+    };
+    bad_blocks.extend(
+        file.earlier
+            .bad_blocks
+            .iter()
+            .copied()
+            .filter(|&b| !reread(b)),
+    );
+    bad_blocks.sort_unstable();
+    let (stored_in, stored_size) = match &new_part {
+        Some(part) => (id.to_owned(), part.stored_size),
+        None => {
+            let newest = parts
+                .last()
+                .map_or(&file.earlier.stored_in, |p| &p.stored_in);
+            let size = parts
+                .iter()
+                .filter(|p| &p.stored_in == newest)
+                .map(|p| p.stored_size)
+                .sum();
+            (newest.clone(), size)
+        }
+    };
+    parts.extend(new_part);
+    Ok(FileEntry {
+        path: source.path.clone(),
+        size: file.size,
+        mtime: file.mtime,
+        mtime_nsec: file.mtime_nsec,
+        mode: source.mode,
+        checksum: String::new(),
+        stored_size,
+        stored_in,
+        bad_blocks,
+        parts,
+    })
+}
+
+/// The entries of the files stored whole and of those stored in slices.
+fn assemble(id: &str, results: Vec<Done>) -> Vec<FileEntry> {
+    let mut files = Vec::new();
+    /// A sliced file, its stored parts, its bad blocks.
+    type Slices = (Arc<SlicedFile>, Vec<Part>, Vec<u32>);
+    let mut sliced: BTreeMap<String, Slices> = BTreeMap::new();
+    for done in results {
+        match done {
+            Done::File(entry) => files.push(entry),
+            Done::Vanished => {}
+            Done::Slice {
+                file,
+                part,
+                bad_blocks,
+            } => {
+                let slot = sliced
+                    .entry(file.source.path.clone())
+                    .or_insert_with(|| (file.clone(), Vec::new(), Vec::new()));
+                slot.1.extend(part);
+                slot.2.extend(bad_blocks);
+            }
+        }
+    }
+    for (path, (file, mut parts, mut bad_blocks)) in sliced {
+        if parts.is_empty() {
+            continue;
+        }
+        parts.sort_by_key(|p| p.ranges[0][0]);
+        bad_blocks.sort_unstable();
+        let size = parts
+            .iter()
+            .flat_map(|p| p.ranges.iter().map(|r| r[0] + r[1]))
+            .max()
+            .unwrap_or(0);
+        files.push(FileEntry {
+            path,
+            size,
+            mtime: file.mtime,
+            mtime_nsec: file.mtime_nsec,
+            mode: file.source.mode,
+            checksum: String::new(),
+            stored_size: parts.iter().map(|p| p.stored_size).sum(),
+            stored_in: id.to_owned(),
+            bad_blocks,
+            parts,
+        });
+    }
+    files
+}
+
+/// Checksum and stored size of a put.
+fn stored_outcome(outcome: PutOutcome) -> (String, u64) {
+    match outcome {
+        PutOutcome::Created {
+            checksum,
+            stored_bytes,
+        } => (checksum.to_string(), stored_bytes),
+        // Only a retry of this very backup could find its own object there.
+        PutOutcome::AlreadyIdentical { checksum } => (checksum.to_string(), 0),
+    }
+}
+
+/// With `check_pages_before` (the backup's start LSN, when the cluster has data checksums),
+/// the bad pages among `ranges` of a relation file, logged.
+async fn check_pages(
+    source: &Source,
+    check_pages_before: Option<u64>,
+    ranges: &[(u64, u64)],
+) -> Result<Vec<u32>> {
+    let Some(lsn) = check_pages_before else {
+        return Ok(Vec::new());
+    };
+    if !page_checksum::is_relation_file(&source.path) || ranges.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (abs, path, ranges) = (source.abs.clone(), source.path.clone(), ranges.to_vec());
+    let bad =
+        tokio::task::spawn_blocking(move || page_checksum::bad_blocks(&abs, &path, lsn, &ranges))
+            .await
+            .context("join a page check")?;
+    let bad = match bad {
+        Ok(bad) => bad,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("check the pages of {}", source.path)),
+    };
+    if !bad.is_empty() {
+        tracing::warn!(
+            file = %source.path,
+            blocks = ?bad,
+            "data page checksum mismatch: the copy holds the damaged pages as they are on disk"
+        );
+    }
+    Ok(bad)
+}
+
+/// `earlier`'s entry for `source` when the file has not changed since: its object serves.
+async fn referenced(
+    earlier: &FileEntry,
+    source: &Source,
+    earlier_start: chrono::DateTime<Utc>,
+) -> Option<FileEntry> {
+    let meta = tokio::fs::metadata(&source.abs).await.ok()?;
+    earlier
+        .unchanged(meta.len(), meta.mtime(), meta.mtime_nsec(), earlier_start)
+        .then(|| FileEntry {
+            mode: source.mode,
+            ..earlier.clone()
+        })
+}
+
+/// Stores one file; `None` when it vanished (dropped while the backup ran: WAL replay
+/// drops it in the restored cluster too).
+///
+/// With `check_pages_before` (the backup's start LSN, when the cluster has data checksums),
+/// the pages of relation files are checked too, and bad ones recorded.
+async fn copy_file(
+    repo: &Repo,
+    id: &str,
+    source: Source,
+    check_pages_before: Option<u64>,
+    cancel: &CancellationToken,
+) -> Result<Option<FileEntry>> {
+    let meta = match tokio::fs::metadata(&source.abs).await {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("stat {}", source.abs.display())),
+    };
+    let key = file_key(id, &source.path);
+    // The size recorded is what was read (the file may grow meanwhile): a later backup may
+    // use the object as the first part of the file, and parts hold exact ranges.
+    let (outcome, read) = match repo
+        .put_ranges_create(&key, &source.abs, vec![(0, u64::MAX)], cancel)
+        .await
+    {
+        Ok(done) => done,
+        Err(e) if is_not_found(&e) => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("back up {}", source.path)),
+    };
+    let size = read.first().map_or(0, |r| r.1);
+    let (checksum, stored_size) = stored_outcome(outcome);
+    let bad_blocks = check_pages(&source, check_pages_before, &[(0, u64::MAX)]).await?;
+    Ok(Some(FileEntry {
+        path: source.path,
+        size,
+        mtime: meta.mtime(),
+        mtime_nsec: meta.mtime_nsec(),
+        mode: source.mode,
+        checksum,
+        stored_size,
+        stored_in: id.to_owned(),
+        bad_blocks,
+        parts: Vec::new(),
+    }))
+}
+
+fn is_not_found(e: &crate::repo::RepoError) -> bool {
+    matches!(e, crate::repo::RepoError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+}
