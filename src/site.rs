@@ -279,10 +279,11 @@ impl Site {
                 control_socket: socket,
             })
         };
+        let fetcher = |pg_wal: &Path, seg_size, cancel| self.fetcher(pg_wal, seg_size, cancel);
         let resources = restore_test::Resources {
             config: &self.config,
             repo: self.repo.as_ref().map_err(Clone::clone),
-            retry: self.retry(),
+            fetcher: &fetcher,
             owner: self.run_as()?,
             sink: self.sink(),
             restore_command: self.restore_command().map_err(|e| format!("{e:#}")),

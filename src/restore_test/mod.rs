@@ -34,9 +34,10 @@ use crate::backup::manifest::Manifest;
 use crate::config::{Config, RestoreTestConfig, RestoreTestTarget};
 use crate::postgres::ready::Target;
 use crate::postgres::server::Server;
+use crate::postgres::wal::WalSegSize;
 use crate::postgres::BinDir;
 use crate::process::{self, ChildEnv, LogSink, RunAs, Tail};
-use crate::repo::{Repo, RetryPolicy};
+use crate::repo::Repo;
 use crate::restore::target::{RecoverySettings, RecoveryTarget, TargetAction};
 use crate::restore::{restore, RestoreOptions};
 use crate::wal::fetch::Fetcher;
@@ -62,7 +63,10 @@ pub struct Resources<'a> {
     pub config: &'a Config,
     /// The repository, or why it cannot be opened (the test then fails, saying so).
     pub repo: Result<&'a Repo, String>,
-    pub retry: RetryPolicy,
+    /// A fetcher of archived WAL into a `pg_wal` (spooling there), for segments of the given
+    /// size; stopped by the token.
+    pub fetcher:
+        &'a (dyn Fn(&Path, WalSegSize, CancellationToken) -> Result<Fetcher> + Send + Sync),
     /// The server's OS user (when running as root): it owns the scratch directory.
     pub owner: Option<&'a RunAs>,
     /// Where the throwaway server's output goes.
@@ -255,7 +259,7 @@ impl<'a> Test<'a> {
             target_name(self.options.target)
         );
         let data_dir = self.restore(repo, &manifest, &scratch.dir, report).await?;
-        self.serve_wal(repo, scratch, &data_dir).await?;
+        self.serve_wal(scratch, &data_dir).await?;
         let target = self.start_server(bin, scratch, &data_dir)?;
         let server = scratch
             .server
@@ -380,24 +384,16 @@ impl<'a> Test<'a> {
     }
 
     /// Answers the throwaway server's `wal-fetch` from a fetcher spooling into its `pg_wal`.
-    async fn serve_wal(
-        &self,
-        repo: &Repo,
-        scratch: &mut Scratch,
-        data_dir: &Path,
-    ) -> Result<(), Failed> {
+    async fn serve_wal(&self, scratch: &mut Scratch, data_dir: &Path) -> Result<(), Failed> {
         let seg_size = crate::postgres::identity::seg_size_of(data_dir)
             .await
             .in_step("start postgres")?;
-        let fetcher = Fetcher::new(
-            repo.clone(),
-            self.resources.retry,
+        let fetcher = (self.resources.fetcher)(
             &data_dir.join("pg_wal"),
             seg_size,
-            self.resources.config.wal.prefetch as usize,
-            self.resources.owner.cloned(),
             scratch.stop_serving.clone(),
-        );
+        )
+        .in_step("start postgres")?;
         scratch
             .serve_wal(fetcher, data_dir, self.resources.owner)
             .await
