@@ -39,6 +39,7 @@ mod meta;
 mod plain;
 pub mod ranges;
 pub mod retry;
+pub mod settings;
 mod staged;
 mod store;
 mod url;
@@ -62,10 +63,10 @@ pub use frame::{Checksum, TRAILER_LEN};
 pub use layout::{wal_key, REPO_META};
 pub use meta::{RepoMeta, FORMAT_VERSION};
 pub use retry::{retry, RetryPolicy};
+pub use settings::{AzureConfig, GcsConfig, S3Config, StorageConfig, StorageRetryConfig};
 pub use staged::StagedObject;
 pub use url::StorageUrl;
 
-use crate::config::StorageConfig;
 use frame::{DecodeError, Digest};
 
 /// Size of the encoder's output chunks sent to the uploader.

@@ -8,7 +8,7 @@ use object_store::memory::InMemory;
 use object_store::ObjectStore;
 
 use super::*;
-use crate::config::{Secret, StorageConfig};
+use crate::secret::Secret;
 
 const MIB: usize = 1 << 20;
 
@@ -714,9 +714,9 @@ async fn local_repo_meta_is_a_plain_file_of_the_local_owner() {
     use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path().join("repo");
-    let yaml = format!("storage:\n  url: file://{}\n", root.display());
+    let url = format!("file://{}", root.display());
     let owner = std::fs::metadata(dir.path()).expect("stat");
-    let repo = Repo::open(&storage(&yaml))
+    let repo = Repo::open(&storage(&url, Codec::Zstd))
         .expect("file")
         .with_local_owner(Some((owner.uid(), owner.gid())));
     let mine = RepoMeta::new(16, 3);
@@ -801,23 +801,32 @@ async fn encoding_streams_in_bounded_chunks() {
     assert!(chunks > 64, "{chunks}");
 }
 
-// ---- building stores from config (offline) ----
+// ---- building stores from settings (offline) ----
 
-fn storage(yaml: &str) -> StorageConfig {
-    let config =
-        crate::config::from_str(yaml, "t.yaml", &|_| None).unwrap_or_else(|e| panic!("{e}"));
-    config.storage
+/// Settings for `url` with nothing else set, codec `codec`.
+fn storage(url: &str, codec: Codec) -> StorageConfig {
+    StorageConfig {
+        url: StorageUrl::parse(url).expect("a valid storage url"),
+        s3: S3Config::default(),
+        gcs: GcsConfig::default(),
+        azure: AzureConfig::default(),
+        compression: codec,
+        compression_level: 3,
+        retry: StorageRetryConfig {
+            max_retries: 5,
+            initial_backoff: std::time::Duration::from_millis(100),
+            max_backoff: std::time::Duration::from_secs(15),
+            timeout: std::time::Duration::from_secs(60),
+        },
+    }
 }
 
 #[tokio::test]
 async fn opens_every_kind_of_store_without_network() {
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path().join("a/b/repo");
-    let yaml = format!(
-        "storage:\n  url: file://{}\n  compression: lz4\n",
-        root.display()
-    );
-    let repo = Repo::open(&storage(&yaml)).expect("file");
+    let file = storage(&format!("file://{}", root.display()), Codec::Lz4);
+    let repo = Repo::open(&file).expect("file");
     assert!(root.is_dir(), "the root is created");
     assert_eq!(repo.codec(), Codec::Lz4);
     assert_eq!(repo.describe(), format!("file://{}", root.display()));
@@ -826,11 +835,16 @@ async fn opens_every_kind_of_store_without_network() {
         .expect("put");
     assert!(root.join("k.lz4").is_file());
 
-    let s3 = storage(
-        "storage:\n  url: s3://bucket-1/pg/main\n  s3: { endpoint: http://127.0.0.1:9, \
-         region: eu-west-3, access_key_id: AKIA, secret_access_key: s3cr3t-value, \
-         allow_http: true }\n",
-    );
+    let mut s3 = storage("s3://bucket-1/pg/main", Codec::Zstd);
+    s3.s3 = S3Config {
+        endpoint: Some("http://127.0.0.1:9".into()),
+        region: Some("eu-west-3".into()),
+        access_key_id: Some("AKIA".into()),
+        secret_access_key: Some(Secret::new("s3cr3t-value".into())),
+        path_style: true,
+        allow_http: true,
+        ..S3Config::default()
+    };
     let repo = Repo::open(&s3).expect("s3");
     assert_eq!(
         repo.describe(),
@@ -838,18 +852,23 @@ async fn opens_every_kind_of_store_without_network() {
     );
     assert!(!format!("{repo:?}").contains("s3cr3t"));
 
-    let az = storage(
-        "storage:\n  url: az://container1/x\n  azure: { account: devstoreaccount1, access_key: \
-         a2V5, endpoint: http://127.0.0.1:10000/devstoreaccount1, allow_http: true }\n",
-    );
+    let mut az = storage("az://container1/x", Codec::Zstd);
+    az.azure = AzureConfig {
+        account: Some("devstoreaccount1".into()),
+        access_key: Some(Secret::new("a2V5".into())),
+        endpoint: Some("http://127.0.0.1:10000/devstoreaccount1".into()),
+        allow_http: true,
+        ..AzureConfig::default()
+    };
     assert_eq!(
         Repo::open(&az).expect("azure").describe(),
         "az://container1/x (endpoint http://127.0.0.1:10000/devstoreaccount1)"
     );
-    let emulator = storage("storage:\n  url: az://container1\n  azure: { use_emulator: true }\n");
+    let mut emulator = storage("az://container1", Codec::Zstd);
+    emulator.azure.use_emulator = true;
     Repo::open(&emulator).expect("azurite");
 
-    let gs = storage("storage:\n  url: gs://bucket-2/p\n");
+    let gs = storage("gs://bucket-2/p", Codec::Zstd);
     assert_eq!(Repo::open(&gs).expect("gcs").describe(), "gs://bucket-2/p");
     let mut bad_key = gs.clone();
     bad_key.gcs.service_account_key = Some(Secret::new("{\"type\": \"service_account\"}".into()));
