@@ -19,6 +19,7 @@ use super::schedule::{parse_schedule, parse_timezone};
 use super::secret::read_secret_file;
 use super::size::parse_size;
 use super::*;
+use crate::repo::layout::BackupId;
 
 /// Built-in actions a job may run.
 pub(crate) const ACTIONS: &[&str] = &["backup", "expire", "verify", "check", "sql", "restore-test"];
@@ -404,7 +405,7 @@ fn validate_init(raw: RawInit, cx: &mut Cx<'_>) -> InitConfig {
         .path("postgres.init.scripts_dir", scripts_dir)
         .unwrap_or_else(|| PathBuf::from("/docker-entrypoint-initdb.d"));
     let from_backup = cx.parse("postgres.init.from_backup", from_backup, |s| {
-        match s == "none" || s == "latest" || crate::backup::manifest::check_backup_id(s).is_ok()
+        match s == "none" || s == "latest" || BackupId::parse(s).is_ok()
         {
             true => Ok(s.to_owned()),
             false => Err(format!(
@@ -896,9 +897,9 @@ fn job_action(
             if s == "latest" {
                 return Ok(s.to_owned());
             }
-            crate::backup::manifest::check_backup_id(s)
-                .map(|()| s.to_owned())
-                .map_err(|e| format!("{e:#}"))
+            BackupId::parse(s)
+                .map(|id| id.to_string())
+                .map_err(|e| e.to_string())
         })
         .unwrap_or_else(|| "latest".to_owned())
     };
