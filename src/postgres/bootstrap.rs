@@ -51,7 +51,7 @@ pub struct InitConfig {
 }
 
 /// Present in the data directory while a bootstrap is under way.
-pub const INCOMPLETE_MARKER: &str = "pgward.init-incomplete";
+pub const INCOMPLETE_MARKER: &str = super::data_dir::INIT_INCOMPLETE_MARKER;
 
 /// Refuses a data directory whose bootstrap did not finish.
 pub fn check_not_half_initialized(data_dir: &Path) -> Result<()> {
