@@ -57,13 +57,85 @@ fn type_error_in_a_number() {
 fn type_error_in_the_shape() {
     assert_eq!(
         problem("services:\n  - name: pgbouncer\n    command: pgbouncer\n"),
-        "cfg.yaml:3:14: services[0].command: invalid type: string \"pgbouncer\", expected a \
-         sequence"
+        "cfg.yaml:3:14: services[0].command: expected a list, found a string"
     );
     assert_eq!(
         problem("postgres: [1]\n"),
-        "cfg.yaml:1:11: postgres: invalid type: sequence, expected struct RawPostgres"
+        "cfg.yaml:1:11: postgres: expected a mapping of settings, found a list"
     );
+}
+
+/// A value of the wrong kind is named in YAML's terms, with what the key takes: never a Rust
+/// type's name (serde's own wording is `invalid type: integer `5`, expected struct ...`).
+#[test]
+fn wrong_shapes_are_worded_in_the_file_s_terms() {
+    let cases = [
+        (
+            "postgres: 5\n",
+            "cfg.yaml:1:11: postgres: expected a mapping of settings, found an integer",
+        ),
+        (
+            "jobs: {}\n",
+            "cfg.yaml:1:7: jobs: expected a list, found a mapping",
+        ),
+        (
+            "storage: [1]\n",
+            "cfg.yaml:1:10: storage: expected a mapping of settings, found a list",
+        ),
+        (
+            "log: text\n",
+            "cfg.yaml:1:6: log: expected a mapping of settings, found a string",
+        ),
+        (
+            "storage:\n  s3: true\n",
+            "cfg.yaml:2:7: storage.s3: expected a mapping of settings, found a boolean",
+        ),
+        (
+            "services: [5]\n",
+            "cfg.yaml:1:12: services[0]: expected a mapping of settings, found an integer",
+        ),
+        (
+            "jobs:\n  - name: a\n    options: 1.5\n",
+            "cfg.yaml:3:14: jobs[0].options: expected a mapping of settings, found a number",
+        ),
+        (
+            "postgres:\n  port: [1]\n",
+            "cfg.yaml:2:9: postgres.port: expected a single value, found a list",
+        ),
+        (
+            "postgres:\n  parameters: [1]\n",
+            "cfg.yaml:2:15: postgres.parameters: expected a mapping, found a list",
+        ),
+        (
+            "services:\n  - name: a\n    command: [a]\n    after: {x: 1}\n",
+            "cfg.yaml:4:12: services[0].after: expected a name or a list of names, found a \
+             mapping",
+        ),
+        (
+            "jobs:\n  - name: a\n    command: {a: 1}\n",
+            "cfg.yaml:3:14: jobs[0].command: expected a list of arguments or a shell command \
+             line, found a mapping",
+        ),
+        (
+            "postgres: !settings 5\n",
+            "cfg.yaml:1:11: postgres: expected a mapping of settings, found an integer",
+        ),
+        (
+            "services: [~]\n",
+            "cfg.yaml:1:12: services[0]: expected a mapping of settings, found null",
+        ),
+        (
+            "- 1\n",
+            "cfg.yaml:1:1: <document>: expected a mapping of settings, found a list",
+        ),
+        (
+            "hello\n",
+            "cfg.yaml:1:1: <document>: expected a mapping of settings, found a string",
+        ),
+    ];
+    for (yaml, want) in cases {
+        assert_eq!(problem(yaml), want, "{yaml}");
+    }
 }
 
 #[test]
