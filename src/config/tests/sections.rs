@@ -36,7 +36,7 @@ control: { socket: /run/pgward.sock }
 "#;
 
 #[test]
-fn full_example() {
+fn full_example_postgres() {
     let config = ok(FULL, &[("POSTGRES_PASSWORD", "ignored")]);
     let pg = &config.postgres;
     assert_eq!(pg.port, 5433);
@@ -81,6 +81,11 @@ fn full_example() {
             max_backoff: Duration::from_secs(60),
         }
     );
+}
+
+#[test]
+fn full_example_services_jobs_log_and_control() {
+    let config = ok(FULL, &[("POSTGRES_PASSWORD", "ignored")]);
     assert_eq!(
         config.services[0],
         ServiceConfig {
