@@ -204,6 +204,8 @@ mod tests {
             "20261130T035500FF",
             "../../etc/passwd",
             "2026113\u{e9}T35500F",
+            // The 'T' position inside a multi-byte character: a string slice there panics.
+            "20261130\u{e9}123456",
             "\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}",
         ] {
             assert_eq!(
