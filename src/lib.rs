@@ -7,6 +7,7 @@
 //! - [`fsutil`]: durable local writes (temp file, fsync, rename, fsync dir).
 //! - [`init`]: PID-1 duties off the async runtime: signal thread, the one reaper, subreaper.
 //! - [`logging`]: pgward's own log records, and their format.
+//! - [`secret`]: values never printed (passwords, keys), for every floor.
 //! - [`tasks`]: the daemon's critical tasks (a panic or an early end stops pgward in order).
 //! - [`process`]: spawning children (privilege drop, process group, parent-death signal,
 //!   output relay, the environment they get), registered with the reaper.
@@ -57,6 +58,7 @@ pub mod repo;
 pub mod restore;
 pub mod restore_test;
 pub mod scheduler;
+pub mod secret;
 pub mod site;
 pub mod supervisor;
 pub mod tasks;

@@ -1,10 +1,21 @@
 //! pgward's own log records (tracing), to stderr as text or JSON lines.
+//!
+//! A leaf: owns [`LogFormat`] (config's `log.format` is this type), which the output relay
+//! of `process` uses too.
 
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+use serde::Serialize;
+
+/// How log records are written: `text` or `json` (`log.format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 /// Set by `pgward run` for the processes it starts: the log format its clients should use.
 pub const FORMAT_ENV: &str = "PGWARD_LOG_FORMAT";

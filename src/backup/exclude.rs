@@ -1,5 +1,8 @@
 //! What of a data directory a backup leaves out: what `pg_basebackup` leaves out
-//! (`basebackup.c`), for the same reasons. Pure rules on relative paths, no I/O.
+//! (`basebackup.c`), for the same reasons, and pgward's own files. Pure rules on relative
+//! paths, no I/O.
+
+use crate::postgres::data_dir;
 
 /// What to do with one entry of the data directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,8 +29,10 @@ const EMPTY_DIRS: &[&str] = &[
 ];
 
 /// Files at the top of the data directory that belong to the running server or to the
-/// backup itself (the label and map are stored apart, as `pg_backup_stop` returned them), or
-/// that are pgward's own rather than the cluster's.
+/// backup itself (the label and map are stored apart, as `pg_backup_stop` returned them).
+/// pgward's own files are left out too ([`data_dir::TOP_FILES`]): a restored cluster starts
+/// with no job history rather than a stale copy of the original's, taken while a run (perhaps
+/// this backup) was going.
 const TOP_FILES: &[&str] = &[
     "postmaster.pid",
     "postmaster.opts",
@@ -40,12 +45,6 @@ const TOP_FILES: &[&str] = &[
     "current_logfiles.tmp",
     "recovery.signal",
     "standby.signal",
-    crate::postgres::bootstrap::INCOMPLETE_MARKER,
-    // The scheduler's memory of past runs (`scheduler::state::STATE_FILE`, spelled out so
-    // that backup does not depend on the scheduler, which runs backups; a test checks they
-    // agree). A restored cluster starts with no job history rather than a stale copy of the
-    // original's, taken while a run (perhaps this backup) was going.
-    "pgward.jobs.json",
 ];
 
 /// The rule for `path` (relative to the data directory, `/`-separated).
@@ -61,7 +60,7 @@ pub fn rule(path: &str, is_dir: bool) -> Rule {
         }
         return Rule::Include;
     }
-    if !path.contains('/') && TOP_FILES.contains(&path) {
+    if !path.contains('/') && (TOP_FILES.contains(&path) || data_dir::TOP_FILES.contains(&path)) {
         return Rule::Skip;
     }
     // The relation cache init file is rebuilt at start.
@@ -112,12 +111,9 @@ mod tests {
 
     #[test]
     fn pgward_files_are_left_out() {
-        let state = crate::scheduler::state::STATE_FILE;
+        let state = data_dir::JOBS_STATE_FILE;
         assert_eq!(rule(state, false), Rule::Skip);
         assert_eq!(rule(&format!("base/1/{state}"), false), Rule::Include);
-        assert_eq!(
-            rule(crate::postgres::bootstrap::INCOMPLETE_MARKER, false),
-            Rule::Skip
-        );
+        assert_eq!(rule(data_dir::INIT_INCOMPLETE_MARKER, false), Rule::Skip);
     }
 }

@@ -7,11 +7,11 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::repo::layout::backup_prefix;
+use crate::repo::layout::{backup_prefix, BackupId};
 
 /// Manifest format this pgward writes and the newest it reads.
 pub const MANIFEST_VERSION: u32 = 1;
@@ -263,16 +263,10 @@ pub fn backup_id(at: DateTime<Utc>, kind: BackupKind) -> String {
     format!("{}{}", at.format("%Y%m%dT%H%M%S"), kind.letter())
 }
 
-/// Checks that `id` has the shape [`backup_id`] makes (it becomes part of object keys).
+/// Checks that `id` has the shape [`backup_id`] makes (it becomes part of object keys); the
+/// rule is [`BackupId`]'s.
 pub fn check_backup_id(id: &str) -> Result<()> {
-    let ok = id.len() == 16
-        && id[..8].bytes().all(|b| b.is_ascii_digit())
-        && &id[8..9] == "T"
-        && id[9..15].bytes().all(|b| b.is_ascii_digit())
-        && matches!(&id[15..], "F" | "I");
-    if !ok {
-        bail!("{id:?} is not a backup id (expected e.g. 20261130T035500F)");
-    }
+    BackupId::parse(id)?;
     Ok(())
 }
 

@@ -5,7 +5,8 @@
 
 //!
 //! Pipeline, one module per step: serde_yaml_ng reads the file into the `raw` model (shape
-//! only; unknown keys and wrong shapes stop here with serde's position), `validate` turns it
+//! only; unknown keys and wrong shapes stop here with serde's position, worded by `shape`
+//! in the file's terms), `validate` turns it
 //! into the typed `model` (interpolation, `POSTGRES_*` defaults, secrets, every other check,
 //! collected), and `locate` gives those later checks the `line:column` serde no longer has.
 //!
@@ -20,6 +21,7 @@ mod raw;
 mod redact;
 mod schedule;
 mod secret;
+mod shape;
 mod size;
 mod target;
 mod validate;
@@ -30,7 +32,7 @@ pub use schedule::{parse_schedule, parse_timezone, ParsedSchedule};
 
 use std::path::{Path, PathBuf};
 
-use locate::{Locator, Pos};
+use locate::Locator;
 
 /// Where the config file is looked for when neither `--config` nor `PGWARD_CONFIG` is given.
 pub const DEFAULT_PATH: &str = "/etc/pgward/pgward.yaml";
@@ -189,7 +191,7 @@ pub fn from_str(
     // serde_yaml_ng reads an empty document (or one holding only comments) as null, which the
     // all-optional raw model takes as "everything default".
     let raw: raw::RawConfig = serde_yaml_ng::from_str(text)
-        .map_err(|e| ConfigError::Invalid(vec![serde_problem(&e, file, &locator)]))?;
+        .map_err(|e| ConfigError::Invalid(vec![shape::problem(&e, file, &locator)]))?;
     let mut cx = validate::Cx {
         file: file.to_owned(),
         loc: &locator,
@@ -203,55 +205,6 @@ pub fn from_str(
         // File order reads best; environment problems (no position) come first.
         cx.problems.sort_by_key(|p| (p.line, p.column));
         Err(ConfigError::Invalid(cx.problems))
-    }
-}
-
-/// Turns serde_yaml_ng's `path: message at line L column C` into a [`Problem`].
-///
-/// serde_yaml_ng names the parent map for an unknown key and omits the path at the root, so
-/// the key is recovered from what the locator knows sits at the reported position.
-fn serde_problem(error: &serde_yaml_ng::Error, file: &str, locator: &Locator) -> Problem {
-    let mut message = error.to_string();
-    let at = match error.location() {
-        Some(l) => {
-            let suffix = format!(" at line {} column {}", l.line(), l.column());
-            if let Some(i) = message.find(&suffix) {
-                message.replace_range(i..i + suffix.len(), "");
-            }
-            Pos {
-                line: l.line(),
-                column: l.column(),
-            }
-        }
-        None => Pos::default(),
-    };
-    // The longest known path (or parent of one) the message is prefixed with.
-    let prefix = locator
-        .paths_at(at)
-        .into_iter()
-        .flat_map(|(path, _)| [Some(path), locate::parent(path)])
-        .flatten()
-        .filter(|path| !path.is_empty() && message.starts_with(&format!("{path}: ")))
-        .max_by_key(|path| path.len());
-    let (parent, reason) = match prefix {
-        Some(path) => (path, message[path.len() + 2..].to_owned()),
-        None => ("", message),
-    };
-    let unknown = reason
-        .strip_prefix("unknown field `")
-        .and_then(|rest| rest.split_once('`'))
-        .map(|(name, _)| locate::join(parent, name));
-    let key = match (unknown, parent) {
-        (Some(key), _) => key,
-        (None, "") => "<document>".to_owned(),
-        (None, parent) => parent.to_owned(),
-    };
-    Problem {
-        file: file.to_owned(),
-        line: at.line,
-        column: at.column,
-        key,
-        reason,
     }
 }
 

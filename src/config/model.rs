@@ -4,13 +4,19 @@
 //! files, defaults applied. Nothing outside `config/` ever sees the raw YAML model.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Serialize;
 
-pub use crate::repo::{Codec, StorageUrl};
+// The sections whose typed form belongs to the leaf that uses it, under the names config has
+// always given them.
+pub use crate::logging::LogFormat;
+pub use crate::postgres::bootstrap::InitConfig;
+pub use crate::repo::{
+    AzureConfig, Codec, GcsConfig, S3Config, StorageConfig, StorageRetryConfig, StorageUrl,
+};
+pub use crate::secret::Secret;
 
 /// The whole effective configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -82,31 +88,6 @@ pub struct PostgresConfig {
     pub init: InitConfig,
     pub stop: StopConfig,
     pub restart: RestartConfig,
-}
-
-/// `postgres.init:` — first-start bootstrap, same inputs as the official image's entrypoint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct InitConfig {
-    /// Superuser name. Default `${POSTGRES_USER:-postgres}`.
-    pub superuser: String,
-    /// Superuser password. Default `$POSTGRES_PASSWORD` or the file named by
-    /// `$POSTGRES_PASSWORD_FILE` (both set is an error, as in the image).
-    pub password: Option<Secret>,
-    /// Database created after initdb. Default `${POSTGRES_DB:-<superuser>}`.
-    pub database: String,
-    /// Extra initdb arguments. Default: `$POSTGRES_INITDB_ARGS` split on whitespace.
-    pub initdb_args: Vec<String>,
-    /// Separate WAL directory (`initdb --waldir`). Default `$POSTGRES_INITDB_WALDIR`.
-    pub waldir: Option<PathBuf>,
-    /// Auth method for the `host all all all` pg_hba line. Default `$POSTGRES_HOST_AUTH_METHOD`,
-    /// else the server's `password_encryption` (scram-sha-256).
-    pub host_auth_method: Option<String>,
-    /// Scripts run once against a socket-only server after initdb. Default
-    /// `/docker-entrypoint-initdb.d`.
-    pub scripts_dir: PathBuf,
-    /// Instead of initdb, restore this backup (`latest` or an id) into the empty data
-    /// directory and recover from the archive. Default: none (initdb).
-    pub from_backup: Option<String>,
 }
 
 /// `postgres.stop:` — how postgres is stopped on SIGTERM/SIGINT.
@@ -391,105 +372,11 @@ pub struct LogConfig {
     pub max_line_bytes: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
 /// `control:` — the daemon's unix socket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ControlConfig {
     /// Default `<postgres.socket_dir>/pgward.sock`.
     pub socket: PathBuf,
-}
-
-/// `storage:` — the repository on object storage that holds WAL and backups.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct StorageConfig {
-    /// Where the repository lives: `file:///path`, `s3://bucket/prefix`, `gs://bucket/prefix`
-    /// or `az://container/prefix`. Default `file:///var/lib/pgward/repo`.
-    pub url: StorageUrl,
-    /// Used when `url` is `s3://`.
-    pub s3: S3Config,
-    /// Used when `url` is `gs://`.
-    pub gcs: GcsConfig,
-    /// Used when `url` is `az://`.
-    pub azure: AzureConfig,
-    /// Codec of the objects pgward writes: `zstd`, `lz4` or `none`. Default `zstd`. Objects
-    /// written with another codec stay readable.
-    pub compression: Codec,
-    /// zstd level, 1 to 19; ignored by the other codecs. Default 3.
-    pub compression_level: i32,
-    pub retry: StorageRetryConfig,
-}
-
-/// `storage.s3:` — S3 and S3-compatible servers. Every unset key falls back to the standard
-/// AWS environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
-/// `AWS_REGION`/`AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct S3Config {
-    /// Endpoint URL of an S3-compatible server (MinIO, Ceph...). Default: AWS itself.
-    pub endpoint: Option<String>,
-    /// Region. Default: `$AWS_REGION`, `$AWS_DEFAULT_REGION`, else `us-east-1`.
-    pub region: Option<String>,
-    /// Access key id. Default `$AWS_ACCESS_KEY_ID`.
-    pub access_key_id: Option<String>,
-    /// Secret access key. Default `$AWS_SECRET_ACCESS_KEY`.
-    pub secret_access_key: Option<Secret>,
-    /// Session token of temporary credentials. Default `$AWS_SESSION_TOKEN`.
-    pub session_token: Option<Secret>,
-    /// Path-style requests (`endpoint/bucket/key`) instead of virtual-hosted ones
-    /// (`bucket.endpoint/key`). Default: true when `endpoint` or `$AWS_ENDPOINT_URL` is set,
-    /// else false.
-    pub path_style: bool,
-    /// Allow a plain `http://` endpoint. Default false.
-    pub allow_http: bool,
-}
-
-/// `storage.gcs:` — Google Cloud Storage. Default credentials:
-/// `$GOOGLE_SERVICE_ACCOUNT` / `$GOOGLE_APPLICATION_CREDENTIALS`, else the metadata server.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct GcsConfig {
-    /// Service account key, the JSON text itself. Default: none.
-    pub service_account_key: Option<Secret>,
-    /// Path of a service account key file, read by the storage client. Default: none.
-    pub service_account_path: Option<PathBuf>,
-}
-
-/// `storage.azure:` — Azure Blob Storage. Unset keys fall back to
-/// `$AZURE_STORAGE_ACCOUNT_NAME` and `$AZURE_STORAGE_ACCOUNT_KEY`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct AzureConfig {
-    /// Storage account name. Default `$AZURE_STORAGE_ACCOUNT_NAME`.
-    pub account: Option<String>,
-    /// Shared access key. Default `$AZURE_STORAGE_ACCOUNT_KEY`.
-    pub access_key: Option<Secret>,
-    /// Blob endpoint of an emulator or custom deployment, e.g.
-    /// `http://127.0.0.1:10000/devstoreaccount1`. Default: Azure itself.
-    pub endpoint: Option<String>,
-    /// Allow a plain `http://` endpoint. Default false.
-    pub allow_http: bool,
-    /// Use the Azurite emulator's well-known account, key and endpoint; an explicit `endpoint`
-    /// wins. Default false.
-    pub use_emulator: bool,
-}
-
-/// `storage.retry:` — retries and timeouts of storage requests.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct StorageRetryConfig {
-    /// Retries of a failed request before giving up. Default 5.
-    pub max_retries: u32,
-    /// First delay between retries, doubled after each. Default 100ms.
-    #[serde(serialize_with = "ser_duration")]
-    pub initial_backoff: Duration,
-    /// Upper bound of the delay between retries. Default 15s.
-    #[serde(serialize_with = "ser_duration")]
-    pub max_backoff: Duration,
-    /// Timeout of one request. Default 60s.
-    #[serde(serialize_with = "ser_duration")]
-    pub timeout: Duration,
 }
 
 /// `wal:` — WAL archiving and fetching.
@@ -547,32 +434,6 @@ pub struct RetentionConfig {
     /// none (no backup is kept for its age).
     #[serde(serialize_with = "ser_opt_duration")]
     pub max_age: Option<Duration>,
-}
-
-/// A secret value: never printed by `Debug`, serialized as `<redacted>`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: String) -> Self {
-        Secret(value)
-    }
-    /// The clear text, for the one place that must hand it on (initdb's pwfile, a client).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str("<redacted>")
-    }
 }
 
 fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

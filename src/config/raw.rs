@@ -28,7 +28,7 @@ impl<'de> Deserialize<'de> for Text {
         impl Visitor<'_> for V {
             type Value = Text;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a scalar")
+                f.write_str("a single value")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Text, E> {
                 Ok(Text(v.to_owned()))

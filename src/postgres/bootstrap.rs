@@ -15,14 +15,43 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use flate2::read::GzDecoder;
+use serde::Serialize;
 
 use super::ready::{self, Target};
 use super::server::Server;
-use crate::config::InitConfig;
 use crate::process::{self, LogSink, Spec};
+use crate::secret::Secret;
+
+/// How an empty data directory is filled at first start: the same inputs as the official
+/// image's entrypoint. Config reads it from `postgres.init:` (and names it
+/// `config::InitConfig`); `from_backup` is for the caller, which restores instead of calling
+/// [`bootstrap`] when it is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InitConfig {
+    /// Superuser name. Default `${POSTGRES_USER:-postgres}`.
+    pub superuser: String,
+    /// Superuser password. Default `$POSTGRES_PASSWORD` or the file named by
+    /// `$POSTGRES_PASSWORD_FILE` (both set is an error, as in the image).
+    pub password: Option<Secret>,
+    /// Database created after initdb. Default `${POSTGRES_DB:-<superuser>}`.
+    pub database: String,
+    /// Extra initdb arguments. Default: `$POSTGRES_INITDB_ARGS` split on whitespace.
+    pub initdb_args: Vec<String>,
+    /// Separate WAL directory (`initdb --waldir`). Default `$POSTGRES_INITDB_WALDIR`.
+    pub waldir: Option<PathBuf>,
+    /// Auth method for the `host all all all` pg_hba line. Default `$POSTGRES_HOST_AUTH_METHOD`,
+    /// else the server's `password_encryption` (scram-sha-256).
+    pub host_auth_method: Option<String>,
+    /// Scripts run once against a socket-only server after initdb. Default
+    /// `/docker-entrypoint-initdb.d`.
+    pub scripts_dir: PathBuf,
+    /// Instead of initdb, restore this backup (`latest` or an id) into the empty data
+    /// directory and recover from the archive. Default: none (initdb).
+    pub from_backup: Option<String>,
+}
 
 /// Present in the data directory while a bootstrap is under way.
-pub const INCOMPLETE_MARKER: &str = "pgward.init-incomplete";
+pub const INCOMPLETE_MARKER: &str = super::data_dir::INIT_INCOMPLETE_MARKER;
 
 /// Refuses a data directory whose bootstrap did not finish.
 pub fn check_not_half_initialized(data_dir: &Path) -> Result<()> {
@@ -352,7 +381,6 @@ async fn run_script(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
 
     fn init(password: Option<&str>, method: Option<&str>) -> InitConfig {
         InitConfig {

@@ -1,8 +1,9 @@
 //! Everything about the PostgreSQL server itself: finding its binaries, bootstrapping an empty
 //! data directory like the official image, the server's command line and readiness, and its
 //! on-disk formats: WAL file names and LSNs, WAL page headers, `pg_control`, a cluster's
-//! identity; the backup-mode SQL of each major version; and which relation blocks a range of
-//! WAL records changed (`wal_records`).
+//! identity; the backup-mode SQL of each major version; which relation blocks a range of
+//! WAL records changed (`wal_records`); and the names of pgward's own files in a data
+//! directory (`data_dir`).
 //!
 //! A leaf: uses `process` to run programs, knows nothing of supervision or storage.
 
@@ -10,6 +11,7 @@ pub mod backup_mode;
 pub mod bin;
 pub mod bootstrap;
 pub mod control_file;
+pub mod data_dir;
 pub mod identity;
 pub mod ready;
 pub mod server;

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// Where and as whom to connect over the unix socket.
 #[derive(Debug, Clone)]

@@ -16,7 +16,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::config::LogFormat;
+use crate::logging::LogFormat;
 
 /// Which of the child's streams a line came from; it goes to the same stream of pgward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -11,6 +11,11 @@
 //! directory keeps listings per timeline short. Names follow PostgreSQL's `XLogFileName` and
 //! friends (uppercase hex); this module validates them without depending on `postgres/`.
 
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
 use super::RepoError;
 
 /// Key of the repository's metadata object.
@@ -53,6 +58,67 @@ pub fn wal_key(file_name: &str) -> Result<String, RepoError> {
             "not a WAL file name (expected a 24-hex-digit segment, optionally with .partial, \
              a <timeline>.history or a <segment>.<offset>.backup file, uppercase hex)",
         )),
+    }
+}
+
+/// A backup's id, `YYYYMMDDTHHMMSS` (UTC) then `F` (full) or `I` (incremental), e.g.
+/// `20261130T035500F`: ids sort by time, and become part of object keys, so only this shape
+/// is ever accepted. Serialized as the plain string; deserializing checks the shape.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct BackupId(String);
+
+/// A string that is not a [`BackupId`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a backup id (expected e.g. 20261130T035500F)")]
+pub struct InvalidBackupId(pub String);
+
+impl BackupId {
+    /// `id` if it has the shape of a backup id.
+    pub fn parse(id: &str) -> Result<BackupId, InvalidBackupId> {
+        // Bytes, not string slices: a multi-byte character must fail the check, not panic.
+        let b = id.as_bytes();
+        let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+        let ok = b.len() == 16
+            && digits(0..8)
+            && b[8] == b'T'
+            && digits(9..15)
+            && matches!(b[15], b'F' | b'I');
+        if ok {
+            Ok(BackupId(id.to_owned()))
+        } else {
+            Err(InvalidBackupId(id.to_owned()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for BackupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for BackupId {
+    type Err = InvalidBackupId;
+    fn from_str(s: &str) -> Result<BackupId, InvalidBackupId> {
+        BackupId::parse(s)
+    }
+}
+
+impl AsRef<str> for BackupId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for BackupId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<BackupId, D::Error> {
+        let id = String::deserialize(d)?;
+        BackupId::parse(&id).map_err(serde::de::Error::custom)
     }
 }
 
@@ -114,5 +180,44 @@ mod tests {
             backup_prefix("20240101T000000F"),
             "backups/20240101T000000F"
         );
+    }
+
+    #[test]
+    fn backup_ids_are_checked_printed_and_serialized_as_strings() {
+        for good in ["20261130T035500F", "20261130T035501I"] {
+            let id = BackupId::parse(good).expect(good);
+            assert_eq!(id.as_str(), good);
+            assert_eq!(id.to_string(), good);
+            assert_eq!(good.parse::<BackupId>(), Ok(id.clone()));
+            assert_eq!(
+                serde_json::to_string(&id).expect("json"),
+                format!("\"{good}\"")
+            );
+            let back: BackupId = serde_json::from_str(&format!("\"{good}\"")).expect("json");
+            assert_eq!(back, id);
+        }
+        for bad in [
+            "",
+            "latest",
+            "20261130T035500X",
+            "20261130-035500F",
+            "20261130T035500FF",
+            "../../etc/passwd",
+            "2026113\u{e9}T35500F",
+            // The 'T' position inside a multi-byte character: a string slice there panics.
+            "20261130\u{e9}123456",
+            "\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}",
+        ] {
+            assert_eq!(
+                BackupId::parse(bad),
+                Err(InvalidBackupId(bad.to_owned())),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            BackupId::parse("x").unwrap_err().to_string(),
+            "\"x\" is not a backup id (expected e.g. 20261130T035500F)"
+        );
+        assert!(serde_json::from_str::<BackupId>("\"latest\"").is_err());
     }
 }

@@ -18,11 +18,39 @@ pub type Range = (u64, u64);
 pub struct RangesReader {
     file: File,
     ranges: Vec<Range>,
-    index: usize,
-    /// Bytes read of `ranges[index]`.
-    done: u64,
+    at: Position,
     ended: bool,
     total: Arc<AtomicU64>,
+}
+
+/// Where a stream over ranges stands: the range it is in, and how far into it.
+#[derive(Debug, Default)]
+struct Position {
+    index: usize,
+    /// Bytes of `ranges[index]` already read or written.
+    done: u64,
+}
+
+impl Position {
+    /// The file offset of the stream's next byte, and how many of `want` bytes fit before
+    /// the end of its range; `None` past the last range. Steps over finished (or empty)
+    /// ranges.
+    fn next(&mut self, ranges: &[Range], want: usize) -> Option<(u64, usize)> {
+        while let Some(&(offset, len)) = ranges.get(self.index) {
+            let left = len - self.done;
+            if left > 0 {
+                let n = want.min(usize::try_from(left).unwrap_or(usize::MAX));
+                return Some((offset + self.done, n));
+            }
+            self.index += 1;
+            self.done = 0;
+        }
+        None
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.done += n as u64;
+    }
 }
 
 impl RangesReader {
@@ -32,8 +60,7 @@ impl RangesReader {
         RangesReader {
             file,
             ranges,
-            index: 0,
-            done: 0,
+            at: Position::default(),
             ended: false,
             total,
         }
@@ -42,25 +69,20 @@ impl RangesReader {
 
 impl Read for RangesReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while !self.ended && self.index < self.ranges.len() {
-            let (offset, len) = self.ranges[self.index];
-            let left = len - self.done;
-            if left == 0 {
-                self.index += 1;
-                self.done = 0;
-                continue;
-            }
-            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            let n = self.file.read_at(&mut buf[..want], offset + self.done)?;
-            if n == 0 {
-                self.ended = true;
-                break;
-            }
-            self.done += n as u64;
-            self.total.fetch_add(n as u64, Ordering::Relaxed);
-            return Ok(n);
+        if self.ended {
+            return Ok(0);
         }
-        Ok(0)
+        let Some((offset, want)) = self.at.next(&self.ranges, buf.len()) else {
+            return Ok(0);
+        };
+        let n = self.file.read_at(&mut buf[..want], offset)?;
+        if n == 0 {
+            self.ended = true;
+            return Ok(0);
+        }
+        self.at.advance(n);
+        self.total.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
     }
 }
 
@@ -83,8 +105,7 @@ pub fn read_prefix(ranges: &[Range], mut len: u64) -> Vec<Range> {
 pub struct RangesWriter<'a> {
     file: &'a File,
     ranges: &'a [Range],
-    index: usize,
-    done: u64,
+    at: Position,
 }
 
 impl<'a> RangesWriter<'a> {
@@ -92,18 +113,17 @@ impl<'a> RangesWriter<'a> {
         RangesWriter {
             file,
             ranges,
-            index: 0,
-            done: 0,
+            at: Position::default(),
         }
     }
 
     /// Errors unless every range was written whole.
     pub fn finish(self) -> io::Result<()> {
-        let rest: u64 = self.ranges[self.index.min(self.ranges.len())..]
+        let rest: u64 = self.ranges[self.at.index.min(self.ranges.len())..]
             .iter()
             .map(|r| r.1)
             .sum::<u64>()
-            - self.done;
+            - self.at.done;
         if rest != 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -119,23 +139,15 @@ impl Write for RangesWriter<'_> {
         if buf.is_empty() {
             return Ok(0);
         }
-        while self.index < self.ranges.len() {
-            let (offset, len) = self.ranges[self.index];
-            let left = len - self.done;
-            if left == 0 {
-                self.index += 1;
-                self.done = 0;
-                continue;
-            }
-            let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            self.file.write_all_at(&buf[..n], offset + self.done)?;
-            self.done += n as u64;
-            return Ok(n);
-        }
-        Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "the content is longer than its ranges",
-        ))
+        let Some((offset, n)) = self.at.next(self.ranges, buf.len()) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the content is longer than its ranges",
+            ));
+        };
+        self.file.write_all_at(&buf[..n], offset)?;
+        self.at.advance(n);
+        Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {

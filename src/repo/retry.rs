@@ -10,8 +10,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::error::Chain;
+use super::settings::StorageRetryConfig;
 use super::RepoError;
-use crate::config::StorageRetryConfig;
 
 /// How often and how patiently to retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

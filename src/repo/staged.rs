@@ -20,10 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::codec::Encoder;
 use super::frame::{self, Checksum, Digest};
-use super::{
-    blocking, compare, upload_part, PutMode, PutOutcome, Repo, RepoError, SINGLE_PUT_MAX,
-    TRAILER_LEN,
-};
+use super::put::{compare, upload_part, Target};
+use super::{blocking, PutMode, PutOutcome, Repo, RepoError, SINGLE_PUT_MAX, TRAILER_LEN};
 
 /// Temp files of staged objects in a `file://` repository are named `.pgward-*.staging`:
 /// hidden, and without a codec extension, so listings never see them.
@@ -284,17 +282,12 @@ impl StagedObject {
         if self.is_local() {
             return blocking(move || self.commit_local()).await;
         }
-        let Finished {
-            repo,
-            key,
-            path,
-            digest,
-            sink,
-        } = blocking(move || self.finish()).await?;
-        let StageSink::Memory(encoded) = sink else {
+        let finished = blocking(move || self.finish()).await?;
+        let StageSink::Memory(encoded) = finished.sink else {
             unreachable!("only a file:// repository stages into a local file")
         };
-        repo.put_encoded_any(&key, &path, encoded, digest, cancel)
+        let (repo, key) = (finished.repo, finished.key);
+        repo.put_encoded_any(&key, &finished.path, encoded, finished.digest, cancel)
             .await
     }
 
@@ -377,9 +370,9 @@ impl Repo {
                 .await;
         }
         let mut upload = match self.start_multipart(key, path, PutMode::Create).await? {
-            super::Target::Multipart(upload) => upload,
-            super::Target::Discard(existing) => return compare(key, existing, digest.checksum),
-            super::Target::Buffer => unreachable!("start_multipart never buffers"),
+            Target::Multipart(upload) => upload,
+            Target::Discard(existing) => return compare(key, existing, digest.checksum),
+            Target::Buffer => unreachable!("start_multipart never buffers"),
         };
         let mut rest = encoded;
         while !rest.is_empty() {

@@ -1,4 +1,4 @@
-//! `storage:` config → an object_store client and the key prefix inside it.
+//! [`StorageConfig`] → an object_store client and the key prefix inside it.
 //!
 //! The only place that knows the cloud SDK builders. Credentials: each builder starts from
 //! its cloud's standard environment variables (`from_env`), then the config's keys override
@@ -13,8 +13,7 @@ use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
 
-use super::RepoError;
-use crate::config::{StorageConfig, StorageUrl};
+use super::{RepoError, StorageConfig, StorageUrl};
 
 /// The store `cfg.url` names, configured, and the prefix of the repository inside it.
 pub(crate) fn build(cfg: &StorageConfig) -> Result<(Arc<dyn ObjectStore>, String), RepoError> {

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::fsutil::AtomicFile;
 
 /// Name of the state file in the data directory.
-pub const STATE_FILE: &str = "pgward.jobs.json";
+pub const STATE_FILE: &str = crate::postgres::data_dir::JOBS_STATE_FILE;
 
 /// Version of the file's layout; a file of another version is refused rather than misread.
 const FORMAT_VERSION: u32 = 1;

@@ -16,7 +16,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 /// Name of the marks directory inside `pg_wal`.
-pub const MARKS_DIR: &str = "pgward.archived";
+pub const MARKS_DIR: &str = crate::postgres::data_dir::ARCHIVED_MARKS_DIR;
 
 /// The daemon's side: the marks directory of one cluster.
 #[derive(Debug)]

@@ -1,0 +1,217 @@
+//! `postgres:`: the server, its parameters, first-start bootstrap (`init`, with the official
+//! image's `POSTGRES_*` defaults), stop and restart; and the parameters pgward sets itself
+//! while it archives, which `parameters` must not set again.
+
+use super::values::{choice, invalid, parse_port};
+use super::*;
+use crate::repo::layout::BackupId;
+
+pub(super) fn validate_postgres(raw: RawPostgres, cx: &mut Cx<'_>) -> PostgresConfig {
+    let RawPostgres {
+        data_dir,
+        port,
+        socket_dir,
+        user,
+        bin_dir,
+        parameters,
+        init,
+        stop,
+        restart,
+    } = raw;
+    let data_dir = match data_dir {
+        Some(raw) => cx.path("postgres.data_dir", Some(raw)),
+        None => image_env::var(cx.env, "PGDATA").map(PathBuf::from),
+    }
+    .unwrap_or_else(|| PathBuf::from("/var/lib/postgresql/data"));
+    let port = cx.parse("postgres.port", port, parse_port).unwrap_or(5432);
+    let socket_dir = cx
+        .path("postgres.socket_dir", socket_dir)
+        .unwrap_or_else(|| PathBuf::from("/var/run/postgresql"));
+    let user = cx
+        .string("postgres.user", user)
+        .unwrap_or_else(|| "postgres".to_owned());
+    let bin_dir = cx.path("postgres.bin_dir", bin_dir);
+    let parameters = validate_parameters(parameters, cx);
+    PostgresConfig {
+        data_dir,
+        port,
+        socket_dir,
+        user,
+        bin_dir,
+        parameters,
+        init: validate_init(init, cx),
+        stop: validate_stop(stop, cx),
+        restart: validate_restart(
+            "postgres.restart",
+            restart,
+            RestartConfig {
+                start_secs: Duration::from_secs(10),
+                start_retries: 5,
+                backoff: Duration::from_secs(1),
+                max_backoff: Duration::from_secs(30),
+            },
+            cx,
+        ),
+    }
+}
+
+/// Settings pgward passes itself; setting them twice would silently lose one.
+const MANAGED_PARAMETERS: &[(&str, &str)] = &[
+    ("port", "postgres.port"),
+    ("data_directory", "postgres.data_dir"),
+];
+
+fn validate_parameters(raw: BTreeMap<String, Text>, cx: &mut Cx<'_>) -> BTreeMap<String, String> {
+    for name in raw.keys() {
+        let path = format!("postgres.parameters.{name}");
+        if !is_parameter_name(name) {
+            cx.at_key(&path, format!("invalid parameter name {name:?}"));
+        } else if let Some((_, key)) = MANAGED_PARAMETERS.iter().find(|(n, _)| n == name) {
+            cx.at_key(&path, format!("set {key} instead"));
+        }
+    }
+    cx.map("postgres.parameters", raw)
+}
+
+fn validate_init(raw: RawInit, cx: &mut Cx<'_>) -> InitConfig {
+    let RawInit {
+        superuser,
+        password,
+        password_file,
+        database,
+        initdb_args,
+        waldir,
+        host_auth_method,
+        scripts_dir,
+        from_backup,
+    } = raw;
+    let superuser = match superuser {
+        Some(raw) => cx.string("postgres.init.superuser", Some(raw)),
+        None => cx.file_env("POSTGRES_USER"),
+    }
+    .unwrap_or_else(|| "postgres".to_owned());
+    let password = match (password, password_file) {
+        (None, None) => cx.file_env("POSTGRES_PASSWORD").map(Secret::new),
+        (value, file) => cx.secret("postgres.init.password", value, file),
+    };
+    let database = match database {
+        Some(raw) => cx.string("postgres.init.database", Some(raw)),
+        None => cx.file_env("POSTGRES_DB"),
+    }
+    .unwrap_or_else(|| superuser.clone());
+    let initdb_args = match initdb_args {
+        Some(raw) => cx.list("postgres.init.initdb_args", raw),
+        // Unquoted in the image's script, so the shell splits it on whitespace.
+        None => cx
+            .file_env("POSTGRES_INITDB_ARGS")
+            .map(|args| args.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default(),
+    };
+    let waldir = match waldir {
+        Some(raw) => cx.path("postgres.init.waldir", Some(raw)),
+        None => image_env::var(cx.env, "POSTGRES_INITDB_WALDIR").map(PathBuf::from),
+    };
+    let host_auth_method = match host_auth_method {
+        Some(raw) => cx.string("postgres.init.host_auth_method", Some(raw)),
+        None => image_env::var(cx.env, "POSTGRES_HOST_AUTH_METHOD"),
+    };
+    let scripts_dir = cx
+        .path("postgres.init.scripts_dir", scripts_dir)
+        .unwrap_or_else(|| PathBuf::from("/docker-entrypoint-initdb.d"));
+    let from_backup = cx
+        .parse("postgres.init.from_backup", from_backup, |s| {
+            match s == "none" || s == "latest" || BackupId::parse(s).is_ok() {
+                true => Ok(s.to_owned()),
+                false => Err(invalid(
+                    "from_backup",
+                    s,
+                    "none, latest or a backup id such as 20261130T035500F",
+                )),
+            }
+        })
+        // `none`, the default written out: what an image's `${PGWARD_FROM_BACKUP:-none}` gives.
+        .filter(|s| s != "none");
+    InitConfig {
+        superuser,
+        password,
+        database,
+        initdb_args,
+        waldir,
+        host_auth_method,
+        scripts_dir,
+        from_backup,
+    }
+}
+
+fn validate_stop(raw: RawStop, cx: &mut Cx<'_>) -> StopConfig {
+    let RawStop {
+        mode,
+        timeout,
+        kill_timeout,
+    } = raw;
+    StopConfig {
+        mode: cx
+            .parse("postgres.stop.mode", mode, |s| {
+                choice(
+                    "stop mode",
+                    s,
+                    &[("smart", StopMode::Smart), ("fast", StopMode::Fast)],
+                )
+            })
+            .unwrap_or(StopMode::Fast),
+        timeout: cx
+            .duration("postgres.stop.timeout", timeout)
+            .unwrap_or(Duration::from_secs(60)),
+        kill_timeout: cx
+            .duration("postgres.stop.kill_timeout", kill_timeout)
+            .unwrap_or(Duration::from_secs(10)),
+    }
+}
+
+/// Parameters pgward sets itself while it archives; a second value would silently lose.
+const ARCHIVE_PARAMETERS: &[(&str, &str)] = &[
+    ("archive_mode", "wal.archive"),
+    ("archive_command", "wal.archive"),
+    ("archive_library", "wal.archive"),
+    ("archive_timeout", "wal.archive_timeout"),
+];
+
+pub(super) fn check_archive_parameters(
+    postgres: &PostgresConfig,
+    wal: &WalConfig,
+    cx: &mut Cx<'_>,
+) {
+    if !wal.archive {
+        return;
+    }
+    for (name, key) in ARCHIVE_PARAMETERS {
+        // A command that wraps pgward's own wal-push (timing, logging) still archives through
+        // pgward; anything else would bypass it.
+        if *name == "archive_command"
+            && postgres
+                .parameters
+                .get(*name)
+                .is_some_and(|c| c.contains(" wal-push "))
+        {
+            continue;
+        }
+        if postgres.parameters.contains_key(*name) {
+            cx.at_key(
+                &format!("postgres.parameters.{name}"),
+                format!(
+                    "pgward sets {name} while wal.archive is true (set {key} instead, or \
+                     wal.archive: false to manage archiving yourself; an archive_command may \
+                     only wrap `pgward wal-push %p`)"
+                ),
+            );
+        }
+    }
+}
+
+/// A GUC name as postgres accepts it on the command line (`-c name=value`): letters, digits,
+/// `_`, and `.` for extension-qualified names.
+fn is_parameter_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+}

@@ -1,0 +1,85 @@
+//! Listing and deleting objects, and the write probe asked before work that would fail
+//! half-way.
+
+use futures_util::StreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::ObjectStoreExt;
+
+use super::{Codec, ObjectSummary, PutMode, Repo, RepoError};
+
+impl Repo {
+    /// Objects under `prefix` (a directory-like key prefix such as `wal/00000001`, or empty
+    /// for everything), sorted by key. Keys are relative to the repository with the codec
+    /// extension stripped; objects without a codec extension are not pgward's and are
+    /// skipped.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectSummary>, RepoError> {
+        let prefix = prefix.trim_matches('/');
+        let full = match (self.inner.prefix.as_str(), prefix) {
+            ("", p) => p.to_owned(),
+            (r, "") => r.to_owned(),
+            (r, p) => format!("{r}/{p}"),
+        };
+        let full_path = if full.is_empty() {
+            None
+        } else {
+            Some(ObjectPath::parse(&full).map_err(|e| RepoError::InvalidKey {
+                key: prefix.to_owned(),
+                reason: e.to_string(),
+            })?)
+        };
+        let strip = if self.inner.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.inner.prefix)
+        };
+        let mut stream = self.inner.store.list(full_path.as_ref());
+        let mut out = Vec::new();
+        while let Some(meta) = stream.next().await {
+            let meta = meta.map_err(|e| RepoError::storage(prefix, e))?;
+            let location = meta.location.as_ref();
+            let Some(relative) = location.strip_prefix(strip.as_str()) else {
+                continue;
+            };
+            let Some((key, ext)) = relative.rsplit_once('.') else {
+                continue;
+            };
+            if Codec::from_extension(ext).is_none() {
+                tracing::debug!(
+                    object = location,
+                    "skipping an object without a codec extension"
+                );
+                continue;
+            }
+            out.push(ObjectSummary {
+                key: key.to_owned(),
+                size: meta.size,
+                last_modified: meta.last_modified,
+            });
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    /// Writes and deletes a small object (`check/probe-<pid>`): whether this process can
+    /// write to the repository at all, asked before work that would fail half-way.
+    pub async fn probe_writable(&self) -> Result<(), RepoError> {
+        let probe = format!("check/probe-{}", std::process::id());
+        let written = self
+            .put_bytes(&probe, b"pgward probe".to_vec(), PutMode::Overwrite)
+            .await;
+        let _ = self.delete(&probe).await;
+        written.map(|_| ())
+    }
+
+    /// Deletes `key` under every codec; deleting an absent key succeeds.
+    pub async fn delete(&self, key: &str) -> Result<(), RepoError> {
+        for codec in Codec::ALL {
+            let path = self.path(key, codec)?;
+            match self.inner.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(RepoError::storage(key, e)),
+            }
+        }
+        Ok(())
+    }
+}

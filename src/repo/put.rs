@@ -1,0 +1,464 @@
+//! Writing objects: streamed uploads of a local file (or ranges of one) and small puts from
+//! memory, create-only or overwriting. See the module documentation of [`super`] for the
+//! memory bound and for what create-only guarantees on each kind of store.
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::frame::{self, Digest};
+use super::{
+    blocking, ranges, Checksum, PutMode, PutOutcome, Repo, RepoError, CHANNEL_DEPTH, CHUNK,
+    PARTS_IN_FLIGHT, PART_SIZE, SINGLE_PUT_MAX,
+};
+
+/// Where an upload's encoded chunks go.
+pub(super) enum Target {
+    /// Held in memory for one put, while they fit in `SINGLE_PUT_MAX`.
+    Buffer,
+    /// Sent as parts of a multipart upload.
+    Multipart(WriteMultipart),
+    /// Dropped: the object appeared meanwhile, with this checksum; the encoder runs on only
+    /// to tell whether the content is the same.
+    Discard(Checksum),
+}
+
+impl Repo {
+    /// Streams the local file `src`, compressed, into `key`, create-only: when `key` exists
+    /// already (under any codec), `src`'s checksum is compared with the stored trailer (a
+    /// range read, no download): identical gives [`PutOutcome::AlreadyIdentical`], different
+    /// [`RepoError::Conflict`]. The check before the upload costs one small read per codec
+    /// when the object is absent.
+    ///
+    /// Cancel safety: cancelling (or dropping the future) leaves no object, or a complete one.
+    pub async fn put_file_create(
+        &self,
+        key: &str,
+        src: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<PutOutcome, RepoError> {
+        let path = self.path(key, self.inner.codec)?;
+        if cancel.is_cancelled() {
+            return Err(RepoError::Cancelled);
+        }
+        if let Some(existing) = self.exists(key).await? {
+            let src_owned = src.to_owned();
+            let digest = blocking(move || {
+                let file =
+                    std::fs::File::open(&src_owned).map_err(|e| RepoError::io(&src_owned, e))?;
+                frame::digest(file).map_err(|e| RepoError::io(&src_owned, e))
+            })
+            .await?;
+            return compare(key, existing, digest.checksum);
+        }
+        let file = {
+            let src = src.to_owned();
+            blocking(move || std::fs::File::open(&src).map_err(|e| RepoError::io(&src, e))).await?
+        };
+        let outcome = self
+            .upload(
+                key,
+                path.clone(),
+                file,
+                src.to_owned(),
+                PutMode::Create,
+                cancel,
+            )
+            .await?;
+        self.make_durable(&path, &outcome).await?;
+        Ok(outcome)
+    }
+
+    /// Streams `ranges` of the local file `src`, concatenated and compressed, into `key`,
+    /// create-only like [`Repo::put_file_create`]. A range cut short by the end of the file
+    /// ends the content (see [`ranges::RangesReader`]); the ranges actually stored are
+    /// returned with the outcome.
+    ///
+    /// Cancel safety: as [`Repo::put_file_create`].
+    pub async fn put_ranges_create(
+        &self,
+        key: &str,
+        src: &Path,
+        ranges: Vec<ranges::Range>,
+        cancel: &CancellationToken,
+    ) -> Result<(PutOutcome, Vec<ranges::Range>), RepoError> {
+        let path = self.path(key, self.inner.codec)?;
+        if cancel.is_cancelled() {
+            return Err(RepoError::Cancelled);
+        }
+        let open = {
+            let src = src.to_owned();
+            move || std::fs::File::open(&src).map_err(|e| RepoError::io(&src, e))
+        };
+        let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        if let Some(existing) = self.exists(key).await? {
+            let (open, wanted, total) = (open.clone(), ranges.clone(), total.clone());
+            let src_owned = src.to_owned();
+            let digest = blocking(move || {
+                let reader = ranges::RangesReader::new(open()?, wanted, total);
+                frame::digest(reader).map_err(|e| RepoError::io(&src_owned, e))
+            })
+            .await?;
+            let outcome = compare(key, existing, digest.checksum)?;
+            return Ok((outcome, ranges::read_prefix(&ranges, digest.len)));
+        }
+        let file = blocking(open).await?;
+        let reader = ranges::RangesReader::new(file, ranges.clone(), total.clone());
+        let outcome = self
+            .upload(
+                key,
+                path.clone(),
+                reader,
+                src.to_owned(),
+                PutMode::Create,
+                cancel,
+            )
+            .await?;
+        self.make_durable(&path, &outcome).await?;
+        let read = total.load(Ordering::Relaxed);
+        Ok((outcome, ranges::read_prefix(&ranges, read)))
+    }
+
+    /// Stores `bytes` (small: manifests) under `key`.
+    pub async fn put_bytes(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        mode: PutMode,
+    ) -> Result<PutOutcome, RepoError> {
+        let path = self.path(key, self.inner.codec)?;
+        if mode == PutMode::Create {
+            if let Some(existing) = self.exists(key).await? {
+                let digest = blocking(move || {
+                    frame::digest(&bytes[..]).map_err(|e| RepoError::io("<memory>", e))
+                })
+                .await?;
+                return compare(key, existing, digest.checksum);
+            }
+        }
+        let (codec, level) = (self.inner.codec, self.inner.level);
+        let (digest, encoded) = blocking(move || {
+            frame::encode_bytes(&bytes, codec, level).map_err(|e| RepoError::io("<memory>", e))
+        })
+        .await?;
+        let outcome = self
+            .put_encoded(key, &path, vec![Bytes::from(encoded)], digest, mode)
+            .await?;
+        self.make_durable(&path, &outcome).await?;
+        Ok(outcome)
+    }
+
+    /// Encodes `file` on a blocking thread and uploads the result to `path`.
+    pub(super) async fn upload(
+        &self,
+        key: &str,
+        path: ObjectPath,
+        file: impl Read + Send + 'static,
+        src: PathBuf,
+        mode: PutMode,
+        cancel: &CancellationToken,
+    ) -> Result<PutOutcome, RepoError> {
+        let (tx, mut rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
+        let (codec, level) = (self.inner.codec, self.inner.level);
+        let encoder_cancel = cancel.clone();
+        let encoder = tokio::task::spawn_blocking(move || {
+            let sink = ChunkSink {
+                tx,
+                buf: BytesMut::with_capacity(CHUNK),
+                cancel: encoder_cancel,
+            };
+            let mut src_reader = frame::Tracked::new(file);
+            let result = frame::encode(&mut src_reader, codec, level, sink);
+            (result.map(|(digest, _)| digest), src_reader.failed)
+        });
+        // Buffer up to SINGLE_PUT_MAX; past that, switch to a multipart upload.
+        let mut buffered: Vec<Bytes> = Vec::new();
+        let mut buffered_len = 0usize;
+        let mut target = Target::Buffer;
+        let mut stored = 0u64;
+        let upload_result: Result<(), RepoError> = async {
+            loop {
+                let chunk = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return Err(RepoError::Cancelled),
+                    chunk = rx.recv() => chunk,
+                };
+                let Some(chunk) = chunk else { return Ok(()) };
+                stored += chunk.len() as u64;
+                match &mut target {
+                    Target::Multipart(upload) => upload_part(upload, chunk, key, cancel).await?,
+                    // Only the checksum is still wanted.
+                    Target::Discard(_) => {}
+                    Target::Buffer => {
+                        buffered_len += chunk.len();
+                        buffered.push(chunk);
+                        if buffered_len > SINGLE_PUT_MAX {
+                            target = self.start_multipart(key, &path, mode).await?;
+                            if let Target::Multipart(upload) = &mut target {
+                                for chunk in buffered.drain(..) {
+                                    upload_part(upload, chunk, key, cancel).await?;
+                                }
+                            }
+                            buffered = Vec::new();
+                        }
+                    }
+                }
+            }
+        }
+        .await;
+        drop(rx);
+        let (encoded, src_failed) = encoder
+            .await
+            .map_err(|e| RepoError::io(&src, io::Error::other(e)))?;
+        let outcome = match (upload_result, encoded) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Err(e)) => Err(RepoError::io(&src, src_failed.unwrap_or(e))),
+            (Ok(()), Ok(digest)) => Ok(digest),
+        };
+        let digest = match outcome {
+            Ok(digest) => digest,
+            Err(e) => {
+                if let Target::Multipart(upload) = target {
+                    if let Err(abort) = upload.abort().await {
+                        tracing::warn!(key, "failed to abort a multipart upload: {abort}");
+                    }
+                }
+                return Err(e);
+            }
+        };
+        let upload = match target {
+            Target::Buffer => {
+                return self.put_encoded(key, &path, buffered, digest, mode).await;
+            }
+            Target::Discard(existing) => return compare(key, existing, digest.checksum),
+            Target::Multipart(upload) => upload,
+        };
+        self.finish_multipart(key, &path, upload, digest, stored, mode, cancel)
+            .await
+    }
+
+    /// Completes a multipart upload; in create mode, reads the trailer back, since a
+    /// multipart upload cannot be conditional.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn finish_multipart(
+        &self,
+        key: &str,
+        path: &ObjectPath,
+        upload: WriteMultipart,
+        digest: Digest,
+        stored_bytes: u64,
+        mode: PutMode,
+        cancel: &CancellationToken,
+    ) -> Result<PutOutcome, RepoError> {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(RepoError::Cancelled),
+            r = upload.finish() => r.map_err(|e| RepoError::storage(key, e))?,
+        };
+        if mode == PutMode::Create {
+            // A writer that finished after this one replaced it: say so rather than pass over.
+            if let Some(found) = self.read_trailer(key, path).await? {
+                if found.checksum != digest.checksum {
+                    return Err(RepoError::Conflict {
+                        key: key.to_owned(),
+                        existing: found.checksum,
+                        new: digest.checksum,
+                    });
+                }
+            }
+        }
+        Ok(PutOutcome::Created {
+            checksum: digest.checksum,
+            stored_bytes,
+        })
+    }
+
+    /// Starts a multipart upload; in create mode, only after checking that the object is
+    /// still absent (a multipart upload cannot be conditional).
+    pub(super) async fn start_multipart(
+        &self,
+        key: &str,
+        path: &ObjectPath,
+        mode: PutMode,
+    ) -> Result<Target, RepoError> {
+        if mode == PutMode::Create {
+            if let Some(existing) = self.read_trailer(key, path).await? {
+                return Ok(Target::Discard(existing.checksum));
+            }
+        }
+        let upload = self
+            .inner
+            .store
+            .put_multipart(path)
+            .await
+            .map_err(|e| RepoError::storage(key, e))?;
+        Ok(Target::Multipart(WriteMultipart::new_with_chunk_size(
+            upload, PART_SIZE,
+        )))
+    }
+
+    /// Stores an encoded object held in memory with one put.
+    pub(super) async fn put_encoded(
+        &self,
+        key: &str,
+        path: &ObjectPath,
+        chunks: Vec<Bytes>,
+        digest: Digest,
+        mode: PutMode,
+    ) -> Result<PutOutcome, RepoError> {
+        let payload = PutPayload::from_iter(chunks);
+        let stored_bytes = payload.content_length() as u64;
+        let created = PutOutcome::Created {
+            checksum: digest.checksum,
+            stored_bytes,
+        };
+        if mode == PutMode::Overwrite {
+            self.inner
+                .store
+                .put(path, payload)
+                .await
+                .map_err(|e| RepoError::storage(key, e))?;
+            return Ok(created);
+        }
+        self.put_create_only(key, path, payload, created, || async {
+            Ok(self.read_trailer(key, path).await?.map(|d| d.checksum))
+        })
+        .await
+    }
+
+    /// A create-only put of `payload` at `path`, which would be `created`: a conditional
+    /// create where the store has one, else a read before the write (a writer racing within
+    /// that window is overwritten). An object already there is compared by the checksum
+    /// `existing` reads: identical is success, different a conflict.
+    pub(super) async fn put_create_only<F, Fut>(
+        &self,
+        key: &str,
+        path: &ObjectPath,
+        payload: PutPayload,
+        created: PutOutcome,
+        existing: F,
+    ) -> Result<PutOutcome, RepoError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<Checksum>, RepoError>>,
+    {
+        let store = &self.inner.store;
+        let new = created.checksum();
+        if !self.inner.no_conditional_put.load(Ordering::Relaxed) {
+            let options = object_store::PutOptions::from(object_store::PutMode::Create);
+            match store.put_opts(path, payload.clone(), options).await {
+                Ok(_) => return Ok(created),
+                Err(object_store::Error::AlreadyExists { .. })
+                | Err(object_store::Error::Precondition { .. }) => {
+                    return match existing().await? {
+                        Some(existing) => compare(key, existing, new),
+                        // Deleted in between: a retry will create it.
+                        None => Err(RepoError::storage(
+                            key,
+                            object_store::Error::Generic {
+                                store: "repo",
+                                source: "object vanished after a create conflict".into(),
+                            },
+                        )),
+                    };
+                }
+                Err(object_store::Error::NotImplemented { .. })
+                | Err(object_store::Error::NotSupported { .. }) => {
+                    tracing::debug!(repo = %self.inner.describe,
+                        "the store has no create-only put; checking before writing instead");
+                    self.inner.no_conditional_put.store(true, Ordering::Relaxed);
+                }
+                Err(e) => return Err(RepoError::storage(key, e)),
+            }
+        }
+        // Race window: a writer between this check and the put is overwritten.
+        if let Some(existing) = existing().await? {
+            return compare(key, existing, new);
+        }
+        store
+            .put(path, payload)
+            .await
+            .map_err(|e| RepoError::storage(key, e))?;
+        Ok(created)
+    }
+}
+
+pub(super) fn compare(
+    key: &str,
+    existing: Checksum,
+    new: Checksum,
+) -> Result<PutOutcome, RepoError> {
+    if existing == new {
+        Ok(PutOutcome::AlreadyIdentical { checksum: new })
+    } else {
+        Err(RepoError::Conflict {
+            key: key.to_owned(),
+            existing,
+            new,
+        })
+    }
+}
+
+pub(super) async fn upload_part(
+    upload: &mut WriteMultipart,
+    chunk: Bytes,
+    key: &str,
+    cancel: &CancellationToken,
+) -> Result<(), RepoError> {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => return Err(RepoError::Cancelled),
+        r = upload.wait_for_capacity(PARTS_IN_FLIGHT) => {
+            r.map_err(|e| RepoError::storage(key, e))?
+        }
+    }
+    upload.put(chunk);
+    Ok(())
+}
+
+/// The encoder's output, cut into [`CHUNK`]s for the uploader.
+pub(super) struct ChunkSink {
+    pub(super) tx: mpsc::Sender<Bytes>,
+    pub(super) buf: BytesMut,
+    pub(super) cancel: CancellationToken,
+}
+
+impl ChunkSink {
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if self.cancel.is_cancelled() {
+            // Not `Interrupted`: writers retry that.
+            return Err(io::Error::other("cancelled"));
+        }
+        let chunk = self.buf.split().freeze();
+        self.buf.reserve(CHUNK);
+        self.tx
+            .blocking_send(chunk)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped"))
+    }
+}
+
+impl Write for ChunkSink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    /// Sends what is buffered (the encoder flushes once, at the end).
+    fn flush(&mut self) -> io::Result<()> {
+        self.send()
+    }
+}
