@@ -55,19 +55,13 @@ impl Source for Fake {
     }
 }
 
+/// The built-in defaults, on a free port of loopback.
 fn config() -> MetricsConfig {
-    MetricsConfig {
-        enabled: true,
-        listen: "127.0.0.1:0".parse().expect("a socket address"),
-        username: None,
-        password: None,
-        tls: None,
-        ready_in_recovery: false,
-        queries_file: None,
-        scrape_timeout: Duration::from_secs(10),
-        statement_timeout: Duration::from_secs(5),
-        lock_timeout: Duration::from_secs(1),
-    }
+    let mut metrics = crate::config::load(None, &|_| None)
+        .expect("the built-in defaults are valid")
+        .metrics;
+    metrics.listen = "127.0.0.1:0".parse().expect("a socket address");
+    metrics
 }
 
 /// A running server; cancelled, and checked to stop promptly, when dropped.
