@@ -5,36 +5,14 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::common::{files_under, Cluster, Pgward};
-use crate::wal::{file_storage, pgbench, start_archiving, switch_and_wait_archived, BOOT};
+use crate::common::{
+    backed_up_cluster, backup_ok, file_storage, files_under, is_root, listed, pgbench,
+    start_archiving, start_recovered, switch_and_wait_archived, wait_promoted, BackedUp, Cluster,
+    Pgward, BOOT,
+};
 
 fn pgward(config: &Path, args: &[&str]) -> (i32, String, String) {
     crate::common::pgward_with(config, args)
-}
-
-/// Starts pgward on a restored data directory (no archiving: its WAL must not mix with the
-/// original's) and waits until recovery has ended.
-pub(crate) async fn start_recovered(
-    restored: &Cluster,
-    storage: &str,
-) -> (Pgward, tokio_postgres::Client) {
-    let config = restored.config(
-        "password: pw",
-        &format!("{storage}wal:\n  archive: false\n"),
-    );
-    let pgward = Pgward::start(&["--config", config.to_str().unwrap(), "run"], &[]);
-    let client = restored
-        .wait_connect("postgres", "pw", "postgres", BOOT)
-        .await;
-    crate::common::wait_promoted(&client, BOOT).await;
-    (pgward, client)
-}
-
-/// `pgward backup` on `config`, which must succeed; its output.
-pub(crate) fn backup_ok(config: &std::path::Path) -> String {
-    let (code, out, err) = crate::common::pgward_with(config, &["backup"]);
-    assert_eq!(code, 0, "backup failed:\n{out}\n{err}");
-    out
 }
 
 /// [`start_recovered`], then the rows of `t`.
@@ -164,14 +142,6 @@ async fn a_full_backup_restores_to_the_end_of_the_archive_and_to_a_point_in_time
     assert_eq!(code, 0, "restore failed:\n{out}\n{err}");
     let (_restored, rows) = recover_and_count(&by_lsn, &storage).await;
     assert_eq!(rows, 2000);
-}
-
-/// The complete backups `pgward list --json` reports.
-pub(crate) fn listed(config: &Path) -> Vec<serde_json::Value> {
-    let (code, out, err) = pgward(config, &["list", "--json"]);
-    assert_eq!(code, 0, "list failed: {err}");
-    let list: serde_json::Value = serde_json::from_str(&out).expect("list --json is JSON");
-    list.as_array().expect("list --json is an array").clone()
 }
 
 /// The backup ids that have a directory in the `file://` repository at `repo`, complete or not.
@@ -304,16 +274,15 @@ async fn a_backup_killed_midway_is_never_listed_and_the_next_one_succeeds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_backup_object_fails_the_restore_naming_it() {
-    let cluster = Cluster::new();
-    let storage = file_storage(&cluster);
-    let (config, _pgward, client) = start_archiving(&cluster, &storage).await;
-    client
-        .batch_execute(
-            "CREATE TABLE t AS SELECT i, md5(i::text) AS m FROM generate_series(1, 50000) AS i",
-        )
-        .await
-        .unwrap();
-    backup_ok(&config);
+    let BackedUp {
+        cluster,
+        config,
+        pgward: _pgward,
+        ..
+    } = backed_up_cluster(
+        "CREATE TABLE t AS SELECT i, md5(i::text) AS m FROM generate_series(1, 50000) AS i",
+    )
+    .await;
     let backups = listed(&config);
     assert_eq!(backups.len(), 1, "{backups:?}");
     let id = backups[0]["id"].as_str().unwrap().to_owned();
@@ -363,14 +332,14 @@ async fn a_corrupted_backup_object_fails_the_restore_naming_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_data_directory_can_start_from_the_latest_backup() {
-    let cluster = Cluster::new();
-    let storage = file_storage(&cluster);
-    let (config, _pgward, client) = start_archiving(&cluster, &storage).await;
-    client
-        .batch_execute("CREATE TABLE t (i int); INSERT INTO t SELECT generate_series(1, 500)")
-        .await
-        .unwrap();
-    backup_ok(&config);
+    let BackedUp {
+        cluster: _cluster,
+        storage,
+        pgward: _pgward,
+        client,
+        ..
+    } = backed_up_cluster("CREATE TABLE t (i int); INSERT INTO t SELECT generate_series(1, 500)")
+        .await;
     client
         .batch_execute("INSERT INTO t SELECT generate_series(501, 800)")
         .await
@@ -386,7 +355,7 @@ async fn an_empty_data_directory_can_start_from_the_latest_backup() {
     );
     let host_pgward = Pgward::start(&["--config", host_config.to_str().unwrap(), "run"], &[]);
     let host_client = host.wait_connect("postgres", "pw", "postgres", BOOT).await;
-    crate::common::wait_promoted(&host_client, BOOT).await;
+    wait_promoted(&host_client, BOOT).await;
     let rows: i64 = host_client
         .query_one("SELECT count(*) FROM t", &[])
         .await
@@ -426,14 +395,13 @@ fn tree(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delta_restore_over_a_changed_directory_gives_an_exact_copy() {
-    let cluster = Cluster::new();
-    let storage = file_storage(&cluster);
-    let (config, _pgward, client) = start_archiving(&cluster, &storage).await;
-    client
-        .batch_execute("CREATE TABLE t (i int); INSERT INTO t SELECT generate_series(1, 5000)")
-        .await
-        .unwrap();
-    backup_ok(&config);
+    let BackedUp {
+        cluster: _cluster,
+        config,
+        pgward: _pgward,
+        ..
+    } = backed_up_cluster("CREATE TABLE t (i int); INSERT INTO t SELECT generate_series(1, 5000)")
+        .await;
 
     let fresh = Cluster::new();
     let changed = Cluster::new();
@@ -468,14 +436,14 @@ async fn a_delta_restore_over_a_changed_directory_gives_an_exact_copy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recovery_paused_at_its_target_says_so_in_status() {
-    let cluster = Cluster::new();
-    let storage = file_storage(&cluster);
-    let (config, _pgward, client) = start_archiving(&cluster, &storage).await;
-    client
-        .batch_execute("CREATE TABLE t (i int); INSERT INTO t VALUES (1)")
-        .await
-        .unwrap();
-    backup_ok(&config);
+    let BackedUp {
+        cluster: _cluster,
+        storage,
+        config,
+        pgward: _pgward,
+        client,
+        ..
+    } = backed_up_cluster("CREATE TABLE t (i int); INSERT INTO t VALUES (1)").await;
     client
         .batch_execute("INSERT INTO t VALUES (2)")
         .await
@@ -589,7 +557,7 @@ async fn a_tablespace_is_backed_up_and_restored_where_it_is_mapped() {
     let (config, _pgward, client) = start_archiving(&cluster, &storage).await;
     let location = cluster.dir.join("ts");
     std::fs::create_dir_all(&location).unwrap();
-    if crate::common::is_root() {
+    if is_root() {
         let pg = nix::unistd::User::from_name("postgres").unwrap().unwrap();
         nix::unistd::chown(&location, Some(pg.uid), Some(pg.gid)).unwrap();
     }

@@ -3,8 +3,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::common::{pgward_bin, Cluster};
-use crate::wal::{file_storage, start_archiving};
+use crate::common::{file_storage, pgward_bin, start_archiving, Cluster};
 
 fn check(config: &Path) -> (i32, serde_json::Value) {
     let out = Command::new(pgward_bin())

@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::common::{pgward_bin, TestDir};
+use crate::common::{example_configs, pgward_bin, TestDir};
 
 fn pgward(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = Command::new(pgward_bin());
@@ -32,7 +32,7 @@ fn check_accepts_a_valid_file_and_the_shipped_examples() {
     assert!(out.contains("ok"), "{out}");
     // Every example config of the repository and the image, found by listing: a new one is
     // checked without being named here.
-    for path in crate::config_files::example_configs() {
+    for path in example_configs() {
         let example = path.display().to_string();
         let (code, _, err) = pgward(
             &["--config", &example, "config", "check"],

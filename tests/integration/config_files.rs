@@ -3,29 +3,11 @@
 //! reference docs and example name every key it has.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::Value;
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Every `*.yaml` directly in `configs/` and `image/`: the example pgward configs.
-pub fn example_configs() -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for dir in ["configs", "image"] {
-        for entry in std::fs::read_dir(root().join(dir)).expect("read the examples' directory") {
-            let path = entry.expect("directory entry").path();
-            if path.extension().is_some_and(|e| e == "yaml") {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    assert!(files.len() >= 4, "{files:?}");
-    files
-}
+use crate::common::{example_configs, repo_root};
 
 fn schema() -> Value {
     serde_json::from_str(&pgward::config::json_schema()).expect("the schema is JSON")
@@ -52,7 +34,7 @@ fn schema_keys(schema: &Value, keys: &mut BTreeSet<String>) {
 
 #[test]
 fn the_schema_file_is_what_config_schema_prints() {
-    let file = std::fs::read_to_string(root().join("configs/pgward.schema.json"))
+    let file = std::fs::read_to_string(repo_root().join("configs/pgward.schema.json"))
         .expect("read configs/pgward.schema.json");
     let out = std::process::Command::new(crate::common::pgward_bin())
         .args(["config", "schema"])
@@ -81,7 +63,7 @@ fn every_example_config_validates_against_the_schema_and_references_it() {
         assert!(errors.is_empty(), "{}: {errors:#?}", path.display());
         // image/ is the image's, which installs its config elsewhere; the repository's
         // examples point editors at the schema beside them.
-        if path.starts_with(root().join("configs")) {
+        if path.starts_with(repo_root().join("configs")) {
             let text = std::fs::read_to_string(&path).expect("read example");
             assert!(
                 text.lines()
@@ -128,8 +110,8 @@ fn the_reference_and_the_example_name_every_key_of_the_schema() {
         keys.contains("push_concurrency") && keys.len() > 100,
         "{keys:?}"
     );
-    let reference = std::fs::read_to_string(root().join("docs/configuration.md")).unwrap();
-    let example = std::fs::read_to_string(root().join("configs/pgward.example.yaml")).unwrap();
+    let reference = std::fs::read_to_string(repo_root().join("docs/configuration.md")).unwrap();
+    let example = std::fs::read_to_string(repo_root().join("configs/pgward.example.yaml")).unwrap();
     let undocumented: Vec<&String> = keys
         .iter()
         .filter(|k| !reference.contains(&format!("`{k}`")))

@@ -4,8 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::common::Cluster;
-use crate::wal::{file_storage, start_archiving};
+use crate::common::{file_storage, start_archiving, Cluster};
 
 fn pgward(config: &Path, args: &[&str]) -> (i32, String, String) {
     crate::common::pgward_with(config, args)

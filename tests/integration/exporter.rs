@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 use pgward::metrics::postgres::PostgresCollector;
 use pgward::metrics::text::Families;
 
-use crate::common::{self, free_port, Cluster, Pgward};
-
-const BOOT: Duration = Duration::from_secs(60);
+use crate::common::{self, free_port, Cluster, Pgward, BOOT};
 
 /// postgres_exporter 0.11's own families (Go runtime, process, HTTP handler, build info):
 /// pgward's process has its own metrics.

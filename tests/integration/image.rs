@@ -18,7 +18,9 @@ use nix::unistd::Pid;
 use crate::common::{self, children_of, eventually, pg_bin_dir, Pgward, TestDir};
 use crate::storage_servers::TestS3;
 
-const BOOT: Duration = Duration::from_secs(90);
+/// Longer than `common::BOOT`: the second start restores the latest backup from S3 and
+/// replays the archive before it accepts connections, all inside the namespace.
+const IMAGE_BOOT: Duration = Duration::from_secs(90);
 /// The image's grace period (`stop_grace_period`, `terminationGracePeriodSeconds`): more than
 /// image/pgward.yaml's postgres.stop.timeout + kill_timeout (60s + 10s).
 const GRACE: Duration = Duration::from_secs(90);
@@ -89,7 +91,7 @@ impl Container<'_> {
     }
 
     async fn connect(&self) -> tokio_postgres::Client {
-        let deadline = Instant::now() + BOOT;
+        let deadline = Instant::now() + IMAGE_BOOT;
         loop {
             let mut config = tokio_postgres::Config::new();
             config
@@ -104,7 +106,9 @@ impl Container<'_> {
                     tokio::spawn(connection);
                     return client;
                 }
-                Err(e) if Instant::now() > deadline => panic!("no connection within {BOOT:?}: {e}"),
+                Err(e) if Instant::now() > deadline => {
+                    panic!("no connection within {IMAGE_BOOT:?}: {e}")
+                }
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
@@ -235,14 +239,16 @@ async fn the_image_boots_backs_up_on_schedule_stops_cleanly_and_restores_an_empt
     // The HEALTHCHECK: alive and ready.
     let (code, out) = health(&env, false);
     assert_eq!(code, 0, "{out}");
-    eventually("pgward health --ready", BOOT, || health(&env, true).0 == 0);
+    eventually("pgward health --ready", IMAGE_BOOT, || {
+        health(&env, true).0 == 0
+    });
 
     // A row after the backup, in archived WAL: the restore must replay it.
     client
         .batch_execute("INSERT INTO image_markers (note) VALUES ('after-backup')")
         .await
         .unwrap();
-    crate::wal::switch_and_wait_archived(&client).await;
+    common::switch_and_wait_archived(&client).await;
     drop(client);
 
     let took = docker_stop(&mut first);
@@ -261,7 +267,7 @@ async fn the_image_boots_backs_up_on_schedule_stops_cleanly_and_restores_an_empt
     );
     let mut second = container.start(&env);
     let client = container.connect().await;
-    common::wait_promoted(&client, BOOT).await;
+    common::wait_promoted(&client, IMAGE_BOOT).await;
     assert_eq!(
         markers(&client).await,
         ["initdb.d", "before-backup", "after-backup"]

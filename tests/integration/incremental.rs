@@ -3,11 +3,12 @@
 
 use std::path::Path;
 
-use crate::common::Cluster;
-use crate::wal::{file_storage, pgbench, start_archiving};
+use crate::common::{
+    file_storage, pgbench, pgward_with, start_archiving, start_recovered, Cluster,
+};
 
 fn pgward_json(config: &Path, args: &[&str]) -> serde_json::Value {
-    let (code, out, err) = crate::common::pgward_with(config, args);
+    let (code, out, err) = pgward_with(config, args);
     assert_eq!(code, 0, "pgward {args:?}: {out}\n{err}");
     if args.contains(&"--json") {
         serde_json::from_str(&out).expect("JSON")
@@ -81,8 +82,7 @@ async fn incremental_backups_store_what_changed_and_restore_exactly() {
             "promote",
         ],
     );
-    let (_restored_pgward, restored_client) =
-        crate::backup::start_recovered(&restored, &storage).await;
+    let (_restored_pgward, restored_client) = start_recovered(&restored, &storage).await;
     let got: i64 = restored_client
         .query_one("SELECT sum(bbalance)::int8 FROM pgbench_branches", &[])
         .await
@@ -128,7 +128,7 @@ async fn large_files_are_stored_in_slices_and_restored_exactly() {
     assert!(full["parted_files"].as_u64().unwrap() >= 2, "{full}");
     assert_eq!(full["read_size"], full["size"]);
     let id = full["id"].as_str().unwrap().to_owned();
-    let (code, out, err) = crate::common::pgward_with(&config, &["verify", &id]);
+    let (code, out, err) = pgward_with(&config, &["verify", &id]);
     assert_eq!(code, 0, "verify: {out}\n{err}");
 
     // A plain restore, and a delta restore over a copy with one damaged slice: identical.
@@ -159,7 +159,7 @@ async fn large_files_are_stored_in_slices_and_restored_exactly() {
     assert!(read(&damaged.data_dir(), &accounts) == original);
 
     // And the slices hold what the cluster holds.
-    let (_restored, restored_client) = crate::backup::start_recovered(&plain, &storage).await;
+    let (_restored, restored_client) = start_recovered(&plain, &storage).await;
     let count: i64 = restored_client
         .query_one("SELECT count(*) FROM pgbench_accounts", &[])
         .await
@@ -238,7 +238,7 @@ async fn an_incremental_after_a_small_update_reads_only_the_changed_blocks() {
     assert_eq!(second["parent"], first["id"]);
     let expected = fingerprint(&client).await;
     let id = second["id"].as_str().unwrap().to_owned();
-    let (code, out, err) = crate::common::pgward_with(&config, &["verify", &id]);
+    let (code, out, err) = pgward_with(&config, &["verify", &id]);
     assert_eq!(code, 0, "verify: {out}\n{err}");
 
     let restored = Cluster::new();
@@ -255,8 +255,7 @@ async fn an_incremental_after_a_small_update_reads_only_the_changed_blocks() {
             "promote",
         ],
     );
-    let (_restored_pgward, restored_client) =
-        crate::backup::start_recovered(&restored, &storage).await;
+    let (_restored_pgward, restored_client) = start_recovered(&restored, &storage).await;
     assert_eq!(fingerprint(&restored_client).await, expected);
     let databases: i64 = restored_client
         .query_one(

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::common::{pgward_with, Cluster, Pgward, TestDir};
-
-const BOOT: Duration = Duration::from_secs(60);
+use crate::common::{
+    eventually, file_storage, files_under, pg_bin_dir, pgward_with, Cluster, Pgward, TestDir, BOOT,
+};
 
 fn jobs_json(config: &Path) -> serde_json::Value {
     let (code, out, err) = pgward_with(config, &["jobs", "list", "--json"]);
@@ -92,10 +92,7 @@ async fn command_jobs_follow_their_policies_and_report() {
     let dir = job_dir();
     let d = dir.join("").display().to_string();
     let (hook_port, hook) = one_request_server(200).await;
-    let pg_isready = crate::common::pg_bin_dir()
-        .join("pg_isready")
-        .display()
-        .to_string();
+    let pg_isready = pg_bin_dir().join("pg_isready").display().to_string();
     let socket = cluster.socket_dir().display().to_string();
     let port = cluster.port;
     let jobs = format!(
@@ -178,7 +175,7 @@ async fn command_jobs_follow_their_policies_and_report() {
         .trim()
         .parse()
         .unwrap();
-    crate::common::eventually("the job's child is killed", Duration::from_secs(5), || {
+    eventually("the job's child is killed", Duration::from_secs(5), || {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), None).is_err()
     });
 
@@ -239,7 +236,7 @@ async fn command_jobs_follow_their_policies_and_report() {
     assert_eq!(body["job"], "hooked", "{body}");
     assert_eq!(body["status"], "failure", "{body}");
     assert_eq!(body["exit_code"], 4, "{body}");
-    crate::common::eventually("the failure hook ran", Duration::from_secs(5), || {
+    eventually("the failure hook ran", Duration::from_secs(5), || {
         dir.join("hook.env").exists()
     });
     let env = std::fs::read_to_string(dir.join("hook.env")).unwrap();
@@ -248,7 +245,7 @@ async fn command_jobs_follow_their_policies_and_report() {
     assert!(env.contains("about to fail"), "{env}");
     let (code, _, _) = pgward_with(&config, &["jobs", "run", "cheered"]);
     assert_eq!(code, 0);
-    crate::common::eventually("the success hook ran", Duration::from_secs(5), || {
+    eventually("the success hook ran", Duration::from_secs(5), || {
         std::fs::read_to_string(dir.join("success")).is_ok_and(|s| s.trim() == "success")
     });
     assert!(
@@ -275,7 +272,7 @@ async fn command_jobs_follow_their_policies_and_report() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_jobs_run_on_schedule_and_actions_work() {
     let cluster = Cluster::new();
-    let storage = crate::wal::file_storage(&cluster);
+    let storage = file_storage(&cluster);
     let jobs = r#"  - { name: backups, schedule: '*/4 * * * * *', action: backup, options: { type: incremental } }
   - { name: make-table, schedule: '@daily', enabled: false, action: sql, options: { sql: 'CREATE TABLE made_by_job (i int)' } }
   - { name: slow-sql, schedule: '@daily', enabled: false, action: sql, options: { sql: 'SELECT pg_sleep(5)', statement_timeout: 500ms } }
@@ -291,7 +288,7 @@ async fn backup_jobs_run_on_schedule_and_actions_work() {
         .await
         .unwrap();
 
-    crate::common::eventually("two backups by the job", Duration::from_secs(60), || {
+    eventually("two backups by the job", Duration::from_secs(60), || {
         let (_, out, _) = pgward_with(&config, &["list", "--json"]);
         serde_json::from_str::<serde_json::Value>(&out)
             .map(|v| v.as_array().map_or(0, |a| a.len()) >= 2)
@@ -323,7 +320,7 @@ async fn backup_jobs_run_on_schedule_and_actions_work() {
         .map(|e| e.path())
         .min()
         .unwrap();
-    let objects = crate::common::files_under(&first.join("data"));
+    let objects = files_under(&first.join("data"));
     for path in &objects {
         let mut bytes = std::fs::read(path).unwrap();
         let middle = bytes.len() / 2;
@@ -354,7 +351,7 @@ async fn a_run_missed_while_down_is_caught_up_once() {
     );
     let (config, mut pgward) = start_with_jobs(&cluster, "", &jobs).await;
     let state_file = cluster.data_dir().join("pgward.jobs.json");
-    crate::common::eventually("the state file", Duration::from_secs(10), || {
+    eventually("the state file", Duration::from_secs(10), || {
         std::fs::read_to_string(&state_file).is_ok_and(|s| s.contains("hourly-no"))
     });
     pgward.signal(nix::sys::signal::Signal::SIGTERM);
@@ -370,7 +367,7 @@ async fn a_run_missed_while_down_is_caught_up_once() {
     std::fs::write(&state_file, serde_json::to_string(&state).unwrap()).unwrap();
 
     let mut pgward = Pgward::start(&["--config", config.to_str().unwrap(), "run"], &[]);
-    crate::common::eventually("the missed run", Duration::from_secs(30), || {
+    eventually("the missed run", Duration::from_secs(30), || {
         dir.join("hourly").exists()
     });
     tokio::time::sleep(Duration::from_secs(2)).await;

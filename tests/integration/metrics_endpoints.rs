@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use crate::common::{Cluster, Pgward};
-
-const BOOT: Duration = Duration::from_secs(60);
+use crate::common::{
+    eventually, pgward_with, promtool_run, switch_and_wait_archived, Cluster, Pgward, BOOT,
+};
 
 async fn get(port: u16, path: &str) -> (u16, String) {
     let response = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
@@ -35,7 +35,7 @@ async fn a_running_daemon_serves_postgres_and_pgward_metrics_and_probes() {
         .await;
     let port = cluster.metrics_port;
 
-    crate::common::eventually("/readyz answers 200", BOOT, || {
+    eventually("/readyz answers 200", BOOT, || {
         std::process::Command::new("curl")
             .args(["-sf", &format!("http://127.0.0.1:{port}/readyz")])
             .status()
@@ -49,8 +49,8 @@ async fn a_running_daemon_serves_postgres_and_pgward_metrics_and_probes() {
         .batch_execute("CREATE TABLE t AS SELECT 1 AS i")
         .await
         .unwrap();
-    crate::wal::switch_and_wait_archived(&client).await;
-    let (code, out, err) = crate::common::pgward_with(&config, &["jobs", "run", "nightly"]);
+    switch_and_wait_archived(&client).await;
+    let (code, out, err) = pgward_with(&config, &["jobs", "run", "nightly"]);
     assert_eq!(code, 0, "{out}\n{err}");
 
     let (code, body) = get(port, "/metrics").await;
@@ -81,7 +81,7 @@ async fn a_running_daemon_serves_postgres_and_pgward_metrics_and_probes() {
     );
     // Prometheus's own parser takes it (exit 3 is its linter: postgres_exporter's names,
     // kept for existing dashboards, break its naming rules; pgward's own must not).
-    let (status, lint) = crate::prometheus_rules::promtool_run(&["check", "metrics"], Some(&body));
+    let (status, lint) = promtool_run(&["check", "metrics"], Some(&body));
     assert!(
         matches!(status.code(), Some(0 | 3)),
         "promtool check metrics: {status}\n{lint}"

@@ -5,9 +5,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::common::{self, service, Cluster, Pgward};
-
-const BOOT: Duration = Duration::from_secs(60);
+use crate::common::{self, service, Cluster, Pgward, BOOT};
 
 fn gzip(text: &str) -> Vec<u8> {
     use std::io::Write;

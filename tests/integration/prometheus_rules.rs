@@ -7,9 +7,6 @@
 //! `PATH` does too.
 
 use std::collections::BTreeSet;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,36 +15,10 @@ use pgward::config::MetricsConfig;
 use pgward::metrics::server::{Readiness, Server, Source};
 use tokio_util::sync::CancellationToken;
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn prometheus_dir() -> PathBuf {
-    repo().join("image/prometheus")
-}
-
-/// promtool from `.tools/bin` (where `make test` installs it), else from `PATH`.
-fn promtool() -> PathBuf {
-    let installed = repo().join(".tools/bin/promtool");
-    if installed.is_file() {
-        return installed;
-    }
-    let on_path = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join("promtool"))
-            .find(|candidate| candidate.is_file())
-    });
-    on_path.unwrap_or_else(|| {
-        panic!(
-            "promtool is not in {} nor on PATH\nHINT: `make test` installs it \
-             (scripts/test-deps.sh, from Debian's prometheus package)",
-            installed.display()
-        )
-    })
-}
+use crate::common::{prometheus_dir, promtool_run, repo_root};
 
 /// Runs promtool in `image/prometheus/` with `stdin`; fails the test unless it exits 0.
-pub(crate) fn promtool_ok(args: &[&str], stdin: Option<&str>) -> String {
+fn promtool_ok(args: &[&str], stdin: Option<&str>) -> String {
     let (status, output) = promtool_run(args, stdin);
     assert!(
         status.success(),
@@ -55,40 +26,6 @@ pub(crate) fn promtool_ok(args: &[&str], stdin: Option<&str>) -> String {
         args.join(" ")
     );
     output
-}
-
-/// Runs promtool in `image/prometheus/` with `stdin`: its exit status and output.
-pub(crate) fn promtool_run(
-    args: &[&str],
-    stdin: Option<&str>,
-) -> (std::process::ExitStatus, String) {
-    let mut child = Command::new(promtool())
-        .args(args)
-        .current_dir(prometheus_dir())
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start promtool");
-    if let Some(input) = stdin {
-        let mut pipe = child.stdin.take().expect("promtool's stdin");
-        pipe.write_all(input.as_bytes()).expect("write to promtool");
-    }
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = child.wait_with_output().expect("wait for promtool");
-    let output = format!(
-        "{}{}",
-        String::from_utf8_lossy(&stdout),
-        String::from_utf8_lossy(&stderr)
-    );
-    (status, output)
 }
 
 #[test]
@@ -184,7 +121,7 @@ fn pgward_names(text: &str) -> BTreeSet<String> {
 
 /// The metric names of the "pgward metrics" section of docs/metrics.md.
 fn documented() -> BTreeSet<String> {
-    let doc = std::fs::read_to_string(repo().join("docs/metrics.md")).expect("read the doc");
+    let doc = std::fs::read_to_string(repo_root().join("docs/metrics.md")).expect("read the doc");
     let start = doc
         .find("\n## pgward metrics\n")
         .expect("docs/metrics.md has a \"pgward metrics\" section");

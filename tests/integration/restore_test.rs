@@ -7,8 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::common::{files_under, Cluster, Pgward};
-use crate::wal::{file_storage, start_archiving, switch_and_wait_archived};
+use crate::common::{backed_up_cluster, files_under, switch_and_wait_archived, BackedUp, Pgward};
 
 fn pgward(config: &Path, args: &[&str]) -> (i32, String, String) {
     crate::common::pgward_with(config, args)
@@ -64,20 +63,16 @@ fn seconds(report: &serde_json::Value, key: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_test_passes_a_good_backup_and_fails_a_false_query_or_a_corrupt_object() {
-    let cluster = Cluster::new();
-    let storage = file_storage(&cluster);
-    let (config, pgward_run, client) = start_archiving(&cluster, &storage).await;
-    client
-        .batch_execute(
-            "CREATE TABLE t AS SELECT i, md5(i::text) AS m FROM generate_series(1, 50000) AS i",
-        )
-        .await
-        .unwrap();
-    crate::backup::backup_ok(&config);
-    let id = crate::backup::listed(&config)[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let BackedUp {
+        cluster,
+        config,
+        pgward: pgward_run,
+        id,
+        ..
+    } = backed_up_cluster(
+        "CREATE TABLE t AS SELECT i, md5(i::text) AS m FROM generate_series(1, 50000) AS i",
+    )
+    .await;
     let scratch = cluster.dir.join("scratch");
     let scratch_arg = scratch.to_str().unwrap();
 
@@ -213,14 +208,14 @@ async fn restore_test_passes_a_good_backup_and_fails_a_false_query_or_a_corrupt_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_test_to_latest_replays_the_wal_archived_after_the_backup() {
-    let cluster = Cluster::new();
-    let storage = file_storage(&cluster);
-    let (config, pgward_run, client) = start_archiving(&cluster, &storage).await;
-    client
-        .batch_execute("CREATE TABLE t (i int); INSERT INTO t SELECT generate_series(1, 1000)")
-        .await
-        .unwrap();
-    crate::backup::backup_ok(&config);
+    let BackedUp {
+        cluster,
+        config,
+        pgward: pgward_run,
+        client,
+        ..
+    } = backed_up_cluster("CREATE TABLE t (i int); INSERT INTO t SELECT generate_series(1, 1000)")
+        .await;
     client
         .batch_execute("INSERT INTO t SELECT generate_series(1001, 1500)")
         .await

@@ -4,8 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::common::Cluster;
-use crate::wal::{file_storage, start_archiving, switch_and_wait_archived};
+use crate::common::{backed_up_cluster, files_under, listed, switch_and_wait_archived, BackedUp};
 
 fn pgward(config: &Path, args: &[&str]) -> (i32, String, String) {
     crate::common::pgward_with(config, args)
@@ -45,16 +44,15 @@ fn problems(report: &serde_json::Value) -> &Vec<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_passes_a_good_backup_and_names_what_is_wrong() {
-    let cluster = Cluster::new();
-    let storage = file_storage(&cluster);
+    let BackedUp {
+        cluster,
+        config,
+        pgward: _pgward,
+        client,
+        ..
+    } = backed_up_cluster("CREATE TABLE t AS SELECT generate_series(1, 100000) AS i").await;
     let repo = cluster.dir.join("repo");
-    let (config, _pgward, client) = start_archiving(&cluster, &storage).await;
-    client
-        .batch_execute("CREATE TABLE t AS SELECT generate_series(1, 100000) AS i")
-        .await
-        .unwrap();
-    crate::backup::backup_ok(&config);
-    let list = crate::backup::listed(&config);
+    let list = listed(&config);
     let backup = &list[0];
     let id = backup["id"].as_str().unwrap().to_owned();
     let files = backup["file_count"].as_u64().unwrap();
@@ -109,7 +107,7 @@ async fn verify_passes_a_good_backup_and_names_what_is_wrong() {
 
     // One flipped byte in the middle of a stored data file: corrupt, named, exit 1.
     let data = repo.join(format!("backups/{id}/data"));
-    let largest = walk(&data)
+    let largest = files_under(&data)
         .into_iter()
         .max_by_key(|p| std::fs::metadata(p).unwrap().len())
         .unwrap();
@@ -142,7 +140,7 @@ async fn verify_passes_a_good_backup_and_names_what_is_wrong() {
     assert_eq!(problems(&report)[0]["key"], key.as_str());
 
     // Another file's (well-formed) object in its place: a checksum mismatch, both values.
-    let other = walk(&data)
+    let other = files_under(&data)
         .into_iter()
         .find(|p| *p != largest && p.extension() == largest.extension())
         .unwrap();
@@ -174,21 +172,4 @@ async fn verify_passes_a_good_backup_and_names_what_is_wrong() {
     assert_eq!(problems(&report)[0]["kind"], "missing_wal");
     assert_eq!(problems(&report)[0]["segment"], stop_wal.as_str());
     assert!(report["wal_continuous_to"].as_str() < Some(stop_wal.as_str()));
-}
-
-/// Every regular file under `dir`.
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut pending = vec![dir.to_owned()];
-    while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                pending.push(path);
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    out
 }

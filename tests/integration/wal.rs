@@ -5,92 +5,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::{self, pgward_bin, Cluster, Pgward};
+use crate::common::{
+    self, archiving_config, file_storage, files_under, pgbench, pgward_bin, start_archiving,
+    switch_and_wait_archived, Cluster, Pgward, BOOT,
+};
 use crate::storage_servers::{TestAzurite, TestS3};
 
-pub(crate) const BOOT: Duration = Duration::from_secs(60);
-
-/// A cluster archiving to `storage` (a `storage:` YAML block), keeping its WAL around so the
-/// archived copies can be compared with the originals.
-pub(crate) fn archiving_config(cluster: &Cluster, storage: &str) -> PathBuf {
-    cluster.config(
-        "password: pw",
-        &format!(
-            "{storage}\nwal:\n  archive: true\n  archive_timeout: 1s\n  push_concurrency: 4\n  prefetch: 4\n"
-        ),
-    )
-}
-
-pub(crate) fn file_storage(cluster: &Cluster) -> String {
-    format!(
-        "storage:\n  url: file://{}\n",
-        cluster.dir.join("repo").display()
-    )
-}
-
-/// Adds `wal_keep_size` so postgres does not recycle archived segments under the test.
-pub(crate) fn keep_wal(config: &Path) {
-    let text = std::fs::read_to_string(config).unwrap();
-    let text = text.replacen(
-        "  parameters:\n",
-        "  parameters:\n    wal_keep_size: 1GB\n",
-        1,
-    );
-    std::fs::write(config, text).unwrap();
-}
-
-/// Runs pgbench against the cluster, as the server's user when root (peer-free socket auth).
-pub(crate) fn pgbench(cluster: &Cluster, args: &[&str]) {
-    let out = Command::new(common::pg_bin_dir().join("pgbench"))
-        .args([
-            "-h",
-            cluster.socket_dir().to_str().unwrap(),
-            "-p",
-            &cluster.port.to_string(),
-            "-U",
-            "postgres",
-        ])
-        .args(args)
-        .arg("postgres")
-        .env("PGPASSWORD", "pw")
-        .output()
-        .expect("run pgbench");
-    assert!(
-        out.status.success(),
-        "pgbench {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Switches WAL and waits until postgres reports that segment archived; returns its name.
-pub(crate) async fn switch_and_wait_archived(client: &tokio_postgres::Client) -> String {
-    let name: String = client
-        .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let row = client
-            .query_one(
-                "SELECT coalesce(last_archived_wal, ''), failed_count FROM pg_stat_archiver",
-                &[],
-            )
-            .await
-            .unwrap();
-        let last: String = row.get(0);
-        if last.as_str() >= name.as_str() && last.len() == 24 {
-            return name;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{name} not archived; last archived {last:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-pub(crate) fn wal_fetch(config: &Path, name: &str, dest: &Path) -> (i32, String) {
+fn wal_fetch(config: &Path, name: &str, dest: &Path) -> (i32, String) {
     let out = Command::new(pgward_bin())
         .args([
             "--config",
@@ -183,20 +104,6 @@ async fn archives_every_segment_under_pgbench_and_fetches_them_back_identical() 
     assert_eq!(code, 1);
     assert!(!cluster.dir.join("nope").exists());
     pgward.assert_no_errors_except(&[]);
-}
-
-/// Starts pgward on `cluster` archiving to `storage`, keeping its WAL, and connects.
-pub(crate) async fn start_archiving(
-    cluster: &Cluster,
-    storage: &str,
-) -> (PathBuf, Pgward, tokio_postgres::Client) {
-    let config = archiving_config(cluster, storage);
-    keep_wal(&config);
-    let pgward = Pgward::start(&["--config", config.to_str().unwrap(), "run"], &[]);
-    let client = cluster
-        .wait_connect("postgres", "pw", "postgres", BOOT)
-        .await;
-    (config, pgward, client)
 }
 
 /// A cluster archiving to `storage` (WAL kept), after `pgbench -i -s 2`.
@@ -325,25 +232,12 @@ async fn a_corrupted_object_is_detected_on_fetch() {
 
 /// The stored file of WAL file `name` under a file:// repository root.
 fn find_object(root: &Path, name: &str) -> Option<PathBuf> {
-    for entry in walk(root) {
+    for entry in files_under(root) {
         if entry.file_name()?.to_str()?.starts_with(name) {
             return Some(entry);
         }
     }
     None
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -483,7 +377,7 @@ async fn a_restored_cluster_replays_archived_wal_to_the_same_lsn() {
         "the timeline 2 history file is archived",
         Duration::from_secs(30),
         || {
-            let files: Vec<String> = walk(&repo)
+            let files: Vec<String> = files_under(&repo)
                 .iter()
                 .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
                 .collect();

@@ -10,8 +10,7 @@ use std::process::Command;
 use pgward::postgres::wal::{Lsn, SegmentName, TimelineId, WalSegSize};
 use pgward::postgres::wal_records::{RelFileLocator, WalScanner};
 
-use crate::common::{pg_bin_dir, Cluster, Pgward};
-use crate::wal::{keep_wal, BOOT};
+use crate::common::{keep_wal, pg_bin_dir, Cluster, Pgward, BOOT};
 
 /// `pg_default`'s fixed oid.
 const DEFAULT_TABLESPACE: u32 = 1663;
