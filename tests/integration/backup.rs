@@ -269,7 +269,6 @@ async fn a_backup_killed_midway_is_never_listed_and_the_next_one_succeeds() {
     let new_id = backups[0]["id"].as_str().unwrap();
     assert_ne!(new_id, id);
     assert!(out.contains(&format!("backup {new_id} complete")), "{out}");
-    pgward_run.assert_no_errors_except(&[]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -368,7 +367,6 @@ async fn an_empty_data_directory_can_start_from_the_latest_backup() {
         output.contains("restoring from the repository instead of initdb"),
         "{output}"
     );
-    host_pgward.assert_no_errors_except(&[]);
 }
 
 /// Every regular file under `root` with its content, by relative path.

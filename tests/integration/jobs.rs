@@ -9,6 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::{
     eventually, file_storage, files_under, pg_bin_dir, pgward_with, Cluster, Pgward, TestDir, BOOT,
+    JOB_STOPPED_BY_SHUTDOWN,
 };
 
 fn jobs_json(config: &Path) -> serde_json::Value {
@@ -130,6 +131,23 @@ async fn command_jobs_follow_their_policies_and_report() {
 "#
     );
     let (config, mut pgward) = start_with_jobs(&cluster, "", &jobs).await;
+    // The failures are the point: each failed run is an ERROR record (a replaced run too).
+    for job in [
+        "replace",
+        "stubborn",
+        "noisy-err",
+        "noisy-out",
+        "always",
+        "hooked",
+    ] {
+        pgward.expect_error(&format!("job={job} "), "the test makes this job fail");
+    }
+    for job in ["forbid", "allow"] {
+        pgward.expect_error(
+            &format!("{JOB_STOPPED_BY_SHUTDOWN}; killed by SIGTERM) job={job} "),
+            "BUG: a run still going when pgward stops is logged as a failed job",
+        );
+    }
 
     // Concurrency: watch the three every-second jobs for a while.
     let mut max_running = std::collections::HashMap::new();
@@ -280,6 +298,15 @@ async fn backup_jobs_run_on_schedule_and_actions_work() {
   - { name: drill, schedule: '@daily', enabled: false, action: restore-test, options: { sql: 'SELECT count(*) = 3 FROM t' } }
 "#;
     let (config, mut pgward) = start_with_jobs(&cluster, &storage, jobs).await;
+    pgward.expect_error("job=slow-sql ", "the test makes this job time out");
+    pgward.expect_error(
+        "job failed: restore test of backup ",
+        "the test damages the backup the drill restores",
+    );
+    pgward.expect_error(
+        &format!("{JOB_STOPPED_BY_SHUTDOWN}) job=backups "),
+        "BUG: a backup still running when pgward stops is logged as a failed job",
+    );
     let client = cluster
         .wait_connect("postgres", "pw", "postgres", BOOT)
         .await;

@@ -65,6 +65,11 @@ fn each_restart_policy_and_a_fatal_service_make_a_non_zero_exit() {
         &["--config", config.to_str().unwrap(), "run"],
         &[("PATH", &path)],
     );
+    pgward.expect_error("service=crashy", "the test's `crashy` service always fails");
+    pgward.expect_error(
+        "failed for good: crashy",
+        "the test's `crashy` service always fails",
+    );
 
     pgward.wait_for_output("[waiter] saw-postgres-ready", Duration::from_secs(60));
     common::eventually("restart policies settle", Duration::from_secs(20), || {

@@ -2,7 +2,8 @@
 //! (and the storage servers from `storage_servers`), never from another subject module.
 //!
 //! - this file: the binary under test, temp dirs, free ports, polling, processes in /proc;
-//! - [`pgward`](self::pgward): a running pgward with its output captured, and the one-shot
+//! - [`pgward`](self::pgward): a running pgward with its output captured, the check that fails
+//!   a test on an ERROR record in that output which the test did not declare, and the one-shot
 //!   `pgward <command>`;
 //! - [`cluster`](self::cluster): a cluster's paths and config, connections, archiving into a
 //!   repository, a cluster with a table and a backup, a restored cluster;
