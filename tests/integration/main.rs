@@ -2,7 +2,8 @@
 //! storage servers.
 //!
 //! One test binary (compile time); modules by subject. Each test gets its own temp dir and
-//! free ports, so they run in parallel.
+//! free ports, so they run in parallel. The shared fixtures are in `common` and the storage
+//! servers in `storage_servers`; a subject module imports from those two only.
 
 mod common;
 mod storage_servers;
