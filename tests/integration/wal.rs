@@ -401,7 +401,7 @@ async fn archives_to_s3_and_loses_nothing_across_a_storage_outage() {
     let (cluster, config, pgward, client) =
         archiving_after_pgbench_init(&s3.config_yaml("wal-test")).await;
     pgward.expect_error(
-        "failed to archive: ",
+        "failed to archive",
         "the test stops the storage server while WAL is archived",
     );
     let before = switch_and_wait_archived(&client).await;
