@@ -232,7 +232,11 @@ impl Job {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let active = self.active.lock().unwrap_or_else(|p| p.into_inner());
-        status.running = active.len();
+        // A run that replaces another waits for it to end before it starts: one is running.
+        status.running = match self.config.concurrency {
+            ConcurrencyPolicy::Replace => active.len().min(1),
+            _ => active.len(),
+        };
         status.running_since = active.iter().map(|a| a.started).min();
         status
     }
@@ -453,6 +457,14 @@ impl Job {
                 seconds = duration.as_secs_f64(),
                 attempts = tried.attempts,
                 "job succeeded"
+            ),
+            // Stopped on purpose (pgward stops, or a newer run replaced this one): the run
+            // counts as failed, but nobody needs to look.
+            Some(why) if stop.is_cancelled() => tracing::warn!(
+                job = %name,
+                seconds = duration.as_secs_f64(),
+                attempts = tried.attempts,
+                "job stopped: {why}"
             ),
             Some(why) => tracing::error!(
                 job = %name,

@@ -22,14 +22,6 @@ use std::time::{Duration, Instant};
 
 use super::pgward_bin;
 
-/// BUG, to fix in pgward: a job still running when pgward shuts down in order is logged as
-/// `ERROR job failed: stopped (replaced by a newer run, or pgward is shutting down; killed by
-/// SIGTERM) job=<name>` (a built-in action without the `; killed by ...` part), although
-/// stopping it is what an orderly shutdown does. A test whose jobs may be running when it stops
-/// pgward declares this pattern, naming the job, until that record is no longer an ERROR.
-pub const JOB_STOPPED_BY_SHUTDOWN: &str =
-    "job failed: stopped (replaced by a newer run, or pgward is shutting down";
-
 /// How long the output may go on after the process exited: the pipes end when the last process
 /// holding them (pgward, or something it started and left behind) is gone.
 const DRAIN: Duration = Duration::from_secs(10);
