@@ -526,12 +526,22 @@ async fn a_burst_of_segments_is_answered_from_the_look_ahead() {
     );
     assert_eq!(archiver["already_archived_total"], 0, "{status}");
     assert_eq!(archiver["failed_total"], 0, "{status}");
-    // Every mark the daemon left for wal-push was taken or withdrawn.
+    // Every mark the daemon left for wal-push was taken or withdrawn. A mark the shell's
+    // `test -f` found is withdrawn by the look-ahead's next scan after postgres moved on, a
+    // moment after pg_stat_archiver reports the segment.
     let marks = cluster.data_dir().join("pg_wal/pgward.archived");
-    let left: Vec<_> = std::fs::read_dir(&marks)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let marks_left = || -> Vec<_> {
+        std::fs::read_dir(&marks)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut left = marks_left();
+    while !left.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        left = marks_left();
+    }
     assert!(left.is_empty(), "marks left behind: {left:?}");
 }
 
