@@ -3,10 +3,10 @@
 //! and the exporter, waits for a stop signal or a failure, and shuts down in order: jobs,
 //! services, postgres, endpoints.
 //!
-//! - [`daemon`]: what the daemon answers on the control socket and the metrics endpoints.
-//! - [`wal`]: postgres's archive settings; the archiver and fetcher, opened once the
+//! - `daemon`: what the daemon answers on the control socket and the metrics endpoints.
+//! - `wal`: postgres's archive settings; the archiver and fetcher, opened once the
 //!   repository answers.
-//! - [`actions`]: the scheduler's built-in actions.
+//! - `actions`: the scheduler's built-in actions.
 //!
 //! Every long-lived task is critical ([`Critical`]): if one panics or ends unexpectedly,
 //! pgward logs it and shuts down in order rather than limp on.

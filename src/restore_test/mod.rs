@@ -11,9 +11,9 @@
 //! daemon's own fetcher serves the real cluster and is not asked. This module owns the scratch
 //! directory it makes, and nothing else.
 //!
-//! - [`scratch`]: the scratch directory, and the control socket answering `wal-fetch` there.
-//! - [`server`]: the throwaway server: its parameters, its process, recovery and the query.
-//! - [`report`]: what a test found, as a report and as text.
+//! - `scratch`: the scratch directory, and the control socket answering `wal-fetch` there.
+//! - `server`: the throwaway server: its parameters, its process, recovery and the query.
+//! - `report`: what a test found, as a report and as text.
 
 mod report;
 mod scratch;
