@@ -14,6 +14,9 @@ use serde::Serialize;
 
 use crate::backup::catalog;
 use crate::backup::manifest::{BackupKind, Manifest};
+use crate::backup::take::{
+    ARCHIVER_HINT, ARCHIVE_COMMAND_HINT, ARCHIVE_MODE_HINT, POSTGRES_HINT, REPO_WRITE_HINT,
+};
 use crate::postgres::ready::Target;
 use crate::postgres::ClusterIdentity;
 use crate::repo::Repo;
@@ -103,19 +106,28 @@ pub fn server_checks(facts: &ServerFacts, wal_max_age: Option<Duration>) -> Vec<
         "replica" | "logical" => CheckResult::ok("wal_level", facts.wal_level.clone()),
         other => CheckResult::failed(
             "wal_level",
-            format!("{other}: backups need replica or logical"),
+            format!(
+                "{other}: backups need replica or logical\nHINT: set \
+                 postgres.parameters.wal_level to replica and restart pgward"
+            ),
         ),
     });
     out.push(match facts.archive_mode.as_str() {
         "on" | "always" => CheckResult::ok("archive_mode", facts.archive_mode.clone()),
-        other => CheckResult::failed("archive_mode", format!("{other}: WAL is not archived")),
+        other => CheckResult::failed(
+            "archive_mode",
+            format!("{other}: WAL is not archived\n{ARCHIVE_MODE_HINT}"),
+        ),
     });
     out.push(if facts.archive_command.contains(" wal-push ") {
         CheckResult::ok("archive_command", "pgward wal-push")
     } else {
         CheckResult::failed(
             "archive_command",
-            format!("{:?} is not pgward's wal-push", facts.archive_command),
+            format!(
+                "{:?} is not pgward's wal-push\n{ARCHIVE_COMMAND_HINT}",
+                facts.archive_command
+            ),
         )
     });
     let failing = match (facts.last_failed_time, facts.last_archived_time) {
@@ -127,7 +139,7 @@ pub fn server_checks(facts: &ServerFacts, wal_max_age: Option<Duration>) -> Vec<
         CheckResult::failed(
             "archiver",
             format!(
-                "failing: {} could not be archived (last attempt {}); see pgward's log",
+                "failing: {} could not be archived (last attempt {})\n{ARCHIVER_HINT}",
                 facts.last_failed_wal.as_deref().unwrap_or("?"),
                 facts
                     .last_failed_time
@@ -157,7 +169,11 @@ fn wal_age_check(facts: &ServerFacts, max_age: Option<Duration>) -> CheckResult 
             if age > limit {
                 CheckResult::failed(
                     NAME,
-                    format!("WAL has waited {age_text} to be archived, above {limit_text} (last archived: {last})"),
+                    format!(
+                        "WAL has waited {age_text} to be archived, above {limit_text} (last \
+                         archived: {last})\nHINT: `pgward status` shows the archiver's backlog \
+                         and last error; if archiving is only slow, raise wal.push_concurrency"
+                    ),
                 )
             } else {
                 CheckResult::ok(
@@ -210,12 +226,17 @@ pub fn backup_checks(
     } else {
         CheckResult::failed(
             "minimum_redundancy",
-            format!("{fulls} full backups, at least {min_redundancy} wanted"),
+            format!(
+                "{fulls} full backups, at least {min_redundancy} wanted\nHINT: take a full \
+                 backup (`pgward backup --full`), or lower backup.min_redundancy"
+            ),
         )
     }];
     let newest = manifests.iter().max_by_key(|m| m.stop_time);
     out.push(match (newest, max_age) {
-        (None, _) => CheckResult::failed("backup_age", "no complete backup"),
+        (None, _) => {
+            CheckResult::failed("backup_age", format!("no complete backup\n{BACKUP_HINT}"))
+        }
         (Some(m), limit) => {
             let age = (now - m.stop_time).to_std().unwrap_or_default();
             let age_text = humantime::format_duration(Duration::from_secs(age.as_secs()));
@@ -223,7 +244,7 @@ pub fn backup_checks(
                 Some(limit) if age > limit => CheckResult::failed(
                     "backup_age",
                     format!(
-                        "the newest backup {} is {age_text} old, above {}",
+                        "the newest backup {} is {age_text} old, above {}\n{BACKUP_HINT}",
                         m.id,
                         humantime::format_duration(limit)
                     ),
@@ -273,7 +294,10 @@ pub async fn run(subject: &Subject<'_>) -> Vec<CheckResult> {
         Ok(facts) => server_checks(&facts, subject.wal_max_age),
         Err(e) => vec![CheckResult::failed(
             "postgres",
-            format!("cannot connect at {}: {e:#}", target.socket_dir.display()),
+            format!(
+                "cannot connect at {}: {e:#}\n{POSTGRES_HINT}",
+                target.socket_dir.display()
+            ),
         )],
     };
     out.extend(repository_checks(subject).await);
@@ -304,10 +328,20 @@ async fn repository_checks(subject: &Subject<'_>) -> Vec<CheckResult> {
     )];
     out.push(match repo.probe_writable().await {
         Ok(_) => CheckResult::ok("repository", format!("{} is writable", repo.describe())),
-        Err(e) => CheckResult::failed("repository", format!("cannot write: {e:#}")),
+        Err(e) => {
+            let e = anyhow::Error::new(e);
+            CheckResult::failed(
+                "repository",
+                format!("cannot write: {e:#}\n{REPO_WRITE_HINT}"),
+            )
+        }
     });
     out
 }
+
+/// What to do when there is no recent backup.
+const BACKUP_HINT: &str = "HINT: take one with `pgward backup`; backups on a schedule are a job \
+                           with action: backup (`pgward jobs list` shows how its runs went)";
 
 /// Every check passed.
 pub fn all_ok(results: &[CheckResult]) -> bool {
@@ -373,6 +407,27 @@ mod tests {
             ["wal_level", "archive_mode", "archive_command", "archiver"]
         );
         assert!(results[4].detail.contains("00000001000000000000000A"));
+    }
+
+    #[test]
+    fn a_failed_check_says_what_to_do() {
+        let mut facts = healthy();
+        facts.archive_mode = "off".into();
+        let results = server_checks(&facts, None);
+        let archive_mode = results.iter().find(|r| r.name == "archive_mode").unwrap();
+        assert_eq!(
+            archive_mode.detail,
+            "off: WAL is not archived\n\
+             HINT: set wal.archive: true and restart pgward (archive_mode takes effect at server \
+             start)"
+        );
+        let results = backup_checks(&[], at("2026-11-30T10:00:00Z"), None, 0);
+        assert_eq!(
+            results[1].detail,
+            "no complete backup\n\
+             HINT: take one with `pgward backup`; backups on a schedule are a job with action: \
+             backup (`pgward jobs list` shows how its runs went)"
+        );
     }
 
     #[test]

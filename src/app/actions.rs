@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use tokio_util::sync::CancellationToken;
 
 use crate::backup::{catalog, expire, summary, verify};
-use crate::check::all_ok;
+use crate::check::{all_ok, CheckResult};
 use crate::config::{JobTask, RestoreTestConfig};
 use crate::postgres::ready::Target;
 use crate::scheduler::{Actions, BoxFuture};
@@ -98,12 +98,7 @@ impl SiteActions {
         let checks: BoxFuture<'_, _> = Box::pin(self.site.checks());
         let results = checks.await;
         if !all_ok(&results) {
-            let failed: Vec<String> = results
-                .iter()
-                .filter(|r| !r.ok)
-                .map(|r| format!("{}: {}", r.name, r.detail))
-                .collect();
-            bail!("check failed: {}", failed.join("; "));
+            bail!("{}", failed_checks(&results));
         }
         Ok(format!("all {} checks ok", results.len()))
     }
@@ -127,6 +122,27 @@ impl SiteActions {
             report.backup, report.total_secs
         ))
     }
+}
+
+/// The failed checks on one line, each with the first line of its detail; their hints are
+/// `pgward check`'s to show, one per check.
+fn failed_checks(results: &[CheckResult]) -> String {
+    let failed: Vec<&CheckResult> = results.iter().filter(|r| !r.ok).collect();
+    let reasons: Vec<String> = failed
+        .iter()
+        .map(|r| {
+            format!(
+                "{}: {}",
+                r.name,
+                r.detail.lines().next().unwrap_or_default()
+            )
+        })
+        .collect();
+    let mut out = format!("check failed: {}", reasons.join("; "));
+    if failed.iter().any(|r| r.detail.lines().nth(1).is_some()) {
+        out.push_str("\nHINT: `pgward check` shows what to do about each");
+    }
+    out
 }
 
 /// Runs `sql` in `database` as the superuser, bounded by `statement_timeout`.
@@ -163,4 +179,39 @@ async fn run_sql(
         })
         .with_context(|| format!("run the job's SQL in database {database}"))?;
     Ok(format!("SQL ran in database {database}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_checks_fit_one_line_and_point_at_pgward_check_for_hints() {
+        let results = [
+            CheckResult {
+                name: "postgres",
+                ok: true,
+                detail: "reachable".into(),
+            },
+            CheckResult {
+                name: "archive_mode",
+                ok: false,
+                detail: "off: WAL is not archived\nHINT: set wal.archive: true".into(),
+            },
+            CheckResult {
+                name: "backups",
+                ok: false,
+                detail: "list backups in file:///r: denied".into(),
+            },
+        ];
+        assert_eq!(
+            failed_checks(&results),
+            "check failed: archive_mode: off: WAL is not archived; backups: list backups in \
+             file:///r: denied\nHINT: `pgward check` shows what to do about each"
+        );
+        assert_eq!(
+            failed_checks(&results[2..]),
+            "check failed: backups: list backups in file:///r: denied"
+        );
+    }
 }

@@ -118,9 +118,9 @@ impl From<WalUnavailable> for Response {
         match why {
             WalUnavailable::NotServed => Response::NotServed,
             WalUnavailable::NotOpen => Response::Error {
-                message:
-                    "the WAL repository is not open yet (see pgward's log); postgres will retry"
-                        .into(),
+                message: "the WAL repository is not open yet; postgres will retry\nHINT: \
+                          pgward's log says why storage.url cannot be opened"
+                    .into(),
             },
         }
     }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 use super::manifest::{check_backup_id, manifest_key, Manifest, MANIFEST_VERSION};
 use crate::repo::layout::BACKUPS_PREFIX;
@@ -23,19 +23,33 @@ fn split_by_completion(objects: BTreeMap<String, Vec<String>>) -> (Vec<String>, 
     (ids(complete), ids(unfinished))
 }
 
+/// Where to find the backups a command can name.
+const LIST_HINT: &str = "HINT: `pgward list` shows the complete backups; latest names the newest";
+
+/// `id` is a backup id (`20261130T035500F`), or an error that says where to find one.
+pub fn check_id(id: &str) -> Result<()> {
+    check_backup_id(id).map_err(|e| anyhow!("{e}\n{LIST_HINT}"))
+}
+
 /// The manifest of backup `id`.
 pub async fn read_manifest(repo: &Repo, id: &str) -> Result<Manifest> {
-    check_backup_id(id)?;
+    check_id(id)?;
     let bytes = repo
         .get_bytes(&manifest_key(id))
         .await
         .with_context(|| format!("read the manifest of backup {id}"))?
-        .with_context(|| format!("backup {id} is not in {} (or incomplete)", repo.describe()))?;
+        .with_context(|| {
+            format!(
+                "backup {id} is not in {} (or incomplete)\n{LIST_HINT}",
+                repo.describe()
+            )
+        })?;
     let manifest: Manifest = serde_json::from_slice(&bytes)
         .with_context(|| format!("the manifest of backup {id} is not valid"))?;
     if manifest.format_version > MANIFEST_VERSION {
         bail!(
-            "backup {id} has manifest format {}; this pgward reads up to {MANIFEST_VERSION}",
+            "backup {id} has manifest format {}; this pgward reads up to {MANIFEST_VERSION}\n\
+             HINT: a newer pgward wrote it: upgrade this one",
             manifest.format_version
         );
     }
@@ -63,7 +77,8 @@ pub async fn newest_before(repo: &Repo, at: chrono::DateTime<chrono::Utc>) -> Re
     }
     found.with_context(|| {
         format!(
-            "no backup in {} ended before {at}; recovery to that time needs an older backup",
+            "no backup in {} ended before {at}; recovery to that time needs an older backup\n\
+             HINT: `pgward list` shows when each backup ended",
             repo.describe()
         )
     })
@@ -74,7 +89,11 @@ pub async fn resolve(repo: &Repo, which: &str) -> Result<Manifest> {
     if which == "latest" {
         let ids = backup_ids(repo).await?;
         let Some(id) = ids.last() else {
-            bail!("there is no complete backup in {}", repo.describe());
+            bail!(
+                "there is no complete backup in {}\nHINT: take one with `pgward backup`; is \
+                 storage.url the repository the backups went to?",
+                repo.describe()
+            );
         };
         return read_manifest(repo, id).await;
     }
@@ -106,4 +125,19 @@ pub async fn objects_by_backup(repo: &Repo) -> Result<BTreeMap<String, Vec<Strin
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_word_that_is_no_backup_id_points_at_pgward_list() {
+        check_id("20261130T035500F").expect("an id");
+        assert_eq!(
+            format!("{:#}", check_id("yesterday").unwrap_err()),
+            "\"yesterday\" is not a backup id (expected e.g. 20261130T035500F)\n\
+             HINT: `pgward list` shows the complete backups; latest names the newest"
+        );
+    }
 }

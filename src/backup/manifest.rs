@@ -25,6 +25,14 @@ pub enum BackupKind {
 }
 
 impl BackupKind {
+    /// Its name, as the manifest and `--json` outputs spell it (`full`, `incremental`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupKind::Full => "full",
+            BackupKind::Incremental => "incremental",
+        }
+    }
+
     /// The letter that ends a backup id (`F`/`I`).
     fn letter(self) -> char {
         match self {
@@ -316,6 +324,13 @@ mod tests {
             manifest_key(&full),
             "backups/20261130T035500F/manifest.json"
         );
+    }
+
+    #[test]
+    fn a_kind_reads_as_the_manifest_spells_it() {
+        for kind in [BackupKind::Full, BackupKind::Incremental] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
     }
 
     #[test]

@@ -10,8 +10,17 @@ pub fn damaged_files(manifest: &Manifest) -> Vec<String> {
         .files
         .iter()
         .filter(|f| !f.bad_blocks.is_empty())
-        .map(|f| format!("{} (blocks {:?})", f.path, f.bad_blocks))
+        .map(|f| format!("{} ({})", f.path, block_list(&f.bad_blocks)))
         .collect()
+}
+
+/// `block 7`, or `blocks 3, 7`: block numbers as a reader writes them.
+pub fn block_list(blocks: &[u32]) -> String {
+    let numbers: Vec<String> = blocks.iter().map(u32::to_string).collect();
+    match numbers.len() {
+        1 => format!("block {}", numbers[0]),
+        _ => format!("blocks {}", numbers.join(", ")),
+    }
 }
 
 /// One line saying what a complete backup holds.
@@ -24,7 +33,7 @@ pub fn one_line(manifest: &Manifest) -> String {
     format!(
         "backup {} complete ({}{}): {} in {} files, {} copied, {} stored",
         manifest.id,
-        format!("{:?}", manifest.kind).to_lowercase(),
+        manifest.kind.as_str(),
         manifest
             .parent
             .as_deref()
@@ -35,4 +44,15 @@ pub fn one_line(manifest: &Manifest) -> String {
         copied,
         human_bytes(manifest.stored_size)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_numbers_read_as_a_list() {
+        assert_eq!(block_list(&[7]), "block 7");
+        assert_eq!(block_list(&[3, 7, 12]), "blocks 3, 7, 12");
+    }
 }

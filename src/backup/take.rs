@@ -64,7 +64,8 @@ pub async fn take_backup(
     if !unfinished.is_empty() {
         tracing::warn!(
             "the repository holds objects of backups that never completed (interrupted, or \
-             running elsewhere now); they are not listed or restored: {}",
+             running elsewhere now); they are not listed or restored: {}\nHINT: `pgward \
+             expire` deletes those that started before the newest complete backup",
             unfinished.join(", ")
         );
     }
@@ -159,14 +160,18 @@ async fn start(repo: &Repo, cluster: &Cluster<'_>, parent: Option<&Manifest>) ->
         None => BackupKind::Full,
     };
     let target = cluster.target;
-    let client = target
-        .connect()
-        .await
-        .with_context(|| format!("connect to postgres at {}", target.socket_dir.display()))?;
+    let client = target.connect().await.map_err(|e| {
+        anyhow::anyhow!(
+            "connect to postgres at {}: {e}\n{POSTGRES_HINT}",
+            target.socket_dir.display()
+        )
+    })?;
     let data_checksums = preflight(&client).await?;
-    repo.probe_writable().await.with_context(|| {
-        format!(
-            "the repository {} is not writable; no backup started",
+    repo.probe_writable().await.map_err(|e| {
+        // The cause's whole chain, then the hint: a hint ends the message.
+        let e = anyhow::Error::new(e);
+        anyhow::anyhow!(
+            "the repository {} is not writable; no backup started: {e:#}\n{REPO_WRITE_HINT}",
             repo.describe()
         )
     })?;
@@ -368,8 +373,31 @@ async fn unused_id(repo: &Repo, kind: BackupKind) -> Result<(chrono::DateTime<Ut
         let next_second = 1_000_000_000u32.saturating_sub(now.timestamp_subsec_nanos());
         tokio::time::sleep(Duration::from_nanos(u64::from(next_second) + 1_000_000)).await;
     }
-    bail!("no unused backup id after 5 seconds (are backups started in a loop?)")
+    bail!(
+        "no unused backup id after 5 seconds\nHINT: run one backup at a time (are backups \
+         started in a loop?)"
+    )
 }
+
+// The hints below are shared with `check`, which looks at the same things.
+
+/// What to ask when postgres does not answer.
+pub const POSTGRES_HINT: &str =
+    "HINT: is postgres running (`pgward status`), on this config's postgres.socket_dir and \
+     postgres.port?";
+/// What to do when the server's `archive_mode` is off.
+pub const ARCHIVE_MODE_HINT: &str =
+    "HINT: set wal.archive: true and restart pgward (archive_mode takes effect at server start)";
+/// What to do when `archive_command` is not pgward's.
+pub const ARCHIVE_COMMAND_HINT: &str =
+    "HINT: set wal.archive: true, so that pgward sets archive_command, and restart pgward";
+/// What to do when the repository refuses a write.
+pub const REPO_WRITE_HINT: &str =
+    "HINT: check pgward's permissions on storage.url (for a bucket: the credentials in \
+     storage.s3, storage.gcs or storage.azure)";
+/// Where to look when archiving fails.
+pub const ARCHIVER_HINT: &str =
+    "HINT: `pgward status` shows the archiver's last error, pgward's log the details";
 
 /// Refuses to start a backup that could not be completed: archiving must be pgward's and
 /// working, or the backup would wait for WAL that never comes. Returns whether data
@@ -386,31 +414,62 @@ async fn preflight(client: &tokio_postgres::Client) -> Result<bool> {
         )
         .await
         .context("read the archiving settings")?;
-    let in_recovery: bool = row.get(0);
-    let archive_mode: String = row.get(1);
-    let archive_command: String = row.get(2);
     let checksums: String = row.get(3);
-    let failed_wal: String = row.get(4);
-    let failing: bool = row.get(5);
-    if in_recovery {
-        bail!("the server is in recovery: take backups from the primary");
-    }
-    if archive_mode == "off" {
-        bail!("archive_mode is off: a backup needs its WAL archived (set wal.archive: true)");
-    }
-    if !archive_command.contains(" wal-push ") {
-        bail!(
-            "archive_command is {archive_command:?}, not pgward's wal-push: the backup's WAL \
-             would not reach this repository"
-        );
-    }
-    if failing {
-        bail!(
-            "WAL archiving is failing (last failure: {failed_wal}); fix it before a backup \
-             (see `pgward status` and the log)"
-        );
-    }
+    let archiving = Archiving {
+        in_recovery: row.get(0),
+        archive_mode: row.get(1),
+        archive_command: row.get(2),
+        failed_wal: row.get(4),
+        failing: row.get(5),
+    };
+    archiving.check()?;
     Ok(checksums == "on")
+}
+
+/// What the server says of its archiving, for [`preflight`].
+struct Archiving {
+    in_recovery: bool,
+    archive_mode: String,
+    archive_command: String,
+    /// The last segment that failed, `""` for none.
+    failed_wal: String,
+    /// The last attempt failed.
+    failing: bool,
+}
+
+impl Archiving {
+    /// `Err` saying why a backup could not complete, and what to do.
+    fn check(&self) -> Result<()> {
+        let Archiving {
+            in_recovery,
+            archive_mode,
+            archive_command,
+            failed_wal,
+            failing,
+        } = self;
+        if *in_recovery {
+            bail!(
+                "the server is in recovery (a standby, or a restore not yet promoted)\nHINT: \
+                 take backups from the primary"
+            );
+        }
+        if archive_mode == "off" {
+            bail!("archive_mode is off: a backup needs its WAL archived\n{ARCHIVE_MODE_HINT}");
+        }
+        if !archive_command.contains(" wal-push ") {
+            bail!(
+                "archive_command is {archive_command:?}, not pgward's wal-push: the backup's \
+                 WAL would not reach this repository\n{ARCHIVE_COMMAND_HINT}"
+            );
+        }
+        if *failing {
+            bail!(
+                "WAL archiving is failing (last failure: {failed_wal}): fix it before a \
+                 backup\n{ARCHIVER_HINT}"
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Waits until `segment` is in the archive: before that the backup cannot be restored.
@@ -445,13 +504,70 @@ async fn wait_archived(
             bail!(
                 "the backup's last WAL segment {segment} did not reach the archive within {} \
                  (the archiver's last failure: {last_error}); the backup is incomplete and \
-                 not listed",
+                 not listed\nHINT: fix archiving (`pgward status` shows the archiver's last \
+                 error), or raise backup.wal_wait if it is only slow",
                 humantime::format_duration(patience)
             );
         }
         tokio::select! {
-            () = cancel.cancelled() => bail!("cancelled while waiting for {segment} to be archived"),
+            () = cancel.cancelled() => {
+                bail!("the backup was cancelled while waiting for {segment} to be archived")
+            }
             () = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn healthy() -> Archiving {
+        Archiving {
+            in_recovery: false,
+            archive_mode: "on".into(),
+            archive_command: "test -f pg_wal/x/%f || /usr/bin/pgward wal-push %p".into(),
+            failed_wal: String::new(),
+            failing: false,
+        }
+    }
+
+    #[test]
+    fn preflight_refuses_a_backup_that_could_not_complete_and_says_what_to_do() {
+        healthy().check().expect("a healthy archiver");
+        let refused = |archiving: Archiving| format!("{:#}", archiving.check().unwrap_err());
+        assert_eq!(
+            refused(Archiving {
+                archive_mode: "off".into(),
+                ..healthy()
+            }),
+            "archive_mode is off: a backup needs its WAL archived\n\
+             HINT: set wal.archive: true and restart pgward (archive_mode takes effect at server \
+             start)"
+        );
+        assert_eq!(
+            refused(Archiving {
+                archive_command: "cp %p /mnt/%f".into(),
+                ..healthy()
+            }),
+            "archive_command is \"cp %p /mnt/%f\", not pgward's wal-push: the backup's WAL \
+             would not reach this repository\n\
+             HINT: set wal.archive: true, so that pgward sets archive_command, and restart pgward"
+        );
+        assert_eq!(
+            refused(Archiving {
+                failed_wal: "00000001000000000000000A".into(),
+                failing: true,
+                ..healthy()
+            }),
+            "WAL archiving is failing (last failure: 00000001000000000000000A): fix it before a \
+             backup\n\
+             HINT: `pgward status` shows the archiver's last error, pgward's log the details"
+        );
+        assert!(refused(Archiving {
+            in_recovery: true,
+            ..healthy()
+        })
+        .ends_with("\nHINT: take backups from the primary"));
     }
 }

@@ -260,7 +260,8 @@ pub async fn verify(
     if seg_size_source == SegSizeSource::Assumed {
         tracing::warn!(
             "the WAL segment size is unknown (no readable pg_control of this cluster); \
-             assuming {seg_size}"
+             assuming {seg_size}\nHINT: run verify where postgres.data_dir is this \
+             cluster's data directory (its pg_control tells the size)"
         );
     }
     let wal = check_wal(repo, manifest, seg_size, options, cancel)

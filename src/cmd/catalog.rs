@@ -24,7 +24,7 @@ pub async fn list(site: &Site, json: bool) -> Result<i32> {
         println!(
             "{:<18} {:<11} {:<25} {:<25} {:>10} {:>10}  {}..{}",
             m.id,
-            format!("{:?}", m.kind).to_lowercase(),
+            m.kind.as_str(),
             m.start_time.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
             m.stop_time.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
             human_bytes(m.size),
@@ -48,7 +48,7 @@ pub async fn show(site: &Site, which: &str, json: bool) -> Result<i32> {
     println!("backup      {}", m.id);
     println!(
         "type        {}{}",
-        format!("{:?}", m.kind).to_lowercase(),
+        m.kind.as_str(),
         m.parent
             .as_deref()
             .map(|p| format!(" (on {p})"))

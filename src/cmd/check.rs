@@ -19,9 +19,48 @@ fn print(results: &[CheckResult], json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
+    print!("{}", table(results));
+    Ok(())
+}
+
+/// One line per check; a detail's further lines (its `HINT:`) under the first.
+fn table(results: &[CheckResult]) -> String {
+    let mut out = String::new();
     for r in results {
         let verdict = if r.ok { "OK" } else { "FAILED" };
-        println!("{:<20} {:<6} {}", r.name, verdict, r.detail);
+        let mut lines = r.detail.lines();
+        let first = lines.next().unwrap_or_default();
+        out.push_str(&format!("{:<20} {:<6} {first}\n", r.name, verdict));
+        for more in lines {
+            out.push_str(&format!("{:<28}{more}\n", ""));
+        }
     }
-    Ok(())
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hint_goes_under_its_check_s_detail() {
+        let results = [
+            CheckResult {
+                name: "postgres",
+                ok: true,
+                detail: "reachable".into(),
+            },
+            CheckResult {
+                name: "archive_mode",
+                ok: false,
+                detail: "off: WAL is not archived\nHINT: set wal.archive: true".into(),
+            },
+        ];
+        assert_eq!(
+            table(&results),
+            "postgres             OK     reachable\n\
+             archive_mode         FAILED off: WAL is not archived\n\
+             \x20                           HINT: set wal.archive: true\n"
+        );
+    }
 }

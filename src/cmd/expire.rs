@@ -75,7 +75,7 @@ fn expire_json(plan: &expire::Plan, dry_run: bool) -> serde_json::Value {
         .map(|v| {
             serde_json::json!({
                 "id": v.id,
-                "kind": format!("{:?}", v.kind).to_lowercase(),
+                "kind": v.kind.as_str(),
                 "action": if v.expire { "expire" } else { "keep" },
                 "chain": v.chain,
                 "reason": v.reason.to_string(),

@@ -5,7 +5,7 @@ use anyhow::{bail, Result};
 use chrono::{DateTime, Utc};
 
 use crate::config::Config;
-use crate::control::{client, Request, Response};
+use crate::control::{self, client, Request, Response};
 use crate::scheduler::{self, JobStatus, OutputLine};
 
 /// `pgward jobs list [--json]`.
@@ -16,7 +16,7 @@ pub async fn list(config: &Config, json: bool) -> Result<i32> {
                 .await?
             {
                 Response::Jobs { jobs } => jobs,
-                Response::Error { message } => bail!("the daemon refused: {message}"),
+                Response::Error { message } => return Err(control::refused(&message)),
                 other => return Err(other.unexpected()),
             }
         }
@@ -110,9 +110,37 @@ pub async fn run(config: &Config, name: &str) -> Result<i32> {
     )
     .await?;
     match result {
-        None => bail!("the daemon closed the connection before the job ended"),
+        None => bail!(
+            "the daemon closed the connection before the job ended\nHINT: pgward's log says \
+             why (was the daemon stopped?); `pgward jobs list` shows how the run ended"
+        ),
         Some(Err(message)) => bail!("{message}"),
         Some(Ok(summary)) if summary.success => Ok(0),
         Some(Ok(summary)) => Ok(summary.exit_code.filter(|&c| c != 0).unwrap_or(1)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmd::fake_daemon;
+
+    #[tokio::test]
+    async fn a_run_cut_short_by_the_daemon_says_where_to_look() {
+        let (_dir, config) = fake_daemon("").await;
+        assert_eq!(
+            format!("{:#}", run(&config, "nightly").await.unwrap_err()),
+            "the daemon closed the connection before the job ended\n\
+             HINT: pgward's log says why (was the daemon stopped?); `pgward jobs list` shows \
+             how the run ended"
+        );
+        let (_dir, config) = fake_daemon(
+            "{\"response\":\"job_done\",\"result\":{\"Err\":\"no job named \\\"x\\\" (jobs: none)\"}}\n",
+        )
+        .await;
+        assert_eq!(
+            format!("{:#}", run(&config, "x").await.unwrap_err()),
+            "no job named \"x\" (jobs: none)"
+        );
     }
 }

@@ -127,3 +127,26 @@ pub fn with_runtime(parallel: bool, work: impl Future<Output = anyhow::Result<i3
 pub(crate) fn format_secs(secs: f64) -> String {
     humantime::format_duration(std::time::Duration::from_secs(secs as u64)).to_string()
 }
+
+/// A stand-in for the daemon: answers the first request on its socket with `answer` (raw
+/// lines; empty: closes the connection without a word).
+#[cfg(test)]
+pub(crate) async fn fake_daemon(answer: &'static str) -> (tempfile::TempDir, Config) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("pgward.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let (read, mut write) = stream.into_split();
+        let mut request = String::new();
+        BufReader::new(read)
+            .read_line(&mut request)
+            .await
+            .expect("read");
+        write.write_all(answer.as_bytes()).await.expect("write");
+    });
+    let mut config = crate::config::load(None, &|_| None).expect("the built-in defaults are valid");
+    config.control.socket = socket;
+    (dir, config)
+}

@@ -36,7 +36,9 @@ pub async fn restore(site: &Site, request: &RestoreArgs) -> Result<i32> {
             Some(at) => catalog::newest_before(repo, at).await?,
             None => {
                 tracing::warn!(
-                    "cannot read --target-time {time:?} here (postgres will); restoring the latest backup"
+                    "cannot read --target-time {time:?} here (postgres will); restoring the \
+                     latest backup\nHINT: to restore the newest backup before that time, write \
+                     it as 2026-11-30 03:55:00+00, or name the backup (`pgward list`)"
                 );
                 catalog::resolve(repo, "latest").await?
             }
@@ -79,7 +81,9 @@ fn tablespace_map(raw: &[String], manifest: &Manifest) -> Result<HashMap<u32, Pa
                 .with_context(|| format!("--tablespace-map {m:?}"))?;
             if !manifest.tablespaces.iter().any(|t| t.oid == oid) {
                 bail!(
-                    "--tablespace-map {m:?}: backup {} has no tablespace {oid}",
+                    "--tablespace-map {m:?}: backup {} has no tablespace {oid}\nHINT: `pgward \
+                     show {} --json` lists its tablespaces",
+                    manifest.id,
                     manifest.id
                 );
             }

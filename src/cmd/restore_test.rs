@@ -52,7 +52,7 @@ async fn restore_test(
     mut signals: UnboundedReceiver<ForwardedSignal>,
 ) -> Result<i32> {
     if args.backup != "latest" {
-        if let Err(e) = crate::backup::manifest::check_backup_id(&args.backup) {
+        if let Err(e) = crate::backup::catalog::check_id(&args.backup) {
             eprintln!("error: {e:#}");
             return Ok(EXIT_USAGE);
         }

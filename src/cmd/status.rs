@@ -1,16 +1,16 @@
 //! `pgward status [--json]`: services, jobs, recovery and archiver, from the running daemon.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use super::format_secs;
 use crate::config::Config;
-use crate::control::{client, Request, Response};
+use crate::control::{self, client, Request, Response};
 
 /// Exit 0 when the daemon answered.
 pub async fn status(config: &Config, json: bool) -> Result<i32> {
     let status = match client::call(&config.control.socket, &Request::Status).await? {
         Response::Status(status) => status,
-        Response::Error { message } => bail!("the daemon refused: {message}"),
+        Response::Error { message } => return Err(control::refused(&message)),
         other => return Err(other.unexpected()),
     };
     if json {
@@ -65,4 +65,57 @@ pub async fn status(config: &Config, json: bool) -> Result<i32> {
         );
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmd::fake_daemon;
+
+    async fn error_of(answer: &'static str) -> String {
+        let (_dir, config) = fake_daemon(answer).await;
+        format!("{:#}", status(&config, false).await.unwrap_err())
+    }
+
+    #[tokio::test]
+    async fn a_refusal_or_an_answer_of_another_version_says_what_to_check() {
+        assert_eq!(
+            error_of("{\"response\":\"error\",\"message\":\"bad request: unknown variant\"}\n")
+                .await,
+            "the daemon refused: bad request: unknown variant"
+        );
+        assert_eq!(
+            error_of("{\"response\":\"not_served\"}\n").await,
+            "unexpected answer from the daemon: not_served\n\
+             HINT: is the running daemon the same pgward version as this command? (`pgward \
+             status --json` shows its version)"
+        );
+        assert_eq!(
+            error_of("{\"response\":\"status\",\"pgward_pid\":1}\n").await,
+            "bad answer from the daemon: \"{\\\"response\\\":\\\"status\\\",\\\"pgward_pid\\\":1}\" \
+             (missing field `version`)\n\
+             HINT: is the running daemon the same pgward version as this command? (`pgward \
+             status --json` shows its version)"
+        );
+        assert_eq!(
+            error_of("").await,
+            "the daemon closed the connection without answering\n\
+             HINT: pgward's log says why (was it shutting down?)"
+        );
+    }
+
+    #[tokio::test]
+    async fn no_daemon_means_no_pgward_run_on_this_config() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = crate::config::load(None, &|_| None).expect("defaults");
+        config.control.socket = dir.path().join("pgward.sock");
+        assert_eq!(
+            format!("{:#}", status(&config, false).await.unwrap_err()),
+            format!(
+                "cannot reach the pgward daemon at {}: No such file or directory (os error 2)\n\
+                 HINT: is `pgward run` running with the same config (control.socket)?",
+                config.control.socket.display()
+            )
+        );
+    }
 }

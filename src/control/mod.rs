@@ -93,11 +93,21 @@ impl Response {
     /// The error for an answer the client did not ask for: a daemon of another version.
     pub fn unexpected(&self) -> anyhow::Error {
         anyhow::anyhow!(
-            "unexpected answer from the daemon: {}\nHINT: is the running daemon the same \
-             pgward version as this command? (`pgward status --json` shows its version)",
+            "unexpected answer from the daemon: {}\n{VERSION_HINT}",
             self.kind()
         )
     }
+}
+
+/// The hint for a request or an answer one side cannot read: a client and a daemon of two
+/// pgward versions (after an upgrade of the binary, before the daemon restarted).
+pub const VERSION_HINT: &str = "HINT: is the running daemon the same pgward version as this \
+                                command? (`pgward status --json` shows its version)";
+
+/// The error for [`Response::Error`], the daemon's refusal of a request (its message says
+/// why, with a hint when it has one).
+pub fn refused(message: &str) -> anyhow::Error {
+    anyhow::anyhow!("the daemon refused: {message}")
 }
 
 /// What `pgward status` shows.

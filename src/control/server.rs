@@ -14,7 +14,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Request, Response};
+use super::{Request, Response, VERSION_HINT};
 use crate::process::RunAs;
 
 /// The future of one answer.
@@ -54,8 +54,7 @@ impl ControlServer {
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         }
-        let listener = UnixListener::bind(path)
-            .with_context(|| format!("bind control socket {}", path.display()))?;
+        let listener = UnixListener::bind(path).map_err(|e| bind_error(path, &e))?;
         // Only pgward and the server's user (archive_command runs as that user) may talk to it.
         fs::set_permissions(path, fs::Permissions::from_mode(0o600))
             .with_context(|| format!("chmod {}", path.display()))?;
@@ -92,6 +91,28 @@ impl ControlServer {
     }
 }
 
+/// The error of a control socket that cannot be bound at `path`, with what to do when that
+/// is known.
+fn bind_error(path: &Path, e: &std::io::Error) -> anyhow::Error {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let hint = match e.kind() {
+        std::io::ErrorKind::PermissionDenied => Some(format!(
+            "let pgward's user write {}, or set control.socket to a path in a directory it \
+             can write",
+            dir.display()
+        )),
+        // A unix socket's path is limited to 107 bytes (`sun_path`).
+        std::io::ErrorKind::InvalidInput => Some(
+            "set control.socket to a shorter path (a unix socket's is 107 bytes at most)".into(),
+        ),
+        _ => None,
+    };
+    match hint {
+        Some(hint) => anyhow::anyhow!("bind control socket {}: {e}\nHINT: {hint}", path.display()),
+        None => anyhow::anyhow!("bind control socket {}: {e}", path.display()),
+    }
+}
+
 impl Drop for ControlServer {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.path);
@@ -113,7 +134,7 @@ async fn answer(stream: UnixStream, handler: &dyn Handler) -> Result<()> {
         Ok(request) => request,
         Err(e) => {
             let response = Response::Error {
-                message: format!("bad request: {e}"),
+                message: format!("bad request: {e}\n{VERSION_HINT}"),
             };
             return send(&mut write, &response).await;
         }
@@ -133,4 +154,59 @@ async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, response: &Response)
     let mut out = serde_json::to_vec(response).context("encode response")?;
     out.push(b'\n');
     write.write_all(&out).await.context("write response")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nothing;
+
+    impl Handler for Nothing {
+        fn handle(&self, _request: Request) -> Answer<'_> {
+            Box::pin(async { Response::NotServed })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_this_daemon_cannot_read_is_refused_with_the_version_hint() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("pgward.sock");
+        let server = ControlServer::bind(&socket, None).await.expect("bind");
+        let cancel = CancellationToken::new();
+        let serving = tokio::spawn(server.serve(Arc::new(Nothing), cancel.clone()));
+        let mut stream = UnixStream::connect(&socket).await.expect("connect");
+        stream
+            .write_all(b"{\"request\":\"frobnicate\"}\n")
+            .await
+            .expect("send");
+        let mut answer = String::new();
+        BufReader::new(stream)
+            .read_line(&mut answer)
+            .await
+            .expect("read");
+        let Ok(Response::Error { message }) = serde_json::from_str(answer.trim()) else {
+            panic!("{answer}");
+        };
+        assert!(message.starts_with("bad request: "), "{message}");
+        assert!(message.ends_with(&format!("\n{VERSION_HINT}")), "{message}");
+        cancel.cancel();
+        serving.await.expect("the server stops");
+    }
+
+    #[test]
+    fn a_socket_that_cannot_be_bound_says_what_to_change() {
+        let e = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert_eq!(
+            format!("{:#}", bind_error(Path::new("/run/pgward/pgward.sock"), &e)),
+            "bind control socket /run/pgward/pgward.sock: permission denied\n\
+             HINT: let pgward's user write /run/pgward, or set control.socket to a path in a \
+             directory it can write"
+        );
+        let e = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(
+            format!("{:#}", bind_error(Path::new("/run/pgward.sock"), &e)),
+            "bind control socket /run/pgward.sock: connection reset"
+        );
+    }
 }

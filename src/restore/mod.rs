@@ -112,7 +112,7 @@ pub async fn restore(
     if options.delta {
         prepare_for_delta(data_dir, manifest, options)?;
     } else {
-        prepare_data_dir(data_dir, options.force)?;
+        prepare_data_dir(data_dir, options.force, DATA_DIR_HINT)?;
     }
     // Until the end, the directory holds a cluster that must not start (no backup_label
     // yet: postgres would "recover" from the copied pg_control and serve torn data). The
@@ -129,13 +129,12 @@ pub async fn restore(
         }
         // Never emptied, not even with --force: on the original's host the location is the
         // running cluster's own tablespace.
-        prepare_data_dir(location, false).with_context(|| {
-            format!(
-                "tablespace {} (its location must be empty; restore it elsewhere with \
-                 --tablespace-map {}=DIR)",
-                tablespace.oid, tablespace.oid
-            )
-        })?;
+        let oid = tablespace.oid;
+        let hint = format!(
+            "HINT: empty it, or restore tablespace {oid} elsewhere with --tablespace-map \
+             {oid}=DIR (--force does not empty a tablespace's location)"
+        );
+        prepare_data_dir(location, false, &hint).with_context(|| format!("tablespace {oid}"))?;
         std::os::unix::fs::symlink(location, &link)
             .with_context(|| format!("link {} to {}", link.display(), location.display()))?;
     }
@@ -165,9 +164,10 @@ pub async fn restore(
             }
             Some(content) => write_file(&data_dir.join(name), &content)?,
             None if name == "backup_label" => bail!(
-                "backup {} has no backup_label in {}",
+                "backup {} has no backup_label in {}\n{}",
                 manifest.id,
-                repo.describe()
+                repo.describe(),
+                damaged_hint(&manifest.id)
             ),
             None => {}
         }
@@ -335,9 +335,10 @@ async fn restore_job(
 ) -> Result<u64> {
     let missing = |key: &str| {
         anyhow::anyhow!(
-            "object {key} of backup {} is missing from {}",
+            "object {key} of backup {} is missing from {}\n{}",
             manifest.id,
-            repo.describe()
+            repo.describe(),
+            damaged_hint(&manifest.id)
         )
     };
     match job {
@@ -384,11 +385,12 @@ async fn set_mode(path: &Path, mode: u32) -> Result<()> {
 /// `postmaster.pid`); what it holds stays, to be compared.
 fn prepare_for_delta(data_dir: &Path, manifest: &Manifest, options: &RestoreOptions) -> Result<()> {
     if !data_dir.exists() {
-        return prepare_data_dir(data_dir, false);
+        return prepare_data_dir(data_dir, false, DATA_DIR_HINT);
     }
     if let Some(pid) = running_postmaster(data_dir) {
         bail!(
-            "postgres (pid {pid}) runs on {}; stop it before restoring over it",
+            "postgres (pid {pid}) runs on {}\nHINT: stop it (`pgward run`, or its container) \
+             before restoring over it",
             data_dir.display()
         );
     }
@@ -508,9 +510,19 @@ async fn matches_already(path: &Path, file: &FileEntry) -> Result<bool> {
     .context("join a file comparison")?
 }
 
+/// What to do about a data directory that is not empty.
+const DATA_DIR_HINT: &str = "HINT: restore into an empty directory, or pass --delta to restore \
+                             over it (files that match stay) or --force to replace its content";
+
+/// What to do about a backup with an object missing.
+fn damaged_hint(id: &str) -> String {
+    format!("HINT: `pgward verify {id}` lists what is wrong with it; restore another backup")
+}
+
 /// A data directory (or tablespace location) to restore into: created when missing, refused
-/// when it holds anything unless `force`, then emptied.
-fn prepare_data_dir(dir: &Path, force: bool) -> Result<()> {
+/// when it holds anything unless `force` (with `hint`, the `HINT:` line saying what to do),
+/// then emptied.
+fn prepare_data_dir(dir: &Path, force: bool, hint: &str) -> Result<()> {
     match std::fs::read_dir(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
@@ -520,8 +532,7 @@ fn prepare_data_dir(dir: &Path, force: bool) -> Result<()> {
             if entries.next().is_some() {
                 if !force {
                     bail!(
-                        "{} is not empty; restoring would overwrite it\nHINT: restore into an \
-                         empty directory, or pass --force to replace its content",
+                        "{} is not empty; restoring would overwrite it\n{hint}",
                         dir.display()
                     );
                 }
@@ -550,4 +561,30 @@ fn write_file(path: &Path, content: &[u8]) -> Result<()> {
         .with_context(|| format!("write {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("set the mode of {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_in_use_is_refused_with_what_to_do() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        prepare_data_dir(&dir.path().join("new"), false, DATA_DIR_HINT).expect("created");
+        std::fs::write(dir.path().join("PG_VERSION"), "17\n").expect("write");
+        assert_eq!(
+            format!(
+                "{:#}",
+                prepare_data_dir(dir.path(), false, DATA_DIR_HINT).unwrap_err()
+            ),
+            format!(
+                "{} is not empty; restoring would overwrite it\n\
+                 HINT: restore into an empty directory, or pass --delta to restore over it \
+                 (files that match stay) or --force to replace its content",
+                dir.path().display()
+            )
+        );
+        prepare_data_dir(dir.path(), true, DATA_DIR_HINT).expect("emptied");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
 }

@@ -147,7 +147,7 @@ impl Drop for Scratch {
             }
         }
         tracing::warn!(
-            "could not remove the restore test's scratch directory {}; remove it by hand",
+            "could not remove the restore test's scratch directory {}\nHINT: remove it by hand",
             self.dir.display()
         );
     }

@@ -88,7 +88,10 @@ async fn exited(status: ExitInfo, tail: &Tail) -> anyhow::Error {
     let lines = tail.lines();
     match explanation(&lines) {
         Some(why) => anyhow!("postgres exited ({status}): {why}"),
-        None => anyhow!("postgres exited ({status}); see its output, tagged [{SERVER_NAME}]"),
+        None => anyhow!(
+            "postgres exited ({status})\nHINT: its output in pgward's log (lines tagged \
+             [{SERVER_NAME}]) says why"
+        ),
     }
 }
 

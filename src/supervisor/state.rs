@@ -294,10 +294,22 @@ fn exited(
         (
             State::Exited { status },
             vec![Action::Log {
-                message: format!("{status}; not restarted (restart: {:?})", policy.restart),
+                message: format!(
+                    "{status}; not restarted (restart: {})",
+                    restart_name(policy.restart)
+                ),
                 error: false,
             }],
         )
+    }
+}
+
+/// `restart` as the config spells it.
+fn restart_name(mode: RestartMode) -> &'static str {
+    match mode {
+        RestartMode::Always => "always",
+        RestartMode::OnFailure => "on-failure",
+        RestartMode::Never => "never",
     }
 }
 
@@ -485,6 +497,20 @@ mod tests {
             let (state, _, _) = run(&policy(mode), events);
             assert_eq!(state.name(), want, "{mode:?} {status}");
         }
+    }
+
+    #[test]
+    fn an_exit_left_down_names_the_policy_as_the_config_spells_it() {
+        let mut counters = Counters::default();
+        let policy = policy(RestartMode::OnFailure);
+        let (_, actions) = exited(&mut counters, &policy, Instant::now(), ExitInfo::Code(0));
+        assert_eq!(
+            actions,
+            vec![Action::Log {
+                message: format!("{}; not restarted (restart: on-failure)", ExitInfo::Code(0)),
+                error: false,
+            }]
+        );
     }
 
     #[test]

@@ -498,7 +498,9 @@ impl Archiver {
             .unwrap_or_else(|| "?".into());
         tracing::warn!(
             backlog = ready.len(),
-            "WAL archiving backlog: {} files wait, the oldest for {oldest}; nothing is dropped, postgres keeps them until archived",
+            "WAL archiving backlog: {} files wait, the oldest for {oldest}; nothing is dropped, \
+             postgres keeps them until archived\nHINT: if uploads fail, the errors above say \
+             why; if they are only slow, raise wal.push_concurrency",
             ready.len()
         );
     }

@@ -19,6 +19,10 @@ use crate::repo::{layout, retry, PutOutcome, Repo, RetryPolicy, StagedObject};
 
 use super::stage::SegmentStager;
 
+/// What to do when the storage does not hold what was just uploaded.
+const STORAGE_KEEPS_HINT: &str = "HINT: the storage did not keep what pgward wrote: check what \
+                                  stands in front of it (a proxy or cache) and its consistency";
+
 /// How a push ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -175,9 +179,13 @@ impl PushContext {
                 match stored {
                     Some(stored) if stored == checksum => Ok(Pushed::Created),
                     Some(stored) => bail!(
-                        "archived {name} reads back with checksum {stored}, but {checksum} was uploaded"
+                        "archived {name} reads back with checksum {stored}, but {checksum} was \
+                         uploaded\n{STORAGE_KEEPS_HINT}"
                     ),
-                    None => bail!("archived {name} is not in the repository after upload"),
+                    None => bail!(
+                        "archived {name} is not in the repository after upload\n\
+                         {STORAGE_KEEPS_HINT}"
+                    ),
                 }
             }
         }

@@ -426,8 +426,8 @@ impl PostgresCollector {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(format!(
-                "not run: the scrape took metrics.scrape_timeout ({:?}) already",
-                self.scrape_timeout
+                "not run: the scrape took metrics.scrape_timeout ({}) already",
+                humantime::format_duration(self.scrape_timeout)
             ));
         }
         let client = session.client.as_ref().ok_or("no connection")?;
@@ -453,8 +453,11 @@ impl PostgresCollector {
             Err(_) => {
                 start_cancel(session);
                 Err(format!(
-                    "cut off by metrics.scrape_timeout ({:?}) and cancelled",
-                    self.scrape_timeout
+                    "the query still ran at the scrape's deadline, metrics.scrape_timeout \
+                     ({}), and was cancelled\nHINT: \
+                     raise metrics.scrape_timeout (Prometheus's scrape_timeout above it), or \
+                     make the query cheaper",
+                    humantime::format_duration(self.scrape_timeout)
                 ))
             }
         }

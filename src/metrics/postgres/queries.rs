@@ -30,6 +30,19 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<Namespace>> {
     parse(&text, &path.display().to_string()).map_err(|problems| anyhow::anyhow!(problems))
 }
 
+/// `value` as the file writes it (`1`, `true`, `null`), or its kind, for a problem that
+/// quotes a key which is not a string.
+fn yaml_text(value: &Value) -> String {
+    match value {
+        Value::Sequence(_) => "a list".into(),
+        Value::Mapping(_) => "a mapping".into(),
+        Value::Tagged(_) => "a tagged value".into(),
+        scalar => serde_yaml_ng::to_string(scalar)
+            .map(|text| text.trim_end().to_owned())
+            .unwrap_or_else(|_| "another kind of value".into()),
+    }
+}
+
 /// Parses `text`; `file` names it in the problems, one per line.
 pub fn parse(text: &str, file: &str) -> Result<Vec<Namespace>, String> {
     let root: Value = serde_yaml_ng::from_str(text).map_err(|e| format!("{file}: {e}"))?;
@@ -41,7 +54,10 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<Namespace>, String> {
         Value::Mapping(queries) => {
             for (name, body) in queries {
                 let Some(name) = name.as_str() else {
-                    problems.push(format!("{file}: query names must be strings, not {name:?}"));
+                    problems.push(format!(
+                        "{file}: query names must be strings, not {}",
+                        yaml_text(&name)
+                    ));
                     continue;
                 };
                 let before = problems.len();
@@ -141,7 +157,10 @@ fn check_metrics(name: &str, metrics: Value, report: &mut dyn FnMut(String)) -> 
         };
         for (column, spec) in item {
             let Some(column) = column.as_str() else {
-                report(format!("column names must be strings, not {column:?}"));
+                report(format!(
+                    "column names must be strings, not {}",
+                    yaml_text(&column)
+                ));
                 continue;
             };
             let mut report = |p: String| report(format!("column {column}: {p}"));
@@ -301,6 +320,17 @@ typo:
              q.yaml: query bad-name: the name must be letters, digits and underscores, not starting with a digit\n\
              q.yaml: query typo: unknown key \"metric\" (expected query, metrics, master, cache_seconds, runonserver)\n\
              q.yaml: query typo: missing metrics"
+        );
+    }
+
+    #[test]
+    fn keys_that_are_not_strings_are_quoted_as_the_file_writes_them() {
+        let text = "1:\n  query: SELECT 1\n  metrics: []\nq:\n  query: SELECT 1 AS x\n  \
+                    metrics:\n    - true: {usage: GAUGE}\n";
+        assert_eq!(
+            parse(text, "q.yaml").unwrap_err(),
+            "q.yaml: query names must be strings, not 1\n\
+             q.yaml: query q: column names must be strings, not true"
         );
     }
 

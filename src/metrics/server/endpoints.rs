@@ -113,8 +113,9 @@ impl Endpoints {
         tokio::time::timeout(self.deadline, answer)
             .await
             .map_err(|_| {
-                warn!(%peer, "{endpoint} got no answer from pgward within {:?}", self.deadline);
-                unavailable(format!("no answer within {:?}", self.deadline))
+                let deadline = humantime::format_duration(self.deadline);
+                warn!(%peer, "{endpoint} got no answer from pgward within {deadline}");
+                unavailable(format!("no answer within {deadline}"))
             })
     }
 }

@@ -158,13 +158,29 @@ impl Server {
 }
 
 fn bind_error(addr: SocketAddr, e: std::io::Error) -> anyhow::Error {
-    if e.kind() == std::io::ErrorKind::AddrInUse {
-        anyhow!(
-            "bind metrics.listen {addr}: {e}\nHINT: another process listens there (a \
-             postgres_exporter, on the same default port?); set metrics.listen to another port"
-        )
-    } else {
-        anyhow!("bind metrics.listen {addr}: {e}")
+    use std::io::ErrorKind;
+    let hint = match e.kind() {
+        ErrorKind::AddrInUse => Some(
+            "another process listens there (a postgres_exporter, on the same default port?); \
+             set metrics.listen to another port"
+                .to_owned(),
+        ),
+        // Ports below 1024 need root or CAP_NET_BIND_SERVICE.
+        ErrorKind::PermissionDenied => Some(
+            "set metrics.listen to a port above 1023, or give pgward the CAP_NET_BIND_SERVICE \
+             capability"
+                .to_owned(),
+        ),
+        ErrorKind::AddrNotAvailable => Some(format!(
+            "this host has no such address: set metrics.listen to one of its own, or to \
+             0.0.0.0:{} for all of them",
+            addr.port()
+        )),
+        _ => None,
+    };
+    match hint {
+        Some(hint) => anyhow!("bind metrics.listen {addr}: {e}\nHINT: {hint}"),
+        None => anyhow!("bind metrics.listen {addr}: {e}"),
     }
 }
 
