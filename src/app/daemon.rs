@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::wal::{WalServices, WalSlot};
 use crate::control::server::{Answer, Handler};
-use crate::control::{RecoveryStatus, Request, Response, Status};
+use crate::control::{Phase, RecoveryStatus, Request, Response, Status};
 use crate::metrics::pgward as pgward_metrics;
 use crate::metrics::pgward::Watchers;
 use crate::metrics::postgres::PostgresCollector;
@@ -86,12 +86,10 @@ impl DaemonHandler {
             pgward_pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_seconds: self.view.uptime().as_secs_f64(),
-            phase: if self.stopping.load(Ordering::Relaxed) {
-                "stopping"
-            } else {
-                "running"
-            }
-            .into(),
+            phase: match self.stopping.load(Ordering::Relaxed) {
+                true => Phase::Stopping,
+                false => Phase::Running,
+            },
             services: self.view.status(),
             archiver,
             recovery,

@@ -116,8 +116,7 @@ pub struct Status {
     pub pgward_pid: u32,
     pub version: String,
     pub uptime_seconds: f64,
-    /// `running` or `stopping`.
-    pub phase: String,
+    pub phase: Phase,
     pub services: Vec<UnitStatus>,
     /// Absent when archiving is off.
     pub archiver: Option<ArchiverStatus>,
@@ -127,6 +126,24 @@ pub struct Status {
     /// The scheduler's jobs.
     #[serde(default)]
     pub jobs: Vec<JobStatus>,
+}
+
+/// Where the daemon is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Running,
+    /// The ordered shutdown has begun.
+    Stopping,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            Phase::Running => "running",
+            Phase::Stopping => "stopping",
+        })
+    }
 }
 
 /// Where a recovering postgres stands.
