@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 
 use crate::config::Config;
 use crate::control::{self, client, Request, Response};
-use crate::scheduler::{self, JobStatus, OutputLine};
+use crate::scheduler::{self, JobStatus, OutputLine, OutputStream};
 
 /// `pgward jobs list [--json]`.
 pub async fn list(config: &Config, json: bool) -> Result<i32> {
@@ -63,7 +63,7 @@ pub fn table(jobs: &[JobStatus]) -> String {
             job.schedule,
             job.kind,
             next,
-            job.last_result.as_deref().unwrap_or("-"),
+            job.last_result.map_or("-", |r| r.as_str()),
             job.running,
             last_run,
             job.last_reason
@@ -98,10 +98,10 @@ pub async fn run(config: &Config, name: &str) -> Result<i32> {
         |response| match response {
             Response::JobOutput {
                 line: OutputLine { stream, text },
-            } => match stream.as_str() {
-                "stderr" => eprintln!("{text}"),
-                "pgward" => eprintln!("pgward: {text}"),
-                _ => println!("{text}"),
+            } => match stream {
+                OutputStream::Stderr => eprintln!("{text}"),
+                OutputStream::Pgward => eprintln!("pgward: {text}"),
+                OutputStream::Stdout => println!("{text}"),
             },
             Response::JobDone { result: done } => result = Some(done),
             Response::Error { message } => result = Some(Err(message)),

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backup::manifest::{BackupKind, Manifest};
 use crate::check::CheckResult;
+use crate::scheduler::report::RunStatus;
 use crate::scheduler::{BoxFuture, JobStatus};
 use crate::supervisor::UnitStatus;
 use crate::tasks::Critical;
@@ -362,7 +363,7 @@ pub fn update(snapshot: &Snapshot<'_>, watchers: &Watchers) {
         .filter(|j| j.kind == "restore-test" && j.last_end.is_some())
         .max_by_key(|j| j.last_end);
     if let Some(job) = restore_test {
-        let ok = job.last_result.as_deref() == Some("success");
+        let ok = job.last_result == Some(RunStatus::Success);
         gauge!("pgward_restore_test_last_success").set(f64::from(u8::from(ok)));
         if let Some(at) = job.last_end {
             gauge!("pgward_restore_test_last_timestamp_seconds").set(secs(at));

@@ -11,9 +11,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::policy::{self, Due, RunFacts};
+use super::report::RunStatus;
 use super::schedule::Schedule;
 use super::state::{JobStates, RunResult};
-use super::{JobStatus, OutputLine};
+use super::{JobStatus, OutputLine, OutputStream};
 use crate::config::{ConcurrencyPolicy, Config, JobConfig, JobTask};
 use crate::init::ExitInfo;
 use crate::process::{ChildEnv, LogSink, RunAs};
@@ -28,11 +29,11 @@ pub(super) fn fill_from_state(status: &mut JobStatus, state: &super::state::JobS
     status.last_failure = state.last_failure;
     match &state.last_result {
         Some(RunResult::Success) => {
-            status.last_result = Some("success".into());
+            status.last_result = Some(RunStatus::Success);
             status.last_reason = None;
         }
         Some(RunResult::Failure { reason }) => {
-            status.last_result = Some("failure".into());
+            status.last_result = Some(RunStatus::Failure);
             status.last_reason = Some(reason.clone());
         }
         None => {}
@@ -431,7 +432,7 @@ impl Job {
         let say = |text: String| {
             if let Some(live) = &live {
                 let _ = live.send(OutputLine {
-                    stream: "pgward".into(),
+                    stream: OutputStream::Pgward,
                     text,
                 });
             }
@@ -560,11 +561,11 @@ impl Job {
             status.last_output = tried.tail.clone();
             if success {
                 status.last_success = Some(ended);
-                status.last_result = Some("success".into());
+                status.last_result = Some(RunStatus::Success);
                 status.last_reason = None;
             } else {
                 status.last_failure = Some(ended);
-                status.last_result = Some("failure".into());
+                status.last_result = Some(RunStatus::Failure);
                 status.last_reason = tried.reason.clone();
                 status.failures_total += 1;
             }
@@ -676,11 +677,11 @@ impl Job {
                     let task = tokio::spawn(async move {
                         while let Some(line) = rx.recv().await {
                             let stream = match line.stream {
-                                crate::process::StreamKind::Stdout => "stdout",
-                                crate::process::StreamKind::Stderr => "stderr",
+                                crate::process::StreamKind::Stdout => OutputStream::Stdout,
+                                crate::process::StreamKind::Stderr => OutputStream::Stderr,
                             };
                             let _ = live.send(OutputLine {
-                                stream: stream.into(),
+                                stream,
                                 text: line.text,
                             });
                         }
@@ -743,7 +744,7 @@ impl Job {
                 };
                 if let Some(live) = live {
                     let _ = live.send(OutputLine {
-                        stream: "pgward".into(),
+                        stream: OutputStream::Pgward,
                         text: line.clone(),
                     });
                 }

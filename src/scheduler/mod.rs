@@ -71,9 +71,18 @@ pub struct Runners {
 /// One line of a run's output, for a `jobs run` client.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct OutputLine {
-    /// `stdout`, `stderr`, or `pgward` (what the scheduler says of the run).
-    pub stream: String,
+    pub stream: OutputStream,
     pub text: String,
+}
+
+/// Where a line of a run's output comes from.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+    /// What the scheduler says of the run.
+    Pgward,
 }
 
 /// What `jobs list`, `status` and the exporter show of a job.
@@ -97,8 +106,7 @@ pub struct JobStatus {
     pub last_end: Option<DateTime<Utc>>,
     pub last_success: Option<DateTime<Utc>>,
     pub last_failure: Option<DateTime<Utc>>,
-    /// `success` or `failure`.
-    pub last_result: Option<String>,
+    pub last_result: Option<report::RunStatus>,
     /// Why the last run failed.
     pub last_reason: Option<String>,
     pub last_duration_seconds: Option<f64>,

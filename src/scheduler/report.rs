@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::command::{self, CommandRun};
@@ -25,7 +25,7 @@ pub const REPORT_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 const REPORT_COMMAND_KILL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Whether the run being reported succeeded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
     Success,
