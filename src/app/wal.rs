@@ -66,7 +66,10 @@ pub(super) async fn open_wal_services(
                         humantime::format_duration(delay)
                     );
                 } else {
-                    tracing::error!("failed to open the WAL repository (archiving waits, nothing is lost): {e:#}");
+                    tracing::error!(
+                        "failed to open the WAL repository (archiving waits, nothing is lost): {}",
+                        crate::repo::with_hint(&e)
+                    );
                     logged = true;
                 }
             }

@@ -117,7 +117,7 @@ pub fn with_runtime(parallel: bool, work: impl Future<Output = anyhow::Result<i3
     match runtime.block_on(work) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::repo::with_hint(&e));
             ExitCode::FAILURE
         }
     }

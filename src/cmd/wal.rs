@@ -35,7 +35,11 @@ pub fn push(config_path: Option<PathBuf>, path: &Path) -> ExitCode {
     let mut site = LazySite::new(config_path);
     super::with_runtime(false, async move {
         push_file(&mut site, path).await.or_else(|e| {
-            tracing::error!("failed to archive {}: {e:#}", path.display());
+            tracing::error!(
+                "failed to archive {}: {}",
+                path.display(),
+                crate::repo::with_hint(&e)
+            );
             Ok(1)
         })
     })
@@ -50,7 +54,7 @@ pub fn fetch(config_path: Option<PathBuf>, name: &str, dest: &Path) -> ExitCode 
             Ok(Fetched::Found) => 0,
             Ok(Fetched::NotFound) => FETCH_NOT_FOUND,
             Err(e) => {
-                tracing::error!("failed to fetch {name}: {e:#}");
+                tracing::error!("failed to fetch {name}: {}", crate::repo::with_hint(&e));
                 FETCH_FAILED
             }
         })

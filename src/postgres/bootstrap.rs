@@ -232,7 +232,12 @@ async fn run_with_temp_server(server: &Server, init: &InitConfig, sink: &LogSink
     let work = async {
         tokio::select! {
             () = ready::wait_ready(&target, &server.data_dir, pid) => {}
-            status = &mut exit => bail!("the temporary server exited during start-up: {}", status.map(|s| s.to_string()).unwrap_or_default()),
+            status = &mut exit => bail!(
+                "the temporary server exited during start-up: {}\nHINT: its own lines just \
+                 above in this log say why (a bad postgres.parameters value, a port in use, \
+                 memory)",
+                status.map(|s| s.to_string()).unwrap_or_default()
+            ),
         }
         create_database(&target, &init.database).await?;
         run_scripts(server, init, sink).await

@@ -167,6 +167,24 @@ pub struct Running {
     pub exit: oneshot::Receiver<ExitInfo>,
 }
 
+/// Why `spec` could not be started, with what to do when the cause says it.
+fn spawn_error(spec: &Spec, e: std::io::Error) -> anyhow::Error {
+    let what = format!("start {} ({}): {e}", spec.name, spec.program.display());
+    let hint = match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            Some("install the program, or give its full path (a bare name is looked up on PATH)")
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            Some("the program must be executable by the user it runs as")
+        }
+        _ => None,
+    };
+    match hint {
+        Some(hint) => anyhow::anyhow!("{what}\nHINT: {hint}"),
+        None => anyhow::anyhow!("{what}"),
+    }
+}
+
 /// Starts `spec`, relaying its output to `sink`, with stdin from /dev/null.
 pub fn spawn(spec: &Spec, sink: &LogSink) -> Result<Running> {
     spawn_with_stdin(spec, sink, Stdio::null()).map(|(running, _)| running)
@@ -201,7 +219,7 @@ fn start(
 ) -> Result<(Running, Option<std::process::ChildStdin>)> {
     let (mut child, exit) = Reaper::global()
         .spawn(&mut spec.command(stdin))
-        .with_context(|| format!("start {} ({})", spec.name, spec.program.display()))?;
+        .map_err(|e| spawn_error(spec, e))?;
     if let Some(out) = child.stdout.take() {
         sink.relay_observed(
             &spec.name,
@@ -267,7 +285,7 @@ pub async fn capture(spec: &Spec, sink: &LogSink) -> Result<(ExitInfo, String)> 
     let mut cmd = spec.command(Stdio::null());
     let (mut child, exit) = Reaper::global()
         .spawn(&mut cmd)
-        .with_context(|| format!("start {} ({})", spec.name, spec.program.display()))?;
+        .map_err(|e| spawn_error(spec, e))?;
     if let Some(err) = child.stderr.take() {
         sink.relay(&spec.name, StreamKind::Stderr, err);
     }

@@ -14,7 +14,8 @@ pub enum RepoError {
     NotFound { key: String },
     #[error(
         "object {key} already exists with different content (stored checksum {existing}, new \
-         {new})"
+         {new})\nHINT: two clusters, or a restored copy of this one, may be writing to one \
+         storage.url; give each cluster its own"
     )]
     Conflict {
         key: String,
@@ -43,7 +44,7 @@ pub enum RepoError {
     /// `repo.json` disagrees with this cluster or this pgward (message carries a `HINT:`).
     #[error("{0}")]
     Meta(String),
-    #[error("cancelled")]
+    #[error("the storage operation was cancelled")]
     Cancelled,
 }
 
@@ -73,6 +74,39 @@ impl RepoError {
         }
     }
 
+    /// What the user can do about this error, when it says (the storage's refusals, a local
+    /// repository's permissions); `None` when the message says all there is.
+    pub fn hint(&self) -> Option<&'static str> {
+        use object_store::Error as E;
+        match self {
+            RepoError::Storage { source, .. } => match source {
+                E::PermissionDenied { .. } | E::Unauthenticated { .. } => Some(
+                    "check the credentials in storage.s3, storage.gcs or storage.azure (or the \
+                     AWS_*, GOOGLE_* and AZURE_* variables) and what they may do on the bucket",
+                ),
+                E::NotFound { .. } => {
+                    Some("check the bucket (or container) and prefix of storage.url")
+                }
+                E::Generic { .. } => Some(
+                    "is the storage endpoint reachable from here (storage.s3.endpoint, DNS, \
+                     network)? pgward retries, see storage.retry",
+                ),
+                _ => None,
+            },
+            RepoError::Io { source, .. } => match source.kind() {
+                io::ErrorKind::PermissionDenied => Some(
+                    "the directory of a file:// storage.url must be readable and writable by \
+                     pgward (and by postgres.user, who runs wal-push when no daemon answers)",
+                ),
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+                    Some("the repository's file system is full: free space, or run pgward expire")
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     pub(crate) fn storage(key: &str, source: object_store::Error) -> RepoError {
         RepoError::Storage {
             key: key.to_owned(),
@@ -88,6 +122,28 @@ impl RepoError {
     }
 }
 
+/// The hint of the first repository error in `error`'s chain (see [`RepoError::hint`]).
+pub fn hint_in(error: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(repo) = e.downcast_ref::<RepoError>() {
+            return repo.hint();
+        }
+        cause = e.source();
+    }
+    None
+}
+
+/// `error` as its chain (anyhow's `{:#}`), with the hint of a repository error last when the
+/// message has none yet: what users read of a failed command or archive attempt.
+pub fn with_hint(error: &anyhow::Error) -> String {
+    let message = format!("{error:#}");
+    match hint_in(error.as_ref()) {
+        Some(hint) if !message.contains("HINT:") => format!("{message}\nHINT: {hint}"),
+        _ => message,
+    }
+}
+
 /// Displays an error with its sources, `: `-separated, like anyhow's `{:#}`.
 pub(crate) struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
 
@@ -100,5 +156,52 @@ impl fmt::Display for Chain<'_> {
             source = e.source();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn a_refused_request_ends_with_what_to_check() {
+        let refused = RepoError::storage(
+            "wal/00000001/000000010000000000000003",
+            object_store::Error::PermissionDenied {
+                path: "wal/00000001/000000010000000000000003".into(),
+                source: "403 Forbidden".into(),
+            },
+        );
+        let e = anyhow::Error::new(refused).context("upload 000000010000000000000003");
+        let text = with_hint(&e);
+        assert!(
+            text.starts_with(
+                "upload 000000010000000000000003: storage request for \
+                 wal/00000001/000000010000000000000003 failed: "
+            ),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(
+                "\nHINT: check the credentials in storage.s3, storage.gcs or storage.azure (or \
+                 the AWS_*, GOOGLE_* and AZURE_* variables) and what they may do on the bucket"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_message_with_a_hint_gets_no_second_one_and_others_none() {
+        let denied = RepoError::io(
+            "/var/lib/pgward/repo/repo.json",
+            io::Error::from(io::ErrorKind::PermissionDenied),
+        );
+        let e = Err::<(), _>(denied)
+            .context("open the repository\nHINT: run as root")
+            .unwrap_err();
+        assert_eq!(with_hint(&e).matches("HINT:").count(), 1);
+        let absent = anyhow::Error::new(RepoError::NotFound { key: "x".into() });
+        assert_eq!(with_hint(&absent), "object x not found in the repository");
     }
 }

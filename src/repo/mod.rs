@@ -64,7 +64,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::ObjectStore;
 
 pub use codec::Codec;
-pub use error::RepoError;
+pub use error::{hint_in, with_hint, RepoError};
 pub use frame::{Checksum, TRAILER_LEN};
 pub use layout::{wal_key, REPO_META};
 pub use meta::{RepoMeta, FORMAT_VERSION};

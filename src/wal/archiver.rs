@@ -408,7 +408,7 @@ impl Archiver {
                 Ok(outcome)
             }
             Err(e) => {
-                let message = format!("{e:#}");
+                let message = crate::repo::with_hint(&e);
                 metrics::counter!("pgward_wal_pushed_total", "result" => "failed").increment(1);
                 state.status.failed_total += 1;
                 state.failures_in_a_row += 1;
