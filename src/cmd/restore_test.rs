@@ -53,7 +53,7 @@ async fn restore_test(
 ) -> Result<i32> {
     if args.backup != "latest" {
         if let Err(e) = crate::backup::catalog::check_id(&args.backup) {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::redact::scrub(&format!("{e:#}")));
             return Ok(EXIT_USAGE);
         }
     }
@@ -80,7 +80,7 @@ async fn restore_test(
     let report = match site.restore_test(&options, &cancel).await {
         Ok(report) => report,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::redact::scrub(&format!("{e:#}")));
             return Ok(EXIT_USAGE);
         }
     };
