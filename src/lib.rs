@@ -8,6 +8,8 @@
 //! - [`init`]: PID-1 duties off the async runtime: signal thread, the one reaper, subreaper.
 //! - [`logging`]: pgward's own log records, and their format.
 //! - [`secret`]: values never printed (passwords, keys), for every floor.
+//! - [`redact`]: what of a secret may show: secret-looking names, and secrets by their shape
+//!   in text (conninfo `password=`, URL credentials and queries, webhook paths).
 //! - [`tasks`]: the daemon's critical tasks (a panic or an early end stops pgward in order).
 //! - [`process`]: spawning children (privilege drop, process group, parent-death signal,
 //!   output relay, the environment they get), registered with the reaper.
@@ -54,6 +56,7 @@ pub mod logging;
 pub mod metrics;
 pub mod postgres;
 pub mod process;
+pub mod redact;
 pub mod repo;
 pub mod restore;
 pub mod restore_test;

@@ -7,7 +7,8 @@ use std::fmt;
 
 use serde::Serialize;
 
-/// A secret value: never printed by `Debug`, serialized as `<redacted>`.
+/// A secret value: never printed by `Debug`, serialized as `<redacted>`
+/// ([`crate::redact::REDACTED`]).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
@@ -23,12 +24,12 @@ impl Secret {
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
+        f.write_str(crate::redact::REDACTED)
     }
 }
 
 impl Serialize for Secret {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str("<redacted>")
+        s.serialize_str(crate::redact::REDACTED)
     }
 }

@@ -261,8 +261,19 @@ impl Source for DaemonMetrics {
     }
 
     fn status(&self) -> BoxFuture<'_, serde_json::Value> {
-        Box::pin(
-            async move { serde_json::to_value(self.daemon.status().await).unwrap_or_default() },
-        )
+        Box::pin(async move {
+            let status = self.daemon.status().await;
+            let mut value = serde_json::to_value(status).unwrap_or_default();
+            // The endpoints may face the network, with no auth: a job's output is whatever
+            // it printed, so it stays on the control socket.
+            if let Some(jobs) = value.get_mut("jobs").and_then(|j| j.as_array_mut()) {
+                for job in jobs {
+                    if let Some(job) = job.as_object_mut() {
+                        job.remove("last_output");
+                    }
+                }
+            }
+            value
+        })
     }
 }

@@ -41,8 +41,10 @@ pub fn config_path(explicit: Option<&Path>) -> Option<PathBuf> {
 pub fn load(path: Option<&Path>) -> Result<Config, ExitCode> {
     crate::config::load(path, &|name| std::env::var(name).ok()).map_err(|e| {
         match &e {
-            ConfigError::Invalid(_) => eprintln!("{e}"),
-            ConfigError::Read { .. } => eprintln!("error: {e}"),
+            ConfigError::Invalid(_) => eprintln!("{}", crate::redact::scrub(&e.to_string())),
+            ConfigError::Read { .. } => {
+                eprintln!("error: {}", crate::redact::scrub(&e.to_string()))
+            }
         }
         ExitCode::from(EXIT_CONFIG)
     })
@@ -117,7 +119,10 @@ pub fn with_runtime(parallel: bool, work: impl Future<Output = anyhow::Result<i3
     match runtime.block_on(work) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
-            eprintln!("error: {}", crate::repo::with_hint(&e));
+            eprintln!(
+                "error: {}",
+                crate::redact::scrub(&crate::repo::with_hint(&e))
+            );
             ExitCode::FAILURE
         }
     }

@@ -53,7 +53,10 @@ async fn restore_test(
 ) -> Result<i32> {
     if args.backup != "latest" {
         if let Err(e) = crate::backup::catalog::check_id(&args.backup) {
-            eprintln!("error: {}", crate::repo::with_hint(&e));
+            eprintln!(
+                "error: {}",
+                crate::redact::scrub(&crate::repo::with_hint(&e))
+            );
             return Ok(EXIT_USAGE);
         }
     }
@@ -80,7 +83,10 @@ async fn restore_test(
     let report = match site.restore_test(&options, &cancel).await {
         Ok(report) => report,
         Err(e) => {
-            eprintln!("error: {}", crate::repo::with_hint(&e));
+            eprintln!(
+                "error: {}",
+                crate::redact::scrub(&crate::repo::with_hint(&e))
+            );
             return Ok(EXIT_USAGE);
         }
     };

@@ -197,8 +197,10 @@ pub fn from_str(
         loc: &locator,
         env,
         problems: Vec::new(),
+        literal_secrets: Vec::new(),
     };
-    let config = validate::validate(raw, &mut cx);
+    let mut config = validate::validate(raw, &mut cx);
+    config.literal_secrets = std::mem::take(&mut cx.literal_secrets);
     if cx.problems.is_empty() {
         Ok(config)
     } else {

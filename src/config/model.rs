@@ -24,6 +24,10 @@ pub struct Config {
     /// The file this came from; `None` when built-in defaults were used.
     #[serde(skip)]
     pub source: Option<PathBuf>,
+    /// The keys whose secret is written in the file itself, not read from a `_file` or from
+    /// the environment (`${VAR}`): `config check` warns when others can read the file.
+    #[serde(skip)]
+    pub literal_secrets: Vec<String>,
     pub postgres: PostgresConfig,
     pub services: Vec<ServiceConfig>,
     pub jobs: Vec<JobConfig>,

@@ -150,8 +150,13 @@ async fn answer(stream: UnixStream, handler: &dyn Handler) -> Result<()> {
     send(&mut write, &response).await
 }
 
+/// Writes one response line. Everything that leaves the daemon here is scrubbed of what looks
+/// like a secret ([`crate::redact`]): a status quotes errors and job output, a refusal may
+/// quote what it refused.
 async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, response: &Response) -> Result<()> {
-    let mut out = serde_json::to_vec(response).context("encode response")?;
+    let mut value = serde_json::to_value(response).context("encode response")?;
+    crate::redact::scrub_json(&mut value);
+    let mut out = serde_json::to_vec(&value).context("encode response")?;
     out.push(b'\n');
     write.write_all(&out).await.context("write response")
 }

@@ -215,7 +215,13 @@ impl Families {
                         }
                         out.push_str(label);
                         out.push_str("=\"");
-                        escape_label_value(value, out);
+                        // Label values come from the database (custom queries among them):
+                        // a secret-named column, or a secret in a value, is not exported.
+                        if crate::redact::is_secret_name(label) {
+                            out.push_str(crate::redact::REDACTED);
+                        } else {
+                            escape_label_value(&crate::redact::scrub(value), out);
+                        }
                         out.push('"');
                     }
                     out.push('}');
@@ -319,6 +325,25 @@ mod tests {
             "# HELP m a \\\\ back\\nslash \"quoted\"\n\
              # TYPE m untyped\n\
              m{v=\"a\\\\b\\\"c\\nd\",w=\"é\"} 1\n"
+        );
+    }
+
+    #[test]
+    fn secret_label_values_are_not_exported() {
+        let mut families = Families::new();
+        families.untyped("m", "").sample(
+            &[
+                ("api_key", "k-1"),
+                ("conninfo", "host=h password=pw"),
+                ("dsn", "postgresql://u:pw@h/d"),
+            ],
+            1.0,
+        );
+        assert_eq!(
+            families.render(),
+            "# HELP m\n# TYPE m untyped\n\
+             m{api_key=\"<redacted>\",conninfo=\"host=h password=<redacted>\",\
+             dsn=\"postgresql://u:…@h/d\"} 1\n"
         );
     }
 

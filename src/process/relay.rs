@@ -1,4 +1,5 @@
-//! Relays a child's stdout/stderr to pgward's own, line by line, tagged with the child's name.
+//! Relays a child's stdout/stderr to pgward's own, line by line, tagged with the child's name,
+//! each line scrubbed of what looks like a secret ([`crate::redact::scrub`]).
 //!
 //! One small OS thread per stream: the pipes are plain blocking fds, and a thread that only
 //! ever blocks in read(2) costs a few KiB of RSS and no runtime thread.
@@ -176,7 +177,10 @@ impl LogSink {
                 Ok(0) => return,
                 Ok(_) => {
                     let lossy = String::from_utf8_lossy(&line);
-                    let text = trim_line_end(&lossy);
+                    // Scrubbed before anything sees it: the log, the tail kept for `status`
+                    // and reports, a `jobs run` client.
+                    let scrubbed = crate::redact::scrub(trim_line_end(&lossy));
+                    let text = scrubbed.as_ref();
                     self.write_record(name, kind, text);
                     if let Some(tail) = tail {
                         tail.push(text);
@@ -200,7 +204,8 @@ impl LogSink {
 
     /// Writes one record. A failed write to our own stdout/stderr has nowhere to be reported.
     pub fn emit(&self, name: &str, kind: StreamKind, line: &[u8]) {
-        self.write_record(name, kind, trim_line_end(&String::from_utf8_lossy(line)));
+        let lossy = String::from_utf8_lossy(line);
+        self.write_record(name, kind, &crate::redact::scrub(trim_line_end(&lossy)));
     }
 
     fn write_record(&self, name: &str, kind: StreamKind, text: &str) {
@@ -300,6 +305,42 @@ mod tests {
             thread::sleep(std::time::Duration::from_millis(5));
         }
         assert_eq!(tail.lines(), vec!["two", "three"]);
+    }
+
+    #[test]
+    fn relayed_lines_are_scrubbed_before_anyone_sees_them() {
+        let sink = LogSink {
+            format: LogFormat::Text,
+            max_line_bytes: 1000,
+        };
+        let (tap, mut lines) = mpsc::channel(4);
+        let tail = Tail::new(4);
+        sink.relay_observed(
+            "scrub-test",
+            StreamKind::Stdout,
+            &b"PGPASSWORD=pw1\nconnecting to postgresql://app:pw2@db/app\nplain\n"[..],
+            Some(tap),
+            Some(tail.clone()),
+        );
+        let mut got = Vec::new();
+        while let Some(line) = lines.blocking_recv() {
+            got.push(line.text);
+        }
+        let expected = vec![
+            "PGPASSWORD=<redacted>",
+            "connecting to postgresql://app:…@db/app",
+            "plain",
+        ];
+        assert_eq!(got, expected);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !tail.is_closed() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the relay never ended"
+            );
+            thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(tail.lines(), expected);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use super::{JobStatus, OutputLine, OutputStream};
 use crate::config::{ConcurrencyPolicy, Config, JobConfig, JobTask};
 use crate::init::ExitInfo;
 use crate::process::{ChildEnv, LogSink, RunAs};
+use crate::redact::scrub;
 
 use super::BoxFuture;
 
@@ -34,7 +35,8 @@ pub(super) fn fill_from_state(status: &mut JobStatus, state: &super::state::JobS
         }
         Some(RunResult::Failure { reason }) => {
             status.last_result = Some(RunStatus::Failure);
-            status.last_reason = Some(reason.clone());
+            // Scrubbed when recorded; a state file of an older pgward may not be.
+            status.last_reason = Some(scrub(reason).into_owned());
         }
         None => {}
     }
@@ -719,7 +721,7 @@ impl Job {
                         (facts, outcome.tail, error)
                     }
                     Err(e) => {
-                        let error = format!("failed to start: {e:#}");
+                        let error = scrub(&format!("failed to start: {e:#}")).into_owned();
                         (RunFacts::action(false), vec![error.clone()], Some(error))
                     }
                 }
@@ -738,9 +740,11 @@ impl Job {
                         return (facts, vec![reason], None);
                     }
                 };
-                let line = match &result {
-                    Ok(summary) => summary.clone(),
-                    Err(e) => e.clone(),
+                // What an action says goes to the status, the state file and reports: an
+                // error may quote what it read (a conninfo, a URL).
+                let (line, succeeded) = match result {
+                    Ok(summary) => (scrub(&summary).into_owned(), true),
+                    Err(e) => (scrub(&e).into_owned(), false),
                 };
                 if let Some(live) = live {
                     let _ = live.send(OutputLine {
@@ -748,9 +752,9 @@ impl Job {
                         text: line.clone(),
                     });
                 }
-                match result {
-                    Ok(_) => (RunFacts::action(true), vec![line], None),
-                    Err(e) => (RunFacts::action(false), vec![line], Some(e)),
+                match succeeded {
+                    true => (RunFacts::action(true), vec![line], None),
+                    false => (RunFacts::action(false), vec![line.clone()], Some(line)),
                 }
             }
         }

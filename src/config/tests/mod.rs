@@ -56,6 +56,7 @@ fn problem(yaml: &str) -> String {
 fn defaults(data_dir: &str, superuser: &str, database: &str) -> Config {
     Config {
         source: None,
+        literal_secrets: Vec::new(),
         postgres: PostgresConfig {
             data_dir: PathBuf::from(data_dir),
             port: 5432,

@@ -207,6 +207,107 @@ services:
 }
 
 #[test]
+fn redacted_yaml_hides_secrets_by_name_and_by_shape() {
+    let yaml = r#"
+postgres:
+  parameters:
+    primary_conninfo: "host=primary user=rep password='s3 cret' application_name=standby"
+    ssl_key_file: /etc/ssl/private/server.key
+    pgward.dsn: postgresql://rep:uri-secret@primary/postgres?sslmode=require
+jobs:
+  - name: export
+    schedule: "@daily"
+    command: [psql, "postgresql://app:cmd-secret@db/app", -c, select 1]
+    env: { API_TOKEN: env-secret, MODE: fast }
+    on_failure:
+      webhook:
+        url: https://hooks.example.com/services/T0/B0/path-secret?token=query-secret
+        headers: { Authorization: Bearer header-secret }
+"#;
+    let printed = redacted_yaml(&ok(yaml, &[]));
+    for secret in [
+        "s3 cret",
+        "uri-secret",
+        "server.key",
+        "cmd-secret",
+        "env-secret",
+        "path-secret",
+        "query-secret",
+        "header-secret",
+    ] {
+        assert!(!printed.contains(secret), "{secret} leaked:\n{printed}");
+    }
+    let parameters = printed
+        .split_once("  parameters:\n")
+        .and_then(|(_, rest)| rest.split_once("  init:"))
+        .map(|(parameters, _)| parameters)
+        .expect("a parameters section");
+    assert_eq!(
+        parameters,
+        "    pgward.dsn: postgresql://rep:…@primary/postgres?sslmode=require\n    \
+         primary_conninfo: host=primary user=rep password=<redacted> application_name=standby\n    \
+         ssl_key_file: <redacted>\n"
+    );
+    for shown in [
+        "  - psql\n    - postgresql://app:…@db/app\n    - -c\n    - select 1\n",
+        "    API_TOKEN: <redacted>\n    MODE: fast\n",
+        "      url: https://hooks.example.com/…/…/…/…?token=…\n      headers:\n        \
+         Authorization: <redacted>\n",
+    ] {
+        assert!(printed.contains(shown), "{shown} missing:\n{printed}");
+    }
+}
+
+#[test]
+fn secrets_written_in_the_file_are_told_from_those_read_elsewhere() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("key");
+    std::fs::write(&file, "from-a-file\n").expect("write");
+    let yaml = format!(
+        r#"
+postgres:
+  parameters: {{ primary_conninfo: "host=p password=pw", work_mem: 4MB, ssl_passphrase_command: "${{CMD}}" }}
+  init: {{ password: "${{PW}}" }}
+storage:
+  url: s3://bucket-1/p
+  s3: {{ access_key_id: ak, secret_access_key_file: {}, session_token: literal-token }}
+services:
+  - {{ name: app, command: [app], env: {{ DB_PASSWORD: literal, HOME: /x }} }}
+jobs:
+  - name: j
+    schedule: "@daily"
+    command: [true]
+    on_success: {{ webhook: {{ url: "https://h/x", headers: {{ Authorization: "Bearer t", X-From-Env: "${{TOKEN}}" }} }} }}
+"#,
+        file.display()
+    );
+    let config = ok(&yaml, &[("CMD", "echo x"), ("PW", "p"), ("TOKEN", "t")]);
+    assert_eq!(
+        config.literal_secrets,
+        [
+            "postgres.parameters.primary_conninfo",
+            "services[0].env.DB_PASSWORD",
+            "jobs[0].on_success.webhook.headers.Authorization",
+            "storage.s3.session_token",
+        ]
+    );
+    assert_eq!(ok("", &[]).literal_secrets, Vec::<String>::new());
+}
+
+#[test]
+fn a_bad_reference_in_a_secret_does_not_quote_it() {
+    let yaml = "postgres: { init: { password: \"pa${ss word\" } }\n";
+    assert_eq!(
+        problems(yaml, &[]),
+        [
+            "cfg.yaml:1:31: postgres.init.password: a \"${\" in this secret is not a valid \
+             reference (use ${NAME} or ${NAME:-default}; write \"$$\" for a literal \"$\"); the \
+             value is not shown"
+        ]
+    );
+}
+
+#[test]
 fn redacted_yaml_of_defaults_round_trips_key_names() {
     let printed = redacted_yaml(&ok("", &[]));
     for key in [

@@ -352,11 +352,7 @@ fn report(cx: &mut Cx<'_>, base: &str, raw: RawReport) -> ReportConfig {
                     }
                 })
                 .unwrap_or_default(),
-            headers: cx
-                .map(&at("headers"), headers)
-                .into_iter()
-                .map(|(k, v)| (k, Secret::new(v)))
-                .collect(),
+            headers: cx.secret_map(&at("headers"), headers),
             timeout: cx
                 .duration(&at("timeout"), timeout)
                 .unwrap_or(Duration::from_secs(10)),

@@ -39,6 +39,8 @@ pub(crate) struct Cx<'a> {
     pub loc: &'a Locator,
     pub env: Env<'a>,
     pub problems: Vec<Problem>,
+    /// The keys whose secret is written in the file itself (see [`Config::literal_secrets`]).
+    pub literal_secrets: Vec<String>,
 }
 
 impl Cx<'_> {
@@ -93,6 +95,26 @@ impl Cx<'_> {
         }
     }
 
+    /// [`text`](Self::text) of a secret: an interpolation error never quotes the value (a
+    /// variable that is not set is named; that is all the reason says of the value).
+    fn secret_text(&mut self, path: &str, raw: Text) -> Option<String> {
+        match interpolate(&raw.0, self.env) {
+            Ok(text) => Some(text),
+            Err(reason) if reason.starts_with("environment variable ") => {
+                self.at_value(path, reason);
+                None
+            }
+            Err(_) => {
+                self.at_value(
+                    path,
+                    "a \"${\" in this secret is not a valid reference (use ${NAME} or \
+                     ${NAME:-default}; write \"$$\" for a literal \"$\"); the value is not shown",
+                );
+                None
+            }
+        }
+    }
+
     /// Interpolates then parses an optional scalar; `None` when absent or invalid (reported).
     fn parse<T>(
         &mut self,
@@ -134,12 +156,37 @@ impl Cx<'_> {
             .collect()
     }
 
-    /// A string map with every value interpolated.
+    /// A string map with every value interpolated. A value written in the file that is
+    /// secret by its name or its shape ([`crate::redact`]) is noted as a literal secret.
     fn map(&mut self, path: &str, raw: BTreeMap<String, Text>) -> BTreeMap<String, String> {
         raw.into_iter()
             .filter_map(|(k, v)| {
-                let value = self.text(&super::locate::join(path, &k), v)?;
+                let key = super::locate::join(path, &k);
+                let secret = crate::redact::is_secret_name(&k)
+                    || matches!(crate::redact::scrub(&v.0), std::borrow::Cow::Owned(_));
+                if !secret {
+                    let value = self.text(&key, v)?;
+                    return Some((k, value));
+                }
+                if is_literal(&v) {
+                    self.literal_secrets.push(key.clone());
+                }
+                let value = self.secret_text(&key, v)?;
                 Some((k, value))
+            })
+            .collect()
+    }
+
+    /// A map whose every value is a secret (webhook headers).
+    fn secret_map(&mut self, path: &str, raw: BTreeMap<String, Text>) -> BTreeMap<String, Secret> {
+        raw.into_iter()
+            .filter_map(|(k, v)| {
+                let key = super::locate::join(path, &k);
+                if is_literal(&v) {
+                    self.literal_secrets.push(key.clone());
+                }
+                let value = self.secret_text(&key, v)?;
+                Some((k, Secret::new(value)))
             })
             .collect()
     }
@@ -156,7 +203,12 @@ impl Cx<'_> {
                 );
                 None
             }
-            (Some(value), None) => self.text(path, value).map(Secret::new),
+            (Some(value), None) => {
+                if is_literal(&value) {
+                    self.literal_secrets.push(path.to_owned());
+                }
+                self.secret_text(path, value).map(Secret::new)
+            }
             (None, Some(file)) => {
                 let name = self.text(&file_path, file)?;
                 match read_secret_file(Path::new(&name)) {
@@ -170,6 +222,12 @@ impl Cx<'_> {
             (None, None) => None,
         }
     }
+}
+
+/// Whether a value is written in the file as it is, rather than taken from the environment
+/// (`${VAR}`).
+fn is_literal(raw: &Text) -> bool {
+    !raw.0.contains("${")
 }
 
 /// Converts the raw model, reporting every problem into `cx`. The returned value is only
@@ -198,6 +256,8 @@ pub(crate) fn validate(raw: RawConfig, cx: &mut Cx<'_>) -> Config {
     postgres::check_archive_parameters(&postgres, &wal, cx);
     Config {
         source: None,
+        // Filled in by the caller, from `cx`, once every section was read.
+        literal_secrets: Vec::new(),
         postgres,
         services,
         jobs,

@@ -1,6 +1,8 @@
 //! The paths and their answers: `/metrics`, `/healthz`, `/readyz`, `/status` and the index,
 //! each waiting for the [`Source`] at most the scrape deadline, behind basic auth when
-//! configured. Connections are `connection`'s.
+//! configured (every path, `/status` included). Texts that may quote an error (`/status`, a
+//! 503's reason) are scrubbed of what looks like a secret ([`crate::redact`]). Connections
+//! are `connection`'s.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,7 +94,8 @@ async fn status(State(endpoints): State<Endpoints>, peer: Extension<Peer>) -> Re
         .ask("/status", peer, endpoints.source.status())
         .await
     {
-        Ok(status) => {
+        Ok(mut status) => {
+            crate::redact::scrub_json(&mut status);
             let mut body =
                 serde_json::to_vec_pretty(&status).expect("a serde_json::Value always serializes");
             body.push(b'\n');
@@ -120,8 +123,9 @@ impl Endpoints {
     }
 }
 
-/// 503 with the reason as a line of text.
-fn unavailable(mut reason: String) -> Response {
+/// 503 with the reason as a line of text (scrubbed: it may quote an error).
+fn unavailable(reason: String) -> Response {
+    let mut reason = crate::redact::scrub(&reason).into_owned();
     reason.push('\n');
     (StatusCode::SERVICE_UNAVAILABLE, reason).into_response()
 }

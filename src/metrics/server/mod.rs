@@ -66,7 +66,8 @@ pub trait Source: Send + Sync + 'static {
     fn healthy(&self) -> BoxFuture<'_, Result<(), String>>;
     /// Whether postgres accepts connections and is not crash-looping.
     fn ready(&self) -> BoxFuture<'_, Readiness>;
-    /// The JSON of `pgward status`.
+    /// The JSON of `pgward status`, without what only the control socket's clients may see
+    /// (the jobs' output). Whatever the endpoint serves, it scrubs of secrets again.
     fn status(&self) -> BoxFuture<'_, serde_json::Value>;
 }
 
