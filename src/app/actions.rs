@@ -81,7 +81,7 @@ impl SiteActions {
 
     async fn verify(&self, backup: &str, cancel: &CancellationToken) -> Result<String> {
         let repo = self.site.repo()?;
-        let manifest = catalog::resolve(repo, backup).await?;
+        let manifest = catalog::resolve_as_stored(repo, backup).await?;
         let options = self.site.verify_options();
         // Boxed as `dyn Send` here, where the lifetimes are concrete: the compiler cannot
         // prove `Send` of this future for every lifetime inside `Actions::run`'s.

@@ -31,8 +31,16 @@ pub fn check_id(id: &str) -> Result<()> {
     check_backup_id(id).map_err(|e| anyhow!("{e}\n{LIST_HINT}"))
 }
 
-/// The manifest of backup `id`.
+/// The manifest of backup `id`, checked ([`Manifest::validate`]): a manifest naming a path
+/// pgward never writes is refused, whatever the reader.
 pub async fn read_manifest(repo: &Repo, id: &str) -> Result<Manifest> {
+    let manifest = read_as_stored(repo, id).await?;
+    manifest.validate(None)?;
+    Ok(manifest)
+}
+
+/// The manifest of backup `id` as stored: parsed and its format checked, its paths not.
+async fn read_as_stored(repo: &Repo, id: &str) -> Result<Manifest> {
     check_id(id)?;
     let bytes = repo
         .get_bytes(&manifest_key(id))
@@ -84,20 +92,33 @@ pub async fn newest_before(repo: &Repo, at: chrono::DateTime<chrono::Utc>) -> Re
     })
 }
 
-/// `latest` or an id, resolved to a manifest.
+/// `latest` or an id, resolved to a checked manifest (see [`read_manifest`]).
 pub async fn resolve(repo: &Repo, which: &str) -> Result<Manifest> {
-    if which == "latest" {
-        let ids = backup_ids(repo).await?;
-        let Some(id) = ids.last() else {
-            bail!(
-                "there is no complete backup in {}\nHINT: take one with `pgward backup`; is \
-                 storage.url the repository the backups went to?",
-                repo.describe()
-            );
-        };
-        return read_manifest(repo, id).await;
+    let id = resolve_id(repo, which).await?;
+    read_manifest(repo, &id).await
+}
+
+/// `latest` or an id, resolved to its manifest as stored, paths unchecked: for `verify`,
+/// which reports what [`Manifest::validate`] finds among the backup's problems.
+pub async fn resolve_as_stored(repo: &Repo, which: &str) -> Result<Manifest> {
+    let id = resolve_id(repo, which).await?;
+    read_as_stored(repo, &id).await
+}
+
+/// `latest` (the newest complete backup) or an id.
+async fn resolve_id(repo: &Repo, which: &str) -> Result<String> {
+    if which != "latest" {
+        return Ok(which.to_owned());
     }
-    read_manifest(repo, which).await
+    let ids = backup_ids(repo).await?;
+    match ids.last() {
+        Some(id) => Ok(id.clone()),
+        None => bail!(
+            "there is no complete backup in {}\nHINT: take one with `pgward backup`; is \
+             storage.url the repository the backups went to?",
+            repo.describe()
+        ),
+    }
 }
 
 /// Ids with objects but no manifest: backups that were interrupted (or are running now in

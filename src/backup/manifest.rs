@@ -6,6 +6,7 @@
 //! was interrupted, and no listing or restore treats it as one.
 
 use std::collections::BTreeMap;
+use std::path::{Component, Path};
 
 use anyhow::Result;
 use chrono::{DateTime, Utc};
@@ -263,6 +264,201 @@ impl FileEntry {
     }
 }
 
+/// What a restore must not do with a manifest: an entry whose path is not one pgward writes
+/// (`..`, absolute, NUL, empty or `.` components), a backup id that is not one, a tablespace
+/// location that is not an absolute normalized path, or (for a restore, see [`Placement`]) a
+/// tablespace in a system directory or in the repository.
+///
+/// Shown as `backup <id>: manifest entry "<entry>" (<what>) <problem>`, then the `HINT:`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("backup {backup}: manifest entry {entry:?} ({what}) {problem}\nHINT: {hint}")]
+pub struct InvalidManifest {
+    pub backup: String,
+    /// The offending path or id, as the manifest spells it.
+    pub entry: String,
+    /// Which entry: `a file`, `a directory`, `tablespace 16385's location`, ...
+    pub what: String,
+    pub problem: String,
+    pub hint: String,
+}
+
+/// Where a restore would put a backup's tablespaces, for [`Manifest::validate`].
+#[derive(Debug, Clone, Default)]
+pub struct Placement<'a> {
+    /// Tablespaces moved elsewhere (`--tablespace-map`): their original location is not used.
+    pub relocated: Vec<u32>,
+    /// Root directory of a `file://` repository: no tablespace goes inside it.
+    pub repo_root: Option<&'a Path>,
+}
+
+/// What to do about an entry pgward never writes.
+const TAMPERED_HINT: &str = "pgward never writes such an entry: someone who can write to the \
+                             repository changed this manifest; restore another backup (`pgward \
+                             list`) and find out who can write to the repository";
+
+/// The system directories no tablespace of a manifest is restored into (the root itself,
+/// and these with everything below them); `lib` stands for every `/lib*`.
+pub const SYSTEM_DIRECTORIES: [&str; 10] = [
+    "bin", "boot", "dev", "etc", "lib", "proc", "root", "sbin", "sys", "usr",
+];
+
+/// The system directory `path` (absolute, normalized) is, or is inside: `/`, `/etc`, `/lib64`...
+pub fn system_directory(path: &Path) -> Option<String> {
+    let mut components = path.components();
+    if components.next() != Some(Component::RootDir) {
+        return None;
+    }
+    let Some(Component::Normal(first)) = components.next() else {
+        return Some("/".to_owned());
+    };
+    let first = first.to_string_lossy();
+    SYSTEM_DIRECTORIES
+        .iter()
+        .any(|dir| {
+            if *dir == "lib" {
+                first.starts_with("lib")
+            } else {
+                first == *dir
+            }
+        })
+        .then(|| format!("/{first}"))
+}
+
+/// What is wrong with `path` as a relative path of the data directory, `/`-separated and
+/// normalized (no `.`, `..` or empty component, not absolute, no NUL).
+fn relative_path_problem(path: &str) -> Option<&'static str> {
+    if path.is_empty() {
+        return Some("is empty");
+    }
+    if path.contains('\0') {
+        return Some("holds a NUL byte");
+    }
+    if path.starts_with('/') {
+        return Some(
+            "is an absolute path; the manifest's paths are relative to the data directory",
+        );
+    }
+    for component in path.split('/') {
+        match component {
+            ".." => return Some("climbs out of the data directory with \"..\""),
+            "." => return Some("is not normalized (a \".\" component)"),
+            "" => return Some("is not normalized (an empty component)"),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// What is wrong with `location` as a tablespace location: absolute, normalized, no NUL.
+fn location_problem(location: &str) -> Option<&'static str> {
+    if location.contains('\0') {
+        return Some("holds a NUL byte");
+    }
+    if !location.starts_with('/') {
+        return Some("is not an absolute path");
+    }
+    if location.len() > 1
+        && location[1..]
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Some("is not a normalized path (an empty, \".\" or \"..\" component)");
+    }
+    None
+}
+
+impl Manifest {
+    /// Checks every path and id the manifest names as untrusted input (whoever can write to
+    /// the repository can write a manifest): file, directory and part paths relative and
+    /// normalized, the backups holding objects and the parent real backup ids, tablespace
+    /// locations absolute and normalized. With a `placement` (a restore), also where the
+    /// tablespaces not relocated would go: never into a system directory
+    /// ([`SYSTEM_DIRECTORIES`], `/`) or the repository. The one check every reader of a
+    /// manifest relies on; the first entry that fails it.
+    pub fn validate(&self, placement: Option<&Placement>) -> Result<(), InvalidManifest> {
+        let invalid = |entry: &str, what: &str, problem: &str, hint: &str| InvalidManifest {
+            backup: self.id.clone(),
+            entry: entry.to_owned(),
+            what: what.to_owned(),
+            problem: problem.to_owned(),
+            hint: hint.to_owned(),
+        };
+        let check_id = |id: &str, what: &str| {
+            BackupId::parse(id)
+                .map(|_| ())
+                .map_err(|_| invalid(id, what, "is not a backup id", TAMPERED_HINT))
+        };
+        check_id(&self.id, "the backup's id")?;
+        if let Some(parent) = &self.parent {
+            check_id(parent, "the parent backup")?;
+        }
+        for tablespace in &self.tablespaces {
+            let oid = tablespace.oid;
+            let what = format!("tablespace {oid}'s location");
+            let location = &tablespace.location;
+            if let Some(problem) = location_problem(location) {
+                return Err(invalid(location, &what, problem, TAMPERED_HINT));
+            }
+            let Some(placement) = placement else { continue };
+            if placement.relocated.contains(&oid) {
+                continue;
+            }
+            let move_hint = format!(
+                "if this backup is yours, restore the tablespace elsewhere with \
+                 --tablespace-map {oid}=DIR; if not, someone who can write to the repository \
+                 changed its manifest"
+            );
+            if let Some(dir) = system_directory(Path::new(location)) {
+                let problem = format!("is inside the system directory {dir}");
+                return Err(invalid(location, &what, &problem, &move_hint));
+            }
+            if let Some(root) = placement.repo_root {
+                let (location, root) = (Path::new(location), lexical(root));
+                if location.starts_with(&root) || root.starts_with(location) {
+                    let problem = format!("overlaps the repository {}", root.display());
+                    return Err(invalid(&tablespace.location, &what, &problem, &move_hint));
+                }
+            }
+        }
+        for dir in &self.directories {
+            if let Some(problem) = relative_path_problem(&dir.path) {
+                return Err(invalid(&dir.path, "a directory", problem, TAMPERED_HINT));
+            }
+        }
+        for file in &self.files {
+            if let Some(problem) = relative_path_problem(&file.path) {
+                return Err(invalid(&file.path, "a file", problem, TAMPERED_HINT));
+            }
+            check_id(
+                &file.stored_in,
+                &format!("the backup holding {}", file.path),
+            )?;
+            for part in &file.parts {
+                check_id(
+                    &part.stored_in,
+                    &format!("the backup holding a part of {}", file.path),
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `path` with `.` and `..` folded, without touching the filesystem.
+fn lexical(path: &Path) -> std::path::PathBuf {
+    let mut out = std::path::PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 /// See [`FileEntry::unchanged`].
 pub const UNSTABLE_WINDOW_SECS: i64 = 2;
 
@@ -402,5 +598,242 @@ mod tests {
         assert_eq!(keys[0], format!("backups/{full}/data/base/5/16384@0"));
         assert_eq!(keys[3], format!("backups/{incr}/data/base/5/16384@10"));
         assert_eq!(entry.objects()[3].len, 15);
+    }
+
+    fn manifest() -> Manifest {
+        let at = DateTime::parse_from_rfc3339("2026-11-30T03:55:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let file = |path: &str| FileEntry {
+            path: path.into(),
+            size: 8192,
+            mtime: 0,
+            mtime_nsec: 0,
+            mode: 0o600,
+            checksum: "00".into(),
+            stored_size: 10,
+            stored_in: "20261130T035500F".into(),
+            bad_blocks: vec![],
+            parts: vec![],
+        };
+        Manifest {
+            format_version: MANIFEST_VERSION,
+            id: "20261130T035500F".into(),
+            kind: BackupKind::Full,
+            parent: None,
+            pg_major: 17,
+            system_identifier: "7312".into(),
+            timeline: 1,
+            start_lsn: "0/2000028".into(),
+            stop_lsn: "0/2000100".into(),
+            start_wal: "000000010000000000000002".into(),
+            stop_wal: "000000010000000000000002".into(),
+            start_time: at,
+            stop_time: at,
+            data_checksums: true,
+            tablespaces: vec![Tablespace {
+                oid: 16385,
+                location: "/var/lib/postgresql/ts1".into(),
+            }],
+            directories: vec![
+                DirEntry {
+                    path: "base".into(),
+                    mode: 0o700,
+                },
+                DirEntry {
+                    path: "pg_tblspc/16385".into(),
+                    mode: 0o700,
+                },
+            ],
+            files: vec![
+                file("PG_VERSION"),
+                file("base/1/1259"),
+                file("pg_tblspc/16385/PG_17_202406281/5/16390"),
+            ],
+            annotations: BTreeMap::new(),
+            keep: false,
+            size: 0,
+            stored_size: 0,
+            read_size: 0,
+            created_by: "pgward test".into(),
+        }
+    }
+
+    /// The message `validate` refuses `m` with, placed as a restore without relocations.
+    fn refusal(m: &Manifest) -> String {
+        let placement = Placement {
+            relocated: vec![],
+            repo_root: Some(Path::new("/var/lib/pgward/repo")),
+        };
+        m.validate(Some(&placement))
+            .expect_err("refused")
+            .to_string()
+    }
+
+    #[test]
+    fn a_manifest_as_pgward_writes_it_is_valid() {
+        let m = manifest();
+        m.validate(None).expect("valid");
+        m.validate(Some(&Placement::default())).expect("valid");
+    }
+
+    #[test]
+    fn paths_that_leave_the_data_directory_are_refused_naming_backup_and_entry() {
+        for (bad, problem) in [
+            (
+                "../etc/passwd",
+                "climbs out of the data directory with \"..\"",
+            ),
+            (
+                "base/../../etc/passwd",
+                "climbs out of the data directory with \"..\"",
+            ),
+            ("base/..", "climbs out of the data directory with \"..\""),
+            (
+                "/etc/passwd",
+                "is an absolute path; the manifest's paths are relative to the data directory",
+            ),
+            ("base//1259", "is not normalized (an empty component)"),
+            ("base/1/", "is not normalized (an empty component)"),
+            ("./base", "is not normalized (a \".\" component)"),
+            ("", "is empty"),
+            ("base/1\0/etc", "holds a NUL byte"),
+        ] {
+            let mut m = manifest();
+            m.files[1].path = bad.into();
+            assert_eq!(
+                refusal(&m),
+                format!(
+                    "backup 20261130T035500F: manifest entry {bad:?} (a file) {problem}\n\
+                     HINT: {TAMPERED_HINT}"
+                ),
+            );
+            // Refused by every reader, not only a restore.
+            assert!(m.validate(None).is_err(), "{bad}");
+            let mut m = manifest();
+            m.directories[0].path = bad.into();
+            assert!(
+                refusal(&m).starts_with(&format!(
+                    "backup 20261130T035500F: manifest entry {bad:?} (a directory) {problem}"
+                )),
+                "{bad}"
+            );
+        }
+        assert!(TAMPERED_HINT.contains("restore another backup"));
+    }
+
+    #[test]
+    fn ids_that_would_reach_other_objects_are_refused() {
+        let mut m = manifest();
+        m.files[0].stored_in = "../../wal".into();
+        assert!(refusal(&m).starts_with(
+            "backup 20261130T035500F: manifest entry \"../../wal\" (the backup holding \
+             PG_VERSION) is not a backup id\n"
+        ));
+        let mut m = manifest();
+        m.files[0].parts = vec![part(&[[0, 1]], "20261130T035500F/../x")];
+        assert!(
+            refusal(&m).contains("(the backup holding a part of PG_VERSION) is not a backup id")
+        );
+        let mut m = manifest();
+        m.parent = Some("/etc".into());
+        assert!(refusal(&m).contains("\"/etc\" (the parent backup) is not a backup id"));
+        let mut m = manifest();
+        m.id = "x".into();
+        assert!(refusal(&m).starts_with("backup x: manifest entry \"x\" (the backup's id)"));
+    }
+
+    #[test]
+    fn tablespace_locations_are_absolute_normalized_and_outside_system_directories() {
+        let with_location = |location: &str| {
+            let mut m = manifest();
+            m.tablespaces[0].location = location.into();
+            m
+        };
+        for (bad, problem) in [
+            ("relative/ts", "is not an absolute path"),
+            ("", "is not an absolute path"),
+            (
+                "/srv/../etc",
+                "is not a normalized path (an empty, \".\" or \"..\" component)",
+            ),
+            (
+                "/srv//ts",
+                "is not a normalized path (an empty, \".\" or \"..\" component)",
+            ),
+            (
+                "/srv/ts/",
+                "is not a normalized path (an empty, \".\" or \"..\" component)",
+            ),
+            ("/srv/\0", "holds a NUL byte"),
+        ] {
+            let m = with_location(bad);
+            assert_eq!(
+                refusal(&m),
+                format!(
+                    "backup 20261130T035500F: manifest entry {bad:?} (tablespace 16385's \
+                     location) {problem}\nHINT: {TAMPERED_HINT}"
+                )
+            );
+            assert!(m.validate(None).is_err(), "{bad}");
+        }
+        for (bad, dir) in [
+            ("/", "/"),
+            ("/etc", "/etc"),
+            ("/etc/cron.d", "/etc"),
+            ("/root/.ssh", "/root"),
+            ("/usr/local/pgsql/ts", "/usr"),
+            ("/lib64/x", "/lib64"),
+            ("/lib/x", "/lib"),
+            ("/bin", "/bin"),
+            ("/boot/x", "/boot"),
+            ("/dev/shm/x", "/dev"),
+            ("/proc/1/root", "/proc"),
+            ("/sbin/x", "/sbin"),
+            ("/sys/x", "/sys"),
+        ] {
+            let m = with_location(bad);
+            assert_eq!(
+                refusal(&m),
+                format!(
+                    "backup 20261130T035500F: manifest entry {bad:?} (tablespace 16385's \
+                     location) is inside the system directory {dir}\nHINT: if this backup is \
+                     yours, restore the tablespace elsewhere with --tablespace-map 16385=DIR; \
+                     if not, someone who can write to the repository changed its manifest"
+                )
+            );
+            // Well-formed: readers that write nothing accept it; so does a restore that
+            // puts the tablespace elsewhere.
+            m.validate(None).expect("well-formed");
+            let moved = Placement {
+                relocated: vec![16385],
+                repo_root: None,
+            };
+            m.validate(Some(&moved)).expect("relocated");
+        }
+        for bad in [
+            "/var/lib/pgward/repo/backups",
+            "/var/lib/pgward/repo",
+            "/var/lib/pgward",
+        ] {
+            assert!(
+                refusal(&with_location(bad))
+                    .contains("location) overlaps the repository /var/lib/pgward/repo\n"),
+                "{bad}"
+            );
+        }
+        for good in [
+            "/var/lib/postgresql/ts",
+            "/srv/pg/ts1",
+            "/mnt/fast",
+            "/opt/lib/ts",
+        ] {
+            with_location(good)
+                .validate(Some(&Placement {
+                    relocated: vec![],
+                    repo_root: Some(Path::new("/var/lib/pgward/repo")),
+                }))
+                .expect(good);
+        }
     }
 }

@@ -3,8 +3,9 @@
 //! looked for in the archive. Composes `repo/` and `postgres/` (WAL names, `pg_control`);
 //! printing the report is the command's job.
 //!
-//! What makes a backup unrestorable is an error: a file object missing, corrupt or holding
-//! other content than the manifest lists, no `backup_label`, a WAL segment from the start
+//! What makes a backup unrestorable is an error: a manifest naming a path pgward never
+//! writes, a file object missing, corrupt or holding other content than the manifest lists,
+//! no `backup_label`, a WAL segment from the start
 //! to the stop segment missing or malformed. Past the stop segment, the first gap in the
 //! backup's timeline is a warning: the backup restores, but recovery cannot replay beyond it.
 
@@ -17,7 +18,7 @@ use futures_util::{stream, StreamExt};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::manifest::{file_key, label_key, Manifest};
+use super::manifest::{file_key, label_key, manifest_key, Manifest};
 use super::progress::{human_bytes, Progress};
 use crate::postgres::control_file::{ControlFile, CONTROL_FILE_PATH};
 use crate::postgres::wal::{NameError, SegmentName, WalSegSize};
@@ -61,6 +62,15 @@ pub enum Problem {
     CorruptObject { key: String, reason: String },
     /// Could not be read, retries included: not checked.
     Unreadable { key: String, reason: String },
+    /// The manifest names a path or id pgward never writes ([`Manifest::validate`]): no
+    /// reader acts on the backup.
+    InvalidManifest {
+        key: String,
+        /// The offending entry, as the manifest spells it.
+        entry: String,
+        /// What is wrong with it: `(a file) climbs out of the data directory with ".."`.
+        problem: String,
+    },
     /// A WAL segment the backup needs (start to stop) is not in the archive.
     MissingWal { segment: String, key: String },
     /// A WAL segment after the backup's stop is not in the archive, while newer segments of
@@ -109,6 +119,15 @@ impl fmt::Display for Finding {
                     "{severity}: {key}: cannot be read, not checked: {reason}"
                 )
             }
+            Problem::InvalidManifest {
+                key,
+                entry,
+                problem,
+            } => write!(
+                f,
+                "{severity}: {key}: manifest entry {entry:?} {problem}; restore refuses this \
+                 backup (someone who can write to the repository changed its manifest)"
+            ),
             Problem::MissingWal { segment, key } => write!(
                 f,
                 "{severity}: {key}: WAL segment {segment} is missing from the archive; the \
@@ -241,6 +260,16 @@ pub async fn verify(
     progress.finish();
 
     let mut problems: Vec<Finding> = Vec::new();
+    if let Err(invalid) = manifest.validate(None) {
+        problems.push(Finding {
+            severity: Severity::Error,
+            problem: Problem::InvalidManifest {
+                key: manifest_key(&manifest.id),
+                entry: invalid.entry,
+                problem: format!("({}) {}", invalid.what, invalid.problem),
+            },
+        });
+    }
     let (mut objects_checked, mut bytes_checked) = (0, 0);
     for (decoded, problem) in results {
         if let Some(decoded) = decoded {
@@ -297,6 +326,7 @@ fn problem_key(p: &Problem) -> &str {
         | Problem::ChecksumMismatch { key, .. }
         | Problem::CorruptObject { key, .. }
         | Problem::Unreadable { key, .. }
+        | Problem::InvalidManifest { key, .. }
         | Problem::MissingWal { key, .. }
         | Problem::WalGap { key, .. } => key,
     }

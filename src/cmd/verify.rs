@@ -11,7 +11,7 @@ use crate::site::Site;
 /// Exit 0 when the backup restores (warnings allowed), 1 when not.
 pub async fn verify(site: &Site, backup: &str, json: bool) -> Result<i32> {
     let repo = site.repo()?;
-    let manifest = catalog::resolve(repo, backup).await?;
+    let manifest = catalog::resolve_as_stored(repo, backup).await?;
     let options = site.verify_options();
     let report = verify_backup(repo, &manifest, &options, &CancellationToken::new()).await?;
     if json {

@@ -238,6 +238,11 @@ impl Repo {
         self.inner.describe.clone()
     }
 
+    /// Root directory of a `file://` repository (`None` for object storage).
+    pub fn local_root(&self) -> Option<&std::path::Path> {
+        self.inner.local_root.as_deref()
+    }
+
     /// The codec new objects are written with.
     pub fn codec(&self) -> Codec {
         self.inner.codec

@@ -4,8 +4,11 @@
 //! Run by `pgward restore-test` and by the scheduler's `restore-test` action; the caller opens
 //! what it uses ([`Resources`]).
 //!
-//! The throwaway server must never touch the real cluster or the repository: it listens on no
-//! TCP address, its socket is in the scratch directory, `archive_mode` is off, and its
+//! The throwaway server must never touch the real cluster, the repository or anything else
+//! outside: it listens on no TCP address, its socket is in the scratch directory,
+//! `archive_mode` is off, no logical replication worker starts (a restored subscription would
+//! reach its publisher), preloaded libraries whose workers act outward (pg_cron...) are left
+//! out and TimescaleDB gets no job worker (`server::throwaway_parameters`), and its
 //! `restore_command` (pgward's `wal-fetch`) is answered by this process through a control
 //! socket in the scratch directory, with a fetcher that spools into the scratch `pg_wal`. The
 //! daemon's own fetcher serves the real cluster and is not asked. This module owns the scratch
@@ -44,7 +47,9 @@ use crate::wal::fetch::Fetcher;
 
 pub use report::{human_report, target_name, RestoreTestReport};
 use scratch::Scratch;
-use server::{promoted, query, throwaway_parameters, Throwaway, SERVER_NAME};
+use server::{
+    promoted, query, throwaway_parameters, without_outward_libraries, Throwaway, SERVER_NAME,
+};
 
 /// Name of the default scratch directory, beside the data directory.
 pub const DEFAULT_SCRATCH_DIR: &str = "pgward-restore-test";
@@ -260,7 +265,7 @@ impl<'a> Test<'a> {
         );
         let data_dir = self.restore(repo, &manifest, &scratch.dir, report).await?;
         self.serve_wal(scratch, &data_dir).await?;
-        let target = self.start_server(bin, scratch, &data_dir)?;
+        let target = self.start_server(bin, scratch, &data_dir).await?;
         let server = scratch
             .server
             .as_mut()
@@ -401,21 +406,37 @@ impl<'a> Test<'a> {
     }
 
     /// Starts the throwaway server on `data_dir` (kept in `scratch`); how to reach it.
-    fn start_server(
+    async fn start_server(
         &self,
         bin: BinDir,
         scratch: &mut Scratch,
         data_dir: &Path,
     ) -> Result<Target, Failed> {
         let pg = &self.resources.config.postgres;
-        let server = Server {
+        let mut server = Server {
             bin,
             data_dir: data_dir.to_path_buf(),
             port: pg.port,
             socket_dir: scratch.dir.clone(),
-            parameters: throwaway_parameters(&pg.parameters),
+            parameters: throwaway_parameters(&pg.parameters, None),
             run_as: self.resources.owner.cloned(),
         };
+        // The libraries to preload as the restored configuration (postgresql.conf and
+        // postgresql.auto.conf of the original) and these parameters set them, less those
+        // whose workers act outside.
+        let preloaded = self
+            .preloaded_libraries(&server)
+            .await
+            .in_step("start postgres")?;
+        let (_, left_out) = without_outward_libraries(&preloaded);
+        if !left_out.is_empty() {
+            tracing::info!(
+                "restore test: starting without {} (preloaded by the original: its workers \
+                 act outside the copy)",
+                left_out.join(", ")
+            );
+        }
+        server.parameters = throwaway_parameters(&pg.parameters, Some(&preloaded));
         let spec = server
             .spec(SERVER_NAME, &[])
             .child_env(&(self.resources.server_env)(&scratch.socket()));
@@ -435,6 +456,21 @@ impl<'a> Test<'a> {
             password: pg.init.password.clone(),
             dbname: self.options.database.clone(),
         })
+    }
+
+    /// `shared_preload_libraries` as `server` would read it (`postgres -C`).
+    async fn preloaded_libraries(&self, server: &Server) -> Result<String> {
+        let spec = server
+            .spec("postgres -C", &[])
+            .arg("-C")
+            .arg("shared_preload_libraries");
+        let (status, out) = process::capture(&spec, &self.resources.sink).await?;
+        if !status.success() {
+            bail!(
+                "reading shared_preload_libraries of the restored configuration failed: {status}"
+            );
+        }
+        Ok(out.trim().to_owned())
     }
 
     /// `work`, unless cancelled first.

@@ -182,11 +182,49 @@ pub(super) async fn query(client: &tokio_postgres::Client, sql: &str) -> Result<
         .with_context(|| format!("read the result of {sql:?}"))
 }
 
+/// Preloaded libraries whose background workers act outside the server: pg_cron runs
+/// scheduled jobs (often against other servers through dblink), pg_partman's background
+/// worker runs maintenance, pg_net sends queued HTTP requests, pglogical's workers connect to
+/// their providers and subscribers. The throwaway server starts without them.
+pub(super) const OUTWARD_LIBRARIES: [&str; 4] =
+    ["pg_cron", "pg_partman_bgw", "pg_net", "pglogical"];
+
+/// A library name as `shared_preload_libraries` lists it (`pg_cron`, `'$libdir/pg_cron.so'`)
+/// reduced to the library's name.
+fn library_name(entry: &str) -> &str {
+    let entry = entry.trim().trim_matches('"').trim_matches('\'').trim();
+    let base = entry.rsplit('/').next().unwrap_or(entry);
+    base.strip_suffix(".so").unwrap_or(base)
+}
+
+/// `shared_preload_libraries` (`value`, as the server would read it) split into the
+/// libraries the throwaway server keeps, as a value again, and those it leaves out
+/// ([`OUTWARD_LIBRARIES`]).
+pub(super) fn without_outward_libraries(value: &str) -> (String, Vec<String>) {
+    let (mut kept, mut left_out) = (Vec::new(), Vec::new());
+    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let name = library_name(entry);
+        if OUTWARD_LIBRARIES.contains(&name) {
+            left_out.push(name.to_owned());
+        } else {
+            kept.push(entry);
+        }
+    }
+    (kept.join(","), left_out)
+}
+
 /// The parameters of the throwaway server: the configured ones (the data may need their
 /// preloaded libraries, locale or limits), less those that reach outside the scratch
 /// directory, then the overrides that keep it apart from the real cluster and cheap.
+/// `preloaded` is `shared_preload_libraries` as the restored data directory and the
+/// configuration set it (`postgres -C`), once known: the throwaway server keeps those
+/// libraries but the outward ones, and runs TimescaleDB without background jobs.
+///
+/// What it neutralizes is listed in docs/backup-restore.md (restore tests): keep the two
+/// true together.
 pub(super) fn throwaway_parameters(
     configured: &BTreeMap<String, String>,
+    preloaded: Option<&str>,
 ) -> BTreeMap<String, String> {
     let reaches_out = |name: &str| {
         ["archive_", "recovery_", "primary_", "unix_socket_"]
@@ -212,6 +250,14 @@ pub(super) fn throwaway_parameters(
         ("listen_addresses", ""),
         // Never into the real repository.
         ("archive_mode", "off"),
+        // Commands the original's postgresql.conf (restored with the data) may hold, run at
+        // restartpoints and at the end of recovery: never against the real archive.
+        ("archive_cleanup_command", ""),
+        ("recovery_end_command", ""),
+        // No logical replication worker starts (the launcher is not even registered): a
+        // restored subscription would connect to its publisher after promotion and move the
+        // real subscription's slot past changes the real subscriber has not applied.
+        ("max_logical_replication_workers", "0"),
         // No connection until recovery has ended; and no check that max_connections and
         // the like are at least the original's, which only a hot standby needs.
         ("hot_standby", "off"),
@@ -231,6 +277,14 @@ pub(super) fn throwaway_parameters(
         ("fsync", "off"),
     ] {
         parameters.insert(name.to_owned(), value.to_owned());
+    }
+    if let Some(preloaded) = preloaded {
+        let (kept, _) = without_outward_libraries(preloaded);
+        if kept.split(',').any(|l| library_name(l) == "timescaledb") {
+            // Its job scheduler gets no worker: no policy or user-defined job runs.
+            parameters.insert("timescaledb.max_background_workers".into(), "0".into());
+        }
+        parameters.insert("shared_preload_libraries".into(), kept);
     }
     parameters
 }
@@ -255,7 +309,7 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-        let parameters = throwaway_parameters(&configured);
+        let parameters = throwaway_parameters(&configured, None);
         for gone in [
             "archive_command",
             "recovery_target_time",
@@ -272,6 +326,54 @@ mod tests {
         assert_eq!(get("archive_mode"), Some("off"));
         assert_eq!(get("shared_buffers"), Some("128MB"));
         assert_eq!(get("hot_standby"), Some("off"));
+        for (name, value) in [
+            ("max_logical_replication_workers", "0"),
+            ("archive_cleanup_command", ""),
+            ("recovery_end_command", ""),
+        ] {
+            assert_eq!(get(name), Some(value), "{name}");
+        }
+        assert_eq!(get("timescaledb.max_background_workers"), None);
+    }
+
+    #[test]
+    fn libraries_whose_workers_act_outward_are_not_preloaded() {
+        assert_eq!(
+            without_outward_libraries(
+                "pg_stat_statements, pg_cron,'$libdir/pg_partman_bgw.so' ,\"pg_net\",auto_explain,pglogical"
+            ),
+            (
+                "pg_stat_statements,auto_explain".to_owned(),
+                vec![
+                    "pg_cron".to_owned(),
+                    "pg_partman_bgw".to_owned(),
+                    "pg_net".to_owned(),
+                    "pglogical".to_owned()
+                ]
+            )
+        );
+        assert_eq!(without_outward_libraries(""), (String::new(), vec![]));
+        let configured: BTreeMap<String, String> =
+            [("shared_preload_libraries".to_owned(), "pg_cron".to_owned())].into();
+        // The value the data directory's configuration sets wins over nothing configured,
+        // and is filtered the same way.
+        let parameters = throwaway_parameters(
+            &configured,
+            Some("timescaledb, pg_cron, pg_stat_statements"),
+        );
+        let get = |name: &str| parameters.get(name).map(String::as_str);
+        assert_eq!(
+            get("shared_preload_libraries"),
+            Some("timescaledb,pg_stat_statements")
+        );
+        assert_eq!(get("timescaledb.max_background_workers"), Some("0"));
+        let parameters = throwaway_parameters(&BTreeMap::new(), Some("pg_cron"));
+        assert_eq!(
+            parameters
+                .get("shared_preload_libraries")
+                .map(String::as_str),
+            Some("")
+        );
     }
 
     #[test]

@@ -24,6 +24,7 @@ mod postgres_run;
 mod prometheus_rules;
 mod restore_test;
 mod security_redaction;
+mod security_restore;
 mod services;
 mod storage;
 mod verify;
