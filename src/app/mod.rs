@@ -167,10 +167,14 @@ async fn prepare(
         wal::archive_parameters(site, &mut server.parameters)?;
         // Marks of an earlier run vouch for that run's repository: gone before postgres
         // can look for them.
-        let pg_wal = server.data_dir.join("pg_wal");
-        let owner = server.run_as.as_ref().map(|u| (u.uid, u.gid));
-        ArchivedMarks::reset(&pg_wal, owner)
-            .with_context(|| format!("prepare {}", pg_wal.join(MARKS_DIR).display()))?;
+        let marks = site.archived_marks()?;
+        ArchivedMarks::reset(&marks.dir, marks.runtime)
+            .with_context(|| format!("prepare {}", marks.dir.display()))?;
+        if marks.runtime {
+            // Where marks were before they moved out of the server user's reach: whatever
+            // is there now is no mark of this daemon's. (Symlink-safe removal.)
+            let _ = std::fs::remove_dir_all(server.data_dir.join("pg_wal").join(MARKS_DIR));
+        }
     }
     Ok(Prepared::Server(server))
 }

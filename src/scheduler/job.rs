@@ -410,12 +410,20 @@ impl Job {
         }
     }
 
-    /// `pgward jobs run`: starts a run now and waits for its end.
+    /// `pgward jobs run`: starts a run now and waits for its end. A disabled job never runs,
+    /// on schedule or by hand.
     pub(super) async fn run_now(
         self: Arc<Self>,
         live: mpsc::UnboundedSender<OutputLine>,
         cancel: CancellationToken,
     ) -> Result<RunSummary, String> {
+        if !self.config.enabled {
+            return Err(format!(
+                "job {} is disabled\nHINT: set enabled: true in its config (and restart \
+                 pgward) to run it",
+                self.config.name
+            ));
+        }
         let done = self.start(Trigger::Manual, Some(live), cancel);
         done.await
             .unwrap_or_else(|_| Err("the run ended without a result".into()))

@@ -23,6 +23,7 @@ mod pid1;
 mod postgres_run;
 mod prometheus_rules;
 mod restore_test;
+mod security_socket;
 mod services;
 mod storage;
 mod verify;
