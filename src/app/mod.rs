@@ -168,8 +168,16 @@ async fn prepare(
         // Marks of an earlier run vouch for that run's repository: gone before postgres
         // can look for them.
         let marks = site.archived_marks()?;
-        ArchivedMarks::reset(&marks.dir, marks.runtime)
-            .with_context(|| format!("prepare {}", marks.dir.display()))?;
+        match ArchivedMarks::reset(&marks.dir, marks.runtime) {
+            Ok(_) => {}
+            // A runtime directory that cannot be made (a read-only root filesystem) costs
+            // only the shortcut: archive_command's `test -f` finds nothing there.
+            Err(e) if marks.runtime => tracing::warn!(
+                "cannot prepare the archived marks in {}: {e}; every wal-push asks the daemon",
+                marks.dir.display()
+            ),
+            Err(e) => return Err(e).with_context(|| format!("prepare {}", marks.dir.display())),
+        }
         if marks.runtime {
             // Where marks were before they moved out of the server user's reach: whatever
             // is there now is no mark of this daemon's. (Symlink-safe removal.)
