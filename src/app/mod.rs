@@ -69,10 +69,17 @@ pub async fn run(
         Prepared::Stopped(code) => return Ok(code),
     };
     let (critical, mut failures) = Critical::new();
+    let marks = site.archived_marks().ok().filter(|marks| marks.runtime);
     let mut daemon = Daemon::start(site, server, exporter, &critical).await?;
     daemon.log_when_ready(started);
     let stop = daemon.wait(&mut signals, &mut failures).await;
-    Ok(daemon.shut_down(stop, signals).await)
+    let code = daemon.shut_down(stop, signals).await;
+    if let Some(marks) = marks {
+        // postgres has stopped: nobody looks for marks until the next start empties the
+        // directory anyway, and /run stays tidy.
+        let _ = std::fs::remove_dir_all(&marks.dir);
+    }
+    Ok(code)
 }
 
 /// The exporter's parts, bound before postgres starts.
