@@ -150,6 +150,10 @@ impl Handler for DaemonHandler {
             let _ = tx.send(caller.refuse_untrusted("job_run"));
             return Some(rx);
         }
+        if let Some(why) = self.scheduler.refusal(name) {
+            let _ = tx.send(caller.refuse("job_run", &why));
+            return Some(rx);
+        }
         let (lines_tx, mut lines) = mpsc::unbounded_channel();
         let scheduler = self.scheduler.clone();
         let name = name.clone();

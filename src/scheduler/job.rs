@@ -410,6 +410,11 @@ impl Job {
         }
     }
 
+    /// `enabled` in its config.
+    pub(super) fn enabled(&self) -> bool {
+        self.config.enabled
+    }
+
     /// `pgward jobs run`: starts a run now and waits for its end. A disabled job never runs,
     /// on schedule or by hand.
     pub(super) async fn run_now(
@@ -418,11 +423,7 @@ impl Job {
         cancel: CancellationToken,
     ) -> Result<RunSummary, String> {
         if !self.config.enabled {
-            return Err(format!(
-                "job {} is disabled\nHINT: set enabled: true in its config (and restart \
-                 pgward) to run it",
-                self.config.name
-            ));
+            return Err(disabled(&self.config.name));
         }
         let done = self.start(Trigger::Manual, Some(live), cancel);
         done.await
@@ -794,4 +795,9 @@ struct Tried {
 enum ActionEnd {
     Done(Result<String, String>),
     TimedOut(Duration),
+}
+
+/// The refusal of a run of the disabled job `name`.
+pub(super) fn disabled(name: &str) -> String {
+    format!("job {name} is disabled\nHINT: set enabled: true in its config (and restart pgward) to run it")
 }

@@ -254,6 +254,13 @@ async fn jobs_run_only_for_root_and_never_when_disabled() {
     let (code, _, err) = pgward_with(&config, &["jobs", "run", "off"]);
     assert_ne!(code, 0);
     assert!(err.contains("job off is disabled"), "{err}");
+    let output = pgward.output();
+    assert!(
+        output.lines().any(|l| l.contains("WARN")
+            && l.contains("refused job_run from uid 0")
+            && l.contains("job off is disabled")),
+        "no WARN refusal of root's run of a disabled job in:\n{output}"
+    );
     assert_eq!(
         files_under(&ran),
         Vec::<PathBuf>::new(),
