@@ -14,7 +14,8 @@
 #   CLIENTS, JOBS   pgbench -c / -j (default 4 / 2)
 #   PGWARD_BIN      pgward binary (default target/release/pgward, built when missing for c)
 #   ARCHIVE_CMD_PGWARD  archive_command for c (default: what pgward sets, test -f
-#                   pg_wal/pgward.archived/%f || PGWARD_BIN --config CONF wal-push %p)
+#                   MARKS/%f || PGWARD_BIN --config CONF wal-push %p, with MARKS the daemon's
+#                   marks directory, $PGWARD_ARCHIVED_MARKS in postgres's environment)
 #   PGWARD_LOG_LEVEL  pgward's log filter for c, e.g. pgward::wal=debug (default info; log kept with KEEP=1)
 #   DRAIN_TIMEOUT   seconds to wait for the .ready backlog to drain (default 600)
 #   KEEP=1          keep the temporary directory (its path is printed)
@@ -357,8 +358,10 @@ run_c() {
     local d=$tmp/c port pid cmd
     prepare c
     port=$(free_port)
-    # What pgward sets itself: its mark first (a shell built-in), then wal-push.
-    cmd=${ARCHIVE_CMD_PGWARD:-test -f pg_wal/pgward.archived/%f || $pgward_bin --config $d/pgward.yaml wal-push %p}
+    # What pgward sets itself: its mark first (a shell built-in), then wal-push. pgward writes
+    # the marks directory's path into the command it sets; this wrapped one reads it from the
+    # environment pgward gives postgres.
+    cmd=${ARCHIVE_CMD_PGWARD:-test -f \$PGWARD_ARCHIVED_MARKS/%f || $pgward_bin --config $d/pgward.yaml wal-push %p}
     mkdir -p "$d/repo"
     cat >"$d/pgward.yaml" <<YAML
 postgres:

@@ -211,8 +211,9 @@ pub enum ConfigCommand {
 }
 
 /// The path of `pgward [--config FILE] wal-push PATH`, recognised without building the command
-/// tree: postgres runs this once per WAL segment, and the call is often answered by one
-/// `unlink` (see `wal::archived_marks`). Any other shape is `None` and goes through clap.
+/// tree: postgres runs this once per WAL segment, and the call is often answered by one look
+/// at the daemon's mark (see `wal::archived_marks`). Any other shape is `None` and goes
+/// through clap.
 pub fn plain_wal_push_path(args: impl IntoIterator<Item = OsString>) -> Option<PathBuf> {
     let mut args = args.into_iter().skip(1);
     loop {

@@ -1,9 +1,17 @@
 //! Durable local writes. A rename is only durable once the directory holding it is fsynced,
 //! and a file's content only once the file is; one helper so no caller forgets either.
+//!
+//! And [`Dir`]: a directory held open, for work in a directory another user can write (the
+//! daemon, as root, in the server's `pg_wal`), where a path looked up twice may lead to two
+//! places and a symlink may stand where a file was expected.
 
 use std::fs;
-use std::io::Write;
-use std::path::Path;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::Mode;
 
 use anyhow::{Context, Result};
 
@@ -78,6 +86,184 @@ impl Write for AtomicFile {
     }
 }
 
+/// A directory held open: every name is looked up in it (`openat(2)`, `renameat(2)`), so the
+/// directory cannot be swapped between two calls, and a symlink in the place of a name is
+/// never followed (`O_NOFOLLOW`; a rename replaces the link itself). Names are single path
+/// components.
+#[derive(Debug)]
+pub struct Dir {
+    dir: fs::File,
+    path: PathBuf,
+}
+
+impl Dir {
+    /// Opens the directory at `path`. A symlink at `path` itself is followed, like any path
+    /// given in the config (`pg_wal` is one after `initdb --waldir`): check what was opened
+    /// with [`Dir::metadata`].
+    pub fn open(path: &Path) -> io::Result<Dir> {
+        let fd = nix::fcntl::open(
+            path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(Dir {
+            dir: owned(fd),
+            path: path.to_owned(),
+        })
+    }
+
+    /// Opens the directory `name` in this one, not through a symlink.
+    pub fn open_dir(&self, name: &str) -> io::Result<Dir> {
+        let fd = nix::fcntl::openat(
+            Some(self.fd()),
+            component(name)?,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(Dir {
+            dir: owned(fd),
+            path: self.path.join(name),
+        })
+    }
+
+    /// The path it was opened by (for messages; it may lead elsewhere by now).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What was opened (`fstat`).
+    pub fn metadata(&self) -> io::Result<fs::Metadata> {
+        self.dir.metadata()
+    }
+
+    /// Opens the file `name` for reading. A symlink there fails with
+    /// [`io::ErrorKind::FilesystemLoop`] (`ELOOP`); a FIFO or device is opened without
+    /// blocking, for the caller to refuse after a look at its metadata.
+    pub fn open_file(&self, name: &str) -> io::Result<fs::File> {
+        let fd = nix::fcntl::openat(
+            Some(self.fd()),
+            component(name)?,
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(owned(fd))
+    }
+
+    /// Creates a new file named `prefix` and a random suffix, mode 0600, for writing: never
+    /// an existing name, nor through a symlink (`O_EXCL`). Its name and the file.
+    pub fn create_temp(&self, prefix: &str) -> io::Result<(String, fs::File)> {
+        loop {
+            let name = format!("{prefix}{:016x}", fastrand::u64(..));
+            match nix::fcntl::openat(
+                Some(self.fd()),
+                component(&name)?,
+                OFlag::O_RDWR
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o600),
+            ) {
+                Ok(fd) => return Ok((name, owned(fd))),
+                Err(nix::errno::Errno::EEXIST) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Renames `from` in this directory to `to` in `dest`, replacing what `to` names there
+    /// (a symlink is replaced, not followed). Not durable until [`Dir::sync`].
+    pub fn rename(&self, from: &str, dest: &Dir, to: &str) -> io::Result<()> {
+        nix::fcntl::renameat(
+            Some(self.fd()),
+            component(from)?,
+            Some(dest.fd()),
+            component(to)?,
+        )?;
+        Ok(())
+    }
+
+    /// Removes the file (or symlink) `name`.
+    pub fn remove_file(&self, name: &str) -> io::Result<()> {
+        nix::unistd::unlinkat(
+            Some(self.fd()),
+            component(name)?,
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        )?;
+        Ok(())
+    }
+
+    /// Creates the directory `name` with `mode` (less the umask).
+    pub fn create_dir(&self, name: &str, mode: u32) -> io::Result<()> {
+        nix::sys::stat::mkdirat(
+            Some(self.fd()),
+            component(name)?,
+            Mode::from_bits_truncate(mode),
+        )?;
+        Ok(())
+    }
+
+    /// Whether something (a symlink included) is named `name` here.
+    pub fn contains(&self, name: &str) -> bool {
+        component(name).is_ok_and(|name| {
+            nix::sys::stat::fstatat(Some(self.fd()), name, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok()
+        })
+    }
+
+    /// The names in it (`.` and `..` left out; names that are not UTF-8 too).
+    pub fn file_names(&self) -> io::Result<Vec<String>> {
+        let mut listing = nix::dir::Dir::openat(
+            Some(self.fd()),
+            ".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        let mut names = Vec::new();
+        for entry in listing.iter() {
+            let entry = entry?;
+            match entry.file_name().to_str() {
+                Ok("." | "..") | Err(_) => {}
+                Ok(name) => names.push(name.to_owned()),
+            }
+        }
+        Ok(names)
+    }
+
+    /// The same directory on a second descriptor (for a blocking thread).
+    pub fn try_clone(&self) -> io::Result<Dir> {
+        Ok(Dir {
+            dir: self.dir.try_clone()?,
+            path: self.path.clone(),
+        })
+    }
+
+    /// fsync: makes renames and creations in it durable.
+    pub fn sync(&self) -> io::Result<()> {
+        self.dir.sync_all()
+    }
+
+    fn fd(&self) -> std::os::fd::RawFd {
+        self.dir.as_raw_fd()
+    }
+}
+
+/// `name` if it is one path component, else an error (a name with `/`, `.`, `..`, empty).
+fn component(name: &str) -> io::Result<&str> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{name:?} is not a file name"),
+        ));
+    }
+    Ok(name)
+}
+
+/// Takes ownership of a descriptor `open(2)` just returned.
+fn owned(fd: std::os::fd::RawFd) -> fs::File {
+    // SAFETY: `fd` was just returned by a successful open and is owned by nobody else.
+    fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +288,49 @@ mod tests {
         file.commit().expect("commit");
         assert_eq!(fs::read(&path).expect("read"), b"new content");
         assert_eq!(fs::read_dir(dir.path()).expect("list").count(), 1);
+    }
+}
+
+#[cfg(test)]
+mod dir_tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn a_held_directory_never_follows_a_symlink_in_place_of_a_name() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let outside = tmp.path().join("outside");
+        fs::write(&outside, b"root's own").expect("write");
+        let inside = tmp.path().join("inside");
+        fs::create_dir(&inside).expect("mkdir");
+        symlink(&outside, inside.join("link")).expect("symlink");
+        symlink(tmp.path(), inside.join("dirlink")).expect("symlink");
+        let dir = Dir::open(&inside).expect("open");
+
+        let e = dir.open_file("link").expect_err("a symlink is not opened");
+        assert_eq!(e.raw_os_error(), Some(libc::ELOOP));
+        assert!(dir.open_dir("dirlink").is_err());
+        assert!(dir.open_file("../outside").is_err());
+        assert!(dir.open_file("..").is_err());
+
+        // A rename onto the symlink replaces the link; its target keeps its content.
+        let (tmp_name, mut file) = dir.create_temp("t.").expect("temp");
+        file.write_all(b"fetched").expect("write");
+        dir.rename(&tmp_name, &dir, "link").expect("rename");
+        assert_eq!(fs::read(&outside).expect("read"), b"root's own");
+        let mut content = String::new();
+        dir.open_file("link")
+            .expect("a file now")
+            .read_to_string(&mut content)
+            .expect("read");
+        assert_eq!(content, "fetched");
+        assert!(dir.contains("dirlink"));
+        let mut names = dir.file_names().expect("list");
+        names.sort();
+        assert_eq!(names, ["dirlink", "link"]);
+        dir.remove_file("dirlink").expect("remove");
+        assert!(!dir.contains("dirlink"));
+        assert!(tmp.path().exists());
     }
 }

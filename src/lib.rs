@@ -4,7 +4,8 @@
 //! Floors, each importing only from the floors below it (and its own):
 //!
 //! **Ground** (leaves; import nothing above them, not even `config`):
-//! - [`fsutil`]: durable local writes (temp file, fsync, rename, fsync dir).
+//! - [`fsutil`]: durable local writes (temp file, fsync, rename, fsync dir); a directory held
+//!   open, whose names are never followed as symlinks (for work in another user's directory).
 //! - [`init`]: PID-1 duties off the async runtime: signal thread, the one reaper, subreaper.
 //! - [`logging`]: pgward's own log records, and their format.
 //! - [`secret`]: values never printed (passwords, keys), for every floor.
@@ -24,7 +25,7 @@
 //!
 //! **Domain** (compose the ground floor and `config`; never `site`, `cmd` or `app`):
 //! - [`wal`]: archiving one WAL file, the daemon's archiver (look-ahead, staging, marks) and
-//!   fetcher (prefetch spool).
+//!   fetcher (prefetch spool), and what they may read and write in `pg_wal` for a client.
 //! - [`backup`]: taking backups, the catalogue, manifests, verify, retention and expire.
 //! - [`restore`]: a backup back into a data directory, with recovery settings (PITR).
 //! - [`restore_test`]: a backup restored, recovered and queried in a scratch directory.
@@ -32,7 +33,8 @@
 //! - [`supervisor`]: a pure state machine per service, its executor, ordered start and stop.
 //! - [`scheduler`]: cron jobs, their policies, state and reports; the built-in actions come
 //!   in from the wiring (`scheduler::Actions`).
-//! - [`control`]: the unix-socket protocol between the CLI's clients and the daemon.
+//! - [`control`]: the unix-socket protocol between the CLI's clients and the daemon, and who
+//!   is asking (the caller's uid, from `SO_PEERCRED`).
 //! - [`metrics`]: the exporter (postgres's and pgward's metrics) and its HTTP endpoints.
 //!
 //! **Site**: [`site`]: the cluster's opened handles, built once per process from the config

@@ -29,7 +29,8 @@ use crate::repo::{Repo, RepoMeta, RetryPolicy};
 use crate::restore::target::{RecoverySettings, RecoveryTarget, TargetAction};
 use crate::restore::RestoreOptions;
 use crate::restore_test::{self, RestoreTestReport};
-use crate::wal::archived_marks::MARKS_DIR;
+use crate::wal::archived_marks::{self, MARKS_DIR, MARKS_ENV};
+use crate::wal::archiver::MarksAt;
 use crate::wal::fetch::Fetcher;
 use crate::wal::push::PushContext;
 
@@ -180,12 +181,34 @@ impl Site {
         Ok(command)
     }
 
+    /// Where the daemon leaves its archived marks (see `wal::archived_marks`): when running
+    /// as root, in a directory of its own that the server's user cannot write; else in
+    /// `pg_wal`.
+    pub fn archived_marks(&self) -> Result<MarksAt> {
+        Ok(match self.run_as()? {
+            Some(_) => MarksAt {
+                dir: archived_marks::runtime_marks_dir(self.data_dir()),
+                runtime: true,
+            },
+            None => MarksAt {
+                dir: self.data_dir().join("pg_wal").join(MARKS_DIR),
+                runtime: false,
+            },
+        })
+    }
+
     /// `archive_command`: this binary's `wal-push`, after a look for the daemon's mark of the
     /// file (see `wal::archived_marks`) with the shell's built-in `test`: a segment the daemon
     /// archived before postgres asked then costs postgres no process beyond its shell.
     pub fn archive_command(&self) -> Result<String> {
+        let marks = self.archived_marks()?;
+        let marks = match marks.runtime {
+            true => shell_quote(&marks.dir.to_string_lossy()),
+            // Relative to the data directory, postgres's working directory.
+            false => format!("pg_wal/{MARKS_DIR}"),
+        };
         Ok(format!(
-            "test -f pg_wal/{MARKS_DIR}/%f || {} wal-push %p",
+            "test -f {marks}/%f || {} wal-push %p",
             self.pgward_invocation()?
         ))
     }
@@ -207,6 +230,9 @@ impl Site {
             Child::Postgres => {
                 env.set(SOCKET_ENV, &self.config.control.socket);
                 env.set(crate::logging::FORMAT_ENV, log_format);
+                if let Ok(marks) = self.archived_marks() {
+                    env.set(MARKS_ENV, &marks.dir);
+                }
             }
             Child::ThrowawayServer { control_socket } => {
                 env.set(SOCKET_ENV, control_socket);

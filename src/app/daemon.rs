@@ -11,7 +11,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::mpsc;
 
 use super::wal::{WalServices, WalSlot};
-use crate::control::server::{Answer, Handler};
+use crate::control::server::{Answer, Caller, Handler};
 use crate::control::{Phase, RecoveryStatus, Request, Response, Status};
 use crate::metrics::pgward as pgward_metrics;
 use crate::metrics::pgward::Watchers;
@@ -21,6 +21,7 @@ use crate::postgres::ready::{self, Target};
 use crate::scheduler::Scheduler;
 use crate::supervisor::{UnitState, View, POSTGRES};
 use crate::wal::fetch::Fetched;
+use crate::wal::pg_wal::Scope;
 
 pub(super) struct DaemonHandler {
     pub(super) view: View,
@@ -124,12 +125,35 @@ impl From<WalUnavailable> for Response {
     }
 }
 
+/// What a caller may name for the daemon to read or write: anything for root and pgward's
+/// own user, only the cluster's `pg_wal` for the server's user (see `wal::pg_wal`).
+fn scope(caller: &Caller) -> Scope {
+    match caller.is_trusted() {
+        true => Scope::Anywhere,
+        false => Scope::PgWal,
+    }
+}
+
 impl Handler for DaemonHandler {
-    fn stream(&self, request: &Request) -> Option<mpsc::UnboundedReceiver<Response>> {
+    fn stream(
+        &self,
+        caller: Caller,
+        request: &Request,
+    ) -> Option<mpsc::UnboundedReceiver<Response>> {
         let Request::JobRun { name } = request else {
             return None;
         };
         let (tx, rx) = mpsc::unbounded_channel();
+        // A job acts (as root, with the repository's credentials): only for those who could
+        // run it themselves.
+        if !caller.is_trusted() {
+            let _ = tx.send(caller.refuse_untrusted("job_run"));
+            return Some(rx);
+        }
+        if let Some(why) = self.scheduler.refusal(name) {
+            let _ = tx.send(caller.refuse("job_run", &why));
+            return Some(rx);
+        }
         let (lines_tx, mut lines) = mpsc::unbounded_channel();
         let scheduler = self.scheduler.clone();
         let name = name.clone();
@@ -152,24 +176,30 @@ impl Handler for DaemonHandler {
         Some(rx)
     }
 
-    fn handle(&self, request: Request) -> Answer<'_> {
+    fn handle(&self, caller: Caller, request: Request) -> Answer<'_> {
         Box::pin(async move {
             match request {
                 Request::WalPush { path } => match self.wal() {
-                    Ok(wal) => match wal.archiver.push(&path).await {
-                        Ok(outcome) => Response::WalPushed { outcome },
-                        Err(message) => Response::Error { message },
+                    Ok(wal) => match wal.archiver.open(&path, scope(&caller)) {
+                        Ok(file) => match wal.archiver.push(file).await {
+                            Ok(outcome) => Response::WalPushed { outcome },
+                            Err(message) => Response::Error { message },
+                        },
+                        Err(refused) => caller.refuse("wal_push", &refused.0),
                     },
                     Err(why) => why.into(),
                 },
                 Request::WalFetch { name, dest } => match self.wal() {
-                    Ok(wal) => match wal.fetcher.fetch(&name, &dest).await {
-                        Ok(fetched) => Response::WalFetched {
-                            found: fetched == Fetched::Found,
+                    Ok(wal) => match wal.fetcher.destination(&dest, scope(&caller)) {
+                        Ok(dest) => match wal.fetcher.fetch(&name, &dest).await {
+                            Ok(fetched) => Response::WalFetched {
+                                found: fetched == Fetched::Found,
+                            },
+                            Err(e) => Response::Error {
+                                message: format!("{e:#}"),
+                            },
                         },
-                        Err(e) => Response::Error {
-                            message: format!("{e:#}"),
-                        },
+                        Err(refused) => caller.refuse("wal_fetch", &refused.0),
                     },
                     Err(why) => why.into(),
                 },

@@ -69,10 +69,17 @@ pub async fn run(
         Prepared::Stopped(code) => return Ok(code),
     };
     let (critical, mut failures) = Critical::new();
+    let marks = site.archived_marks().ok().filter(|marks| marks.runtime);
     let mut daemon = Daemon::start(site, server, exporter, &critical).await?;
     daemon.log_when_ready(started);
     let stop = daemon.wait(&mut signals, &mut failures).await;
-    Ok(daemon.shut_down(stop, signals).await)
+    let code = daemon.shut_down(stop, signals).await;
+    if let Some(marks) = marks {
+        // postgres has stopped: nobody looks for marks until the next start empties the
+        // directory anyway, and /run stays tidy.
+        let _ = std::fs::remove_dir_all(&marks.dir);
+    }
+    Ok(code)
 }
 
 /// The exporter's parts, bound before postgres starts.
@@ -167,10 +174,22 @@ async fn prepare(
         wal::archive_parameters(site, &mut server.parameters)?;
         // Marks of an earlier run vouch for that run's repository: gone before postgres
         // can look for them.
-        let pg_wal = server.data_dir.join("pg_wal");
-        let owner = server.run_as.as_ref().map(|u| (u.uid, u.gid));
-        ArchivedMarks::reset(&pg_wal, owner)
-            .with_context(|| format!("prepare {}", pg_wal.join(MARKS_DIR).display()))?;
+        let marks = site.archived_marks()?;
+        match ArchivedMarks::reset(&marks.dir, marks.runtime) {
+            Ok(_) => {}
+            // A runtime directory that cannot be made (a read-only root filesystem) costs
+            // only the shortcut: archive_command's `test -f` finds nothing there.
+            Err(e) if marks.runtime => tracing::warn!(
+                "cannot prepare the archived marks in {}: {e}; every wal-push asks the daemon",
+                marks.dir.display()
+            ),
+            Err(e) => return Err(e).with_context(|| format!("prepare {}", marks.dir.display())),
+        }
+        if marks.runtime {
+            // Where marks were before they moved out of the server user's reach: whatever
+            // is there now is no mark of this daemon's. (Symlink-safe removal.)
+            let _ = std::fs::remove_dir_all(server.data_dir.join("pg_wal").join(MARKS_DIR));
+        }
     }
     Ok(Prepared::Server(server))
 }

@@ -93,6 +93,7 @@ async fn open(site: &Site, cancel: &CancellationToken, critical: &Critical) -> R
         stage: wal.stage,
         owner: site.run_as()?.map(|u| (u.uid, u.gid)),
     };
-    let archiver = Archiver::start(ctx, data_dir, options, cancel.clone(), critical);
+    let marks = site.archived_marks()?;
+    let archiver = Archiver::start(ctx, data_dir, options, &marks, cancel.clone(), critical);
     Ok(WalServices { archiver, fetcher })
 }

@@ -15,6 +15,7 @@ use crate::control::{client, Request, Response, SOCKET_ENV};
 use crate::site::Site;
 use crate::wal;
 use crate::wal::fetch::Fetched;
+use crate::wal::pg_wal::{Scope, WalFile};
 use crate::wal::push::Pushed;
 
 /// How long a client waits for the daemon to archive or fetch one file: uploads retry inside,
@@ -73,7 +74,8 @@ async fn push_file(site: &mut LazySite, path: &Path) -> Result<i32> {
     }
     // No daemon (manual use), or one that leaves archiving to its clients: do it here.
     let ctx = site.get()?.push_context().await?;
-    let outcome = ctx.push(&path, &CancellationToken::new()).await?;
+    let file = WalFile::open(&path).map_err(|refused| anyhow::anyhow!("{refused}"))?;
+    let outcome = ctx.push(&file, &CancellationToken::new()).await?;
     if outcome == Pushed::AlreadyArchived {
         tracing::info!(file = %path.display(), "already archived with identical content");
     }
@@ -87,12 +89,14 @@ async fn push_file(site: &mut LazySite, path: &Path) -> Result<i32> {
 ///
 /// The daemon may have archived the file already and left a mark (see `wal::archived_marks`):
 /// taking it is the whole call. Only a `wal-push` started by the daemon's postgres (the
-/// daemon's socket is in its environment) trusts marks: one run by hand may mean another
-/// repository.
+/// daemon's socket and marks directory are in its environment) trusts marks: one run by hand
+/// may mean another repository.
 pub fn push_quick(path: &Path) -> Option<()> {
     let socket = PathBuf::from(std::env::var_os(SOCKET_ENV)?);
-    if wal::archived_marks::take_mark(path) {
-        return Some(());
+    if let Some(marks) = std::env::var_os(wal::archived_marks::MARKS_ENV) {
+        if wal::archived_marks::take_mark(Path::new(&marks), path) {
+            return Some(());
+        }
     }
     let path = wal::push::absolute(path).ok()?;
     let request = Request::WalPush { path };
@@ -119,6 +123,10 @@ async fn fetch_file(site: &mut LazySite, name: &str, dest: &Path) -> Result<Fetc
         .get()?
         .cluster_fetcher(CancellationToken::new())
         .await?;
+    // This process writes with its own rights: wherever it was asked to.
+    let dest = fetcher
+        .destination(&dest, Scope::Anywhere)
+        .map_err(|refused| anyhow::anyhow!("{refused}"))?;
     let fetched = fetcher.fetch(name, &dest).await?;
     // Alone, this process is the only one that can fill the spool for the next requests.
     fetcher.settle().await;

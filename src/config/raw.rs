@@ -355,7 +355,7 @@ pub(crate) struct RawJob {
     #[serde(deserialize_with = "null_as_default")]
     #[schemars(with = "Option<RawFailsWhen>")]
     pub fails_when: RawFailsWhen,
-    /// `false`: never run on schedule, `pgward jobs run` still runs it. Default: `true`.
+    /// `false`: never run, on schedule or by `pgward jobs run`. Default: `true`.
     pub enabled: Option<Text>,
     /// A run missed while pgward was down runs once at start. Default: `false`.
     pub catch_up: Option<Text>,

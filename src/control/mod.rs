@@ -26,11 +26,13 @@ pub const SOCKET_ENV: &str = "PGWARD_CONTROL_SOCKET";
 #[serde(tag = "request", rename_all = "snake_case")]
 pub enum Request {
     Status,
-    /// Archive this WAL file (absolute path); answered once stored and verified.
+    /// Archive this WAL file (absolute path); answered once stored and verified. From the
+    /// server's user, only a WAL file directly in the cluster's `pg_wal` (see `wal::pg_wal`).
     WalPush {
         path: PathBuf,
     },
-    /// Fetch this WAL file name into `dest` (absolute path).
+    /// Fetch this WAL file name into `dest` (absolute path). For the server's user, `dest` is
+    /// directly in the cluster's `pg_wal`.
     WalFetch {
         name: String,
         dest: PathBuf,
@@ -38,7 +40,7 @@ pub enum Request {
     /// The jobs and what they did last.
     Jobs,
     /// Run this job now; answered with its output lines ([`Response::JobOutput`]), then
-    /// [`Response::JobDone`].
+    /// [`Response::JobDone`]. Only for root and pgward's own user.
     JobRun {
         name: String,
     },

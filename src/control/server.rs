@@ -1,4 +1,7 @@
-//! The daemon side of the control socket.
+//! The daemon side of the control socket, and who is asking: the socket is the server's
+//! user's (mode 0600, so its `wal-push` can reach it), and every database superuser can run
+//! programs as that user, so a request is weighed by the caller's uid ([`Caller`], from
+//! `SO_PEERCRED`), never by its words alone.
 
 use std::fs;
 use std::future::Future;
@@ -20,13 +23,72 @@ use crate::process::RunAs;
 /// The future of one answer.
 pub type Answer<'a> = Pin<Box<dyn Future<Output = Response> + Send + 'a>>;
 
+/// Who sent a request: the connected process's credentials, as the kernel reports them
+/// (`SO_PEERCRED`, taken when it connected).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: Option<i32>,
+}
+
+impl Caller {
+    /// Root or pgward's own user: may have the daemon act (run a job, name any path), since
+    /// the daemon can do nothing for them they cannot do themselves.
+    pub fn is_trusted(&self) -> bool {
+        self.uid == 0 || self.uid == nix::unistd::geteuid().as_raw()
+    }
+
+    /// Refuses `request` from this caller: logs why (WARN, with the uid) and answers it.
+    pub fn refuse(&self, request: &str, reason: &str) -> Response {
+        let pid = self.pid.map_or_else(|| "?".to_owned(), |p| p.to_string());
+        tracing::warn!(
+            uid = self.uid,
+            pid = %pid,
+            request,
+            "refused {request} from uid {} (pid {pid}): {reason}",
+            self.uid
+        );
+        Response::Error {
+            message: reason.to_owned(),
+        }
+    }
+
+    /// The refusal of a request that acts, from a caller that is neither root nor pgward's
+    /// own user.
+    pub fn refuse_untrusted(&self, request: &str) -> Response {
+        let me = nix::unistd::geteuid().as_raw();
+        let (only, hint) = match me {
+            0 => (
+                "root only".to_owned(),
+                "as root (`docker exec -u root ...`)".to_owned(),
+            ),
+            _ => (
+                format!("root and uid {me} only"),
+                format!("as uid {me}, pgward's user"),
+            ),
+        };
+        self.refuse(
+            request,
+            &format!(
+                "{request} is for {only}, not uid {}\nHINT: run the command {hint}",
+                self.uid
+            ),
+        )
+    }
+}
+
 /// Answers one request. Answers may take long (a WAL upload): each connection has its own task.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, request: Request) -> Answer<'_>;
+    fn handle(&self, caller: Caller, request: Request) -> Answer<'_>;
 
     /// For a request answered as it goes (`job_run`): the response lines, the last one
     /// final; `None` (the default) for requests answered once by [`Handler::handle`].
-    fn stream(&self, _request: &Request) -> Option<mpsc::UnboundedReceiver<Response>> {
+    fn stream(
+        &self,
+        _caller: Caller,
+        _request: &Request,
+    ) -> Option<mpsc::UnboundedReceiver<Response>> {
         None
     }
 }
@@ -120,6 +182,15 @@ impl Drop for ControlServer {
 }
 
 async fn answer(stream: UnixStream, handler: &dyn Handler) -> Result<()> {
+    // Who connected: without it, nothing is answered.
+    let credentials = stream
+        .peer_cred()
+        .context("read the caller's credentials")?;
+    let caller = Caller {
+        uid: credentials.uid(),
+        gid: credentials.gid(),
+        pid: credentials.pid(),
+    };
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     // A client that connects and says nothing must not hold a task forever.
@@ -139,14 +210,14 @@ async fn answer(stream: UnixStream, handler: &dyn Handler) -> Result<()> {
             return send(&mut write, &response).await;
         }
     };
-    if let Some(mut responses) = handler.stream(&request) {
+    if let Some(mut responses) = handler.stream(caller, &request) {
         // A client that goes away stops the stream here, not the work behind it.
         while let Some(response) = responses.recv().await {
             send(&mut write, &response).await?;
         }
         return Ok(());
     }
-    let response = handler.handle(request).await;
+    let response = handler.handle(caller, request).await;
     send(&mut write, &response).await
 }
 
@@ -168,8 +239,12 @@ mod tests {
     struct Nothing;
 
     impl Handler for Nothing {
-        fn handle(&self, _request: Request) -> Answer<'_> {
-            Box::pin(async { Response::NotServed })
+        fn handle(&self, caller: Caller, _request: Request) -> Answer<'_> {
+            Box::pin(async move {
+                Response::Error {
+                    message: format!("uid {}", caller.uid),
+                }
+            })
         }
     }
 
@@ -197,6 +272,57 @@ mod tests {
         assert!(message.ends_with(&format!("\n{VERSION_HINT}")), "{message}");
         cancel.cancel();
         serving.await.expect("the server stops");
+    }
+
+    #[tokio::test]
+    async fn the_handler_learns_who_asks_from_the_kernel() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("pgward.sock");
+        let server = ControlServer::bind(&socket, None).await.expect("bind");
+        let cancel = CancellationToken::new();
+        let serving = tokio::spawn(server.serve(Arc::new(Nothing), cancel.clone()));
+        let stream = UnixStream::connect(&socket).await.expect("connect");
+        let answer =
+            crate::control::client::exchange(stream, &Request::Status, Duration::from_secs(5))
+                .await
+                .expect("answer");
+        let Response::Error { message } = answer else {
+            panic!("{answer:?}");
+        };
+        assert_eq!(message, format!("uid {}", nix::unistd::geteuid().as_raw()));
+        cancel.cancel();
+        serving.await.expect("the server stops");
+    }
+
+    #[test]
+    fn only_root_and_pgward_itself_are_trusted_to_act() {
+        let me = nix::unistd::geteuid().as_raw();
+        let caller = |uid| Caller {
+            uid,
+            gid: 0,
+            pid: Some(42),
+        };
+        assert!(caller(0).is_trusted());
+        assert!(caller(me).is_trusted());
+        let stranger = if me == 0 { 101 } else { me + 1 };
+        assert!(!caller(stranger).is_trusted());
+        let Response::Error { message } = caller(stranger).refuse_untrusted("job_run") else {
+            panic!("not an error");
+        };
+        let (only, hint) = match me {
+            0 => (
+                "root only".to_owned(),
+                "as root (`docker exec -u root ...`)".to_owned(),
+            ),
+            _ => (
+                format!("root and uid {me} only"),
+                format!("as uid {me}, pgward's user"),
+            ),
+        };
+        assert_eq!(
+            message,
+            format!("job_run is for {only}, not uid {stranger}\nHINT: run the command {hint}")
+        );
     }
 
     #[test]

@@ -12,7 +12,8 @@ pub const INIT_INCOMPLETE_MARKER: &str = "pgward.init-incomplete";
 /// At the top of the data directory: the scheduler's memory of its jobs' past runs.
 pub const JOBS_STATE_FILE: &str = "pgward.jobs.json";
 
-/// Inside `pg_wal`: marks of the WAL files the daemon archived before postgres asked.
+/// Inside `pg_wal`: marks of the WAL files the daemon archived before postgres asked, when
+/// pgward runs as the server's user (as root it keeps them out of that user's reach).
 pub const ARCHIVED_MARKS_DIR: &str = "pgward.archived";
 
 /// pgward's files at the top of the data directory, which are not the cluster's: a backup

@@ -11,7 +11,6 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -266,12 +265,27 @@ pub fn check_segment_header(
 /// Reads and decodes the long page header of the WAL file at `path` (the first
 /// [`LONG_HEADER_SIZE`] bytes only). Blocking.
 pub fn read_segment_header(path: &Path) -> Result<SegmentHeader> {
-    let mut file = File::open(path).with_context(|| format!("open {}", path.display()))?;
-    let mut buf = Vec::with_capacity(LONG_HEADER_SIZE);
-    file.by_ref()
-        .take(LONG_HEADER_SIZE as u64)
-        .read_to_end(&mut buf)
-        .with_context(|| format!("read the header of {}", path.display()))?;
+    let file = File::open(path).with_context(|| format!("open {}", path.display()))?;
+    read_segment_header_of(&file, path)
+}
+
+/// [`read_segment_header`] of a file already open (named `path` in messages), by positioned
+/// reads: the file's offset is left as it was.
+pub fn read_segment_header_of(file: &File, path: &Path) -> Result<SegmentHeader> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; LONG_HEADER_SIZE];
+    let mut read = 0;
+    while read < buf.len() {
+        match file.read_at(&mut buf[read..], read as u64) {
+            Ok(0) => break,
+            Ok(n) => read += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("read the header of {}", path.display()))
+            }
+        }
+    }
+    buf.truncate(read);
     SegmentHeader::parse(&buf).with_context(|| format!("decode the header of {}", path.display()))
 }
 

@@ -38,6 +38,34 @@ impl Repo {
         Ok(true)
     }
 
+    /// Streams `key`, decoding and verifying it, into the start of the open file `dest`
+    /// (named `dest_name` in messages), and fsyncs it; the caller created `dest` (empty) and
+    /// puts it in place. `Ok(false)` when `key` is absent under every codec.
+    ///
+    /// Cancel safety: cancelling leaves `dest` partly written, for the caller to remove.
+    pub async fn get_into_file(
+        &self,
+        key: &str,
+        dest: std::fs::File,
+        dest_name: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<bool, RepoError> {
+        let Some(get) = self.open_object(key, cancel).await? else {
+            return Ok(false);
+        };
+        let (key_owned, name) = (key.to_owned(), dest_name.to_owned());
+        self.decode_stream(key, get, cancel, move |reader| {
+            let mut out = io::BufWriter::with_capacity(256 * 1024, dest);
+            frame::decode(reader, &mut out).map_err(|e| decode_error(&key_owned, &name, e))?;
+            let file = out
+                .into_inner()
+                .map_err(|e| RepoError::io(&name, e.into_error()))?;
+            file.sync_all().map_err(|e| RepoError::io(&name, e))
+        })
+        .await?;
+        Ok(true)
+    }
+
     /// Streams `key`, decoding and verifying it, into `ranges` of `dest` (positioned writes:
     /// other parts of the same file may be written at the same time). The content must fill
     /// the ranges exactly. `Ok(false)` when `key` is absent. The caller makes `dest` durable.

@@ -44,24 +44,41 @@ impl Repo {
         src: &Path,
         cancel: &CancellationToken,
     ) -> Result<PutOutcome, RepoError> {
-        let path = self.path(key, self.inner.codec)?;
-        if cancel.is_cancelled() {
-            return Err(RepoError::Cancelled);
-        }
-        if let Some(existing) = self.exists(key).await? {
-            let src_owned = src.to_owned();
-            let digest = blocking(move || {
-                let file =
-                    std::fs::File::open(&src_owned).map_err(|e| RepoError::io(&src_owned, e))?;
-                frame::digest(file).map_err(|e| RepoError::io(&src_owned, e))
-            })
-            .await?;
-            return compare(key, existing, digest.checksum);
-        }
         let file = {
             let src = src.to_owned();
             blocking(move || std::fs::File::open(&src).map_err(|e| RepoError::io(&src, e))).await?
         };
+        self.put_opened_create(key, &file, src, cancel).await
+    }
+
+    /// [`Repo::put_file_create`] of a file already open (named `src` in messages), read from
+    /// its start through a duplicate of the descriptor: what is stored is what was opened,
+    /// whatever its path names by now. Reads of the same descriptor must not overlap.
+    pub async fn put_opened_create(
+        &self,
+        key: &str,
+        src_file: &std::fs::File,
+        src: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<PutOutcome, RepoError> {
+        let path = self.path(key, self.inner.codec)?;
+        if cancel.is_cancelled() {
+            return Err(RepoError::Cancelled);
+        }
+        let rewound = || -> Result<std::fs::File, RepoError> {
+            use std::io::Seek;
+            let mut file = src_file.try_clone().map_err(|e| RepoError::io(src, e))?;
+            file.rewind().map_err(|e| RepoError::io(src, e))?;
+            Ok(file)
+        };
+        if let Some(existing) = self.exists(key).await? {
+            let (file, src_owned) = (rewound()?, src.to_owned());
+            let digest =
+                blocking(move || frame::digest(file).map_err(|e| RepoError::io(&src_owned, e)))
+                    .await?;
+            return compare(key, existing, digest.checksum);
+        }
+        let file = rewound()?;
         let outcome = self
             .upload(
                 key,

@@ -400,7 +400,7 @@ impl<'a> Test<'a> {
         )
         .in_step("start postgres")?;
         scratch
-            .serve_wal(fetcher, data_dir, self.resources.owner)
+            .serve_wal(fetcher, self.resources.owner)
             .await
             .in_step("start postgres")
     }

@@ -13,10 +13,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::server::Throwaway;
 use crate::config::StopConfig;
-use crate::control::server::{Answer, ControlServer, Handler};
+use crate::control::server::{Answer, Caller, ControlServer, Handler};
 use crate::control::{Request, Response};
 use crate::process::{self, RunAs};
 use crate::wal::fetch::{Fetched, Fetcher};
+use crate::wal::pg_wal::Scope;
 
 /// The scratch directory of one run and what runs in it; torn down at the end, or killed and
 /// removed on drop.
@@ -83,13 +84,11 @@ impl Scratch {
     pub(super) async fn serve_wal(
         &mut self,
         fetcher: Fetcher,
-        data_dir: &Path,
         owner: Option<&RunAs>,
     ) -> Result<()> {
         let server = ControlServer::bind(&self.socket(), owner).await?;
         let handler = Arc::new(WalOnly {
             fetcher: fetcher.clone(),
-            data_dir: data_dir.to_path_buf(),
         });
         let task = tokio::spawn(server.serve(handler, self.stop_serving.clone()));
         self.serving = Some((task, fetcher));
@@ -153,36 +152,33 @@ impl Drop for Scratch {
     }
 }
 
-/// Serves `wal-fetch` (into the scratch data directory only) and nothing else: the
-/// throwaway server must never archive.
+/// Serves `wal-fetch` and nothing else: the throwaway server must never archive. Whoever
+/// asks, the file goes directly into the scratch cluster's `pg_wal` (the fetcher's), as for
+/// the server's user on the daemon's socket (see `wal::pg_wal`).
 struct WalOnly {
     fetcher: Fetcher,
-    data_dir: PathBuf,
 }
 
 impl Handler for WalOnly {
-    fn handle(&self, request: Request) -> Answer<'_> {
+    fn handle(&self, caller: Caller, request: Request) -> Answer<'_> {
         Box::pin(async move {
             match request {
-                Request::WalFetch { name, dest } if dest.starts_with(&self.data_dir) => {
-                    match self.fetcher.fetch(&name, &dest).await {
-                        Ok(fetched) => Response::WalFetched {
-                            found: fetched == Fetched::Found,
+                Request::WalFetch { name, dest } => {
+                    match self.fetcher.destination(&dest, Scope::PgWal) {
+                        Ok(dest) => match self.fetcher.fetch(&name, &dest).await {
+                            Ok(fetched) => Response::WalFetched {
+                                found: fetched == Fetched::Found,
+                            },
+                            Err(e) => Response::Error {
+                                message: format!("{e:#}"),
+                            },
                         },
-                        Err(e) => Response::Error {
-                            message: format!("{e:#}"),
-                        },
+                        Err(refused) => caller.refuse("wal_fetch", &refused.0),
                     }
                 }
-                Request::WalFetch { dest, .. } => Response::Error {
-                    message: format!(
-                        "{} is outside the restore test's data directory",
-                        dest.display()
-                    ),
-                },
-                Request::WalPush { .. } => Response::Error {
-                    message: "a restore test's server never archives".into(),
-                },
+                Request::WalPush { .. } => {
+                    caller.refuse("wal_push", "a restore test's server never archives")
+                }
                 _ => Response::Error {
                     message: "this is a restore test's socket, not the daemon's".into(),
                 },

@@ -412,12 +412,21 @@ impl Job {
         }
     }
 
-    /// `pgward jobs run`: starts a run now and waits for its end.
+    /// `enabled` in its config.
+    pub(super) fn enabled(&self) -> bool {
+        self.config.enabled
+    }
+
+    /// `pgward jobs run`: starts a run now and waits for its end. A disabled job never runs,
+    /// on schedule or by hand.
     pub(super) async fn run_now(
         self: Arc<Self>,
         live: mpsc::UnboundedSender<OutputLine>,
         cancel: CancellationToken,
     ) -> Result<RunSummary, String> {
+        if !self.config.enabled {
+            return Err(disabled(&self.config.name));
+        }
         let done = self.start(Trigger::Manual, Some(live), cancel);
         done.await
             .unwrap_or_else(|_| Err("the run ended without a result".into()))
@@ -790,4 +799,9 @@ struct Tried {
 enum ActionEnd {
     Done(Result<String, String>),
     TimedOut(Duration),
+}
+
+/// The refusal of a run of the disabled job `name`.
+pub(super) fn disabled(name: &str) -> String {
+    format!("job {name} is disabled\nHINT: set enabled: true in its config (and restart pgward) to run it")
 }

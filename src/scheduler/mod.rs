@@ -228,6 +228,12 @@ impl Scheduler {
         self.jobs.values().map(|job| job.status()).collect()
     }
 
+    /// Why job `name` may not be run now at all (it is disabled), if so.
+    pub fn refusal(&self, name: &str) -> Option<String> {
+        let job = self.jobs.get(name)?;
+        (!job.enabled()).then(|| job::disabled(name))
+    }
+
     /// Runs job `name` now (its concurrency policy applies), sending its output to `live`;
     /// how it ended. `Err` when there is no such job or the policy refuses the run.
     pub async fn run_now(

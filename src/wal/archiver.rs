@@ -20,8 +20,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::archived_marks::{ArchivedMarks, MARKS_DIR};
-use super::push::{file_name, PushContext, Pushed};
+use super::archived_marks::ArchivedMarks;
+use super::pg_wal::{FileId, PgWal, Refused, Scope, WalFile};
+use super::push::{PushContext, Pushed};
 use super::ready_watch::watch_ready;
 use super::stage::SegmentStager;
 use crate::tasks::Critical;
@@ -31,7 +32,8 @@ const SCAN_INTERVAL: Duration = Duration::from_millis(50);
 /// A backlog above this many files is worth a warning (once a minute while it lasts).
 const BACKLOG_WARN: usize = 64;
 
-type Upload = Shared<BoxFuture<'static, Result<Pushed, String>>>;
+/// An upload's result: how it went, and which file went up (see [`FileId`]).
+type Upload = Shared<BoxFuture<'static, Result<(Pushed, FileId), String>>>;
 
 /// What `pgward status` shows of the archiver.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -63,8 +65,9 @@ pub struct ArchiverStatus {
 #[derive(Default)]
 struct State {
     in_flight: HashMap<String, Upload>,
-    /// Uploaded ahead of postgres's request, waiting to be acknowledged.
-    done: HashMap<String, Pushed>,
+    /// Uploaded ahead of postgres's request, waiting to be acknowledged; only a request for
+    /// the same file (not just the same name) is answered from here.
+    done: HashMap<String, (Pushed, FileId)>,
     /// Acknowledged to postgres, whose `.ready` may linger until it renames it to `.done`:
     /// the look-ahead must not upload those again.
     acked: HashSet<String>,
@@ -86,6 +89,14 @@ pub struct ArchiverOptions {
     pub owner: Option<(u32, u32)>,
 }
 
+/// Where the archiver leaves its marks for `wal-push` (see `wal::archived_marks`).
+#[derive(Debug, Clone)]
+pub struct MarksAt {
+    pub dir: PathBuf,
+    /// The directory's parent is pgward's runtime directory, made (or checked) here.
+    pub runtime: bool,
+}
+
 /// Cloneable handle to the running archiver.
 #[derive(Clone)]
 pub struct Archiver {
@@ -99,7 +110,8 @@ struct Inner {
     /// Where `wal-push` finds what was archived before it asked.
     marks: Option<ArchivedMarks>,
     status_dir: PathBuf,
-    wal_dir: PathBuf,
+    /// The files it archives, and the checks on them.
+    pg_wal: PgWal,
     permits: Semaphore,
     concurrency: usize,
     state: Mutex<State>,
@@ -116,6 +128,7 @@ impl Archiver {
         ctx: PushContext,
         data_dir: &Path,
         options: ArchiverOptions,
+        marks: &MarksAt,
         cancel: CancellationToken,
         critical: &Critical,
     ) -> Archiver {
@@ -126,11 +139,12 @@ impl Archiver {
         } = options;
         let wal_dir = data_dir.join("pg_wal");
         let cancel_watch = cancel.clone();
-        let marks = ArchivedMarks::reset(&wal_dir, owner)
+        let marks = ArchivedMarks::reset(&marks.dir, marks.runtime)
             .inspect_err(|e| {
                 tracing::warn!(
-                    "cannot prepare {}/{MARKS_DIR} ({e}); every wal-push asks the daemon",
-                    wal_dir.display()
+                    "cannot prepare the archived marks in {}: {e:#}; every wal-push asks the \
+                     daemon",
+                    marks.dir.display()
                 )
             })
             .ok();
@@ -153,7 +167,7 @@ impl Archiver {
                 stager,
                 marks,
                 status_dir: data_dir.join("pg_wal/archive_status"),
-                wal_dir,
+                pg_wal: PgWal::new(wal_dir, owner),
                 permits: Semaphore::new(concurrency.max(1)),
                 concurrency: concurrency.max(1),
                 state: Mutex::new(State::default()),
@@ -182,27 +196,39 @@ impl Archiver {
         archiver
     }
 
-    /// Archives `path` for postgres: answers from a finished look-ahead upload, waits for one in
-    /// flight, or uploads now.
-    pub async fn push(&self, path: &Path) -> Result<Pushed, String> {
-        let name = file_name(path).map_err(|e| format!("{e:#}"))?;
+    /// Opens the WAL file at `path` for a client's `wal-push`, within `scope` (see
+    /// `wal::pg_wal`): what [`Archiver::push`] then archives.
+    pub fn open(&self, path: &Path, scope: Scope) -> Result<WalFile, Refused> {
+        self.inner.pg_wal.open_wal_file(path, scope)
+    }
+
+    /// Archives `wal` for postgres: answers from a finished look-ahead upload of the same
+    /// file, waits for one in flight, or uploads now.
+    pub async fn push(&self, wal: WalFile) -> Result<Pushed, String> {
+        let (name, id) = (wal.name.clone(), wal.id);
+        let wal = Arc::new(wal);
         // Postgres asking means more files may be ready: start on those while this one goes up.
         self.inner.wake.notify_one();
         // A look-ahead upload that failed is retried once here before postgres hears of it.
-        let mut last_error = String::new();
-        for _ in 0..2 {
+        let mut failures = 0;
+        loop {
             let upload = {
                 let mut state = self.lock();
-                if let Some(outcome) = state.done.remove(&name) {
-                    tracing::debug!(file = %name, "answered from the look-ahead");
-                    self.unmark(&name);
-                    state.acked.insert(name);
-                    state.status.answered_ahead_total += 1;
-                    return Ok(outcome);
+                match state.done.remove(&name) {
+                    Some((outcome, archived)) if archived == id => {
+                        tracing::debug!(file = %name, "answered from the look-ahead");
+                        self.unmark(&name);
+                        state.acked.insert(name);
+                        state.status.answered_ahead_total += 1;
+                        return Ok(outcome);
+                    }
+                    // Another file of that name went up ahead: it vouches for nothing here.
+                    Some(_) => self.unmark(&name),
+                    None => {}
                 }
                 match state.in_flight.get(&name) {
                     Some(upload) => upload.clone(),
-                    None => self.start_upload(&mut state, name.clone(), path.to_path_buf()),
+                    None => self.start_upload(&mut state, name.clone(), Some(wal.clone())),
                 }
             };
             let asked = Instant::now();
@@ -212,23 +238,32 @@ impl Archiver {
                 waited_ms = asked.elapsed().as_secs_f64() * 1e3,
                 "answered after the upload"
             );
-            {
-                // The upload task records results in `done`; this request consumes it.
-                self.unmark(&name);
-                let mut state = self.lock();
-                state.done.remove(&name);
-                if result.is_ok() {
-                    state.acked.insert(name.clone());
+            match result {
+                Ok((outcome, archived)) if archived == id => {
+                    // The upload task records results in `done`; this request consumes it.
+                    self.unmark(&name);
+                    {
+                        let mut state = self.lock();
+                        state.done.remove(&name);
+                        state.acked.insert(name.clone());
+                    }
+                    self.inner.wake.notify_one();
+                    return Ok(outcome);
+                }
+                // That upload was of another file of this name: now this one.
+                Ok(_) => {}
+                Err(e) if self.inner.cancel.is_cancelled() => return Err(e),
+                Err(e) => {
+                    self.unmark(&name);
+                    self.lock().done.remove(&name);
+                    self.inner.wake.notify_one();
+                    failures += 1;
+                    if failures == 2 {
+                        return Err(e);
+                    }
                 }
             }
-            self.inner.wake.notify_one();
-            match result {
-                Ok(outcome) => return Ok(outcome),
-                Err(e) if self.inner.cancel.is_cancelled() => return Err(e),
-                Err(e) => last_error = e,
-            }
         }
-        Err(last_error)
     }
 
     /// Counters and the backlog (a directory scan, on a blocking thread).
@@ -257,12 +292,12 @@ impl Archiver {
     }
 
     /// Archives one file: from its stage when the stager has one, else whole.
-    async fn push_one(&self, name: &str, path: &Path) -> anyhow::Result<Pushed> {
-        let cancel = &self.inner.cancel;
+    async fn push_one(&self, wal: &WalFile) -> anyhow::Result<Pushed> {
+        let (cancel, name) = (&self.inner.cancel, wal.name.as_str());
         let Some(stager) = &self.inner.stager else {
-            return self.inner.ctx.push(path, cancel).await;
+            return self.inner.ctx.push(wal, cancel).await;
         };
-        match self.inner.ctx.push_staged(stager, path, cancel).await {
+        match self.inner.ctx.push_staged(stager, wal, cancel).await {
             Ok(Some(outcome)) => {
                 stager.archived(name);
                 return Ok(outcome);
@@ -273,7 +308,7 @@ impl Archiver {
                 "archiving from the stage failed, archiving the file whole: {e:#}"
             ),
         }
-        let outcome = self.inner.ctx.push(path, cancel).await?;
+        let outcome = self.inner.ctx.push(wal, cancel).await?;
         stager.archived(name);
         Ok(outcome)
     }
@@ -308,43 +343,71 @@ impl Archiver {
             .shared();
             state.in_flight.insert(name.to_owned(), upload);
         }
-        let path = self.inner.wal_dir.join(name);
-        match self.inner.ctx.push_staged_here(stager, &path) {
-            Ok(Some(outcome)) => {
+        let opened = self.inner.pg_wal.open_own(name);
+        let staged = match &opened {
+            Ok(wal) => self.inner.ctx.push_staged_here(stager, wal),
+            Err(_) => Ok(None),
+        };
+        match (opened, staged) {
+            (Ok(wal), Ok(Some(outcome))) => {
                 stager.archived(name);
-                let _ = tx.send(self.publish(name, Ok(outcome)));
+                let _ = tx.send(self.publish(name, Ok((outcome, wal.id))));
             }
-            other => {
-                if let Err(e) = other {
+            (opened, staged) => {
+                if let Err(e) = staged {
                     tracing::warn!(
                         file = name,
                         "archiving from the stage failed, archiving the file whole: {e:#}"
                     );
                 }
-                // The usual upload takes over; whoever waits gets its result.
+                // The usual upload takes over (and reports a file it cannot open); whoever
+                // waits gets its result.
                 let (this, name) = (self.clone(), name.to_owned());
+                let wal = opened.ok().map(Arc::new);
                 self.inner.runtime.spawn(async move {
-                    let _ = tx.send(this.upload(&name, &path).await);
+                    let _ = tx.send(this.upload(&name, wal).await);
                 });
             }
         }
     }
 
-    /// One upload with a permit, its mark and its bookkeeping.
-    async fn upload(&self, name: &str, path: &Path) -> Result<Pushed, String> {
+    /// One upload with a permit, its mark and its bookkeeping: of `wal`, or (the
+    /// look-ahead's) of the file `name` in `pg_wal`, opened here.
+    async fn upload(
+        &self,
+        name: &str,
+        wal: Option<Arc<WalFile>>,
+    ) -> Result<(Pushed, FileId), String> {
         let permit = self
             .inner
             .permits
             .acquire()
             .await
             .expect("the semaphore is never closed");
-        let result = self.push_one(name, path).await;
+        let result = async {
+            let wal = match wal {
+                Some(wal) => wal,
+                None => Arc::new(
+                    self.inner
+                        .pg_wal
+                        .open_own(name)
+                        .map_err(|refused| anyhow::anyhow!("{refused}"))?,
+                ),
+            };
+            let outcome = self.push_one(&wal).await?;
+            anyhow::Ok((outcome, wal.id))
+        }
+        .await;
         drop(permit);
         self.publish(name, result)
     }
 
     /// Marks a success for `wal-push`, then records the result.
-    fn publish(&self, name: &str, result: anyhow::Result<Pushed>) -> Result<Pushed, String> {
+    fn publish(
+        &self,
+        name: &str,
+        result: anyhow::Result<(Pushed, FileId)>,
+    ) -> Result<(Pushed, FileId), String> {
         if let (Ok(_), Some(marks)) = (&result, &self.inner.marks) {
             // Before the result is published: a request that sees it removes the mark.
             marks.mark(name);
@@ -354,12 +417,12 @@ impl Archiver {
 
     /// Registers and spawns the upload of `name`; the caller holds the state lock, so no second
     /// upload of the same file can start.
-    fn start_upload(&self, state: &mut State, name: String, path: PathBuf) -> Upload {
+    fn start_upload(&self, state: &mut State, name: String, wal: Option<Arc<WalFile>>) -> Upload {
         let this = self.clone();
         let key = name.clone();
         let task = tokio::spawn(async move {
             let started = Instant::now();
-            let result = this.upload(&key, &path).await;
+            let result = this.upload(&key, wal).await;
             metrics::histogram!("pgward_wal_push_duration_seconds")
                 .record(started.elapsed().as_secs_f64());
             result
@@ -374,11 +437,15 @@ impl Archiver {
         upload
     }
 
-    fn finish(&self, name: &str, result: anyhow::Result<Pushed>) -> Result<Pushed, String> {
+    fn finish(
+        &self,
+        name: &str,
+        result: anyhow::Result<(Pushed, FileId)>,
+    ) -> Result<(Pushed, FileId), String> {
         let mut state = self.lock();
         state.in_flight.remove(name);
         match result {
-            Ok(outcome) => {
+            Ok((outcome, id)) => {
                 let result = match outcome {
                     Pushed::Created => "archived",
                     Pushed::AlreadyArchived => "already_archived",
@@ -404,8 +471,8 @@ impl Archiver {
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .ok()
                     .map(|d| d.as_secs_f64());
-                state.done.insert(name.to_owned(), outcome);
-                Ok(outcome)
+                state.done.insert(name.to_owned(), (outcome, id));
+                Ok((outcome, id))
             }
             Err(e) => {
                 let message = crate::repo::with_hint(&e);
@@ -432,9 +499,35 @@ impl Archiver {
                 () = tokio::time::sleep(SCAN_INTERVAL) => {}
             }
             let inner = self.inner.clone();
-            let scan = tokio::task::spawn_blocking(move || scan_ready(&inner.status_dir)).await;
-            let Ok(Ok(ready)) = scan else { continue };
+            let archived: Vec<(String, FileId)> = (self.lock().done.iter())
+                .map(|(name, (_, id))| (name.clone(), *id))
+                .collect();
+            let scan = tokio::task::spawn_blocking(move || {
+                // A mark vouches for the file it was written for: one replaced since (by
+                // whoever can write pg_wal) is not archived by it.
+                let replaced: Vec<(String, FileId)> = (archived.into_iter())
+                    .filter(|(name, id)| inner.pg_wal.id_of(name).is_some_and(|now| now != *id))
+                    .collect();
+                scan_ready(&inner.status_dir).map(|ready| (ready, replaced))
+            })
+            .await;
+            let Ok(Ok((ready, replaced))) = scan else {
+                continue;
+            };
             let mut state = self.lock();
+            for (name, id) in &replaced {
+                if state.done.get(name).is_some_and(|(_, done)| done == id) {
+                    state.done.remove(name);
+                    self.unmark(name);
+                    if ready.iter().any(|r| &r.name == name) {
+                        tracing::warn!(
+                            file = %name,
+                            "WAL file replaced after it was archived ahead: its mark is \
+                             withdrawn, and postgres's request archives what is there now"
+                        );
+                    }
+                }
+            }
             self.warn_on_backlog(&mut state, &ready);
             if state.paused_until.is_some_and(|t| Instant::now() < t) {
                 continue;
@@ -471,9 +564,8 @@ impl Archiver {
                 {
                     continue;
                 }
-                let path = self.inner.wal_dir.join(&file.name);
                 // The upload runs as its own task; the in-flight map keeps its handle.
-                drop(self.start_upload(&mut state, file.name.clone(), path));
+                drop(self.start_upload(&mut state, file.name.clone(), None));
             }
         }
     }

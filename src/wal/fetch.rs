@@ -10,6 +10,11 @@
 //!
 //! Timeline switches are followed: once recovery has fetched a timeline history file, each
 //! prefetched segment is named on the timeline postgres will ask for it on.
+//!
+//! Where a file goes is checked before anything is fetched ([`Fetcher::destination`], see
+//! `wal::pg_wal`): for the server's user, directly into the cluster's `pg_wal`. Every write
+//! is a temp file created in the directory held open, given to the server's user by its
+//! descriptor, then renamed into place: never through a symlink, never a chown by path.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +24,8 @@ use anyhow::{Context, Result};
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use tokio_util::sync::CancellationToken;
 
+use super::pg_wal::{Destination, PgWal, Refused, Scope};
+use crate::fsutil::Dir;
 use crate::postgres::timeline::TimelineHistory;
 use crate::postgres::wal::{segment_name, SegmentNo, TimelineId, WalFileName, WalSegSize};
 use crate::process::RunAs;
@@ -26,6 +33,9 @@ use crate::repo::{layout, retry, Repo, RetryPolicy};
 
 /// Name of the spool directory inside `pg_wal`.
 pub const SPOOL_DIR: &str = "pgward.prefetch";
+
+/// Start of the names of downloads in progress (temp files beside their destination).
+const TEMP_PREFIX: &str = "pgward.fetch.";
 
 /// What a fetch found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,11 +56,11 @@ pub struct Fetcher {
 struct Inner {
     repo: Repo,
     retry: RetryPolicy,
+    /// The cluster's `pg_wal`: where postgres wants its files, and the spool's directory.
+    pg_wal: PgWal,
     spool: PathBuf,
     seg_size: WalSegSize,
     prefetch: usize,
-    /// The server's OS user when the daemon runs as root: fetched files must be theirs.
-    owner: Option<RunAs>,
     /// The newest timeline history recovery fetched (see `timeline_for`).
     history: Mutex<Option<TimelineHistory>>,
     in_flight: Mutex<HashMap<String, Download>>,
@@ -69,15 +79,16 @@ impl Fetcher {
         owner: Option<RunAs>,
         cancel: CancellationToken,
     ) -> Fetcher {
+        // Symlink-safe: a link in the spool's place is removed, not followed.
         let _ = std::fs::remove_dir_all(wal_dir.join(SPOOL_DIR));
         Fetcher {
             inner: Arc::new(Inner {
                 repo,
                 retry,
+                pg_wal: PgWal::new(wal_dir.to_owned(), owner.map(|u| (u.uid, u.gid))),
                 spool: wal_dir.join(SPOOL_DIR),
                 seg_size,
                 prefetch,
-                owner,
                 history: Mutex::new(None),
                 in_flight: Mutex::new(HashMap::new()),
                 cancel,
@@ -85,8 +96,14 @@ impl Fetcher {
         }
     }
 
+    /// Where the file a client asked for at `dest` may be written, within `scope` (see
+    /// `wal::pg_wal`); checked before anything is fetched.
+    pub fn destination(&self, dest: &Path, scope: Scope) -> Result<Destination, Refused> {
+        self.inner.pg_wal.destination(dest, scope)
+    }
+
     /// Fetches `name` into `dest` (atomically) and starts prefetching what follows it.
-    pub async fn fetch(&self, name: &str, dest: &Path) -> Result<Fetched> {
+    pub async fn fetch(&self, name: &str, dest: &Destination) -> Result<Fetched> {
         let result = self.fetch_file(name, dest).await;
         let outcome = match &result {
             Ok(Fetched::Found) => "found",
@@ -97,7 +114,7 @@ impl Fetcher {
         result
     }
 
-    async fn fetch_file(&self, name: &str, dest: &Path) -> Result<Fetched> {
+    async fn fetch_file(&self, name: &str, dest: &Destination) -> Result<Fetched> {
         let kind =
             WalFileName::parse(name).with_context(|| format!("{name} is not a WAL file name"))?;
         let segment = match kind.segment() {
@@ -110,34 +127,47 @@ impl Fetcher {
         }
         let spooled = self.inner.spool.join(name);
         let download = segment.and_then(|_| self.lock().get(name).cloned());
-        if let Some(download) = download {
-            match download.await {
-                Ok(Fetched::Found) => {
+        let from_spool = match download {
+            // Absent a moment ago, or a failed prefetch: ask the archive again below.
+            Some(download) => download.await == Ok(Fetched::Found),
+            None => tokio::fs::try_exists(&spooled).await.unwrap_or(false),
+        };
+        if from_spool {
+            match self.hand_over(name, dest).await {
+                Ok(()) => {
                     metrics::counter!("pgward_wal_prefetch_hits_total").increment(1);
-                    return hand_over(&spooled, dest).await.map(|()| Fetched::Found);
+                    return Ok(Fetched::Found);
                 }
-                // Absent a moment ago, or a failed prefetch: ask the archive again below.
-                Ok(Fetched::NotFound) | Err(_) => {}
+                // A destination on another filesystem (a copy asked for by root): fetched
+                // straight there below.
+                Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {}
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("move the prefetched {name} to {}", dest.path.display())
+                    })
+                }
             }
-        } else if tokio::fs::try_exists(&spooled).await.unwrap_or(false) {
-            metrics::counter!("pgward_wal_prefetch_hits_total").increment(1);
-            return hand_over(&spooled, dest).await.map(|()| Fetched::Found);
         }
-        let fetched = self.download(name, dest).await?;
-        if let (WalFileName::History { tli }, Fetched::Found) = (&kind, fetched) {
-            self.learn_history(*tli, dest).await;
+        let to = Target {
+            dir: dest
+                .dir
+                .try_clone()
+                .context("duplicate a directory descriptor")?,
+            name: dest.name.clone(),
+            owner: dest.owner,
+            path: dest.path.clone(),
+        };
+        let (fetched, content) = self.download(name, to, kind).await?;
+        if let (WalFileName::History { tli }, Some(text)) = (&kind, content) {
+            self.learn_history(*tli, &text);
         }
         Ok(fetched)
     }
 
     /// Remembers the newest timeline history recovery has fetched, so prefetch asks for each
     /// segment on the timeline postgres will ask for it on.
-    async fn learn_history(&self, tli: TimelineId, file: &Path) {
-        let text = match tokio::fs::read_to_string(file).await {
-            Ok(text) => text,
-            Err(e) => return tracing::debug!("cannot read history of timeline {tli}: {e}"),
-        };
-        match TimelineHistory::parse(tli, &text) {
+    fn learn_history(&self, tli: TimelineId, text: &str) {
+        match TimelineHistory::parse(tli, text) {
             Ok(history) => {
                 let mut known = self.inner.history.lock().unwrap_or_else(|p| p.into_inner());
                 if known.as_ref().is_none_or(|k| k.timeline <= tli) {
@@ -168,22 +198,74 @@ impl Fetcher {
         }
     }
 
-    async fn download(&self, name: &str, dest: &Path) -> Result<Fetched> {
+    /// Downloads `name` into `to`: a temp file created beside it, given to its owner,
+    /// written, fsynced, renamed into place. With the content of a timeline history file.
+    async fn download(
+        &self,
+        name: &str,
+        to: Target,
+        kind: WalFileName,
+    ) -> Result<(Fetched, Option<String>)> {
         let key = layout::wal_key(name)?;
         let repo = &self.inner.repo;
         let cancel = &self.inner.cancel;
-        let found = retry(&self.inner.retry, cancel, &format!("fetch {name}"), || {
-            repo.get_to_file(&key, dest, cancel)
+        let (temp, file) = to
+            .dir
+            .create_temp(TEMP_PREFIX)
+            .with_context(|| format!("create a file in {}", to.dir.path().display()))?;
+        let fetched = async {
+            if let Some((uid, gid)) = to.owner {
+                std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+                    .with_context(|| format!("give {} to uid {uid}", to.path.display()))?;
+            }
+            let found = retry(
+                &self.inner.retry,
+                cancel,
+                &format!("fetch {name}"),
+                || async {
+                    let dest =
+                        rewound(&file).map_err(|e| crate::repo::RepoError::io(&to.path, e))?;
+                    repo.get_into_file(&key, dest, &to.path, cancel).await
+                },
+            )
+            .await
+            .with_context(|| format!("fetch {name} from {}", repo.describe()))?;
+            if !found {
+                return Ok((Fetched::NotFound, None));
+            }
+            let final_name = to.name.clone();
+            let (file, temp, to) = (file.try_clone()?, temp.clone(), to.dir.try_clone()?);
+            let history = matches!(kind, WalFileName::History { .. });
+            tokio::task::spawn_blocking(move || -> Result<Option<String>> {
+                let text = history.then(|| read_text(&file)).flatten();
+                to.rename(&temp, &to, &final_name)
+                    .with_context(|| format!("rename {temp} to {final_name}"))?;
+                to.sync()
+                    .with_context(|| format!("fsync {}", to.path().display()))?;
+                Ok(text)
+            })
+            .await
+            .context("join the rename")?
+            .map(|text| (Fetched::Found, text))
+        }
+        .await;
+        if !matches!(fetched, Ok((Fetched::Found, _))) {
+            let _ = to.dir.remove_file(&temp);
+        }
+        fetched
+    }
+
+    /// Moves the spooled `name` to `dest`: a rename between two directories held open.
+    async fn hand_over(&self, name: &str, dest: &Destination) -> std::io::Result<()> {
+        let wal = self.inner.pg_wal.open().map_err(std::io::Error::other)?;
+        let spool = wal.open_dir(SPOOL_DIR)?;
+        let (into, to, name) = (dest.dir.try_clone()?, dest.name.clone(), name.to_owned());
+        tokio::task::spawn_blocking(move || {
+            spool.rename(&name, &into, &to)?;
+            into.sync()
         })
         .await
-        .with_context(|| format!("fetch {name} from {}", repo.describe()))?;
-        if !found {
-            return Ok(Fetched::NotFound);
-        }
-        if let Some(owner) = &self.inner.owner {
-            owner.chown(dest)?;
-        }
-        Ok(Fetched::Found)
+        .map_err(std::io::Error::other)?
     }
 
     fn start_prefetch(&self, tli: TimelineId, segno: SegmentNo) {
@@ -224,10 +306,19 @@ impl Fetcher {
     }
 
     async fn prefetch_one(&self, name: &str, spooled: &Path) -> Result<Fetched> {
-        tokio::fs::create_dir_all(&self.inner.spool)
-            .await
-            .with_context(|| format!("create {}", self.inner.spool.display()))?;
-        let fetched = self.download(name, spooled).await;
+        let fetched = async {
+            let to = Target {
+                dir: self.spool_dir()?,
+                name: name.to_owned(),
+                owner: self.inner.pg_wal.owner(),
+                path: spooled.to_owned(),
+            };
+            let kind = WalFileName::parse(name)?;
+            self.download(name, to, kind)
+                .await
+                .map(|(fetched, _)| fetched)
+        }
+        .await;
         if let Err(e) = &fetched {
             tracing::debug!(
                 file = name,
@@ -237,23 +328,61 @@ impl Fetcher {
         fetched
     }
 
+    /// The spool directory, made if missing: pgward's own (no symlink, not the server
+    /// user's: a rename out of it is the hand-over).
+    fn spool_dir(&self) -> Result<Dir> {
+        let wal = self
+            .inner
+            .pg_wal
+            .open()
+            .map_err(|r| anyhow::anyhow!("{r}"))?;
+        match wal.create_dir(SPOOL_DIR, 0o700) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(e).with_context(|| format!("create {}", self.inner.spool.display()))
+            }
+            _ => {}
+        }
+        let spool = wal
+            .open_dir(SPOOL_DIR)
+            .with_context(|| format!("open {}", self.inner.spool.display()))?;
+        let meta = spool.metadata()?;
+        let me = nix::unistd::geteuid().as_raw();
+        if std::os::unix::fs::MetadataExt::uid(&meta) != me {
+            anyhow::bail!(
+                "{} is not pgward's own directory (uid {}); prefetch is off until pgward \
+                 restarts",
+                self.inner.spool.display(),
+                std::os::unix::fs::MetadataExt::uid(&meta)
+            );
+        }
+        Ok(spool)
+    }
+
     /// Removes spooled segments recovery has passed (any timeline), so the spool holds at
     /// most the prefetch window.
     fn clean_spool(&self, requested: SegmentNo) {
         let seg_size = self.inner.seg_size;
-        let Ok(entries) = std::fs::read_dir(&self.inner.spool) else {
+        let Some(spool) = self
+            .inner
+            .pg_wal
+            .open()
+            .ok()
+            .and_then(|w| w.open_dir(SPOOL_DIR).ok())
+        else {
             return;
         };
-        for entry in entries.filter_map(|e| e.ok()) {
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
+        let Ok(names) = spool.file_names() else {
+            return;
+        };
+        for name in &names {
+            let name = name.as_str();
             // Temp files of downloads in flight are left alone; `new` clears leftovers.
             let stale = match WalFileName::parse(name).ok().and_then(|k| k.segment()) {
                 Some(segment) => segment.segno(seg_size).is_ok_and(|segno| segno < requested),
                 None => false,
             };
             if stale && !self.lock().contains_key(name) {
-                let _ = std::fs::remove_file(entry.path());
+                let _ = spool.remove_file(name);
             }
         }
     }
@@ -266,11 +395,31 @@ impl Fetcher {
     }
 }
 
-/// Moves a spooled file to where postgres wants it: a rename within one filesystem.
-async fn hand_over(spooled: &Path, dest: &Path) -> Result<()> {
-    tokio::fs::rename(spooled, dest)
-        .await
-        .with_context(|| format!("move {} to {}", spooled.display(), dest.display()))
+/// Where one download goes.
+struct Target {
+    dir: Dir,
+    name: String,
+    owner: Option<(u32, u32)>,
+    path: PathBuf,
+}
+
+/// `file` emptied, on a descriptor of its own read and written from the start.
+fn rewound(file: &std::fs::File) -> std::io::Result<std::fs::File> {
+    use std::io::Seek;
+    let mut file = file.try_clone()?;
+    file.set_len(0)?;
+    file.rewind()?;
+    Ok(file)
+}
+
+/// The text of a small file just written (a timeline history), from its descriptor.
+fn read_text(file: &std::fs::File) -> Option<String> {
+    use std::io::{Read, Seek};
+    let mut file = file.try_clone().ok()?;
+    file.rewind().ok()?;
+    let mut text = String::new();
+    file.take(1 << 20).read_to_string(&mut text).ok()?;
+    Some(text)
 }
 
 #[cfg(test)]
@@ -340,13 +489,14 @@ mod tests {
             CancellationToken::new(),
         );
         let dest = wal_dir.join("RECOVERYXLOG");
+        let into = || fetcher.destination(&dest, Scope::PgWal).unwrap();
 
         assert_eq!(
-            fetcher.fetch("00000002.history", &dest).await.unwrap(),
+            fetcher.fetch("00000002.history", &into()).await.unwrap(),
             Fetched::Found
         );
         assert_eq!(
-            fetcher.fetch(&name(1, 3), &dest).await.unwrap(),
+            fetcher.fetch(&name(1, 3), &into()).await.unwrap(),
             Fetched::Found
         );
         assert_eq!(std::fs::read(&dest).unwrap(), b"tli1 seg3");
@@ -361,7 +511,7 @@ mod tests {
 
         // The next request is answered from the spool, by rename.
         assert_eq!(
-            fetcher.fetch(&name(1, 4), &dest).await.unwrap(),
+            fetcher.fetch(&name(1, 4), &into()).await.unwrap(),
             Fetched::Found
         );
         assert_eq!(std::fs::read(&dest).unwrap(), b"tli1 seg4");
@@ -370,7 +520,7 @@ mod tests {
         // Past the end of the archive: not found, and nothing left at the destination.
         std::fs::remove_file(&dest).unwrap();
         assert_eq!(
-            fetcher.fetch(&name(2, 42), &dest).await.unwrap(),
+            fetcher.fetch(&name(2, 42), &into()).await.unwrap(),
             Fetched::NotFound
         );
         assert!(!dest.exists());

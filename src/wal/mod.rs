@@ -9,6 +9,7 @@
 pub mod archived_marks;
 pub mod archiver;
 pub mod fetch;
+pub mod pg_wal;
 pub mod push;
 mod ready_watch;
 pub mod stage;

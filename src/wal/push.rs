@@ -13,10 +13,11 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::postgres::wal::{WalFileName, WalSegSize};
-use crate::postgres::wal_header::{read_segment_header, ExpectedHeader};
+use crate::postgres::wal_header::{read_segment_header_of, ExpectedHeader};
 use crate::postgres::ClusterIdentity;
 use crate::repo::{layout, retry, PutOutcome, Repo, RetryPolicy, StagedObject};
 
+use super::pg_wal::WalFile;
 use super::stage::SegmentStager;
 
 /// What to do when the storage does not hold what was just uploaded.
@@ -54,14 +55,13 @@ impl PushContext {
         }
     }
 
-    /// Archives the WAL file at `path` (a segment, partial segment, timeline history or
-    /// backup history file).
-    pub async fn push(&self, path: &Path, cancel: &CancellationToken) -> Result<Pushed> {
-        let name = file_name(path)?;
-        let kind = WalFileName::parse(&name)
-            .with_context(|| format!("{} is not a WAL file name", path.display()))?;
+    /// Archives the opened WAL file `wal` (a segment, partial segment, timeline history or
+    /// backup history file), read from its descriptor only.
+    pub async fn push(&self, wal: &WalFile, cancel: &CancellationToken) -> Result<Pushed> {
+        let name = wal.name.clone();
+        let path = wal.path.as_path();
         // Segments carry a page header to check; history and backup history files are text.
-        let segment = match kind {
+        let segment = match wal.kind {
             WalFileName::Segment(segment) | WalFileName::Partial(segment) => Some(segment),
             WalFileName::History { .. } | WalFileName::BackupHistory { .. } => None,
         };
@@ -72,10 +72,7 @@ impl PushContext {
                 segno: segment.segno(self.seg_size)?,
                 seg_size: self.seg_size,
             };
-            let file = path.to_path_buf();
-            let header = tokio::task::spawn_blocking(move || read_segment_header(&file))
-                .await
-                .context("join WAL header reader")?
+            let header = read_segment_header_of(&wal.file, path)
                 .with_context(|| format!("read the header of WAL segment {name}"))?;
             header
                 .check(&expected)
@@ -84,7 +81,7 @@ impl PushContext {
         let key = layout::wal_key(&name)?;
         let started = std::time::Instant::now();
         let outcome = retry(&self.retry, cancel, &format!("archive {name}"), || {
-            self.repo.put_file_create(&key, path, cancel)
+            self.repo.put_opened_create(&key, &wal.file, path, cancel)
         })
         .await
         .with_context(|| format!("archive {name} to {}", self.repo.describe()))?;
@@ -99,19 +96,26 @@ impl PushContext {
     pub async fn push_staged(
         &self,
         stager: &SegmentStager,
-        path: &Path,
+        wal: &WalFile,
         cancel: &CancellationToken,
     ) -> Result<Option<Pushed>> {
-        let name = file_name(path)?;
+        let name = wal.name.clone();
         let started = std::time::Instant::now();
-        let (owned_stager, owned_path) = (stager.clone(), path.to_path_buf());
+        let (owned_stager, file, path) = (
+            stager.clone(),
+            wal.file
+                .try_clone()
+                .context("duplicate the WAL file's descriptor")?,
+            wal.path.clone(),
+        );
         // For a file:// repository everything happens on one blocking thread (see
         // `StagedObject::commit_local`); an object store gets the object after this.
-        let completed =
-            tokio::task::spawn_blocking(move || complete_stage(&owned_stager, &owned_path))
-                .await
-                .context("join WAL stage completion")?
-                .with_context(|| format!("archive {name} to {}", self.repo.describe()))?;
+        let completed = tokio::task::spawn_blocking(move || {
+            complete_stage(&owned_stager, &name_of(&path)?, &file, &path)
+        })
+        .await
+        .context("join WAL stage completion")?
+        .with_context(|| format!("archive {name} to {}", self.repo.describe()))?;
         let outcome = match completed {
             Completed::NotStaged | Completed::Changed => return Ok(None),
             Completed::Stored(PutOutcome::AlreadyIdentical { .. }) => {
@@ -134,12 +138,16 @@ impl PushContext {
     /// (blocking; `Ok(None)` for other repositories, or when the file was not staged or
     /// differs from its stage). Used where postgres's `.ready` is noticed, so a segment is
     /// archived without any hand-over between threads.
-    pub fn push_staged_here(&self, stager: &SegmentStager, path: &Path) -> Result<Option<Pushed>> {
+    pub fn push_staged_here(
+        &self,
+        stager: &SegmentStager,
+        wal: &WalFile,
+    ) -> Result<Option<Pushed>> {
         if !self.repo.is_local() {
             return Ok(None);
         }
-        let completed = complete_stage(stager, path)
-            .with_context(|| format!("archive {} to {}", path.display(), self.repo.describe()))?;
+        let completed = complete_stage(stager, &wal.name, &wal.file, &wal.path)
+            .with_context(|| format!("archive {} to {}", wal.name, self.repo.describe()))?;
         Ok(match completed {
             Completed::Stored(PutOutcome::Created { .. }) => Some(Pushed::Created),
             Completed::Stored(PutOutcome::AlreadyIdentical { .. }) => Some(Pushed::AlreadyArchived),
@@ -192,16 +200,20 @@ impl PushContext {
     }
 }
 
-/// Completes the stage of the file at `path` (blocking): compares it with the finished file
-/// and, for a `file://` repository, stores it (read back included).
-fn complete_stage(stager: &SegmentStager, path: &Path) -> Result<Completed> {
+/// Completes the stage of `name`, open as `file` (at `path`), blocking: compares the stage
+/// with the finished file and, for a `file://` repository, stores it (read back included).
+fn complete_stage(
+    stager: &SegmentStager,
+    name: &str,
+    file: &std::fs::File,
+    path: &Path,
+) -> Result<Completed> {
     let started = std::time::Instant::now();
-    let name = file_name(path)?;
-    let Some(stage) = stager.take(&name) else {
+    let Some(stage) = stager.take(name) else {
         return Ok(Completed::NotStaged);
     };
     let taken = started.elapsed();
-    let (object, buffer) = stage.complete(path)?;
+    let (object, buffer) = stage.complete(file, path)?;
     stager.recycle(buffer);
     stager.record(object.is_some());
     let Some(object) = object else {
@@ -232,6 +244,10 @@ enum Completed {
     Stored(PutOutcome),
     /// Ready to go to an object store.
     ToUpload(Box<StagedObject>),
+}
+
+fn name_of(path: &Path) -> Result<String> {
+    file_name(path)
 }
 
 /// The final path component as UTF-8 (WAL file names are ASCII).

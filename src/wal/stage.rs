@@ -18,7 +18,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -247,7 +247,16 @@ impl SegmentStager {
     fn begin(&self, name: SegmentName, mut buffer: Vec<u8>) -> Result<Option<Stage>> {
         let shared = &self.shared;
         let path = shared.wal_dir.join(name.to_string());
-        let file = match File::open(&path) {
+        // Never through a symlink: the server's user can put one where the segment goes.
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+            .and_then(|file| match file.metadata()?.is_file() {
+                true => Ok(file),
+                false => Err(io::Error::other("not a regular file")),
+            });
+        let file = match opened {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("open {}", path.display())),
@@ -347,12 +356,11 @@ impl Stage {
     /// Reads the finished segment at `path` once: `Some` (ready to commit) when it starts with
     /// exactly what was staged, with the rest appended; `None` when it differs, and the
     /// copy buffer for reuse either way. Blocking.
-    pub fn complete(mut self, path: &Path) -> Result<(Option<StagedObject>, Vec<u8>)> {
-        let file = File::open(path).with_context(|| format!("open {}", path.display()))?;
+    pub fn complete(mut self, file: &File, path: &Path) -> Result<(Option<StagedObject>, Vec<u8>)> {
         let mut chunk = vec![0u8; SLICE];
         let mut offset = 0usize;
         loop {
-            let n = read_at_most(&file, &mut chunk, offset as u64)
+            let n = read_at_most(file, &mut chunk, offset as u64)
                 .with_context(|| format!("read {}", path.display()))?;
             if n == 0 {
                 break;
@@ -502,7 +510,7 @@ mod tests {
         );
 
         let stage = stager.take(&segment(3).to_string()).expect("staged");
-        let (object, _) = stage.complete(&path).unwrap();
+        let (object, _) = stage.complete(&File::open(&path).unwrap(), &path).unwrap();
         let object = object.expect("the file matches what was staged");
         let repo = stager.shared.repo.clone();
         object.commit(&CancellationToken::new()).await.unwrap();
@@ -521,7 +529,7 @@ mod tests {
         // A switch fills the rest of the segment at once.
         write_pages(&path, 40, SEG / PAGE);
         let stage = stager.take(&segment(3).to_string()).expect("staged");
-        let (object, _) = stage.complete(&path).unwrap();
+        let (object, _) = stage.complete(&File::open(&path).unwrap(), &path).unwrap();
         let mut object = object.expect("the file matches what was staged");
         assert_eq!(object.len(), SEG as u64);
         assert!(!object.is_empty());
@@ -546,7 +554,7 @@ mod tests {
         }
         write_pages(&path, 64, SEG / PAGE);
         let stage = stager.take(&segment(3).to_string()).expect("staged");
-        let (object, buffer) = stage.complete(&path).unwrap();
+        let (object, buffer) = stage.complete(&File::open(&path).unwrap(), &path).unwrap();
         assert!(object.is_none());
         assert!(buffer.capacity() >= 63 * PAGE);
     }

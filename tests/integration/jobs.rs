@@ -101,30 +101,26 @@ async fn command_jobs_follow_their_policies_and_report() {
   - {{ name: allow, schedule: '* * * * * *', command: 'sleep 3', concurrency: allow }}
   - {{ name: replace, schedule: '* * * * * *', command: 'sleep 3', concurrency: replace, kill_timeout: 1s }}
   - name: stubborn
-    schedule: '@daily'
-    enabled: false
+    schedule: '@yearly'
     command: "trap '' TERM; sleep 300 & echo $! > {d}/child.pid; wait"
     timeout: 1s
     kill_timeout: 1s
   - name: flaky
-    schedule: '@daily'
-    enabled: false
+    schedule: '@yearly'
     command: 'n=$(cat {d}/count 2>/dev/null || echo 0); n=$((n+1)); echo $n > {d}/count; echo attempt $n; [ $n -ge 3 ]'
     retries: {{ max: 3, initial_delay: 300ms, multiplier: 2, max_delay: 1s }}
-  - {{ name: noisy-err, schedule: '@daily', enabled: false, command: 'echo oops >&2', fails_when: {{ produces_stderr: true }} }}
-  - {{ name: noisy-out, schedule: '@daily', enabled: false, command: [echo, hello from a job], fails_when: {{ produces_stdout: true }} }}
-  - {{ name: tolerant, schedule: '@daily', enabled: false, command: 'exit 3', fails_when: {{ nonzero_exit: false }} }}
-  - {{ name: always, schedule: '@daily', enabled: false, command: 'true', fails_when: {{ always: true }} }}
+  - {{ name: noisy-err, schedule: '@yearly', command: 'echo oops >&2', fails_when: {{ produces_stderr: true }} }}
+  - {{ name: noisy-out, schedule: '@yearly', command: [echo, hello from a job], fails_when: {{ produces_stdout: true }} }}
+  - {{ name: tolerant, schedule: '@yearly', command: 'exit 3', fails_when: {{ nonzero_exit: false }} }}
+  - {{ name: always, schedule: '@yearly', command: 'true', fails_when: {{ always: true }} }}
   - name: hooked
-    schedule: '@daily'
-    enabled: false
+    schedule: '@yearly'
     command: 'echo about to fail; exit 4'
     on_failure:
       command: 'env | grep ^PGWARD_JOB_ > {d}/hook.env'
       webhook: {{ url: 'http://127.0.0.1:{hook_port}/hook', headers: {{ X-Token: s3cret }} }}
   - name: cheered
-    schedule: '@daily'
-    enabled: false
+    schedule: '@yearly'
     command: 'true'
     on_success: {{ command: 'echo $PGWARD_JOB_STATUS > {d}/success' }}
 "#
@@ -285,10 +281,10 @@ async fn backup_jobs_run_on_schedule_and_actions_work() {
     let cluster = Cluster::new();
     let storage = file_storage(&cluster);
     let jobs = r#"  - { name: backups, schedule: '*/4 * * * * *', action: backup, options: { type: incremental } }
-  - { name: make-table, schedule: '@daily', enabled: false, action: sql, options: { sql: 'CREATE TABLE made_by_job (i int)' } }
-  - { name: slow-sql, schedule: '@daily', enabled: false, action: sql, options: { sql: 'SELECT pg_sleep(5)', statement_timeout: 500ms } }
-  - { name: verify, schedule: '@daily', enabled: false, action: verify }
-  - { name: drill, schedule: '@daily', enabled: false, action: restore-test, options: { sql: 'SELECT count(*) = 3 FROM t' } }
+  - { name: make-table, schedule: '@yearly', action: sql, options: { sql: 'CREATE TABLE made_by_job (i int)' } }
+  - { name: slow-sql, schedule: '@yearly', action: sql, options: { sql: 'SELECT pg_sleep(5)', statement_timeout: 500ms } }
+  - { name: verify, schedule: '@yearly', action: verify }
+  - { name: drill, schedule: '@yearly', action: restore-test, options: { sql: 'SELECT count(*) = 3 FROM t' } }
 "#;
     let (config, mut pgward) = start_with_jobs(&cluster, &storage, jobs).await;
     pgward.expect_error("job=slow-sql ", "the test makes this job time out");

@@ -25,6 +25,7 @@ mod prometheus_rules;
 mod restore_test;
 mod security_redaction;
 mod security_restore;
+mod security_socket;
 mod services;
 mod storage;
 mod verify;

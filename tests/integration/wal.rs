@@ -6,8 +6,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::common::{
-    self, archiving_config, file_storage, files_under, pgbench, pgward_bin, start_archiving,
-    switch_and_wait_archived, Cluster, Pgward, BOOT,
+    self, archived_marks_dir, archiving_config, file_storage, files_under, pgbench, pgward_bin,
+    start_archiving, switch_and_wait_archived, Cluster, Pgward, BOOT,
 };
 use crate::storage_servers::{TestAzurite, TestS3};
 
@@ -529,7 +529,7 @@ async fn a_burst_of_segments_is_answered_from_the_look_ahead() {
     // Every mark the daemon left for wal-push was taken or withdrawn. A mark the shell's
     // `test -f` found is withdrawn by the look-ahead's next scan after postgres moved on, a
     // moment after pg_stat_archiver reports the segment.
-    let marks = cluster.data_dir().join("pg_wal/pgward.archived");
+    let marks = archived_marks_dir(&cluster, &client).await;
     let marks_left = || -> Vec<_> {
         std::fs::read_dir(&marks)
             .unwrap()

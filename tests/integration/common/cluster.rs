@@ -322,3 +322,20 @@ pub async fn start_recovered(
     wait_promoted(&client, BOOT).await;
     (pgward, client)
 }
+
+/// Where the running daemon leaves its archived marks, as the `archive_command` it gave
+/// postgres names them (`test -f <dir>/%f || ...`); a relative directory is in the data
+/// directory (postgres's working directory).
+pub async fn archived_marks_dir(cluster: &Cluster, client: &tokio_postgres::Client) -> PathBuf {
+    let command: String = client
+        .query_one("SHOW archive_command", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let dir = command
+        .strip_prefix("test -f ")
+        .and_then(|rest| rest.split_once("/%f"))
+        .map(|(dir, _)| dir.trim_matches('\''))
+        .unwrap_or_else(|| panic!("no marks directory in archive_command {command:?}"));
+    cluster.data_dir().join(dir)
+}
