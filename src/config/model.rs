@@ -141,7 +141,8 @@ pub struct ServiceConfig {
     pub command: Vec<String>,
     /// Extra environment variables.
     pub env: BTreeMap<String, String>,
-    /// OS user to run as (only when pgward is root). Default: pgward's own user.
+    /// OS user to run as (only when pgward is root); it exists (checked when the config was
+    /// read). Default: pgward's own user.
     pub user: Option<String>,
     /// Working directory. Default: pgward's own.
     pub working_dir: Option<PathBuf>,
@@ -191,7 +192,8 @@ pub struct JobConfig {
     pub task: JobTask,
     /// Added to the environment of a command (and of its report command).
     pub env: BTreeMap<String, String>,
-    /// OS user a command runs as when pgward is root. Default: `postgres.user`.
+    /// OS user a command (and its report command) runs as when pgward is root; it existed
+    /// when the config was read. Default: `postgres.user` (root only when written).
     pub user: Option<String>,
     /// Working directory of a command. Default: the user's home, else `/`.
     pub working_dir: Option<PathBuf>,

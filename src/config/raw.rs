@@ -294,7 +294,7 @@ pub(crate) struct RawService {
     #[serde(deserialize_with = "null_as_default")]
     #[schemars(with = "Option<BTreeMap<String, Text>>")]
     pub env: BTreeMap<String, Text>,
-    /// OS user to run as, when pgward runs as root. Default: pgward's user.
+    /// OS user to run as, when pgward runs as root; it must exist. Default: pgward's user.
     pub user: Option<Text>,
     /// Working directory. Default: pgward's.
     pub working_dir: Option<Text>,
@@ -337,7 +337,7 @@ pub(crate) struct RawJob {
     #[serde(deserialize_with = "null_as_default")]
     #[schemars(with = "Option<BTreeMap<String, Text>>")]
     pub env: BTreeMap<String, Text>,
-    /// OS user a command runs as when pgward is root. Default: `postgres.user`.
+    /// OS user a command runs as when pgward is root (`root` only when written); it must exist. Default: `postgres.user`.
     pub user: Option<Text>,
     /// Working directory of a command. Default: the user's home.
     pub working_dir: Option<Text>,

@@ -620,6 +620,7 @@ impl Job {
             output_tail: tried.tail.clone(),
             host: super::report::hostname(),
         };
+        // A user that cannot be found fails the report command (logged), not the webhook.
         let run_as = self.run_as();
         // Boxed as `dyn Send`: the compiler then checks Send for these borrows here, once,
         // instead of failing to prove it for every lifetime inside the spawned run.
@@ -645,20 +646,16 @@ impl Job {
         }
     }
 
-    /// The OS user commands run as: the job's `user`, else the server's.
-    fn run_as(&self) -> Option<RunAs> {
+    /// The OS user commands run as when pgward is root: the job's `user`, else
+    /// `postgres.user` (root only when written), looked up again for each run. A user that
+    /// cannot be found fails the run: a command never falls back to pgward's own user.
+    fn run_as(&self) -> Result<Option<RunAs>, String> {
         let user = self
             .config
             .user
             .as_deref()
             .unwrap_or(&self.shared.config.postgres.user);
-        match RunAs::for_child(Some(user)) {
-            Ok(run_as) => run_as,
-            Err(e) => {
-                tracing::error!(job = %self.config.name, "cannot run as {user}: {e:#}");
-                None
-            }
-        }
+        RunAs::for_child(Some(user)).map_err(|e| format!("cannot run as user {user:?}: {e:#}"))
     }
 
     /// One attempt: the facts that decide success, the output's last lines, and the error
@@ -670,7 +667,19 @@ impl Job {
     ) -> (RunFacts, Vec<String>, Option<String>) {
         match &self.config.task {
             JobTask::Command { .. } => {
-                let mut run = super::command::CommandRun::for_job(&self.config, self.run_as())
+                let run_as = match self.run_as() {
+                    Ok(run_as) => run_as,
+                    Err(error) => {
+                        if let Some(live) = live {
+                            let _ = live.send(OutputLine {
+                                stream: OutputStream::Pgward,
+                                text: error.clone(),
+                            });
+                        }
+                        return (RunFacts::action(false), vec![error.clone()], Some(error));
+                    }
+                };
+                let mut run = super::command::CommandRun::for_job(&self.config, run_as)
                     .expect("a command job has a command");
                 run.child_env = self.shared.child_env.clone();
                 // The runner speaks in process streams; a `jobs run` client gets them named.

@@ -78,7 +78,7 @@ fn validate_job(base: &str, raw: RawJob, cx: &mut Cx<'_>) -> JobConfig {
         timezone,
         task,
         env: cx.map(&path("env"), env),
-        user: cx.string(&path("user"), user),
+        user: cx.user(&path("user"), user),
         working_dir: cx.path(&path("working_dir"), working_dir),
         concurrency,
         timeout,

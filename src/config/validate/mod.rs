@@ -38,6 +38,8 @@ pub(crate) struct Cx<'a> {
     pub file: String,
     pub loc: &'a Locator,
     pub env: Env<'a>,
+    /// Whether an OS user exists (the `user` keys of services and jobs).
+    pub users: Users<'a>,
     pub problems: Vec<Problem>,
     /// The keys whose secret is written in the file itself (see [`Config::literal_secrets`]).
     pub literal_secrets: Vec<String>,
@@ -134,6 +136,16 @@ impl Cx<'_> {
 
     fn string(&mut self, path: &str, raw: Option<Text>) -> Option<String> {
         self.parse(path, raw, non_empty)
+    }
+
+    /// The OS user named at `path`, which must exist: a child is never started as another
+    /// user (least of all root) because its own was missing.
+    fn user(&mut self, path: &str, raw: Option<Text>) -> Option<String> {
+        let name = self.string(path, raw)?;
+        if let Err(reason) = (self.users)(&name) {
+            self.at_value(path, reason);
+        }
+        Some(name)
     }
 
     fn path(&mut self, path: &str, raw: Option<Text>) -> Option<PathBuf> {

@@ -58,7 +58,7 @@ fn validate_service(base: &str, raw: RawService, cx: &mut Cx<'_>) -> ServiceConf
     let name = required_name(cx, &path("name"), name, "service");
     let command = required_command(cx, &path("command"), command);
     let env = cx.map(&path("env"), env);
-    let user = cx.string(&path("user"), user);
+    let user = cx.user(&path("user"), user);
     let working_dir = cx.path(&path("working_dir"), working_dir);
     let restart = cx
         .parse(&path("restart"), restart, |s| {
