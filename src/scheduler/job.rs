@@ -17,7 +17,7 @@ use super::state::{JobStates, RunResult};
 use super::{JobStatus, OutputLine, OutputStream};
 use crate::config::{ConcurrencyPolicy, Config, JobConfig, JobTask};
 use crate::init::ExitInfo;
-use crate::process::{ChildEnv, LogSink, RunAs};
+use crate::process::{LogSink, RunAs};
 use crate::redact::scrub;
 
 use super::BoxFuture;
@@ -48,7 +48,7 @@ pub(super) struct Shared {
     config: Arc<Config>,
     sink: LogSink,
     actions: Arc<dyn super::Actions>,
-    child_env: ChildEnv,
+    child_env: super::JobEnv,
     postgres_ready: watch::Receiver<bool>,
     state_path: PathBuf,
     /// Loaded once; changed in memory, written by [`Shared::save`] off the runtime.
@@ -620,6 +620,7 @@ impl Job {
             output_tail: tried.tail.clone(),
             host: super::report::hostname(),
         };
+        let child_env = (self.shared.child_env)(&self.config);
         // A user that cannot be found fails the report command (logged), not the webhook.
         let run_as = self.run_as();
         // Boxed as `dyn Send`: the compiler then checks Send for these borrows here, once,
@@ -628,7 +629,7 @@ impl Job {
             report_config,
             &report,
             &self.config.env,
-            &self.shared.child_env,
+            &child_env,
             run_as,
             &self.shared.sink,
         ));
@@ -681,7 +682,7 @@ impl Job {
                 };
                 let mut run = super::command::CommandRun::for_job(&self.config, run_as)
                     .expect("a command job has a command");
-                run.child_env = self.shared.child_env.clone();
+                run.child_env = (self.shared.child_env)(&self.config);
                 // The runner speaks in process streams; a `jobs run` client gets them named.
                 let forward = live.cloned().map(|live| {
                     let (tx, mut rx) = mpsc::unbounded_channel::<crate::process::OutputLine>();

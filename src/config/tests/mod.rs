@@ -177,6 +177,7 @@ fn job(name: &str, schedule: &str, task: JobTask) -> JobConfig {
         timezone: "UTC".into(),
         task,
         env: BTreeMap::new(),
+        inherit_env: vec![],
         user: None,
         working_dir: None,
         concurrency: ConcurrencyPolicy::Forbid,

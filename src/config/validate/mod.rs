@@ -28,7 +28,7 @@ use super::locate::{Locator, Pos};
 use super::raw::*;
 use super::secret::read_secret_file;
 use super::*;
-use values::{absolute_path, non_empty, parse_bool, parse_count, parse_duration};
+use values::{absolute_path, env_name, non_empty, parse_bool, parse_count, parse_duration};
 
 /// Label of problems that come from `POSTGRES_*` variables rather than from the file.
 const ENV_FILE: &str = "<env>";
@@ -146,6 +146,19 @@ impl Cx<'_> {
             self.at_value(path, reason);
         }
         Some(name)
+    }
+
+    /// Names of environment variables a child inherits from pgward although they are secret
+    /// (`inherit_env`): each a variable name, no `=` and no NUL.
+    fn env_names(&mut self, path: &str, raw: Vec<Text>) -> Vec<String> {
+        let mut names = Vec::with_capacity(raw.len());
+        for (i, item) in raw.into_iter().enumerate() {
+            let at = format!("{path}[{i}]");
+            if let Some(name) = self.parse(&at, Some(item), env_name) {
+                names.push(name);
+            }
+        }
+        names
     }
 
     fn path(&mut self, path: &str, raw: Option<Text>) -> Option<PathBuf> {
