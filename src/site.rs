@@ -209,7 +209,7 @@ impl Site {
     /// variables it lists in `inherit_env`, and whatever its own `env` sets.
     ///
     /// Everything the `postgres` OS user runs (the server, and through it every database
-    /// superuser: `COPY ... TO PROGRAM`, `pg_read_file('/proc/self/environ')`) would
+    /// superuser: `COPY ... TO PROGRAM`, `pg_read_file('/proc/<postmaster>/environ')`) would
     /// otherwise read the storage credentials that can delete every backup.
     pub fn child_env(&self, child: Child<'_>) -> ChildEnv {
         let inherit: &[String] = match child {
@@ -369,7 +369,8 @@ const SECRET_NAME_WORDS: &[&str] = &["PASSWORD", "SECRET", "TOKEN", "KEY", "CRED
 /// order: the storage clients' variables ([`STORAGE_ENV_PREFIXES`]), the passwords of
 /// [`PASSWORD_ENV`], `PGWARD_*` variables named like a secret ([`SECRET_NAME_WORDS`]), and
 /// any variable whose value is one of `secrets` (what the config read as a secret, e.g.
-/// through `${VAR}`). Names in `inherit` are kept. Names are matched ignoring ASCII case.
+/// through `${VAR}`). The rules match names ignoring ASCII case; the names in `inherit`,
+/// kept, match exactly.
 fn secret_env_names(
     vars: impl IntoIterator<Item = (OsString, OsString)>,
     secrets: &[&str],
