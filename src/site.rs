@@ -8,6 +8,8 @@
 //! `restore/`, `restore_test/`, `check`, ...) take the handles themselves, never the `Site`,
 //! so what each one needs stays visible in its signature.
 
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -39,13 +41,18 @@ use crate::wal::push::PushContext;
 pub enum Child<'a> {
     /// The supervised server: its archive and restore commands reach this daemon.
     Postgres,
+    /// The first start of an empty data directory: initdb, the temporary server, psql and
+    /// the init scripts (which get the image's variables on top, see
+    /// `postgres::bootstrap`).
+    Bootstrap,
     /// A throwaway server (the restore test): its restore command reaches the test's own
     /// control socket, not the daemon's.
     ThrowawayServer { control_socket: &'a Path },
-    /// An extra service (`services[]`).
-    Service,
-    /// A job's command, or its report command.
-    Job,
+    /// An extra service (`services[]`), with the secret variables it asked to inherit.
+    Service { inherit_env: &'a [String] },
+    /// A job's command, or its report command, with the secret variables the job asked to
+    /// inherit.
+    Job { inherit_env: &'a [String] },
 }
 
 /// See the module doc.
@@ -218,10 +225,24 @@ impl Site {
         Ok(format!("{} wal-fetch %f %p", self.pgward_invocation()?))
     }
 
-    /// The environment of a child process, on top of pgward's own. The one place it is
-    /// built: whatever a child must (or must not) see is decided here.
+    /// The environment of a child process: pgward's own, less its secrets (storage
+    /// credentials, passwords, what the config read as a secret: see `secret_env_names`),
+    /// plus what the child needs from pgward. The one place it is built: whatever a child
+    /// must (or must not) see is decided here. A service or job still gets the secret
+    /// variables it lists in `inherit_env`, and whatever its own `env` sets.
+    ///
+    /// Everything the `postgres` OS user runs (the server, and through it every database
+    /// superuser: `COPY ... TO PROGRAM`, `pg_read_file('/proc/<postmaster>/environ')`) would
+    /// otherwise read the storage credentials that can delete every backup.
     pub fn child_env(&self, child: Child<'_>) -> ChildEnv {
-        let mut env = ChildEnv::default();
+        let inherit: &[String] = match child {
+            Child::Service { inherit_env } | Child::Job { inherit_env } => inherit_env,
+            Child::Postgres | Child::Bootstrap | Child::ThrowawayServer { .. } => &[],
+        };
+        let mut env = ChildEnv {
+            set: Vec::new(),
+            remove: secret_env_names(std::env::vars_os(), &self.config.secret_values(), inherit),
+        };
         let log_format = match self.config.log.format {
             LogFormat::Json => "json",
             LogFormat::Text => "text",
@@ -238,7 +259,7 @@ impl Site {
                 env.set(SOCKET_ENV, control_socket);
                 env.set(crate::logging::FORMAT_ENV, log_format);
             }
-            Child::Service | Child::Job => {}
+            Child::Bootstrap | Child::Service { .. } | Child::Job { .. } => {}
         }
         env
     }
@@ -360,6 +381,42 @@ impl Site {
     }
 }
 
+/// Prefixes of the variables the object-storage clients read their settings and credentials
+/// from (object_store's `from_env`: any `AWS_*`, `GOOGLE_*` or `AZURE_*` variable).
+const STORAGE_ENV_PREFIXES: &[&str] = &["AWS_", "GOOGLE_", "AZURE_"];
+
+/// Passwords of the official image and of libpq.
+const PASSWORD_ENV: &[&str] = &["POSTGRES_PASSWORD", "POSTGRES_PASSWORD_FILE", "PGPASSWORD"];
+
+/// Words that make a `PGWARD_*` variable a secret, anywhere in its name.
+const SECRET_NAME_WORDS: &[&str] = &["PASSWORD", "SECRET", "TOKEN", "KEY", "CREDENTIAL"];
+
+/// The names among `vars` (pgward's environment) that a child must not inherit, in their
+/// order: the storage clients' variables ([`STORAGE_ENV_PREFIXES`]), the passwords of
+/// [`PASSWORD_ENV`], `PGWARD_*` variables named like a secret ([`SECRET_NAME_WORDS`]), and
+/// any variable whose value is one of `secrets` (what the config read as a secret, e.g.
+/// through `${VAR}`). The rules match names ignoring ASCII case; the names in `inherit`,
+/// kept, match exactly.
+fn secret_env_names(
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+    secrets: &[&str],
+    inherit: &[String],
+) -> Vec<OsString> {
+    vars.into_iter()
+        .filter(|(name, value)| {
+            let name = name.to_string_lossy();
+            let upper = name.to_ascii_uppercase();
+            let secret = STORAGE_ENV_PREFIXES.iter().any(|p| upper.starts_with(p))
+                || PASSWORD_ENV.contains(&upper.as_str())
+                || (upper.starts_with("PGWARD_")
+                    && SECRET_NAME_WORDS.iter().any(|w| upper.contains(w)))
+                || secrets.iter().any(|s| value.as_bytes() == s.as_bytes());
+            secret && !inherit.iter().any(|keep| *keep == name)
+        })
+        .map(|(name, _)| name)
+        .collect()
+}
+
 /// Quotes `word` for /bin/sh, which runs archive_command.
 fn shell_quote(word: &str) -> String {
     if word
@@ -375,6 +432,101 @@ fn shell_quote(word: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn removed(vars: &[(&str, &str)], secrets: &[&str], inherit: &[&str]) -> Vec<String> {
+        let vars = vars
+            .iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        let inherit: Vec<String> = inherit.iter().map(|s| s.to_string()).collect();
+        secret_env_names(vars, secrets, &inherit)
+            .into_iter()
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn storage_credentials_and_passwords_are_kept_from_children() {
+        let vars = [
+            ("AWS_ACCESS_KEY_ID", "id"),
+            ("AWS_SECRET_ACCESS_KEY", "k"),
+            ("AWS_SESSION_TOKEN", "t"),
+            ("AWS_REGION", "eu-west-1"),
+            ("GOOGLE_APPLICATION_CREDENTIALS", "/run/gcs.json"),
+            ("GOOGLE_SERVICE_ACCOUNT_KEY", "{}"),
+            ("AZURE_STORAGE_ACCOUNT_KEY", "az"),
+            ("AZURE_STORAGE_SAS_TOKEN", "sas"),
+            ("POSTGRES_PASSWORD", "pw"),
+            ("POSTGRES_PASSWORD_FILE", "/run/secrets/pw"),
+            ("PGPASSWORD", "pw"),
+            ("PGWARD_METRICS_PASSWORD", "m"),
+            ("PGWARD_S3_SECRET", "s"),
+            ("PGWARD_API_TOKEN", "tok"),
+            ("PGWARD_HOOK_KEY", "hk"),
+            ("pgward_gcs_credentials", "c"),
+        ];
+        let all: Vec<String> = vars.iter().map(|(k, _)| k.to_string()).collect();
+        assert_eq!(removed(&vars, &[], &[]), all);
+    }
+
+    #[test]
+    fn what_postgres_and_the_tools_need_is_kept() {
+        let vars = [
+            ("PATH", "/usr/bin"),
+            ("HOME", "/root"),
+            ("LANG", "C.UTF-8"),
+            ("LC_ALL", "C"),
+            ("TZ", "UTC"),
+            ("PGDATA", "/var/lib/postgresql/data"),
+            ("PGHOST", "/var/run/postgresql"),
+            ("PGPORT", "5432"),
+            ("PGUSER", "postgres"),
+            ("PGDATABASE", "postgres"),
+            ("PGPASSFILE", "/root/.pgpass"),
+            ("POSTGRES_USER", "postgres"),
+            ("POSTGRES_DB", "app"),
+            ("PGWARD_CONFIG", "/etc/pgward/pgward.yaml"),
+            ("PGWARD_STORAGE_URL", "s3://bucket/prefix"),
+            ("PGWARD_LOG_FORMAT", "json"),
+            ("DB_PASSWORD_HINT", "ask the DBA"),
+        ];
+        assert_eq!(removed(&vars, &["s3cret"], &[]), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_variable_holding_a_secret_the_config_read_is_kept_from_children() {
+        let vars = [
+            ("METRICS_PW", "hunter2-long"),
+            ("HOOK", "Bearer abc"),
+            ("SIMILAR", "hunter2-longer"),
+            ("EMPTY", ""),
+        ];
+        assert_eq!(
+            removed(&vars, &["hunter2-long", "Bearer abc"], &[]),
+            ["METRICS_PW", "HOOK"]
+        );
+    }
+
+    #[test]
+    fn inherit_env_keeps_exactly_the_listed_names() {
+        let vars = [
+            ("AWS_SECRET_ACCESS_KEY", "k"),
+            ("AWS_SESSION_TOKEN", "t"),
+            ("METRICS_PW", "hunter2-long"),
+        ];
+        assert_eq!(
+            removed(
+                &vars,
+                &["hunter2-long"],
+                &["AWS_SESSION_TOKEN", "METRICS_PW"]
+            ),
+            ["AWS_SECRET_ACCESS_KEY"]
+        );
+        // Exact names: no prefixes, no other case.
+        assert_eq!(
+            removed(&vars, &[], &["AWS_", "aws_session_token"]),
+            ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"]
+        );
+    }
 
     #[test]
     fn shell_quoting_leaves_plain_paths_and_quotes_the_rest() {

@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::backup::catalog;
+use crate::config::JobConfig;
 use crate::control::server::ControlServer;
 use crate::init::ForwardedSignal;
 use crate::metrics::pgward::{self as pgward_metrics, Watchers};
@@ -159,8 +160,9 @@ async fn prepare(
             }
         }
     } else {
+        let env = site.child_env(Child::Bootstrap);
         tokio::select! {
-            result = bootstrap::bootstrap(&server, &pg.init, &sink) => result.context("bootstrap of the data directory failed")?,
+            result = bootstrap::bootstrap(&server, &pg.init, &sink, &env) => result.context("bootstrap of the data directory failed")?,
             Some(ForwardedSignal::Terminate(n)) = signals.recv() => {
                 tracing::warn!("stop requested during bootstrap; abandoning it");
                 return Ok(Prepared::Stopped(128 + n));
@@ -256,7 +258,14 @@ impl Daemon {
             Runners {
                 sink: site.sink(),
                 actions: Arc::new(SiteActions { site: site.clone() }),
-                child_env: site.child_env(Child::Job),
+                child_env: {
+                    let site = site.clone();
+                    Arc::new(move |job: &JobConfig| {
+                        site.child_env(Child::Job {
+                            inherit_env: &job.inherit_env,
+                        })
+                    })
+                },
             },
             ready_rx,
             CancellationToken::new(),
@@ -463,8 +472,10 @@ fn units(site: &Site, server: &Server) -> Result<Vec<UnitSpec>> {
         policy: postgres_policy(&pg.restart, &pg.stop),
         after: vec![],
     }];
-    let service_env = site.child_env(Child::Service);
     for service in &config.services {
+        let service_env = site.child_env(Child::Service {
+            inherit_env: &service.inherit_env,
+        });
         units.push(UnitSpec {
             name: service.name.clone(),
             launcher: Box::new(SpecLauncher {

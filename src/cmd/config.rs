@@ -9,8 +9,9 @@ use crate::config::{self, Config};
 
 pub fn run(command: ConfigCommand, path: Option<&Path>) -> ExitCode {
     match command {
-        // Exit 2 with `file:line:column` per problem (see `super::load`).
-        ConfigCommand::Check => match super::load(path) {
+        // Exit 2 with `file:line:column` per problem (see `super::load`), the users that
+        // `pgward run` would start children as included.
+        ConfigCommand::Check => match super::load_checking_users(path) {
             Ok(config) => {
                 if let Some(warning) = readable_secrets_warning(&config) {
                     eprintln!("{warning}");

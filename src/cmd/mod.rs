@@ -39,7 +39,21 @@ pub fn config_path(explicit: Option<&Path>) -> Option<PathBuf> {
 
 /// Loads the config; on problems prints them and returns exit code 2.
 pub fn load(path: Option<&Path>) -> Result<Config, ExitCode> {
-    crate::config::load(path, &|name| std::env::var(name).ok()).map_err(|e| {
+    report_problems(crate::config::load(path, &|name| std::env::var(name).ok()))
+}
+
+/// [`load`], with the `user` keys of services and jobs looked up in this system's user
+/// database: for `config check` and the commands that start those children.
+pub fn load_checking_users(path: Option<&Path>) -> Result<Config, ExitCode> {
+    report_problems(crate::config::load_with_users(
+        path,
+        &|name| std::env::var(name).ok(),
+        &crate::config::system_user,
+    ))
+}
+
+fn report_problems(loaded: Result<Config, ConfigError>) -> Result<Config, ExitCode> {
+    loaded.map_err(|e| {
         match &e {
             ConfigError::Invalid(_) => eprintln!("{}", crate::redact::scrub(&e.to_string())),
             ConfigError::Read { .. } => {

@@ -9,7 +9,7 @@ use crate::site::Site;
 use crate::{app, init, logging};
 
 pub fn run(config_path: Option<&Path>) -> ExitCode {
-    let config = match super::load(config_path) {
+    let config = match super::load_checking_users(config_path) {
         Ok(config) => config,
         Err(code) => return code,
     };

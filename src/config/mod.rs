@@ -164,28 +164,69 @@ const DEFAULTS_FILE: &str = "<defaults>";
 
 /// Loads and validates the config at `path`, or the built-in defaults when `path` is `None`.
 /// `env` looks up environment variables (interpolation, `$PGDATA`, `POSTGRES_*` defaults).
+/// The `user` keys of services and jobs are taken as written: the commands that start
+/// children (`pgward run`) and `config check` use [`load_with_users`].
 pub fn load(
     path: Option<&Path>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
+    load_with_users(path, env, &any_user)
+}
+
+/// [`load`], with the `user` keys of services and jobs looked up in `users` (e.g.
+/// [`system_user`]): a user that does not exist is a problem at that key.
+pub fn load_with_users(
+    path: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+    users: Users<'_>,
+) -> Result<Config, ConfigError> {
     let Some(path) = path else {
-        return from_str("", DEFAULTS_FILE, env);
+        return from_str_with_users("", DEFAULTS_FILE, env, users);
     };
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
     })?;
-    let mut config = from_str(&text, &path.display().to_string(), env)?;
+    let mut config = from_str_with_users(&text, &path.display().to_string(), env, users)?;
     config.source = Some(path.to_owned());
     Ok(config)
 }
 
 /// Parses and validates YAML `text`; `file` names it in problems. [`Config::source`] is left
-/// `None`.
+/// `None`. The `user` keys are taken as written (see [`load`]).
 pub fn from_str(
     text: &str,
     file: &str,
     env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    from_str_with_users(text, file, env, &any_user)
+}
+
+/// Whether the OS user `name` exists: `Err` with the one-line reason when it does not, or
+/// when the lookup fails. The `user` keys of services and jobs are checked with it.
+pub type Users<'a> = &'a dyn Fn(&str) -> Result<(), String>;
+
+/// [`Users`] of this system: its user database (`/etc/passwd`, NSS), where the children
+/// will be started.
+pub fn system_user(name: &str) -> Result<(), String> {
+    match crate::process::RunAs::lookup(name) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(format!("no such user {name:?}")),
+        Err(e) => Err(format!("{e:#}")),
+    }
+}
+
+/// [`Users`] that takes every name as written, for the commands that start no child.
+fn any_user(_: &str) -> Result<(), String> {
+    Ok(())
+}
+
+/// [`from_str`] with the users looked up in `users`.
+pub fn from_str_with_users(
+    text: &str,
+    file: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    users: Users<'_>,
 ) -> Result<Config, ConfigError> {
     let locator = Locator::new(text);
     // serde_yaml_ng reads an empty document (or one holding only comments) as null, which the
@@ -196,6 +237,7 @@ pub fn from_str(
         file: file.to_owned(),
         loc: &locator,
         env,
+        users,
         problems: Vec::new(),
         literal_secrets: Vec::new(),
     };

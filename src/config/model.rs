@@ -39,6 +39,39 @@ pub struct Config {
     pub metrics: MetricsConfig,
 }
 
+impl Config {
+    /// The clear text of every secret the config holds (whether written in the file, read
+    /// from a `*_file`, or taken from the environment), and the storage access key id that
+    /// goes with the secret key: a child's environment must not hold any of them (see
+    /// `Site::child_env`). Empty values are left out. Keep in step with the [`Secret`]
+    /// fields.
+    pub fn secret_values(&self) -> Vec<&str> {
+        let storage = &self.storage;
+        let mut values: Vec<&str> = [
+            self.postgres.init.password.as_ref(),
+            storage.s3.secret_access_key.as_ref(),
+            storage.s3.session_token.as_ref(),
+            storage.gcs.service_account_key.as_ref(),
+            storage.azure.access_key.as_ref(),
+            self.metrics.password.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(Secret::expose)
+        .collect();
+        values.extend(storage.s3.access_key_id.as_deref());
+        for job in &self.jobs {
+            for report in [&job.on_failure, &job.on_success].into_iter().flatten() {
+                if let Some(webhook) = &report.webhook {
+                    values.extend(webhook.headers.values().map(Secret::expose));
+                }
+            }
+        }
+        values.retain(|v| !v.is_empty());
+        values
+    }
+}
+
 /// `metrics:` — the HTTP endpoints: `/metrics` (Prometheus), `/healthz`, `/readyz`, `/status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MetricsConfig {
@@ -141,7 +174,11 @@ pub struct ServiceConfig {
     pub command: Vec<String>,
     /// Extra environment variables.
     pub env: BTreeMap<String, String>,
-    /// OS user to run as (only when pgward is root). Default: pgward's own user.
+    /// Variables of pgward's environment the service gets although they are secret (see
+    /// `Site::child_env`). Default: none.
+    pub inherit_env: Vec<String>,
+    /// OS user to run as (only when pgward is root); it exists (checked when the config was
+    /// read). Default: pgward's own user.
     pub user: Option<String>,
     /// Working directory. Default: pgward's own.
     pub working_dir: Option<PathBuf>,
@@ -191,7 +228,11 @@ pub struct JobConfig {
     pub task: JobTask,
     /// Added to the environment of a command (and of its report command).
     pub env: BTreeMap<String, String>,
-    /// OS user a command runs as when pgward is root. Default: `postgres.user`.
+    /// Variables of pgward's environment a command (and its report command) gets although
+    /// they are secret (see `Site::child_env`). Default: none.
+    pub inherit_env: Vec<String>,
+    /// OS user a command (and its report command) runs as when pgward is root; it existed
+    /// when the config was read. Default: `postgres.user` (root only when written).
     pub user: Option<String>,
     /// Working directory of a command. Default: the user's home, else `/`.
     pub working_dir: Option<PathBuf>,

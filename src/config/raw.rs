@@ -290,11 +290,15 @@ pub(crate) struct RawService {
     pub name: Option<Text>,
     /// argv; the first word is looked up on `PATH`. Required.
     pub command: Option<Vec<Text>>,
-    /// Added to pgward's own environment. Default: `{}`.
+    /// Added to pgward's own environment (secrets removed). Default: `{}`.
     #[serde(deserialize_with = "null_as_default")]
     #[schemars(with = "Option<BTreeMap<String, Text>>")]
     pub env: BTreeMap<String, Text>,
-    /// OS user to run as, when pgward runs as root. Default: pgward's user.
+    /// Secret variables of pgward's environment the service still gets (e.g. `AWS_SECRET_ACCESS_KEY`). Default: none.
+    #[serde(deserialize_with = "null_as_default")]
+    #[schemars(with = "Option<Vec<Text>>")]
+    pub inherit_env: Vec<Text>,
+    /// OS user to run as, when pgward runs as root; it must exist. Default: pgward's user.
     pub user: Option<Text>,
     /// Working directory. Default: pgward's.
     pub working_dir: Option<Text>,
@@ -333,11 +337,15 @@ pub(crate) struct RawJob {
     pub options: Option<RawJobOptions>,
     /// A list is a program's argv; a string runs under `/bin/sh -c`.
     pub command: Option<RawCommandLine>,
-    /// Added to a command's environment. Default: none.
+    /// Added to a command's environment (secrets removed). Default: none.
     #[serde(deserialize_with = "null_as_default")]
     #[schemars(with = "Option<BTreeMap<String, Text>>")]
     pub env: BTreeMap<String, Text>,
-    /// OS user a command runs as when pgward is root. Default: `postgres.user`.
+    /// Secret variables of pgward's environment a command (and its report command) still gets. Default: none.
+    #[serde(deserialize_with = "null_as_default")]
+    #[schemars(with = "Option<Vec<Text>>")]
+    pub inherit_env: Vec<Text>,
+    /// OS user a command runs as when pgward is root (`root` only when written); it must exist. Default: `postgres.user`.
     pub user: Option<Text>,
     /// Working directory of a command. Default: the user's home.
     pub working_dir: Option<Text>,

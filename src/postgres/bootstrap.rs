@@ -2,7 +2,10 @@
 //! `docker-entrypoint.sh` does it: check the password rules, `initdb` with the superuser and
 //! password, a `host all all all <method>` line in pg_hba.conf, a temporary socket-only server,
 //! `CREATE DATABASE` for `POSTGRES_DB`, the scripts of the init directory in name order, and a
-//! fast stop. Everything runs as the server's OS user.
+//! fast stop. Everything runs as the server's OS user, in the environment the caller gives
+//! (pgward's own less its secrets). The init scripts get on top what the image gives them:
+//! `POSTGRES_USER`, `POSTGRES_DB`, `POSTGRES_PASSWORD`, `PGPASSWORD` and the `PG*` variables
+//! of the temporary server.
 //!
 //! Unlike the image, an interrupted bootstrap is not mistaken for a finished one: a marker file
 //! lives in the data directory from initdb until the last script succeeded, and a later start
@@ -19,7 +22,7 @@ use serde::Serialize;
 
 use super::ready::{self, Target};
 use super::server::Server;
-use crate::process::{self, LogSink, Spec};
+use crate::process::{self, ChildEnv, LogSink, Spec};
 use crate::secret::Secret;
 
 /// How an empty data directory is filled at first start: the same inputs as the official
@@ -90,8 +93,13 @@ pub fn check_password_rules(init: &InitConfig) -> Result<()> {
     Ok(())
 }
 
-/// Bootstraps the empty data directory of `server`.
-pub async fn bootstrap(server: &Server, init: &InitConfig, sink: &LogSink) -> Result<()> {
+/// Bootstraps the empty data directory of `server`; every process it starts gets `env`.
+pub async fn bootstrap(
+    server: &Server,
+    init: &InitConfig,
+    sink: &LogSink,
+    env: &ChildEnv,
+) -> Result<()> {
     check_password_rules(init)?;
     let data_dir = &server.data_dir;
     if fs::read_dir(data_dir)
@@ -106,20 +114,20 @@ pub async fn bootstrap(server: &Server, init: &InitConfig, sink: &LogSink) -> Re
         );
     }
     tracing::info!(data_dir = %data_dir.display(), superuser = %init.superuser, "initializing a new cluster");
-    initdb(server, init, sink).await?;
+    initdb(server, init, sink, env).await?;
     // initdb wants an empty directory, so the marker can only be written after it.
     let marker = data_dir.join(INCOMPLETE_MARKER);
     fs::write(&marker, "initialization under way\n")
         .with_context(|| format!("write {}", marker.display()))?;
-    append_hba_line(server, init, sink).await?;
-    run_with_temp_server(server, init, sink).await?;
+    append_hba_line(server, init, sink, env).await?;
+    run_with_temp_server(server, init, sink, env).await?;
     fs::remove_file(&marker).with_context(|| format!("remove {}", marker.display()))?;
     crate::fsutil::sync_dir(data_dir)?;
     tracing::info!("PostgreSQL init process complete; ready for start up");
     Ok(())
 }
 
-async fn initdb(server: &Server, init: &InitConfig, sink: &LogSink) -> Result<()> {
+async fn initdb(server: &Server, init: &InitConfig, sink: &LogSink, env: &ChildEnv) -> Result<()> {
     if let Some(waldir) = &init.waldir {
         fs::create_dir_all(waldir)
             .with_context(|| format!("create WAL directory {}", waldir.display()))?;
@@ -135,7 +143,8 @@ async fn initdb(server: &Server, init: &InitConfig, sink: &LogSink) -> Result<()
         .arg(&server.data_dir)
         .arg(format!("--username={}", init.superuser))
         .arg(format!("--pwfile={}", pwfile.path.display()))
-        .run_as(server.run_as.clone());
+        .run_as(server.run_as.clone())
+        .child_env(env);
     if let Some(waldir) = &init.waldir {
         spec = spec.arg("--waldir").arg(waldir);
     }
@@ -177,7 +186,12 @@ impl Drop for PwFile {
 
 /// The image's `pg_setup_hba_conf`: allow every host with the chosen method, which defaults
 /// to the server's `password_encryption` (scram-sha-256 on 14+).
-async fn append_hba_line(server: &Server, init: &InitConfig, sink: &LogSink) -> Result<()> {
+async fn append_hba_line(
+    server: &Server,
+    init: &InitConfig,
+    sink: &LogSink,
+    env: &ChildEnv,
+) -> Result<()> {
     let method = match &init.host_auth_method {
         Some(method) => method.clone(),
         None => {
@@ -186,7 +200,8 @@ async fn append_hba_line(server: &Server, init: &InitConfig, sink: &LogSink) -> 
                 .arg("password_encryption")
                 .arg("-D")
                 .arg(&server.data_dir)
-                .run_as(server.run_as.clone());
+                .run_as(server.run_as.clone())
+                .child_env(env);
             let (status, out) = process::capture(&spec, sink).await?;
             if !status.success() {
                 bail!("reading password_encryption failed: {status}");
@@ -217,8 +232,15 @@ async fn append_hba_line(server: &Server, init: &InitConfig, sink: &LogSink) -> 
 
 /// Starts a server that listens on the socket only, creates the database, runs the scripts,
 /// and stops it fast. The server is stopped on every path, also when a script fails.
-async fn run_with_temp_server(server: &Server, init: &InitConfig, sink: &LogSink) -> Result<()> {
-    let spec = server.spec("postgres-init", &[("listen_addresses", "")]);
+async fn run_with_temp_server(
+    server: &Server,
+    init: &InitConfig,
+    sink: &LogSink,
+    env: &ChildEnv,
+) -> Result<()> {
+    let spec = server
+        .spec("postgres-init", &[("listen_addresses", "")])
+        .child_env(env);
     let running = process::spawn(&spec, sink)?;
     let pid = running.pid;
     let mut exit = running.exit;
@@ -240,7 +262,7 @@ async fn run_with_temp_server(server: &Server, init: &InitConfig, sink: &LogSink
             ),
         }
         create_database(&target, &init.database).await?;
-        run_scripts(server, init, sink).await
+        run_scripts(server, init, sink, env).await
     };
     let result = work.await;
     process::signal(pid, nix::sys::signal::Signal::SIGINT);
@@ -280,7 +302,12 @@ async fn create_database(target: &Target, database: &str) -> Result<()> {
 }
 
 /// The image's `docker_process_init_files`, in name order.
-async fn run_scripts(server: &Server, init: &InitConfig, sink: &LogSink) -> Result<()> {
+async fn run_scripts(
+    server: &Server,
+    init: &InitConfig,
+    sink: &LogSink,
+    env: &ChildEnv,
+) -> Result<()> {
     let dir = &init.scripts_dir;
     let mut entries: Vec<PathBuf> = match fs::read_dir(dir) {
         Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).collect(),
@@ -298,7 +325,7 @@ async fn run_scripts(server: &Server, init: &InitConfig, sink: &LogSink) -> Resu
             continue;
         };
         tracing::info!(script = %path.display(), "running init script");
-        run_script(server, init, sink, &path, kind)
+        run_script(server, init, sink, env, &path, kind)
             .await
             .with_context(|| format!("init script {} failed", path.display()))?;
     }
@@ -331,6 +358,7 @@ async fn run_script(
     server: &Server,
     init: &InitConfig,
     sink: &LogSink,
+    env: &ChildEnv,
     path: &Path,
     kind: ScriptKind,
 ) -> Result<()> {
@@ -356,8 +384,11 @@ async fn run_script(
             .arg(format!("--username={}", init.superuser))
             .arg(format!("--dbname={}", init.database)),
     };
-    // What the image's scripts may rely on.
+    // What the image's scripts may rely on, the superuser's password included (the image
+    // exports it to them; they run once, before any client can connect, and are the image
+    // builder's or operator's own code). It wins over `env`, which removed it.
     spec = spec
+        .child_env(env)
         .env("PGHOST", &server.socket_dir)
         .env("PGPORT", server.port.to_string())
         .env("PGUSER", &init.superuser)

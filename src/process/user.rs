@@ -17,27 +17,38 @@ pub struct RunAs {
 }
 
 impl RunAs {
-    /// Looks `name` up in the user database (a name or a numeric uid).
+    /// Looks `name` up in the user database (a name or a numeric uid); fails when there is
+    /// no such user.
     pub fn resolve(name: &str) -> Result<RunAs> {
+        Self::lookup(name)?.ok_or_else(|| {
+            anyhow!("user {name:?} does not exist\nHINT: create it, or set the user key to an existing account")
+        })
+    }
+
+    /// Looks `name` up in the user database (a name or a numeric uid): `None` when it holds
+    /// no such user, an error when the lookup itself fails.
+    pub fn lookup(name: &str) -> Result<Option<RunAs>> {
         let user = match name.parse::<u32>() {
             Ok(uid) => User::from_uid(Uid::from_raw(uid)),
             Err(_) => User::from_name(name),
         }
-        .with_context(|| format!("look up user {name:?}"))?
-        .ok_or_else(|| anyhow!("user {name:?} does not exist\nHINT: create it, or set the user key to an existing account"))?;
+        .with_context(|| format!("look up user {name:?}"))?;
+        let Some(user) = user else {
+            return Ok(None);
+        };
         let cname = std::ffi::CString::new(user.name.clone()).context("user name contains NUL")?;
         let groups = nix::unistd::getgrouplist(&cname, user.gid)
             .with_context(|| format!("list groups of user {name:?}"))?
             .into_iter()
             .map(Gid::as_raw)
             .collect();
-        Ok(RunAs {
+        Ok(Some(RunAs {
             name: user.name,
             uid: user.uid.as_raw(),
             gid: user.gid.as_raw(),
             groups,
             home: user.dir,
-        })
+        }))
     }
 
     /// The user children should run as: `name` when pgward is root, nobody else otherwise (an

@@ -17,7 +17,7 @@ use super::state::{JobStates, RunResult};
 use super::{JobStatus, OutputLine, OutputStream};
 use crate::config::{ConcurrencyPolicy, Config, JobConfig, JobTask};
 use crate::init::ExitInfo;
-use crate::process::{ChildEnv, LogSink, RunAs};
+use crate::process::{LogSink, RunAs};
 use crate::redact::scrub;
 
 use super::BoxFuture;
@@ -48,7 +48,7 @@ pub(super) struct Shared {
     config: Arc<Config>,
     sink: LogSink,
     actions: Arc<dyn super::Actions>,
-    child_env: ChildEnv,
+    child_env: super::JobEnv,
     postgres_ready: watch::Receiver<bool>,
     state_path: PathBuf,
     /// Loaded once; changed in memory, written by [`Shared::save`] off the runtime.
@@ -629,6 +629,8 @@ impl Job {
             output_tail: tried.tail.clone(),
             host: super::report::hostname(),
         };
+        let child_env = (self.shared.child_env)(&self.config);
+        // A user that cannot be found fails the report command (logged), not the webhook.
         let run_as = self.run_as();
         // Boxed as `dyn Send`: the compiler then checks Send for these borrows here, once,
         // instead of failing to prove it for every lifetime inside the spawned run.
@@ -636,7 +638,7 @@ impl Job {
             report_config,
             &report,
             &self.config.env,
-            &self.shared.child_env,
+            &child_env,
             run_as,
             &self.shared.sink,
         ));
@@ -654,20 +656,16 @@ impl Job {
         }
     }
 
-    /// The OS user commands run as: the job's `user`, else the server's.
-    fn run_as(&self) -> Option<RunAs> {
+    /// The OS user commands run as when pgward is root: the job's `user`, else
+    /// `postgres.user` (root only when written), looked up again for each run. A user that
+    /// cannot be found fails the run: a command never falls back to pgward's own user.
+    fn run_as(&self) -> Result<Option<RunAs>, String> {
         let user = self
             .config
             .user
             .as_deref()
             .unwrap_or(&self.shared.config.postgres.user);
-        match RunAs::for_child(Some(user)) {
-            Ok(run_as) => run_as,
-            Err(e) => {
-                tracing::error!(job = %self.config.name, "cannot run as {user}: {e:#}");
-                None
-            }
-        }
+        RunAs::for_child(Some(user)).map_err(|e| format!("cannot run as user {user:?}: {e:#}"))
     }
 
     /// One attempt: the facts that decide success, the output's last lines, and the error
@@ -679,9 +677,21 @@ impl Job {
     ) -> (RunFacts, Vec<String>, Option<String>) {
         match &self.config.task {
             JobTask::Command { .. } => {
-                let mut run = super::command::CommandRun::for_job(&self.config, self.run_as())
+                let run_as = match self.run_as() {
+                    Ok(run_as) => run_as,
+                    Err(error) => {
+                        if let Some(live) = live {
+                            let _ = live.send(OutputLine {
+                                stream: OutputStream::Pgward,
+                                text: error.clone(),
+                            });
+                        }
+                        return (RunFacts::action(false), vec![error.clone()], Some(error));
+                    }
+                };
+                let mut run = super::command::CommandRun::for_job(&self.config, run_as)
                     .expect("a command job has a command");
-                run.child_env = self.shared.child_env.clone();
+                run.child_env = (self.shared.child_env)(&self.config);
                 // The runner speaks in process streams; a `jobs run` client gets them named.
                 let forward = live.cloned().map(|live| {
                     let (tx, mut rx) = mpsc::unbounded_channel::<crate::process::OutputLine>();

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, JobTask};
+use crate::config::{Config, JobConfig, JobTask};
 use crate::process::{ChildEnv, LogSink};
 use crate::tasks::Critical;
 
@@ -63,10 +63,13 @@ pub struct Runners {
     pub sink: LogSink,
     /// The built-in actions.
     pub actions: Arc<dyn Actions>,
-    /// The environment of job and report commands (on top of pgward's own and below the
-    /// job's `env`).
-    pub child_env: ChildEnv,
+    /// The environment of a job's command and report command (pgward's own less its
+    /// secrets, below the job's `env`).
+    pub child_env: JobEnv,
 }
+
+/// The environment of a job's commands, by job (its `inherit_env`).
+pub type JobEnv = Arc<dyn Fn(&JobConfig) -> ChildEnv + Send + Sync>;
 
 /// One line of a run's output, for a `jobs run` client.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -111,8 +111,9 @@ pub fn hostname() -> String {
 }
 
 /// Sends `report` as `report_config` says: its command (run as `run_as`, with the job's `env`
-/// and the `PGWARD_JOB_*` variables, for at most [`REPORT_COMMAND_TIMEOUT`]) and its webhook,
-/// both at once. Failures are logged, never returned (see the module doc).
+/// and the `PGWARD_JOB_*` variables, for at most [`REPORT_COMMAND_TIMEOUT`]; not at all when
+/// `run_as` is the reason the job's user cannot be found) and its webhook, both at once.
+/// Failures are logged, never returned (see the module doc).
 ///
 /// Variables: `PGWARD_JOB_NAME`, `PGWARD_JOB_STATUS` (`success` or `failure`),
 /// `PGWARD_JOB_REASON` (empty if none), `PGWARD_JOB_EXIT_CODE` (empty if none),
@@ -125,7 +126,7 @@ pub async fn send(
     report: &RunReport,
     env: &BTreeMap<String, String>,
     child_env: &ChildEnv,
-    run_as: Option<RunAs>,
+    run_as: Result<Option<RunAs>, String>,
     sink: &LogSink,
 ) {
     let command = async {
@@ -162,9 +163,10 @@ async fn run_command(
     report: &RunReport,
     env: &BTreeMap<String, String>,
     child_env: &ChildEnv,
-    run_as: Option<RunAs>,
+    run_as: Result<Option<RunAs>, String>,
     sink: &LogSink,
 ) -> Result<()> {
+    let run_as = run_as.map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut env = env.clone();
     // Ours win over the job's: they describe this run.
     env.extend(
@@ -324,7 +326,7 @@ mod tests {
             &report(),
             &BTreeMap::new(),
             &ChildEnv::default(),
-            None,
+            Ok(None),
             &test_sink(),
         ))
         .await
@@ -465,7 +467,7 @@ mod tests {
             &report(),
             &env,
             &ChildEnv::default(),
-            None,
+            Ok(None),
             &test_sink(),
         ))
         .await;

@@ -23,6 +23,7 @@ mod pid1;
 mod postgres_run;
 mod prometheus_rules;
 mod restore_test;
+mod security_env;
 mod security_redaction;
 mod security_restore;
 mod security_socket;

@@ -23,7 +23,15 @@ fn parse(yaml: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    from_str(yaml, "cfg.yaml", &|k| vars.get(k).cloned())
+    from_str_with_users(yaml, "cfg.yaml", &|k| vars.get(k).cloned(), &users)
+}
+
+/// The user database of the tests: the same on every machine.
+fn users(name: &str) -> Result<(), String> {
+    match name {
+        "root" | "postgres" | "nobody" | "pgbouncer" => Ok(()),
+        _ => Err(format!("no such user {name:?}")),
+    }
 }
 
 fn ok(yaml: &str, vars: &[(&str, &str)]) -> Config {
@@ -169,6 +177,7 @@ fn job(name: &str, schedule: &str, task: JobTask) -> JobConfig {
         timezone: "UTC".into(),
         task,
         env: BTreeMap::new(),
+        inherit_env: vec![],
         user: None,
         working_dir: None,
         concurrency: ConcurrencyPolicy::Forbid,

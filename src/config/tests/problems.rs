@@ -243,6 +243,57 @@ fn empty_command() {
 }
 
 #[test]
+fn job_and_service_users_must_exist() {
+    let yaml = "\
+services:
+  - { name: a, command: [a], user: ghost }
+  - { name: b, command: [b], user: pgbouncer }
+jobs:
+  - { name: j, schedule: '@daily', command: [x], user: phantom }
+  - { name: k, schedule: '@daily', command: [x], user: root }
+  - { name: l, schedule: '@daily', command: [x] }
+";
+    assert_eq!(
+        problems(yaml, &[]),
+        [
+            "cfg.yaml:2:36: services[0].user: no such user \"ghost\"",
+            "cfg.yaml:5:56: jobs[0].user: no such user \"phantom\"",
+        ]
+    );
+}
+
+#[test]
+fn system_users_are_looked_up_in_the_user_database() {
+    assert_eq!(system_user("root"), Ok(()));
+    assert_eq!(system_user("0"), Ok(()));
+    assert_eq!(
+        system_user("pgward-no-such-user"),
+        Err("no such user \"pgward-no-such-user\"".to_owned())
+    );
+}
+
+#[test]
+fn inherit_env_takes_variable_names() {
+    let yaml = "\
+services:
+  - { name: a, command: [a], inherit_env: [OK, \"A=B\", \"\"] }
+";
+    assert_eq!(
+        problems(yaml, &[]),
+        [
+            "cfg.yaml:2:48: services[0].inherit_env[1]: \"A=B\" is not an environment \
+             variable name (no `=`, not empty)",
+            "cfg.yaml:2:55: services[0].inherit_env[2]: \"\" is not an environment variable \
+             name (no `=`, not empty)",
+        ]
+    );
+    assert_eq!(
+        problem("jobs:\n  - { name: j, schedule: '@daily', command: [x], inherit_env: BAD }\n"),
+        "cfg.yaml:2:63: jobs[0].inherit_env: expected a list, found a string"
+    );
+}
+
+#[test]
 fn job_with_both_action_and_command() {
     let yaml = "jobs:\n  - name: j\n    schedule: '@daily'\n    action: backup\n    command: [x]\n";
     assert_eq!(

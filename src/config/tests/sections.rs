@@ -95,6 +95,7 @@ fn full_example_services_jobs_log_and_control() {
                 ("A".into(), "b".into()),
                 ("DB_PASSWORD".into(), "sesame".into())
             ]),
+            inherit_env: vec![],
             user: Some("postgres".into()),
             working_dir: Some(PathBuf::from("/tmp")),
             restart: RestartMode::Always,
@@ -115,6 +116,7 @@ fn full_example_services_jobs_log_and_control() {
             name: "exporter".into(),
             command: vec!["exporter".into()],
             env: BTreeMap::new(),
+            inherit_env: vec![],
             user: None,
             working_dir: None,
             restart: RestartMode::OnFailure,
@@ -760,6 +762,67 @@ jobs:
             )
         }
     );
+}
+
+#[test]
+fn services_and_jobs_list_the_secret_variables_they_inherit() {
+    let yaml = "\
+services:
+  - { name: uploader, command: [up], inherit_env: [AWS_ACCESS_KEY_ID, \"${WHICH}\"] }
+jobs:
+  - name: sync
+    schedule: '@daily'
+    command: [aws, s3, sync]
+    inherit_env:
+      - AWS_SESSION_TOKEN
+";
+    let config = ok(yaml, &[("WHICH", "AWS_SECRET_ACCESS_KEY")]);
+    assert_eq!(
+        config.services[0].inherit_env,
+        ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+    );
+    assert_eq!(config.jobs[0].inherit_env, ["AWS_SESSION_TOKEN"]);
+    let none = ok(
+        "services:\n  - { name: a, command: [a], inherit_env: ~ }\n",
+        &[],
+    );
+    assert!(none.services[0].inherit_env.is_empty());
+}
+
+#[test]
+fn every_secret_value_is_known_to_the_config() {
+    let yaml = "\
+postgres:
+  init: { password: init-pw }
+storage:
+  url: s3://bucket/prefix
+  s3: { access_key_id: key-id, secret_access_key: s3-secret, session_token: s3-session }
+  gcs: { service_account_key: '{\"gcs\": \"key\"}' }
+  azure: { access_key: azure-key }
+metrics: { username: u, password: metrics-pw }
+jobs:
+  - name: j
+    schedule: '@daily'
+    command: [x]
+    on_failure: { webhook: { url: 'http://127.0.0.1:9/f', headers: { A: failure-header } } }
+    on_success: { webhook: { url: 'http://127.0.0.1:9/s', headers: { B: success-header, C: '' } } }
+";
+    let config = ok(yaml, &[]);
+    assert_eq!(
+        config.secret_values(),
+        [
+            "init-pw",
+            "s3-secret",
+            "s3-session",
+            "{\"gcs\": \"key\"}",
+            "azure-key",
+            "metrics-pw",
+            "key-id",
+            "failure-header",
+            "success-header",
+        ]
+    );
+    assert_eq!(ok("", &[]).secret_values(), Vec::<&str>::new());
 }
 
 #[test]

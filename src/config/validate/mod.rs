@@ -28,7 +28,7 @@ use super::locate::{Locator, Pos};
 use super::raw::*;
 use super::secret::read_secret_file;
 use super::*;
-use values::{absolute_path, non_empty, parse_bool, parse_count, parse_duration};
+use values::{absolute_path, env_name, non_empty, parse_bool, parse_count, parse_duration};
 
 /// Label of problems that come from `POSTGRES_*` variables rather than from the file.
 const ENV_FILE: &str = "<env>";
@@ -38,6 +38,8 @@ pub(crate) struct Cx<'a> {
     pub file: String,
     pub loc: &'a Locator,
     pub env: Env<'a>,
+    /// Whether an OS user exists (the `user` keys of services and jobs).
+    pub users: Users<'a>,
     pub problems: Vec<Problem>,
     /// The keys whose secret is written in the file itself (see [`Config::literal_secrets`]).
     pub literal_secrets: Vec<String>,
@@ -134,6 +136,29 @@ impl Cx<'_> {
 
     fn string(&mut self, path: &str, raw: Option<Text>) -> Option<String> {
         self.parse(path, raw, non_empty)
+    }
+
+    /// The OS user named at `path`, which must exist: a child is never started as another
+    /// user (least of all root) because its own was missing.
+    fn user(&mut self, path: &str, raw: Option<Text>) -> Option<String> {
+        let name = self.string(path, raw)?;
+        if let Err(reason) = (self.users)(&name) {
+            self.at_value(path, reason);
+        }
+        Some(name)
+    }
+
+    /// Names of environment variables a child inherits from pgward although they are secret
+    /// (`inherit_env`): each a variable name, no `=` and no NUL.
+    fn env_names(&mut self, path: &str, raw: Vec<Text>) -> Vec<String> {
+        let mut names = Vec::with_capacity(raw.len());
+        for (i, item) in raw.into_iter().enumerate() {
+            let at = format!("{path}[{i}]");
+            if let Some(name) = self.parse(&at, Some(item), env_name) {
+                names.push(name);
+            }
+        }
+        names
     }
 
     fn path(&mut self, path: &str, raw: Option<Text>) -> Option<PathBuf> {

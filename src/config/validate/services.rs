@@ -43,6 +43,7 @@ fn validate_service(base: &str, raw: RawService, cx: &mut Cx<'_>) -> ServiceConf
         name,
         command,
         env,
+        inherit_env,
         user,
         working_dir,
         restart,
@@ -58,7 +59,8 @@ fn validate_service(base: &str, raw: RawService, cx: &mut Cx<'_>) -> ServiceConf
     let name = required_name(cx, &path("name"), name, "service");
     let command = required_command(cx, &path("command"), command);
     let env = cx.map(&path("env"), env);
-    let user = cx.string(&path("user"), user);
+    let inherit_env = cx.env_names(&path("inherit_env"), inherit_env);
+    let user = cx.user(&path("user"), user);
     let working_dir = cx.path(&path("working_dir"), working_dir);
     let restart = cx
         .parse(&path("restart"), restart, |s| {
@@ -97,6 +99,7 @@ fn validate_service(base: &str, raw: RawService, cx: &mut Cx<'_>) -> ServiceConf
         name,
         command,
         env,
+        inherit_env,
         user,
         working_dir,
         restart,

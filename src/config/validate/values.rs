@@ -66,6 +66,17 @@ pub(super) fn non_empty(s: &str) -> Result<String, String> {
     }
 }
 
+/// The name of an environment variable: not empty, no `=` (which ends a name) and no NUL.
+pub(super) fn env_name(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.contains(['=', '\0']) {
+        Err(format!(
+            "{s:?} is not an environment variable name (no `=`, not empty)"
+        ))
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
 pub(super) fn absolute_path(s: &str) -> Result<PathBuf, String> {
     if s.starts_with('/') {
         Ok(PathBuf::from(s))
