@@ -20,13 +20,15 @@ use crate::metrics::server::{Readiness, Source};
 use crate::postgres::ready::{self, Target};
 use crate::scheduler::Scheduler;
 use crate::supervisor::{UnitState, View, POSTGRES};
+use crate::wal::archiver::Archiver;
 use crate::wal::fetch::Fetched;
 use crate::wal::pg_wal::Scope;
 
 pub(super) struct DaemonHandler {
     pub(super) view: View,
     pub(super) stopping: Arc<AtomicBool>,
-    /// `None` when archiving is off: WAL requests are then left to the clients.
+    /// The WAL services, once open (without an archiver when archiving is off: pushes are
+    /// then left to the clients).
     pub(super) wal: WalSlot,
     /// Where to ask postgres whether it recovers.
     pub(super) target: Target,
@@ -70,8 +72,8 @@ async fn recovery_status(target: &Target) -> Option<RecoveryStatus> {
 impl DaemonHandler {
     /// What `pgward status` (and the exporter's `/status`) shows.
     async fn status(&self) -> Status {
-        let archiver = match self.wal.as_ref().and_then(|w| w.get()) {
-            Some(wal) => Some(wal.archiver.status().await),
+        let archiver = match self.wal.get().and_then(|w| w.archiver.as_ref()) {
+            Some(archiver) => Some(archiver.status().await),
             None => None,
         };
         let postgres_ready = self
@@ -99,8 +101,15 @@ impl DaemonHandler {
     }
 
     fn wal(&self) -> Result<&WalServices, WalUnavailable> {
-        let slot = self.wal.as_ref().ok_or(WalUnavailable::NotServed)?;
-        slot.get().ok_or(WalUnavailable::NotOpen)
+        self.wal.get().ok_or(WalUnavailable::NotOpen)
+    }
+
+    /// The archiver, when this daemon archives.
+    fn archiver(&self) -> Result<&Archiver, WalUnavailable> {
+        self.wal()?
+            .archiver
+            .as_ref()
+            .ok_or(WalUnavailable::NotServed)
     }
 }
 
@@ -179,9 +188,9 @@ impl Handler for DaemonHandler {
     fn handle(&self, caller: Caller, request: Request) -> Answer<'_> {
         Box::pin(async move {
             match request {
-                Request::WalPush { path } => match self.wal() {
-                    Ok(wal) => match wal.archiver.open(&path, scope(&caller)) {
-                        Ok(file) => match wal.archiver.push(file).await {
+                Request::WalPush { path } => match self.archiver() {
+                    Ok(archiver) => match archiver.open(&path, scope(&caller)) {
+                        Ok(file) => match archiver.push(file).await {
                             Ok(outcome) => Response::WalPushed { outcome },
                             Err(message) => Response::Error { message },
                         },
@@ -227,8 +236,8 @@ pub(super) struct DaemonMetrics {
 impl Source for DaemonMetrics {
     fn metrics(&self) -> BoxFuture<'_, String> {
         Box::pin(async move {
-            let archiver = match self.daemon.wal.as_ref().and_then(|w| w.get()) {
-                Some(wal) => Some(wal.archiver.status().await),
+            let archiver = match self.daemon.wal.get().and_then(|w| w.archiver.as_ref()) {
+                Some(archiver) => Some(archiver.status().await),
                 None => None,
             };
             let services = self.daemon.view.status();

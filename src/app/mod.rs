@@ -236,19 +236,20 @@ impl Daemon {
         let config = site.config();
         let control = ControlServer::bind(&config.control.socket, site.run_as()?).await?;
         let cancel_control = CancellationToken::new();
-        let wal = config.wal.archive.then(|| Arc::new(OnceLock::new()));
-        if let Some(slot) = &wal {
-            critical.spawn(
-                "the WAL services",
-                &cancel_control,
-                wal::open_wal_services(
-                    site.clone(),
-                    slot.clone(),
-                    cancel_control.clone(),
-                    critical.clone(),
-                ),
-            );
-        }
+        // Fetches are served whether or not this cluster archives: the restore command of a
+        // cluster restored from the repository runs as the server's user, whose environment
+        // holds no storage credentials.
+        let wal = Arc::new(OnceLock::new());
+        critical.spawn(
+            "the WAL services",
+            &cancel_control,
+            wal::open_wal_services(
+                site.clone(),
+                wal.clone(),
+                cancel_control.clone(),
+                critical.clone(),
+            ),
+        );
         let supervisor = Supervisor::start(units(&site, &server)?);
         let stopping = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = watch::channel(false);

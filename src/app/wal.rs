@@ -15,12 +15,13 @@ use crate::wal::fetch::Fetcher;
 
 /// The archiver and fetcher of the daemon, once the repository could be opened.
 pub(super) struct WalServices {
-    pub(super) archiver: Archiver,
+    /// `None` when archiving is off (`wal.archive: false`): pushes are then left to clients.
+    pub(super) archiver: Option<Archiver>,
     pub(super) fetcher: Fetcher,
 }
 
-/// Where the daemon's WAL services appear once open; `None` when archiving is off.
-pub(super) type WalSlot = Option<Arc<OnceLock<WalServices>>>;
+/// Where the daemon's WAL services appear once open.
+pub(super) type WalSlot = Arc<OnceLock<WalServices>>;
 
 /// Sets `archive_mode`, `archive_command` (this binary's `wal-push`, see
 /// [`Site::archive_command`]) and `archive_timeout`.
@@ -83,6 +84,14 @@ pub(super) async fn open_wal_services(
 }
 
 async fn open(site: &Site, cancel: &CancellationToken, critical: &Critical) -> Result<WalServices> {
+    if !site.config().wal.archive {
+        // Only the fetcher: nothing is written to the repository, not even repo.json.
+        let fetcher = site.cluster_fetcher(cancel.clone()).await?;
+        return Ok(WalServices {
+            archiver: None,
+            fetcher,
+        });
+    }
     let ctx = site.push_context().await?;
     let data_dir = site.data_dir();
     let fetcher = site.fetcher(&data_dir.join("pg_wal"), ctx.seg_size, cancel.clone())?;
@@ -95,5 +104,8 @@ async fn open(site: &Site, cancel: &CancellationToken, critical: &Critical) -> R
     };
     let marks = site.archived_marks()?;
     let archiver = Archiver::start(ctx, data_dir, options, &marks, cancel.clone(), critical);
-    Ok(WalServices { archiver, fetcher })
+    Ok(WalServices {
+        archiver: Some(archiver),
+        fetcher,
+    })
 }
