@@ -53,6 +53,8 @@ impl SiteActions {
         incremental: bool,
         cancel: &CancellationToken,
     ) -> Result<String> {
+        let wait: BoxFuture<'_, _> = Box::pin(wait_until_primary(job, self.site.target(), cancel));
+        wait.await?;
         let annotations = BTreeMap::from([("job".to_owned(), job.to_owned())]);
         let options = self.site.backup_options(annotations, false);
         let take: BoxFuture<'_, _> = Box::pin(self.site.take_backup(incremental, &options, cancel));
@@ -143,6 +145,42 @@ fn failed_checks(results: &[CheckResult]) -> String {
         out.push_str("\nHINT: `pgward check` shows what to do about each");
     }
     out
+}
+
+/// How often a scheduled backup asks whether the server has left recovery.
+const RECOVERY_POLL: Duration = Duration::from_secs(2);
+
+/// Waits while the server recovers (a restore from the repository not yet promoted): a backup
+/// can only be taken of a primary, and a scheduled one that fires during the recovery is taken
+/// right after it instead of failing. Bounded by the job's `timeout` and `cancel`.
+async fn wait_until_primary(job: &str, target: Target, cancel: &CancellationToken) -> Result<()> {
+    let mut said = false;
+    loop {
+        let client = target
+            .connect()
+            .await
+            .with_context(|| format!("connect to postgres at {}", target.socket_dir.display()))?;
+        let in_recovery: bool = client
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .context("ask whether the server is in recovery")?
+            .get(0);
+        drop(client);
+        if !in_recovery {
+            return Ok(());
+        }
+        if !said {
+            tracing::info!(
+                job,
+                "the server is in recovery: the backup waits until it is promoted"
+            );
+            said = true;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(RECOVERY_POLL) => {}
+            () = cancel.cancelled() => bail!("the backup was stopped while waiting for the end of recovery"),
+        }
+    }
 }
 
 /// Runs `sql` in `database` as the superuser, bounded by `statement_timeout`.
