@@ -5,10 +5,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 use crate::common::{
-    eventually, file_storage, files_under, pg_bin_dir, pgward_with, Cluster, Pgward, TestDir, BOOT,
+    eventually, file_storage, files_under, one_request_server, pg_bin_dir, pgward_with, Cluster,
+    Pgward, TestDir, BOOT,
 };
 
 fn jobs_json(config: &Path) -> serde_json::Value {
@@ -47,43 +46,6 @@ async fn start_with_jobs(
         .wait_connect("postgres", "pw", "postgres", BOOT)
         .await;
     (config, pgward)
-}
-
-/// A one-request HTTP server: the request's head and body, answered with `status`.
-async fn one_request_server(status: u16) -> (u16, tokio::task::JoinHandle<String>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let task = tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let mut request = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = stream.read(&mut buf).await.unwrap();
-            if n == 0 {
-                break;
-            }
-            request.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&request);
-            if let Some(head_end) = text.find("\r\n\r\n") {
-                let length = text[..head_end]
-                    .lines()
-                    .find_map(|l| {
-                        let (k, v) = l.split_once(':')?;
-                        k.eq_ignore_ascii_case("content-length")
-                            .then(|| v.trim().parse::<usize>().ok())?
-                    })
-                    .unwrap_or(0);
-                if request.len() >= head_end + 4 + length {
-                    break;
-                }
-            }
-        }
-        let answer =
-            format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-        stream.write_all(answer.as_bytes()).await.unwrap();
-        String::from_utf8_lossy(&request).into_owned()
-    });
-    (port, task)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,9 +9,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-use crate::common::{is_root, pgward_with, Cluster, Pgward, TestDir, BOOT};
+use crate::common::{is_root, one_request_server, pgward_with, Cluster, Pgward, TestDir, BOOT};
 use crate::storage_servers::TestS3;
 
 const PG_PASSWORD: &str = "Pg-Secret-0001";
@@ -27,42 +25,6 @@ fn assert_hidden(place: &str, text: &str, secrets: &[&str]) {
     for secret in secrets {
         assert!(!text.contains(secret), "{secret} shows in {place}:\n{text}");
     }
-}
-
-/// A one-request HTTP server answering 200: the request as it came.
-async fn webhook_server() -> (u16, tokio::task::JoinHandle<String>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let task = tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let mut request = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = stream.read(&mut buf).await.unwrap();
-            if n == 0 {
-                break;
-            }
-            request.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&request);
-            if let Some(head_end) = text.find("\r\n\r\n") {
-                let length = text[..head_end]
-                    .lines()
-                    .find_map(|l| {
-                        let (k, v) = l.split_once(':')?;
-                        k.eq_ignore_ascii_case("content-length")
-                            .then(|| v.trim().parse::<usize>().ok())?
-                    })
-                    .unwrap_or(0);
-                if request.len() >= head_end + 4 + length {
-                    break;
-                }
-            }
-        }
-        let answer = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
-        stream.write_all(answer.as_bytes()).await.unwrap();
-        String::from_utf8_lossy(&request).into_owned()
-    });
-    (port, task)
 }
 
 async fn get(port: u16, path: &str, auth: Option<(&str, &str)>) -> (u16, String) {
@@ -83,7 +45,7 @@ async fn get(port: u16, path: &str, auth: Option<(&str, &str)>) -> (u16, String)
 async fn no_secret_shows_in_config_print_log_status_metrics_or_reports() {
     let cluster = Cluster::new();
     let s3 = TestS3::start();
-    let (hook_port, hook) = webhook_server().await;
+    let (hook_port, hook) = one_request_server(200).await;
     // The job prints its environment, as a job that debugs itself would.
     let jobs = format!(
         r#"jobs:
