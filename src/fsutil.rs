@@ -3,12 +3,13 @@
 //!
 //! And [`Dir`]: a directory held open, for work in a directory another user can write (the
 //! daemon, as root, in the server's `pg_wal`), where a path looked up twice may lead to two
-//! places and a symlink may stand where a file was expected.
+//! places and a symlink may stand where a file was expected; and [`resolved`], where a path
+//! that may not exist yet really leads.
 
 use std::fs;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::Mode;
@@ -262,6 +263,35 @@ fn component(name: &str) -> io::Result<&str> {
 fn owned(fd: std::os::fd::RawFd) -> fs::File {
     // SAFETY: `fd` was just returned by a successful open and is owned by nobody else.
     fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `path` (absolute) with `.` and `..` folded and the symlinks of its longest existing
+/// ancestor resolved.
+pub fn resolved(path: &Path) -> PathBuf {
+    let mut folded = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::ParentDir => {
+                folded.pop();
+            }
+            Component::CurDir => {}
+            other => folded.push(other),
+        }
+    }
+    let mut missing = Vec::new();
+    let mut existing = folded.as_path();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            return missing.iter().rev().fold(real, |p, name| p.join(name));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                missing.push(name.to_owned());
+                existing = parent;
+            }
+            _ => return folded,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -652,8 +652,8 @@ impl Layout {
                 .with_context(|| format!("make {} absolute", location.display()))?;
             no_foreign_symlink(&location).with_context(|| format!("tablespace {oid}"))?;
             if !options.tablespace_map.contains_key(&oid) {
-                let real = resolved(&location);
-                let repo = repo_root.map(resolved);
+                let real = crate::fsutil::resolved(&location);
+                let repo = repo_root.map(crate::fsutil::resolved);
                 let refused = match (system_directory(&real), repo) {
                     (Some(dir), _) => Some(format!("the system directory {dir}")),
                     (None, Some(repo)) if real.starts_with(&repo) || repo.starts_with(&real) => {
@@ -776,25 +776,6 @@ fn no_foreign_symlink(path: &Path) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// `path` (absolute) with `.` and `..` folded and the symlinks of its longest existing
-/// ancestor resolved.
-fn resolved(path: &Path) -> PathBuf {
-    let mut missing = Vec::new();
-    let mut existing = path;
-    loop {
-        if let Ok(real) = existing.canonicalize() {
-            return missing.iter().rev().fold(real, |p, name| p.join(name));
-        }
-        match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(name)) => {
-                missing.push(name.to_owned());
-                existing = parent;
-            }
-            _ => return path.to_path_buf(),
-        }
-    }
 }
 
 /// While a restore running as root writes, `dir` belongs to root alone (mode 0700): no other

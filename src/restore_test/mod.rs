@@ -24,7 +24,7 @@ mod server;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -166,7 +166,7 @@ pub fn scratch_root(config: &Config, options: &RestoreTestConfig) -> Result<Path
             .unwrap_or(&data_dir)
             .join(DEFAULT_SCRATCH_DIR),
     };
-    if resolved(&root).starts_with(resolved(&data_dir)) {
+    if crate::fsutil::resolved(&root).starts_with(crate::fsutil::resolved(&data_dir)) {
         bail!(
             "the restore test's scratch directory {} is inside the data directory {}\n\
              HINT: set scratch_dir (--scratch-dir) to a directory outside postgres.data_dir",
@@ -175,35 +175,6 @@ pub fn scratch_root(config: &Config, options: &RestoreTestConfig) -> Result<Path
         );
     }
     Ok(root)
-}
-
-/// `path` (absolute) with `.` and `..` folded and the symlinks of its longest existing
-/// ancestor resolved.
-fn resolved(path: &Path) -> PathBuf {
-    let mut folded = PathBuf::new();
-    for component in path.components() {
-        match component {
-            Component::ParentDir => {
-                folded.pop();
-            }
-            Component::CurDir => {}
-            other => folded.push(other),
-        }
-    }
-    let mut missing = Vec::new();
-    let mut existing = folded.as_path();
-    loop {
-        if let Ok(real) = existing.canonicalize() {
-            return missing.iter().rev().fold(real, |p, name| p.join(name));
-        }
-        match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(name)) => {
-                missing.push(name.to_owned());
-                existing = parent;
-            }
-            _ => return folded,
-        }
-    }
 }
 
 /// A step that failed, and why: `restore: object … is corrupt: …`.
