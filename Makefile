@@ -50,13 +50,14 @@ run: build ## run pgward in the foreground on configs/dev.yaml (state in ./.pgwa
 	fi
 	$(BIN) run --config configs/dev.yaml
 
+# The tests arm failpoints (src/failpoint.rs): the binary they run is built with them.
 test: deps lint ## install test dependencies, lint, then run every test
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		echo "$(CARGO) nextest run --workspace --locked --no-fail-fast"; \
-		$(CARGO) nextest run --workspace --locked --no-fail-fast; \
+		echo "$(CARGO) nextest run --workspace --locked --features failpoints --no-fail-fast"; \
+		$(CARGO) nextest run --workspace --locked --features failpoints --no-fail-fast; \
 	else \
 		echo "cargo-nextest not found, using cargo test"; \
-		$(CARGO) test --workspace --locked --no-fail-fast; \
+		$(CARGO) test --workspace --locked --features failpoints --no-fail-fast; \
 	fi
 
 deps: ## install what the tests need (PostgreSQL, process tools; s3s-fs, Azurite, promtool in .tools/)
@@ -64,7 +65,8 @@ deps: ## install what the tests need (PostgreSQL, process tools; s3s-fs, Azurite
 
 lint: doc ## rustfmt, clippy (warnings are errors) and rustdoc
 	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets --locked -- -D warnings
+	$(CARGO) clippy --all-targets --locked --features failpoints -- -D warnings
+	$(CARGO) clippy --locked -- -D warnings
 
 doc: ## build the API docs with warnings as errors
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --locked

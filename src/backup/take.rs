@@ -272,6 +272,7 @@ async fn finish(
         read_size,
         created_by: format!("pgward {}", env!("CARGO_PKG_VERSION")),
     };
+    crate::failpoint!("backup-before-manifest");
     let json = serde_json::to_vec_pretty(&manifest).context("encode the manifest")?;
     repo.put_bytes(&manifest_key(&id), json, PutMode::Create)
         .await

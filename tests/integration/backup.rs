@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    backed_up_cluster, backup_ok, file_storage, files_under, is_root, listed, pgbench,
-    start_archiving, start_recovered, switch_and_wait_archived, wait_promoted, BackedUp, Cluster,
-    Pgward, BOOT,
+    assert_killed_at, backed_up_cluster, backup_ok, file_storage, files_under, is_root, listed,
+    pgbench, pgward_armed, start_archiving, start_recovered, switch_and_wait_archived,
+    wait_promoted, BackedUp, Cluster, Pgward, BOOT,
 };
 
 fn pgward(config: &Path, args: &[&str]) -> (i32, String, String) {
@@ -269,6 +269,21 @@ async fn a_backup_killed_midway_is_never_listed_and_the_next_one_succeeds() {
     let new_id = backups[0]["id"].as_str().unwrap();
     assert_ne!(new_id, id);
     assert!(out.contains(&format!("backup {new_id} complete")), "{out}");
+}
+
+/// The last moment before a backup exists: everything stored but the manifest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_killed_just_before_its_manifest_is_not_listed() {
+    let backed = backed_up_cluster("CREATE TABLE t AS SELECT generate_series(1, 100) AS i").await;
+    let out = pgward_armed(
+        &backed.config,
+        "backup-before-manifest=return(kill)",
+        &["backup"],
+    );
+    assert_killed_at(&out, "backup-before-manifest");
+    let backups = listed(&backed.config);
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    assert_eq!(backups[0]["id"], backed.id.as_str());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

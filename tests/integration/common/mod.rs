@@ -7,16 +7,20 @@
 //!   `pgward <command>`;
 //! - [`cluster`](self::cluster): a cluster's paths and config, connections, archiving into a
 //!   repository, a cluster with a table and a backup, a restored cluster;
+//! - [`failpoints`](self::failpoints): arming pgward's named failpoints in a command, and
+//!   telling where it died;
 //! - [`repo_files`](self::repo_files): the repository's own files the tests read (example
 //!   configs) and the tools they run on them (promtool).
 //!
 //! Nothing here imports a subject module.
 
 mod cluster;
+mod failpoints;
 mod pgward;
 mod repo_files;
 
 pub use cluster::*;
+pub use failpoints::*;
 pub use pgward::*;
 pub use repo_files::*;
 
