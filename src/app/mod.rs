@@ -32,6 +32,7 @@ use crate::control::server::ControlServer;
 use crate::init::ForwardedSignal;
 use crate::metrics::pgward::{self as pgward_metrics, Watchers};
 use crate::metrics::postgres::PostgresCollector;
+use crate::postgres::data_dir::Unfinished;
 use crate::postgres::ready;
 use crate::postgres::server::Server;
 use crate::postgres::{bootstrap, BinDir};
@@ -116,7 +117,7 @@ enum Prepared {
 /// Finds the server binaries, bootstraps an empty data directory (initdb, or a restore from
 /// the repository) and sets the archive parameters. A stop request abandons a bootstrap; the
 /// marker left in the data directory makes the next start refuse rather than run on a
-/// half-made cluster.
+/// half-made cluster, or resume the restore of `postgres.init.from_backup`.
 async fn prepare(
     site: &Site,
     signals: &mut mpsc::UnboundedReceiver<ForwardedSignal>,
@@ -144,18 +145,26 @@ async fn prepare(
         run_as,
     };
     server.prepare_dirs()?;
-    bootstrap::check_not_half_initialized(&server.data_dir)?;
-    if server.is_initialized() {
+    // A restore at first start that was interrupted goes on where it stopped; any other
+    // unfinished work is refused, saying what to do.
+    let resume = match bootstrap::unfinished(&server.data_dir)? {
+        Some(marker) if marker.work == Unfinished::FromBackup && pg.init.from_backup.is_some() => {
+            true
+        }
+        Some(marker) => return Err(bootstrap::refusal(&server.data_dir, &marker)),
+        None => false,
+    };
+    if server.is_initialized() && !resume {
         server.check_version()?;
     } else if let Some(which) = &pg.init.from_backup {
         // A disaster-recovery host (or a copy) in one command: the backup comes back, and
         // postgres recovers from the archive when it starts, then promotes.
         tokio::select! {
-            result = bootstrap_from_backup(site, which) => {
+            result = bootstrap_from_backup(site, which, resume) => {
                 result.with_context(|| format!("bootstrap from backup {which} failed"))?
             }
             Some(ForwardedSignal::Terminate(n)) = signals.recv() => {
-                tracing::warn!("stop requested during the restore; abandoning it");
+                tracing::warn!("stop requested during the restore; abandoning it (the next start resumes it)");
                 return Ok(Prepared::Stopped(128 + n));
             }
         }
@@ -197,8 +206,9 @@ async fn prepare(
 }
 
 /// `postgres.init.from_backup`: restores `which` into the empty data directory, with
-/// recovery to the end of the archive.
-async fn bootstrap_from_backup(site: &Site, which: &str) -> Result<()> {
+/// recovery to the end of the archive; with `resume`, over what an interrupted earlier
+/// attempt left there.
+async fn bootstrap_from_backup(site: &Site, which: &str, resume: bool) -> Result<()> {
     let repo = site.repo()?;
     let manifest = catalog::resolve(repo, which).await?;
     let options = site.restore_options(
@@ -207,7 +217,14 @@ async fn bootstrap_from_backup(site: &Site, which: &str) -> Result<()> {
         RecoveryTarget::EndOfWal,
         None,
     )?;
-    crate::restore::bootstrap_from_backup(repo, &manifest, &options).await
+    crate::restore::bootstrap_from_backup(repo, &manifest, &options, resume).await?;
+    restored_before_start()
+}
+
+/// The backup is back, postgres not started yet: where a test interrupts a first start.
+fn restored_before_start() -> Result<()> {
+    crate::failpoint!("from-backup-before-start");
+    Ok(())
 }
 
 /// The running daemon.

@@ -9,7 +9,8 @@
 //!
 //! Unlike the image, an interrupted bootstrap is not mistaken for a finished one: a marker file
 //! lives in the data directory from initdb until the last script succeeded, and a later start
-//! refuses to run on a directory that still has it.
+//! refuses to run on a directory that still has it ([`refusal`] says what to do; a restore of
+//! `postgres.init.from_backup` left unfinished is resumed by the caller instead).
 
 use std::fs;
 use std::io::{Read, Write};
@@ -20,6 +21,7 @@ use anyhow::{bail, Context, Result};
 use flate2::read::GzDecoder;
 use serde::Serialize;
 
+use super::data_dir::{Marker, Unfinished};
 use super::ready::{self, Target};
 use super::server::Server;
 use crate::process::{self, ChildEnv, LogSink, Spec};
@@ -56,17 +58,41 @@ pub struct InitConfig {
 /// Present in the data directory while a bootstrap is under way.
 pub const INCOMPLETE_MARKER: &str = super::data_dir::INIT_INCOMPLETE_MARKER;
 
-/// Refuses a data directory whose bootstrap did not finish.
-pub fn check_not_half_initialized(data_dir: &Path) -> Result<()> {
-    let marker = data_dir.join(INCOMPLETE_MARKER);
-    if marker.exists() {
-        bail!(
-            "the initialization of data directory {} did not complete (initdb, an init script or a restore failed or was interrupted)\n\
-             HINT: read the log of that run, fix the cause, empty the data directory and start again",
-            data_dir.display()
-        );
+/// What the marker of an unfinished bootstrap or restore in `data_dir` says; `None` without
+/// one.
+pub fn unfinished(data_dir: &Path) -> Result<Option<Marker>> {
+    let path = data_dir.join(INCOMPLETE_MARKER);
+    match fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(Marker::parse(&text))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
     }
-    Ok(())
+}
+
+/// Why a start refuses the data directory `data_dir` that `marker` says is unfinished (a
+/// restore of `postgres.init.from_backup` is resumed instead, when that is still set).
+pub fn refusal(data_dir: &Path, marker: &Marker) -> anyhow::Error {
+    let dir = data_dir.display();
+    let id = marker.backup.as_deref().unwrap_or("<id>");
+    match marker.work {
+        Unfinished::Initdb => anyhow::anyhow!(
+            "the initialization of data directory {dir} did not complete (initdb or an init \
+             script failed or was interrupted)\n\
+             HINT: read the log of that run, fix the cause, empty the data directory and start \
+             again"
+        ),
+        Unfinished::FromBackup => anyhow::anyhow!(
+            "the restore of backup {id} into data directory {dir} at its first start \
+             (postgres.init.from_backup) did not complete\n\
+             HINT: set postgres.init.from_backup again to resume it, finish it with `pgward \
+             restore {id} --data-dir {dir} --delta`, or empty the data directory"
+        ),
+        Unfinished::Restore => anyhow::anyhow!(
+            "`pgward restore` of backup {id} into data directory {dir} did not complete\n\
+             HINT: run `pgward restore {id} --data-dir {dir} --delta` to finish it (the files \
+             already restored are kept), or empty the data directory"
+        ),
+    }
 }
 
 /// Checks the image's rules before touching anything: a password is required unless the
@@ -117,8 +143,12 @@ pub async fn bootstrap(
     initdb(server, init, sink, env).await?;
     // initdb wants an empty directory, so the marker can only be written after it.
     let marker = data_dir.join(INCOMPLETE_MARKER);
-    fs::write(&marker, "initialization under way\n")
-        .with_context(|| format!("write {}", marker.display()))?;
+    let text = Marker {
+        work: Unfinished::Initdb,
+        backup: None,
+    }
+    .text();
+    fs::write(&marker, text).with_context(|| format!("write {}", marker.display()))?;
     append_hba_line(server, init, sink, env).await?;
     run_with_temp_server(server, init, sink, env).await?;
     fs::remove_file(&marker).with_context(|| format!("remove {}", marker.display()))?;

@@ -2,8 +2,9 @@
 //! data directory like the official image, the server's command line and readiness, and its
 //! on-disk formats: WAL file names and LSNs, WAL page headers, `pg_control`, a cluster's
 //! identity; the backup-mode SQL of each major version; which relation blocks a range of
-//! WAL records changed (`wal_records`); and the names of pgward's own files in a data
-//! directory (`data_dir`).
+//! WAL records changed (`wal_records`); the names of pgward's own files in a data
+//! directory (`data_dir`); and whether a postmaster runs on a data directory, told from its
+//! lock file across PID namespaces (`postmaster`).
 //!
 //! A leaf: uses `process` to run programs, knows nothing of supervision or storage.
 
@@ -13,6 +14,7 @@ pub mod bootstrap;
 pub mod control_file;
 pub mod data_dir;
 pub mod identity;
+pub mod postmaster;
 pub mod ready;
 pub mod server;
 pub mod timeline;

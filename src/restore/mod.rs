@@ -2,9 +2,17 @@
 //! replay the archived WAL on top of it (to the end, or to a point in time).
 //!
 //! Every file comes back through the repository's verified download (checksum, atomic
-//! write); the data directory is refused unless empty (or `--force`); the backup label,
-//! tablespace links, permissions and owner are restored; `recovery.signal` and the recovery
-//! settings are written last, so an interrupted restore never looks startable.
+//! write); the backup label, tablespace links, permissions and owner are restored;
+//! `recovery.signal` and the recovery settings are written last, so an interrupted restore
+//! never looks startable.
+//!
+//! A restore never harms a live or half-done cluster ([`prepare`]): a data directory a
+//! postmaster runs on is refused (told across PID namespaces, from its lock file and its
+//! socket), and so is a non-empty one unless `--force` or `--delta`; the marker that makes
+//! a start refuse the directory is written before anything in it is removed, and goes last.
+//! An interrupted restore is finished by a delta restore over what it left: `pgward restore
+//! --delta`, or by itself at the next start for `postgres.init.from_backup`. At most
+//! 2 × `concurrency` files are open at once ([`files`]), however many the backup holds.
 //!
 //! A manifest is untrusted input (whoever can write to the repository writes manifests, and
 //! a restore runs as root): before anything is written, every path in it is checked
@@ -15,24 +23,21 @@
 //! files are written under its location, not through `pg_tblspc`), and permissions are set
 //! through `O_NOFOLLOW` handles.
 
+mod files;
+mod prepare;
 pub mod target;
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use futures_util::future::BoxFuture;
-use futures_util::{stream, StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::backup::manifest::{
-    file_key, label_key, system_directory, FileEntry, Manifest, Part, Placement,
-};
-use crate::backup::progress::Progress;
+use crate::backup::manifest::{label_key, system_directory, Manifest, Placement};
 use crate::postgres::bootstrap::INCOMPLETE_MARKER;
+use crate::postgres::data_dir::{Marker, Unfinished};
 use crate::process::RunAs;
 use crate::repo::Repo;
 use target::RecoverySettings;
@@ -46,12 +51,16 @@ pub struct RestoreOptions {
     /// Restore over what the data directory holds: files whose content already matches the
     /// backup's are kept, the rest rewritten, anything else removed.
     pub delta: bool,
+    /// Files downloaded at once; at most twice as many are open.
     pub concurrency: usize,
     /// Owner of the restored files when running as root (the server's user).
     pub owner: Option<RunAs>,
     pub recovery: RecoverySettings,
     /// New locations of tablespaces, by oid; the others go back where they were.
     pub tablespace_map: std::collections::HashMap<u32, PathBuf>,
+    /// A first start's restore (`postgres.init.from_backup`): its marker says so, and the
+    /// next start resumes it if it is interrupted.
+    pub first_start: bool,
 }
 
 impl RestoreOptions {
@@ -70,20 +79,33 @@ impl RestoreOptions {
             owner,
             recovery,
             tablespace_map: Default::default(),
+            first_start: false,
         }
     }
 }
 
 /// `postgres.init.from_backup`: restores `manifest` into the empty data directory of
 /// `options` before `pgward run` starts postgres, which then recovers from the archive (a
-/// disaster-recovery host, or a copy, in one command).
+/// disaster-recovery host, or a copy, in one command). With `resume`, the directory holds
+/// what an interrupted earlier attempt left: the restore goes on over it as a delta restore.
 pub async fn bootstrap_from_backup(
     repo: &Repo,
     manifest: &Manifest,
     options: &RestoreOptions,
+    resume: bool,
 ) -> Result<()> {
-    tracing::info!(backup = %manifest.id, data_dir = %options.data_dir.display(), "empty data directory: restoring from the repository instead of initdb");
-    restore(repo, manifest, options, &CancellationToken::new()).await?;
+    let data_dir = options.data_dir.display();
+    if resume {
+        tracing::warn!(backup = %manifest.id, data_dir = %data_dir, "an earlier restore from the repository at first start did not complete: resuming it over what it left (files already restored are kept)");
+    } else {
+        tracing::info!(backup = %manifest.id, data_dir = %data_dir, "empty data directory: restoring from the repository instead of initdb");
+    }
+    let options = RestoreOptions {
+        first_start: true,
+        delta: resume,
+        ..options.clone()
+    };
+    restore(repo, manifest, &options, &CancellationToken::new()).await?;
     tracing::info!(backup = %manifest.id, "restored; postgres recovers from the archive when it starts");
     Ok(())
 }
@@ -128,24 +150,34 @@ pub async fn restore(
     cancel: &CancellationToken,
 ) -> Result<()> {
     let data_dir = &options.data_dir;
-    // Nothing is written before every path of the manifest, and where it leads, is checked.
+    // Nothing is written before every path of the manifest, and where it leads, is checked,
+    // nor before the directory is known to be no live cluster's.
     let placement = Placement {
         relocated: options.tablespace_map.keys().copied().collect(),
         repo_root: repo.local_root(),
     };
     manifest.validate(Some(&placement))?;
     let layout = Layout::checked(manifest, options, repo.local_root())?;
-    if options.delta {
-        prepare_for_delta(data_dir, manifest, options)?;
-    } else {
-        prepare_data_dir(data_dir, options.force, DATA_DIR_HINT)?;
-    }
+    prepare::check_data_dir(data_dir, options).await?;
     fence(data_dir, options)?;
     // Until the end, the directory holds a cluster that must not start (no backup_label
     // yet: postgres would "recover" from the copied pg_control and serve torn data). The
-    // marker makes `pgward run` refuse it, as it does a half-done initdb.
-    let marker = data_dir.join(INCOMPLETE_MARKER);
-    write_file(&marker, b"restore under way\n")?;
+    // marker makes `pgward run` refuse it (or resume the restore, at a first start), as it
+    // does a half-done initdb; it is on disk before anything is removed.
+    let marker = Marker {
+        work: if options.first_start {
+            Unfinished::FromBackup
+        } else {
+            Unfinished::Restore
+        },
+        backup: Some(manifest.id.clone()),
+    };
+    prepare::write_marker(data_dir, &marker)?;
+    if options.delta {
+        prepare::clear_for_delta(data_dir, manifest, options)?;
+    } else if options.force {
+        prepare::empty(data_dir)?;
+    }
     for tablespace in &manifest.tablespaces {
         let link = data_dir.join("pg_tblspc").join(tablespace.oid.to_string());
         layout.make_dir("pg_tblspc", None)?;
@@ -161,7 +193,7 @@ pub async fn restore(
             "HINT: empty it, or restore tablespace {oid} elsewhere with --tablespace-map \
              {oid}=DIR (--force does not empty a tablespace's location)"
         );
-        prepare_data_dir(location, false, &hint).with_context(|| format!("tablespace {oid}"))?;
+        prepare::empty_or_refused(location, &hint).with_context(|| format!("tablespace {oid}"))?;
         fence(location, options)?;
         std::os::unix::fs::symlink(location, &link)
             .with_context(|| format!("link {} to {}", link.display(), location.display()))?;
@@ -171,7 +203,7 @@ pub async fn restore(
     }
     layout.make_dir("pg_wal/archive_status", None)?;
 
-    restore_files(repo, manifest, &layout, options, cancel).await?;
+    files::restore_files(repo, manifest, &layout, options, cancel).await?;
 
     let label = label_key(&manifest.id, "backup_label");
     match repo
@@ -190,7 +222,14 @@ pub async fn restore(
     if let Some(map) = tablespace_map_text(manifest, options) {
         write_file(&data_dir.join("tablespace_map"), map.as_bytes())?;
     }
-    // Last: with recovery.signal the directory is a cluster that recovers.
+    finish(data_dir, manifest, options)
+}
+
+/// The end of a restore whose files are all in place: the recovery settings (last: with
+/// `recovery.signal` the directory is a cluster that recovers), the owner, then the marker
+/// goes.
+fn finish(data_dir: &Path, manifest: &Manifest, options: &RestoreOptions) -> Result<()> {
+    crate::failpoint!("restore-before-recovery-settings");
     options.recovery.write(data_dir)?;
     if let Some(owner) = &options.owner {
         // The directories themselves when the given paths are (checked) symlinks to them:
@@ -205,204 +244,9 @@ pub async fn restore(
             crate::postgres::server::chown_tree(&real(location)?, owner)?;
         }
     }
+    let marker = data_dir.join(INCOMPLETE_MARKER);
     std::fs::remove_file(&marker).with_context(|| format!("remove {}", marker.display()))?;
-    crate::fsutil::sync_dir(data_dir)?;
-    Ok(())
-}
-
-/// Writes the backup's files, `concurrency` objects at a time: whole files, and the parts of
-/// parted files in rounds (a part after every earlier part it overlaps). With `--delta`,
-/// files that already hold the backup's content are kept.
-async fn restore_files(
-    repo: &Repo,
-    manifest: &Manifest,
-    layout: &Layout,
-    options: &RestoreOptions,
-    cancel: &CancellationToken,
-) -> Result<()> {
-    let progress = Progress::new(&manifest.id, manifest.size);
-    let todo: Vec<&FileEntry> = if options.delta {
-        // Boxed as `dyn Send` (here too, see below).
-        let checks: BoxFuture<'_, Result<Vec<Option<&FileEntry>>>> = Box::pin(
-            stream::iter(&manifest.files)
-                .map(|file| {
-                    let progress = &progress;
-                    async move {
-                        let dest = layout.path(&file.path);
-                        if !matches_already(&dest, file).await? {
-                            return anyhow::Ok(Some(file));
-                        }
-                        set_mode(&dest, file.mode).await?;
-                        progress.add(file.size);
-                        Ok(None)
-                    }
-                })
-                .buffer_unordered(options.concurrency.max(1))
-                .try_collect(),
-        );
-        let kept = checks.await?;
-        kept.into_iter().flatten().collect()
-    } else {
-        manifest.files.iter().collect()
-    };
-    let (whole, parted): (Vec<&FileEntry>, Vec<&FileEntry>) =
-        todo.into_iter().partition(|f| f.parts.is_empty());
-
-    // Parted files are assembled in a temp file beside their place, renamed when complete.
-    let mut outputs = Vec::with_capacity(parted.len());
-    for file in &parted {
-        let dest = layout.file(&file.path)?;
-        let out = crate::fsutil::AtomicFile::create(&dest)
-            .and_then(|out| crate::fsutil::preallocate(out.as_file(), file.size).map(|()| out))
-            .with_context(|| format!("create {}", dest.display()))?;
-        outputs.push(Arc::new(out));
-    }
-    let mut jobs: Vec<(usize, Job)> = whole.into_iter().map(|f| (0, Job::Whole(f))).collect();
-    for (file, out) in parted.iter().zip(&outputs) {
-        for (part, round) in file.parts.iter().zip(file.part_rounds()) {
-            jobs.push((
-                round,
-                Job::Part {
-                    file,
-                    part,
-                    out: out.clone(),
-                },
-            ));
-        }
-    }
-    let rounds = jobs.iter().map(|(r, _)| *r).max().map_or(0, |r| r + 1);
-    let mut by_round: Vec<Vec<Job>> = (0..rounds).map(|_| Vec::new()).collect();
-    for (round, job) in jobs {
-        by_round[round].push(job);
-    }
-    // On the first failure the jobs not started yet are skipped, and the ones under way are
-    // awaited: no download may still be writing into the directory once this returns (a
-    // restore test removes it right after).
-    let stop = cancel.child_token();
-    for jobs in by_round {
-        // Boxed as `dyn Send` where the lifetimes are concrete: otherwise the compiler cannot
-        // prove a caller's future `Send` for every lifetime of this stream's closure.
-        let round: BoxFuture<'_, Vec<Result<()>>> = Box::pin(
-            stream::iter(jobs)
-                .map(|job| {
-                    let (progress, stop) = (&progress, &stop);
-                    async move {
-                        if stop.is_cancelled() {
-                            return Ok(());
-                        }
-                        let written = restore_job(repo, manifest, layout, job, stop)
-                            .await
-                            .inspect_err(|_| stop.cancel())?;
-                        progress.add(written);
-                        anyhow::Ok(())
-                    }
-                })
-                .buffer_unordered(options.concurrency.max(1))
-                .collect(),
-        );
-        let results = round.await;
-        // The first real failure, not the cancellations it caused.
-        let mut errors = results.into_iter().filter_map(Result::err);
-        if let Some(first) = errors.find(|e| !is_cancelled(e)) {
-            return Err(first);
-        }
-        if stop.is_cancelled() {
-            bail!("the restore was cancelled before it completed");
-        }
-    }
-    for (file, out) in parted.into_iter().zip(outputs) {
-        let dest = layout.path(&file.path);
-        let out = Arc::into_inner(out).expect("every part job has ended");
-        let size = file.size;
-        // Parts of the parent's copy may reach past a file that shrank since.
-        tokio::task::spawn_blocking(move || {
-            out.as_file().set_len(size).and_then(|()| out.commit())
-        })
-        .await
-        .context("join a file commit")?
-        .with_context(|| format!("write {}", dest.display()))?;
-        set_mode(&dest, file.mode).await?;
-    }
-    progress.finish();
-    Ok(())
-}
-
-/// Whether `e` only says the restore was cancelled (by the caller, or after another job failed).
-fn is_cancelled(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| {
-        matches!(
-            cause.downcast_ref::<crate::repo::RepoError>(),
-            Some(crate::repo::RepoError::Cancelled)
-        )
-    })
-}
-
-/// One object to restore.
-enum Job<'a> {
-    /// A file stored as one object.
-    Whole(&'a FileEntry),
-    /// One part of a parted file, into its temp file.
-    Part {
-        file: &'a FileEntry,
-        part: &'a Part,
-        out: Arc<crate::fsutil::AtomicFile>,
-    },
-}
-
-/// Restores one object; the bytes of the file it wrote.
-async fn restore_job(
-    repo: &Repo,
-    manifest: &Manifest,
-    layout: &Layout,
-    job: Job<'_>,
-    cancel: &CancellationToken,
-) -> Result<u64> {
-    let missing = |key: &str| {
-        anyhow::anyhow!(
-            "object {key} of backup {} is missing from {}\n{}",
-            manifest.id,
-            repo.describe(),
-            damaged_hint(&manifest.id)
-        )
-    };
-    match job {
-        Job::Whole(file) => {
-            let dest = layout.file(&file.path)?;
-            let key = file_key(&file.stored_in, &file.path);
-            let found = repo
-                .get_to_file(&key, &dest, cancel)
-                .await
-                .with_context(|| format!("restore {}", file.path))?;
-            if !found {
-                return Err(missing(&key));
-            }
-            set_mode(&dest, file.mode).await?;
-            Ok(file.size)
-        }
-        Job::Part { file, part, out } => {
-            let key = part.key(&file.path);
-            let dest = layout.path(&file.path);
-            let handle = out
-                .as_file()
-                .try_clone()
-                .with_context(|| format!("open {} for writing", dest.display()))?;
-            let found = repo
-                .get_to_ranges(&key, handle, &dest, part.ranges(), cancel)
-                .await
-                .with_context(|| format!("restore {}", file.path))?;
-            if !found {
-                return Err(missing(&key));
-            }
-            Ok(part.bytes())
-        }
-    }
-}
-
-async fn set_mode(path: &Path, mode: u32) -> Result<()> {
-    let path = path.to_owned();
-    tokio::task::spawn_blocking(move || set_mode_nofollow(&path, mode))
-        .await
-        .context("join a mode change")?
+    crate::fsutil::sync_dir(data_dir)
 }
 
 /// Sets the mode of `path` through a handle opened with `O_NOFOLLOW`: a symlink put there
@@ -434,182 +278,9 @@ fn set_mode_nofollow(path: &Path, mode: u32) -> Result<()> {
     .with_context(|| format!("set the mode of {}", path.display()))
 }
 
-/// Before a delta restore: the server must not run on `data_dir`, and whatever the backup
-/// does not hold goes (files and directories not in the manifest, stale WAL, the old
-/// `postmaster.pid`); what it holds stays, to be compared.
-fn prepare_for_delta(data_dir: &Path, manifest: &Manifest, options: &RestoreOptions) -> Result<()> {
-    if !data_dir.exists() {
-        return prepare_data_dir(data_dir, false, DATA_DIR_HINT);
-    }
-    if let Some(pid) = running_postmaster(data_dir) {
-        bail!(
-            "postgres (pid {pid}) runs on {}\nHINT: stop it (`pgward run`, or its container) \
-             before restoring over it",
-            data_dir.display()
-        );
-    }
-    let files: std::collections::HashSet<&str> =
-        manifest.files.iter().map(|f| f.path.as_str()).collect();
-    let dirs: std::collections::HashSet<&str> = manifest
-        .directories
-        .iter()
-        .map(|d| d.path.as_str())
-        .chain(["pg_tblspc"])
-        .collect();
-    let mut pending = vec![String::new()];
-    while let Some(rel) = pending.pop() {
-        let dir = data_dir.join(&rel);
-        for entry in std::fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
-            let entry = entry.with_context(|| format!("read {}", dir.display()))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let path = if rel.is_empty() {
-                name
-            } else {
-                format!("{rel}/{name}")
-            };
-            let abs = entry.path();
-            let kind = std::fs::symlink_metadata(&abs)
-                .with_context(|| format!("stat {}", abs.display()))?
-                .file_type();
-            let keep = if kind.is_dir() {
-                dirs.contains(path.as_str())
-            } else if kind.is_symlink() {
-                // Tablespace links are checked and recreated by the caller.
-                rel == "pg_tblspc"
-            } else {
-                files.contains(path.as_str())
-            };
-            if keep && kind.is_dir() {
-                pending.push(path);
-            } else if keep && kind.is_symlink() {
-                let target = manifest.tablespaces.iter().find(|t| {
-                    t.oid.to_string() == abs.file_name().unwrap_or_default().to_string_lossy()
-                });
-                match target {
-                    // Where the restore puts it (mapped or original), as `restore` checks too.
-                    Some(t)
-                        if std::fs::read_link(&abs)
-                            .is_ok_and(|l| l == location_of(options, t.oid, &t.location)) =>
-                    {
-                        pending.push(path);
-                    }
-                    _ => std::fs::remove_file(&abs)
-                        .with_context(|| format!("remove {}", abs.display()))?,
-                }
-            } else if !keep {
-                let removed = if kind.is_dir() {
-                    std::fs::remove_dir_all(&abs)
-                } else {
-                    std::fs::remove_file(&abs)
-                };
-                removed.with_context(|| format!("remove {}", abs.display()))?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The pid in `postmaster.pid` when that process exists.
-fn running_postmaster(data_dir: &Path) -> Option<i32> {
-    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
-    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
-    let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
-    alive.then_some(pid)
-}
-
-/// Whether the file at `path` already holds `file`'s content: its size, and the checksum of
-/// the whole file or of each part. A parted file with overlapping parts (an incremental
-/// backup's changed blocks over earlier parts) cannot be compared part by part and is
-/// always rewritten. Read on a blocking thread.
-async fn matches_already(path: &Path, file: &FileEntry) -> Result<bool> {
-    if file.part_rounds().iter().any(|&r| r > 0) {
-        return Ok(false);
-    }
-    let path = path.to_owned();
-    let size = file.size;
-    let expected: Vec<(Vec<(u64, u64)>, String)> = if file.parts.is_empty() {
-        vec![(vec![(0, size)], file.checksum.clone())]
-    } else {
-        file.parts
-            .iter()
-            .map(|p| (p.ranges(), p.checksum.clone()))
-            .collect()
-    };
-    tokio::task::spawn_blocking(move || -> Result<bool> {
-        let opened = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(&path);
-        let local = match opened {
-            Ok(local) => local,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            // A symlink is never read through; the restored file replaces it.
-            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(false),
-            Err(e) => return Err(e).with_context(|| format!("open {}", path.display())),
-        };
-        let len = local
-            .metadata()
-            .with_context(|| format!("stat {}", path.display()))?
-            .len();
-        if len != size || !local.metadata().is_ok_and(|m| m.is_file()) {
-            return Ok(false);
-        }
-        for (ranges, checksum) in expected {
-            let handle = local
-                .try_clone()
-                .with_context(|| format!("open {}", path.display()))?;
-            let (hash, whole) = crate::repo::ranges::hash_ranges(handle, &ranges)
-                .with_context(|| format!("read {}", path.display()))?;
-            if !whole || hash.to_hex().as_str() != checksum {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    })
-    .await
-    .context("join a file comparison")?
-}
-
-/// What to do about a data directory that is not empty.
-const DATA_DIR_HINT: &str = "HINT: restore into an empty directory, or pass --delta to restore \
-                             over it (files that match stay) or --force to replace its content";
-
 /// What to do about a backup with an object missing.
 fn damaged_hint(id: &str) -> String {
     format!("HINT: `pgward verify {id}` lists what is wrong with it; restore another backup")
-}
-
-/// A data directory (or tablespace location) to restore into: created when missing, refused
-/// when it holds anything unless `force` (with `hint`, the `HINT:` line saying what to do),
-/// then emptied.
-fn prepare_data_dir(dir: &Path, force: bool, hint: &str) -> Result<()> {
-    match std::fs::read_dir(dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-        }
-        Err(e) => return Err(e).with_context(|| format!("read {}", dir.display())),
-        Ok(mut entries) => {
-            if entries.next().is_some() {
-                if !force {
-                    bail!(
-                        "{} is not empty; restoring would overwrite it\n{hint}",
-                        dir.display()
-                    );
-                }
-                for entry in std::fs::read_dir(dir)? {
-                    let path = entry?.path();
-                    let removed = if path.is_dir() && !path.is_symlink() {
-                        std::fs::remove_dir_all(&path)
-                    } else {
-                        std::fs::remove_file(&path)
-                    };
-                    removed.with_context(|| format!("remove {}", path.display()))?;
-                }
-            }
-        }
-    }
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("set the mode of {}", dir.display()))
 }
 
 /// Writes a small file durably (temp, fsync, rename).
@@ -797,28 +468,7 @@ fn fence(dir: &Path, options: &RestoreOptions) -> Result<()> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_directory_in_use_is_refused_with_what_to_do() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        prepare_data_dir(&dir.path().join("new"), false, DATA_DIR_HINT).expect("created");
-        std::fs::write(dir.path().join("PG_VERSION"), "17\n").expect("write");
-        assert_eq!(
-            format!(
-                "{:#}",
-                prepare_data_dir(dir.path(), false, DATA_DIR_HINT).unwrap_err()
-            ),
-            format!(
-                "{} is not empty; restoring would overwrite it\n\
-                 HINT: restore into an empty directory, or pass --delta to restore over it \
-                 (files that match stay) or --force to replace its content",
-                dir.path().display()
-            )
-        );
-        prepare_data_dir(dir.path(), true, DATA_DIR_HINT).expect("emptied");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-    }
-
-    fn options(data_dir: &Path) -> RestoreOptions {
+    pub(super) fn options(data_dir: &Path) -> RestoreOptions {
         RestoreOptions::new(
             data_dir.to_path_buf(),
             1,

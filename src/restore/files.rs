@@ -1,0 +1,325 @@
+//! The backup's files written into the data directory (and the tablespaces' locations):
+//! downloads, a parted file assembled from its parts, and with `--delta` the files that
+//! already hold the backup's content kept.
+//!
+//! Open files are bounded whatever the backup holds: at most `concurrency` files are being
+//! written at once (a whole file's download, or a parted file being assembled) and at most
+//! `concurrency` downloads run, each holding one handle on its file. So a restore has at most
+//! 2 × `concurrency` files of the data directory open (a `--delta` comparison: one file and
+//! one handle per check, `concurrency` checks at once), plus, with a `file://` repository, the
+//! stored object each download reads.
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use futures_util::future::BoxFuture;
+use futures_util::{stream, StreamExt, TryStreamExt};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::{damaged_hint, set_mode_nofollow, Layout, RestoreOptions};
+use crate::backup::manifest::{file_key, FileEntry, Manifest, Part};
+use crate::backup::progress::Progress;
+use crate::fsutil::AtomicFile;
+use crate::repo::Repo;
+
+/// What every file restore needs.
+struct Shared<'a> {
+    repo: &'a Repo,
+    manifest: &'a Manifest,
+    layout: &'a Layout,
+    progress: &'a Progress,
+    /// One permit per download under way.
+    downloads: &'a Semaphore,
+    concurrency: usize,
+    /// Cancelled by the caller, or by the first failure: the files not started yet are
+    /// skipped.
+    stop: &'a CancellationToken,
+}
+
+/// Writes the backup's files, `concurrency` at a time; a parted file's parts in rounds (a
+/// part after every earlier part it overlaps). With `--delta`, files that already hold the
+/// backup's content are kept.
+///
+/// On the first failure the files not started yet are skipped, and the ones under way are
+/// awaited: no download may still be writing into the directory once this returns (a
+/// restore test removes it right after).
+pub(super) async fn restore_files(
+    repo: &Repo,
+    manifest: &Manifest,
+    layout: &Layout,
+    options: &RestoreOptions,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let progress = Progress::new(&manifest.id, manifest.size);
+    let concurrency = options.concurrency.max(1);
+    let todo: Vec<&FileEntry> = if options.delta {
+        kept_aside(manifest, layout, &progress, concurrency).await?
+    } else {
+        manifest.files.iter().collect()
+    };
+    let stop = cancel.child_token();
+    let downloads = Semaphore::new(concurrency);
+    let cx = Shared {
+        repo,
+        manifest,
+        layout,
+        progress: &progress,
+        downloads: &downloads,
+        concurrency,
+        stop: &stop,
+    };
+    // Boxed as `dyn Send` where the lifetimes are concrete: otherwise the compiler cannot
+    // prove a caller's future `Send` for every lifetime of this stream's closure.
+    let all: BoxFuture<'_, Vec<Result<()>>> = Box::pin(
+        stream::iter(todo)
+            .map(|file| {
+                let cx = &cx;
+                async move {
+                    if cx.stop.is_cancelled() {
+                        return Ok(());
+                    }
+                    let written = if file.parts.is_empty() {
+                        restore_whole(cx, file).await
+                    } else {
+                        restore_parted(cx, file).await
+                    };
+                    written
+                        .and_then(|()| restored_one())
+                        .inspect_err(|_| cx.stop.cancel())
+                }
+            })
+            .buffer_unordered(concurrency)
+            .collect(),
+    );
+    real_failure(all.await)?;
+    if stop.is_cancelled() {
+        bail!("the restore was cancelled before it completed");
+    }
+    progress.finish();
+    Ok(())
+}
+
+/// A file of the backup restored, others maybe not yet: where a test interrupts a restore
+/// in the middle of its downloads.
+fn restored_one() -> Result<()> {
+    crate::failpoint!("restore-mid-download");
+    Ok(())
+}
+
+/// With `--delta`: the files that do not already hold the backup's content (the others get
+/// their mode, and count as restored).
+async fn kept_aside<'m>(
+    manifest: &'m Manifest,
+    layout: &Layout,
+    progress: &Progress,
+    concurrency: usize,
+) -> Result<Vec<&'m FileEntry>> {
+    // Boxed as `dyn Send` (as above).
+    let checks: BoxFuture<'_, Result<Vec<Option<&FileEntry>>>> = Box::pin(
+        stream::iter(&manifest.files)
+            .map(|file| async move {
+                let dest = layout.path(&file.path);
+                if !matches_already(&dest, file).await? {
+                    return anyhow::Ok(Some(file));
+                }
+                set_mode(&dest, file.mode).await?;
+                progress.add(file.size);
+                Ok(None)
+            })
+            .buffer_unordered(concurrency)
+            .try_collect(),
+    );
+    Ok(checks.await?.into_iter().flatten().collect())
+}
+
+/// The first real failure among `results`, not the cancellations it caused.
+fn real_failure(results: Vec<Result<()>>) -> Result<()> {
+    match results
+        .into_iter()
+        .filter_map(Result::err)
+        .find(|e| !is_cancelled(e))
+    {
+        Some(first) => Err(first),
+        None => Ok(()),
+    }
+}
+
+/// Whether `e` only says the restore was cancelled (by the caller, or after another job failed).
+fn is_cancelled(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<crate::repo::RepoError>(),
+            Some(crate::repo::RepoError::Cancelled)
+        )
+    })
+}
+
+/// The error for object `key` of the backup missing from the repository.
+fn missing(cx: &Shared<'_>, key: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "object {key} of backup {} is missing from {}\n{}",
+        cx.manifest.id,
+        cx.repo.describe(),
+        damaged_hint(&cx.manifest.id)
+    )
+}
+
+/// A file stored as one object: downloaded beside its place, then renamed over it.
+async fn restore_whole(cx: &Shared<'_>, file: &FileEntry) -> Result<()> {
+    let _download = cx
+        .downloads
+        .acquire()
+        .await
+        .context("wait for a download")?;
+    let dest = cx.layout.file(&file.path)?;
+    let key = file_key(&file.stored_in, &file.path);
+    let found = cx
+        .repo
+        .get_to_file(&key, &dest, cx.stop)
+        .await
+        .with_context(|| format!("restore {}", file.path))?;
+    if !found {
+        return Err(missing(cx, &key));
+    }
+    set_mode(&dest, file.mode).await?;
+    cx.progress.add(file.size);
+    Ok(())
+}
+
+/// A parted file: assembled in a temp file beside its place from its parts, round after
+/// round, then renamed over it. Its parts download at once up to the shared limit.
+async fn restore_parted(cx: &Shared<'_>, file: &FileEntry) -> Result<()> {
+    let dest = cx.layout.file(&file.path)?;
+    let out = AtomicFile::create(&dest)
+        .and_then(|out| crate::fsutil::preallocate(out.as_file(), file.size).map(|()| out))
+        .with_context(|| format!("create {}", dest.display()))?;
+    let rounds = file.part_rounds();
+    let last = rounds.iter().copied().max().unwrap_or(0);
+    for round in 0..=last {
+        let parts = file
+            .parts
+            .iter()
+            .zip(&rounds)
+            .filter(|(_, r)| **r == round)
+            .map(|(part, _)| part);
+        let (out, dest) = (&out, &dest);
+        // Boxed as `dyn Send` (as in `restore_files`).
+        let written: BoxFuture<'_, Vec<Result<()>>> = Box::pin(
+            stream::iter(parts)
+                .map(|part| async move {
+                    if cx.stop.is_cancelled() {
+                        return Ok(());
+                    }
+                    restore_part(cx, file, part, out, dest)
+                        .await
+                        .inspect_err(|_| cx.stop.cancel())
+                })
+                .buffer_unordered(cx.concurrency)
+                .collect(),
+        );
+        real_failure(written.await)?;
+        if cx.stop.is_cancelled() {
+            // Another file failed: this one is left unfinished (its temp file goes with `out`).
+            return Err(crate::repo::RepoError::Cancelled.into());
+        }
+    }
+    // Parts of the parent's copy may reach past a file that shrank since.
+    let size = file.size;
+    tokio::task::spawn_blocking(move || out.as_file().set_len(size).and_then(|()| out.commit()))
+        .await
+        .context("join a file commit")?
+        .with_context(|| format!("write {}", dest.display()))?;
+    set_mode(&dest, file.mode).await
+}
+
+/// One part of a parted file, into its ranges of `out`.
+async fn restore_part(
+    cx: &Shared<'_>,
+    file: &FileEntry,
+    part: &Part,
+    out: &AtomicFile,
+    dest: &Path,
+) -> Result<()> {
+    let _download = cx
+        .downloads
+        .acquire()
+        .await
+        .context("wait for a download")?;
+    let key = part.key(&file.path);
+    let handle = out
+        .as_file()
+        .try_clone()
+        .with_context(|| format!("open {} for writing", dest.display()))?;
+    let found = cx
+        .repo
+        .get_to_ranges(&key, handle, dest, part.ranges(), cx.stop)
+        .await
+        .with_context(|| format!("restore {}", file.path))?;
+    if !found {
+        return Err(missing(cx, &key));
+    }
+    cx.progress.add(part.bytes());
+    Ok(())
+}
+
+async fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || set_mode_nofollow(&path, mode))
+        .await
+        .context("join a mode change")?
+}
+
+/// Whether the file at `path` already holds `file`'s content: its size, and the checksum of
+/// the whole file or of each part. A parted file with overlapping parts (an incremental
+/// backup's changed blocks over earlier parts) cannot be compared part by part and is
+/// always rewritten. Read on a blocking thread.
+async fn matches_already(path: &Path, file: &FileEntry) -> Result<bool> {
+    if file.part_rounds().iter().any(|&r| r > 0) {
+        return Ok(false);
+    }
+    let path = path.to_owned();
+    let size = file.size;
+    let expected: Vec<(Vec<(u64, u64)>, String)> = if file.parts.is_empty() {
+        vec![(vec![(0, size)], file.checksum.clone())]
+    } else {
+        file.parts
+            .iter()
+            .map(|p| (p.ranges(), p.checksum.clone()))
+            .collect()
+    };
+    tokio::task::spawn_blocking(move || -> Result<bool> {
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&path);
+        let local = match opened {
+            Ok(local) => local,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            // A symlink is never read through; the restored file replaces it.
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(false),
+            Err(e) => return Err(e).with_context(|| format!("open {}", path.display())),
+        };
+        let len = local
+            .metadata()
+            .with_context(|| format!("stat {}", path.display()))?
+            .len();
+        if len != size || !local.metadata().is_ok_and(|m| m.is_file()) {
+            return Ok(false);
+        }
+        for (ranges, checksum) in expected {
+            let handle = local
+                .try_clone()
+                .with_context(|| format!("open {}", path.display()))?;
+            let (hash, whole) = crate::repo::ranges::hash_ranges(handle, &ranges)
+                .with_context(|| format!("read {}", path.display()))?;
+            if !whole || hash.to_hex().as_str() != checksum {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })
+    .await
+    .context("join a file comparison")?
+}
