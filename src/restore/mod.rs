@@ -6,13 +6,13 @@
 //! `recovery.signal` and the recovery settings are written last, so an interrupted restore
 //! never looks startable.
 //!
-//! A restore never harms a live or half-done cluster ([`prepare`]): a data directory a
+//! A restore never harms a live or half-done cluster (`prepare`): a data directory a
 //! postmaster runs on is refused (told across PID namespaces, from its lock file and its
 //! socket), and so is a non-empty one unless `--force` or `--delta`; the marker that makes
 //! a start refuse the directory is written before anything in it is removed, and goes last.
 //! An interrupted restore is finished by a delta restore over what it left: `pgward restore
 //! --delta`, or by itself at the next start for `postgres.init.from_backup`. At most
-//! 2 × `concurrency` files are open at once ([`files`]), however many the backup holds.
+//! 2 × `concurrency` files are open at once (`files`), however many the backup holds.
 //!
 //! A manifest is untrusted input (whoever can write to the repository writes manifests, and
 //! a restore runs as root): before anything is written, every path in it is checked

@@ -33,7 +33,8 @@ pub(super) async fn check_data_dir(data_dir: &Path, options: &RestoreOptions) ->
         );
     }
     let marker = crate::postgres::bootstrap::unfinished(data_dir)?;
-    if !(options.force || options.delta) && !is_empty(data_dir)? {
+    let told_what_to_do = options.force || options.delta;
+    if !told_what_to_do && !is_empty(data_dir)? {
         if let Some(Marker {
             work: Unfinished::Restore | Unfinished::FromBackup,
             backup,
