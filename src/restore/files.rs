@@ -55,7 +55,7 @@ pub(super) async fn restore_files(
     let progress = Progress::new(&manifest.id, manifest.size);
     let concurrency = options.concurrency.max(1);
     let todo: Vec<&FileEntry> = if options.delta {
-        kept_aside(manifest, layout, &progress, concurrency).await?
+        still_to_restore(manifest, layout, &progress, concurrency).await?
     } else {
         manifest.files.iter().collect()
     };
@@ -110,7 +110,7 @@ fn restored_one() -> Result<()> {
 
 /// With `--delta`: the files that do not already hold the backup's content (the others get
 /// their mode, and count as restored).
-async fn kept_aside<'m>(
+async fn still_to_restore<'m>(
     manifest: &'m Manifest,
     layout: &Layout,
     progress: &Progress,
