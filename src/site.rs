@@ -274,6 +274,7 @@ impl Site {
         BackupOptions {
             concurrency: backup.concurrency as usize,
             wal_wait: backup.wal_wait,
+            lease_ttl: backup.lease_ttl,
             slice_size: backup.slice_size,
             annotations,
             keep,

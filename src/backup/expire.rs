@@ -5,8 +5,9 @@
 //! repository that is consistent and that the next run finishes cleaning:
 //! 1. expired backups, newest first (an incremental before the backups it builds on), each
 //!    manifest first: the backup stops being one at once, and what remains of it is an
-//!    unfinished backup, older than the newest complete one, which the next run removes;
-//! 2. the objects of abandoned unfinished backups;
+//!    unfinished backup, which the next run removes;
+//! 2. the objects of abandoned unfinished backups (never those of the backup the live backup
+//!    lease names, read after the listing and again right before deleting);
 //! 3. WAL below what the kept backups need.
 //!
 //! Memory: one listing of `backups/` and one of `wal/` (a key and a size per object), and
@@ -19,11 +20,12 @@ use chrono::{DateTime, Utc};
 use futures_util::{stream, StreamExt, TryStreamExt};
 
 use super::catalog;
+use super::exclusive;
 use super::manifest::{manifest_key, Manifest};
 use super::retention::{self, Policy, Selection, WalDeletion};
 use crate::postgres::wal::{SegmentName, TimelineId};
 use crate::repo::layout::{backup_prefix, WAL_PREFIX};
-use crate::repo::Repo;
+use crate::repo::{LeaseInfo, Repo};
 
 /// Deletions in flight at once.
 const DELETE_CONCURRENCY: usize = 8;
@@ -37,6 +39,8 @@ pub struct Plan {
     objects: BTreeMap<String, Vec<String>>,
     /// Unfinished backups that cannot be running anymore (see [`retention::abandoned`]).
     pub abandoned: Vec<String>,
+    /// The backup running now (its lease is live), whose objects are left alone.
+    pub running: Option<LeaseInfo>,
     /// Where the WAL the kept backups need starts; `None` when no backup is kept (no WAL is
     /// deleted then).
     pub wal_horizon: Option<SegmentName>,
@@ -106,8 +110,11 @@ pub async fn plan(repo: &Repo, policy: &Policy, now: DateTime<Utc>) -> Result<Pl
             unfinished.push(id.clone());
         }
     }
+    // After the listing: a backup whose objects it saw has named itself in the lease by now.
+    let running = exclusive::running_backup(repo).await?;
     let selection = retention::select(&manifests, policy, now);
-    let abandoned = retention::abandoned(&unfinished, &manifests)
+    let running_id = running.as_ref().and_then(|r| r.subject.as_deref());
+    let abandoned = retention::abandoned(&unfinished, running_id)
         .into_iter()
         .map(str::to_owned)
         .collect();
@@ -131,6 +138,7 @@ pub async fn plan(repo: &Repo, policy: &Policy, now: DateTime<Utc>) -> Result<Pl
         selection,
         objects,
         abandoned,
+        running,
         wal_horizon,
         wal,
     })
@@ -165,6 +173,13 @@ pub async fn execute(repo: &Repo, plan: &Plan) -> Result<()> {
         tracing::info!(backup = %id, objects = n + 1, "backup expired");
     }
     for id in &plan.abandoned {
+        // A backup may have taken over the lease since the plan (its holder was only slow):
+        // its objects are its again.
+        let running = exclusive::running_backup(repo).await?;
+        if let Some(holder) = running.filter(|r| r.subject.as_deref() == Some(id.as_str())) {
+            tracing::info!(backup = %id, "left alone: running again ({})", holder.describe());
+            continue;
+        }
         let keys: Vec<String> = plan
             .objects
             .get(id)
@@ -271,7 +286,7 @@ mod tests {
         for m in [&f1, &i1, &f2, &f3] {
             store(&repo, m).await;
         }
-        // Interrupted 25 days ago, and one started after the newest backup (maybe running).
+        // Interrupted 25 days ago, and one running now (its live lease names it).
         let interrupted = crate::backup::manifest::backup_id(
             now() - chrono::Duration::days(25),
             BackupKind::Full,
@@ -279,6 +294,16 @@ mod tests {
         let running = crate::backup::manifest::backup_id(now(), BackupKind::Full);
         put(&repo, &file_key(&interrupted, "base/1/1")).await;
         put(&repo, &file_key(&running, "base/1/1")).await;
+        let ttl = std::time::Duration::from_secs(300);
+        let lease = match repo
+            .try_lease(exclusive::BACKUP_LEASE, LeaseInfo::mine("backup", ttl))
+            .await
+            .unwrap()
+        {
+            crate::repo::Taken::Acquired(lease) => lease,
+            crate::repo::Taken::Held(info) => panic!("held by {info:?}"),
+        };
+        lease.set_subject(&running).await.unwrap();
         for seg in 1..=12u32 {
             put(&repo, &wal(&format!("0000000100000000{seg:08X}"))).await;
         }
@@ -333,8 +358,8 @@ mod tests {
         assert_eq!(again.selection.expired().count(), 0);
         assert_eq!(again.backup_objects() + again.wal_files(), 0);
 
-        // A run cut short after a manifest went: the rest is an unfinished backup older than
-        // the newest one, removed by the next run.
+        // A run cut short after a manifest went: the rest is an unfinished backup, removed by
+        // the next run.
         repo.delete(&manifest_key(&f2.id)).await.unwrap();
         let resumed = super::plan(&repo, &policy, now()).await.unwrap();
         assert_eq!(resumed.abandoned, [f2.id.as_str()]);
@@ -352,6 +377,11 @@ mod tests {
                 .collect::<Vec<_>>(),
             [&f3.id, &running]
         );
+
+        // Once the running backup's lease is released without a manifest, it is abandoned.
+        lease.release().await;
+        let released = super::plan(&repo, &policy, now()).await.unwrap();
+        assert_eq!(released.abandoned, [running.as_str()]);
     }
 
     #[tokio::test]
@@ -376,15 +406,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn without_a_complete_backup_nothing_is_deleted() {
+    async fn without_a_complete_backup_no_wal_is_deleted() {
         let repo = memory_repo();
         put(&repo, &file_key("20261201T000000F", "base/1/1")).await;
         put(&repo, &wal("000000010000000000000001")).await;
         let plan = plan_keeping_one_full(&repo).await.unwrap();
         assert!(plan.selection.verdicts.is_empty());
-        assert!(plan.abandoned.is_empty());
+        // No lease names the unfinished backup: it was interrupted.
+        assert_eq!(plan.abandoned, ["20261201T000000F"]);
         assert_eq!(plan.wal_horizon, None);
         execute(&repo, &plan).await.unwrap();
-        assert_eq!(keys(&repo, "").await.len(), 2);
+        assert_eq!(
+            keys(&repo, "").await,
+            ["wal/00000001/000000010000000000000001"]
+        );
     }
 }

@@ -333,20 +333,15 @@ fn window(chains: &[Chain], policy: &Policy, now: DateTime<Utc>) -> BTreeSet<usi
         .collect()
 }
 
-/// Ids of unfinished backups (objects, no manifest) that started before the newest complete
-/// backup. Backups of a cluster run one after another (one `pgward backup`, or one scheduled
-/// job, at a time), so such a backup is not running anymore: it was interrupted, and its
-/// objects will never be part of a backup. One that started later may still be running and is
-/// left alone. (Two `pgward backup` run by hand at once would break that assumption.)
-pub fn abandoned<'a>(unfinished: &'a [String], manifests: &[Manifest]) -> Vec<&'a str> {
-    // Ids are `<start time>F|I`: compare the start times, not the kind letters.
-    let Some(newest) = manifests.iter().filter_map(|m| m.id.get(..15)).max() else {
-        return Vec::new();
-    };
+/// Ids of unfinished backups (objects, no manifest) that are abandoned: every one but
+/// `running`, the backup a live backup lease names. One backup of a repository runs at a time,
+/// and it names itself in the lease before its first object (see `exclusive`), so any other
+/// unfinished backup was interrupted and its objects will never be part of a backup.
+pub fn abandoned<'a>(unfinished: &'a [String], running: Option<&str>) -> Vec<&'a str> {
     unfinished
         .iter()
-        .filter(|id| id.len() == 16 && id.get(..15).is_some_and(|start| start < newest))
         .map(String::as_str)
+        .filter(|id| Some(*id) != running)
         .collect()
 }
 
@@ -800,19 +795,18 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn unfinished_backups_older_than_the_newest_complete_one_are_abandoned() {
-        let f = full(10, 1);
-        let i = incr(5, &f, 2);
-        let before = "20261220T000000F".to_owned(); // 11 days ago
-        let between = "20261223T000000I".to_owned();
-        let same_second = format!("{}F", &i.id[..15]);
-        let after = "20261230T000000F".to_owned();
-        let unfinished = [before.clone(), between.clone(), same_second, after];
+    fn unfinished_backups_are_abandoned_unless_a_live_lease_names_them() {
+        let before = "20261220T000000F".to_owned();
+        let running = "20261230T000000I".to_owned();
+        let unfinished = [before.clone(), running.clone()];
         assert_eq!(
-            abandoned(&unfinished, &[f.clone(), i.clone()]),
-            vec![before.as_str(), between.as_str()]
+            abandoned(&unfinished, Some(&running)),
+            vec![before.as_str()]
         );
-        assert_eq!(abandoned(&unfinished, &[]), Vec::<&str>::new());
+        assert_eq!(
+            abandoned(&unfinished, None),
+            vec![before.as_str(), running.as_str()]
+        );
     }
 
     #[test]

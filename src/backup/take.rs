@@ -3,12 +3,14 @@
 //! Non-exclusive backup mode on one held session (`pg_backup_start` … `pg_backup_stop`), the
 //! data directory read directly (pgward runs beside postgres), every file stored as its own
 //! checksummed object, files in parallel. The backup is only usable with the WAL from its
-//! start to its stop, so it is complete only once the stop segment is in the archive; the
-//! manifest is written after that, last, and is what makes the backup exist.
+//! start to its stop, so it is complete only once every segment of that range is in the
+//! archive; the manifest is written after that and after the checks of `complete`, last, and
+//! is what makes the backup exist. One backup runs at a time: it holds the repository's backup
+//! lease (`exclusive`) from before its id is chosen until it ends.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use chrono::Utc;
@@ -16,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::block_delta::{self, BlockMap};
 use super::catalog;
+use super::complete::{check_before_manifest, segment_range, wait_wal_range};
 use super::copy::copy_files;
+use super::exclusive::take_backup_lease;
 use super::manifest::{
     backup_id, label_key, manifest_key, BackupKind, DirEntry, FileEntry, Manifest, Tablespace,
     MANIFEST_VERSION,
@@ -25,17 +29,20 @@ use super::walk::walk;
 use crate::postgres::backup_mode;
 use crate::postgres::control_file::ControlFile;
 use crate::postgres::ready::Target;
+use crate::postgres::wal::WalSegSize;
 use crate::postgres::wal::{Lsn, TimelineId};
 use crate::postgres::ClusterIdentity;
-use crate::repo::{layout, PutMode, Repo};
+use crate::repo::{layout, Lease, PutMode, Repo};
 
 /// How a backup runs.
 #[derive(Debug, Clone)]
 pub struct BackupOptions {
     /// Files read, compressed and uploaded at once.
     pub concurrency: usize,
-    /// How long to wait for the stop segment to reach the archive.
+    /// How long to wait for the backup's WAL (start to stop) to reach the archive.
     pub wal_wait: Duration,
+    /// The backup lease expires this long after its last renewal (renewed every third).
+    pub lease_ttl: Duration,
     /// Files larger than this are stored in slices of this size.
     pub slice_size: u64,
     pub annotations: BTreeMap<String, String>,
@@ -60,12 +67,26 @@ pub async fn take_backup(
     options: &BackupOptions,
     cancel: &CancellationToken,
 ) -> Result<Manifest> {
+    let lease = take_backup_lease(repo, options.lease_ttl).await?;
+    let taken = take_leased(repo, cluster, incremental, options, &lease, cancel).await;
+    lease.release().await;
+    taken
+}
+
+/// [`take_backup`] under `lease`.
+async fn take_leased(
+    repo: &Repo,
+    cluster: &Cluster<'_>,
+    incremental: bool,
+    options: &BackupOptions,
+    lease: &Lease,
+    cancel: &CancellationToken,
+) -> Result<Manifest> {
     let unfinished = catalog::unfinished_ids(repo).await?;
     if !unfinished.is_empty() {
         tracing::warn!(
-            "the repository holds objects of backups that never completed (interrupted, or \
-             running elsewhere now); they are not listed or restored: {}\nHINT: `pgward \
-             expire` deletes those that started before the newest complete backup",
+            "the repository holds objects of backups that never completed (interrupted); \
+             they are not listed or restored: {}\nHINT: `pgward expire` deletes them",
             unfinished.join(", ")
         );
     }
@@ -79,7 +100,7 @@ pub async fn take_backup(
         },
         false => None,
     };
-    take(repo, cluster, parent.as_ref(), options, cancel).await
+    take(repo, cluster, parent.as_ref(), options, lease, cancel).await
 }
 
 /// A backup that has started: backup mode held on `client`.
@@ -92,16 +113,17 @@ struct Started {
     data_checksums: bool,
 }
 
-/// Takes a backup of `cluster` into `repo`: full, or incremental on top of `parent` (the
-/// latest backup), storing only what changed since.
+/// Takes a backup of `cluster` into `repo` under the backup `lease`: full, or incremental on
+/// top of `parent` (the latest backup), storing only what changed since.
 pub async fn take(
     repo: &Repo,
     cluster: &Cluster<'_>,
     parent: Option<&Manifest>,
     options: &BackupOptions,
+    lease: &Lease,
     cancel: &CancellationToken,
 ) -> Result<Manifest> {
-    let started = start(repo, cluster, parent).await?;
+    let started = start(repo, cluster, parent, lease).await?;
     let id = &started.id;
     // Until the stop, a failure must still end backup mode: the session's end does that for
     // a non-exclusive backup, so dropping `started.client` is enough.
@@ -143,8 +165,21 @@ pub async fn take(
         cancel,
     )
     .await?;
+    crate::failpoint!("backup-after-copy");
     let stop = stop(repo, &started, cluster.identity.pg_major).await?;
-    wait_archived(repo, &started.client, &stop.wal, options.wal_wait, cancel).await?;
+    let seg_size = wal_segment_size(&started.client).await?;
+    let segments = segment_range(&started.start.wal, &stop.wal, seg_size)?;
+    let archiver_said = || archiver_last_failure(&started.client);
+    wait_wal_range(repo, &segments, options.wal_wait, archiver_said, cancel).await?;
+    check_before_manifest(
+        repo,
+        lease,
+        id,
+        parent,
+        &files,
+        stop.tablespace_map.is_some(),
+    )
+    .await?;
     let contents = Contents {
         files,
         directories: walk.dirs,
@@ -153,8 +188,14 @@ pub async fn take(
     finish(repo, cluster, parent, options, started, stop, contents).await
 }
 
-/// Checks that the backup can complete, picks its id and starts backup mode.
-async fn start(repo: &Repo, cluster: &Cluster<'_>, parent: Option<&Manifest>) -> Result<Started> {
+/// Checks that the backup can complete, picks its id (written into `lease` before any object)
+/// and starts backup mode.
+async fn start(
+    repo: &Repo,
+    cluster: &Cluster<'_>,
+    parent: Option<&Manifest>,
+    lease: &Lease,
+) -> Result<Started> {
     let kind = match parent {
         Some(_) => BackupKind::Incremental,
         None => BackupKind::Full,
@@ -176,6 +217,10 @@ async fn start(repo: &Repo, cluster: &Cluster<'_>, parent: Option<&Manifest>) ->
         )
     })?;
     let (start_time, id) = unused_id(repo, kind).await?;
+    lease
+        .set_subject(&id)
+        .await
+        .with_context(|| format!("write backup {id} into the backup lease"))?;
     let label = format!("pgward backup {id}");
     let start = backup_mode::start(&client, &label, cluster.identity.pg_major).await?;
     tracing::info!(backup = %id, start_lsn = %start.lsn, "backup started");
@@ -473,50 +518,34 @@ impl Archiving {
     }
 }
 
-/// Waits until `segment` is in the archive: before that the backup cannot be restored.
-async fn wait_archived(
-    repo: &Repo,
-    client: &tokio_postgres::Client,
-    segment: &str,
-    patience: Duration,
-    cancel: &CancellationToken,
-) -> Result<()> {
-    let key = layout::wal_key(segment)?;
-    let started = Instant::now();
-    loop {
-        if repo
-            .exists(&key)
-            .await
-            .with_context(|| format!("look for {segment} in the archive"))?
-            .is_some()
-        {
-            return Ok(());
-        }
-        if started.elapsed() > patience {
-            let last_error: String = client
-                .query_one(
-                    "SELECT coalesce(last_failed_wal || ' at ' || last_failed_time::text, 'none') \
-                     FROM pg_stat_archiver",
-                    &[],
-                )
-                .await
-                .map(|r| r.get(0))
-                .unwrap_or_else(|e| format!("unknown ({e})"));
-            bail!(
-                "the backup's last WAL segment {segment} did not reach the archive within {} \
-                 (the archiver's last failure: {last_error}); the backup is incomplete and \
-                 not listed\nHINT: fix archiving (`pgward status` shows the archiver's last \
-                 error), or raise backup.wal_wait if it is only slow",
-                humantime::format_duration(patience)
-            );
-        }
-        tokio::select! {
-            () = cancel.cancelled() => {
-                bail!("the backup was cancelled while waiting for {segment} to be archived")
-            }
-            () = tokio::time::sleep(Duration::from_millis(100)) => {}
-        }
-    }
+/// The server's WAL segment size, to walk the backup's segments.
+async fn wal_segment_size(client: &tokio_postgres::Client) -> Result<WalSegSize> {
+    // In bytes since PostgreSQL 11 (unit `B`).
+    let bytes: String = client
+        .query_one(
+            "SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'",
+            &[],
+        )
+        .await
+        .context("read wal_segment_size")?
+        .get(0);
+    let bytes: u32 = bytes
+        .parse()
+        .with_context(|| format!("read wal_segment_size {bytes:?}"))?;
+    WalSegSize::new(bytes).with_context(|| format!("wal_segment_size {bytes}"))
+}
+
+/// The archiver's last failure as the server reports it, for an error message.
+async fn archiver_last_failure(client: &tokio_postgres::Client) -> String {
+    client
+        .query_one(
+            "SELECT coalesce(last_failed_wal || ' at ' || last_failed_time::text, 'none') \
+             FROM pg_stat_archiver",
+            &[],
+        )
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or_else(|e| format!("unknown ({e})"))
 }
 
 #[cfg(test)]

@@ -37,10 +37,13 @@ fn expire_text(plan: &expire::Plan) -> String {
     }
     for id in &plan.abandoned {
         out.push_str(&format!(
-            "delete unfinished backup {id} ({} objects; interrupted: it started before the \
-             newest complete backup)\n",
+            "delete unfinished backup {id} ({} objects; interrupted: no manifest, and no live \
+             backup lease names it)\n",
             plan.object_count(id)
         ));
+    }
+    if let Some(running) = &plan.running {
+        out.push_str(&format!("leave running {} alone\n", running.describe()));
     }
     match plan.wal_horizon {
         None => out.push_str("no backup is kept: WAL left as it is\n"),

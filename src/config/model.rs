@@ -454,9 +454,15 @@ pub struct BackupConfig {
     /// Files read, compressed and uploaded (or downloaded, at restore; checked, at verify) at
     /// once. Default 2.
     pub concurrency: u32,
-    /// How long a backup waits for its last WAL segment to reach the archive. Default 5m.
+    /// How long a backup waits for its WAL (every segment from its start to its stop) to
+    /// reach the archive. Default 5m.
     #[serde(serialize_with = "ser_duration")]
     pub wal_wait: Duration,
+    /// The backup lease (one backup of a repository at a time) expires this long after its
+    /// holder's last renewal (every third of it); a crashed backup's lease is taken over, and
+    /// its objects deleted by `expire`, only after that. Default 5m.
+    #[serde(serialize_with = "ser_duration")]
+    pub lease_ttl: Duration,
     /// Files larger than this are stored (and restored) in slices of this size, in
     /// parallel. A multiple of 8 KiB, at least 1 MiB. Default 128 MiB.
     pub slice_size: u64,

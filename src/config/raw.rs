@@ -608,8 +608,10 @@ pub(crate) struct RawWal {
 pub(crate) struct RawBackup {
     /// Files in flight in backup, restore and verify, 1 to 64. Default: `2`.
     pub concurrency: Option<Text>,
-    /// How long a backup waits for its last WAL segment. Default: `5m`.
+    /// How long a backup waits for its WAL (start to stop) to be archived. Default: `5m`.
     pub wal_wait: Option<Text>,
+    /// The backup lease expires this long after its last renewal, at least 1s. Default: `5m`.
+    pub lease_ttl: Option<Text>,
     /// Files larger than this are stored in slices. Default: `128MiB`.
     pub slice_size: Option<Text>,
     /// `pgward check` fails when the newest backup is older. Default: none.

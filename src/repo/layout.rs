@@ -5,6 +5,7 @@
 //! wal/<TTTTTTTT>/<24 hex>                    WAL segments (and .partial, .backup files)
 //! wal/<TTTTTTTT>/<TTTTTTTT>.history          timeline history files
 //! backups/<id>/...                           one backup; its manifest is written last
+//! locks/<name>/<generation>                  a lease (see `lease`): who runs a backup now
 //! ```
 //! Keys carry no codec extension; [`Repo`](super::Repo) appends it, except to the plain
 //! objects a human reads (`repo.json`), which are stored under their key. The timeline

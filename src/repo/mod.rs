@@ -11,7 +11,8 @@
 //! `Repo` is built here (`open`, over `store`'s clients); its operations are spread by kind:
 //! `put` (uploads, create-only), `get` (downloads, verify, trailers), `list` (listing,
 //! deleting, the write probe), `local` (what a `file://` repository needs besides), `plain`
-//! and `meta` (`repo.json`), `staged` (objects written while they grow).
+//! and `meta` (`repo.json`), `staged` (objects written while they grow), `lease` (one holder
+//! at a time of a piece of work: one backup at a time).
 //!
 //! # Streaming and memory
 //!
@@ -42,6 +43,7 @@ mod error;
 mod frame;
 mod get;
 pub mod layout;
+pub mod lease;
 mod list;
 mod local;
 mod meta;
@@ -67,6 +69,7 @@ pub use codec::Codec;
 pub use error::{hint_in, with_hint, RepoError};
 pub use frame::{Checksum, TRAILER_LEN};
 pub use layout::{wal_key, REPO_META};
+pub use lease::{Lease, LeaseInfo, LeaseState, Taken};
 pub use meta::{RepoMeta, FORMAT_VERSION};
 pub use retry::{retry, RetryPolicy};
 pub use settings::{AzureConfig, GcsConfig, S3Config, StorageConfig, StorageRetryConfig};

@@ -22,6 +22,7 @@ mod metrics_endpoints;
 mod pid1;
 mod postgres_run;
 mod prometheus_rules;
+mod races;
 mod restore_safety;
 mod restore_test;
 mod security_env;

@@ -146,6 +146,7 @@ fn defaults(data_dir: &str, superuser: &str, database: &str) -> Config {
         backup: BackupConfig {
             concurrency: 2,
             wal_wait: Duration::from_secs(300),
+            lease_ttl: Duration::from_secs(300),
             slice_size: 128 << 20,
             max_age: None,
             min_redundancy: 1,

@@ -530,6 +530,11 @@ fn backup_problems_are_located() {
          to 64)"
     );
     assert!(problem("backup:\n  wal_wait: soon\n").starts_with("cfg.yaml:2:13: backup.wal_wait: "));
+    assert_eq!(
+        problem("backup:\n  lease_ttl: 500ms\n"),
+        "cfg.yaml:2:14: backup.lease_ttl: invalid lease_ttl \"500ms\" (use a duration of at \
+         least 1s)"
+    );
     assert!(problem("backup:\n  slice_size: 1000kB\n")
         .starts_with("cfg.yaml:2:15: backup.slice_size: invalid slice size"));
     assert_eq!(
@@ -558,6 +563,7 @@ fn backup_section_parses() {
 backup:
   concurrency: 8
   wal_wait: 90s
+  lease_ttl: 2m
   slice_size: 16MiB
   retention:
     full: ${FULLS}
@@ -568,6 +574,7 @@ backup:
         BackupConfig {
             concurrency: 8,
             wal_wait: Duration::from_secs(90),
+            lease_ttl: Duration::from_secs(120),
             slice_size: 16 << 20,
             max_age: None,
             min_redundancy: 1,

@@ -50,6 +50,7 @@ pub(super) fn validate_backup(raw: RawBackup, cx: &mut Cx<'_>) -> BackupConfig {
     let RawBackup {
         concurrency,
         wal_wait,
+        lease_ttl,
         slice_size,
         max_age,
         min_redundancy,
@@ -63,6 +64,15 @@ pub(super) fn validate_backup(raw: RawBackup, cx: &mut Cx<'_>) -> BackupConfig {
             .unwrap_or(2),
         wal_wait: cx
             .parse("backup.wal_wait", wal_wait, parse_duration)
+            .unwrap_or(Duration::from_secs(300)),
+        lease_ttl: cx
+            .parse("backup.lease_ttl", lease_ttl, |s| {
+                let ttl = parse_duration(s)?;
+                if ttl < Duration::from_secs(1) {
+                    return Err(invalid("lease_ttl", s, "a duration of at least 1s"));
+                }
+                Ok(ttl)
+            })
             .unwrap_or(Duration::from_secs(300)),
         slice_size: cx
             .parse("backup.slice_size", slice_size, |s| {
