@@ -159,7 +159,8 @@ fn backup_dirs(repo: &Path) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_killed_midway_is_never_listed_and_the_next_one_succeeds() {
     let cluster = Cluster::new();
-    let storage = file_storage(&cluster);
+    // The killed backup's lease expires soon: the next backup takes it over.
+    let storage = format!("{}backup:\n  lease_ttl: 2s\n", file_storage(&cluster));
     let (config, pgward_run, client) = start_archiving(&cluster, &storage).await;
     // About 170 MiB, most of it in two files, which are copied first: something appears under
     // the backup's data/ (a stored object or its temp file) long before the copy ends.
@@ -257,7 +258,9 @@ async fn a_backup_killed_midway_is_never_listed_and_the_next_one_succeeds() {
     assert_eq!(accounts, 1_000_000);
 
     // The killed backup's objects stay under its id (ids name the start second): the next
-    // backup, maybe in the same second, gets an id of its own and says what it found.
+    // backup, once the killed one's lease expired, gets an id of its own and says what it
+    // found.
+    std::thread::sleep(Duration::from_secs(3));
     let (code, out, err) = pgward(&config, &["backup"]);
     assert_eq!(code, 0, "backup after the killed one failed:\n{out}\n{err}");
     assert!(

@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 
 use crate::common::{
     assert_killed_at, backup_ok, eventually, failpoints, file_storage, files_under, listed,
-    pgward_armed, start_archiving, switch_and_wait_archived, Cluster, Pgward,
+    pgward_armed, reached, start_archiving, switch_and_wait_archived, Cluster, Pgward,
 };
 
 fn pgward(config: &Path, args: &[&str]) -> (i32, String, String) {
@@ -27,7 +27,11 @@ fn start_armed(config: &Path, spec: &str, args: &[&str]) -> Pgward {
 
 /// Waits until the process stopped itself at failpoint `name` (state `T` in /proc).
 fn wait_stopped_at(held: &Pgward, name: &str) {
-    held.wait_for_output(&format!("failpoint={name}"), Duration::from_secs(120));
+    eventually(
+        "the backup reaches the failpoint",
+        Duration::from_secs(120),
+        || reached(&held.output(), name),
+    );
     eventually("the backup stops itself", Duration::from_secs(10), || {
         std::fs::read_to_string(format!("/proc/{}/stat", held.pid()))
             .ok()
