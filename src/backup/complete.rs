@@ -168,13 +168,13 @@ pub async fn check_before_manifest(
         let missing: Vec<&String> = keys.difference(&stored).collect();
         if let Some(first) = missing.first() {
             let whose = match backup == id {
-                true => "its own".to_owned(),
-                false => format!("of backup {backup}, which it builds on,"),
+                true => "of its own objects".to_owned(),
+                false => format!("objects of backup {backup}, which it builds on,"),
             };
             bail!(
-                "backup {id}: {} {whose} objects are missing from the repository, e.g. {first}; \
-                 {UNLISTED}\nHINT: was `pgward expire` or a hand deletion run on it? take the \
-                 backup again",
+                "backup {id}: {} {whose} are missing from the repository, e.g. {first}; \
+                 {UNLISTED}\nHINT: were they deleted (by hand, or by an `expire` that judged \
+                 the backup abandoned)? take the backup again",
                 missing.len()
             );
         }
@@ -210,6 +210,118 @@ async fn check_chain(repo: &Repo, id: &str, parent: Option<&Manifest>) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backup::exclusive::take_backup_lease;
+    use crate::backup::manifest::file_key;
+    use crate::backup::retention::tests::{full, incr};
+    use crate::repo::PutMode;
+
+    fn memory_repo() -> Repo {
+        Repo::open_with_store(
+            std::sync::Arc::new(object_store::memory::InMemory::new()),
+            "",
+            crate::repo::Codec::Zstd,
+            3,
+        )
+    }
+
+    async fn put(repo: &Repo, key: &str) {
+        repo.put_bytes(key, b"x".to_vec(), PutMode::Create)
+            .await
+            .unwrap();
+    }
+
+    /// The objects `m` stores itself, its label, and (`complete`) its manifest.
+    async fn store(repo: &Repo, m: &Manifest, complete: bool) {
+        for f in m.files.iter().filter(|f| f.stored_in == m.id) {
+            put(repo, &file_key(&m.id, &f.path)).await;
+        }
+        put(repo, &label_key(&m.id, "backup_label")).await;
+        if complete {
+            let json = serde_json::to_vec(m).unwrap();
+            repo.put_bytes(&manifest_key(&m.id), json, PutMode::Create)
+                .await
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_backup_is_checked_for_its_lease_chain_and_objects_before_its_manifest() {
+        let repo = memory_repo();
+        let f = full(3, 1);
+        let i1 = incr(2, &f, 2);
+        let i2 = incr(1, &i1, 3);
+        store(&repo, &f, true).await;
+        store(&repo, &i1, true).await;
+        store(&repo, &i2, false).await;
+        let lease = take_backup_lease(&repo, Duration::from_secs(60))
+            .await
+            .unwrap();
+        lease.set_subject(&i2.id).await.unwrap();
+        let check = || check_before_manifest(&repo, &lease, &i2.id, Some(&i1), &i2.files, false);
+        check().await.unwrap();
+
+        // An object of the backup it builds on (the full backup holds base/1/2) is gone.
+        let parents_object = file_key(&f.id, "base/1/2");
+        repo.delete(&parents_object).await.unwrap();
+        let err = format!("{:#}", check().await.unwrap_err());
+        assert!(
+            err.starts_with(&format!(
+                "backup {}: 1 objects of backup {}, which it builds on, are missing from the \
+                 repository, e.g. {parents_object}; the backup is incomplete and not listed\nHINT:",
+                i2.id, f.id
+            )),
+            "{err}"
+        );
+        put(&repo, &parents_object).await;
+
+        // One of its own objects is gone.
+        let own = label_key(&i2.id, "backup_label");
+        repo.delete(&own).await.unwrap();
+        let err = format!("{:#}", check().await.unwrap_err());
+        assert!(
+            err.starts_with(&format!(
+                "backup {}: 1 of its own objects are missing from the repository, e.g. {own}",
+                i2.id
+            )),
+            "{err}"
+        );
+        put(&repo, &own).await;
+
+        // The full backup at the head of the chain lost its manifest.
+        repo.delete(&manifest_key(&f.id)).await.unwrap();
+        let err = format!("{:#}", check().await.unwrap_err());
+        assert!(
+            err.starts_with(&format!(
+                "backup {} builds on backup {}, whose manifest is gone from the repository",
+                i2.id, f.id
+            )),
+            "{err}"
+        );
+        let json = serde_json::to_vec(&f).unwrap();
+        repo.put_bytes(&manifest_key(&f.id), json, PutMode::Create)
+            .await
+            .unwrap();
+        check().await.unwrap();
+
+        // Someone else holds the lease now (this one was judged expired and taken over).
+        let generation = lease.generation() + 1;
+        let other = crate::repo::LeaseInfo::mine("backup", Duration::from_secs(60));
+        repo.put_bytes(
+            &format!("locks/backup/{generation:016}"),
+            serde_json::to_vec(&other).unwrap(),
+            PutMode::Create,
+        )
+        .await
+        .unwrap();
+        let err = format!("{:#}", check().await.unwrap_err());
+        assert!(
+            err.starts_with(&format!(
+                "backup {} lost its lease on the repository: the backup lease was taken over",
+                i2.id
+            )),
+            "{err}"
+        );
+    }
 
     #[test]
     fn the_range_is_every_segment_from_start_to_stop_on_one_timeline() {

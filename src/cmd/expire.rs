@@ -103,10 +103,20 @@ fn expire_json(plan: &expire::Plan, dry_run: bool) -> serde_json::Value {
             })
         })
         .collect();
+    let running = plan.running.as_ref().map(|r| {
+        serde_json::json!({
+            "id": r.subject,
+            "host": r.host,
+            "pid": r.pid,
+            "since": r.since,
+            "lease_expires_at": r.expires_at(),
+        })
+    });
     serde_json::json!({
         "dry_run": dry_run,
         "backups": backups,
         "unfinished": unfinished,
+        "running": running,
         "wal": {
             "keep_from": plan.wal_horizon.map(|s| s.to_string()),
             "timelines": timelines,
