@@ -323,6 +323,38 @@ mod tests {
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn the_wait_names_the_first_segment_of_the_range_still_missing() {
+        let repo = memory_repo();
+        let size = WalSegSize::new(16 << 20).unwrap();
+        let range =
+            segment_range("000000010000000000000003", "000000010000000000000006", size).unwrap();
+        for name in ["000000010000000000000003", "000000010000000000000006"] {
+            put(&repo, &layout::wal_key(name).unwrap()).await;
+        }
+        let cancel = CancellationToken::new();
+        let said = || async { "none".to_owned() };
+        let err = wait_wal_range(&repo, &range, Duration::from_secs(2), said, &cancel)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "the backup needs WAL segment 000000010000000000000004 (and 1 more of its 4 \
+                 segments), which did not reach the archive within 2s (the archiver's last \
+                 failure: none); the backup is incomplete and not listed\nHINT: "
+            ),
+            "{err}"
+        );
+        // Archived meanwhile: the wait ends.
+        for name in ["000000010000000000000004", "000000010000000000000005"] {
+            put(&repo, &layout::wal_key(name).unwrap()).await;
+        }
+        wait_wal_range(&repo, &range, Duration::from_secs(2), said, &cancel)
+            .await
+            .unwrap();
+    }
+
     #[test]
     fn the_range_is_every_segment_from_start_to_stop_on_one_timeline() {
         let size = WalSegSize::new(16 << 20).unwrap();
