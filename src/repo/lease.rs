@@ -403,14 +403,16 @@ impl Lease {
     }
 }
 
-/// Waits for the renewal task to end, then marks the lease released, unless it is broken
-/// (not ours any more, or judged gone: what is there is left as it is).
+/// Waits for the renewal task to end, then marks this generation released, unless a newer
+/// one exists (taken over: nothing of ours to release). Writing this generation never touches
+/// a newer holder's, so a takeover racing with this is harmless.
 async fn release(shared: Arc<Shared>, renewal: Option<tokio::task::JoinHandle<()>>) {
     if let Some(renewal) = renewal {
         let _ = renewal.await;
     }
-    if shared.lock().broken.is_some() {
-        return;
+    match shared.repo.read_lease(&shared.name).await {
+        Ok(Some(current)) if current.generation > shared.generation => return,
+        _ => {}
     }
     shared.lock().info.released = true;
     if let Err(e) = shared.renew().await {
@@ -535,12 +537,28 @@ mod tests {
         assert_eq!(taker.generation(), 2);
         let err = stale.confirm().await.unwrap_err();
         assert!(err.contains("was not renewed since"), "{err}");
+        // Taken over before it noticed: its work fails, and the taker's lease is intact.
         taker.confirm().await.unwrap();
         // Released or not, the stale holder never touches the newer generation.
         stale.release().await;
         let state = repo.read_lease("backup").await.unwrap().unwrap();
         assert_eq!((state.generation, state.info.pid), (2, 2));
         assert!(state.info.is_live(Utc::now()));
+    }
+
+    #[tokio::test]
+    async fn a_holder_that_let_its_lease_lapse_gives_up_and_releases_it() {
+        let repo = memory_repo();
+        let ttl = Duration::from_secs(60);
+        let lapsed = acquired(repo.try_lease("backup", holder(1, ttl)).await.unwrap());
+        // Its last renewal is two TTLs old (it was paused): anyone may have judged it gone.
+        lapsed.shared.lock().info.renewed_at = Utc::now() - chrono::Duration::seconds(120);
+        let err = lapsed.confirm().await.unwrap_err();
+        assert!(err.contains("was not renewed since"), "{err}");
+        lapsed.release().await;
+        let next = acquired(repo.try_lease("backup", holder(2, ttl)).await.unwrap());
+        assert_eq!(next.generation(), 2);
+        next.release().await;
     }
 
     #[tokio::test]
