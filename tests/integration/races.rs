@@ -95,9 +95,10 @@ async fn three_segments(client: &tokio_postgres::Client) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_backup_refuses_a_second_one_and_expire_leaves_it_whole() {
     let cluster = Cluster::new();
-    // The held backup is stopped (no renewal) for a few seconds: well within the TTL.
+    // The held backup is stopped (no renewal) for some seconds: well within the TTL, even on
+    // a loaded machine.
     let storage = format!(
-        "{}backup:\n  lease_ttl: 60s\n  retention:\n    full: 1\n",
+        "{}backup:\n  lease_ttl: 120s\n  retention:\n    full: 1\n",
         file_storage(&cluster)
     );
     let (config, _daemon, client) = start_archiving(&cluster, &storage).await;
@@ -171,7 +172,9 @@ async fn a_running_backup_refuses_a_second_one_and_expire_leaves_it_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_backup_is_cleaned_by_expire_once_its_lease_expired() {
     let cluster = Cluster::new();
-    let storage = format!("{}backup:\n  lease_ttl: 5s\n", file_storage(&cluster));
+    // Renewed every 3.3 s: after the kill, the lease stays live for at least 6.7 s, long
+    // enough for the two commands below even on a loaded machine.
+    let storage = format!("{}backup:\n  lease_ttl: 10s\n", file_storage(&cluster));
     let (config, _daemon, client) = start_archiving(&cluster, &storage).await;
     let repo = cluster.dir.join("repo");
     client
@@ -201,7 +204,7 @@ async fn a_killed_backup_is_cleaned_by_expire_once_its_lease_expired() {
     );
 
     // Expired: its objects are abandoned, and the next backup takes over the lease.
-    std::thread::sleep(Duration::from_secs(6));
+    std::thread::sleep(Duration::from_secs(11));
     let (code, out, err) = pgward(&config, &["expire"]);
     assert_eq!(code, 0, "expire failed:\n{out}\n{err}");
     assert!(
