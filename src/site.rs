@@ -275,6 +275,7 @@ impl Site {
             concurrency: backup.concurrency as usize,
             wal_wait: backup.wal_wait,
             slice_size: backup.slice_size,
+            incremental_memory: backup.incremental_memory,
             annotations,
             keep,
         }

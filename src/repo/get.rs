@@ -95,7 +95,7 @@ impl Repo {
 
     /// Starts reading `key` under the first codec it is stored with; `None` when absent
     /// under every codec.
-    async fn open_object(
+    pub(super) async fn open_object(
         &self,
         key: &str,
         cancel: &CancellationToken,
@@ -265,7 +265,7 @@ impl Repo {
     /// Feeds a get's body, through a bounded channel, to `decode` running on a blocking
     /// thread, and returns what it returns. A storage error while reading the body wins over
     /// the decoder's (which then only saw an interrupted stream).
-    async fn decode_stream<T: Send + 'static>(
+    pub(super) async fn decode_stream<T: Send + 'static>(
         &self,
         key: &str,
         get: object_store::GetResult,
@@ -314,7 +314,7 @@ impl Repo {
     }
 }
 
-fn decode_error(key: &str, dest: &Path, e: DecodeError) -> RepoError {
+pub(super) fn decode_error(key: &str, dest: &Path, e: DecodeError) -> RepoError {
     match e {
         DecodeError::Corrupt(reason) => RepoError::Corrupt {
             key: key.to_owned(),
@@ -333,7 +333,7 @@ fn decode_error(key: &str, dest: &Path, e: DecodeError) -> RepoError {
 
 /// The download body as a `Read` on the decoder thread. `None` on the channel marks the end;
 /// a channel closed without it is an interrupted download.
-struct ChannelReader {
+pub(super) struct ChannelReader {
     rx: mpsc::Receiver<Option<Bytes>>,
     current: Bytes,
 }

@@ -71,12 +71,14 @@ impl Repo {
             file.rewind().map_err(|e| RepoError::io(src, e))?;
             Ok(file)
         };
-        if let Some(existing) = self.exists(key).await? {
+        if let Some(existing) = self.existing_for_create(key).await? {
             let (file, src_owned) = (rewound()?, src.to_owned());
             let digest =
                 blocking(move || frame::digest(file).map_err(|e| RepoError::io(&src_owned, e)))
                     .await?;
-            return compare(key, existing, digest.checksum);
+            let outcome = compare(key, existing, digest.checksum)?;
+            self.make_durable(key, &path, &outcome).await?;
+            return Ok(outcome);
         }
         let file = rewound()?;
         let outcome = self
@@ -89,7 +91,7 @@ impl Repo {
                 cancel,
             )
             .await?;
-        self.make_durable(&path, &outcome).await?;
+        self.make_durable(key, &path, &outcome).await?;
         Ok(outcome)
     }
 
@@ -115,7 +117,7 @@ impl Repo {
             move || std::fs::File::open(&src).map_err(|e| RepoError::io(&src, e))
         };
         let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        if let Some(existing) = self.exists(key).await? {
+        if let Some(existing) = self.existing_for_create(key).await? {
             let (open, wanted, total) = (open.clone(), ranges.clone(), total.clone());
             let src_owned = src.to_owned();
             let digest = blocking(move || {
@@ -124,6 +126,7 @@ impl Repo {
             })
             .await?;
             let outcome = compare(key, existing, digest.checksum)?;
+            self.make_durable(key, &path, &outcome).await?;
             return Ok((outcome, ranges::read_prefix(&ranges, digest.len)));
         }
         let file = blocking(open).await?;
@@ -138,7 +141,7 @@ impl Repo {
                 cancel,
             )
             .await?;
-        self.make_durable(&path, &outcome).await?;
+        self.make_durable(key, &path, &outcome).await?;
         let read = total.load(Ordering::Relaxed);
         Ok((outcome, ranges::read_prefix(&ranges, read)))
     }
@@ -152,12 +155,14 @@ impl Repo {
     ) -> Result<PutOutcome, RepoError> {
         let path = self.path(key, self.inner.codec)?;
         if mode == PutMode::Create {
-            if let Some(existing) = self.exists(key).await? {
+            if let Some(existing) = self.existing_for_create(key).await? {
                 let digest = blocking(move || {
                     frame::digest(&bytes[..]).map_err(|e| RepoError::io("<memory>", e))
                 })
                 .await?;
-                return compare(key, existing, digest.checksum);
+                let outcome = compare(key, existing, digest.checksum)?;
+                self.make_durable(key, &path, &outcome).await?;
+                return Ok(outcome);
             }
         }
         let (codec, level) = (self.inner.codec, self.inner.level);
@@ -168,7 +173,7 @@ impl Repo {
         let outcome = self
             .put_encoded(key, &path, vec![Bytes::from(encoded)], digest, mode)
             .await?;
-        self.make_durable(&path, &outcome).await?;
+        self.make_durable(key, &path, &outcome).await?;
         Ok(outcome)
     }
 

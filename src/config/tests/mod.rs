@@ -147,6 +147,7 @@ fn defaults(data_dir: &str, superuser: &str, database: &str) -> Config {
             concurrency: 2,
             wal_wait: Duration::from_secs(300),
             slice_size: 128 << 20,
+            incremental_memory: 128 << 20,
             max_age: None,
             min_redundancy: 1,
             retention: RetentionConfig {

@@ -559,6 +559,7 @@ backup:
   concurrency: 8
   wal_wait: 90s
   slice_size: 16MiB
+  incremental_memory: 1GB
   retention:
     full: ${FULLS}
     max_age: 30d
@@ -569,6 +570,7 @@ backup:
             concurrency: 8,
             wal_wait: Duration::from_secs(90),
             slice_size: 16 << 20,
+            incremental_memory: 1 << 30,
             max_age: None,
             min_redundancy: 1,
             retention: RetentionConfig {

@@ -51,6 +51,7 @@ pub(super) fn validate_backup(raw: RawBackup, cx: &mut Cx<'_>) -> BackupConfig {
         concurrency,
         wal_wait,
         slice_size,
+        incremental_memory,
         max_age,
         min_redundancy,
         retention,
@@ -76,6 +77,9 @@ pub(super) fn validate_backup(raw: RawBackup, cx: &mut Cx<'_>) -> BackupConfig {
                 }
                 Ok(size)
             })
+            .unwrap_or(128 << 20),
+        incremental_memory: cx
+            .parse("backup.incremental_memory", incremental_memory, parse_size)
             .unwrap_or(128 << 20),
         max_age: cx.parse("backup.max_age", max_age, parse_duration),
         min_redundancy: cx

@@ -262,6 +262,89 @@ async fn corrupted_and_truncated_objects_are_reported_by_key() {
     }
 }
 
+#[tokio::test]
+async fn an_incomplete_object_is_replaced_by_a_create_only_put_and_a_complete_one_is_not() {
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let a = write_file(scratch.path(), "a", &content(7, 1000, 50_000));
+    let b = write_file(scratch.path(), "b", &content(8, 1000, 50_000));
+    for (name, store, _keep) in stores() {
+        let repo = Repo::open_with_store(store.clone(), "", Codec::Zstd, 3);
+        let path = repo.path(SEGMENT, Codec::Zstd).expect("path");
+        let good = {
+            let created = repo
+                .put_file_create(SEGMENT, &a, &never())
+                .await
+                .expect("put");
+            let stored = store
+                .get(&path)
+                .await
+                .expect("get")
+                .bytes()
+                .await
+                .expect("body");
+            repo.delete(SEGMENT).await.expect("delete");
+            (created.checksum(), stored)
+        };
+        // What a crash leaves: nothing written yet, a header only, everything but the trailer.
+        let leftovers = [
+            Bytes::new(),
+            good.1.slice(..8),
+            good.1.slice(..good.1.len() - TRAILER_LEN),
+        ];
+        for leftover in leftovers {
+            store
+                .put(&path, PutPayload::from(leftover.clone()))
+                .await
+                .expect("leave an incomplete object");
+            let outcome = repo
+                .put_file_create(SEGMENT, &a, &never())
+                .await
+                .unwrap_or_else(|e| panic!("{name}, {} bytes left: {e}", leftover.len()));
+            assert!(matches!(outcome, PutOutcome::Created { .. }), "{name}");
+            assert_eq!(repo.exists(SEGMENT).await.expect("exists"), Some(good.0));
+            repo.delete(SEGMENT).await.expect("delete");
+        }
+        // A whole object of other content is kept, whatever the new one is.
+        repo.put_file_create(SEGMENT, &a, &never())
+            .await
+            .expect("put");
+        assert!(matches!(
+            repo.put_file_create(SEGMENT, &b, &never()).await,
+            Err(RepoError::Conflict { .. })
+        ));
+        assert_eq!(repo.exists(SEGMENT).await.expect("exists"), Some(good.0));
+    }
+}
+
+#[test]
+fn an_incomplete_local_object_is_replaced_by_a_staged_commit() {
+    let l = local();
+    let root = l.dir.path().to_owned();
+    let repo =
+        Repo::open(&storage(&format!("file://{}", root.display()), Codec::Zstd)).expect("open");
+    let data = content(9, 1000, 50_000);
+    let stored = root.join(format!("{SEGMENT}.{}", repo.codec().extension()));
+    std::fs::create_dir_all(stored.parent().expect("a directory")).expect("mkdir");
+    std::fs::write(&stored, b"").expect("leave an empty object");
+    let mut staged = repo.stage(SEGMENT).expect("stage");
+    staged.append(&data).expect("append");
+    let outcome = staged.commit_local().expect("commit");
+    assert!(matches!(outcome, PutOutcome::Created { .. }));
+    // Once whole, the same content is identical, and other content a conflict.
+    let mut again = repo.stage(SEGMENT).expect("stage");
+    again.append(&data).expect("append");
+    assert!(matches!(
+        again.commit_local(),
+        Ok(PutOutcome::AlreadyIdentical { .. })
+    ));
+    let mut other = repo.stage(SEGMENT).expect("stage");
+    other.append(b"other").expect("append");
+    assert!(matches!(
+        other.commit_local(),
+        Err(RepoError::Conflict { .. })
+    ));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_decodes_into_nothing_and_reports_what_it_found() {
     let l = local();
