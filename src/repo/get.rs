@@ -218,7 +218,17 @@ impl Repo {
                         "the store refuses suffix ranges; reading trailers with head + range");
                     self.inner.no_suffix_range.store(true, Ordering::Relaxed);
                 }
-                Err(e) => return Err(RepoError::storage(key, e)),
+                // Some stores fail a suffix range of an object shorter than it (416, or worse)
+                // rather than return what there is: such an object cannot hold a trailer.
+                Err(e) => {
+                    return match store.head(path).await {
+                        Ok(meta) if meta.size < TRAILER_LEN as u64 => Err(corrupt(format!(
+                            "object too short for a trailer ({} bytes)",
+                            meta.size
+                        ))),
+                        _ => Err(RepoError::storage(key, e)),
+                    };
+                }
             }
         }
         let size = match store.head(path).await {

@@ -41,7 +41,7 @@ impl Repo {
     }
 
     /// Removes the incomplete object at `path` (whose trailer could not be read: `reason`).
-    async fn remove_incomplete(
+    pub(super) async fn remove_incomplete(
         &self,
         key: &str,
         path: &ObjectPath,

@@ -311,8 +311,14 @@ impl Repo {
         mode: PutMode,
     ) -> Result<Target, RepoError> {
         if mode == PutMode::Create {
-            if let Some(existing) = self.read_trailer(key, path).await? {
-                return Ok(Target::Discard(existing.checksum));
+            match self.read_trailer(key, path).await {
+                Ok(Some(existing)) => return Ok(Target::Discard(existing.checksum)),
+                Ok(None) => {}
+                // Never acknowledged (see `incomplete`): replaced by this upload.
+                Err(RepoError::Corrupt { reason, .. }) => {
+                    self.remove_incomplete(key, path, &reason).await?
+                }
+                Err(e) => return Err(e),
             }
         }
         let upload = self
@@ -379,7 +385,24 @@ impl Repo {
                 Ok(_) => return Ok(created),
                 Err(object_store::Error::AlreadyExists { .. })
                 | Err(object_store::Error::Precondition { .. }) => {
-                    return match existing().await? {
+                    let found = match existing().await {
+                        // Never acknowledged (see `incomplete`): replace it, once.
+                        Err(RepoError::Corrupt { reason, .. }) => {
+                            self.remove_incomplete(key, path, &reason).await?;
+                            let options =
+                                object_store::PutOptions::from(object_store::PutMode::Create);
+                            match store.put_opts(path, payload, options).await {
+                                Ok(_) => return Ok(created),
+                                Err(object_store::Error::AlreadyExists { .. })
+                                | Err(object_store::Error::Precondition { .. }) => {
+                                    existing().await?
+                                }
+                                Err(e) => return Err(RepoError::storage(key, e)),
+                            }
+                        }
+                        other => other?,
+                    };
+                    return match found {
                         Some(existing) => compare(key, existing, new),
                         // Deleted in between: a retry will create it.
                         None => Err(RepoError::storage(
@@ -401,8 +424,14 @@ impl Repo {
             }
         }
         // Race window: a writer between this check and the put is overwritten.
-        if let Some(existing) = existing().await? {
-            return compare(key, existing, new);
+        match existing().await {
+            Ok(Some(existing)) => return compare(key, existing, new),
+            Ok(None) => {}
+            // Never acknowledged (see `incomplete`): overwritten by this put.
+            Err(RepoError::Corrupt { reason, .. }) => {
+                self.remove_incomplete(key, path, &reason).await?
+            }
+            Err(e) => return Err(e),
         }
         store
             .put(path, payload)

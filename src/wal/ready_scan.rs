@@ -17,16 +17,19 @@ pub(super) struct Ready {
 /// The ready files, in archive order: history files first (a new timeline's history must be
 /// archived before its segments are useful), then by name, which is WAL order. Blocking.
 pub(super) fn scan_ready(status_dir: &Path) -> Result<Vec<Ready>> {
-    crate::failpoint!("archiver-scan");
-    let read = || {
+    list_ready(status_dir).with_context(|| {
         format!(
             "scan {} for WAL files ready to archive",
             status_dir.display()
         )
-    };
+    })
+}
+
+fn list_ready(status_dir: &Path) -> Result<Vec<Ready>> {
+    crate::failpoint!("archiver-scan");
     let mut ready = Vec::new();
-    for entry in std::fs::read_dir(status_dir).with_context(read)? {
-        let entry = entry.with_context(read)?;
+    for entry in std::fs::read_dir(status_dir)? {
+        let entry = entry?;
         let Some(name) = entry
             .file_name()
             .to_str()

@@ -304,6 +304,19 @@ async fn an_incomplete_object_is_replaced_by_a_create_only_put_and_a_complete_on
             assert_eq!(repo.exists(SEGMENT).await.expect("exists"), Some(good.0));
             repo.delete(SEGMENT).await.expect("delete");
         }
+        // A staged object (one conditional put, no check before it) replaces one too.
+        store
+            .put(&path, PutPayload::from(Bytes::new()))
+            .await
+            .expect("leave an empty object");
+        let mut staged = repo.stage(SEGMENT).expect("stage");
+        staged
+            .append(&std::fs::read(&a).expect("a"))
+            .expect("append");
+        let committed = staged.commit(&never()).await.expect("commit");
+        assert!(matches!(committed, PutOutcome::Created { .. }), "{name}");
+        assert_eq!(repo.exists(SEGMENT).await.expect("exists"), Some(good.0));
+        repo.delete(SEGMENT).await.expect("delete");
         // A whole object of other content is kept, whatever the new one is.
         repo.put_file_create(SEGMENT, &a, &never())
             .await
