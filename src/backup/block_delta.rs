@@ -73,7 +73,7 @@ pub fn unusable_parent(
 
 /// Reads the WAL from `parent`'s start to `start_lsn` (on `timeline`) and collects the
 /// blocks it changed, holding at most `memory_ceiling` bytes of them (past it, the relations
-/// with the most changed blocks are copied whole: [`BlockMap::whole`]). Segments are streamed
+/// with the most changed blocks are copied whole: [`BlockMap::ceiling`]). Segments are streamed
 /// from the archive (no local copy), or read from `pg_wal` for the newest ones not archived
 /// yet. Blocking reads run off the runtime.
 #[allow(clippy::too_many_arguments)]
