@@ -400,6 +400,25 @@ mod tests {
     }
 
     #[test]
+    fn an_unreadable_archive_status_fails_rather_than_passes_as_nothing_waiting() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(dir.path().join("pg_wal")).expect("pg_wal");
+        std::fs::write(dir.path().join("pg_wal/archive_status"), b"").expect("a file");
+        let mut facts = healthy();
+        facts.oldest_ready_age = oldest_ready_age(dir.path());
+        let results = server_checks(&facts, None);
+        assert_eq!(failed(&results), ["wal_archived_age"]);
+        let detail = &results.iter().find(|r| !r.ok).expect("failed").detail;
+        assert!(
+            detail.starts_with("cannot tell how long WAL has waited: failed to scan "),
+            "{detail}"
+        );
+        std::fs::remove_file(dir.path().join("pg_wal/archive_status")).expect("rm");
+        std::fs::create_dir(dir.path().join("pg_wal/archive_status")).expect("mkdir");
+        assert_eq!(oldest_ready_age(dir.path()), Ok(None));
+    }
+
+    #[test]
     fn wal_waiting_longer_than_the_limit_fails() {
         let mut facts = healthy();
         facts.oldest_ready_age = Ok(Some(Duration::from_secs(419)));

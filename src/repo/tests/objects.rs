@@ -359,6 +359,70 @@ fn an_incomplete_local_object_is_replaced_by_a_staged_commit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_streams_the_content_and_checks_the_whole_object() {
+    let l = local();
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let data = content(10, 3 * MIB, MIB);
+    let src = write_file(scratch.path(), "src", &data);
+    let repo = Repo::open_with_store(l.store.clone(), "c", Codec::Zstd, 3);
+    let absent = repo
+        .consume(SEGMENT, &never(), |_| Ok::<_, String>(()))
+        .await
+        .expect("consume");
+    assert!(absent.is_none());
+    repo.put_file_create(SEGMENT, &src, &never())
+        .await
+        .expect("put");
+    let read = repo
+        .consume(SEGMENT, &never(), |r| {
+            let mut all = Vec::new();
+            r.read_to_end(&mut all)
+                .map(|_| all)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .expect("consume")
+        .expect("present")
+        .expect("read");
+    assert!(read == data, "the streamed content differs");
+    // A consumer that stops early still gets its answer; its own error is passed on.
+    let first = repo
+        .consume(SEGMENT, &never(), |r| {
+            let mut head = [0u8; 16];
+            r.read_exact(&mut head)
+                .map(|_| head)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .expect("consume")
+        .expect("present")
+        .expect("read");
+    assert_eq!(first[..], data[..16]);
+    let refused = repo
+        .consume(SEGMENT, &never(), |_| Err::<(), _>("not what I wanted"))
+        .await
+        .expect("consume")
+        .expect("present");
+    assert_eq!(refused, Err("not what I wanted"));
+    // Damage past what the consumer reads is still found: the whole object is checked.
+    let stored = l.dir.path().join(format!("c/{SEGMENT}.zst"));
+    let mut bytes = std::fs::read(&stored).expect("stored");
+    let at = bytes.len() - TRAILER_LEN - 100;
+    bytes[at] ^= 0x40;
+    std::fs::write(&stored, &bytes).expect("damage it");
+    let damaged = repo
+        .consume(SEGMENT, &never(), |r| {
+            let mut head = [0u8; 16];
+            r.read_exact(&mut head).map_err(|e| e.to_string())
+        })
+        .await;
+    assert!(
+        matches!(damaged, Err(RepoError::Corrupt { ref key, .. }) if key == SEGMENT),
+        "{damaged:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_decodes_into_nothing_and_reports_what_it_found() {
     let l = local();
     let scratch = tempfile::tempdir().expect("temp dir");
