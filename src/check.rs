@@ -59,8 +59,9 @@ pub struct ServerFacts {
     pub last_archived_time: Option<DateTime<Utc>>,
     pub last_failed_wal: Option<String>,
     pub last_failed_time: Option<DateTime<Utc>>,
-    /// How long the oldest `.ready` file has waited.
-    pub oldest_ready_age: Option<Duration>,
+    /// How long the oldest `.ready` file has waited; `Err` (why) when `archive_status`
+    /// cannot be scanned.
+    pub oldest_ready_age: Result<Option<Duration>, String>,
     pub in_recovery: bool,
 }
 
@@ -162,9 +163,17 @@ fn wal_age_check(facts: &ServerFacts, max_age: Option<Duration>) -> CheckResult 
     let limit = max_age.unwrap_or(facts.checkpoint_timeout + Duration::from_secs(120));
     let limit_text = humantime::format_duration(limit).to_string();
     let last = facts.last_archived_wal.as_deref().unwrap_or("none yet");
-    match facts.oldest_ready_age {
-        None => CheckResult::ok(NAME, format!("nothing waiting (last archived: {last})")),
-        Some(age) => {
+    match &facts.oldest_ready_age {
+        Err(e) => CheckResult::failed(
+            NAME,
+            format!(
+                "cannot tell how long WAL has waited: failed to {e}\nHINT: \
+                 pg_wal/archive_status must be a directory pgward can read"
+            ),
+        ),
+        Ok(None) => CheckResult::ok(NAME, format!("nothing waiting (last archived: {last})")),
+        Ok(Some(age)) => {
+            let age = *age;
             let age_text = humantime::format_duration(Duration::from_secs(age.as_secs()));
             if age > limit {
                 CheckResult::failed(
@@ -185,23 +194,32 @@ fn wal_age_check(facts: &ServerFacts, max_age: Option<Duration>) -> CheckResult 
     }
 }
 
-/// Age of the oldest `.ready` file in `data_dir` (blocking; `None` when there is none).
-pub fn oldest_ready_age(data_dir: &std::path::Path) -> Option<Duration> {
-    let entries = std::fs::read_dir(data_dir.join("pg_wal/archive_status")).ok()?;
-    entries
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.ends_with(".ready"))
-        })
-        .filter_map(|e| e.metadata().ok()?.modified().ok())
-        .min()
-        .map(|oldest| {
-            std::time::SystemTime::now()
-                .duration_since(oldest)
-                .unwrap_or_default()
-        })
+/// Age of the oldest `.ready` file in `data_dir` (blocking; `None` when there is none, `Err`
+/// when the directory cannot be read: not knowing is not "nothing waiting").
+pub fn oldest_ready_age(data_dir: &std::path::Path) -> Result<Option<Duration>, String> {
+    let dir = data_dir.join("pg_wal/archive_status");
+    let scan_failed = |e: std::io::Error| format!("scan {}: {e}", dir.display());
+    let mut oldest = None;
+    for entry in std::fs::read_dir(&dir).map_err(scan_failed)? {
+        let entry = entry.map_err(scan_failed)?;
+        if !entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.ends_with(".ready"))
+        {
+            continue;
+        }
+        // Archived (renamed to .done) since it was listed: not waiting any more.
+        let Some(modified) = entry.metadata().ok().and_then(|m| m.modified().ok()) else {
+            continue;
+        };
+        oldest = Some(oldest.map_or(modified, |o: std::time::SystemTime| o.min(modified)));
+    }
+    Ok(oldest.map(|oldest| {
+        std::time::SystemTime::now()
+            .duration_since(oldest)
+            .unwrap_or_default()
+    }))
 }
 
 /// The checks on the catalogue (pure).
@@ -366,7 +384,7 @@ mod tests {
             last_archived_time: Some(at("2026-11-30T10:00:00Z")),
             last_failed_wal: None,
             last_failed_time: None,
-            oldest_ready_age: None,
+            oldest_ready_age: Ok(None),
             in_recovery: false,
         }
     }
@@ -382,13 +400,32 @@ mod tests {
     }
 
     #[test]
+    fn an_unreadable_archive_status_fails_rather_than_passes_as_nothing_waiting() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(dir.path().join("pg_wal")).expect("pg_wal");
+        std::fs::write(dir.path().join("pg_wal/archive_status"), b"").expect("a file");
+        let mut facts = healthy();
+        facts.oldest_ready_age = oldest_ready_age(dir.path());
+        let results = server_checks(&facts, None);
+        assert_eq!(failed(&results), ["wal_archived_age"]);
+        let detail = &results.iter().find(|r| !r.ok).expect("failed").detail;
+        assert!(
+            detail.starts_with("cannot tell how long WAL has waited: failed to scan "),
+            "{detail}"
+        );
+        std::fs::remove_file(dir.path().join("pg_wal/archive_status")).expect("rm");
+        std::fs::create_dir(dir.path().join("pg_wal/archive_status")).expect("mkdir");
+        assert_eq!(oldest_ready_age(dir.path()), Ok(None));
+    }
+
+    #[test]
     fn wal_waiting_longer_than_the_limit_fails() {
         let mut facts = healthy();
-        facts.oldest_ready_age = Some(Duration::from_secs(419));
+        facts.oldest_ready_age = Ok(Some(Duration::from_secs(419)));
         assert!(failed(&server_checks(&facts, None)).is_empty());
-        facts.oldest_ready_age = Some(Duration::from_secs(421));
+        facts.oldest_ready_age = Ok(Some(Duration::from_secs(421)));
         assert_eq!(failed(&server_checks(&facts, None)), ["wal_archived_age"]);
-        facts.oldest_ready_age = Some(Duration::from_secs(61));
+        facts.oldest_ready_age = Ok(Some(Duration::from_secs(61)));
         let tight = Some(Duration::from_secs(60));
         assert_eq!(failed(&server_checks(&facts, tight)), ["wal_archived_age"]);
     }

@@ -276,6 +276,7 @@ impl Site {
             wal_wait: backup.wal_wait,
             lease_ttl: backup.lease_ttl,
             slice_size: backup.slice_size,
+            incremental_memory: backup.incremental_memory,
             annotations,
             keep,
         }

@@ -12,6 +12,7 @@
 //! the backup copies changed files whole (as a file-level incremental) and says why.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use tokio_util::sync::CancellationToken;
@@ -71,8 +72,11 @@ pub fn unusable_parent(
 }
 
 /// Reads the WAL from `parent`'s start to `start_lsn` (on `timeline`) and collects the
-/// blocks it changed. Segments come from the archive, or from `pg_wal` for the newest ones
-/// not archived yet. Blocking reads run off the runtime.
+/// blocks it changed, holding at most `memory_ceiling` bytes of them (past it, the relations
+/// with the most changed blocks are copied whole: [`BlockMap::ceiling`]). Segments are streamed
+/// from the archive (no local copy), or read from `pg_wal` for the newest ones not archived
+/// yet. Blocking reads run off the runtime.
+#[allow(clippy::too_many_arguments)]
 pub async fn scan(
     repo: &Repo,
     data_dir: &Path,
@@ -80,6 +84,7 @@ pub async fn scan(
     start_lsn: Lsn,
     timeline: TimelineId,
     control: &ControlFile,
+    memory_ceiling: u64,
     cancel: &CancellationToken,
 ) -> Result<BlockMap> {
     let parent_start: Lsn = parent
@@ -94,40 +99,53 @@ pub async fn scan(
         start_lsn,
     )?;
     scanner.expect_system_id(control.system_identifier);
-    let scratch = tempfile::tempdir().context("create a scratch directory for WAL")?;
-    for segment in scanner.segments() {
+    scanner.limit_memory(memory_ceiling);
+    let scanner = Arc::new(Mutex::new(scanner));
+    let segments = lock(&scanner).segments();
+    for segment in segments {
         let name = segment.to_string();
-        let fetched = scratch.path().join(&name);
         let key = layout::wal_key(&name)?;
-        let path = if repo
-            .get_to_file(&key, &fetched, cancel)
+        let feeding = scanner.clone();
+        let archived = repo
+            .consume(&key, cancel, move |content| {
+                lock(&feeding).feed_segment(segment, std::io::BufReader::new(content))
+            })
             .await
-            .with_context(|| format!("fetch WAL segment {name}"))?
-        {
-            fetched.clone()
-        } else {
-            let local = data_dir.join("pg_wal").join(&name);
-            if !local.exists() {
-                bail!("WAL segment {name} is neither in the archive nor in pg_wal");
+            .with_context(|| format!("read WAL segment {name} from the archive"))?;
+        match archived {
+            Some(fed) => fed?,
+            None => {
+                let local = data_dir.join("pg_wal").join(&name);
+                if !local.exists() {
+                    bail!("WAL segment {name} is neither in the archive nor in pg_wal");
+                }
+                let feeding = scanner.clone();
+                tokio::task::spawn_blocking(move || -> Result<()> {
+                    let file = std::fs::File::open(&local)
+                        .with_context(|| format!("open {}", local.display()))?;
+                    let reader = std::io::BufReader::with_capacity(256 * 1024, file);
+                    lock(&feeding).feed_segment(segment, reader)?;
+                    Ok(())
+                })
+                .await
+                .context("join a WAL scan")??;
             }
-            local
-        };
-        scanner = tokio::task::spawn_blocking(move || -> Result<WalScanner> {
-            let file =
-                std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
-            let reader = std::io::BufReader::with_capacity(256 * 1024, file);
-            scanner.feed_segment(segment, reader)?;
-            Ok(scanner)
-        })
-        .await
-        .context("join a WAL scan")??;
-        let _ = std::fs::remove_file(&fetched);
+        }
     }
+    let scanner = Arc::try_unwrap(scanner)
+        .map_err(|_| anyhow::anyhow!("the WAL scanner is still shared after the scan"))?
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner());
     let changed = scanner.finish()?;
     Ok(BlockMap {
         changed,
         relseg_size: control.relseg_size,
     })
+}
+
+/// The scanner is fed on one blocking thread at a time; the lock only hands it over.
+fn lock(scanner: &Mutex<WalScanner>) -> std::sync::MutexGuard<'_, WalScanner> {
+    scanner.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl BlockMap {
@@ -139,6 +157,12 @@ impl BlockMap {
     /// Records and WAL bytes scanned.
     pub fn scanned(&self) -> (u64, u64) {
         (self.changed.records, self.changed.wal_bytes)
+    }
+
+    /// Relations whose changed files are copied whole because the map reached its memory
+    /// ceiling, and the bytes the map is reckoned to hold.
+    pub fn ceiling(&self) -> (usize, u64) {
+        (self.changed.whole.len(), self.changed.estimated_bytes())
     }
 
     /// The ranges of the file at `path` (now `size` bytes) to read when `earlier` is the
@@ -153,7 +177,10 @@ impl BlockMap {
         if size == 0 || size % BLOCK != 0 || earlier.size % BLOCK != 0 {
             return None;
         }
-        if self.changed.created.contains(&rel) || self.changed.databases.contains(&rel.db) {
+        if self.changed.created.contains(&rel)
+            || self.changed.whole.contains(&rel)
+            || self.changed.databases.contains(&rel.db)
+        {
             return None;
         }
         if earlier
@@ -393,6 +420,41 @@ mod tests {
             map.ranges_to_read("base/5/2", &entry(100 * BLOCK), 60 * BLOCK),
             Some(vec![(40 * BLOCK, 20 * BLOCK)])
         );
+    }
+
+    #[test]
+    fn past_the_memory_ceiling_the_busiest_relations_are_copied_whole() {
+        let mut changed = ChangedBlocks::default();
+        // Room for about 100 blocks and a few relations.
+        let ceiling = 100 * crate::postgres::wal_records::BYTES_PER_BLOCK
+            + 4 * crate::postgres::wal_records::BYTES_PER_RELATION;
+        for block in 0..90 {
+            changed.touch_main(loc(1), block, Some(ceiling));
+        }
+        for block in 0..5 {
+            changed.touch_main(loc(2), block, Some(ceiling));
+        }
+        assert!(changed.whole.is_empty());
+        // Relation 3 tips it over: relation 1, the busiest, goes whole.
+        for block in 0..20 {
+            changed.touch_main(loc(3), block, Some(ceiling));
+        }
+        assert_eq!(changed.whole, [loc(1)].into_iter().collect());
+        assert_eq!(changed.blocks, 25);
+        assert!(changed.estimated_bytes() <= ceiling);
+        // Later changes of a whole relation are not counted again.
+        changed.touch_main(loc(1), 500, Some(ceiling));
+        assert_eq!(changed.blocks, 25);
+        let map = map(changed);
+        assert_eq!(
+            map.ranges_to_read("base/5/1", &entry(100 * BLOCK), 100 * BLOCK),
+            None
+        );
+        assert_eq!(
+            map.ranges_to_read("base/5/2", &entry(100 * BLOCK), 100 * BLOCK),
+            Some(vec![(0, 5 * BLOCK)])
+        );
+        assert_eq!(map.ceiling().0, 1);
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct BackupOptions {
     pub lease_ttl: Duration,
     /// Files larger than this are stored in slices of this size.
     pub slice_size: u64,
+    /// Bytes the map of changed blocks of an incremental may hold (see `block_delta`).
+    pub incremental_memory: u64,
     pub annotations: BTreeMap<String, String>,
     pub keep: bool,
 }
@@ -140,7 +142,10 @@ pub async fn take(
         "copying the data directory"
     );
     let block_map = match parent {
-        Some(parent) => block_map(repo, cluster, parent, &started.start, cancel).await,
+        Some(parent) => {
+            let ceiling = options.incremental_memory;
+            block_map(repo, cluster, parent, &started.start, ceiling, cancel).await
+        }
         None => None,
     };
     let check_pages_before = match started.data_checksums {
@@ -339,6 +344,7 @@ async fn block_map(
     cluster: &Cluster<'_>,
     parent: &Manifest,
     start: &backup_mode::BackupStart,
+    memory_ceiling: u64,
     cancel: &CancellationToken,
 ) -> Option<BlockMap> {
     let data_dir = cluster.data_dir;
@@ -376,6 +382,7 @@ async fn block_map(
             start,
             TimelineId(timeline),
             &control,
+            memory_ceiling,
             cancel,
         )
         .await
@@ -389,6 +396,18 @@ async fn block_map(
                 wal_bytes,
                 "changed relation files are read block by block (WAL since the parent backup scanned)"
             );
+            let (whole, held) = map.ceiling();
+            if whole > 0 {
+                tracing::warn!(
+                    parent = %parent.id,
+                    relations = whole,
+                    "the map of changed blocks reached backup.incremental_memory ({} bytes, \
+                     {held} held): the changed files of the {whole} relations with the most \
+                     changed blocks are copied whole\nHINT: raise backup.incremental_memory, \
+                     or take incrementals more often",
+                    memory_ceiling
+                );
+            }
             Some(map)
         }
         Err(e) => {

@@ -57,12 +57,21 @@ pub async fn status(config: &Config, json: bool) -> Result<i32> {
             a.answered_ahead_total,
             a.already_archived_total,
             a.failed_total,
-            a.backlog,
+            a.backlog.map_or_else(
+                || "UNKNOWN (archive_status cannot be scanned)".to_owned(),
+                |n| n.to_string()
+            ),
             a.oldest_ready_age_seconds.map_or("-".into(), format_secs),
             a.in_flight,
             a.last_archived.as_deref().unwrap_or("-"),
             a.last_error.as_deref().map(|e| format!("; failing: {e}")).unwrap_or_default(),
         );
+        if let Some(e) = &a.scan_error {
+            println!(
+                "archiver: failed to {e} ({} scans failed)",
+                a.scan_errors_total
+            );
+        }
     }
     Ok(0)
 }

@@ -466,6 +466,10 @@ pub struct BackupConfig {
     /// Files larger than this are stored (and restored) in slices of this size, in
     /// parallel. A multiple of 8 KiB, at least 1 MiB. Default 128 MiB.
     pub slice_size: u64,
+    /// Bytes an incremental backup's map of changed blocks may hold (in pgward's memory);
+    /// past it, the relations with the most changed blocks are copied whole, and the backup
+    /// says so. Default 128 MiB (about 8 million changed blocks, 64 GiB of changed pages).
+    pub incremental_memory: u64,
     /// `pgward check` fails when the newest complete backup is older. Default: no limit.
     #[serde(serialize_with = "ser_opt_duration")]
     pub max_age: Option<Duration>,

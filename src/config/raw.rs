@@ -614,6 +614,8 @@ pub(crate) struct RawBackup {
     pub lease_ttl: Option<Text>,
     /// Files larger than this are stored in slices. Default: `128MiB`.
     pub slice_size: Option<Text>,
+    /// Memory an incremental backup's map of changed blocks may use; past it, the relations with the most changed blocks are copied whole. Default: `128MiB`.
+    pub incremental_memory: Option<Text>,
     /// `pgward check` fails when the newest backup is older. Default: none.
     pub max_age: Option<Text>,
     /// `pgward check` fails with fewer full backups. Default: `1`.

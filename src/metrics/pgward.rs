@@ -75,7 +75,15 @@ fn describe_wal() {
     );
     describe_gauge!(
         "pgward_wal_ready_backlog",
-        "WAL files postgres marked ready and pgward has not acknowledged"
+        "WAL files postgres marked ready and pgward has not acknowledged (NaN while pg_wal/archive_status cannot be scanned)"
+    );
+    describe_gauge!(
+        "pgward_wal_ready_scan_failing",
+        "1 while pg_wal/archive_status cannot be scanned (the backlog is then unknown: NaN)"
+    );
+    describe_counter!(
+        "pgward_wal_ready_scan_errors_total",
+        "Scans of pg_wal/archive_status that failed"
     );
     describe_gauge!(
         "pgward_wal_last_archived_age_seconds",
@@ -320,7 +328,11 @@ pub fn update(snapshot: &Snapshot<'_>, watchers: &Watchers) {
         }
     }
     if let Some(archiver) = snapshot.archiver {
-        gauge!("pgward_wal_ready_backlog").set(archiver.backlog as f64);
+        // Unknown is not 0: a failed scan leaves the gauge NaN, and the flag says why.
+        gauge!("pgward_wal_ready_backlog").set(archiver.backlog.map_or(f64::NAN, |n| n as f64));
+        gauge!("pgward_wal_ready_scan_failing")
+            .set(f64::from(u8::from(archiver.scan_error.is_some())));
+        counter!("pgward_wal_ready_scan_errors_total").absolute(archiver.scan_errors_total);
         if let Some(at) = archiver.last_archived_at {
             gauge!("pgward_wal_last_archived_age_seconds").set((secs(now) - at).max(0.0));
         }

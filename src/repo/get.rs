@@ -95,7 +95,7 @@ impl Repo {
 
     /// Starts reading `key` under the first codec it is stored with; `None` when absent
     /// under every codec.
-    async fn open_object(
+    pub(super) async fn open_object(
         &self,
         key: &str,
         cancel: &CancellationToken,
@@ -218,7 +218,17 @@ impl Repo {
                         "the store refuses suffix ranges; reading trailers with head + range");
                     self.inner.no_suffix_range.store(true, Ordering::Relaxed);
                 }
-                Err(e) => return Err(RepoError::storage(key, e)),
+                // Some stores fail a suffix range of an object shorter than it (416, or worse)
+                // rather than return what there is: such an object cannot hold a trailer.
+                Err(e) => {
+                    return match store.head(path).await {
+                        Ok(meta) if meta.size < TRAILER_LEN as u64 => Err(corrupt(format!(
+                            "object too short for a trailer ({} bytes)",
+                            meta.size
+                        ))),
+                        _ => Err(RepoError::storage(key, e)),
+                    };
+                }
             }
         }
         let size = match store.head(path).await {
@@ -265,7 +275,7 @@ impl Repo {
     /// Feeds a get's body, through a bounded channel, to `decode` running on a blocking
     /// thread, and returns what it returns. A storage error while reading the body wins over
     /// the decoder's (which then only saw an interrupted stream).
-    async fn decode_stream<T: Send + 'static>(
+    pub(super) async fn decode_stream<T: Send + 'static>(
         &self,
         key: &str,
         get: object_store::GetResult,
@@ -314,7 +324,7 @@ impl Repo {
     }
 }
 
-fn decode_error(key: &str, dest: &Path, e: DecodeError) -> RepoError {
+pub(super) fn decode_error(key: &str, dest: &Path, e: DecodeError) -> RepoError {
     match e {
         DecodeError::Corrupt(reason) => RepoError::Corrupt {
             key: key.to_owned(),
@@ -333,7 +343,7 @@ fn decode_error(key: &str, dest: &Path, e: DecodeError) -> RepoError {
 
 /// The download body as a `Read` on the decoder thread. `None` on the channel marks the end;
 /// a channel closed without it is an interrupted download.
-struct ChannelReader {
+pub(super) struct ChannelReader {
     rx: mpsc::Receiver<Option<Bytes>>,
     current: Bytes,
 }

@@ -14,13 +14,18 @@ impl Repo {
     /// For a `file://` repository, fsyncs a newly written object (stored at `path`) and its
     /// directory, and each ancestor up to the repository root once per process: a directory's
     /// entry in its parent only changes when the directory is created, and fsyncs are what a
-    /// put costs on a busy disk.
+    /// put costs on a busy disk. An object of `key` found identical is fsynced the same way
+    /// (see [`Repo::make_identical_durable`]).
     pub(super) async fn make_durable(
         &self,
+        key: &str,
         path: &ObjectPath,
         outcome: &PutOutcome,
     ) -> Result<(), RepoError> {
-        let (Some(root), PutOutcome::Created { .. }) = (&self.inner.local_root, outcome) else {
+        if let PutOutcome::AlreadyIdentical { .. } = outcome {
+            return self.make_identical_durable(key, path).await;
+        }
+        let Some(root) = &self.inner.local_root else {
             return Ok(());
         };
         let stored = root.join(path.as_ref());

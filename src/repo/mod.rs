@@ -9,10 +9,12 @@
 //! directory except the one destination file a download writes.
 //!
 //! `Repo` is built here (`open`, over `store`'s clients); its operations are spread by kind:
-//! `put` (uploads, create-only), `get` (downloads, verify, trailers), `list` (listing,
-//! deleting, the write probe), `local` (what a `file://` repository needs besides), `plain`
-//! and `meta` (`repo.json`), `staged` (objects written while they grow), `lease` (one holder
-//! at a time of a piece of work: one backup at a time).
+//! `put` (uploads, create-only), `get` (downloads, verify, trailers), `consume` (content
+//! streamed to a reader, no local copy), `list` (listing, deleting, the write probe), `local`
+//! (what a `file://` repository needs besides), `incomplete` (what a create-only put does with
+//! an object a crash left unfinished), `plain` and `meta` (`repo.json`), `staged` (objects
+//! written while they grow), `lease` (one holder at a time of a piece of work: one backup at a
+//! time).
 //!
 //! # Streaming and memory
 //!
@@ -39,9 +41,11 @@
 //! multipart upload, so such a race is reported as a conflict rather than passed over.
 
 mod codec;
+mod consume;
 mod error;
 mod frame;
 mod get;
+mod incomplete;
 pub mod layout;
 pub mod lease;
 mod list;

@@ -95,7 +95,7 @@ impl Repo {
                     .await?
             }
         };
-        self.make_durable(&path, &outcome).await?;
+        self.make_durable(key, &path, &outcome).await?;
         Ok(outcome)
     }
 

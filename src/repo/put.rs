@@ -71,12 +71,14 @@ impl Repo {
             file.rewind().map_err(|e| RepoError::io(src, e))?;
             Ok(file)
         };
-        if let Some(existing) = self.exists(key).await? {
+        if let Some(existing) = self.existing_for_create(key).await? {
             let (file, src_owned) = (rewound()?, src.to_owned());
             let digest =
                 blocking(move || frame::digest(file).map_err(|e| RepoError::io(&src_owned, e)))
                     .await?;
-            return compare(key, existing, digest.checksum);
+            let outcome = compare(key, existing, digest.checksum)?;
+            self.make_durable(key, &path, &outcome).await?;
+            return Ok(outcome);
         }
         let file = rewound()?;
         let outcome = self
@@ -89,7 +91,7 @@ impl Repo {
                 cancel,
             )
             .await?;
-        self.make_durable(&path, &outcome).await?;
+        self.make_durable(key, &path, &outcome).await?;
         Ok(outcome)
     }
 
@@ -115,7 +117,7 @@ impl Repo {
             move || std::fs::File::open(&src).map_err(|e| RepoError::io(&src, e))
         };
         let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        if let Some(existing) = self.exists(key).await? {
+        if let Some(existing) = self.existing_for_create(key).await? {
             let (open, wanted, total) = (open.clone(), ranges.clone(), total.clone());
             let src_owned = src.to_owned();
             let digest = blocking(move || {
@@ -124,6 +126,7 @@ impl Repo {
             })
             .await?;
             let outcome = compare(key, existing, digest.checksum)?;
+            self.make_durable(key, &path, &outcome).await?;
             return Ok((outcome, ranges::read_prefix(&ranges, digest.len)));
         }
         let file = blocking(open).await?;
@@ -138,7 +141,7 @@ impl Repo {
                 cancel,
             )
             .await?;
-        self.make_durable(&path, &outcome).await?;
+        self.make_durable(key, &path, &outcome).await?;
         let read = total.load(Ordering::Relaxed);
         Ok((outcome, ranges::read_prefix(&ranges, read)))
     }
@@ -152,12 +155,14 @@ impl Repo {
     ) -> Result<PutOutcome, RepoError> {
         let path = self.path(key, self.inner.codec)?;
         if mode == PutMode::Create {
-            if let Some(existing) = self.exists(key).await? {
+            if let Some(existing) = self.existing_for_create(key).await? {
                 let digest = blocking(move || {
                     frame::digest(&bytes[..]).map_err(|e| RepoError::io("<memory>", e))
                 })
                 .await?;
-                return compare(key, existing, digest.checksum);
+                let outcome = compare(key, existing, digest.checksum)?;
+                self.make_durable(key, &path, &outcome).await?;
+                return Ok(outcome);
             }
         }
         let (codec, level) = (self.inner.codec, self.inner.level);
@@ -168,7 +173,7 @@ impl Repo {
         let outcome = self
             .put_encoded(key, &path, vec![Bytes::from(encoded)], digest, mode)
             .await?;
-        self.make_durable(&path, &outcome).await?;
+        self.make_durable(key, &path, &outcome).await?;
         Ok(outcome)
     }
 
@@ -306,8 +311,14 @@ impl Repo {
         mode: PutMode,
     ) -> Result<Target, RepoError> {
         if mode == PutMode::Create {
-            if let Some(existing) = self.read_trailer(key, path).await? {
-                return Ok(Target::Discard(existing.checksum));
+            match self.read_trailer(key, path).await {
+                Ok(Some(existing)) => return Ok(Target::Discard(existing.checksum)),
+                Ok(None) => {}
+                // Never acknowledged (see `incomplete`): replaced by this upload.
+                Err(RepoError::Corrupt { reason, .. }) => {
+                    self.remove_incomplete(key, path, &reason).await?
+                }
+                Err(e) => return Err(e),
             }
         }
         let upload = self
@@ -374,7 +385,24 @@ impl Repo {
                 Ok(_) => return Ok(created),
                 Err(object_store::Error::AlreadyExists { .. })
                 | Err(object_store::Error::Precondition { .. }) => {
-                    return match existing().await? {
+                    let found = match existing().await {
+                        // Never acknowledged (see `incomplete`): replace it, once.
+                        Err(RepoError::Corrupt { reason, .. }) => {
+                            self.remove_incomplete(key, path, &reason).await?;
+                            let options =
+                                object_store::PutOptions::from(object_store::PutMode::Create);
+                            match store.put_opts(path, payload, options).await {
+                                Ok(_) => return Ok(created),
+                                Err(object_store::Error::AlreadyExists { .. })
+                                | Err(object_store::Error::Precondition { .. }) => {
+                                    existing().await?
+                                }
+                                Err(e) => return Err(RepoError::storage(key, e)),
+                            }
+                        }
+                        other => other?,
+                    };
+                    return match found {
                         Some(existing) => compare(key, existing, new),
                         // Deleted in between: a retry will create it.
                         None => Err(RepoError::storage(
@@ -396,8 +424,14 @@ impl Repo {
             }
         }
         // Race window: a writer between this check and the put is overwritten.
-        if let Some(existing) = existing().await? {
-            return compare(key, existing, new);
+        match existing().await {
+            Ok(Some(existing)) => return compare(key, existing, new),
+            Ok(None) => {}
+            // Never acknowledged (see `incomplete`): overwritten by this put.
+            Err(RepoError::Corrupt { reason, .. }) => {
+                self.remove_incomplete(key, path, &reason).await?
+            }
+            Err(e) => return Err(e),
         }
         store
             .put(path, payload)

@@ -225,9 +225,21 @@ impl StagedObject {
         // Another codec's object of the same key (storage.compression changed) counts too.
         for codec in self.repo.codecs() {
             let stored = root.join(self.repo.path(&self.key, codec)?.as_ref());
-            if let Some(existing) = read_local_trailer(&self.key, &stored)? {
+            let existing = match read_local_trailer(&self.key, &stored) {
+                Ok(existing) => existing,
+                // Never acknowledged (see `incomplete`): replaced by this object.
+                Err(RepoError::Corrupt { reason, .. }) => {
+                    remove_incomplete_local(&stored, &reason)?;
+                    None
+                }
+                Err(e) => return Err(e),
+            };
+            if let Some(existing) = existing {
                 let digest = self.hasher.finalize();
-                return compare(&self.key, existing.checksum, Checksum(*digest.as_bytes()));
+                let outcome = compare(&self.key, existing.checksum, Checksum(*digest.as_bytes()))?;
+                // Its writer may have died before it fsynced it.
+                self.repo.make_local_entry_durable(&stored, true)?;
+                return Ok(outcome);
             }
         }
         let Finished {
@@ -247,7 +259,11 @@ impl StagedObject {
             Ok(_) => {}
             Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => {
                 return match read_local_trailer(&key, &stored)? {
-                    Some(existing) => compare(&key, existing.checksum, digest.checksum),
+                    Some(existing) => {
+                        let outcome = compare(&key, existing.checksum, digest.checksum)?;
+                        repo.make_local_entry_durable(&stored, true)?;
+                        Ok(outcome)
+                    }
                     None => Err(io_error(io::Error::other(
                         "object vanished after a create conflict",
                     ))),
@@ -325,6 +341,21 @@ struct Finished {
     path: ObjectPath,
     digest: Digest,
     sink: StageSink,
+}
+
+/// Removes the incomplete local object file `stored` (its trailer unreadable: `reason`),
+/// which a create-only commit replaces; see the `incomplete` module.
+fn remove_incomplete_local(stored: &Path, reason: &str) -> Result<(), RepoError> {
+    tracing::warn!(
+        object = %stored.display(),
+        "replacing the incomplete object {} ({reason}): a writer stopped before it finished \
+         it, and it was never acknowledged",
+        stored.display()
+    );
+    match std::fs::remove_file(stored) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(RepoError::io(stored, e)),
+        _ => Ok(()),
+    }
 }
 
 /// The trailer of the local object file `stored`, `None` when there is no such file.

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::archived_marks::ArchivedMarks;
 use super::pg_wal::{FileId, PgWal, Refused, Scope, WalFile};
 use super::push::{PushContext, Pushed};
+use super::ready_scan::{scan_ready, Ready, ScanHealth};
 use super::ready_watch::watch_ready;
 use super::stage::SegmentStager;
 use crate::tasks::Critical;
@@ -38,8 +39,15 @@ type Upload = Shared<BoxFuture<'static, Result<(Pushed, FileId), String>>>;
 /// What `pgward status` shows of the archiver.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ArchiverStatus {
-    /// Files postgres has marked ready and not yet seen acknowledged.
-    pub backlog: usize,
+    /// Files postgres has marked ready and not yet seen acknowledged; `None` (null) when
+    /// `archive_status` cannot be scanned (see `scan_error`): unknown, not 0.
+    pub backlog: Option<usize>,
+    /// Why the last scan of `pg_wal/archive_status` failed, while it fails.
+    #[serde(default)]
+    pub scan_error: Option<String>,
+    /// Scans of `pg_wal/archive_status` that failed since the daemon started.
+    #[serde(default)]
+    pub scan_errors_total: u64,
     /// Age of the oldest `.ready` file.
     pub oldest_ready_age_seconds: Option<f64>,
     pub in_flight: usize,
@@ -76,6 +84,7 @@ struct State {
     paused_until: Option<Instant>,
     failures_in_a_row: u32,
     last_backlog_warning: Option<Instant>,
+    scan: ScanHealth,
 }
 
 /// How the archiver works, from config.
@@ -269,21 +278,25 @@ impl Archiver {
     /// Counters and the backlog (a directory scan, on a blocking thread).
     pub async fn status(&self) -> ArchiverStatus {
         let status_dir = self.inner.status_dir.clone();
-        let (backlog, oldest) = tokio::task::spawn_blocking(move || scan_ready(&status_dir))
+        let scan = tokio::task::spawn_blocking(move || scan_ready(&status_dir))
             .await
-            .ok()
-            .and_then(Result::ok)
-            .map(|ready| {
-                let oldest = ready.iter().filter_map(|r| r.modified).min();
-                (ready.len(), oldest)
-            })
-            .unwrap_or((0, None));
-        let state = self.lock();
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("join the archive_status scan: {e}")));
+        let mut state = self.lock();
+        state.scan.record(&scan);
+        let (backlog, oldest) = match &scan {
+            Ok(ready) => (
+                Some(ready.len()),
+                ready.iter().filter_map(|r| r.modified).min(),
+            ),
+            Err(_) => (None, None),
+        };
         let mut status = state.status.clone();
         if let Some(stager) = &self.inner.stager {
             (status.staged_total, status.stage_discarded_total) = stager.counts();
         }
         status.backlog = backlog;
+        status.scan_error = state.scan.error.clone();
+        status.scan_errors_total = state.scan.errors_total;
         status.in_flight = state.in_flight.len();
         status.oldest_ready_age_seconds = oldest
             .and_then(|t| SystemTime::now().duration_since(t).ok())
@@ -510,11 +523,13 @@ impl Archiver {
                     .collect();
                 scan_ready(&inner.status_dir).map(|ready| (ready, replaced))
             })
-            .await;
-            let Ok(Ok((ready, replaced))) = scan else {
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("join the archive_status scan: {e}")));
+            let mut state = self.lock();
+            state.scan.record(&scan);
+            let Ok((ready, replaced)) = scan else {
                 continue;
             };
-            let mut state = self.lock();
             for (name, id) in &replaced {
                 if state.done.get(name).is_some_and(|(_, done)| done == id) {
                     state.done.remove(name);
@@ -607,29 +622,4 @@ impl Archiver {
         // Every critical section leaves the maps consistent, so a poisoned lock is usable.
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-/// One `.ready` marker.
-struct Ready {
-    /// The WAL file's name (the marker without `.ready`).
-    name: String,
-    modified: Option<SystemTime>,
-}
-
-/// The ready files, in archive order: history files first (a new timeline's history must be
-/// archived before its segments are useful), then by name, which is WAL order.
-fn scan_ready(status_dir: &Path) -> std::io::Result<Vec<Ready>> {
-    let mut ready: Vec<Ready> = std::fs::read_dir(status_dir)?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_str()?.strip_suffix(".ready")?.to_owned();
-            let modified = e.metadata().ok().and_then(|m| m.modified().ok());
-            Some(Ready { name, modified })
-        })
-        .collect();
-    ready.sort_by(|a, b| {
-        let key = |r: &Ready| (!r.name.ends_with(".history"), r.name.clone());
-        key(a).cmp(&key(b))
-    });
-    Ok(ready)
 }

@@ -11,5 +11,6 @@ pub mod archiver;
 pub mod fetch;
 pub mod pg_wal;
 pub mod push;
+mod ready_scan;
 mod ready_watch;
 pub mod stage;

@@ -30,6 +30,7 @@ mod security_redaction;
 mod security_restore;
 mod security_socket;
 mod services;
+mod small_paths;
 mod storage;
 mod verify;
 mod wal;

@@ -31,7 +31,7 @@ fn promtool_ok(args: &[&str], stdin: Option<&str>) -> String {
 #[test]
 fn the_alert_rules_are_valid() {
     let output = promtool_ok(&["check", "rules", "alerts.yml"], None);
-    assert!(output.contains("SUCCESS: 7 rules found"), "{output}");
+    assert!(output.contains("SUCCESS: 8 rules found"), "{output}");
 }
 
 #[test]
@@ -253,6 +253,12 @@ pgward_wal_push_duration_seconds_count 1526
 # HELP pgward_wal_ready_backlog WAL files waiting to be archived.
 # TYPE pgward_wal_ready_backlog gauge
 pgward_wal_ready_backlog 0
+# HELP pgward_wal_ready_scan_failing 1 while pg_wal/archive_status cannot be scanned.
+# TYPE pgward_wal_ready_scan_failing gauge
+pgward_wal_ready_scan_failing 0
+# HELP pgward_wal_ready_scan_errors_total Scans of pg_wal/archive_status that failed.
+# TYPE pgward_wal_ready_scan_errors_total counter
+pgward_wal_ready_scan_errors_total 0
 # HELP pgward_wal_last_archived_age_seconds Time since the last WAL file was archived.
 # TYPE pgward_wal_last_archived_age_seconds gauge
 pgward_wal_last_archived_age_seconds 12.5

@@ -148,6 +148,7 @@ fn defaults(data_dir: &str, superuser: &str, database: &str) -> Config {
             wal_wait: Duration::from_secs(300),
             lease_ttl: Duration::from_secs(300),
             slice_size: 128 << 20,
+            incremental_memory: 128 << 20,
             max_age: None,
             min_redundancy: 1,
             retention: RetentionConfig {

@@ -565,6 +565,7 @@ backup:
   wal_wait: 90s
   lease_ttl: 2m
   slice_size: 16MiB
+  incremental_memory: 1GB
   retention:
     full: ${FULLS}
     max_age: 30d
@@ -576,6 +577,7 @@ backup:
             wal_wait: Duration::from_secs(90),
             lease_ttl: Duration::from_secs(120),
             slice_size: 16 << 20,
+            incremental_memory: 1 << 30,
             max_age: None,
             min_redundancy: 1,
             retention: RetentionConfig {

@@ -52,6 +52,7 @@ pub(super) fn validate_backup(raw: RawBackup, cx: &mut Cx<'_>) -> BackupConfig {
         wal_wait,
         lease_ttl,
         slice_size,
+        incremental_memory,
         max_age,
         min_redundancy,
         retention,
@@ -86,6 +87,9 @@ pub(super) fn validate_backup(raw: RawBackup, cx: &mut Cx<'_>) -> BackupConfig {
                 }
                 Ok(size)
             })
+            .unwrap_or(128 << 20),
+        incremental_memory: cx
+            .parse("backup.incremental_memory", incremental_memory, parse_size)
             .unwrap_or(128 << 20),
         max_age: cx.parse("backup.max_age", max_age, parse_duration),
         min_redundancy: cx

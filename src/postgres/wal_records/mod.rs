@@ -104,11 +104,60 @@ pub struct ChangedBlocks {
     /// must be copied whole. The database oid is the first 4 bytes of main data in every
     /// dbase record of every supported version.
     pub databases: HashSet<u32>,
+    /// Relations whose block numbers were dropped to keep the map under its memory ceiling
+    /// ([`WalScanner::limit_memory`]): their changed files must be copied whole.
+    pub whole: HashSet<RelFileLocator>,
+    /// Block numbers held in `main_blocks`.
+    pub blocks: u64,
     /// Records scanned.
     pub records: u64,
     /// Bytes of those records (`xl_tot_len` summed: no page headers, alignment or the padding
     /// after a WAL switch).
     pub wal_bytes: u64,
+}
+
+/// Heap bytes one block number is reckoned to cost in [`ChangedBlocks::main_blocks`]: a
+/// `BTreeSet<u32>` leaf holds 5 to 11 of them in 56 bytes plus the allocator's overhead, and
+/// internal nodes add about a sixth.
+pub const BYTES_PER_BLOCK: u64 = 16;
+/// Heap bytes one relation is reckoned to cost (a hash entry and an empty set).
+pub const BYTES_PER_RELATION: u64 = 64;
+
+impl ChangedBlocks {
+    /// What the map is reckoned to hold in memory (see [`BYTES_PER_BLOCK`]).
+    pub fn estimated_bytes(&self) -> u64 {
+        let relations = self.main_blocks.len() + self.whole.len() + self.other_forks.len();
+        self.blocks * BYTES_PER_BLOCK + relations as u64 * BYTES_PER_RELATION
+    }
+
+    /// Records that block `block` of `rel`'s main fork changed, keeping the map under `ceiling`
+    /// bytes: past it, the relations with the most blocks are moved to [`ChangedBlocks::whole`]
+    /// (their files copied whole) until the map is at three quarters of it.
+    pub(crate) fn touch_main(&mut self, rel: RelFileLocator, block: u32, ceiling: Option<u64>) {
+        if self.whole.contains(&rel) {
+            return;
+        }
+        if self.main_blocks.entry(rel).or_default().insert(block) {
+            self.blocks += 1;
+        }
+        let Some(ceiling) = ceiling else { return };
+        if self.estimated_bytes() <= ceiling {
+            return;
+        }
+        let target = ceiling / 4 * 3;
+        while self.estimated_bytes() > target {
+            let Some(largest) = (self.main_blocks.iter())
+                .max_by_key(|(rel, blocks)| (blocks.len(), std::cmp::Reverse(**rel)))
+                .map(|(rel, _)| *rel)
+            else {
+                break;
+            };
+            if let Some(blocks) = self.main_blocks.remove(&largest) {
+                self.blocks -= blocks.len() as u64;
+            }
+            self.whole.insert(largest);
+        }
+    }
 }
 
 /// Why a WAL range could not be scanned. Every message says where: the LSN (`X/X`), the

@@ -143,6 +143,16 @@ impl WalScanner {
         Ok(scanner)
     }
 
+    /// Keeps the changed-block map under `bytes` (reckoned as [`ChangedBlocks::estimated_bytes`]
+    /// does): past it, the relations with the most changed blocks are listed in
+    /// [`ChangedBlocks::whole`] instead, block numbers dropped.
+    ///
+    /// [`ChangedBlocks::estimated_bytes`]: super::ChangedBlocks::estimated_bytes
+    /// [`ChangedBlocks::whole`]: super::ChangedBlocks::whole
+    pub fn limit_memory(&mut self, bytes: u64) {
+        self.records.memory_ceiling = Some(bytes);
+    }
+
     /// Also checks each segment's system identifier (`xlp_sysid`) against `pg_control`'s.
     pub fn expect_system_id(&mut self, system_id: u64) {
         self.system_id = Some(system_id);

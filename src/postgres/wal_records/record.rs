@@ -71,6 +71,8 @@ pub(super) struct Records {
     pub(super) aborted: Option<u64>,
     /// The last main-fork block inserted: consecutive records mostly touch the same block.
     last_block: Option<(RelFileLocator, u32)>,
+    /// Bytes the result may hold (see [`ChangedBlocks::touch_main`]); `None`: no ceiling.
+    pub(super) memory_ceiling: Option<u64>,
     pub(super) result: ChangedBlocks,
 }
 
@@ -86,6 +88,7 @@ impl Records {
             prev_record: None,
             aborted: None,
             last_block: None,
+            memory_ceiling: None,
             result: ChangedBlocks::default(),
         }
     }
@@ -249,11 +252,7 @@ impl Records {
             self.result.other_forks.insert(rel);
         } else if self.last_block != Some((rel, block)) {
             self.last_block = Some((rel, block));
-            self.result
-                .main_blocks
-                .entry(rel)
-                .or_default()
-                .insert(block);
+            self.result.touch_main(rel, block, self.memory_ceiling);
         }
     }
 }

@@ -262,6 +262,166 @@ async fn corrupted_and_truncated_objects_are_reported_by_key() {
     }
 }
 
+#[tokio::test]
+async fn an_incomplete_object_is_replaced_by_a_create_only_put_and_a_complete_one_is_not() {
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let a = write_file(scratch.path(), "a", &content(7, 1000, 50_000));
+    let b = write_file(scratch.path(), "b", &content(8, 1000, 50_000));
+    for (name, store, _keep) in stores() {
+        let repo = Repo::open_with_store(store.clone(), "", Codec::Zstd, 3);
+        let path = repo.path(SEGMENT, Codec::Zstd).expect("path");
+        let good = {
+            let created = repo
+                .put_file_create(SEGMENT, &a, &never())
+                .await
+                .expect("put");
+            let stored = store
+                .get(&path)
+                .await
+                .expect("get")
+                .bytes()
+                .await
+                .expect("body");
+            repo.delete(SEGMENT).await.expect("delete");
+            (created.checksum(), stored)
+        };
+        // What a crash leaves: nothing written yet, a header only, everything but the trailer.
+        let leftovers = [
+            Bytes::new(),
+            good.1.slice(..8),
+            good.1.slice(..good.1.len() - TRAILER_LEN),
+        ];
+        for leftover in leftovers {
+            store
+                .put(&path, PutPayload::from(leftover.clone()))
+                .await
+                .expect("leave an incomplete object");
+            let outcome = repo
+                .put_file_create(SEGMENT, &a, &never())
+                .await
+                .unwrap_or_else(|e| panic!("{name}, {} bytes left: {e}", leftover.len()));
+            assert!(matches!(outcome, PutOutcome::Created { .. }), "{name}");
+            assert_eq!(repo.exists(SEGMENT).await.expect("exists"), Some(good.0));
+            repo.delete(SEGMENT).await.expect("delete");
+        }
+        // A staged object (one conditional put, no check before it) replaces one too.
+        store
+            .put(&path, PutPayload::from(Bytes::new()))
+            .await
+            .expect("leave an empty object");
+        let mut staged = repo.stage(SEGMENT).expect("stage");
+        staged
+            .append(&std::fs::read(&a).expect("a"))
+            .expect("append");
+        let committed = staged.commit(&never()).await.expect("commit");
+        assert!(matches!(committed, PutOutcome::Created { .. }), "{name}");
+        assert_eq!(repo.exists(SEGMENT).await.expect("exists"), Some(good.0));
+        repo.delete(SEGMENT).await.expect("delete");
+        // A whole object of other content is kept, whatever the new one is.
+        repo.put_file_create(SEGMENT, &a, &never())
+            .await
+            .expect("put");
+        assert!(matches!(
+            repo.put_file_create(SEGMENT, &b, &never()).await,
+            Err(RepoError::Conflict { .. })
+        ));
+        assert_eq!(repo.exists(SEGMENT).await.expect("exists"), Some(good.0));
+    }
+}
+
+#[test]
+fn an_incomplete_local_object_is_replaced_by_a_staged_commit() {
+    let l = local();
+    let root = l.dir.path().to_owned();
+    let repo =
+        Repo::open(&storage(&format!("file://{}", root.display()), Codec::Zstd)).expect("open");
+    let data = content(9, 1000, 50_000);
+    let stored = root.join(format!("{SEGMENT}.{}", repo.codec().extension()));
+    std::fs::create_dir_all(stored.parent().expect("a directory")).expect("mkdir");
+    std::fs::write(&stored, b"").expect("leave an empty object");
+    let mut staged = repo.stage(SEGMENT).expect("stage");
+    staged.append(&data).expect("append");
+    let outcome = staged.commit_local().expect("commit");
+    assert!(matches!(outcome, PutOutcome::Created { .. }));
+    // Once whole, the same content is identical, and other content a conflict.
+    let mut again = repo.stage(SEGMENT).expect("stage");
+    again.append(&data).expect("append");
+    assert!(matches!(
+        again.commit_local(),
+        Ok(PutOutcome::AlreadyIdentical { .. })
+    ));
+    let mut other = repo.stage(SEGMENT).expect("stage");
+    other.append(b"other").expect("append");
+    assert!(matches!(
+        other.commit_local(),
+        Err(RepoError::Conflict { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_streams_the_content_and_checks_the_whole_object() {
+    let l = local();
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let data = content(10, 3 * MIB, MIB);
+    let src = write_file(scratch.path(), "src", &data);
+    let repo = Repo::open_with_store(l.store.clone(), "c", Codec::Zstd, 3);
+    let absent = repo
+        .consume(SEGMENT, &never(), |_| Ok::<_, String>(()))
+        .await
+        .expect("consume");
+    assert!(absent.is_none());
+    repo.put_file_create(SEGMENT, &src, &never())
+        .await
+        .expect("put");
+    let read = repo
+        .consume(SEGMENT, &never(), |r| {
+            let mut all = Vec::new();
+            r.read_to_end(&mut all)
+                .map(|_| all)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .expect("consume")
+        .expect("present")
+        .expect("read");
+    assert!(read == data, "the streamed content differs");
+    // A consumer that stops early still gets its answer; its own error is passed on.
+    let first = repo
+        .consume(SEGMENT, &never(), |r| {
+            let mut head = [0u8; 16];
+            r.read_exact(&mut head)
+                .map(|_| head)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .expect("consume")
+        .expect("present")
+        .expect("read");
+    assert_eq!(first[..], data[..16]);
+    let refused = repo
+        .consume(SEGMENT, &never(), |_| Err::<(), _>("not what I wanted"))
+        .await
+        .expect("consume")
+        .expect("present");
+    assert_eq!(refused, Err("not what I wanted"));
+    // Damage past what the consumer reads is still found: the whole object is checked.
+    let stored = l.dir.path().join(format!("c/{SEGMENT}.zst"));
+    let mut bytes = std::fs::read(&stored).expect("stored");
+    let at = bytes.len() - TRAILER_LEN - 100;
+    bytes[at] ^= 0x40;
+    std::fs::write(&stored, &bytes).expect("damage it");
+    let damaged = repo
+        .consume(SEGMENT, &never(), |r| {
+            let mut head = [0u8; 16];
+            r.read_exact(&mut head).map_err(|e| e.to_string())
+        })
+        .await;
+    assert!(
+        matches!(damaged, Err(RepoError::Corrupt { ref key, .. }) if key == SEGMENT),
+        "{damaged:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_decodes_into_nothing_and_reports_what_it_found() {
     let l = local();
