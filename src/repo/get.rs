@@ -108,7 +108,7 @@ impl Repo {
             let result = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Err(RepoError::Cancelled),
-                r = self.inner.store.get(&path) => r,
+                r = self.inner.bulk.get(&path) => r,
             };
             match result {
                 Ok(get) => return Ok(Some(get)),
