@@ -277,6 +277,7 @@ impl Site {
             slice_size: backup.slice_size,
             annotations,
             keep,
+            retry: self.retry(),
         }
     }
 
@@ -349,7 +350,7 @@ impl Site {
         target: RecoveryTarget,
         action: Option<TargetAction>,
     ) -> Result<RestoreOptions> {
-        Ok(RestoreOptions::new(
+        let mut options = RestoreOptions::new(
             data_dir,
             self.config.backup.concurrency as usize,
             self.run_as()?.cloned(),
@@ -359,7 +360,9 @@ impl Site {
                 action,
                 backup_id: backup_id.to_owned(),
             },
-        ))
+        );
+        options.retry = self.retry();
+        Ok(options)
     }
 
     /// How `verify` reads a backup.

@@ -1,5 +1,6 @@
-//! Base backups: taking them (`take`: what to copy is `walk`'s, storing it `copy`'s, and
-//! `block_delta` picks the blocks an incremental reads),
+//! Base backups: taking them (`take`: what to copy is `walk`'s, storing it `copy`'s,
+//! `pg_control` last and checked `control_copy`'s, and `block_delta` picks the blocks an
+//! incremental reads),
 //! the catalogue of complete ones (`catalog`), what a backup is in the repository
 //! (`manifest`) and in words (`summary`), checking one without restoring it (`verify`), and
 //! removing those retention no longer keeps, with the WAL only they needed (`retention`
@@ -8,6 +9,7 @@
 
 pub mod block_delta;
 pub mod catalog;
+mod control_copy;
 mod copy;
 pub mod exclude;
 pub mod expire;

@@ -34,7 +34,7 @@ use crate::backup::manifest::{
 use crate::backup::progress::Progress;
 use crate::postgres::bootstrap::INCOMPLETE_MARKER;
 use crate::process::RunAs;
-use crate::repo::Repo;
+use crate::repo::{retry, Repo, RetryPolicy};
 use target::RecoverySettings;
 
 /// How a restore runs.
@@ -52,6 +52,8 @@ pub struct RestoreOptions {
     pub recovery: RecoverySettings,
     /// New locations of tablespaces, by oid; the others go back where they were.
     pub tablespace_map: std::collections::HashMap<u32, PathBuf>,
+    /// Each object's download is retried as a whole on transient failures (`storage.retry`).
+    pub retry: RetryPolicy,
 }
 
 impl RestoreOptions {
@@ -70,6 +72,7 @@ impl RestoreOptions {
             owner,
             recovery,
             tablespace_map: Default::default(),
+            retry: RetryPolicy::default(),
         }
     }
 }
@@ -290,9 +293,10 @@ async fn restore_files(
                         if stop.is_cancelled() {
                             return Ok(());
                         }
-                        let written = restore_job(repo, manifest, layout, job, stop)
-                            .await
-                            .inspect_err(|_| stop.cancel())?;
+                        let written =
+                            restore_job(repo, manifest, layout, job, &options.retry, stop)
+                                .await
+                                .inspect_err(|_| stop.cancel())?;
                         progress.add(written);
                         anyhow::Ok(())
                     }
@@ -355,6 +359,7 @@ async fn restore_job(
     manifest: &Manifest,
     layout: &Layout,
     job: Job<'_>,
+    policy: &RetryPolicy,
     cancel: &CancellationToken,
 ) -> Result<u64> {
     let missing = |key: &str| {
@@ -369,10 +374,12 @@ async fn restore_job(
         Job::Whole(file) => {
             let dest = layout.file(&file.path)?;
             let key = file_key(&file.stored_in, &file.path);
-            let found = repo
-                .get_to_file(&key, &dest, cancel)
-                .await
-                .with_context(|| format!("restore {}", file.path))?;
+            // A failed attempt leaves `dest` as it was: a retry starts over.
+            let found = retry(policy, cancel, &format!("restore {}", file.path), || {
+                repo.get_to_file(&key, &dest, cancel)
+            })
+            .await
+            .with_context(|| format!("restore {}", file.path))?;
             if !found {
                 return Err(missing(&key));
             }
@@ -382,14 +389,25 @@ async fn restore_job(
         Job::Part { file, part, out } => {
             let key = part.key(&file.path);
             let dest = layout.path(&file.path);
-            let handle = out
-                .as_file()
-                .try_clone()
-                .with_context(|| format!("open {} for writing", dest.display()))?;
-            let found = repo
-                .get_to_ranges(&key, handle, &dest, part.ranges(), cancel)
-                .await
-                .with_context(|| format!("restore {}", file.path))?;
+            // Positioned writes: a retry writes the same ranges again.
+            let found = retry(
+                policy,
+                cancel,
+                &format!("restore {}", file.path),
+                || async {
+                    let handle =
+                        out.as_file()
+                            .try_clone()
+                            .map_err(|e| crate::repo::RepoError::Io {
+                                path: dest.clone(),
+                                source: e,
+                            })?;
+                    repo.get_to_ranges(&key, handle, &dest, part.ranges(), cancel)
+                        .await
+                },
+            )
+            .await
+            .with_context(|| format!("restore {}", file.path))?;
             if !found {
                 return Err(missing(&key));
             }
