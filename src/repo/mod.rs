@@ -99,6 +99,8 @@ struct Inner {
     /// whole-request one (see `store`); the same client as `store` where timeouts are not
     /// set per client (`file://`, a store given to [`Repo::open_with_store`]).
     bulk: Arc<dyn ObjectStore>,
+    /// Whole operations retried inside the repository (listings), as `storage.retry` says.
+    retry: RetryPolicy,
     /// Without leading or trailing `/`; empty for the store's root.
     prefix: String,
     codec: Codec,
@@ -191,6 +193,7 @@ impl Repo {
         );
         let inner = Arc::get_mut(&mut repo.inner).expect("a new repo is not shared yet");
         inner.bulk = stores.bulk;
+        inner.retry = RetryPolicy::from_config(&cfg.retry);
         inner.describe = store::describe(cfg);
         if let url::StorageUrl::File(root) = &cfg.url {
             inner.local_root = Some(root.clone());
@@ -215,6 +218,7 @@ impl Repo {
             inner: Arc::new(Inner {
                 bulk: store.clone(),
                 store,
+                retry: RetryPolicy::default(),
                 prefix,
                 codec,
                 level,

@@ -29,6 +29,7 @@ mod security_restore;
 mod security_socket;
 mod services;
 mod storage;
+mod transfers;
 mod verify;
 mod wal;
 mod wal_records;

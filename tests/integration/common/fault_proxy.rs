@@ -175,9 +175,11 @@ impl FaultProxy {
             .enable_all()
             .build()
             .expect("build the fault proxy's runtime");
-        let listener = runtime
-            .block_on(TcpListener::bind("127.0.0.1:0"))
-            .expect("bind the fault proxy");
+        // Bound here, not with `block_on`: the caller may be a test's own runtime.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the fault proxy");
+        listener
+            .set_nonblocking(true)
+            .expect("a non-blocking listener");
         let port = listener.local_addr().expect("proxy address").port();
         let now = Instant::now();
         let state = Arc::new(State {
@@ -193,7 +195,11 @@ impl FaultProxy {
                 free_at: tokio::sync::Mutex::new(now),
             },
         });
-        runtime.spawn(accept_loop(listener, state.clone()));
+        let accepting = state.clone();
+        runtime.spawn(async move {
+            let listener = TcpListener::from_std(listener).expect("listen on the runtime");
+            accept_loop(listener, accepting).await
+        });
         FaultProxy {
             port,
             state,
