@@ -582,11 +582,9 @@ pub(crate) struct RawStorageRetry {
     pub initial_backoff: Option<Text>,
     /// Upper bound of the delay. Default: `15s`.
     pub max_backoff: Option<Text>,
-    /// Timeout of one request that carries no object content (listing, metadata, deletes,
-    /// small reads). Default: `60s`.
+    /// Timeout of one request without object content (lists, metadata). Default: `60s`.
     pub timeout: Option<Text>,
-    /// How long a transfer of object content (a download, an upload part) may go without
-    /// progress before it is retried, however long it takes in all. Default: `60s`.
+    /// Longest an object transfer may go without progress. Default: `60s`.
     pub idle_timeout: Option<Text>,
 }
 
