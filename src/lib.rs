@@ -4,7 +4,7 @@
 //! Floors, each importing only from the floors below it (and its own):
 //!
 //! **Ground** (leaves; import nothing above them, not even `config`):
-//! - [`failpoint`]: named points where tests stop or kill the process (test builds only).
+//! - [`failpoint`](mod@failpoint): named points where tests stop or kill the process (test builds only).
 //! - [`fsutil`]: durable local writes (temp file, fsync, rename, fsync dir); a directory held
 //!   open, whose names are never followed as symlinks (for work in another user's directory).
 //! - [`init`]: PID-1 duties off the async runtime: signal thread, the one reaper, subreaper.
