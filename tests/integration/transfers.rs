@@ -145,6 +145,18 @@ fn the_fault_proxy_forwards_and_faults_as_told() {
     proxy.clear();
     let (again, _) = exchange(proxy.port(), &unsigned, patience);
     assert!(String::from_utf8_lossy(&again).starts_with("HTTP/1.1 403"));
+
+    // pgward's signed requests pass with the Host pgward sent (the proxy's); rewritten to
+    // the server's address, the signature no longer matches and the server refuses them.
+    let cluster = Cluster::new();
+    let retry = "max_retries: 0, initial_backoff: 50ms, max_backoff: 50ms, timeout: 10s";
+    let config = cluster.config("", &through_proxy(&s3, &proxy, "host", retry));
+    let (code, out, err) = pgward(&config, &["list", "--json"]);
+    assert_eq!(code, 0, "through the proxy:\n{out}\n{err}");
+    proxy.rewrite_host(true);
+    let (code, out, err) = pgward(&config, &["list", "--json"]);
+    assert_ne!(code, 0, "a rewritten Host was accepted:\n{out}");
+    assert!(err.contains("SignatureDoesNotMatch"), "{err}");
 }
 
 /// The `storage:` block of a config for `s3` reached through `proxy`, with the retry

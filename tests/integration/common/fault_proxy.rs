@@ -17,7 +17,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -133,6 +133,9 @@ struct State {
     faulted: AtomicU64,
     /// Matching requests so far, for `one_in`.
     matched: AtomicU64,
+    /// Forward with `Host` naming the upstream server (what a proxy must not do: see
+    /// [`FaultProxy::rewrite_host`]).
+    rewrite_host: AtomicBool,
     up: Link,
     down: Link,
 }
@@ -188,6 +191,7 @@ impl FaultProxy {
             requests: AtomicU64::new(0),
             faulted: AtomicU64::new(0),
             matched: AtomicU64::new(0),
+            rewrite_host: AtomicBool::new(false),
             up: Link {
                 free_at: tokio::sync::Mutex::new(now),
             },
@@ -225,6 +229,13 @@ impl FaultProxy {
     /// Forwards every request unchanged from now on.
     pub fn clear(&self) {
         *self.state.rule.lock().expect("rule lock") = None;
+    }
+
+    /// Forwards requests with their `Host` rewritten to the upstream server's address, as a
+    /// reverse proxy commonly does: an S3 server then refuses them, since the client signed
+    /// the host it talked to. Only for showing that the proxy must not do it.
+    pub fn rewrite_host(&self, on: bool) {
+        self.state.rewrite_host.store(on, Ordering::SeqCst);
     }
 
     pub fn counts(&self) -> Counts {
@@ -297,7 +308,11 @@ async fn handle(
             cut_after: Some(after_bytes),
         },
     };
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    if state.rewrite_host.load(Ordering::SeqCst) {
+        let host = hyper::header::HeaderValue::from_str(&state.upstream.to_string())?;
+        parts.headers.insert(hyper::header::HOST, host);
+    }
     let body = shaped(body, shape, state.clone(), Direction::Up);
     let upstream = TcpStream::connect(state.upstream).await?;
     let (mut sender, connection) =
