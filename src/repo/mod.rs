@@ -93,7 +93,7 @@ pub struct Repo {
 }
 
 struct Inner {
-    /// For requests without object content: listing, metadata, deletes, small reads.
+    /// For requests without object content: listing, metadata, deletes, trailer reads.
     store: Arc<dyn ObjectStore>,
     /// For transfers of object content, bounded by a no-progress timeout rather than a
     /// whole-request one (see `store`); the same client as `store` where timeouts are not

@@ -96,7 +96,7 @@ pub struct StorageRetryConfig {
     #[serde(serialize_with = "ser_duration")]
     pub max_backoff: Duration,
     /// Timeout of one request that carries no object content (listing, metadata, deletes,
-    /// small reads). Default 60s.
+    /// the few bytes of an object's trailer). Default 60s.
     #[serde(serialize_with = "ser_duration")]
     pub timeout: Duration,
     /// How long a transfer of object content (a download, an upload part) may go without

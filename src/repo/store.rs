@@ -1,11 +1,11 @@
 //! [`StorageConfig`] → the object_store clients and the key prefix inside them.
 //!
 //! Two clients of one store, differing in their timeouts: [`Stores::small`] for requests
-//! without object content (listing, metadata, deletes, small reads), each bounded as a whole
-//! by `storage.retry.timeout`; [`Stores::bulk`] for the transfers of object content (streamed
-//! downloads, uploads), which may take as long as the link needs and are abandoned only when
-//! they make no progress for `storage.retry.idle_timeout`: a 128 MiB object over a slow link
-//! takes minutes, and a whole-request timeout would fail it however healthy the link.
+//! without object content (listing, metadata, deletes, the few bytes of a trailer), each
+//! bounded as a whole by `storage.retry.timeout`; [`Stores::bulk`] for the transfers of object
+//! content (downloads, uploads), which may take as long as the link needs and are abandoned
+//! only when they make no progress for `storage.retry.idle_timeout`: a 128 MiB object over a
+//! slow link takes minutes, and a whole-request timeout would fail it however healthy the link.
 //!
 //! The only place that knows the cloud SDK builders. Credentials: each builder starts from
 //! its cloud's standard environment variables (`from_env`), then the config's keys override
