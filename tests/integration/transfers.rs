@@ -173,8 +173,9 @@ fn pgward(config: &Path, args: &[&str]) -> (i32, String, String) {
     pgward_with(config, args)
 }
 
-/// The size of the large file the slow-link test restores: one slice of the default
-/// `backup.slice_size` (128 MiB), and a little more for a second slice.
+/// The slice size of the slow-link test's backup (the default `backup.slice_size`): its
+/// large file is one such slice and a little more for a second one. At 0.5 MiB/s, 128 MiB
+/// take 256 s.
 const LARGE_SLICE: u64 = 128 << 20;
 /// The slow link: 0.5 MiB/s.
 const SLOW_LINK: u64 = 512 << 10;
@@ -191,6 +192,9 @@ async fn a_large_slice_restores_through_a_slow_link_whatever_the_request_timeout
         "max_retries: 2, initial_backoff: 50ms, max_backoff: 500ms, timeout: 10s",
     );
     let (config, _pgward, _client) = start_archiving(&cluster, &storage).await;
+    let text = std::fs::read_to_string(&config).unwrap();
+    let slices = format!("backup:\n  slice_size: {LARGE_SLICE}\n");
+    std::fs::write(&config, format!("{text}{slices}")).unwrap();
     // Incompressible, so the stored slice is as large as the file's.
     let large = cluster.data_dir().join("pgward_test_random");
     {
