@@ -279,6 +279,7 @@ impl Site {
             incremental_memory: backup.incremental_memory,
             annotations,
             keep,
+            retry: self.retry(),
         }
     }
 
@@ -351,7 +352,7 @@ impl Site {
         target: RecoveryTarget,
         action: Option<TargetAction>,
     ) -> Result<RestoreOptions> {
-        Ok(RestoreOptions::new(
+        let mut options = RestoreOptions::new(
             data_dir,
             self.config.backup.concurrency as usize,
             self.run_as()?.cloned(),
@@ -361,7 +362,9 @@ impl Site {
                 action,
                 backup_id: backup_id.to_owned(),
             },
-        ))
+        );
+        options.retry = self.retry();
+        Ok(options)
     }
 
     /// How `verify` reads a backup.

@@ -17,7 +17,7 @@ use super::manifest::{file_key, FileEntry, Manifest, Part};
 use super::page_checksum;
 use super::take::BackupOptions;
 use super::walk::Source;
-use crate::repo::{PutOutcome, Repo};
+use crate::repo::{retry, PutOutcome, Repo, RetryPolicy};
 
 /// One unit of copying work. Files larger than `backup.slice_size` are stored in slices, read,
 /// compressed and uploaded in parallel (a 1 GiB relation segment would otherwise keep one
@@ -83,6 +83,7 @@ pub(super) async fn copy_files(
     let earlier: HashMap<&str, &FileEntry> = parent
         .map(|p| p.files.iter().map(|f| (f.path.as_str(), f)).collect())
         .unwrap_or_default();
+    let policy = &options.retry;
     let mut files = Vec::new();
     let mut work = Vec::new();
     let planned: Vec<Plan> = stream::iter(sources)
@@ -109,17 +110,20 @@ pub(super) async fn copy_files(
             async move {
                 let done = match item {
                     Work::Whole(source) => {
-                        match copy_file(repo, id, source, check_pages_before, cancel).await? {
+                        match copy_file(repo, id, source, check_pages_before, policy, cancel)
+                            .await?
+                        {
                             Some(entry) => Done::File(entry),
                             None => Done::Vanished,
                         }
                     }
                     Work::Slice(file, range) => {
-                        copy_slice(repo, id, file, range, check_pages_before, cancel).await?
+                        copy_slice(repo, id, file, range, check_pages_before, policy, cancel)
+                            .await?
                     }
-                    Work::Blocks(delta) => {
-                        Done::File(copy_blocks(repo, id, *delta, check_pages_before, cancel).await?)
-                    }
+                    Work::Blocks(delta) => Done::File(
+                        copy_blocks(repo, id, *delta, check_pages_before, policy, cancel).await?,
+                    ),
                 };
                 match &done {
                     Done::File(entry) => progress.add(entry.size),
@@ -217,14 +221,17 @@ async fn copy_slice(
     file: Arc<SlicedFile>,
     range: (u64, u64),
     check_pages_before: Option<u64>,
+    policy: &RetryPolicy,
     cancel: &CancellationToken,
 ) -> Result<Done> {
     let source = &file.source;
     let key = format!("{}@{}", file_key(id, &source.path), range.0);
-    let (outcome, stored) = match repo
-        .put_ranges_create(&key, &source.abs, vec![range], cancel)
-        .await
-    {
+    let op = format!("back up {} at offset {}", source.path, range.0);
+    let stored = retry(policy, cancel, &op, || {
+        repo.put_ranges_create(&key, &source.abs, vec![range], cancel)
+    })
+    .await;
+    let (outcome, stored) = match stored {
         Ok(done) => done,
         Err(e) if is_not_found(&e) => return Ok(Done::Vanished),
         Err(e) => return Err(e).with_context(|| format!("back up {}", source.path)),
@@ -254,6 +261,7 @@ async fn copy_blocks(
     id: &str,
     file: ChangedFile,
     check_pages_before: Option<u64>,
+    policy: &RetryPolicy,
     cancel: &CancellationToken,
 ) -> Result<FileEntry> {
     let source = &file.source;
@@ -262,10 +270,12 @@ async fn copy_blocks(
     let mut new_part = None;
     if let Some(&(first, _)) = file.ranges.first() {
         let key = format!("{}@{first}", file_key(id, &source.path));
-        let (outcome, read) = repo
-            .put_ranges_create(&key, &source.abs, file.ranges.clone(), cancel)
-            .await
-            .with_context(|| format!("back up the changed blocks of {}", source.path))?;
+        let op = format!("back up the changed blocks of {}", source.path);
+        let (outcome, read) = retry(policy, cancel, &op, || {
+            repo.put_ranges_create(&key, &source.abs, file.ranges.clone(), cancel)
+        })
+        .await
+        .with_context(|| op.clone())?;
         if !read.is_empty() {
             let (checksum, stored_size) = stored_outcome(outcome);
             new_part = Some(Part {
@@ -373,7 +383,7 @@ fn assemble(id: &str, results: Vec<Done>) -> Vec<FileEntry> {
 }
 
 /// Checksum and stored size of a put.
-fn stored_outcome(outcome: PutOutcome) -> (String, u64) {
+pub(super) fn stored_outcome(outcome: PutOutcome) -> (String, u64) {
     match outcome {
         PutOutcome::Created {
             checksum,
@@ -442,6 +452,7 @@ async fn copy_file(
     id: &str,
     source: Source,
     check_pages_before: Option<u64>,
+    policy: &RetryPolicy,
     cancel: &CancellationToken,
 ) -> Result<Option<FileEntry>> {
     let meta = match tokio::fs::metadata(&source.abs).await {
@@ -452,10 +463,12 @@ async fn copy_file(
     let key = file_key(id, &source.path);
     // The size recorded is what was read (the file may grow meanwhile): a later backup may
     // use the object as the first part of the file, and parts hold exact ranges.
-    let (outcome, read) = match repo
-        .put_ranges_create(&key, &source.abs, vec![(0, u64::MAX)], cancel)
-        .await
-    {
+    let op = format!("back up {}", source.path);
+    let stored = retry(policy, cancel, &op, || {
+        repo.put_ranges_create(&key, &source.abs, vec![(0, u64::MAX)], cancel)
+    })
+    .await;
+    let (outcome, read) = match stored {
         Ok(done) => done,
         Err(e) if is_not_found(&e) => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("back up {}", source.path)),

@@ -1,6 +1,7 @@
 //! Base backups: taking them (`take`: what to copy is `walk`'s, storing it `copy`'s,
 //! `block_delta` picks the blocks an incremental reads, `exclusive` keeps it the only backup
-//! running, `complete` checks it before its manifest),
+//! running, `control_copy` copies `pg_control` last and checked, `complete` checks it before
+//! its manifest),
 //! the catalogue of complete ones (`catalog`), what a backup is in the repository
 //! (`manifest`) and in words (`summary`), checking one without restoring it (`verify`), and
 //! removing those retention no longer keeps, with the WAL only they needed (`retention`
@@ -10,6 +11,7 @@
 pub mod block_delta;
 pub mod catalog;
 pub mod complete;
+mod control_copy;
 mod copy;
 pub mod exclude;
 pub mod exclusive;

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::block_delta::{self, BlockMap};
 use super::catalog;
 use super::complete::{check_before_manifest, segment_range, wait_wal_range};
+use super::control_copy::copy_control_file;
 use super::copy::copy_files;
 use super::exclusive::take_backup_lease;
 use super::manifest::{
@@ -27,12 +28,12 @@ use super::manifest::{
 };
 use super::walk::walk;
 use crate::postgres::backup_mode;
-use crate::postgres::control_file::ControlFile;
+use crate::postgres::control_file::{ControlFile, CONTROL_FILE_PATH};
 use crate::postgres::ready::Target;
 use crate::postgres::wal::WalSegSize;
 use crate::postgres::wal::{Lsn, TimelineId};
 use crate::postgres::ClusterIdentity;
-use crate::repo::{layout, Lease, PutMode, Repo};
+use crate::repo::{layout, retry, Lease, PutMode, Repo, RetryPolicy};
 
 /// How a backup runs.
 #[derive(Debug, Clone)]
@@ -49,6 +50,8 @@ pub struct BackupOptions {
     pub incremental_memory: u64,
     pub annotations: BTreeMap<String, String>,
     pub keep: bool,
+    /// Each object's upload is retried as a whole on transient failures (`storage.retry`).
+    pub retry: RetryPolicy,
 }
 
 /// The cluster a backup is taken of: its data directory (read directly), the session that
@@ -159,10 +162,21 @@ pub async fn take(
         ),
         false => None,
     };
-    let files = copy_files(
+    let mut sources = walk.files;
+    let Some(control) = sources
+        .iter()
+        .position(|s| s.path == CONTROL_FILE_PATH)
+        .map(|at| sources.swap_remove(at))
+    else {
+        bail!(
+            "{} has no {CONTROL_FILE_PATH}: not a data directory",
+            cluster.data_dir.display()
+        );
+    };
+    let mut files = copy_files(
         repo,
         id,
-        walk.files,
+        sources,
         walk.bytes,
         parent.map(|p| (p, block_map.as_ref())),
         check_pages_before,
@@ -170,8 +184,11 @@ pub async fn take(
         cancel,
     )
     .await?;
+    // Last, as pg_basebackup sends it.
+    files.push(copy_control_file(repo, id, control, &options.retry, cancel).await?);
+    files.sort_by(|a, b| a.path.cmp(&b.path));
     crate::failpoint!("backup-after-copy");
-    let stop = stop(repo, &started, cluster.identity.pg_major).await?;
+    let stop = stop(repo, &started, cluster.identity.pg_major, options, cancel).await?;
     let seg_size = wal_segment_size(&started.client).await?;
     let segments = segment_range(&started.start.wal, &stop.wal, seg_size)?;
     let archiver_said = || archiver_last_failure(&started.client);
@@ -240,24 +257,27 @@ async fn start(
 }
 
 /// Ends backup mode and stores the `backup_label` (and `tablespace_map`) it returns.
-async fn stop(repo: &Repo, started: &Started, pg_major: u32) -> Result<backup_mode::BackupStop> {
+async fn stop(
+    repo: &Repo,
+    started: &Started,
+    pg_major: u32,
+    options: &BackupOptions,
+    cancel: &CancellationToken,
+) -> Result<backup_mode::BackupStop> {
     let stop = backup_mode::stop(&started.client, pg_major).await?;
     let id = &started.id;
-    repo.put_bytes(
-        &label_key(id, "backup_label"),
-        stop.label_file.clone().into_bytes(),
-        PutMode::Create,
-    )
-    .await
-    .context("store backup_label")?;
-    if let Some(map) = &stop.tablespace_map {
-        repo.put_bytes(
-            &label_key(id, "tablespace_map"),
-            map.clone().into_bytes(),
-            PutMode::Create,
-        )
+    let files = [
+        ("backup_label", Some(&stop.label_file)),
+        ("tablespace_map", stop.tablespace_map.as_ref()),
+    ];
+    for (name, content) in files {
+        let Some(content) = content else { continue };
+        let key = label_key(id, name);
+        retry(&options.retry, cancel, &format!("store {name}"), || {
+            repo.put_bytes(&key, content.clone().into_bytes(), PutMode::Create)
+        })
         .await
-        .context("store tablespace_map")?;
+        .with_context(|| format!("store {name}"))?;
     }
     Ok(stop)
 }
@@ -324,9 +344,16 @@ async fn finish(
     };
     crate::failpoint!("backup-before-manifest");
     let json = serde_json::to_vec_pretty(&manifest).context("encode the manifest")?;
-    repo.put_bytes(&manifest_key(&id), json, PutMode::Create)
-        .await
-        .context("store the manifest")?;
+    let key = manifest_key(&id);
+    // Create-only: a retry after a put whose answer was lost finds its own manifest.
+    retry(
+        &options.retry,
+        &CancellationToken::new(),
+        "store the manifest",
+        || repo.put_bytes(&key, json.clone(), PutMode::Create),
+    )
+    .await
+    .context("store the manifest")?;
     tracing::info!(
         backup = %id,
         size,

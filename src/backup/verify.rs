@@ -62,6 +62,9 @@ pub enum Problem {
     CorruptObject { key: String, reason: String },
     /// Could not be read, retries included: not checked.
     Unreadable { key: String, reason: String },
+    /// The backup's `global/pg_control` decodes to the content the manifest lists, but that
+    /// content fails PostgreSQL's own check (its CRC): copied while postgres rewrote it.
+    BadControlFile { key: String, reason: String },
     /// The manifest names a path or id pgward never writes ([`Manifest::validate`]): no
     /// reader acts on the backup.
     InvalidManifest {
@@ -119,6 +122,11 @@ impl fmt::Display for Finding {
                     "{severity}: {key}: cannot be read, not checked: {reason}"
                 )
             }
+            Problem::BadControlFile { key, reason } => write!(
+                f,
+                "{severity}: {key}: the backup's pg_control is damaged ({reason}): a restored \
+                 cluster would not start from it; take a new backup"
+            ),
             Problem::InvalidManifest {
                 key,
                 entry,
@@ -281,11 +289,15 @@ pub async fn verify(
             problem,
         }));
     }
+    let (seg_size, seg_size_source, control_problem) =
+        segment_size(repo, manifest, options.data_dir.as_deref()).await;
+    problems.extend(control_problem.map(|problem| Finding {
+        severity: Severity::Error,
+        problem,
+    }));
     // Stable output whatever order the parallel checks finished in.
     problems.sort_by(|a, b| problem_key(&a.problem).cmp(problem_key(&b.problem)));
 
-    let (seg_size, seg_size_source) =
-        segment_size(repo, manifest, options.data_dir.as_deref()).await;
     if seg_size_source == SegSizeSource::Assumed {
         tracing::warn!(
             "the WAL segment size is unknown (no readable pg_control of this cluster); \
@@ -326,6 +338,7 @@ fn problem_key(p: &Problem) -> &str {
         | Problem::ChecksumMismatch { key, .. }
         | Problem::CorruptObject { key, .. }
         | Problem::Unreadable { key, .. }
+        | Problem::BadControlFile { key, .. }
         | Problem::InvalidManifest { key, .. }
         | Problem::MissingWal { key, .. }
         | Problem::WalGap { key, .. } => key,
@@ -384,17 +397,26 @@ fn object_problem(key: &str, e: RepoError) -> Result<Problem> {
 
 /// The WAL segment size of the backup's cluster: from the backup's own `pg_control`, else
 /// from the local data directory's if it is the same cluster, else PostgreSQL's default.
+/// With it, the problem of a backup `pg_control` whose stored content fails its CRC.
 async fn segment_size(
     repo: &Repo,
     manifest: &Manifest,
     data_dir: Option<&Path>,
-) -> (WalSegSize, SegSizeSource) {
+) -> (WalSegSize, SegSizeSource, Option<Problem>) {
+    let mut problem = None;
     if let Some(entry) = manifest.files.iter().find(|f| f.path == CONTROL_FILE_PATH) {
         let key = file_key(&entry.stored_in, &entry.path);
         match repo.get_bytes(&key).await {
             Ok(Some(bytes)) => match ControlFile::parse(&bytes) {
-                Ok(control) => return (control.xlog_seg_size, SegSizeSource::Backup),
-                // An online backup may copy pg_control while postgres rewrites it.
+                Ok(control) => return (control.xlog_seg_size, SegSizeSource::Backup, None),
+                // Only content the manifest vouches for: other damage is the object's
+                // problem, reported with the other objects.
+                Err(e) if content_listed(entry, &bytes) => {
+                    problem = Some(Problem::BadControlFile {
+                        key,
+                        reason: e.to_string(),
+                    })
+                }
                 Err(e) => tracing::debug!("the backup's pg_control: {e}"),
             },
             // Reported with the other objects.
@@ -402,6 +424,21 @@ async fn segment_size(
             Err(e) => tracing::debug!("read the backup's pg_control: {e}"),
         }
     }
+    let (size, source) = local_segment_size(manifest, data_dir).await;
+    (size, source, problem)
+}
+
+/// Whether `content` is what `entry` (a file stored whole) lists.
+fn content_listed(entry: &super::manifest::FileEntry, content: &[u8]) -> bool {
+    entry.parts.is_empty() && Checksum::of(content).to_string() == entry.checksum
+}
+
+/// The WAL segment size from the local data directory's `pg_control` if it is the same
+/// cluster, else PostgreSQL's default.
+async fn local_segment_size(
+    manifest: &Manifest,
+    data_dir: Option<&Path>,
+) -> (WalSegSize, SegSizeSource) {
     if let Some(dir) = data_dir {
         let dir = dir.to_owned();
         let local = tokio::task::spawn_blocking(move || ControlFile::read(&dir)).await;

@@ -582,8 +582,10 @@ pub(crate) struct RawStorageRetry {
     pub initial_backoff: Option<Text>,
     /// Upper bound of the delay. Default: `15s`.
     pub max_backoff: Option<Text>,
-    /// Timeout of one request. Default: `60s`.
+    /// Timeout of one request without object content (lists, metadata). Default: `60s`.
     pub timeout: Option<Text>,
+    /// Longest an object transfer may go without progress. Default: `60s`.
+    pub idle_timeout: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

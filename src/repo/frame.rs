@@ -31,6 +31,13 @@ const BUF_LEN: usize = 256 * 1024;
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Checksum(pub [u8; 32]);
 
+impl Checksum {
+    /// The checksum of `content`, as an object holding it would carry.
+    pub fn of(content: &[u8]) -> Checksum {
+        Checksum(*blake3::hash(content).as_bytes())
+    }
+}
+
 impl fmt::Display for Checksum {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for b in self.0 {

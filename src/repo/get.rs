@@ -108,7 +108,7 @@ impl Repo {
             let result = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Err(RepoError::Cancelled),
-                r = self.inner.store.get(&path) => r,
+                r = self.inner.bulk.get(&path) => r,
             };
             match result {
                 Ok(get) => return Ok(Some(get)),
@@ -148,11 +148,20 @@ impl Repo {
         }))
     }
 
-    /// Reads, decodes and verifies a small object (at most 64 MiB stored) into memory.
+    /// Reads, decodes and verifies a small object (at most 64 MiB stored: a manifest, a
+    /// backup label) into memory; a read that fails on the way is read again, as
+    /// `storage.retry` allows.
     pub async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, RepoError> {
+        let op = format!("read {key}");
+        let never = CancellationToken::new();
+        super::retry(&self.inner.retry, &never, &op, || self.get_bytes_once(key)).await
+    }
+
+    async fn get_bytes_once(&self, key: &str) -> Result<Option<Vec<u8>>, RepoError> {
         for codec in self.codecs() {
             let path = self.path(key, codec)?;
-            let get = match self.inner.store.get(&path).await {
+            // Object content: a large manifest over a slow link takes its time.
+            let get = match self.inner.bulk.get(&path).await {
                 Ok(get) => get,
                 Err(object_store::Error::NotFound { .. }) => continue,
                 Err(e) => return Err(RepoError::storage(key, e)),

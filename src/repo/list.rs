@@ -12,7 +12,16 @@ impl Repo {
     /// for everything), sorted by key. Keys are relative to the repository with the codec
     /// extension stripped; objects without a codec extension are not pgward's and are
     /// skipped.
+    ///
+    /// A listing broken off (object_store retries each page's request, not a body cut
+    /// short) is listed again from the start, as `storage.retry` allows.
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectSummary>, RepoError> {
+        let op = format!("list {prefix}");
+        let never = tokio_util::sync::CancellationToken::new();
+        super::retry(&self.inner.retry, &never, &op, || self.list_once(prefix)).await
+    }
+
+    async fn list_once(&self, prefix: &str) -> Result<Vec<ObjectSummary>, RepoError> {
         let prefix = prefix.trim_matches('/');
         let full = match (self.inner.prefix.as_str(), prefix) {
             ("", p) => p.to_owned(),

@@ -100,7 +100,14 @@ pub struct Repo {
 }
 
 struct Inner {
+    /// For requests without object content: listing, metadata, deletes, trailer reads.
     store: Arc<dyn ObjectStore>,
+    /// For transfers of object content, bounded by a no-progress timeout rather than a
+    /// whole-request one (see `store`); the same client as `store` where timeouts are not
+    /// set per client (`file://`, a store given to [`Repo::open_with_store`]).
+    bulk: Arc<dyn ObjectStore>,
+    /// Whole operations retried inside the repository (listings), as `storage.retry` says.
+    retry: RetryPolicy,
     /// Without leading or trailing `/`; empty for the store's root.
     prefix: String,
     codec: Codec,
@@ -184,10 +191,16 @@ impl std::fmt::Debug for Repo {
 impl Repo {
     /// Builds the client `cfg` describes (offline: no request is made).
     pub fn open(cfg: &StorageConfig) -> Result<Repo, RepoError> {
-        let (store, prefix) = store::build(cfg)?;
-        let mut repo =
-            Repo::open_with_store(store, &prefix, cfg.compression, cfg.compression_level);
+        let (stores, prefix) = store::build(cfg)?;
+        let mut repo = Repo::open_with_store(
+            stores.small,
+            &prefix,
+            cfg.compression,
+            cfg.compression_level,
+        );
         let inner = Arc::get_mut(&mut repo.inner).expect("a new repo is not shared yet");
+        inner.bulk = stores.bulk;
+        inner.retry = RetryPolicy::from_config(&cfg.retry);
         inner.describe = store::describe(cfg);
         if let url::StorageUrl::File(root) = &cfg.url {
             inner.local_root = Some(root.clone());
@@ -210,7 +223,9 @@ impl Repo {
         };
         Repo {
             inner: Arc::new(Inner {
+                bulk: store.clone(),
                 store,
+                retry: RetryPolicy::default(),
                 prefix,
                 codec,
                 level,

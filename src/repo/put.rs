@@ -323,7 +323,7 @@ impl Repo {
         }
         let upload = self
             .inner
-            .store
+            .bulk
             .put_multipart(path)
             .await
             .map_err(|e| RepoError::storage(key, e))?;
@@ -349,7 +349,7 @@ impl Repo {
         };
         if mode == PutMode::Overwrite {
             self.inner
-                .store
+                .bulk
                 .put(path, payload)
                 .await
                 .map_err(|e| RepoError::storage(key, e))?;
@@ -377,7 +377,8 @@ impl Repo {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<Option<Checksum>, RepoError>>,
     {
-        let store = &self.inner.store;
+        // A put carries up to `SINGLE_PUT_MAX` of content.
+        let store = &self.inner.bulk;
         let new = created.checksum();
         if !self.inner.no_conditional_put.load(Ordering::Relaxed) {
             let options = object_store::PutOptions::from(object_store::PutMode::Create);

@@ -24,6 +24,17 @@ pub struct RetryPolicy {
     pub max_backoff: Duration,
 }
 
+impl Default for RetryPolicy {
+    /// The defaults of `storage.retry`.
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            max_retries: 5,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(15),
+        }
+    }
+}
+
 impl RetryPolicy {
     /// The policy of `storage.retry`.
     pub fn from_config(cfg: &StorageRetryConfig) -> RetryPolicy {

@@ -95,9 +95,15 @@ pub struct StorageRetryConfig {
     /// Upper bound of the delay between retries. Default 15s.
     #[serde(serialize_with = "ser_duration")]
     pub max_backoff: Duration,
-    /// Timeout of one request. Default 60s.
+    /// Timeout of one request that carries no object content (listing, metadata, deletes,
+    /// the few bytes of an object's trailer). Default 60s.
     #[serde(serialize_with = "ser_duration")]
     pub timeout: Duration,
+    /// How long a transfer of object content (a download, an upload part) may go without
+    /// progress before it is abandoned and retried; however long the whole transfer takes.
+    /// Default 60s.
+    #[serde(serialize_with = "ser_duration")]
+    pub idle_timeout: Duration,
 }
 
 fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

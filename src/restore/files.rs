@@ -22,7 +22,7 @@ use super::{damaged_hint, set_mode_nofollow, Layout, RestoreOptions};
 use crate::backup::manifest::{file_key, FileEntry, Manifest, Part};
 use crate::backup::progress::Progress;
 use crate::fsutil::AtomicFile;
-use crate::repo::Repo;
+use crate::repo::{retry, Repo, RepoError, RetryPolicy};
 
 /// What every file restore needs.
 struct Shared<'a> {
@@ -33,6 +33,8 @@ struct Shared<'a> {
     /// One permit per download under way.
     downloads: &'a Semaphore,
     concurrency: usize,
+    /// Each object's download is retried as a whole on transient failures (`storage.retry`).
+    retry: &'a RetryPolicy,
     /// Cancelled by the caller, or by the first failure: the files not started yet are
     /// skipped.
     stop: &'a CancellationToken,
@@ -68,6 +70,7 @@ pub(super) async fn restore_files(
         progress: &progress,
         downloads: &downloads,
         concurrency,
+        retry: &options.retry,
         stop: &stop,
     };
     // Boxed as `dyn Send` where the lifetimes are concrete: otherwise the compiler cannot
@@ -175,11 +178,13 @@ async fn restore_whole(cx: &Shared<'_>, file: &FileEntry) -> Result<()> {
         .context("wait for a download")?;
     let dest = cx.layout.file(&file.path)?;
     let key = file_key(&file.stored_in, &file.path);
-    let found = cx
-        .repo
-        .get_to_file(&key, &dest, cx.stop)
-        .await
-        .with_context(|| format!("restore {}", file.path))?;
+    // A failed attempt leaves `dest` as it was: a retry starts over.
+    let what = format!("restore {}", file.path);
+    let found = retry(cx.retry, cx.stop, &what, || {
+        cx.repo.get_to_file(&key, &dest, cx.stop)
+    })
+    .await
+    .context(what)?;
     if !found {
         return Err(missing(cx, &key));
     }
@@ -248,15 +253,19 @@ async fn restore_part(
         .await
         .context("wait for a download")?;
     let key = part.key(&file.path);
-    let handle = out
-        .as_file()
-        .try_clone()
-        .with_context(|| format!("open {} for writing", dest.display()))?;
-    let found = cx
-        .repo
-        .get_to_ranges(&key, handle, dest, part.ranges(), cx.stop)
-        .await
-        .with_context(|| format!("restore {}", file.path))?;
+    // Positioned writes: a retry writes the same ranges again.
+    let what = format!("restore {}", file.path);
+    let found = retry(cx.retry, cx.stop, &what, || async {
+        let handle = out.as_file().try_clone().map_err(|source| RepoError::Io {
+            path: dest.to_owned(),
+            source,
+        })?;
+        cx.repo
+            .get_to_ranges(&key, handle, dest, part.ranges(), cx.stop)
+            .await
+    })
+    .await
+    .context(what)?;
     if !found {
         return Err(missing(cx, &key));
     }

@@ -39,7 +39,7 @@ use crate::backup::manifest::{label_key, system_directory, Manifest, Placement};
 use crate::postgres::bootstrap::INCOMPLETE_MARKER;
 use crate::postgres::data_dir::{Marker, Unfinished};
 use crate::process::RunAs;
-use crate::repo::Repo;
+use crate::repo::{Repo, RetryPolicy};
 use target::RecoverySettings;
 
 /// How a restore runs.
@@ -61,6 +61,8 @@ pub struct RestoreOptions {
     /// A first start's restore (`postgres.init.from_backup`): its marker says so, and the
     /// next start resumes it if it is interrupted.
     pub first_start: bool,
+    /// Each object's download is retried as a whole on transient failures (`storage.retry`).
+    pub retry: RetryPolicy,
 }
 
 impl RestoreOptions {
@@ -80,6 +82,7 @@ impl RestoreOptions {
             recovery,
             tablespace_map: Default::default(),
             first_start: false,
+            retry: RetryPolicy::default(),
         }
     }
 }

@@ -349,6 +349,7 @@ impl<'a> Test<'a> {
             },
         );
         options.tablespace_map = tablespace_map;
+        options.retry = crate::repo::RetryPolicy::from_config(&self.resources.config.storage.retry);
         let restore_started = Instant::now();
         // Not raced against `cancel`: the restore observes it itself, and stops its writes
         // into the directory before the clean-up removes it.

@@ -32,6 +32,7 @@ mod security_socket;
 mod services;
 mod small_paths;
 mod storage;
+mod transfers;
 mod verify;
 mod wal;
 mod wal_records;

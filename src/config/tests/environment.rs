@@ -99,6 +99,16 @@ fn empty_file_is_all_defaults() {
 }
 
 #[test]
+fn the_repositorys_own_retry_default_is_storage_retrys() {
+    // A restore options' and a repository's policy before the config's is set.
+    let config = ok("", &[]);
+    assert_eq!(
+        crate::repo::RetryPolicy::default(),
+        crate::repo::RetryPolicy::from_config(&config.storage.retry)
+    );
+}
+
+#[test]
 fn no_file_is_defaults_and_a_missing_file_is_a_read_error() {
     let env = |_: &str| None;
     let config = load(None, &env).expect("defaults load");

@@ -133,6 +133,7 @@ fn defaults(data_dir: &str, superuser: &str, database: &str) -> Config {
                 initial_backoff: Duration::from_millis(100),
                 max_backoff: Duration::from_secs(15),
                 timeout: Duration::from_secs(60),
+                idle_timeout: Duration::from_secs(60),
             },
         },
         wal: WalConfig {

@@ -345,7 +345,7 @@ storage:
   azure: {{ account: acct, access_key: a2V5, endpoint: 'https://acct.blob.example', allow_http: false, use_emulator: false }}
   compression: zstd
   compression_level: 19
-  retry: {{ max_retries: 0, initial_backoff: 1s, max_backoff: 1s, timeout: 5m }}
+  retry: {{ max_retries: 0, initial_backoff: 1s, max_backoff: 1s, timeout: 5m, idle_timeout: 2m }}
 wal:
   archive: false
   archive_timeout: 5m
@@ -400,6 +400,7 @@ wal:
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(1),
             timeout: Duration::from_secs(300),
+            idle_timeout: Duration::from_secs(120),
         }
     );
     assert_eq!(

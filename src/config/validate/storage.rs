@@ -209,6 +209,7 @@ fn validate_storage_retry(raw: RawStorageRetry, cx: &mut Cx<'_>) -> StorageRetry
         initial_backoff,
         max_backoff,
         timeout,
+        idle_timeout,
     } = raw;
     let retry = StorageRetryConfig {
         max_retries: cx
@@ -223,6 +224,11 @@ fn validate_storage_retry(raw: RawStorageRetry, cx: &mut Cx<'_>) -> StorageRetry
         timeout: cx
             .parse("storage.retry.timeout", timeout, |s| {
                 positive_duration("timeout", s)
+            })
+            .unwrap_or(Duration::from_secs(60)),
+        idle_timeout: cx
+            .parse("storage.retry.idle_timeout", idle_timeout, |s| {
+                positive_duration("idle_timeout", s)
             })
             .unwrap_or(Duration::from_secs(60)),
     };

@@ -79,6 +79,7 @@ fn storage(url: &str, codec: Codec) -> StorageConfig {
             initial_backoff: std::time::Duration::from_millis(100),
             max_backoff: std::time::Duration::from_secs(15),
             timeout: std::time::Duration::from_secs(60),
+            idle_timeout: std::time::Duration::from_secs(60),
         },
     }
 }

@@ -10,8 +10,8 @@ use super::pgward_bin;
 /// Fails the test at once when the binary has no failpoints, rather than letting it pass
 /// without the interruption it is about.
 pub fn failpoints(spec: &str) -> (&'static str, String) {
-    // At run time, not in a const block: a build without the feature must still compile the
-    // tests that do not arm failpoints.
+    // A branch, not a constant assertion: a build without the feature fails here, at run
+    // time, naming the test (a `const` assertion would stop the whole test binary building).
     if !cfg!(feature = "failpoints") {
         panic!(
             "this test arms failpoints: run it with `--features failpoints` (as `make test` does)"

@@ -9,6 +9,8 @@
 //!   repository, a cluster with a table and a backup, a restored cluster;
 //! - [`failpoints`](self::failpoints): arming pgward's named failpoints in a command, and
 //!   telling where it died;
+//! - [`fault_proxy`](self::fault_proxy): an HTTP proxy in front of a storage server whose
+//!   faults (refuse, stall, 503 SlowDown, slow, cut mid-body) a test switches at runtime;
 //! - [`repo_files`](self::repo_files): the repository's own files the tests read (example
 //!   configs) and the tools they run on them (promtool).
 //!
@@ -16,6 +18,7 @@
 
 mod cluster;
 mod failpoints;
+pub mod fault_proxy;
 mod pgward;
 mod repo_files;
 
