@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::backup::catalog;
+use crate::backup::{catalog, lineage};
 use crate::config::JobConfig;
 use crate::control::server::ControlServer;
 use crate::init::ForwardedSignal;
@@ -206,17 +206,20 @@ async fn prepare(
 }
 
 /// `postgres.init.from_backup`: restores `which` into the empty data directory, with
-/// recovery to the end of the archive; with `resume`, over what an interrupted earlier
+/// recovery to the end of the archive along the repository's newest timeline (the lineage
+/// a cluster restored from it continues); with `resume`, over what an interrupted earlier
 /// attempt left there.
 async fn bootstrap_from_backup(site: &Site, which: &str, resume: bool) -> Result<()> {
     let repo = site.repo()?;
-    let manifest = catalog::resolve(repo, which).await?;
-    let options = site.restore_options(
+    let lineage = lineage::of_repository(repo).await?;
+    let manifest = catalog::resolve_for(repo, which, &lineage).await?;
+    let mut options = site.restore_options(
         site.data_dir().to_path_buf(),
         &manifest.id,
         RecoveryTarget::EndOfWal,
         None,
     )?;
+    options.recovery.timeline = Some(lineage.target_timeline(&manifest));
     crate::restore::bootstrap_from_backup(repo, &manifest, &options, resume).await?;
     restored_before_start()
 }

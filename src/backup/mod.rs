@@ -1,6 +1,7 @@
 //! Base backups: taking them (`take`: what to copy is `walk`'s, storing it `copy`'s, and
 //! `block_delta` picks the blocks an incremental reads),
-//! the catalogue of complete ones (`catalog`), what a backup is in the repository
+//! the catalogue of complete ones (`catalog`), which of them a cluster's lineage holds
+//! (`lineage`), what a backup is in the repository
 //! (`manifest`) and in words (`summary`), checking one without restoring it (`verify`), and
 //! removing those retention no longer keeps, with the WAL only they needed (`retention`
 //! decides, `expire` plans and deletes). Composes `repo/` and `postgres/`; restoring is
@@ -11,6 +12,7 @@ pub mod catalog;
 mod copy;
 pub mod exclude;
 pub mod expire;
+pub mod lineage;
 pub mod manifest;
 pub mod page_checksum;
 pub mod progress;

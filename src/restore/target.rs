@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use crate::postgres::wal::Lsn;
+use crate::postgres::wal::{Lsn, TimelineId};
 
 const BEGIN: &str = "# pgward restore: recovery settings (begin)";
 const END: &str = "# pgward restore: recovery settings (end)";
@@ -65,6 +65,9 @@ pub struct RecoverySettings {
     pub action: Option<TargetAction>,
     /// Written into the block's comment.
     pub backup_id: String,
+    /// `recovery_target_timeline`: the lineage the restore is for, so recovery never follows
+    /// a newer branch of another cluster; `None`: `latest`.
+    pub timeline: Option<TimelineId>,
 }
 
 impl RecoverySettings {
@@ -74,7 +77,14 @@ impl RecoverySettings {
         let _ = writeln!(out, "{BEGIN}");
         let _ = writeln!(out, "# from backup {}", self.backup_id);
         let _ = writeln!(out, "restore_command = {}", quote(&self.restore_command));
-        let _ = writeln!(out, "recovery_target_timeline = 'latest'");
+        match self.timeline {
+            Some(tli) => {
+                let _ = writeln!(out, "recovery_target_timeline = '{tli}'");
+            }
+            None => {
+                let _ = writeln!(out, "recovery_target_timeline = 'latest'");
+            }
+        }
         match &self.target {
             RecoveryTarget::EndOfWal => {}
             RecoveryTarget::Immediate => {
@@ -171,6 +181,7 @@ mod tests {
             target,
             action: Some(TargetAction::Promote),
             backup_id: "20261130T035500F".into(),
+            timeline: None,
         }
     }
 
@@ -207,6 +218,12 @@ mod tests {
             .block()
             .contains("recovery_target_action = 'promote'\n"));
         assert!(TargetAction::parse("resume").is_err());
+        let pinned = RecoverySettings {
+            timeline: Some(TimelineId(3)),
+            ..settings(RecoveryTarget::EndOfWal)
+        };
+        assert!(pinned.block().contains("recovery_target_timeline = '3'\n"));
+        assert!(lsn.contains("recovery_target_timeline = 'latest'\n"));
     }
 
     #[test]

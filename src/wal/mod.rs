@@ -13,3 +13,4 @@ pub mod pg_wal;
 pub mod push;
 mod ready_watch;
 pub mod stage;
+pub mod timelines;
