@@ -9,6 +9,7 @@
 pub mod archived_marks;
 pub mod archiver;
 pub mod fetch;
+pub mod heartbeat;
 pub mod pg_wal;
 pub mod push;
 mod ready_watch;
