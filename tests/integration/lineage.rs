@@ -208,6 +208,11 @@ async fn a_successor_waits_for_its_original_continues_its_lineage_and_the_origin
         restore_latest_rows(&successor_config, &storage, count_sql).await,
         want
     );
+    // And the original's own view follows its timeline, not the successor's newer one.
+    assert_eq!(
+        restore_latest_rows(&config, &storage, count_sql).await,
+        want[..4]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
