@@ -358,7 +358,7 @@ impl Site {
                 target,
                 action,
                 backup_id: backup_id.to_owned(),
-                timeline: None,
+                timeline: Default::default(),
             },
         ))
     }

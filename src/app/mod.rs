@@ -37,7 +37,7 @@ use crate::postgres::data_dir::Unfinished;
 use crate::postgres::ready;
 use crate::postgres::server::Server;
 use crate::postgres::{bootstrap, BinDir};
-use crate::restore::target::RecoveryTarget;
+use crate::restore::target::{RecoveryTarget, RecoveryTimeline};
 use crate::scheduler::{Runners, Scheduler};
 use crate::site::{Child, Site};
 use crate::supervisor::service::{postgres_policy, service_policy, service_spec, SpecLauncher};
@@ -255,7 +255,8 @@ async fn bootstrap_from_backup(site: &Site, which: &str, resume: bool) -> Result
         RecoveryTarget::EndOfWal,
         None,
     )?;
-    options.recovery.timeline = Some(lineage.target_timeline(&manifest));
+    options.recovery.timeline =
+        RecoveryTimeline::pinned(lineage.target_timeline(&manifest), manifest.timeline);
     crate::restore::bootstrap_from_backup(repo, &manifest, &options, resume).await?;
     restored_before_start()
 }

@@ -156,6 +156,7 @@ mod tests {
         assert!(!lineage.holds(&late));
         assert_eq!(lineage.target_timeline(&late), TimelineId(1));
         assert_eq!(lineage.target_timeline(&on_one("0/1")), TimelineId(2));
+
         let mut own = on_one("9/0");
         own.timeline = 2;
         assert!(lineage.holds(&own));

@@ -13,7 +13,7 @@ use crate::backup::{catalog, lineage};
 use crate::cli::RestoreArgs;
 use crate::postgres::wal::Lsn;
 use crate::restore::restore as restore_backup;
-use crate::restore::target::{parse_target_time, RecoveryTarget, TargetAction};
+use crate::restore::target::{parse_target_time, RecoveryTarget, RecoveryTimeline, TargetAction};
 use crate::site::Site;
 
 /// Restores the backup asked for (for a time target with `latest`: the newest one that ended
@@ -68,7 +68,8 @@ pub async fn restore(site: &Site, request: &RestoreArgs) -> Result<i32> {
     options.tablespace_map = tablespace_map;
     options.force = request.force;
     options.delta = request.delta;
-    options.recovery.timeline = Some(lineage.target_timeline(&manifest));
+    options.recovery.timeline =
+        RecoveryTimeline::pinned(lineage.target_timeline(&manifest), manifest.timeline);
     tracing::info!(backup = %manifest.id, data_dir = %options.data_dir.display(),
         timeline = lineage.target_timeline(&manifest).0, "restoring");
     restore_backup(repo, &manifest, &options, &CancellationToken::new()).await?;

@@ -478,7 +478,7 @@ mod tests {
                 target: target::RecoveryTarget::EndOfWal,
                 action: None,
                 backup_id: "20261130T035500F".into(),
-                timeline: None,
+                timeline: Default::default(),
             },
         )
     }

@@ -66,8 +66,32 @@ pub struct RecoverySettings {
     /// Written into the block's comment.
     pub backup_id: String,
     /// `recovery_target_timeline`: the lineage the restore is for, so recovery never follows
-    /// a newer branch of another cluster; `None`: `latest`.
-    pub timeline: Option<TimelineId>,
+    /// a newer branch of another cluster.
+    pub timeline: RecoveryTimeline,
+}
+
+/// `recovery_target_timeline`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecoveryTimeline {
+    /// The newest timeline the archive holds a history of (postgres's default).
+    #[default]
+    Latest,
+    /// The backup's own timeline: no history file needed.
+    Current,
+    /// This timeline, descending from the backup's: its history file must be in the archive
+    /// (postgres refuses to start otherwise).
+    Id(TimelineId),
+}
+
+impl RecoveryTimeline {
+    /// Pinned to timeline `tli` for a backup taken on `backup_tli`: `current` when they are
+    /// the same (no history file needed), else the number.
+    pub fn pinned(tli: TimelineId, backup_tli: u32) -> RecoveryTimeline {
+        match tli.0 == backup_tli {
+            true => RecoveryTimeline::Current,
+            false => RecoveryTimeline::Id(tli),
+        }
+    }
 }
 
 impl RecoverySettings {
@@ -77,14 +101,12 @@ impl RecoverySettings {
         let _ = writeln!(out, "{BEGIN}");
         let _ = writeln!(out, "# from backup {}", self.backup_id);
         let _ = writeln!(out, "restore_command = {}", quote(&self.restore_command));
-        match self.timeline {
-            Some(tli) => {
-                let _ = writeln!(out, "recovery_target_timeline = '{tli}'");
-            }
-            None => {
-                let _ = writeln!(out, "recovery_target_timeline = 'latest'");
-            }
-        }
+        let timeline = match self.timeline {
+            RecoveryTimeline::Latest => "latest".to_owned(),
+            RecoveryTimeline::Current => "current".to_owned(),
+            RecoveryTimeline::Id(tli) => tli.to_string(),
+        };
+        let _ = writeln!(out, "recovery_target_timeline = '{timeline}'");
         match &self.target {
             RecoveryTarget::EndOfWal => {}
             RecoveryTarget::Immediate => {
@@ -181,7 +203,7 @@ mod tests {
             target,
             action: Some(TargetAction::Promote),
             backup_id: "20261130T035500F".into(),
-            timeline: None,
+            timeline: RecoveryTimeline::Latest,
         }
     }
 
@@ -219,11 +241,26 @@ mod tests {
             .contains("recovery_target_action = 'promote'\n"));
         assert!(TargetAction::parse("resume").is_err());
         let pinned = RecoverySettings {
-            timeline: Some(TimelineId(3)),
+            timeline: RecoveryTimeline::Id(TimelineId(3)),
             ..settings(RecoveryTarget::EndOfWal)
         };
         assert!(pinned.block().contains("recovery_target_timeline = '3'\n"));
         assert!(lsn.contains("recovery_target_timeline = 'latest'\n"));
+        let current = RecoverySettings {
+            timeline: RecoveryTimeline::Current,
+            ..settings(RecoveryTarget::EndOfWal)
+        };
+        assert!(current
+            .block()
+            .contains("recovery_target_timeline = 'current'\n"));
+        assert_eq!(
+            RecoveryTimeline::pinned(TimelineId(2), 2),
+            RecoveryTimeline::Current
+        );
+        assert_eq!(
+            RecoveryTimeline::pinned(TimelineId(3), 2),
+            RecoveryTimeline::Id(TimelineId(3))
+        );
     }
 
     #[test]

@@ -287,11 +287,15 @@ async fn a_backup_after_a_point_in_time_restore_chains_on_the_new_timeline() {
     assert_eq!(latest["parent"], first.as_str(), "{latest}");
     assert_ne!(latest["id"], abandoned.as_str());
     assert_eq!(latest["timeline"], 2, "{latest}");
+    client
+        .batch_execute("INSERT INTO t VALUES ('later')")
+        .await
+        .unwrap();
     switch_and_wait_archived(&client).await;
 
     // Latest, as the restored cluster sees it: its own rows, not the old branch's.
     assert_eq!(
         restore_latest_rows(&config, &storage, notes).await,
-        ["after", "before", "kept"]
+        ["after", "before", "kept", "later"]
     );
 }
