@@ -105,7 +105,7 @@ pub fn check_not_diverging(
     if let Some(d) = departures.iter().find(|d| start >= d.at) {
         bail!(
             "refusing to archive WAL segment {segment} of timeline {tli}: this repository's \
-             history left timeline {tli} at {at} for timeline {child} ({child_file}), so this \
+             history left timeline {tli} at {at} for timeline {child} ({child_hex:08X}.history), so this \
              segment is of a diverging branch: a second cluster of this system is writing on \
              timeline {tli} while the repository continues on timeline {child}\n\
              HINT: stop the cluster on timeline {tli}: a successor has replaced it (a restored \
@@ -113,7 +113,7 @@ pub fn check_not_diverging(
              postgres.init.restore_as), or give it its own storage.url",
             at = d.at,
             child = d.child,
-            child_file = format!("{:08X}.history", d.child.0),
+            child_hex = d.child.0,
         );
     }
     Ok(())
