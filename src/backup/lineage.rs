@@ -32,12 +32,20 @@ pub enum Asker {
 pub struct Lineage {
     pub history: TimelineHistory,
     pub asker: Asker,
+    /// The repository holds the timeline's history file (or it needs none: timeline 1), so
+    /// recovery can be pinned to it; postgres refuses a target timeline whose history it
+    /// cannot fetch.
+    pub archived: bool,
 }
 
 impl Lineage {
     /// Everything of timeline `tli` and its ancestors as `history` says.
-    pub fn new(history: TimelineHistory, asker: Asker) -> Lineage {
-        Lineage { history, asker }
+    pub fn new(history: TimelineHistory, asker: Asker, archived: bool) -> Lineage {
+        Lineage {
+            history,
+            asker,
+            archived,
+        }
     }
 
     pub fn timeline(&self) -> TimelineId {
@@ -53,10 +61,12 @@ impl Lineage {
     }
 
     /// The timeline recovery is pinned to when `m` is restored: the lineage's own when it
-    /// holds `m` (recovery follows no other branch), else `m`'s (a backup of another branch,
-    /// asked for by its id, recovers along its own timeline).
+    /// holds `m` and its history is archived (recovery follows no other branch), else `m`'s
+    /// (a backup of another branch, asked for by its id, recovers along its own timeline; so
+    /// does one whose lineage's history never reached the repository: a copy that archives
+    /// nothing, rewound from its original's backup).
     pub fn target_timeline(&self, m: &Manifest) -> TimelineId {
-        match self.holds(m) {
+        match self.holds(m) && self.archived {
             true => self.timeline(),
             false => TimelineId(m.timeline),
         }
@@ -94,44 +104,43 @@ pub async fn of_cluster(repo: &Repo, data_dir: &Path) -> Result<Lineage> {
     }
 }
 
-/// The lineage of the cluster in `data_dir`, running on timeline `tli`.
+/// The lineage of the cluster in `data_dir`, running on timeline `tli`. Its history is its
+/// own `pg_wal`'s, else the repository's; without either (a copy that never archived, its
+/// `pg_wal` emptied), the repository's newest timeline's, which it came from.
 pub async fn of_timeline(repo: &Repo, data_dir: &Path, tli: TimelineId) -> Result<Lineage> {
     let asker = Asker::Cluster(data_dir.display().to_string());
     let dir = data_dir.to_owned();
     let local = tokio::task::spawn_blocking(move || local_history(&dir, tli))
         .await
         .context("join the history read")??;
-    let history = match local {
-        Some(history) => history,
-        None => match timelines::history(repo, tli).await? {
-            Some(history) => history,
-            None => {
-                tracing::warn!(
-                    "the history of timeline {tli} is neither in {} nor in the repository; \
-                     only backups of timeline {tli} itself count as its lineage",
-                    data_dir.join("pg_wal").display()
-                );
-                TimelineHistory::root(tli)
-            }
-        },
-    };
-    Ok(Lineage::new(history, asker))
+    let archived = timelines::history(repo, tli).await?;
+    let is_archived = archived.is_some();
+    match local.or(archived) {
+        Some(history) => Ok(Lineage::new(history, asker, is_archived)),
+        None => {
+            tracing::warn!(
+                "the history of timeline {tli} is neither in {} nor in the repository; \
+                 following the repository's newest timeline",
+                data_dir.join("pg_wal").display()
+            );
+            of_repository(repo).await
+        }
+    }
 }
 
 /// The lineage of the repository's newest timeline (timeline 1 for an empty archive).
 pub async fn of_repository(repo: &Repo) -> Result<Lineage> {
     let tli = timelines::newest(repo).await?.unwrap_or(TimelineId(1));
-    let history = match timelines::history(repo, tli).await? {
-        Some(history) => history,
+    Ok(match timelines::history(repo, tli).await? {
+        Some(history) => Lineage::new(history, Asker::Repository, true),
         None => {
             tracing::warn!(
                 "the repository holds WAL of timeline {tli} but not its history file; only \
                  backups of timeline {tli} itself count as its lineage"
             );
-            TimelineHistory::root(tli)
+            Lineage::new(TimelineHistory::root(tli), Asker::Repository, false)
         }
-    };
-    Ok(Lineage::new(history, Asker::Repository))
+    })
 }
 
 #[cfg(test)]
@@ -142,7 +151,7 @@ mod tests {
     #[test]
     fn a_backup_is_on_the_lineage_when_it_stopped_before_the_switch() {
         let history = TimelineHistory::parse(TimelineId(2), "1\t0/5000060\tx\n").unwrap();
-        let lineage = Lineage::new(history, Asker::Cluster("/data".into()));
+        let lineage = Lineage::new(history.clone(), Asker::Cluster("/data".into()), true);
         let on_one = |stop: &str| {
             let mut m = full(3, 1);
             m.stop_lsn = stop.into();
@@ -167,5 +176,9 @@ mod tests {
         garbled.stop_lsn = "x".into();
         assert!(!lineage.holds(&garbled));
         assert_eq!(lineage.describe(), "timeline 2 (the cluster in /data)");
+        // A lineage whose history the repository lacks cannot pin recovery to its timeline.
+        let unarchived = Lineage::new(history, Asker::Cluster("/data".into()), false);
+        assert!(unarchived.holds(&on_one("0/1")));
+        assert_eq!(unarchived.target_timeline(&on_one("0/1")), TimelineId(1));
     }
 }
