@@ -21,7 +21,12 @@ pub struct Cli {
 pub enum Command {
     /// Run as the container's main process: start and supervise postgres and services
     /// (the default when no command is given).
-    Run,
+    Run {
+        /// Start a successor (`postgres.init.restore_as: successor`) although the original's
+        /// heartbeat in the repository is fresh: only when the original is known to be gone.
+        #[arg(long)]
+        force: bool,
+    },
     /// Validate or print the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),

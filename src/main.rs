@@ -19,8 +19,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let config_path = cmd::config_path(cli.config.as_deref());
     let path = config_path.as_deref();
-    match cli.command.unwrap_or(Command::Run) {
-        Command::Run => cmd::run::run(path),
+    match cli.command.unwrap_or(Command::Run { force: false }) {
+        Command::Run { force } => cmd::run::run(path, force),
         Command::Config(command) => cmd::config::run(command, path),
         // archive_command and restore_command: the config is read only if no daemon does the
         // work (see `control::SOCKET_ENV`); the daemon passes its log format along.

@@ -361,6 +361,7 @@ impl Site {
                 target,
                 action,
                 backup_id: backup_id.to_owned(),
+                timeline: Default::default(),
             },
         );
         options.retry = self.retry();

@@ -74,7 +74,13 @@ impl SiteActions {
     async fn expire(&self) -> Result<String> {
         let repo = self.site.repo()?;
         let policy = self.site.retention();
-        let plan: BoxFuture<'_, _> = Box::pin(expire::plan(repo, &policy, chrono::Utc::now()));
+        let lineage = crate::backup::lineage::of_cluster(repo, self.site.data_dir()).await?;
+        let plan: BoxFuture<'_, _> = Box::pin(expire::plan_for(
+            repo,
+            &policy,
+            chrono::Utc::now(),
+            Some(&lineage),
+        ));
         let plan = plan.await?;
         let execute: BoxFuture<'_, _> = Box::pin(expire::execute(repo, &plan));
         execute.await?;

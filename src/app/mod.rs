@@ -26,8 +26,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::backup::catalog;
+use crate::backup::{catalog, lineage};
 use crate::config::JobConfig;
+use crate::config::RestoreAs;
 use crate::control::server::ControlServer;
 use crate::init::ForwardedSignal;
 use crate::metrics::pgward::{self as pgward_metrics, Watchers};
@@ -36,13 +37,14 @@ use crate::postgres::data_dir::Unfinished;
 use crate::postgres::ready;
 use crate::postgres::server::Server;
 use crate::postgres::{bootstrap, BinDir};
-use crate::restore::target::RecoveryTarget;
+use crate::restore::target::{RecoveryTarget, RecoveryTimeline};
 use crate::scheduler::{Runners, Scheduler};
 use crate::site::{Child, Site};
 use crate::supervisor::service::{postgres_policy, service_policy, service_spec, SpecLauncher};
 use crate::supervisor::{State, Supervisor, UnitSpec, POSTGRES};
 use crate::tasks::{Critical, Failures};
 use crate::wal::archived_marks::{ArchivedMarks, MARKS_DIR};
+use crate::wal::heartbeat;
 use actions::SiteActions;
 use daemon::{DaemonHandler, DaemonMetrics};
 
@@ -56,17 +58,25 @@ enum Stop {
     Crashed(String),
 }
 
+/// How `pgward run` was asked to start.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// `--force`: a successor starts although its original's heartbeat is fresh.
+    pub force: bool,
+}
+
 /// Runs pgward until it is told to stop; returns the process exit code.
 pub async fn run(
     site: Arc<Site>,
     mut signals: mpsc::UnboundedReceiver<ForwardedSignal>,
+    options: RunOptions,
 ) -> Result<i32> {
     let started = Instant::now();
     site.run_as()?;
     // Before anything records a metric; and the port is taken (or a TLS file bad) now or
     // never: a daemon without its endpoints is not started.
     let exporter = Exporter::bind(&site).await?;
-    let server = match prepare(&site, &mut signals).await? {
+    let server = match prepare(&site, &mut signals, options).await? {
         Prepared::Server(server) => server,
         Prepared::Stopped(code) => return Ok(code),
     };
@@ -121,6 +131,7 @@ enum Prepared {
 async fn prepare(
     site: &Site,
     signals: &mut mpsc::UnboundedReceiver<ForwardedSignal>,
+    options: RunOptions,
 ) -> Result<Prepared> {
     let pg = &site.config().postgres;
     let run_as = site.run_as()?.cloned();
@@ -159,6 +170,7 @@ async fn prepare(
     } else if let Some(which) = &pg.init.from_backup {
         // A disaster-recovery host (or a copy) in one command: the backup comes back, and
         // postgres recovers from the archive when it starts, then promotes.
+        check_successor_may_start(site, options.force).await?;
         tokio::select! {
             result = bootstrap_from_backup(site, which, resume) => {
                 result.with_context(|| format!("bootstrap from backup {which} failed"))?
@@ -205,18 +217,46 @@ async fn prepare(
     Ok(Prepared::Server(server))
 }
 
+/// A successor (`restore_as: successor`) that will archive into the repository starts only
+/// once its original no longer does (see [`heartbeat`]).
+async fn check_successor_may_start(site: &Site, force: bool) -> Result<()> {
+    let config = site.config();
+    if config.postgres.init.restore_as != RestoreAs::Successor || !config.wal.archive {
+        return Ok(());
+    }
+    let repo = site.repo()?;
+    let Some(meta) = repo
+        .read_meta()
+        .await
+        .with_context(|| format!("read repo.json of {}", repo.describe()))?
+    else {
+        return Ok(());
+    };
+    let beat = heartbeat::read(repo, meta.system_identifier).await?;
+    heartbeat::check_original_stopped(
+        beat.as_ref(),
+        chrono::Utc::now(),
+        force,
+        &heartbeat::heartbeat_key(meta.system_identifier),
+    )
+}
+
 /// `postgres.init.from_backup`: restores `which` into the empty data directory, with
-/// recovery to the end of the archive; with `resume`, over what an interrupted earlier
+/// recovery to the end of the archive along the repository's newest timeline (the lineage
+/// a cluster restored from it continues); with `resume`, over what an interrupted earlier
 /// attempt left there.
 async fn bootstrap_from_backup(site: &Site, which: &str, resume: bool) -> Result<()> {
     let repo = site.repo()?;
-    let manifest = catalog::resolve(repo, which).await?;
-    let options = site.restore_options(
+    let lineage = lineage::of_repository(repo).await?;
+    let manifest = catalog::resolve_for(repo, which, &lineage).await?;
+    let mut options = site.restore_options(
         site.data_dir().to_path_buf(),
         &manifest.id,
         RecoveryTarget::EndOfWal,
         None,
     )?;
+    options.recovery.timeline =
+        RecoveryTimeline::pinned(lineage.target_timeline(&manifest), manifest.timeline);
     crate::restore::bootstrap_from_backup(repo, &manifest, &options, resume).await?;
     restored_before_start()
 }
@@ -239,6 +279,8 @@ struct Daemon {
     /// Tells the scheduler whether postgres accepts connections.
     ready_relay: JoinHandle<()>,
     ready_logger: Option<JoinHandle<()>>,
+    /// The WAL services; after its cancel it ends once the heartbeat says stopped.
+    wal_task: JoinHandle<()>,
 }
 
 impl Daemon {
@@ -257,7 +299,7 @@ impl Daemon {
         // cluster restored from the repository runs as the server's user, whose environment
         // holds no storage credentials.
         let wal = Arc::new(OnceLock::new());
-        critical.spawn(
+        let wal_task = critical.spawn(
             "the WAL services",
             &cancel_control,
             wal::open_wal_services(
@@ -312,6 +354,7 @@ impl Daemon {
             cancel_metrics,
             ready_relay,
             ready_logger: None,
+            wal_task,
         })
     }
 
@@ -393,6 +436,8 @@ impl Daemon {
         });
         self.supervisor.shutdown(&mut escalate).await;
         self.cancel_control.cancel();
+        // The last heartbeat says stopped: a successor need not wait for it to go stale.
+        let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.wal_task).await;
         self.cancel_metrics.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.metrics_task).await;
         if !self.control_task.is_finished() {

@@ -1,5 +1,6 @@
 //! The daemon's WAL services: postgres's archive settings, and the archiver and fetcher,
-//! opened in the background once the repository answers.
+//! opened in the background once the repository answers; with archiving, the heartbeat that
+//! tells a successor whether this cluster still archives.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
@@ -12,6 +13,8 @@ use crate::site::Site;
 use crate::tasks::Critical;
 use crate::wal::archiver::{Archiver, ArchiverOptions};
 use crate::wal::fetch::Fetcher;
+use crate::wal::heartbeat;
+use tokio::task::JoinHandle;
 
 /// The archiver and fetcher of the daemon, once the repository could be opened.
 pub(super) struct WalServices {
@@ -56,9 +59,14 @@ pub(super) async fn open_wal_services(
     let mut logged = false;
     loop {
         match open(&site, &cancel, &critical).await {
-            Ok(services) => {
+            Ok((services, heartbeat)) => {
                 let _ = slot.set(services);
-                return cancel.cancelled().await;
+                cancel.cancelled().await;
+                // Its last beat, marked stopped, once postgres has stopped archiving.
+                if let Some(heartbeat) = heartbeat {
+                    let _ = heartbeat.await;
+                }
+                return;
             }
             Err(e) => {
                 if logged {
@@ -83,14 +91,21 @@ pub(super) async fn open_wal_services(
     }
 }
 
-async fn open(site: &Site, cancel: &CancellationToken, critical: &Critical) -> Result<WalServices> {
+/// The WAL services, and with archiving the heartbeat task (see [`heartbeat`]), which ends
+/// after `cancel` with a last beat marked stopped.
+async fn open(
+    site: &Site,
+    cancel: &CancellationToken,
+    critical: &Critical,
+) -> Result<(WalServices, Option<JoinHandle<()>>)> {
     if !site.config().wal.archive {
         // Only the fetcher: nothing is written to the repository, not even repo.json.
         let fetcher = site.cluster_fetcher(cancel.clone()).await?;
-        return Ok(WalServices {
+        let services = WalServices {
             archiver: None,
             fetcher,
-        });
+        };
+        return Ok((services, None));
     }
     let ctx = site.push_context().await?;
     let data_dir = site.data_dir();
@@ -103,9 +118,17 @@ async fn open(site: &Site, cancel: &CancellationToken, critical: &Critical) -> R
         owner: site.run_as()?.map(|u| (u.uid, u.gid)),
     };
     let marks = site.archived_marks()?;
+    // Not critical: a failed beat is logged and tried again; archiving goes on.
+    let heartbeat = tokio::spawn(heartbeat::beat(
+        ctx.repo.clone(),
+        ctx.system_identifier,
+        data_dir.to_path_buf(),
+        cancel.clone(),
+    ));
     let archiver = Archiver::start(ctx, data_dir, options, &marks, cancel.clone(), critical);
-    Ok(WalServices {
+    let services = WalServices {
         archiver: Some(archiver),
         fetcher,
-    })
+    };
+    Ok((services, Some(heartbeat)))
 }

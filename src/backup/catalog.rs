@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use super::lineage::Lineage;
 use super::manifest::{check_backup_id, manifest_key, Manifest, MANIFEST_VERSION};
 use crate::repo::layout::BACKUPS_PREFIX;
 use crate::repo::Repo;
@@ -73,23 +74,65 @@ pub async fn manifests(repo: &Repo) -> Result<Vec<Manifest>> {
     Ok(out)
 }
 
-/// The newest complete backup that ended before `at`: the one to restore for a recovery to
-/// that time.
-pub async fn newest_before(repo: &Repo, at: chrono::DateTime<chrono::Utc>) -> Result<Manifest> {
+/// The newest complete backup of `lineage` that ended before `at`: the one to restore for a
+/// recovery to that time.
+pub async fn newest_before(
+    repo: &Repo,
+    at: chrono::DateTime<chrono::Utc>,
+    lineage: &Lineage,
+) -> Result<Manifest> {
     let mut found = None;
     for id in backup_ids(repo).await? {
         let manifest = read_manifest(repo, &id).await?;
-        if manifest.stop_time < at {
+        if manifest.stop_time < at && lineage.holds(&manifest) {
             found = Some(manifest);
         }
     }
     found.with_context(|| {
         format!(
-            "no backup in {} ended before {at}; recovery to that time needs an older backup\n\
-             HINT: `pgward list` shows when each backup ended",
+            "no backup of the lineage of {} in {} ended before {at}; recovery to that time \
+             needs an older backup\n\
+             HINT: `pgward list` shows when each backup ended, and on which timeline",
+            lineage.describe(),
             repo.describe()
         )
     })
+}
+
+/// `latest` (the newest complete backup `lineage` holds) or an id, resolved to a checked
+/// manifest. A backup of another branch is never `latest`; named by its id, it is restored.
+pub async fn resolve_for(repo: &Repo, which: &str, lineage: &Lineage) -> Result<Manifest> {
+    if which != "latest" {
+        return resolve(repo, which).await;
+    }
+    let ids = backup_ids(repo).await?;
+    let mut off_lineage = Vec::new();
+    for id in ids.iter().rev() {
+        let manifest = read_manifest(repo, id).await?;
+        if lineage.holds(&manifest) {
+            if !off_lineage.is_empty() {
+                tracing::info!(
+                    backup = %manifest.id,
+                    "latest of {}: newer backups of other branches passed over: {}",
+                    lineage.describe(),
+                    off_lineage.join(", ")
+                );
+            }
+            return Ok(manifest);
+        }
+        off_lineage.push(format!("{} (timeline {})", manifest.id, manifest.timeline));
+    }
+    if ids.is_empty() {
+        return resolve(repo, which).await;
+    }
+    bail!(
+        "no complete backup in {} is on the lineage of {}; the backups there are of other \
+         branches: {}\nHINT: take a backup of this cluster (`pgward backup`), or name a backup \
+         by its id to restore another branch",
+        repo.describe(),
+        lineage.describe(),
+        off_lineage.join(", ")
+    )
 }
 
 /// `latest` or an id, resolved to a checked manifest (see [`read_manifest`]).

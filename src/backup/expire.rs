@@ -21,6 +21,7 @@ use futures_util::{stream, StreamExt, TryStreamExt};
 
 use super::catalog;
 use super::exclusive;
+use super::lineage::Lineage;
 use super::manifest::{manifest_key, Manifest};
 use super::retention::{self, Policy, Selection, WalDeletion};
 use crate::postgres::wal::{SegmentName, TimelineId};
@@ -89,8 +90,20 @@ impl Plan {
     }
 }
 
-/// Reads the repository and decides, as of `now`, what `policy` lets go.
+/// Reads the repository and decides, as of `now`, what `policy` lets go, every backup
+/// counting as the cluster's own (see [`plan_for`]).
 pub async fn plan(repo: &Repo, policy: &Policy, now: DateTime<Utc>) -> Result<Plan> {
+    plan_for(repo, policy, now, None).await
+}
+
+/// [`plan`] for the cluster of `lineage`: backups of other branches do not count as its
+/// newest (see [`retention`]'s rule on lineage).
+pub async fn plan_for(
+    repo: &Repo,
+    policy: &Policy,
+    now: DateTime<Utc>,
+    lineage: Option<&Lineage>,
+) -> Result<Plan> {
     let objects = catalog::objects_by_backup(repo).await?;
     let mut manifests: Vec<Manifest> = Vec::new();
     let mut unfinished: Vec<String> = Vec::new();
@@ -112,7 +125,12 @@ pub async fn plan(repo: &Repo, policy: &Policy, now: DateTime<Utc>) -> Result<Pl
     }
     // After the listing: a backup whose objects it saw has named itself in the lease by now.
     let running = exclusive::running_backup(repo).await?;
-    let selection = retention::select(&manifests, policy, now);
+    let holds = |m: &Manifest| lineage.is_none_or(|l| l.holds(m));
+    let on = lineage.map(|l| retention::OnLineage {
+        timeline: l.timeline().0,
+        holds: &holds,
+    });
+    let selection = retention::select_on(&manifests, policy, now, on);
     let running_id = running.as_ref().and_then(|r| r.subject.as_deref());
     let abandoned = retention::abandoned(&unfinished, running_id)
         .into_iter()

@@ -23,6 +23,14 @@
 //! what either wants (like WAL-G's `retain FULL n --after t`, or Barman's recovery window with
 //! a minimum redundancy); `full: 1` leaves the decision to `max_age` alone.
 //!
+//! **Lineage.** Rules 2 to 4 look at the chains of the asking cluster's lineage (its
+//! timeline and the ancestors it came from, see [`super::lineage`]): a chain counts when its
+//! full backup is on it. A chain of a branch the cluster left (backups taken on a timeline
+//! after a point-in-time restore went back before them, or by a second writer) never counts
+//! as the newest nor among the `full` newest, so it cannot push the cluster's own chains
+//! out; it is kept only while `--keep`, its files, or `max_age` (one of its backups ended
+//! within the window) keep it, and is otherwise expired as off the lineage.
+//!
 //! An incremental whose chain reaches no complete full backup (its parent's manifest is gone)
 //! cannot be restored and is expired, unless `--keep` protects it.
 //!
@@ -71,6 +79,8 @@ pub enum Reason {
     },
     /// Its chain reaches no complete full backup: `missing` is the parent it stops at.
     Orphan { missing: String },
+    /// Its full backup is not on the lineage of `timeline`, the asking cluster's.
+    OffLineage { timeline: u32 },
 }
 
 impl fmt::Display for Reason {
@@ -100,6 +110,11 @@ impl fmt::Display for Reason {
                 f,
                 "its chain reaches no complete full backup (parent {missing}): it cannot be \
                  restored"
+            ),
+            Reason::OffLineage { timeline } => write!(
+                f,
+                "not on the lineage of timeline {timeline} (a branch the cluster left) and \
+                 not needed within the retention window"
             ),
         }
     }
@@ -171,18 +186,43 @@ impl Selection {
 struct Chain<'a> {
     head: String,
     complete: bool,
+    /// Its full backup is on the asking cluster's lineage.
+    on_lineage: bool,
     members: Vec<&'a Manifest>,
 }
 
-/// Decides, for each complete backup in `manifests`, whether `policy` keeps it at `now`.
+/// Decides, for each complete backup in `manifests`, whether `policy` keeps it at `now`, all
+/// of them on one lineage (a repository of one timeline's history).
 pub fn select(manifests: &[Manifest], policy: &Policy, now: DateTime<Utc>) -> Selection {
+    select_on(manifests, policy, now, None)
+}
+
+/// The asking cluster's lineage, for [`select_on`]: its timeline, and which backups it holds.
+pub struct OnLineage<'a> {
+    pub timeline: u32,
+    pub holds: &'a dyn Fn(&Manifest) -> bool,
+}
+
+/// [`select`] for the cluster whose lineage is `lineage` (`None`: every backup is on it).
+pub fn select_on(
+    manifests: &[Manifest],
+    policy: &Policy,
+    now: DateTime<Utc>,
+    lineage: Option<OnLineage<'_>>,
+) -> Selection {
     let by_id: BTreeMap<&str, &Manifest> = manifests.iter().map(|m| (m.id.as_str(), m)).collect();
     let mut chains: BTreeMap<(bool, String), Chain> = BTreeMap::new();
+    let holds = |id: &str| match (&lineage, by_id.get(id)) {
+        (None, _) => true,
+        (Some(l), Some(m)) => (l.holds)(m),
+        (Some(_), None) => false,
+    };
     for m in by_id.values() {
         let (head, complete) = chain_head(m, &by_id);
         chains
             .entry((complete, head.clone()))
             .or_insert_with(|| Chain {
+                on_lineage: complete && holds(&head),
                 head,
                 complete,
                 members: Vec::new(),
@@ -191,9 +231,13 @@ pub fn select(manifests: &[Manifest], policy: &Policy, now: DateTime<Utc>) -> Se
             .push(m);
     }
     let mut chains: Vec<Chain> = chains.into_values().collect();
-    // Complete chains newest first (heads are full backup ids, which sort by start time),
-    // then the orphans.
-    chains.sort_by(|a, b| b.complete.cmp(&a.complete).then(b.head.cmp(&a.head)));
+    // The lineage's complete chains newest first (heads are full backup ids, which sort by
+    // start time), then those off it, then the orphans.
+    chains.sort_by(|a, b| {
+        (b.complete, b.on_lineage)
+            .cmp(&(a.complete, a.on_lineage))
+            .then(b.head.cmp(&a.head))
+    });
 
     let needed_by_window = window(&chains, policy, now);
     let mut reasons: Vec<Option<Reason>> = chains
@@ -206,9 +250,9 @@ pub fn select(manifests: &[Manifest], policy: &Policy, now: DateTime<Utc>) -> Se
                 })
             } else if !chain.complete {
                 None
-            } else if i == 0 {
+            } else if i == 0 && chain.on_lineage {
                 Some(Reason::NewestFull)
-            } else if i < policy.full as usize {
+            } else if i < policy.full as usize && chain.on_lineage {
                 Some(Reason::FullCount { count: policy.full })
             } else if needed_by_window.contains(&i) {
                 policy.max_age.map(|max_age| Reason::Window { max_age })
@@ -258,7 +302,11 @@ pub fn select(manifests: &[Manifest], policy: &Policy, now: DateTime<Utc>) -> Se
     for (chain, reason) in chains.iter().zip(reasons) {
         let expire = reason.is_none();
         let reason = reason.unwrap_or_else(|| {
-            if chain.complete {
+            if let (false, true, Some(l)) = (chain.on_lineage, chain.complete, &lineage) {
+                Reason::OffLineage {
+                    timeline: l.timeline,
+                }
+            } else if chain.complete {
                 Reason::Unneeded {
                     full: policy.full,
                     max_age: policy.max_age,
@@ -315,10 +363,11 @@ fn window(chains: &[Chain], policy: &Policy, now: DateTime<Utc>) -> BTreeSet<usi
         // A window longer than the calendar: every backup is in it.
         return complete.map(|(i, _)| i).collect();
     };
-    // A restore to the window's first moment starts from the newest backup that had ended
-    // by then (a restore target must lie after the backup's end).
+    // A restore to the window's first moment starts from the newest backup of the lineage
+    // that had ended by then (a restore target must lie after the backup's end).
     let anchor = complete
         .clone()
+        .filter(|(_, c)| c.on_lineage)
         .flat_map(|(_, c)| c.members.iter())
         .filter(|m| m.stop_time <= opened)
         .max_by(|a, b| a.stop_time.cmp(&b.stop_time).then(a.id.cmp(&b.id)))
@@ -775,6 +824,38 @@ pub(crate) mod tests {
             reason_of(&s, &lone.id),
             "expire (an incremental backup without a parent: it cannot be restored)"
         );
+    }
+
+    #[test]
+    fn chains_off_the_lineage_neither_count_nor_stay_unless_the_window_keeps_them() {
+        // f1 is the lineage's; f2 and its incremental were taken on a branch the cluster
+        // left (a point-in-time restore went back before them), and are newer.
+        let (f1, f2) = (full(20, 1), full(10, 2));
+        let i2 = incr(9, &f2, 3);
+        let b = [f1.clone(), f2.clone(), i2.clone()];
+        let holds = |m: &Manifest| m.id == f1.id;
+        let on = || {
+            Some(OnLineage {
+                timeline: 2,
+                holds: &holds,
+            })
+        };
+        let s = select_on(&b, &policy(1, None), now(), on());
+        assert_eq!(ids(s.kept()), ids([&f1.id].iter()));
+        assert_eq!(reason_of(&s, &f1.id), "keep (newest full backup)");
+        assert_eq!(
+            reason_of(&s, &i2.id),
+            format!(
+                "expire (chain of {}: not on the lineage of timeline 2 (a branch the cluster \
+                 left) and not needed within the retention window)",
+                f2.id
+            )
+        );
+        // Ended within max_age: kept for a restore to that branch; not the window's anchor.
+        let s = select_on(&b, &policy(1, Some(15)), now(), on());
+        assert_eq!(ids(s.expired()), Vec::<String>::new());
+        // Without a lineage, the newest chain is the branch's.
+        assert_eq!(expired(&b, policy(1, None)), ids([&f1.id].iter()));
     }
 
     #[test]

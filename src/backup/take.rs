@@ -22,6 +22,7 @@ use super::complete::{check_before_manifest, segment_range, wait_wal_range};
 use super::control_copy::copy_control_file;
 use super::copy::copy_files;
 use super::exclusive::take_backup_lease;
+use super::lineage;
 use super::manifest::{
     backup_id, label_key, manifest_key, BackupKind, DirEntry, FileEntry, Manifest, Tablespace,
     MANIFEST_VERSION,
@@ -96,16 +97,45 @@ async fn take_leased(
         );
     }
     let parent = match incremental {
-        true => match catalog::backup_ids(repo).await?.pop() {
-            Some(id) => Some(catalog::read_manifest(repo, &id).await?),
-            None => {
-                tracing::info!("no earlier backup to build on: taking a full backup");
-                None
-            }
-        },
+        true => latest_of_lineage(repo, cluster).await?,
         false => None,
     };
     take(repo, cluster, parent.as_ref(), options, lease, cancel).await
+}
+
+/// The backup an incremental builds on: the newest complete one on the running cluster's
+/// lineage (its current timeline, or an ancestor up to where it was left), never one of a
+/// branch the cluster left behind; `None` (a full backup) without one.
+async fn latest_of_lineage(repo: &Repo, cluster: &Cluster<'_>) -> Result<Option<Manifest>> {
+    if catalog::backup_ids(repo).await?.is_empty() {
+        tracing::info!("no earlier backup to build on: taking a full backup");
+        return Ok(None);
+    }
+    let client = cluster.target.connect().await.map_err(|e| {
+        anyhow::anyhow!(
+            "connect to postgres at {}: {e}\n{POSTGRES_HINT}",
+            cluster.target.socket_dir.display()
+        )
+    })?;
+    // The timeline WAL is written on now (pg_control names a new one only after the first
+    // checkpoint after a promotion).
+    let name: String = client
+        .query_one("SELECT pg_walfile_name(pg_current_wal_lsn())", &[])
+        .await
+        .context("read the server's current timeline")?
+        .get(0);
+    let tli = name
+        .get(..8)
+        .and_then(|t| u32::from_str_radix(t, 16).ok())
+        .with_context(|| format!("the server named its current WAL file {name:?}"))?;
+    let lineage = lineage::of_timeline(repo, cluster.data_dir, TimelineId(tli)).await?;
+    match catalog::resolve_for(repo, "latest", &lineage).await {
+        Ok(parent) => Ok(Some(parent)),
+        Err(e) => {
+            tracing::info!("no earlier backup to build on: taking a full backup: {e:#}");
+            Ok(None)
+        }
+    }
 }
 
 /// A backup that has started: backup mode held on `client`.

@@ -36,9 +36,12 @@ pub async fn list(site: &Site, json: bool) -> Result<i32> {
     Ok(0)
 }
 
-/// `pgward show <id|latest> [--json]`.
+/// `pgward show <id|latest> [--json]`: `latest` of the config's cluster's lineage, as
+/// `restore` picks it.
 pub async fn show(site: &Site, which: &str, json: bool) -> Result<i32> {
-    let m = catalog::resolve(site.repo()?, which).await?;
+    let repo = site.repo()?;
+    let lineage = crate::backup::lineage::of_cluster(repo, site.data_dir()).await?;
+    let m = catalog::resolve_for(repo, which, &lineage).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&summary(&m))?);
         return Ok(0);

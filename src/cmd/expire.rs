@@ -10,7 +10,9 @@ use crate::site::Site;
 /// unless `dry_run`, then sums up.
 pub async fn expire(site: &Site, dry_run: bool, json: bool) -> Result<i32> {
     let repo = site.repo()?;
-    let plan = expire::plan(repo, &site.retention(), chrono::Utc::now()).await?;
+    let lineage = crate::backup::lineage::of_cluster(repo, site.data_dir()).await?;
+    let plan =
+        expire::plan_for(repo, &site.retention(), chrono::Utc::now(), Some(&lineage)).await?;
     if !json {
         print!("{}", expire_text(&plan));
     }

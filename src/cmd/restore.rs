@@ -8,16 +8,17 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use tokio_util::sync::CancellationToken;
 
-use crate::backup::catalog;
 use crate::backup::manifest::Manifest;
+use crate::backup::{catalog, lineage};
 use crate::cli::RestoreArgs;
 use crate::postgres::wal::Lsn;
 use crate::restore::restore as restore_backup;
-use crate::restore::target::{parse_target_time, RecoveryTarget, TargetAction};
+use crate::restore::target::{parse_target_time, RecoveryTarget, RecoveryTimeline, TargetAction};
 use crate::site::Site;
 
 /// Restores the backup asked for (for a time target with `latest`: the newest one that ended
-/// before it), then says how to start.
+/// before it), of the lineage of the config's cluster (see [`lineage`]), with recovery pinned
+/// to that lineage's timeline; then says how to start.
 pub async fn restore(site: &Site, request: &RestoreArgs) -> Result<i32> {
     let target = recovery_target(request)?;
     let action = request
@@ -30,21 +31,32 @@ pub async fn restore(site: &Site, request: &RestoreArgs) -> Result<i32> {
     }
     site.run_as()?;
     let repo = site.repo()?;
+    let lineage = lineage::of_cluster(repo, site.data_dir()).await?;
     let manifest = match (&target, request.backup.as_str()) {
         // "The backup before the mistake": the newest one that ended before the target time.
         (RecoveryTarget::Time(time), "latest") => match parse_target_time(time) {
-            Some(at) => catalog::newest_before(repo, at).await?,
+            Some(at) => catalog::newest_before(repo, at, &lineage).await?,
             None => {
                 tracing::warn!(
                     "cannot read --target-time {time:?} here (postgres will); restoring the \
                      latest backup\nHINT: to restore the newest backup before that time, write \
                      it as 2026-11-30 03:55:00+00, or name the backup (`pgward list`)"
                 );
-                catalog::resolve(repo, "latest").await?
+                catalog::resolve_for(repo, "latest", &lineage).await?
             }
         },
-        _ => catalog::resolve(repo, &request.backup).await?,
+        _ => catalog::resolve_for(repo, &request.backup, &lineage).await?,
     };
+    if !lineage.holds(&manifest) {
+        tracing::warn!(
+            "backup {} (timeline {}) is not on the lineage of {}: recovery follows its own \
+             timeline {}",
+            manifest.id,
+            manifest.timeline,
+            lineage.describe(),
+            manifest.timeline
+        );
+    }
     let data_dir = request
         .data_dir
         .clone()
@@ -56,7 +68,10 @@ pub async fn restore(site: &Site, request: &RestoreArgs) -> Result<i32> {
     options.tablespace_map = tablespace_map;
     options.force = request.force;
     options.delta = request.delta;
-    tracing::info!(backup = %manifest.id, data_dir = %options.data_dir.display(), "restoring");
+    options.recovery.timeline =
+        RecoveryTimeline::pinned(lineage.target_timeline(&manifest), manifest.timeline);
+    tracing::info!(backup = %manifest.id, data_dir = %options.data_dir.display(),
+        timeline = lineage.target_timeline(&manifest).0, "restoring");
     restore_backup(repo, &manifest, &options, &CancellationToken::new()).await?;
     println!(
         "restored backup {} into {}; start postgres (pgward run) to recover from the archive",

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use crate::site::Site;
 use crate::{app, init, logging};
 
-pub fn run(config_path: Option<&Path>) -> ExitCode {
+/// `force`: start a successor although its original's heartbeat is fresh (`--force`).
+pub fn run(config_path: Option<&Path>, force: bool) -> ExitCode {
     let config = match super::load_checking_users(config_path) {
         Ok(config) => config,
         Err(code) => return code,
@@ -29,7 +30,7 @@ pub fn run(config_path: Option<&Path>) -> ExitCode {
     super::with_runtime(true, async move {
         // Inside the runtime: the storage clients may need one.
         let site = Arc::new(Site::new(config));
-        match app::run(site, signals).await {
+        match app::run(site, signals, app::RunOptions { force }).await {
             Ok(code) => Ok(code),
             Err(e) => {
                 tracing::error!("failed to run: {e:#}");

@@ -12,7 +12,7 @@ use serde::Serialize;
 // The sections whose typed form belongs to the leaf that uses it, under the names config has
 // always given them.
 pub use crate::logging::LogFormat;
-pub use crate::postgres::bootstrap::InitConfig;
+pub use crate::postgres::bootstrap::{InitConfig, RestoreAs};
 pub use crate::repo::{
     AzureConfig, Codec, GcsConfig, S3Config, StorageConfig, StorageRetryConfig, StorageUrl,
 };

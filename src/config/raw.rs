@@ -257,6 +257,8 @@ pub(crate) struct RawInit {
     pub scripts_dir: Option<Text>,
     /// `latest` or a backup id: fill an empty data directory from this backup instead of initdb. Default: none.
     pub from_backup: Option<Text>,
+    /// What a cluster made by `from_backup` is to the repository: `copy` never writes to it (no archiving, backup or expire into `storage.url`); `successor` replaces the original (disaster recovery) and continues its lineage there, once the original no longer archives. Default: `copy`.
+    pub restore_as: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

@@ -53,6 +53,20 @@ pub struct InitConfig {
     /// Instead of initdb, restore this backup (`latest` or an id) into the empty data
     /// directory and recover from the archive. Default: none (initdb).
     pub from_backup: Option<String>,
+    /// What a cluster made by `from_backup` is to the repository it came from.
+    pub restore_as: RestoreAs,
+}
+
+/// `postgres.init.restore_as`: what a cluster restored from a repository is to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestoreAs {
+    /// Another cluster with the same data: never writes to the repository it came from.
+    #[default]
+    Copy,
+    /// The original's replacement (disaster recovery): continues its lineage, archiving and
+    /// backing up into the same repository once the original no longer archives.
+    Successor,
 }
 
 /// Present in the data directory while a bootstrap is under way.
@@ -458,6 +472,7 @@ mod tests {
             host_auth_method: method.map(Into::into),
             scripts_dir: "/nonexistent".into(),
             from_backup: None,
+            restore_as: RestoreAs::Copy,
         }
     }
 

@@ -69,6 +69,43 @@ impl Repo {
         Ok(out)
     }
 
+    /// Names of the directory-like prefixes right under `prefix` (for `wal`: the timeline
+    /// directories, `00000001`, ...), sorted; one delimited listing, however many objects
+    /// they hold.
+    pub async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, RepoError> {
+        let prefix = prefix.trim_matches('/');
+        let full = match (self.inner.prefix.as_str(), prefix) {
+            ("", p) => p.to_owned(),
+            (r, "") => r.to_owned(),
+            (r, p) => format!("{r}/{p}"),
+        };
+        let full_path = match full.is_empty() {
+            true => None,
+            false => Some(ObjectPath::parse(&full).map_err(|e| RepoError::InvalidKey {
+                key: prefix.to_owned(),
+                reason: e.to_string(),
+            })?),
+        };
+        let listed = match self
+            .inner
+            .store
+            .list_with_delimiter(full_path.as_ref())
+            .await
+        {
+            Ok(listed) => listed,
+            // A local repository without the directory yet.
+            Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(RepoError::storage(prefix, e)),
+        };
+        let mut out: Vec<String> = listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_owned))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
     /// Writes and deletes a small object (`check/probe-<pid>`): whether this process can
     /// write to the repository at all, asked before work that would fail half-way.
     pub async fn probe_writable(&self) -> Result<(), RepoError> {

@@ -481,6 +481,7 @@ mod tests {
                 target: target::RecoveryTarget::EndOfWal,
                 action: None,
                 backup_id: "20261130T035500F".into(),
+                timeline: Default::default(),
             },
         )
     }

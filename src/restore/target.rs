@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use crate::postgres::wal::Lsn;
+use crate::postgres::wal::{Lsn, TimelineId};
 
 const BEGIN: &str = "# pgward restore: recovery settings (begin)";
 const END: &str = "# pgward restore: recovery settings (end)";
@@ -65,6 +65,33 @@ pub struct RecoverySettings {
     pub action: Option<TargetAction>,
     /// Written into the block's comment.
     pub backup_id: String,
+    /// `recovery_target_timeline`: the lineage the restore is for, so recovery never follows
+    /// a newer branch of another cluster.
+    pub timeline: RecoveryTimeline,
+}
+
+/// `recovery_target_timeline`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecoveryTimeline {
+    /// The newest timeline the archive holds a history of (postgres's default).
+    #[default]
+    Latest,
+    /// The backup's own timeline: no history file needed.
+    Current,
+    /// This timeline, descending from the backup's: its history file must be in the archive
+    /// (postgres refuses to start otherwise).
+    Id(TimelineId),
+}
+
+impl RecoveryTimeline {
+    /// Pinned to timeline `tli` for a backup taken on `backup_tli`: `current` when they are
+    /// the same (no history file needed), else the number.
+    pub fn pinned(tli: TimelineId, backup_tli: u32) -> RecoveryTimeline {
+        match tli.0 == backup_tli {
+            true => RecoveryTimeline::Current,
+            false => RecoveryTimeline::Id(tli),
+        }
+    }
 }
 
 impl RecoverySettings {
@@ -74,7 +101,12 @@ impl RecoverySettings {
         let _ = writeln!(out, "{BEGIN}");
         let _ = writeln!(out, "# from backup {}", self.backup_id);
         let _ = writeln!(out, "restore_command = {}", quote(&self.restore_command));
-        let _ = writeln!(out, "recovery_target_timeline = 'latest'");
+        let timeline = match self.timeline {
+            RecoveryTimeline::Latest => "latest".to_owned(),
+            RecoveryTimeline::Current => "current".to_owned(),
+            RecoveryTimeline::Id(tli) => tli.to_string(),
+        };
+        let _ = writeln!(out, "recovery_target_timeline = '{timeline}'");
         match &self.target {
             RecoveryTarget::EndOfWal => {}
             RecoveryTarget::Immediate => {
@@ -171,6 +203,7 @@ mod tests {
             target,
             action: Some(TargetAction::Promote),
             backup_id: "20261130T035500F".into(),
+            timeline: RecoveryTimeline::Latest,
         }
     }
 
@@ -207,6 +240,27 @@ mod tests {
             .block()
             .contains("recovery_target_action = 'promote'\n"));
         assert!(TargetAction::parse("resume").is_err());
+        let pinned = RecoverySettings {
+            timeline: RecoveryTimeline::Id(TimelineId(3)),
+            ..settings(RecoveryTarget::EndOfWal)
+        };
+        assert!(pinned.block().contains("recovery_target_timeline = '3'\n"));
+        assert!(lsn.contains("recovery_target_timeline = 'latest'\n"));
+        let current = RecoverySettings {
+            timeline: RecoveryTimeline::Current,
+            ..settings(RecoveryTarget::EndOfWal)
+        };
+        assert!(current
+            .block()
+            .contains("recovery_target_timeline = 'current'\n"));
+        assert_eq!(
+            RecoveryTimeline::pinned(TimelineId(2), 2),
+            RecoveryTimeline::Current
+        );
+        assert_eq!(
+            RecoveryTimeline::pinned(TimelineId(3), 2),
+            RecoveryTimeline::Id(TimelineId(3))
+        );
     }
 
     #[test]

@@ -346,6 +346,7 @@ impl<'a> Test<'a> {
                 target,
                 action: Some(TargetAction::Promote),
                 backup_id: manifest.id.clone(),
+                timeline: Default::default(),
             },
         );
         options.tablespace_map = tablespace_map;

@@ -9,8 +9,10 @@
 pub mod archived_marks;
 pub mod archiver;
 pub mod fetch;
+pub mod heartbeat;
 pub mod pg_wal;
 pub mod push;
 mod ready_scan;
 mod ready_watch;
 pub mod stage;
+pub mod timelines;

@@ -4,9 +4,11 @@
 //! the stored object's checksum matched what was read from disk. Segments are checked against
 //! the repository's system identifier and their own name before anything is uploaded, so a
 //! misconfigured archive_command that points two clusters at one repository fails on the
-//! first segment instead of mixing their WAL.
+//! first segment instead of mixing their WAL. A segment of a timeline the repository's history
+//! has left (a successor took over; see [`super::timelines`]) is refused the same way.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -19,6 +21,7 @@ use crate::repo::{layout, retry, PutOutcome, Repo, RetryPolicy, StagedObject};
 
 use super::pg_wal::WalFile;
 use super::stage::SegmentStager;
+use super::timelines::DivergenceGuard;
 
 /// What to do when the storage does not hold what was just uploaded.
 const STORAGE_KEEPS_HINT: &str = "HINT: the storage did not keep what pgward wrote: check what \
@@ -41,6 +44,8 @@ pub struct PushContext {
     pub retry: RetryPolicy,
     pub system_identifier: u64,
     pub seg_size: WalSegSize,
+    /// What is known of the timelines that left the one archived (shared by clones).
+    pub divergence: Arc<DivergenceGuard>,
 }
 
 impl PushContext {
@@ -52,6 +57,7 @@ impl PushContext {
             retry,
             system_identifier: identity.system_identifier,
             seg_size: identity.seg_size,
+            divergence: Arc::default(),
         }
     }
 
@@ -78,6 +84,9 @@ impl PushContext {
                 .check(&expected)
                 .with_context(|| format!("refusing to archive WAL segment {name}"))?;
         }
+        self.divergence
+            .check(&self.repo, &wal.kind, self.seg_size)
+            .await?;
         let key = layout::wal_key(&name)?;
         let started = std::time::Instant::now();
         let outcome = retry(&self.retry, cancel, &format!("archive {name}"), || {
@@ -100,6 +109,9 @@ impl PushContext {
         cancel: &CancellationToken,
     ) -> Result<Option<Pushed>> {
         let name = wal.name.clone();
+        self.divergence
+            .check(&self.repo, &wal.kind, self.seg_size)
+            .await?;
         let started = std::time::Instant::now();
         let (owned_stager, file, path) = (
             stager.clone(),
@@ -145,6 +157,11 @@ impl PushContext {
     ) -> Result<Option<Pushed>> {
         if !self.repo.is_local() {
             return Ok(None);
+        }
+        match self.divergence.check_known(&wal.kind, self.seg_size) {
+            // Not known lately: the path that asks the repository takes the file.
+            None => return Ok(None),
+            Some(checked) => checked?,
         }
         let completed = complete_stage(stager, &wal.name, &wal.file, &wal.path)
             .with_context(|| format!("archive {} to {}", wal.name, self.repo.describe()))?;

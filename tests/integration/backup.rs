@@ -352,7 +352,7 @@ async fn an_empty_data_directory_can_start_from_the_latest_backup() {
     let BackedUp {
         cluster: _cluster,
         storage,
-        pgward: _pgward,
+        mut pgward,
         client,
         ..
     } = backed_up_cluster("CREATE TABLE t (i int); INSERT INTO t SELECT generate_series(1, 500)")
@@ -362,12 +362,15 @@ async fn an_empty_data_directory_can_start_from_the_latest_backup() {
         .await
         .unwrap();
     switch_and_wait_archived(&client).await;
+    // The original is gone (a successor never starts beside it).
+    pgward.signal(nix::sys::signal::Signal::SIGTERM);
+    pgward.wait_exit(BOOT);
 
     // A disaster-recovery host: same repository, nothing in its data directory, archiving on
     // (after promotion it archives its own timeline beside the original's).
     let host = Cluster::new();
     let host_config = host.config(
-        "password: pw\nfrom_backup: latest",
+        "password: pw\nfrom_backup: latest\nrestore_as: successor",
         &format!("{storage}wal:\n  archive: true\n"),
     );
     let host_pgward = Pgward::start(&["--config", host_config.to_str().unwrap(), "run"], &[]);

@@ -262,7 +262,11 @@ async fn the_image_boots_backs_up_on_schedule_stops_cleanly_and_restores_an_empt
     let env = container.env(
         &config,
         &dir.join("data2"),
-        &[("PGWARD_FROM_BACKUP", "latest".to_owned())],
+        &[
+            ("PGWARD_FROM_BACKUP", "latest".to_owned()),
+            // It replaces the first container, which has stopped.
+            ("PGWARD_RESTORE_AS", "successor".to_owned()),
+        ],
     );
     let mut second = container.start(&env);
     let client = container.connect().await;

@@ -18,6 +18,7 @@ mod exporter;
 mod image;
 mod incremental;
 mod jobs;
+mod lineage;
 mod metrics_endpoints;
 mod pid1;
 mod postgres_run;

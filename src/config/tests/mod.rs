@@ -81,6 +81,7 @@ fn defaults(data_dir: &str, superuser: &str, database: &str) -> Config {
                 host_auth_method: None,
                 scripts_dir: PathBuf::from("/docker-entrypoint-initdb.d"),
                 from_backup: None,
+                restore_as: crate::postgres::bootstrap::RestoreAs::Copy,
             },
             stop: StopConfig {
                 mode: StopMode::Fast,

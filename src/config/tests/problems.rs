@@ -413,3 +413,34 @@ jobs:
         ]
     );
 }
+
+/// A restored copy never writes to the repository it came from; a successor may.
+#[test]
+fn a_copy_may_not_write_to_the_repository_it_came_from() {
+    let copy = "postgres:\n  init:\n    from_backup: latest\njobs:\n  - name: nightly\n    \
+                schedule: \"0 1 * * *\"\n    action: backup\n  - name: off\n    schedule: \
+                \"@daily\"\n    action: expire\n    enabled: false\n";
+    assert_eq!(
+        problem(copy),
+        "cfg.yaml:3:5: postgres.init.from_backup: a cluster restored with from_backup is a copy \
+         (postgres.init.restore_as: copy, the default) and must never write to the repository \
+         it came from, but wal.archive: true and jobs[0] (\"nightly\", action: backup) would \
+         write into storage.url\n\
+         HINT: for a copy, set wal.archive: false and remove (or disable) the backup and expire \
+         jobs (once it runs, it may archive elsewhere: drop from_backup and point storage.url \
+         at its own repository); if this cluster replaces the original (disaster recovery), \
+         set postgres.init.restore_as: successor"
+    );
+    let successor = copy.replace("latest\n", "latest\n    restore_as: successor\n");
+    assert_eq!(
+        ok(&successor, &[]).postgres.init.restore_as,
+        RestoreAs::Successor
+    );
+    let reader = "postgres:\n  init:\n    from_backup: latest\nwal:\n  archive: false\n";
+    assert_eq!(ok(reader, &[]).postgres.init.restore_as, RestoreAs::Copy);
+    assert_eq!(
+        problem("postgres:\n  init:\n    restore_as: clone\n"),
+        "cfg.yaml:3:17: postgres.init.restore_as: invalid restore_as \"clone\" (use copy or \
+         successor)"
+    );
+}

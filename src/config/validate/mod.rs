@@ -279,6 +279,7 @@ pub(crate) fn validate(raw: RawConfig, cx: &mut Cx<'_>) -> Config {
     let backup = wal_backup::validate_backup(backup, cx);
     let metrics = daemon::validate_metrics(metrics, cx);
     postgres::check_archive_parameters(&postgres, &wal, cx);
+    postgres::check_restore_as(&postgres, &wal, &jobs, cx);
     Config {
         source: None,
         // Filled in by the caller, from `cx`, once every section was read.

@@ -4,6 +4,7 @@
 
 use super::values::{choice, invalid, parse_port};
 use super::*;
+use crate::postgres::bootstrap::RestoreAs;
 use crate::repo::layout::BackupId;
 
 pub(super) fn validate_postgres(raw: RawPostgres, cx: &mut Cx<'_>) -> PostgresConfig {
@@ -84,6 +85,7 @@ fn validate_init(raw: RawInit, cx: &mut Cx<'_>) -> InitConfig {
         host_auth_method,
         scripts_dir,
         from_backup,
+        restore_as,
     } = raw;
     let superuser = match superuser {
         Some(raw) => cx.string("postgres.init.superuser", Some(raw)),
@@ -131,6 +133,18 @@ fn validate_init(raw: RawInit, cx: &mut Cx<'_>) -> InitConfig {
         })
         // `none`, the default written out: what an image's `${PGWARD_FROM_BACKUP:-none}` gives.
         .filter(|s| s != "none");
+    let restore_as = cx
+        .parse("postgres.init.restore_as", restore_as, |s| {
+            choice(
+                "restore_as",
+                s,
+                &[
+                    ("copy", RestoreAs::Copy),
+                    ("successor", RestoreAs::Successor),
+                ],
+            )
+        })
+        .unwrap_or_default();
     InitConfig {
         superuser,
         password,
@@ -140,6 +154,7 @@ fn validate_init(raw: RawInit, cx: &mut Cx<'_>) -> InitConfig {
         host_auth_method,
         scripts_dir,
         from_backup,
+        restore_as,
     }
 }
 
@@ -206,6 +221,51 @@ pub(super) fn check_archive_parameters(
             );
         }
     }
+}
+
+/// A cluster restored from the repository (`from_backup`) is a copy unless `restore_as:
+/// successor` says it replaces the original: a copy that archived, backed up or expired into
+/// the repository it came from would rewrite its original's history (its promotion starts a
+/// new timeline there, its `expire` deletes by its own lineage).
+pub(super) fn check_restore_as(
+    postgres: &PostgresConfig,
+    wal: &WalConfig,
+    jobs: &[JobConfig],
+    cx: &mut Cx<'_>,
+) {
+    let init = &postgres.init;
+    if init.from_backup.is_none() || init.restore_as != RestoreAs::Copy {
+        return;
+    }
+    let mut writers = Vec::new();
+    if wal.archive {
+        writers.push("wal.archive: true".to_owned());
+    }
+    for (i, job) in jobs.iter().enumerate() {
+        if job.enabled && matches!(job.task, JobTask::Backup { .. } | JobTask::Expire) {
+            writers.push(format!(
+                "jobs[{i}] ({:?}, action: {})",
+                job.name,
+                job.task.kind()
+            ));
+        }
+    }
+    if writers.is_empty() {
+        return;
+    }
+    cx.at_key(
+        "postgres.init.from_backup",
+        format!(
+            "a cluster restored with from_backup is a copy (postgres.init.restore_as: copy, the \
+             default) and must never write to the repository it came from, but {} would write \
+             into storage.url\n\
+             HINT: for a copy, set wal.archive: false and remove (or disable) the backup and \
+             expire jobs (once it runs, it may archive elsewhere: drop from_backup and point \
+             storage.url at its own repository); if this cluster replaces the original \
+             (disaster recovery), set postgres.init.restore_as: successor",
+            writers.join(" and ")
+        ),
+    );
 }
 
 /// A GUC name as postgres accepts it on the command line (`-c name=value`): letters, digits,
