@@ -33,6 +33,14 @@ pub async fn list(site: &Site, json: bool) -> Result<i32> {
             m.stop_wal
         );
     }
+    // The backup under way, if any: not listed until it completes, but not invisible.
+    if let Some(running) = crate::backup::exclusive::running_backup(site.repo()?).await? {
+        println!(
+            "running: {} (lease expires {} unless renewed)",
+            running.describe(),
+            running.expires_at().format("%H:%M:%S UTC")
+        );
+    }
     Ok(0)
 }
 

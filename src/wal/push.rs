@@ -165,6 +165,9 @@ impl PushContext {
         }
         let completed = complete_stage(stager, &wal.name, &wal.file, &wal.path)
             .with_context(|| format!("archive {} to {}", wal.name, self.repo.describe()))?;
+        if let Completed::Stored(PutOutcome::Created { .. }) = completed {
+            crate::failpoint!("push-after-upload");
+        }
         Ok(match completed {
             Completed::Stored(PutOutcome::Created { .. }) => Some(Pushed::Created),
             Completed::Stored(PutOutcome::AlreadyIdentical { .. }) => Some(Pushed::AlreadyArchived),
@@ -187,6 +190,9 @@ impl PushContext {
                 checksum,
                 stored_bytes,
             } => {
+                // Stored, neither read back nor acknowledged: postgres asks again after a
+                // crash here, and the second push finds the object identical.
+                crate::failpoint!("push-after-upload");
                 let uploaded = started.elapsed();
                 // Read back what the store now holds before acknowledging.
                 let stored = retry(&self.retry, cancel, &format!("verify {name}"), || {

@@ -17,6 +17,7 @@ mod expire;
 mod exporter;
 mod image;
 mod incremental;
+mod interruptions;
 mod jobs;
 mod lineage;
 mod metrics_endpoints;

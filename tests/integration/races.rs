@@ -134,6 +134,14 @@ async fn a_running_backup_refuses_a_second_one_and_expire_leaves_it_whole() {
         "{err}"
     );
 
+    // `list` shows it running, apart from the complete ones.
+    let (code, out, _) = pgward(&config, &["list"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(&format!("running: backup {running} by host ")),
+        "{out}"
+    );
+
     // Expire leaves the running backup alone.
     let (code, out, err) = pgward(&config, &["expire"]);
     assert_eq!(code, 0, "expire failed:\n{out}\n{err}");
