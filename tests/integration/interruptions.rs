@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::common::{
-    archiving_config, assert_killed_at, backup_ok, eventually, failpoints, file_storage,
-    files_under, keep_wal, listed, pgward_armed, reached, Cluster, Pgward, BOOT,
+    assert_killed_at, backup_ok, eventually, failpoints, file_storage, files_under, listed,
+    pgward_armed, quiet_archiving_config, reached, Cluster, Pgward, BOOT,
 };
 
 fn pgward(config: &Path, args: &[&str]) -> (i32, String, String) {
@@ -79,15 +79,8 @@ async fn a_daemon_killed_between_storing_a_segment_and_acknowledging_it_archives
         eprintln!("needs root for unshare --pid; run as root (make test does)");
     }
     let cluster = Cluster::new();
-    let config = archiving_config(&cluster, &file_storage(&cluster));
-    keep_wal(&config);
     // No switch of postgres's own before the test's: the first push is the test's segment.
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        text.replace("archive_timeout: 1s", "archive_timeout: 1h"),
-    )
-    .unwrap();
+    let config = quiet_archiving_config(&cluster, &file_storage(&cluster));
     let (name, value) = failpoints("push-after-upload=return(kill)");
     // PID 1 of its own namespace, as in a container: its death takes postgres with it.
     let mut container = Pgward::start_wrapped(

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::common::{
-    self, archiving_config, file_storage, keep_wal, listed, pgbench, pgward_with, start_archiving,
-    start_recovered, switch_and_wait_archived, Cluster, Pgward, BOOT,
+    self, archiving_config, file_storage, listed, pgbench, pgward_with, start_archiving,
+    start_archiving_quietly, start_recovered, switch_and_wait_archived, Cluster, Pgward, BOOT,
 };
 use crate::storage_servers::TestS3;
 
@@ -23,27 +23,6 @@ fn next_segment(name: &str) -> String {
         (hi, lo + 1)
     };
     format!("{tli}{hi:08X}{lo:08X}")
-}
-
-/// Starts archiving to `storage` with no `archive_timeout` switch under the test: the test
-/// decides when segments are switched.
-async fn archiving_quietly(
-    cluster: &Cluster,
-    storage: &str,
-) -> (PathBuf, Pgward, tokio_postgres::Client) {
-    let config = archiving_config(cluster, storage);
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        text.replace("archive_timeout: 1s", "archive_timeout: 1h"),
-    )
-    .unwrap();
-    keep_wal(&config);
-    let pgward = Pgward::start(&["--config", config.to_str().unwrap(), "run"], &[]);
-    let client = cluster
-        .wait_connect("postgres", "pw", "postgres", BOOT)
-        .await;
-    (config, pgward, client)
 }
 
 /// Leaves `content` at `path` the way a crashed writer would, unless an object is there
@@ -69,7 +48,7 @@ fn leave(path: &Path, content: &[u8]) -> bool {
 /// archives them: both are replaced by what postgres wrote, and archiving goes on.
 async fn incomplete_wal_objects_are_replaced(storage: &str, object_path: impl Fn(&str) -> PathBuf) {
     let cluster = Cluster::new();
-    let (config, pgward, client) = archiving_quietly(&cluster, storage).await;
+    let (config, pgward, client) = start_archiving_quietly(&cluster, storage).await;
     let current: String = client
         .query_one("SELECT pg_walfile_name(pg_current_wal_insert_lsn())", &[])
         .await

@@ -194,6 +194,36 @@ pub async fn start_archiving(
 ) -> (PathBuf, Pgward, tokio_postgres::Client) {
     let config = archiving_config(cluster, storage);
     keep_wal(&config);
+    run_and_connect(cluster, config).await
+}
+
+/// [`start_archiving`] with no `archive_timeout` switch under the test: the test decides when
+/// segments are switched.
+pub async fn start_archiving_quietly(
+    cluster: &Cluster,
+    storage: &str,
+) -> (PathBuf, Pgward, tokio_postgres::Client) {
+    let config = quiet_archiving_config(cluster, storage);
+    run_and_connect(cluster, config).await
+}
+
+/// The config of [`start_archiving_quietly`], for a test that starts pgward its own way.
+pub fn quiet_archiving_config(cluster: &Cluster, storage: &str) -> PathBuf {
+    let config = archiving_config(cluster, storage);
+    let text = fs::read_to_string(&config).unwrap();
+    fs::write(
+        &config,
+        text.replace("archive_timeout: 1s", "archive_timeout: 1h"),
+    )
+    .unwrap();
+    keep_wal(&config);
+    config
+}
+
+async fn run_and_connect(
+    cluster: &Cluster,
+    config: PathBuf,
+) -> (PathBuf, Pgward, tokio_postgres::Client) {
     let pgward = Pgward::start(&["--config", config.to_str().unwrap(), "run"], &[]);
     let client = cluster
         .wait_connect("postgres", "pw", "postgres", BOOT)
