@@ -13,7 +13,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use tokio_util::sync::CancellationToken;
 
 use crate::backup::manifest::Manifest;
@@ -21,7 +21,7 @@ use crate::backup::retention::Policy;
 use crate::backup::take::{take_backup, BackupOptions, Cluster};
 use crate::backup::verify::VerifyOptions;
 use crate::check::{self, CheckResult};
-use crate::config::{Config, LogFormat, RestoreTestConfig};
+use crate::config::{Config, LogFormat, RestoreAs, RestoreTestConfig};
 use crate::control::SOCKET_ENV;
 use crate::postgres::ready::Target;
 use crate::postgres::wal::WalSegSize;
@@ -138,8 +138,29 @@ impl Site {
         Ok(identity)
     }
 
+    /// Refuses `what`, a write into the repository, when this cluster is a copy of the one the
+    /// repository belongs to (`from_backup` with `restore_as: copy`). `config check` refuses a
+    /// copy's archiving and backup or expire jobs; this guards the same writes run by hand: a
+    /// copy's backups and WAL would branch its original's history, and its `expire` would
+    /// delete the original's newer backups as off its own lineage.
+    pub fn refuse_if_copy(&self, what: &str) -> Result<()> {
+        let init = &self.config.postgres.init;
+        if init.from_backup.is_none() || init.restore_as != RestoreAs::Copy {
+            return Ok(());
+        }
+        bail!(
+            "{what} refused: this cluster was restored from {} with postgres.init.from_backup \
+             and is a copy (postgres.init.restore_as: copy, the default), which never writes to \
+             the repository it came from\nHINT: point storage.url at the copy's own repository \
+             (and drop from_backup); if this cluster replaces the original, set \
+             postgres.init.restore_as: successor",
+            self.repo()?.describe()
+        )
+    }
+
     /// What archiving this cluster's WAL needs.
     pub async fn push_context(&self) -> Result<PushContext> {
+        self.refuse_if_copy("archiving WAL")?;
         let identity = self.cluster().await?;
         Ok(PushContext::new(
             self.repo()?.clone(),
@@ -291,6 +312,7 @@ impl Site {
         options: &BackupOptions,
         cancel: &CancellationToken,
     ) -> Result<Manifest> {
+        self.refuse_if_copy("a backup")?;
         // The server's user must be known (as root) before anything starts.
         self.run_as()?;
         let identity = self.cluster().await?;

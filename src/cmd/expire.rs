@@ -9,6 +9,9 @@ use crate::site::Site;
 /// Prints the plan (one line per backup, unfinished backup and timeline), carries it out
 /// unless `dry_run`, then sums up.
 pub async fn expire(site: &Site, dry_run: bool, json: bool) -> Result<i32> {
+    if !dry_run {
+        site.refuse_if_copy("expire")?;
+    }
     let repo = site.repo()?;
     let lineage = crate::backup::lineage::of_cluster(repo, site.data_dir()).await?;
     let plan =

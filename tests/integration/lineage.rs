@@ -82,6 +82,22 @@ fn a_copy_from_the_same_repository_is_refused_at_config_check() {
     );
     let (code, out, err) = pgward_with(&reader, &["config", "check"]);
     assert_eq!(code, 0, "{out}\n{err}");
+    // ... but the writes it has no job for are refused when run by hand too.
+    for args in [
+        &["backup"][..],
+        &["expire"],
+        &["wal-push", "pg_wal/000000010000000000000001"],
+    ] {
+        let (code, out, err) = pgward_with(&reader, args);
+        assert_ne!(code, 0, "{args:?} on a copy:\n{out}\n{err}");
+        assert!(
+            err.contains("refused: this cluster was restored from ")
+                && err.contains("is a copy (postgres.init.restore_as: copy, the default)"),
+            "{args:?}: {err}"
+        );
+    }
+    let (code, out, err) = pgward_with(&reader, &["expire", "--dry-run"]);
+    assert!(!err.contains("is a copy"), "{code}\n{out}\n{err}");
     let successor = copy.config(
         "password: pw\nfrom_backup: latest\nrestore_as: successor",
         "wal:\n  archive: true\n",
