@@ -54,37 +54,6 @@ trap 'exit 143' TERM
 
 # --- helpers ---------------------------------------------------------------------------------
 
-psql_q() { # sql
-    "$pg_bin/psql" -X -A -t -q -w -h "$tmp/run" -p "$port" -U postgres -d postgres -c "$1"
-}
-
-wait_ready() { # alive_pid
-    local deadline=$(($(now_us) + ready_timeout_s * 1000000))
-    until psql_q 'select 1' >/dev/null 2>&1; do
-        kill -0 "$1" 2>/dev/null || return 1
-        (($(now_us) < deadline)) || return 1
-        sleep 0.05
-    done
-}
-
-ready_count() {
-    local f n=0
-    for f in "$data"/pg_wal/archive_status/*.ready; do
-        [[ -e $f ]] && n=$((n + 1))
-    done
-    echo "$n"
-}
-
-# Waits until pgward has archived every .ready segment, so that archiving does not compete
-# with the next measurement.
-wait_drained() {
-    local deadline=$(($(now_us) + drain_timeout_s * 1000000))
-    while [[ $(ready_count) -gt 0 ]]; do
-        (($(now_us) < deadline)) || die "WAL archiving did not drain within ${drain_timeout_s}s"
-        sleep 0.1
-    done
-}
-
 # Reads every file once so that each measurement starts from a warm page cache, whatever the
 # one before it wrote (pg_wal, which no backup here reads, excepted); then flushes dirty
 # pages so none are written back during it.

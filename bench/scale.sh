@@ -58,31 +58,6 @@ trap stop_children_and_remove_tmp EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-psql_q() { # sql
-    "$pg_bin/psql" -X -A -t -q -w -h "$tmp/run" -p "$port" -U postgres -d postgres -c "$1"
-}
-
-wait_ready() { # alive_pid
-    local deadline=$(($(now_us) + ready_timeout_s * 1000000))
-    until psql_q 'select 1' >/dev/null 2>&1; do
-        kill -0 "$1" 2>/dev/null || return 1
-        (($(now_us) < deadline)) || return 1
-        sleep 0.1
-    done
-}
-
-ready_count() {
-    find "$data/pg_wal/archive_status" -name '*.ready' | wc -l
-}
-
-wait_drained() {
-    local deadline=$(($(now_us) + drain_timeout_s * 1000000))
-    while [[ $(ready_count) -gt 0 ]]; do
-        (($(now_us) < deadline)) || die "WAL archiving did not drain within ${drain_timeout_s}s"
-        sleep 0.5
-    done
-}
-
 # The segment number of the WAL insert position (segments count from the start of the WAL).
 segno() {
     psql_q "SELECT (pg_current_wal_insert_lsn() - '0/0') / ($segsize_mb * 1048576)" |
