@@ -280,10 +280,16 @@ async fn stop_all(units: &mut [Unit], escalate: &mut mpsc::UnboundedReceiver<()>
         }
         // Only units still running can change; a finished executor's channel would resolve at
         // once and spin this loop.
-        let changes = units
+        let changes: Vec<_> = units
             .iter_mut()
             .filter(|u| !u.task.is_finished() && !u.snapshot.borrow().state.is_final())
-            .map(|u| Box::pin(async move { u.snapshot.changed().await }));
+            .map(|u| Box::pin(async move { u.snapshot.changed().await }))
+            .collect();
+        // The last ones may have ended since the check above: look again (`select_all` of
+        // nothing panics).
+        if changes.is_empty() {
+            continue;
+        }
         tokio::select! {
             _ = select_all(changes) => {}
             Some(()) = escalate.recv() => {
