@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use tokio_util::sync::CancellationToken;
 
-use crate::backup::{catalog, expire, summary, verify};
+use crate::backup::{catalog, expire, lineage, summary, verify};
 use crate::check::{all_ok, CheckResult};
 use crate::config::{JobTask, RestoreTestConfig};
 use crate::postgres::ready::Target;
@@ -31,7 +31,7 @@ impl Actions for SiteActions {
         Box::pin(async move {
             match task {
                 JobTask::Command { .. } => bail!("job {job} runs a command, not an action"),
-                JobTask::Backup { incremental } => self.backup(job, *incremental, cancel).await,
+                JobTask::Backup { incremental, .. } => self.backup(job, *incremental, cancel).await,
                 JobTask::Expire => self.expire().await,
                 JobTask::Verify { backup } => self.verify(backup, cancel).await,
                 JobTask::Check => self.check().await,
@@ -42,6 +42,32 @@ impl Actions for SiteActions {
                 } => run_sql(self.site.target(), database, sql, *statement_timeout).await,
                 JobTask::RestoreTest(options) => self.restore_test(options, cancel).await,
             }
+        })
+    }
+
+    /// A backup at start is needed while the repository holds no complete backup on this
+    /// cluster's lineage (a fresh cluster, or one restored from a repository whose backups
+    /// are all of other branches).
+    fn skip_at_start<'a>(&'a self, task: &'a JobTask) -> BoxFuture<'a, Result<Option<String>>> {
+        Box::pin(async move {
+            if !task.runs_at_start() {
+                return Ok(Some(format!(
+                    "action {} does not run at start",
+                    task.kind()
+                )));
+            }
+            let repo = self.site.repo()?;
+            let lineage = lineage::of_cluster(repo, self.site.data_dir()).await?;
+            for id in catalog::backup_ids(repo).await?.iter().rev() {
+                let manifest = catalog::read_manifest(repo, id).await?;
+                if lineage.holds(&manifest) {
+                    return Ok(Some(format!(
+                        "{} holds backup {id} of this cluster",
+                        repo.describe()
+                    )));
+                }
+            }
+            Ok(None)
         })
     }
 }

@@ -33,6 +33,7 @@ use crate::control::server::ControlServer;
 use crate::init::ForwardedSignal;
 use crate::metrics::pgward::{self as pgward_metrics, Watchers};
 use crate::metrics::postgres::PostgresCollector;
+use crate::postgres::bootstrap::LATEST_OR_INIT;
 use crate::postgres::data_dir::Unfinished;
 use crate::postgres::ready;
 use crate::postgres::server::Server;
@@ -167,12 +168,12 @@ async fn prepare(
     };
     if server.is_initialized() && !resume {
         server.check_version()?;
-    } else if let Some(which) = &pg.init.from_backup {
+    } else if let Some(which) = backup_to_restore(site, resume).await? {
         // A disaster-recovery host (or a copy) in one command: the backup comes back, and
         // postgres recovers from the archive when it starts, then promotes.
         check_successor_may_start(site, options.force).await?;
         tokio::select! {
-            result = bootstrap_from_backup(site, which, resume) => {
+            result = bootstrap_from_backup(site, &which, resume) => {
                 result.with_context(|| format!("bootstrap from backup {which} failed"))?
             }
             Some(ForwardedSignal::Terminate(n)) = signals.recv() => {
@@ -215,6 +216,32 @@ async fn prepare(
         }
     }
     Ok(Prepared::Server(server))
+}
+
+/// The backup an empty data directory is restored from (`postgres.init.from_backup`); `None`
+/// for initdb. `latest-or-init` is `latest` once the repository holds a complete backup (or
+/// when an interrupted restore is resumed), else initdb: a first deployment.
+async fn backup_to_restore(site: &Site, resume: bool) -> Result<Option<String>> {
+    let Some(which) = &site.config().postgres.init.from_backup else {
+        return Ok(None);
+    };
+    if which != LATEST_OR_INIT {
+        return Ok(Some(which.clone()));
+    }
+    let repo = site.repo()?;
+    if resume || !catalog::backup_ids(repo).await?.is_empty() {
+        tracing::info!(
+            "from_backup: {LATEST_OR_INIT}: {} holds a backup; restoring the latest",
+            repo.describe()
+        );
+        return Ok(Some("latest".to_owned()));
+    }
+    tracing::info!(
+        "from_backup: {LATEST_OR_INIT}: {} holds no complete backup; bootstrapping a new \
+         cluster with initdb",
+        repo.describe()
+    );
+    Ok(None)
 }
 
 /// A successor (`restore_as: successor`) that will archive into the repository starts only

@@ -270,8 +270,14 @@ pub struct JobConfig {
 pub enum JobTask {
     /// `command:` — a program (argv) or a `/bin/sh -c` string.
     Command { command: CommandLine },
-    /// `action: backup`, `options: {type: full|incremental}` (default full).
-    Backup { incremental: bool },
+    /// `action: backup`, `options: {type: full|incremental, at_start: never|if_none}`
+    /// (default full, never).
+    Backup {
+        incremental: bool,
+        /// Also run once as soon as postgres is ready after pgward starts, when the repository
+        /// holds no complete backup of this cluster's lineage.
+        at_start_if_none: bool,
+    },
     /// `action: expire`: apply `backup.retention`.
     Expire,
     /// `action: verify`, `options: {backup: latest|<id>}`.
@@ -292,6 +298,17 @@ pub enum JobTask {
 }
 
 impl JobTask {
+    /// Whether the job may also run at start, as the action decides (`at_start: if_none`).
+    pub fn runs_at_start(&self) -> bool {
+        matches!(
+            self,
+            JobTask::Backup {
+                at_start_if_none: true,
+                ..
+            }
+        )
+    }
+
     /// The action's name, or `command`.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -399,6 +399,10 @@ pub(crate) struct RawJobOptions {
     pub target: Option<Text>,
     /// `restore-test`: where to restore. Default: beside the data directory.
     pub scratch_dir: Option<Text>,
+    /// `backup`: `if_none` also runs it as soon as postgres is ready after pgward starts, when
+    /// the repository holds no complete backup of this cluster's lineage (a fresh cluster's
+    /// first backup); `never` waits for the schedule. Default: `never`.
+    pub at_start: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

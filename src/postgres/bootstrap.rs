@@ -51,11 +51,17 @@ pub struct InitConfig {
     /// `/docker-entrypoint-initdb.d`.
     pub scripts_dir: PathBuf,
     /// Instead of initdb, restore this backup (`latest` or an id) into the empty data
-    /// directory and recover from the archive. Default: none (initdb).
+    /// directory and recover from the archive; [`LATEST_OR_INIT`]: `latest` when the
+    /// repository holds a complete backup, else initdb. Default: none (initdb).
     pub from_backup: Option<String>,
     /// What a cluster made by `from_backup` is to the repository it came from.
     pub restore_as: RestoreAs,
 }
+
+/// `postgres.init.from_backup` for one config that serves a first deployment and every later
+/// loss of the volume: restore `latest` when the repository holds a complete backup, else
+/// bootstrap a new cluster with initdb.
+pub const LATEST_OR_INIT: &str = "latest-or-init";
 
 /// `postgres.init.restore_as`: what a cluster restored from a repository is to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]

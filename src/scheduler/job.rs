@@ -168,6 +168,8 @@ enum Trigger {
     CatchUp(DateTime<Utc>),
     /// `@reboot`.
     Reboot,
+    /// At start, because the action said a run is needed now (`at_start: if_none`).
+    AtStart,
     /// `pgward jobs run`.
     Manual,
 }
@@ -178,6 +180,7 @@ impl Trigger {
             Trigger::Schedule(_) => "on schedule".into(),
             Trigger::CatchUp(at) => format!("to catch up the run missed at {at}"),
             Trigger::Reboot => "at start (@reboot)".into(),
+            Trigger::AtStart => "at start (no backup of this cluster yet)".into(),
             Trigger::Manual => "on request (jobs run)".into(),
         }
     }
@@ -271,6 +274,9 @@ impl Job {
             return;
         }
         let name = self.config.name.clone();
+        if self.config.task.runs_at_start() {
+            tokio::spawn(self.clone().run_at_start_if_needed(cancel.clone()));
+        }
         if self.schedule.is_reboot() {
             self.set_next(None);
             self.clone().start(Trigger::Reboot, None, cancel.clone());
@@ -318,6 +324,32 @@ impl Job {
                 .start(Trigger::Schedule(next), None, cancel.clone());
             after = next;
         }
+    }
+
+    /// Once postgres is ready, asks the action whether a run is needed now (a first backup of
+    /// a fresh cluster) and starts one if so. A failed question starts the run too: its own
+    /// error then says what is wrong, in the job's status and reports.
+    async fn run_at_start_if_needed(self: Arc<Self>, cancel: CancellationToken) {
+        let name = self.config.name.clone();
+        let mut ready = self.shared.postgres_ready.clone();
+        tokio::select! {
+            _ = ready.wait_for(|r| *r) => {}
+            () = cancel.cancelled() => return,
+        }
+        match self.shared.actions.skip_at_start(&self.config.task).await {
+            Ok(Some(reason)) => {
+                tracing::info!(job = %name, "no run at start: {reason}");
+                return;
+            }
+            Ok(None) => {
+                tracing::info!(job = %name, "running at start: no backup of this cluster yet")
+            }
+            Err(e) => {
+                tracing::warn!(job = %name, "running at start: could not tell whether a backup exists: {e:#}")
+            }
+        }
+        // Nobody waits for this run: it reports through the job's status, like a scheduled one.
+        drop(self.start(Trigger::AtStart, None, cancel));
     }
 
     /// Applies the concurrency policy and, if it allows, starts a run in its own task; the

@@ -55,6 +55,16 @@ pub trait Actions: Send + Sync {
         task: &'a JobTask,
         cancel: &'a CancellationToken,
     ) -> BoxFuture<'a, anyhow::Result<String>>;
+
+    /// For a job whose task runs at start ([`JobTask::runs_at_start`]): why no run is needed
+    /// now (`Some`), or `None` when one is. Asked once postgres is ready.
+    fn skip_at_start<'a>(
+        &'a self,
+        task: &'a JobTask,
+    ) -> BoxFuture<'a, anyhow::Result<Option<String>>> {
+        let _ = task;
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// What runs a job's work besides the scheduler itself.

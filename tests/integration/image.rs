@@ -73,7 +73,12 @@ impl Container<'_> {
             ("AWS_SECRET_ACCESS_KEY", self.s3.secret_key.clone()),
             ("AWS_ENDPOINT_URL", self.s3.endpoint.clone()),
             ("AWS_REGION", "us-east-1".to_owned()),
-            ("PGWARD_BACKUP_SCHEDULE", "*/20 * * * * *".to_owned()),
+            // Not due during the test: the first backup is the one taken at start.
+            ("PGWARD_BACKUP_SCHEDULE", "0 0 1 1 *".to_owned()),
+            ("PGWARD_RESTORE_TEST_SCHEDULE", "0 0 1 1 *".to_owned()),
+            // One config for the first deployment and every later loss of the volume.
+            ("PGWARD_FROM_BACKUP", "latest-or-init".to_owned()),
+            ("PGWARD_RESTORE_AS", "successor".to_owned()),
         ];
         env.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
         env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
@@ -123,14 +128,23 @@ impl Container<'_> {
     }
 }
 
+/// `pgward <args>` with the container's environment (as `docker exec` runs it).
+fn pgward_env(env: &[(String, String)], args: &[&str]) -> std::process::Output {
+    Command::new(common::pgward_bin())
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("run pgward")
+}
+
 /// `pgward health [--ready]` as the image's HEALTHCHECK runs it: (exit code, output).
 fn health(env: &[(String, String)], ready: bool) -> (i32, String) {
-    let mut cmd = Command::new(common::pgward_bin());
-    cmd.arg("health").envs(env.iter().map(|(k, v)| (k, v)));
-    if ready {
-        cmd.arg("--ready");
-    }
-    let out = cmd.output().expect("run pgward health");
+    let args: &[&str] = if ready {
+        &["health", "--ready"]
+    } else {
+        &["health"]
+    };
+    let out = pgward_env(env, args);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -184,7 +198,8 @@ async fn markers(client: &tokio_postgres::Client) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_image_boots_backs_up_on_schedule_stops_cleanly_and_restores_an_empty_volume() {
+async fn the_image_boots_backs_up_at_once_stops_cleanly_and_restores_an_empty_volume_with_one_config(
+) {
     if !common::is_root() {
         eprintln!(
             "needs root for unshare --pid and the postgres user; run as root (make test does)"
@@ -206,7 +221,8 @@ async fn the_image_boots_backs_up_on_schedule_stops_cleanly_and_restores_an_empt
          INSERT INTO image_markers (note) VALUES ('initdb.d');\n",
     );
 
-    // First start: initdb, the script, archiving, a scheduled backup.
+    // First start: the repository holds no backup, so initdb, the script, archiving, and a
+    // first backup as soon as postgres is ready.
     let env = container.env(&config, &dir.join("data"), &[]);
     let mut first = container.start(&env);
     let client = container.connect().await;
@@ -236,12 +252,25 @@ async fn the_image_boots_backs_up_on_schedule_stops_cleanly_and_restores_an_empt
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
+    assert!(
+        first
+            .output()
+            .contains("running at start: no backup of this cluster yet"),
+        "{}",
+        first.output()
+    );
+
     // The HEALTHCHECK: alive and ready.
     let (code, out) = health(&env, false);
     assert_eq!(code, 0, "{out}");
     eventually("pgward health --ready", IMAGE_BOOT, || {
         health(&env, true).0 == 0
     });
+    // Checked and proven restorable within minutes: the image's check and restore-test jobs.
+    for job in ["check", "restore-test"] {
+        let out = pgward_env(&env, &["jobs", "run", job]);
+        assert!(out.status.success(), "job {job}: {out:?}");
+    }
 
     // A row after the backup, in archived WAL: the restore must replay it.
     client
@@ -259,18 +288,20 @@ async fn the_image_boots_backs_up_on_schedule_stops_cleanly_and_restores_an_empt
 
     // Second start on an empty volume: restored from the latest backup, recovered from the
     // archive, promoted; the initdb.d script does not run again.
-    let env = container.env(
-        &config,
-        &dir.join("data2"),
-        &[
-            ("PGWARD_FROM_BACKUP", "latest".to_owned()),
-            // It replaces the first container, which has stopped.
-            ("PGWARD_RESTORE_AS", "successor".to_owned()),
-        ],
-    );
+    // The same config: the repository holds a backup now, and this container replaces the
+    // first one, which has stopped.
+    let env = container.env(&config, &dir.join("data2"), &[]);
     let mut second = container.start(&env);
     let client = container.connect().await;
     common::wait_promoted(&client, IMAGE_BOOT).await;
+    eventually("the backup job's decision at start", IMAGE_BOOT, || {
+        second.output().contains("no run at start: ")
+    });
+    assert!(
+        second.output().contains("holds backup "),
+        "{}",
+        second.output()
+    );
     assert_eq!(
         markers(&client).await,
         ["initdb.d", "before-backup", "after-backup"]

@@ -140,7 +140,10 @@ fn full_example_services_jobs_log_and_control() {
                 ..job(
                     "nightly",
                     "0 1 * * *",
-                    JobTask::Backup { incremental: false }
+                    JobTask::Backup {
+                        incremental: false,
+                        at_start_if_none: false
+                    }
                 )
             },
             job(
@@ -732,7 +735,10 @@ jobs:
             ..job(
                 "nightly",
                 "0 1 * * *",
-                JobTask::Backup { incremental: true }
+                JobTask::Backup {
+                    incremental: true,
+                    at_start_if_none: false
+                }
             )
         }
     );
@@ -894,4 +900,38 @@ fn metrics_section_parses_and_checks_pairs() {
     assert!(problem("metrics:\n  username: prom\n").contains("needs metrics.password"));
     assert!(problem("metrics:\n  tls: { cert_file: /c.pem }\n").contains("needs key_file"));
     assert!(problem("metrics:\n  listen: nowhere\n").contains("invalid listen address"));
+}
+
+#[test]
+fn a_backup_job_may_also_run_at_start_and_from_backup_may_fall_back_to_initdb() {
+    let config = ok(
+        "postgres:\n  init:\n    from_backup: latest-or-init\n    restore_as: successor\n\
+         jobs:\n  - name: backup\n    schedule: \"0 1 * * *\"\n    action: backup\n    \
+         options: { at_start: if_none }\n",
+        &[],
+    );
+    assert_eq!(
+        config.postgres.init.from_backup.as_deref(),
+        Some("latest-or-init")
+    );
+    assert_eq!(
+        config.jobs[0].task,
+        JobTask::Backup {
+            incremental: false,
+            at_start_if_none: true
+        }
+    );
+    assert!(config.jobs[0].task.runs_at_start());
+    assert_eq!(
+        problem(
+            "jobs:\n  - name: b\n    schedule: \"@daily\"\n    action: backup\n    \
+             options: { at_start: always }\n"
+        ),
+        "cfg.yaml:5:26: jobs[0].options.at_start: invalid at_start \"always\" (use never or if_none)"
+    );
+    assert!(problem(
+        "jobs:\n  - name: e\n    schedule: \"@daily\"\n    action: expire\n    \
+         options: { at_start: if_none }\n"
+    )
+    .contains("action expire takes no option \"at_start\""));
 }

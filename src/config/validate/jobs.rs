@@ -220,6 +220,7 @@ fn job_action(
         statement_timeout,
         target,
         scratch_dir,
+        at_start,
     } = options;
     let path = |key: &str| super::locate::join(base, key);
     let backup_id = |cx: &mut Cx<'_>, raw| {
@@ -242,6 +243,11 @@ fn job_action(
             incremental: cx
                 .parse(&path("type"), kind, |s| {
                     choice("backup type", s, &[("full", false), ("incremental", true)])
+                })
+                .unwrap_or(false),
+            at_start_if_none: cx
+                .parse(&path("at_start"), at_start, |s| {
+                    choice("at_start", s, &[("never", false), ("if_none", true)])
                 })
                 .unwrap_or(false),
         },
@@ -285,7 +291,7 @@ fn job_action(
 /// Reports each option given under `base` that `action` does not take.
 fn refuse_foreign_options(cx: &mut Cx<'_>, base: &str, action: &str, options: &RawJobOptions) {
     let allowed: &[&str] = match action {
-        "backup" => &["type"],
+        "backup" => &["type", "at_start"],
         "verify" => &["backup"],
         "sql" => &["sql", "database", "statement_timeout"],
         "restore-test" => &["backup", "target", "sql", "database", "scratch_dir"],
@@ -299,6 +305,7 @@ fn refuse_foreign_options(cx: &mut Cx<'_>, base: &str, action: &str, options: &R
         ("statement_timeout", options.statement_timeout.is_some()),
         ("target", options.target.is_some()),
         ("scratch_dir", options.scratch_dir.is_some()),
+        ("at_start", options.at_start.is_some()),
     ];
     for (key, _) in given
         .iter()

@@ -4,7 +4,7 @@
 
 use super::values::{choice, invalid, parse_port};
 use super::*;
-use crate::postgres::bootstrap::RestoreAs;
+use crate::postgres::bootstrap::{RestoreAs, LATEST_OR_INIT};
 use crate::repo::layout::BackupId;
 
 pub(super) fn validate_postgres(raw: RawPostgres, cx: &mut Cx<'_>) -> PostgresConfig {
@@ -122,12 +122,13 @@ fn validate_init(raw: RawInit, cx: &mut Cx<'_>) -> InitConfig {
         .unwrap_or_else(|| PathBuf::from("/docker-entrypoint-initdb.d"));
     let from_backup = cx
         .parse("postgres.init.from_backup", from_backup, |s| {
-            match s == "none" || s == "latest" || BackupId::parse(s).is_ok() {
+            let named = ["none", "latest", LATEST_OR_INIT].contains(&s);
+            match named || BackupId::parse(s).is_ok() {
                 true => Ok(s.to_owned()),
                 false => Err(invalid(
                     "from_backup",
                     s,
-                    "none, latest or a backup id such as 20261130T035500F",
+                    "none, latest, latest-or-init or a backup id such as 20261130T035500F",
                 )),
             }
         })
