@@ -1,11 +1,12 @@
 //! The built-in namespaces: postgres_exporter 0.11's default metrics (its metric maps and its
-//! `database` and `bgwriter` collectors), the replication and postmaster queries of its
-//! example `queries.yaml`, and `pg_settings`.
+//! `database` and `bgwriter` collectors), its later `stat_checkpointer` collector on
+//! PostgreSQL 17 and later, the replication and postmaster queries of its example
+//! `queries.yaml`, and `pg_settings`.
 //!
 //! Names, types, labels and help texts follow postgres_exporter so dashboards and alerts
 //! written for it keep working; `docs/metrics.md` lists where pgward differs, and why.
 
-use super::namespace::{Column, Namespace, Usage};
+use super::namespace::{Column, Namespace, Usage, VersionRange};
 use crate::metrics::text::Families;
 
 use Usage::{Counter, Discard, Gauge, Label};
@@ -67,8 +68,40 @@ fn bgwriter() -> Namespace {
     bgwriter
 }
 
-/// postgres_exporter's `database` collector, `bgwriter` collector and per-database metric
-/// maps.
+/// postgres_exporter's `stat_checkpointer` collector (0.17 and later). PostgreSQL 17 moved
+/// the checkpoint counters out of `pg_stat_bgwriter` into `pg_stat_checkpointer`: without
+/// this a server of 17 or later exports no checkpoint counter at all.
+fn checkpointer() -> Namespace {
+    let mut checkpointer = namespace(
+        "pg_stat_checkpointer",
+        "stat_checkpointer",
+        "SELECT num_timed, num_requested, restartpoints_timed, restartpoints_req, \
+            restartpoints_done, write_time, sync_time, buffers_written, stats_reset \
+         FROM pg_stat_checkpointer",
+        [
+            ("num_timed", "Number of scheduled checkpoints due to timeout"),
+            ("num_requested", "Number of requested checkpoints that have been performed"),
+            ("restartpoints_timed", "Number of scheduled restartpoints due to timeout or after a failed attempt to perform it"),
+            ("restartpoints_req", "Number of requested restartpoints"),
+            ("restartpoints_done", "Number of restartpoints that have been performed"),
+            ("write_time", "Total amount of time that has been spent in the portion of processing checkpoints and restartpoints where files are written to disk, in milliseconds"),
+            ("sync_time", "Total amount of time that has been spent in the portion of processing checkpoints and restartpoints where files are synchronized to disk, in milliseconds"),
+            ("buffers_written", "Number of buffers written during checkpoints and restartpoints"),
+            ("stats_reset", "Time at which these statistics were last reset"),
+        ]
+        .iter()
+        .map(|(column, help)| {
+            Column::named(column, &format!("pg_stat_checkpointer_{column}_total"), Counter, help)
+        })
+        .collect(),
+    );
+    checkpointer.unknown_columns = false;
+    checkpointer.versions = Some(VersionRange::parse(">=17.0.0").expect("a valid range"));
+    checkpointer
+}
+
+/// postgres_exporter's `database`, `bgwriter` and `stat_checkpointer` collectors and
+/// per-database metric maps.
 fn databases() -> Vec<Namespace> {
     let db = || {
         vec![
@@ -87,6 +120,7 @@ fn databases() -> Vec<Namespace> {
             ],
         ),
         bgwriter(),
+        checkpointer(),
         namespace(
             "pg_stat_database",
             "stat_database",

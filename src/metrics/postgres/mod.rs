@@ -512,6 +512,7 @@ mod tests {
             [
                 "database",
                 "bgwriter",
+                "stat_checkpointer",
                 "stat_database",
                 "stat_database_conflicts",
                 "locks",
@@ -545,7 +546,7 @@ mod tests {
             assert_eq!(value("pg_exporter_last_scrape_error"), 1.0);
             assert_eq!(value("pg_exporter_scrapes_total"), f64::from(scrape));
             let success = families.get("pg_scrape_collector_success").unwrap();
-            assert_eq!(success.samples().count(), 12);
+            assert_eq!(success.samples().count(), 13);
             assert!(success.samples().all(|(_, v)| v == 0.0));
             assert!(families.get("pg_static").is_none());
         }
