@@ -32,7 +32,7 @@ override PGWARD_HOME := $(abspath $(PGWARD_HOME))
 export PGWARD_HOME
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test deps lint doc image push bench bench-wal bench-backup bench-exporter bench-scale bench-deps clean
+.PHONY: help build run test test-default test-majors deps lint doc image push bench bench-wal bench-backup bench-exporter bench-scale bench-deps clean
 
 help: ## list the targets
 	@awk 'BEGIN { FS = ":.*## " } /^[a-z-]+:.*## / { printf "  make %-12s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -54,13 +54,51 @@ run: ## build (dev profile), then run pgward in the foreground on configs/dev.ya
 	$(DEV_BIN) run --config configs/dev.yaml
 
 # The tests arm failpoints (src/failpoint.rs): the binary they run is built with them.
-test: deps lint ## install test dependencies, lint, then run every test
+test: deps lint ## install test dependencies, lint, then run every test, and the data-path tests on each major
+	@status=0; \
+	$(MAKE) --no-print-directory test-default || status=1; \
+	$(MAKE) --no-print-directory test-majors || status=1; \
+	exit $$status
+
+test-default: ## every test, on the default server (Debian's)
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		echo "$(CARGO) nextest run --workspace --locked --features failpoints --no-fail-fast"; \
 		$(CARGO) nextest run --workspace --locked --features failpoints --no-fail-fast; \
 	else \
 		echo "cargo-nextest not found, using cargo test"; \
 		$(CARGO) test --workspace --locked --features failpoints --no-fail-fast; \
+	fi
+
+# The other majors the data-path tests run on (scripts/pg-majors.sh installs them in .tools/),
+# and those tests: bootstrap, WAL archive and fetch, full and block-level incremental backups,
+# restores to the latest point and to a time, restore-test, verify, the exporter's families and
+# the WAL of every resource manager (names matched as substrings). Each major's run has its own
+# clusters, ports and repositories: they run side by side.
+PG_MAJORS ?= 14 16 17 18
+MAJORS_TESTS := \
+	postgres_run::bootstraps_like_the_official_image \
+	wal::archives_every_segment_under_pgbench \
+	backup::a_full_backup_restores_to_the_end_of_the_archive \
+	incremental::incremental_backups_store_what_changed \
+	incremental::an_incremental_after_a_small_update \
+	restore_test::restore_test_to_latest \
+	restore_test::restore_test_passes_a_good_backup \
+	verify::verify_passes_a_good_backup \
+	majors::
+
+test-majors: ## the data-path tests on each of PG_MAJORS, side by side
+	$(CARGO) build --tests --locked --features failpoints
+	@$(MAKE) --no-print-directory -j$(words $(PG_MAJORS)) --output-sync=target \
+		$(addprefix test-pg,$(PG_MAJORS))
+
+test-pg%: ## the data-path tests on one major: make test-pg17
+	@echo "== PostgreSQL $*: the data-path tests"
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		PGWARD_TEST_PG_MAJOR=$* $(CARGO) nextest run --locked --features failpoints \
+			--no-fail-fast --test integration $(MAJORS_TESTS); \
+	else \
+		PGWARD_TEST_PG_MAJOR=$* $(CARGO) test --locked --features failpoints \
+			--no-fail-fast --test integration -- $(MAJORS_TESTS); \
 	fi
 
 deps: ## install what the tests need (PostgreSQL, process tools; s3s-fs, Azurite, promtool in .tools/)

@@ -15,6 +15,8 @@
 #   - promtool (Prometheus's rule, config and exposition-format checker), into .tools/bin: taken
 #     out of Debian's `prometheus` package rather than installing it, which would also set up
 #     and start a Prometheus server
+#   - the server binaries of the other PostgreSQL majors the tests run (14, 16, 17, 18), into
+#     .tools/postgresql/ by scripts/pg-majors.sh
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -165,6 +167,9 @@ if [[ ! -x $promtool || $(cat "$tools/promtool.version" 2>/dev/null) != "$promet
     printf '%s\n' "$prometheus_version" >"$tools/promtool.version"
     rm -rf "$deb_dir"
 fi
+
+# --- the other PostgreSQL majors --------------------------------------------------------------
+scripts/pg-majors.sh "$bin"
 
 # --- verify --------------------------------------------------------------------------------
 "$bin/postgres" --version >/dev/null

@@ -20,6 +20,7 @@ mod incremental;
 mod interruptions;
 mod jobs;
 mod lineage;
+mod majors;
 mod metrics_endpoints;
 mod pid1;
 mod postgres_run;

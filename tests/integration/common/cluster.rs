@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::{free_port, pg_bin_dir, pgward_with, Pgward, TestDir, BOOT};
+use super::{free_port, pg_bin_dir, pgward_with, server_bin_dir, Pgward, TestDir, BOOT};
 
 /// Paths and port of one cluster under test.
 pub struct Cluster {
@@ -58,8 +58,12 @@ impl Cluster {
             format!("metrics:\n  listen: 127.0.0.1:{}\n", self.metrics_port)
         };
         let extra = format!("{storage}{metrics}{extra}");
+        // The major under test (PGWARD_TEST_PG_MAJOR), else the server pgward finds itself.
+        let bin_dir = server_bin_dir()
+            .map(|bin| format!("  bin_dir: {}\n", bin.display()))
+            .unwrap_or_default();
         let text = format!(
-            "postgres:\n  data_dir: {data}\n  port: {port}\n  socket_dir: {sock}\n  parameters:\n    listen_addresses: 127.0.0.1\n  stop:\n    timeout: 20s\n  init:\n    scripts_dir: {scripts}\n{init}\ncontrol:\n  socket: {control}\n{extra}\n",
+            "postgres:\n{bin_dir}  data_dir: {data}\n  port: {port}\n  socket_dir: {sock}\n  parameters:\n    listen_addresses: 127.0.0.1\n  stop:\n    timeout: 20s\n  init:\n    scripts_dir: {scripts}\n{init}\ncontrol:\n  socket: {control}\n{extra}\n",
             data = self.data_dir().display(),
             port = self.port,
             sock = self.socket_dir().display(),

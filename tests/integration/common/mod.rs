@@ -12,18 +12,22 @@
 //! - [`fault_proxy`](self::fault_proxy): an HTTP proxy in front of a storage server whose
 //!   faults (refuse, stall, 503 SlowDown, slow, cut mid-body) a test switches at runtime;
 //! - [`repo_files`](self::repo_files): the repository's own files the tests read (example
-//!   configs) and the tools they run on them (promtool).
+//!   configs) and the tools they run on them (promtool);
+//! - [`majors`](self::majors): the PostgreSQL major the tests' servers run
+//!   (`PGWARD_TEST_PG_MAJOR`).
 //!
 //! Nothing here imports a subject module.
 
 mod cluster;
 mod failpoints;
 pub mod fault_proxy;
+mod majors;
 mod pgward;
 mod repo_files;
 
 pub use cluster::*;
 pub use failpoints::*;
+pub use majors::*;
 pub use pgward::*;
 pub use repo_files::*;
 
@@ -82,7 +86,8 @@ impl TestDir {
     }
 }
 
-/// The newest Debian PostgreSQL bin dir (the same rule pgward applies without PATH).
+/// The newest Debian PostgreSQL bin dir (the same rule pgward applies without PATH): the
+/// default server, and the client tools of every test (see [`server_bin_dir`]).
 pub fn pg_bin_dir() -> PathBuf {
     let mut versions: Vec<(f64, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
         .expect(

@@ -291,6 +291,7 @@ impl Drop for Pgward {
             self.command
         );
         self.check_errors();
+        super::check_started_major(&self.command, &self.output());
     }
 }
 
