@@ -187,7 +187,7 @@ async fn restore_test_passes_a_good_backup_and_fails_a_false_query_or_a_corrupt_
     );
     assert!(report["restore_secs"].is_f64(), "{report}");
     assert_eq!(report["recovery_secs"], serde_json::Value::Null);
-    assert_eq!(entries(&scratch), Vec::<String>::new());
+    assert_eq!(entries(&scratch), Vec::<String>::new(), "{report}\n{err}");
 
     // The throwaway servers, promoted onto timeline 2, never archived anything.
     let timeline_2: Vec<PathBuf> = files_under(&cluster.dir.join("repo/wal"))
