@@ -149,6 +149,9 @@ async fn restore_test_passes_a_good_backup_and_fails_a_false_query_or_a_corrupt_
         reason.starts_with("query: ") && reason.contains("not boolean"),
         "{reason}"
     );
+    // The clean-up's failure is appended to the reason ("; then clean up: ...").
+    assert!(!reason.contains("clean up"), "{reason}\n{err}");
+    assert_eq!(entries(&scratch), Vec::<String>::new(), "{report}\n{err}");
 
     // Refused before anything is done: a scratch directory inside the data directory.
     let inside = cluster.data_dir().join("scratch");
