@@ -70,7 +70,45 @@ pub async fn retry<T, F, Fut>(
     policy: &RetryPolicy,
     cancel: &CancellationToken,
     op_name: &str,
+    op: F,
+) -> Result<T, RepoError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, RepoError>>,
+{
+    retry_loop(policy, cancel, op_name, op, AttemptOnCancel::Drop).await
+}
+
+/// [`retry`] for an `op` that watches `cancel` itself and must run to its end: a download
+/// whose writer, on a blocking thread, must have finished with its file before the caller
+/// returns (a restore's directory may be removed right after). An attempt under way is
+/// never dropped; only the wait between attempts ends at once on `cancel`.
+pub async fn retry_to_end<T, F, Fut>(
+    policy: &RetryPolicy,
+    cancel: &CancellationToken,
+    op_name: &str,
+    op: F,
+) -> Result<T, RepoError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, RepoError>>,
+{
+    retry_loop(policy, cancel, op_name, op, AttemptOnCancel::Await).await
+}
+
+/// What a cancel does to the attempt in flight.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AttemptOnCancel {
+    Drop,
+    Await,
+}
+
+async fn retry_loop<T, F, Fut>(
+    policy: &RetryPolicy,
+    cancel: &CancellationToken,
+    op_name: &str,
     mut op: F,
+    on_cancel: AttemptOnCancel,
 ) -> Result<T, RepoError>
 where
     F: FnMut() -> Fut,
@@ -78,10 +116,16 @@ where
 {
     let mut retries = 0u32;
     loop {
-        let result = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return Err(RepoError::Cancelled),
-            result = op() => result,
+        if cancel.is_cancelled() {
+            return Err(RepoError::Cancelled);
+        }
+        let result = match on_cancel {
+            AttemptOnCancel::Await => op().await,
+            AttemptOnCancel::Drop => tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Err(RepoError::Cancelled),
+                result = op() => result,
+            },
         };
         let error = match result {
             Ok(value) => return Ok(value),
@@ -162,6 +206,30 @@ mod tests {
         let waited = start.elapsed();
         assert!(waited >= Duration::from_millis(300), "{waited:?}");
         assert!(waited <= Duration::from_millis(600), "{waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_to_end_awaits_the_attempt_under_way_and_cancels_only_the_wait() {
+        let cancel = CancellationToken::new();
+        let finished = AtomicU32::new(0);
+        let calls = AtomicU32::new(0);
+        let canceller = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            canceller.cancel();
+        });
+        let got = retry_to_end(&policy(), &cancel, "get k", || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            // An attempt that notices the cancel only at its own pace (a writer finishing).
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            finished.fetch_add(1, Ordering::SeqCst);
+            Err::<(), _>(transient())
+        })
+        .await;
+        assert!(matches!(got, Err(RepoError::Cancelled)), "{got:?}");
+        // The first attempt ran to its end; no second one started after the cancel.
+        assert_eq!(finished.load(Ordering::SeqCst), 1);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -22,7 +22,7 @@ use super::{damaged_hint, set_mode_nofollow, Layout, RestoreOptions};
 use crate::backup::manifest::{file_key, FileEntry, Manifest, Part};
 use crate::backup::progress::Progress;
 use crate::fsutil::AtomicFile;
-use crate::repo::{retry, Repo, RepoError, RetryPolicy};
+use crate::repo::{retry_to_end, Repo, RepoError, RetryPolicy};
 
 /// What every file restore needs.
 struct Shared<'a> {
@@ -178,9 +178,10 @@ async fn restore_whole(cx: &Shared<'_>, file: &FileEntry) -> Result<()> {
         .context("wait for a download")?;
     let dest = cx.layout.file(&file.path)?;
     let key = file_key(&file.stored_in, &file.path);
-    // A failed attempt leaves `dest` as it was: a retry starts over.
+    // A failed attempt leaves `dest` as it was: a retry starts over. An attempt under way
+    // ends by itself on `cx.stop` and is awaited: its writer is done with `dest` after it.
     let what = format!("restore {}", file.path);
-    let found = retry(cx.retry, cx.stop, &what, || {
+    let found = retry_to_end(cx.retry, cx.stop, &what, || {
         cx.repo.get_to_file(&key, &dest, cx.stop)
     })
     .await
@@ -255,7 +256,7 @@ async fn restore_part(
     let key = part.key(&file.path);
     // Positioned writes: a retry writes the same ranges again.
     let what = format!("restore {}", file.path);
-    let found = retry(cx.retry, cx.stop, &what, || async {
+    let found = retry_to_end(cx.retry, cx.stop, &what, || async {
         let handle = out.as_file().try_clone().map_err(|source| RepoError::Io {
             path: dest.to_owned(),
             source,
