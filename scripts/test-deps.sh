@@ -15,6 +15,8 @@
 #   - promtool (Prometheus's rule, config and exposition-format checker), into .tools/bin: taken
 #     out of Debian's `prometheus` package rather than installing it, which would also set up
 #     and start a Prometheus server
+#   - a container engine (dockerd) and the stand-in postgres base image, for the container
+#     tests: scripts/docker-deps.sh
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -165,6 +167,9 @@ if [[ ! -x $promtool || $(cat "$tools/promtool.version" 2>/dev/null) != "$promet
     printf '%s\n' "$prometheus_version" >"$tools/promtool.version"
     rm -rf "$deb_dir"
 fi
+
+# --- container engine and the stand-in postgres image ---------------------------------------
+scripts/docker-deps.sh
 
 # --- verify --------------------------------------------------------------------------------
 "$bin/postgres" --version >/dev/null
