@@ -37,7 +37,7 @@ override PGWARD_HOME := $(abspath $(PGWARD_HOME))
 export PGWARD_HOME
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test deps lint doc image push bench bench-wal bench-backup bench-exporter bench-scale bench-deps clean
+.PHONY: help build run test deps lint doc image push bench bench-wal bench-backup bench-exporter bench-scale bench-image bench-deps clean
 
 help: ## list the targets
 	@awk 'BEGIN { FS = ":.*## " } /^[a-z-]+:.*## / { printf "  make %-12s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -116,6 +116,9 @@ bench-exporter: build bench-deps ## scrapes: postgres_exporter vs pgward's /metr
 
 bench-scale: build ## memory and time at 100,000 files and 1,000 WAL segments (bench/README.md)
 	bench/scale.sh
+
+bench-image: build ## the image against its base: size, run→healthy, stop, idle memory (bench/README.md)
+	bench/image.sh
 
 clean: ## remove build output and ./.pgward (the dev cluster and the bench venv)
 	$(CARGO) clean
