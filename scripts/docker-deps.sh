@@ -11,7 +11,8 @@
 #     layout of the official `postgres:15` image (postgres uid/gid 999, PGDATA, the initdb.d
 #     directory, the server's bin directory on PATH, the data volume, STOPSIGNAL SIGINT) built
 #     from Debian's packages — `debootstrap --variant=minbase` from the Debian mirror apt is
-#     configured with, `postgresql-15`, `docker import`, then image/standin/Dockerfile on top.
+#     configured with, image/standin/rootfs.sh in it (`postgresql-15`), `docker import`, then
+#     image/standin/Dockerfile on top.
 #     Registries cannot be assumed reachable, so nothing is pulled. Built once: the image
 #     carries a hash of its recipe and is rebuilt only when the recipe changes.
 #
@@ -62,7 +63,12 @@ if ! docker info >/dev/null 2>&1; then
     done
     if ! docker info >/dev/null 2>&1; then
         tail -n 20 "$DOCKERD_LOG" >&2 || true
-        die "dockerd did not answer on its socket within 60s (its log: $DOCKERD_LOG)" \
+        if kill -0 $! 2>/dev/null; then
+            why="dockerd did not answer on its socket within 60s"
+        else
+            why="dockerd exited"
+        fi
+        die "$why; the container tests cannot run (dockerd's log: $DOCKERD_LOG)" \
             "the container tests need a working dockerd (root, cgroups, overlay2 or vfs)"
     fi
 fi
@@ -86,7 +92,8 @@ mirror=$(
 [[ -n $mirror ]] || die "no Debian mirror for suite $suite in /etc/apt" \
     "configure one (e.g. /etc/apt/sources.list.d/debian.sources), the stand-in is built from it"
 
-recipe=$( { cat "$0" image/standin/Dockerfile image/standin/docker-entrypoint.sh
+# The recipe: image/standin/ (rootfs.sh, Dockerfile, entrypoint), the mirror, suite and major.
+recipe=$( { cat image/standin/rootfs.sh image/standin/Dockerfile image/standin/docker-entrypoint.sh
             printf '%s %s %s\n' "$mirror" "$suite" "$PG_MAJOR"; } | sha256sum | cut -c1-16)
 have=$(docker image inspect -f '{{ index .Config.Labels "org.pgward.recipe" }}' "$BASE_IMAGE" \
     2>/dev/null || true)
@@ -102,24 +109,13 @@ root=$work/rootfs
 debootstrap --variant=minbase "$suite" "$root" "$mirror" >"$work/debootstrap.log" 2>&1 || {
     tail -n 20 "$work/debootstrap.log" >&2; die "debootstrap of $suite from $mirror failed"; }
 
-# As the official image: the postgres user first, with uid/gid 999, so the package keeps it;
-# no "main" cluster (the entrypoint makes one in PGDATA); locale en_US.UTF-8.
-chroot "$root" /bin/bash -euo pipefail -c "
-    export DEBIAN_FRONTEND=noninteractive
-    groupadd -r postgres --gid=999
-    useradd -r -g postgres --uid=999 --home-dir=/var/lib/postgresql --shell=/bin/bash postgres
-    install -d -o postgres -g postgres /var/lib/postgresql
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends locales postgresql-common >/dev/null
-    localedef -i en_US -c -f UTF-8 -A /usr/share/locale/locale.alias en_US.UTF-8
-    sed -ri 's/#(create_main_cluster) .*\$/\1 = false/' /etc/postgresql-common/createcluster.conf
-    apt-get install -y -qq --no-install-recommends postgresql-$PG_MAJOR >/dev/null
-    sed -ri \"s!^#?(listen_addresses)\\s*=\\s*\\S+.*!\\1 = '*'!\" \
-        /usr/share/postgresql/$PG_MAJOR/postgresql.conf.sample
-    install -d -o postgres -g postgres -m 3777 /var/run/postgresql
-    apt-get clean
-    rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
-" >"$work/chroot.log" 2>&1 || { tail -n 20 "$work/chroot.log" >&2; die "installing postgresql-$PG_MAJOR into the stand-in failed"; }
+# image/standin/rootfs.sh: what the official image installs, from Debian's packages.
+install -m 0755 image/standin/rootfs.sh "$root/tmp/rootfs.sh"
+chroot "$root" /tmp/rootfs.sh "$PG_MAJOR" >"$work/chroot.log" 2>&1 || {
+    tail -n 20 "$work/chroot.log" >&2
+    die "installing postgresql-$PG_MAJOR into the stand-in failed"
+}
+rm "$root/tmp/rootfs.sh"
 
 tar -C "$root" --numeric-owner -c . | docker import - "$BASE_IMAGE-rootfs" >/dev/null
 rm -rf "$root"
