@@ -79,8 +79,8 @@ lint: doc ## rustfmt, clippy (warnings are errors) and rustdoc
 doc: ## build the API docs with warnings as errors
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --locked
 
-# With PGWARD_BIN, the binary is copied into the build context (image/prebuilt/, git-ignored)
-# and the Dockerfile's `prebuilt` target skips the Rust stage.
+# With PGWARD_BIN, the binary is copied into the build context (image/prebuilt/, git-ignored,
+# removed after the build) and the Dockerfile's `prebuilt` target skips the Rust stage.
 image: ## build the container image $(IMAGE) on $(BASE_IMAGE) (PGWARD_BIN=path: no Rust build)
 ifeq ($(strip $(PGWARD_BIN)),)
 	$(DOCKER) build -f image/Dockerfile --build-arg POSTGRES_VERSION=$(POSTGRES_VERSION) \
@@ -88,7 +88,7 @@ ifeq ($(strip $(PGWARD_BIN)),)
 else
 	install -D -m 0755 "$(PGWARD_BIN)" image/prebuilt/pgward
 	$(DOCKER) build -f image/Dockerfile --target prebuilt --build-arg BASE_IMAGE=$(BASE_IMAGE) \
-		-t $(IMAGE) .
+		-t $(IMAGE) . ; status=$$?; rm -f image/prebuilt/pgward; exit $$status
 endif
 
 # The password goes to `docker login` on stdin, never on its command line; without

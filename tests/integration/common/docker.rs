@@ -21,8 +21,9 @@ use super::{is_error_record, pgward_bin};
 /// The stand-in for the official `postgres:15` image that scripts/docker-deps.sh builds from
 /// Debian's packages.
 pub const STANDIN_BASE: &str = "pgward-test/postgres:15";
-/// The repository of the images built from the binary under test; the tag is a hash of what
-/// goes into it, so a rebuilt binary gets a new image and an unchanged one is built once.
+/// The repository of the images built from the binary under test, followed by a hash of the
+/// binary's path (one repository per checkout); the tag is a hash of what goes into the image,
+/// so a rebuilt binary gets a new image and an unchanged one is built once.
 const TEST_IMAGE: &str = "pgward-test/pgward";
 /// Serializes the engine's setup and the image build across the test processes.
 const LOCK: &str = "/tmp/pgward-docker-test.lock";
@@ -74,8 +75,8 @@ pub fn pgward_image() -> &'static str {
              HINT: run scripts/docker-deps.sh as root; dockerd's log is .tools/dockerd.log",
             text(&deps)
         );
-        let tag = image_tag();
-        let image = format!("{TEST_IMAGE}:{tag}");
+        let (name, tag) = image_name_and_tag();
+        let image = format!("{name}:{tag}");
         let build = Command::new("flock")
             .arg(LOCK)
             .args([
@@ -89,7 +90,7 @@ pub fn pgward_image() -> &'static str {
                 "image",
                 &format!("BASE_IMAGE={STANDIN_BASE}"),
                 &format!("PGWARD_BIN={}", pgward_bin()),
-                &format!("IMAGE_NAME={TEST_IMAGE}"),
+                &format!("IMAGE_NAME={name}"),
                 &format!("IMAGE_TAG={tag}"),
             ])
             .output()
@@ -99,12 +100,26 @@ pub fn pgward_image() -> &'static str {
             "make image failed:\n{}",
             text(&build)
         );
+        remove_older_images(&name, &image);
         image
     })
 }
 
-/// A hash of the binary (size, mtime), the Dockerfile, the image config and the base image.
-fn image_tag() -> String {
+/// Removes the images of earlier builds of this checkout's binary, best effort: one in use by a
+/// container stays.
+fn remove_older_images(name: &str, current: &str) {
+    let listed = docker_ok(&["images", name, "--format", "{{.Repository}}:{{.Tag}}"]);
+    for image in listed.lines().filter(|i| *i != current) {
+        let _ = docker(&["rmi", image]);
+    }
+}
+
+/// The image's name (by the binary's path) and tag (a hash of the binary's size and mtime, the
+/// Dockerfile, the image config and the base image).
+fn image_name_and_tag() -> (String, String) {
+    let mut hasher = DefaultHasher::new();
+    pgward_bin().hash(&mut hasher);
+    let name = format!("{TEST_IMAGE}-{:08x}", hasher.finish() as u32);
     let mut hasher = DefaultHasher::new();
     let meta = std::fs::metadata(pgward_bin()).expect("stat the binary under test");
     meta.len().hash(&mut hasher);
@@ -119,7 +134,7 @@ fn image_tag() -> String {
             .hash(&mut hasher);
     }
     docker_ok(&["image", "inspect", "-f", "{{.Id}}", STANDIN_BASE]).hash(&mut hasher);
-    format!("{:016x}", hasher.finish())
+    (name, format!("{:016x}", hasher.finish()))
 }
 
 /// A name no other test (or earlier run) uses.
