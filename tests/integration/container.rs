@@ -70,6 +70,9 @@ fn a_container_bootstraps_backs_up_reloads_on_hup_stops_and_starts_cleanly_and_a
     let mut args = common_args.to_vec();
     args.extend(["-v", &initdb, "-v", &data_at, "-v", &repo_at]);
     let first = Container::run(image, &args);
+    // The image's own check command; only its interval is overridden.
+    let check = first.inspect("{{json .Config.Healthcheck.Test}}");
+    assert_eq!(check, r#"["CMD","pgward","health","--ready"]"#);
     first.wait_healthy(BOOT);
     assert_eq!(markers(&first), "initdb.d");
     // The password works over TCP (the official image's host rule: scram-sha-256).
