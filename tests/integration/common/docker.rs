@@ -222,6 +222,20 @@ impl Container {
         text(&docker(&["logs", &self.name]))
     }
 
+    /// Waits until the container's log holds `needle`.
+    pub fn wait_for_log(&self, needle: &str, within: Duration) {
+        let started = Instant::now();
+        while !self.logs().contains(needle) {
+            assert!(
+                started.elapsed() < within,
+                "no {needle:?} in the log of {} within {within:?}:\n{}",
+                self.name,
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Waits until the engine's health check reports `healthy`; fails early when the container
     /// stops or turns unhealthy. How long it took.
     pub fn wait_healthy(&self, within: Duration) -> Duration {
