@@ -7,7 +7,7 @@
 #     when nothing answers on its socket, without a bridge or firewall rules
 #     (`--bridge=none --iptables=false --ip6tables=false`: containers run with
 #     `--network none` or `--network host`), its log in .tools/dockerd.log
-#   - the stand-in base image $PGWARD_TEST_BASE_IMAGE (default pgward-test/postgres:15): the
+#   - the stand-in base image pgward-test/postgres:15 (the tests' STANDIN_BASE): the
 #     layout of the official `postgres:15` image (postgres uid/gid 999, PGDATA, the initdb.d
 #     directory, the server's bin directory on PATH, the data volume, STOPSIGNAL SIGINT) built
 #     from Debian's packages — `debootstrap --variant=minbase` from the Debian mirror apt is
@@ -21,7 +21,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 tools=$PWD/.tools
-BASE_IMAGE=${PGWARD_TEST_BASE_IMAGE:-pgward-test/postgres:15}
+BASE_IMAGE=pgward-test/postgres:15
 PG_MAJOR=15
 DOCKERD_LOG=$tools/dockerd.log
 
@@ -31,12 +31,6 @@ die() { log "$1"; [[ -z ${2:-} ]] || log "HINT: $2"; exit 1; }
 [[ $(id -u) -eq 0 ]] || die "must run as root: it installs packages and starts dockerd" \
     "run make test (or this script) as root"
 
-have_pkgs() {
-    local p
-    for p in "$@"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' || return 1
-    done
-}
 apt_install() {
     log "installing: $*"
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
