@@ -4,7 +4,12 @@
 # it. The names are those of the postgres+WAL-G images' Makefiles:
 #   make push REGISTRY_ADDR=registry.example.com REGISTRY_USER=me REGISTRY_PASSWORD=... \
 #             IMAGE_NAME=team/pgward IMAGE_TAG=1.0-pg17 POSTGRES_VERSION=17
+# Without registries or the Rust build: BASE_IMAGE, any image laid out like the official
+# postgres one, and PGWARD_BIN, a pgward binary built on the host (glibc 2.36 or older):
+#   make image BASE_IMAGE=my/postgres:15 PGWARD_BIN=target/release/pgward
 POSTGRES_VERSION ?= 18
+BASE_IMAGE ?= postgres:$(POSTGRES_VERSION)
+PGWARD_BIN ?=
 IMAGE_NAME ?= pgward
 IMAGE_TAG ?= dev
 REGISTRY_ADDR ?=
@@ -32,7 +37,7 @@ override PGWARD_HOME := $(abspath $(PGWARD_HOME))
 export PGWARD_HOME
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test test-default test-majors deps lint doc image push bench bench-wal bench-backup bench-exporter bench-scale bench-deps clean
+.PHONY: help build run test test-default test-majors deps lint doc image push bench bench-wal bench-backup bench-exporter bench-scale bench-image bench-deps clean
 
 help: ## list the targets
 	@awk 'BEGIN { FS = ":.*## " } /^[a-z-]+:.*## / { printf "  make %-12s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -114,8 +119,17 @@ lint: doc ## rustfmt, clippy (warnings are errors) and rustdoc
 doc: ## build the API docs with warnings as errors
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --locked
 
-image: ## build the container image $(IMAGE) on postgres:$(POSTGRES_VERSION) (13-18)
-	$(DOCKER) build -f image/Dockerfile --build-arg POSTGRES_VERSION=$(POSTGRES_VERSION) -t $(IMAGE) .
+# With PGWARD_BIN, the binary is copied into the build context (image/prebuilt/, git-ignored,
+# removed after the build) and the Dockerfile's `prebuilt` target skips the Rust stage.
+image: ## build the container image $(IMAGE) on $(BASE_IMAGE) (PGWARD_BIN=path: no Rust build)
+ifeq ($(strip $(PGWARD_BIN)),)
+	$(DOCKER) build -f image/Dockerfile --build-arg POSTGRES_VERSION=$(POSTGRES_VERSION) \
+		--build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) .
+else
+	install -D -m 0755 "$(PGWARD_BIN)" image/prebuilt/pgward
+	$(DOCKER) build -f image/Dockerfile --target prebuilt --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+		-t $(IMAGE) . ; status=$$?; rm -f image/prebuilt/pgward; exit $$status
+endif
 
 # The password goes to `docker login` on stdin, never on its command line; without
 # REGISTRY_USER, whatever login the Docker config already holds is used.
@@ -142,6 +156,9 @@ bench-exporter: build bench-deps ## scrapes: postgres_exporter vs pgward's /metr
 
 bench-scale: build ## memory and time at 100,000 files and 1,000 WAL segments (bench/README.md)
 	bench/scale.sh
+
+bench-image: build ## the image against its base: size, run→healthy, stop, idle memory (bench/README.md)
+	bench/image.sh
 
 clean: ## remove build output and ./.pgward (the dev cluster and the bench venv)
 	$(CARGO) clean

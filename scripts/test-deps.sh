@@ -17,6 +17,8 @@
 #     and start a Prometheus server
 #   - the server binaries of the other PostgreSQL majors the tests run (14, 16, 17, 18), into
 #     .tools/postgresql/ by scripts/pg-majors.sh
+#   - a container engine (dockerd) and the stand-in postgres base image, for the container
+#     tests: scripts/docker-deps.sh
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -170,6 +172,8 @@ fi
 
 # --- the other PostgreSQL majors --------------------------------------------------------------
 scripts/pg-majors.sh "$bin"
+# --- container engine and the stand-in postgres image ---------------------------------------
+scripts/docker-deps.sh
 
 # --- verify --------------------------------------------------------------------------------
 "$bin/postgres" --version >/dev/null

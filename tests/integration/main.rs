@@ -12,6 +12,7 @@ mod backup;
 mod check;
 mod config_cli;
 mod config_files;
+mod container;
 mod docs_cli;
 mod expire;
 mod exporter;

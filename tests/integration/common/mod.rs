@@ -9,6 +9,8 @@
 //!   repository, a cluster with a table and a backup, a restored cluster;
 //! - [`failpoints`](self::failpoints): arming pgward's named failpoints in a command, and
 //!   telling where it died;
+//! - [`docker`](self::docker): the container engine, the image built from the binary under
+//!   test, containers and volumes removed when the test ends;
 //! - [`fault_proxy`](self::fault_proxy): an HTTP proxy in front of a storage server whose
 //!   faults (refuse, stall, 503 SlowDown, slow, cut mid-body) a test switches at runtime;
 //! - [`repo_files`](self::repo_files): the repository's own files the tests read (example
@@ -19,6 +21,7 @@
 //! Nothing here imports a subject module.
 
 mod cluster;
+pub mod docker;
 mod failpoints;
 pub mod fault_proxy;
 mod majors;
