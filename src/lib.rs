@@ -7,7 +7,8 @@
 //! - [`mod@failpoint`]: named points where tests stop or kill the process (test builds only).
 //! - [`fsutil`]: durable local writes (temp file, fsync, rename, fsync dir); a directory held
 //!   open, whose names are never followed as symlinks (for work in another user's directory).
-//! - [`init`]: PID-1 duties off the async runtime: signal thread, the one reaper, subreaper.
+//! - [`init`]: PID-1 duties off the async runtime: signal thread, the one reaper, subreaper,
+//!   memory given back.
 //! - [`logging`]: pgward's own log records, and their format.
 //! - [`secret`]: values never printed (passwords, keys), for every floor.
 //! - [`redact`]: what of a secret may show: secret-looking names, and secrets by their shape

@@ -29,7 +29,7 @@ impl Actions for SiteActions {
         cancel: &'a CancellationToken,
     ) -> BoxFuture<'a, Result<String>> {
         Box::pin(async move {
-            match task {
+            let result = match task {
                 JobTask::Command { .. } => bail!("job {job} runs a command, not an action"),
                 JobTask::Backup { incremental, .. } => self.backup(job, *incremental, cancel).await,
                 JobTask::Expire => self.expire().await,
@@ -41,7 +41,9 @@ impl Actions for SiteActions {
                     statement_timeout,
                 } => run_sql(self.site.target(), database, sql, *statement_timeout).await,
                 JobTask::RestoreTest(options) => self.restore_test(options, cancel).await,
-            }
+            };
+            crate::init::memory::release_freed_memory();
+            result
         })
     }
 

@@ -15,6 +15,7 @@ pub fn run(config_path: Option<&Path>, force: bool) -> ExitCode {
         Err(code) => return code,
     };
     logging::init(config.log.format, &config.log.level);
+    init::memory::bound_allocator_arenas();
     if let Err(e) = init::become_subreaper() {
         tracing::warn!(
             "cannot become child subreaper: {e}; orphans of children will not be reaped here"

@@ -1,9 +1,11 @@
 //! PID-1 duties that must not depend on the async runtime: the signal thread, the one reaper
-//! that owns `waitpid(-1)`, and the child-subreaper flag.
+//! that owns `waitpid(-1)`, the child-subreaper flag, and the memory a long-lived process
+//! gives back (`memory`).
 //!
 //! Knows nothing of postgres or services: it hands out exit statuses to whoever registered a
 //! pid and forwards every other signal to a channel.
 
+pub mod memory;
 pub mod reaper;
 pub mod signals;
 
