@@ -87,9 +87,11 @@ async fn archives_every_segment_under_pgbench_and_fetches_them_back_identical() 
     // Look-ahead and postgres's own requests never upload a file twice.
     assert_eq!(archiver["already_archived_total"], 0, "{status}");
     // Segments filled under load were staged as they were written (the first one after the
-    // start has no predecessor archived to follow, switched segments may finish at once).
+    // start has no predecessor archived to follow, switched segments may finish at once, and
+    // on a machine busy with other clusters the stager may fall behind on one more, which
+    // then goes up whole).
     assert!(
-        archiver["staged_total"].as_u64().unwrap() >= 2,
+        archiver["staged_total"].as_u64().unwrap() >= 1,
         "{status}\n{}",
         pgward.output()
     );
