@@ -21,7 +21,7 @@ use crate::backup::retention::Policy;
 use crate::backup::take::{take_backup, BackupOptions, Cluster};
 use crate::backup::verify::VerifyOptions;
 use crate::check::{self, CheckResult};
-use crate::config::{Config, LogFormat, RestoreAs, RestoreTestConfig};
+use crate::config::{Config, LogFormat, RestoreTestConfig};
 use crate::control::SOCKET_ENV;
 use crate::postgres::ready::Target;
 use crate::postgres::wal::WalSegSize;
@@ -144,8 +144,7 @@ impl Site {
     /// copy's backups and WAL would branch its original's history, and its `expire` would
     /// delete the original's newer backups as off its own lineage.
     pub fn refuse_if_copy(&self, what: &str) -> Result<()> {
-        let init = &self.config.postgres.init;
-        if init.from_backup.is_none() || init.restore_as != RestoreAs::Copy {
+        if !self.config.postgres.init.restores_a_copy() {
             return Ok(());
         }
         bail!(

@@ -60,16 +60,11 @@ impl Actions for SiteActions {
             }
             let repo = self.site.repo()?;
             let lineage = lineage::of_cluster(repo, self.site.data_dir()).await?;
-            for id in catalog::backup_ids(repo).await?.iter().rev() {
-                let manifest = catalog::read_manifest(repo, id).await?;
-                if lineage.holds(&manifest) {
-                    return Ok(Some(format!(
-                        "{} holds backup {id} of this cluster",
-                        repo.describe()
-                    )));
-                }
-            }
-            Ok(None)
+            let (newest, _) = catalog::newest_on(repo, &lineage).await?;
+            Ok(
+                newest
+                    .map(|m| format!("{} holds backup {} of this cluster", repo.describe(), m.id)),
+            )
         })
     }
 }

@@ -99,30 +99,40 @@ pub async fn newest_before(
     })
 }
 
+/// The newest complete backup `lineage` holds (`None` without one), and the newer backups of
+/// other branches passed over on the way (`<id> (timeline N)`, newest first).
+pub async fn newest_on(repo: &Repo, lineage: &Lineage) -> Result<(Option<Manifest>, Vec<String>)> {
+    let mut off_lineage = Vec::new();
+    for id in backup_ids(repo).await?.iter().rev() {
+        let manifest = read_manifest(repo, id).await?;
+        if lineage.holds(&manifest) {
+            return Ok((Some(manifest), off_lineage));
+        }
+        off_lineage.push(format!("{} (timeline {})", manifest.id, manifest.timeline));
+    }
+    Ok((None, off_lineage))
+}
+
 /// `latest` (the newest complete backup `lineage` holds) or an id, resolved to a checked
 /// manifest. A backup of another branch is never `latest`; named by its id, it is restored.
 pub async fn resolve_for(repo: &Repo, which: &str, lineage: &Lineage) -> Result<Manifest> {
     if which != "latest" {
         return resolve(repo, which).await;
     }
-    let ids = backup_ids(repo).await?;
-    let mut off_lineage = Vec::new();
-    for id in ids.iter().rev() {
-        let manifest = read_manifest(repo, id).await?;
-        if lineage.holds(&manifest) {
-            if !off_lineage.is_empty() {
-                tracing::info!(
-                    backup = %manifest.id,
-                    "latest of {}: newer backups of other branches passed over: {}",
-                    lineage.describe(),
-                    off_lineage.join(", ")
-                );
-            }
-            return Ok(manifest);
+    let (newest, off_lineage) = newest_on(repo, lineage).await?;
+    if let Some(manifest) = newest {
+        if !off_lineage.is_empty() {
+            tracing::info!(
+                backup = %manifest.id,
+                "latest of {}: newer backups of other branches passed over: {}",
+                lineage.describe(),
+                off_lineage.join(", ")
+            );
         }
-        off_lineage.push(format!("{} (timeline {})", manifest.id, manifest.timeline));
+        return Ok(manifest);
     }
-    if ids.is_empty() {
+    // No backup at all: the catalogue's own message.
+    if off_lineage.is_empty() {
         return resolve(repo, which).await;
     }
     bail!(

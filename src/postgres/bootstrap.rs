@@ -58,6 +58,14 @@ pub struct InitConfig {
     pub restore_as: RestoreAs,
 }
 
+impl InitConfig {
+    /// Whether a cluster this config restores is a copy of the repository's cluster
+    /// (`from_backup` with `restore_as: copy`), which never writes to that repository.
+    pub fn restores_a_copy(&self) -> bool {
+        self.from_backup.is_some() && self.restore_as == RestoreAs::Copy
+    }
+}
+
 /// `postgres.init.from_backup` for one config that serves a first deployment and every later
 /// loss of the volume: restore `latest` when the repository holds a complete backup, else
 /// bootstrap a new cluster with initdb.

@@ -235,7 +235,7 @@ pub(super) fn check_restore_as(
     cx: &mut Cx<'_>,
 ) {
     let init = &postgres.init;
-    if init.from_backup.is_none() || init.restore_as != RestoreAs::Copy {
+    if !init.restores_a_copy() {
         return;
     }
     let mut writers = Vec::new();
