@@ -103,7 +103,7 @@ pub(crate) fn parse_trailer(bytes: &[u8]) -> Result<Digest, String> {
     Ok(Digest { len, checksum })
 }
 
-fn parse_header(bytes: &[u8; HEADER_LEN]) -> Result<Codec, String> {
+pub(crate) fn parse_header(bytes: &[u8; HEADER_LEN]) -> Result<Codec, String> {
     if &bytes[..6] != MAGIC {
         return Err("no pgward header (not written by pgward)".into());
     }
@@ -117,6 +117,7 @@ fn parse_header(bytes: &[u8; HEADER_LEN]) -> Result<Codec, String> {
 }
 
 /// Hashes and counts the content of `src` without encoding it.
+#[cfg(test)]
 pub(crate) fn digest(src: impl Read) -> io::Result<Digest> {
     hash_chunks(src, |_| Ok(()))
 }

@@ -16,30 +16,9 @@ use std::path::Path;
 use object_store::path::Path as ObjectPath;
 use object_store::ObjectStoreExt;
 
-use super::{blocking, Checksum, Repo, RepoError};
+use super::{blocking, Repo, RepoError};
 
 impl Repo {
-    /// The checksum of the complete object stored at `key` (under any codec), for a
-    /// create-only put; `None` when there is none. An incomplete object found on the way is
-    /// removed (see the module documentation), so the put stores what should be there.
-    pub(super) async fn existing_for_create(
-        &self,
-        key: &str,
-    ) -> Result<Option<Checksum>, RepoError> {
-        for codec in self.codecs() {
-            let path = self.path(key, codec)?;
-            match self.read_trailer(key, &path).await {
-                Ok(Some(digest)) => return Ok(Some(digest.checksum)),
-                Ok(None) => {}
-                Err(RepoError::Corrupt { reason, .. }) => {
-                    self.remove_incomplete(key, &path, &reason).await?
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(None)
-    }
-
     /// Removes the incomplete object at `path` (whose trailer could not be read: `reason`).
     pub(super) async fn remove_incomplete(
         &self,

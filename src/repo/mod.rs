@@ -14,7 +14,7 @@
 //! (what a `file://` repository needs besides), `incomplete` (what a create-only put does with
 //! an object a crash left unfinished), `plain` and `meta` (`repo.json`), `staged` (objects
 //! written while they grow), `lease` (one holder at a time of a piece of work: one backup at a
-//! time).
+//! time), `bundle` (many small files in one object, each a complete object of its own).
 //!
 //! # Streaming and memory
 //!
@@ -22,7 +22,7 @@
 //! side by bounded channels, so a file is never held whole in memory. Per transfer:
 //! - upload: the encoder's output in chunks of [`CHUNK`] through a channel of
 //!   [`CHANNEL_DEPTH`]; objects that encode to at most [`SINGLE_PUT_MAX`] are buffered (up to
-//!   that much) and stored with one `put`; larger ones go up as a multipart upload of
+//!   that much: a whole WAL segment) and stored with one `put`; larger ones go up as a multipart upload of
 //!   [`PART_SIZE`] parts with at most [`PARTS_IN_FLIGHT`] in flight. Bound: about
 //!   `CHUNK × CHANNEL_DEPTH + PART_SIZE × (PARTS_IN_FLIGHT + 1)` ≈ 28 MiB, plus the zstd
 //!   window (a few MiB at the default levels).
@@ -40,6 +40,7 @@
 //! writer racing within that window may replace the object; the trailer is read back after a
 //! multipart upload, so such a race is reported as a conflict rather than passed over.
 
+mod bundle;
 mod codec;
 mod consume;
 mod error;
@@ -69,6 +70,7 @@ use chrono::{DateTime, Utc};
 use object_store::path::Path as ObjectPath;
 use object_store::ObjectStore;
 
+pub use bundle::{name_list, BundleInput, Member, Packed, PackedBundle};
 pub use codec::Codec;
 pub use error::{hint_in, with_hint, RepoError};
 pub use frame::{Checksum, TRAILER_LEN};
@@ -84,8 +86,9 @@ pub use url::StorageUrl;
 pub const CHUNK: usize = 1 << 20;
 /// Chunks queued between a blocking codec thread and the async side.
 pub const CHANNEL_DEPTH: usize = 4;
-/// Largest encoded object stored with a single `put`.
-pub const SINGLE_PUT_MAX: usize = 8 << 20;
+/// Largest encoded object stored with a single `put`: a 16 MiB WAL segment, whatever its
+/// codec makes of it, is one request.
+pub const SINGLE_PUT_MAX: usize = (16 << 20) + (64 << 10);
 /// Part size of multipart uploads (S3 wants at least 5 MiB).
 pub const PART_SIZE: usize = 8 << 20;
 /// Multipart parts uploading at once, per object.

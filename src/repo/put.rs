@@ -32,10 +32,12 @@ pub(super) enum Target {
 
 impl Repo {
     /// Streams the local file `src`, compressed, into `key`, create-only: when `key` exists
-    /// already (under any codec), `src`'s checksum is compared with the stored trailer (a
-    /// range read, no download): identical gives [`PutOutcome::AlreadyIdentical`], different
-    /// [`RepoError::Conflict`]. The check before the upload costs one small read per codec
-    /// when the object is absent.
+    /// already under the repository's codec, `src`'s checksum is compared with the stored
+    /// trailer (a range read): identical gives [`PutOutcome::AlreadyIdentical`], different
+    /// [`RepoError::Conflict`]. Nothing is asked before the upload: the conditional put is
+    /// the existence check (one request for an object up to [`SINGLE_PUT_MAX`]), and the
+    /// comparison costs a read only when it refuses. An object stored under another codec's
+    /// name (written before `storage.compression` changed) is not looked for.
     ///
     /// Cancel safety: cancelling (or dropping the future) leaves no object, or a complete one.
     pub async fn put_file_create(
@@ -71,15 +73,6 @@ impl Repo {
             file.rewind().map_err(|e| RepoError::io(src, e))?;
             Ok(file)
         };
-        if let Some(existing) = self.existing_for_create(key).await? {
-            let (file, src_owned) = (rewound()?, src.to_owned());
-            let digest =
-                blocking(move || frame::digest(file).map_err(|e| RepoError::io(&src_owned, e)))
-                    .await?;
-            let outcome = compare(key, existing, digest.checksum)?;
-            self.make_durable(key, &path, &outcome).await?;
-            return Ok(outcome);
-        }
         let file = rewound()?;
         let outcome = self
             .upload(
@@ -117,18 +110,6 @@ impl Repo {
             move || std::fs::File::open(&src).map_err(|e| RepoError::io(&src, e))
         };
         let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        if let Some(existing) = self.existing_for_create(key).await? {
-            let (open, wanted, total) = (open.clone(), ranges.clone(), total.clone());
-            let src_owned = src.to_owned();
-            let digest = blocking(move || {
-                let reader = ranges::RangesReader::new(open()?, wanted, total);
-                frame::digest(reader).map_err(|e| RepoError::io(&src_owned, e))
-            })
-            .await?;
-            let outcome = compare(key, existing, digest.checksum)?;
-            self.make_durable(key, &path, &outcome).await?;
-            return Ok((outcome, ranges::read_prefix(&ranges, digest.len)));
-        }
         let file = blocking(open).await?;
         let reader = ranges::RangesReader::new(file, ranges.clone(), total.clone());
         let outcome = self
@@ -146,7 +127,7 @@ impl Repo {
         Ok((outcome, ranges::read_prefix(&ranges, read)))
     }
 
-    /// Stores `bytes` (small: manifests) under `key`.
+    /// Stores `bytes` (small: manifests) under `key`; create-only as [`Repo::put_file_create`].
     pub async fn put_bytes(
         &self,
         key: &str,
@@ -154,17 +135,6 @@ impl Repo {
         mode: PutMode,
     ) -> Result<PutOutcome, RepoError> {
         let path = self.path(key, self.inner.codec)?;
-        if mode == PutMode::Create {
-            if let Some(existing) = self.existing_for_create(key).await? {
-                let digest = blocking(move || {
-                    frame::digest(&bytes[..]).map_err(|e| RepoError::io("<memory>", e))
-                })
-                .await?;
-                let outcome = compare(key, existing, digest.checksum)?;
-                self.make_durable(key, &path, &outcome).await?;
-                return Ok(outcome);
-            }
-        }
         let (codec, level) = (self.inner.codec, self.inner.level);
         let (digest, encoded) = blocking(move || {
             frame::encode_bytes(&bytes, codec, level).map_err(|e| RepoError::io("<memory>", e))
@@ -187,18 +157,39 @@ impl Repo {
         mode: PutMode,
         cancel: &CancellationToken,
     ) -> Result<PutOutcome, RepoError> {
-        let (tx, mut rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
         let (codec, level) = (self.inner.codec, self.inner.level);
+        let encode = move |sink: ChunkSink| {
+            let mut src_reader = frame::Tracked::new(file);
+            match frame::encode(&mut src_reader, codec, level, sink) {
+                Ok((digest, _)) => Ok((digest, ())),
+                Err(e) => Err(RepoError::io(&src, src_reader.failed.unwrap_or(e))),
+            }
+        };
+        let (outcome, ()) = self.upload_with(key, path, mode, cancel, encode).await?;
+        Ok(outcome)
+    }
+
+    /// Runs `encode` on a blocking thread, writing a whole object (header, payload, trailer)
+    /// into the sink it is given, and uploads what it writes to `path`: one put while it fits
+    /// in [`SINGLE_PUT_MAX`], else a multipart upload. Returns the put's outcome and what
+    /// `encode` returned besides the content's digest. An upload failure wins over the
+    /// encoder's (which then only saw its sink close).
+    pub(super) async fn upload_with<T: Send + 'static>(
+        &self,
+        key: &str,
+        path: ObjectPath,
+        mode: PutMode,
+        cancel: &CancellationToken,
+        encode: impl FnOnce(ChunkSink) -> Result<(Digest, T), RepoError> + Send + 'static,
+    ) -> Result<(PutOutcome, T), RepoError> {
+        let (tx, mut rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
         let encoder_cancel = cancel.clone();
         let encoder = tokio::task::spawn_blocking(move || {
-            let sink = ChunkSink {
+            encode(ChunkSink {
                 tx,
                 buf: BytesMut::with_capacity(CHUNK),
                 cancel: encoder_cancel,
-            };
-            let mut src_reader = frame::Tracked::new(file);
-            let result = frame::encode(&mut src_reader, codec, level, sink);
-            (result.map(|(digest, _)| digest), src_reader.failed)
+            })
         });
         // Buffer up to SINGLE_PUT_MAX; past that, switch to a multipart upload.
         let mut buffered: Vec<Bytes> = Vec::new();
@@ -236,16 +227,16 @@ impl Repo {
         }
         .await;
         drop(rx);
-        let (encoded, src_failed) = encoder
+        let encoded = encoder
             .await
-            .map_err(|e| RepoError::io(&src, io::Error::other(e)))?;
+            .map_err(|e| RepoError::io(key, io::Error::other(e)))?;
         let outcome = match (upload_result, encoded) {
             (Err(e), _) => Err(e),
-            (Ok(()), Err(e)) => Err(RepoError::io(&src, src_failed.unwrap_or(e))),
-            (Ok(()), Ok(digest)) => Ok(digest),
+            (Ok(()), Err(e)) => Err(e),
+            (Ok(()), Ok(done)) => Ok(done),
         };
-        let digest = match outcome {
-            Ok(digest) => digest,
+        let (digest, extra) = match outcome {
+            Ok(done) => done,
             Err(e) => {
                 if let Target::Multipart(upload) = target {
                     if let Err(abort) = upload.abort().await {
@@ -255,15 +246,15 @@ impl Repo {
                 return Err(e);
             }
         };
-        let upload = match target {
-            Target::Buffer => {
-                return self.put_encoded(key, &path, buffered, digest, mode).await;
+        let outcome = match target {
+            Target::Buffer => self.put_encoded(key, &path, buffered, digest, mode).await?,
+            Target::Discard(existing) => compare(key, existing, digest.checksum)?,
+            Target::Multipart(upload) => {
+                self.finish_multipart(key, &path, upload, digest, stored, mode, cancel)
+                    .await?
             }
-            Target::Discard(existing) => return compare(key, existing, digest.checksum),
-            Target::Multipart(upload) => upload,
         };
-        self.finish_multipart(key, &path, upload, digest, stored, mode, cancel)
-            .await
+        Ok((outcome, extra))
     }
 
     /// Completes a multipart upload; in create mode, reads the trailer back, since a

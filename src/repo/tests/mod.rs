@@ -20,6 +20,7 @@ use super::put::ChunkSink;
 use super::*;
 use crate::secret::Secret;
 
+mod bundle;
 mod meta;
 mod objects;
 mod stores;
