@@ -293,10 +293,15 @@ impl Site {
         let backup = &self.config.backup;
         BackupOptions {
             concurrency: backup.concurrency as usize,
+            transfers: backup.transfers as usize,
             wal_wait: backup.wal_wait,
             lease_ttl: backup.lease_ttl,
             slice_size: backup.slice_size,
             incremental_memory: backup.incremental_memory,
+            bundling: crate::backup::Bundling {
+                size: backup.bundle_size,
+                file_max: backup.bundle_file_max,
+            },
             annotations,
             keep,
             retry: self.retry(),

@@ -271,6 +271,7 @@ pub fn base_parts(earlier: &FileEntry, size: u64) -> Vec<Part> {
             stored_size: earlier.stored_size,
             stored_in: earlier.stored_in.clone(),
             whole_object: true,
+            bundle: earlier.bundle,
         }]
     } else {
         earlier.parts.clone()
@@ -305,6 +306,7 @@ mod tests {
             stored_in: "20261130T035500F".into(),
             bad_blocks: vec![],
             parts: vec![],
+            bundle: None,
         }
     }
 
@@ -477,6 +479,7 @@ mod tests {
                 stored_size: 1,
                 stored_in: "20261130T035500F".into(),
                 whole_object: false,
+                bundle: None,
             })
             .collect();
         let mut changed = ChangedBlocks::default();

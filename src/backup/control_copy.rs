@@ -51,6 +51,7 @@ pub(super) async fn copy_control_file(
     .with_context(|| op.clone())?;
     let (checksum, stored_size) = stored_outcome(outcome);
     Ok(FileEntry {
+        bundle: None,
         path: source.path,
         size,
         mtime: meta.mtime(),

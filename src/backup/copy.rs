@@ -1,7 +1,8 @@
-//! Storing a backup's files: each file as its own checksummed object, large files in
-//! slices, changed blocks of relation files over the parent's copy, unchanged files referenced
-//! from the parent; `backup.concurrency` at a time, with progress. Data pages are checked
-//! against their checksums on the way.
+//! Storing a backup's files: small files (and small sets of changed blocks) packed into
+//! bundles, other files each as its own checksummed object, large files in slices, changed
+//! blocks of relation files over the parent's copy, unchanged files referenced from the
+//! parent; `backup.concurrency` at a time, with progress. Data pages are checked against their
+//! checksums on the way.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt;
@@ -13,11 +14,11 @@ use futures_util::{stream, StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 
 use super::block_delta::{self, BlockMap};
-use super::manifest::{file_key, FileEntry, Manifest, Part};
+use super::manifest::{bundle_key, file_key, FileEntry, InBundle, Manifest, Part};
 use super::page_checksum;
 use super::take::BackupOptions;
 use super::walk::Source;
-use crate::repo::{retry, PutOutcome, Repo, RetryPolicy};
+use crate::repo::{retry, BundleInput, PutOutcome, Repo, RetryPolicy};
 
 /// One unit of copying work. Files larger than `backup.slice_size` are stored in slices, read,
 /// compressed and uploaded in parallel (a 1 GiB relation segment would otherwise keep one
@@ -29,6 +30,73 @@ enum Work {
     Slice(Arc<SlicedFile>, (u64, u64)),
     /// The changed blocks of a relation file, over the parent's copy.
     Blocks(Box<ChangedFile>),
+    /// Small files and sets of changed blocks, packed into one object.
+    Bundle(u32, Vec<Work>),
+}
+
+impl Work {
+    /// Bytes the work stores, when it may go into a bundle: a whole file or changed blocks
+    /// of at most `file_max` bytes.
+    fn bundle_size(&self, file_max: u64) -> Option<u64> {
+        let size = match self {
+            Work::Whole(source) => source.len,
+            Work::Blocks(file) => file.ranges.iter().map(|r| r.1).sum(),
+            Work::Slice(..) | Work::Bundle(..) => return None,
+        };
+        (size <= file_max).then_some(size)
+    }
+}
+
+/// How small files are packed (see [`BackupOptions`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Bundling {
+    /// Largest bundle, in bytes read; 0: no bundles.
+    pub size: u64,
+    /// Largest file (or set of changed blocks) that goes into a bundle.
+    pub file_max: u64,
+}
+
+/// Smallest bundle worth a request of its own when there is little to pack.
+const MIN_BUNDLE: u64 = 4 << 20;
+
+/// Packs the work that fits into bundles, numbered from 0, and returns them followed by the
+/// rest. A bundle holds up to `bundling.size`, less when there is little to pack, so that the
+/// bundles still keep `concurrency` workers busy.
+fn bundle(work: Vec<Work>, bundling: Bundling, concurrency: usize) -> Vec<Work> {
+    if bundling.size == 0 {
+        return work;
+    }
+    let (small, mut rest): (Vec<Work>, Vec<Work>) = work
+        .into_iter()
+        .partition(|w| w.bundle_size(bundling.file_max).is_some());
+    let total: u64 = small
+        .iter()
+        .filter_map(|w| w.bundle_size(bundling.file_max))
+        .sum();
+    let spread = total.div_ceil(2 * concurrency.max(1) as u64);
+    let target = spread
+        .clamp(MIN_BUNDLE, bundling.size.max(MIN_BUNDLE))
+        .min(bundling.size);
+    let mut bundles: Vec<Work> = Vec::new();
+    let mut current: Vec<Work> = Vec::new();
+    let mut filled = 0u64;
+    for item in small {
+        let size = item.bundle_size(bundling.file_max).unwrap_or(0);
+        if !current.is_empty() && filled + size > target {
+            bundles.push(Work::Bundle(
+                bundles.len() as u32,
+                std::mem::take(&mut current),
+            ));
+            filled = 0;
+        }
+        filled += size;
+        current.push(item);
+    }
+    if !current.is_empty() {
+        bundles.push(Work::Bundle(bundles.len() as u32, current));
+    }
+    bundles.append(&mut rest);
+    bundles
 }
 
 /// A relation file of which an incremental reads only the changed blocks.
@@ -54,6 +122,7 @@ struct SlicedFile {
 /// What one unit of work produced.
 enum Done {
     File(FileEntry),
+    Files(Vec<FileEntry>),
     Slice {
         file: Arc<SlicedFile>,
         part: Option<Part>,
@@ -76,6 +145,9 @@ pub(super) async fn copy_files(
     cancel: &CancellationToken,
 ) -> Result<Vec<FileEntry>> {
     let progress = super::progress::Progress::new(id, total);
+    // More objects in flight than threads compressing: on a remote store each waits for
+    // the network most of its time.
+    let repo = &repo.with_encoders(options.concurrency);
     let (parent, block_map) = match parent {
         Some((parent, map)) => (Some(parent), map),
         None => (None, None),
@@ -104,6 +176,7 @@ pub(super) async fn copy_files(
             Plan::Vanished => {}
         }
     }
+    let work = bundle(work, options.bundling, options.transfers.max(1));
     let results: Vec<Done> = stream::iter(work)
         .map(|item| {
             let progress = &progress;
@@ -124,9 +197,13 @@ pub(super) async fn copy_files(
                     Work::Blocks(delta) => Done::File(
                         copy_blocks(repo, id, *delta, check_pages_before, policy, cancel).await?,
                     ),
+                    Work::Bundle(n, items) => Done::Files(
+                        copy_bundle(repo, id, n, items, check_pages_before, policy, cancel).await?,
+                    ),
                 };
                 match &done {
                     Done::File(entry) => progress.add(entry.size),
+                    Done::Files(entries) => progress.add(entries.iter().map(|e| e.size).sum()),
                     Done::Slice {
                         part: Some(part), ..
                     } => progress.add(part.bytes()),
@@ -135,7 +212,7 @@ pub(super) async fn copy_files(
                 anyhow::Ok(done)
             }
         })
-        .buffer_unordered(options.concurrency.max(1))
+        .buffer_unordered(options.transfers.max(options.concurrency).max(1))
         .try_collect()
         .await?;
     progress.finish();
@@ -245,6 +322,7 @@ async fn copy_slice(
             stored_size,
             stored_in: id.to_owned(),
             whole_object: false,
+            bundle: None,
         }
     });
     Ok(Done::Slice {
@@ -265,7 +343,7 @@ async fn copy_blocks(
     cancel: &CancellationToken,
 ) -> Result<FileEntry> {
     let source = &file.source;
-    let mut parts = block_delta::base_parts(&file.earlier, file.size);
+    let parts = block_delta::base_parts(&file.earlier, file.size);
     let mut stored = Vec::new();
     let mut new_part = None;
     if let Some(&(first, _)) = file.ranges.first() {
@@ -284,11 +362,24 @@ async fn copy_blocks(
                 stored_size,
                 stored_in: id.to_owned(),
                 whole_object: false,
+                bundle: None,
             });
             stored = read;
         }
     }
-    let mut bad_blocks = check_pages(source, check_pages_before, &stored).await?;
+    let bad_blocks = check_pages(source, check_pages_before, &stored).await?;
+    Ok(blocks_entry(file, parts, new_part, &stored, bad_blocks))
+}
+
+/// The entry of a relation file of which the changed blocks `stored` were read (into
+/// `new_part`, if any) over `parts`, the parent's.
+fn blocks_entry(
+    file: ChangedFile,
+    mut parts: Vec<Part>,
+    new_part: Option<Part>,
+    stored: &[(u64, u64)],
+    mut bad_blocks: Vec<u32>,
+) -> FileEntry {
     // The parent's bad blocks that were not read again are still in the copy.
     let per_segment = u64::from(file.relseg_size.max(1));
     let reread = |blkno: u32| {
@@ -304,7 +395,7 @@ async fn copy_blocks(
     );
     bad_blocks.sort_unstable();
     let (stored_in, stored_size) = match &new_part {
-        Some(part) => (id.to_owned(), part.stored_size),
+        Some(part) => (part.stored_in.clone(), part.stored_size),
         None => {
             let newest = parts
                 .last()
@@ -318,18 +409,113 @@ async fn copy_blocks(
         }
     };
     parts.extend(new_part);
-    Ok(FileEntry {
-        path: source.path.clone(),
+    FileEntry {
+        path: file.source.path,
         size: file.size,
         mtime: file.mtime,
         mtime_nsec: file.mtime_nsec,
-        mode: source.mode,
+        mode: file.source.mode,
         checksum: String::new(),
         stored_size,
         stored_in,
         bad_blocks,
         parts,
+        bundle: None,
+    }
+}
+
+/// Stores `items` (whole small files and small sets of changed blocks) as bundle `n`, then
+/// checks their pages; the entries of the files that were still there.
+async fn copy_bundle(
+    repo: &Repo,
+    id: &str,
+    n: u32,
+    items: Vec<Work>,
+    check_pages_before: Option<u64>,
+    policy: &RetryPolicy,
+    cancel: &CancellationToken,
+) -> Result<Vec<FileEntry>> {
+    let inputs: Vec<BundleInput> = items
+        .iter()
+        .map(|item| match item {
+            Work::Whole(source) => BundleInput {
+                name: source.path.clone(),
+                src: source.abs.clone(),
+                ranges: vec![(0, u64::MAX)],
+            },
+            Work::Blocks(file) => BundleInput {
+                name: file.source.path.clone(),
+                src: file.source.abs.clone(),
+                ranges: file.ranges.clone(),
+            },
+            Work::Slice(..) | Work::Bundle(..) => unreachable!("only whole files and blocks"),
+        })
+        .collect();
+    let key = bundle_key(id, n);
+    let op = format!("back up bundle {n} ({} files)", inputs.len());
+    let (_, packed) = retry(policy, cancel, &op, || {
+        repo.put_bundle(&key, inputs.clone(), cancel)
     })
+    .await
+    .with_context(|| {
+        let names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
+        format!("{op}: {}", crate::repo::name_list(&names))
+    })?;
+    let mut entries = Vec::with_capacity(items.len());
+    for (item, packed) in items.into_iter().zip(packed) {
+        let at = packed.as_ref().map(|p| InBundle {
+            bundle: n,
+            offset: p.offset,
+            stored_len: p.stored_len,
+        });
+        match item {
+            Work::Whole(source) => {
+                let Some(packed) = packed else { continue };
+                let meta = match tokio::fs::metadata(&source.abs).await {
+                    Ok(meta) => meta,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("stat {}", source.abs.display()))
+                    }
+                };
+                let bad_blocks = check_pages(&source, check_pages_before, &[(0, u64::MAX)]).await?;
+                entries.push(FileEntry {
+                    path: source.path,
+                    size: packed.len,
+                    mtime: meta.mtime(),
+                    mtime_nsec: meta.mtime_nsec(),
+                    mode: source.mode,
+                    checksum: packed.checksum.to_string(),
+                    stored_size: packed.stored_len,
+                    stored_in: id.to_owned(),
+                    bad_blocks,
+                    parts: Vec::new(),
+                    bundle: at,
+                });
+            }
+            Work::Blocks(file) => {
+                let parts = block_delta::base_parts(&file.earlier, file.size);
+                let (new_part, stored) = match packed.filter(|p| !p.read.is_empty()) {
+                    Some(packed) => {
+                        let part = Part {
+                            ranges: packed.read.iter().map(|&(o, l)| [o, l]).collect(),
+                            checksum: packed.checksum.to_string(),
+                            stored_size: packed.stored_len,
+                            stored_in: id.to_owned(),
+                            whole_object: false,
+                            bundle: at,
+                        };
+                        (Some(part), packed.read)
+                    }
+                    None => (None, Vec::new()),
+                };
+                let bad_blocks = check_pages(&file.source, check_pages_before, &stored).await?;
+                entries.push(blocks_entry(*file, parts, new_part, &stored, bad_blocks));
+            }
+            Work::Slice(..) | Work::Bundle(..) => {}
+        }
+    }
+    Ok(entries)
 }
 
 /// The entries of the files stored whole and of those stored in slices.
@@ -341,6 +527,7 @@ fn assemble(id: &str, results: Vec<Done>) -> Vec<FileEntry> {
     for done in results {
         match done {
             Done::File(entry) => files.push(entry),
+            Done::Files(entries) => files.extend(entries),
             Done::Vanished => {}
             Done::Slice {
                 file,
@@ -377,6 +564,7 @@ fn assemble(id: &str, results: Vec<Done>) -> Vec<FileEntry> {
             stored_in: id.to_owned(),
             bad_blocks,
             parts,
+            bundle: None,
         });
     }
     files
@@ -487,6 +675,7 @@ async fn copy_file(
         stored_in: id.to_owned(),
         bad_blocks,
         parts: Vec::new(),
+        bundle: None,
     }))
 }
 

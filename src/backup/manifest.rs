@@ -1,8 +1,9 @@
 //! The manifest of one backup: what it holds and where in the WAL it starts and stops.
 //!
-//! A backup lives under `backups/<id>/` in the repository: one object per file of the data
-//! directory (`data/<path>`), `backup_label` and `tablespace_map` as `pg_backup_stop` returned
-//! them, and `manifest.json`, written last. A backup without a manifest is not a backup: it
+//! A backup lives under `backups/<id>/` in the repository: small files packed into bundles
+//! (`bundles/<n>`, see `repo::bundle`), larger ones one object each (`data/<path>`, large
+//! files in slices), `backup_label` and `tablespace_map` as `pg_backup_stop` returned them,
+//! and `manifest.json`, written last. A backup without a manifest is not a backup: it
 //! was interrupted, and no listing or restore treats it as one.
 
 use std::collections::BTreeMap;
@@ -14,8 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::repo::layout::{backup_prefix, BackupId};
 
-/// Manifest format this pgward writes and the newest it reads.
-pub const MANIFEST_VERSION: u32 = 1;
+/// Manifest format this pgward writes and the newest it reads: 2 adds bundles (format 1
+/// manifests, one object per file, are read as they are).
+pub const MANIFEST_VERSION: u32 = 2;
 
 /// Full or incremental.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +78,31 @@ pub struct FileEntry {
     /// it overlaps; the file is then cut to `size`. Empty: one object holds the whole file.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parts: Vec<Part>,
+    /// The content is a member of a bundle of `stored_in` rather than an object of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<InBundle>,
+}
+
+/// Where in a bundle (see `repo::bundle`) a file's or a part's content is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InBundle {
+    /// The bundle's number within its backup: its key is [`bundle_key`].
+    pub bundle: u32,
+    /// Offset of the member within the bundle's content.
+    pub offset: u64,
+    /// Bytes the member takes in the bundle.
+    pub stored_len: u64,
+}
+
+impl InBundle {
+    /// The member, for reading it from the bundle; `name` is shown in errors.
+    pub fn member(&self, name: &str) -> crate::repo::Member {
+        crate::repo::Member {
+            name: name.to_owned(),
+            offset: self.offset,
+            stored_len: self.stored_len,
+        }
+    }
 }
 
 /// One object holding byte ranges of a file.
@@ -93,6 +120,9 @@ pub struct Part {
     /// `@offset`): the first part of a file whose changed blocks a later backup stored.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub whole_object: bool,
+    /// The content is a member of a bundle of `stored_in`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<InBundle>,
 }
 
 impl Part {
@@ -101,8 +131,12 @@ impl Part {
         self.ranges.iter().map(|r| r[1]).sum()
     }
 
-    /// Where the object is: beside a whole file's, named by the first byte it holds.
+    /// Where the object is: beside a whole file's, named by the first byte it holds; or the
+    /// bundle holding it.
     pub fn key(&self, path: &str) -> String {
+        if let Some(at) = &self.bundle {
+            return bundle_key(&self.stored_in, at.bundle);
+        }
         let whole = file_key(&self.stored_in, path);
         if self.whole_object {
             return whole;
@@ -146,6 +180,8 @@ pub struct ObjectRef<'a> {
     pub len: u64,
     pub stored_size: u64,
     pub stored_in: &'a str,
+    /// Where in the object (a bundle) the content is; `None`: the object holds only it.
+    pub bundle: Option<InBundle>,
 }
 
 /// A directory to recreate at restore (excluded directories are kept, empty).
@@ -227,11 +263,12 @@ impl FileEntry {
     pub fn objects(&self) -> Vec<ObjectRef<'_>> {
         if self.parts.is_empty() {
             return vec![ObjectRef {
-                key: file_key(&self.stored_in, &self.path),
+                key: self.key(),
                 checksum: &self.checksum,
                 len: self.size,
                 stored_size: self.stored_size,
                 stored_in: &self.stored_in,
+                bundle: self.bundle,
             }];
         }
         self.parts
@@ -242,8 +279,17 @@ impl FileEntry {
                 len: p.bytes(),
                 stored_size: p.stored_size,
                 stored_in: &p.stored_in,
+                bundle: p.bundle,
             })
             .collect()
+    }
+
+    /// The object holding a file stored whole: its own, or the bundle it is a member of.
+    pub fn key(&self) -> String {
+        match &self.bundle {
+            Some(at) => bundle_key(&self.stored_in, at.bundle),
+            None => file_key(&self.stored_in, &self.path),
+        }
     }
 
     /// For each part, the round it is restored in: after every earlier part it overlaps
@@ -368,6 +414,19 @@ fn location_problem(location: &str) -> Option<&'static str> {
 }
 
 impl Manifest {
+    /// Objects this backup stored itself: its data objects and bundles, `backup_label`,
+    /// `tablespace_map` when it has tablespaces, and the manifest.
+    pub fn objects_stored(&self) -> usize {
+        let data: std::collections::BTreeSet<String> = self
+            .files
+            .iter()
+            .flat_map(|f| f.objects())
+            .filter(|o| o.stored_in == self.id)
+            .map(|o| o.key)
+            .collect();
+        data.len() + 2 + usize::from(!self.tablespaces.is_empty())
+    }
+
     /// Checks every path and id the manifest names as untrusted input (whoever can write to
     /// the repository can write a manifest): file, directory and part paths relative and
     /// normalized, the backups holding objects and the parent real backup ids, tablespace
@@ -484,6 +543,11 @@ pub fn file_key(id: &str, path: &str) -> String {
     format!("{}/data/{path}", backup_prefix(id))
 }
 
+/// Key of bundle number `n` of backup `id`.
+pub fn bundle_key(id: &str, n: u32) -> String {
+    format!("{}/bundles/{n:06}", backup_prefix(id))
+}
+
 /// Key of the backup label or tablespace map returned by `pg_backup_stop`.
 pub fn label_key(id: &str, name: &str) -> String {
     format!("{}/{name}", backup_prefix(id))
@@ -545,6 +609,7 @@ mod tests {
             stored_in: "20261130T035500F".into(),
             bad_blocks: vec![],
             parts: vec![],
+            bundle: None,
         };
         let old = taken_at.timestamp() - 60;
         assert!(entry(old).unchanged(8192, old, 5, taken_at));
@@ -563,6 +628,7 @@ mod tests {
             stored_size: 1,
             stored_in: stored_in.into(),
             whole_object: false,
+            bundle: None,
         }
     }
 
@@ -580,6 +646,7 @@ mod tests {
             stored_size: 3,
             stored_in: incr.into(),
             bad_blocks: vec![],
+            bundle: None,
             parts: vec![
                 part(&[[0, 100]], full),
                 part(&[[100, 100]], full),
@@ -615,6 +682,7 @@ mod tests {
             stored_in: "20261130T035500F".into(),
             bad_blocks: vec![],
             parts: vec![],
+            bundle: None,
         };
         Manifest {
             format_version: MANIFEST_VERSION,

@@ -26,3 +26,5 @@ pub mod summary;
 pub mod take;
 pub mod verify;
 mod walk;
+
+pub use copy::Bundling;

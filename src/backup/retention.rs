@@ -501,6 +501,7 @@ pub(crate) mod tests {
             stored_in: stored_in.into(),
             bad_blocks: vec![],
             parts: vec![],
+            bundle: None,
         };
         let mut files = vec![file("base/1/1", &id)];
         if let Some(p) = parent {

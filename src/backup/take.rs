@@ -39,8 +39,10 @@ use crate::repo::{layout, retry, Lease, PutMode, Repo, RetryPolicy};
 /// How a backup runs.
 #[derive(Debug, Clone)]
 pub struct BackupOptions {
-    /// Files read, compressed and uploaded at once.
+    /// Threads compressing at once.
     pub concurrency: usize,
+    /// Objects uploading at once.
+    pub transfers: usize,
     /// How long to wait for the backup's WAL (start to stop) to reach the archive.
     pub wal_wait: Duration,
     /// The backup lease expires this long after its last renewal (renewed every third).
@@ -49,6 +51,8 @@ pub struct BackupOptions {
     pub slice_size: u64,
     /// Bytes the map of changed blocks of an incremental may hold (see `block_delta`).
     pub incremental_memory: u64,
+    /// How small files are packed into bundles.
+    pub bundling: super::copy::Bundling,
     pub annotations: BTreeMap<String, String>,
     pub keep: bool,
     /// Each object's upload is retried as a whole on transient failures (`storage.retry`).

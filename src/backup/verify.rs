@@ -9,7 +9,7 @@
 //! to the stop segment missing or malformed. Past the stop segment, the first gap in the
 //! backup's timeline is a warning: the backup restores, but recovery cannot replay beyond it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -216,6 +216,54 @@ struct ObjectCheck {
     file_size: Option<u64>,
     /// Absence is a problem (always, except `tablespace_map` without tablespaces).
     required: bool,
+    /// For a bundle: the members the manifest lists in it (ascending offsets), each checked
+    /// against its own checksum.
+    members: Vec<BundledCheck>,
+}
+
+/// A member of a bundle, as the manifest lists it.
+struct BundledCheck {
+    member: crate::repo::Member,
+    expected: String,
+}
+
+impl ObjectCheck {
+    /// The checks of the objects `manifest` lists: one per object, one per bundle.
+    fn of_files(manifest: &Manifest) -> Vec<ObjectCheck> {
+        let mut checks = Vec::new();
+        let mut bundles: BTreeMap<String, ObjectCheck> = BTreeMap::new();
+        for file in &manifest.files {
+            for o in file.objects() {
+                let Some(at) = o.bundle else {
+                    checks.push(ObjectCheck {
+                        key: o.key,
+                        expected: Some(o.checksum.to_owned()),
+                        file_size: Some(o.len),
+                        required: true,
+                        members: Vec::new(),
+                    });
+                    continue;
+                };
+                let check = bundles.entry(o.key.clone()).or_insert_with(|| ObjectCheck {
+                    key: o.key,
+                    expected: None,
+                    file_size: Some(0),
+                    required: true,
+                    members: Vec::new(),
+                });
+                check.file_size = check.file_size.map(|size| size + o.len);
+                check.members.push(BundledCheck {
+                    member: at.member(&file.path),
+                    expected: o.checksum.to_owned(),
+                });
+            }
+        }
+        for mut check in bundles.into_values() {
+            check.members.sort_by_key(|m| m.member.offset);
+            checks.push(check);
+        }
+        checks
+    }
 }
 
 /// Verifies `manifest`'s backup in `repo`: its objects, then its WAL.
@@ -225,17 +273,7 @@ pub async fn verify(
     options: &VerifyOptions,
     cancel: &CancellationToken,
 ) -> Result<Report> {
-    let mut checks: Vec<ObjectCheck> = manifest
-        .files
-        .iter()
-        .flat_map(|f| f.objects())
-        .map(|o| ObjectCheck {
-            key: o.key,
-            expected: Some(o.checksum.to_owned()),
-            file_size: Some(o.len),
-            required: true,
-        })
-        .collect();
+    let mut checks = ObjectCheck::of_files(manifest);
     for (name, required) in [
         ("backup_label", true),
         ("tablespace_map", !manifest.tablespaces.is_empty()),
@@ -245,11 +283,12 @@ pub async fn verify(
             expected: None,
             file_size: None,
             required,
+            members: Vec::new(),
         });
     }
     tracing::info!(backup = %manifest.id, files = manifest.files.len(), "verifying the backup's objects");
     let progress = Progress::new(&format!("verify {}", manifest.id), manifest.size);
-    let results: Vec<(Option<u64>, Option<Problem>)> = stream::iter(checks)
+    let results: Vec<(Option<u64>, Vec<Problem>)> = stream::iter(checks)
         .map(|check| {
             let progress = &progress;
             async move {
@@ -279,12 +318,12 @@ pub async fn verify(
         });
     }
     let (mut objects_checked, mut bytes_checked) = (0, 0);
-    for (decoded, problem) in results {
+    for (decoded, found) in results {
         if let Some(decoded) = decoded {
             objects_checked += 1;
             bytes_checked += decoded;
         }
-        problems.extend(problem.map(|problem| Finding {
+        problems.extend(found.into_iter().map(|problem| Finding {
             severity: Severity::Error,
             problem,
         }));
@@ -352,7 +391,10 @@ async fn check_object(
     check: &ObjectCheck,
     options: &VerifyOptions,
     cancel: &CancellationToken,
-) -> Result<(u64, Option<Problem>)> {
+) -> Result<(u64, Vec<Problem>)> {
+    if !check.members.is_empty() {
+        return check_bundle(repo, check, options, cancel).await;
+    }
     let key = &check.key;
     let found = retry(&options.retry, cancel, &format!("verify {key}"), || {
         repo.verify(key, cancel)
@@ -364,20 +406,75 @@ async fn check_object(
             return Ok(match &check.expected {
                 Some(expected) if *expected != actual => (
                     len,
-                    Some(Problem::ChecksumMismatch {
+                    vec![Problem::ChecksumMismatch {
                         key: key.clone(),
                         expected: expected.clone(),
                         actual,
-                    }),
+                    }],
                 ),
-                _ => (len, None),
+                _ => (len, Vec::new()),
             });
         }
-        Ok(None) if !check.required => return Ok((0, None)),
+        Ok(None) if !check.required => return Ok((0, Vec::new())),
         Ok(None) => Problem::MissingObject { key: key.clone() },
         Err(e) => object_problem(key, e)?,
     };
-    Ok((0, Some(problem)))
+    Ok((0, vec![problem]))
+}
+
+/// Reads a bundle back once: every member decoded and compared with the manifest's
+/// checksum, and the bundle's own checksum.
+async fn check_bundle(
+    repo: &Repo,
+    check: &ObjectCheck,
+    options: &VerifyOptions,
+    cancel: &CancellationToken,
+) -> Result<(u64, Vec<Problem>)> {
+    let key = &check.key;
+    let members: Vec<crate::repo::Member> =
+        check.members.iter().map(|m| m.member.clone()).collect();
+    let read = retry(&options.retry, cancel, &format!("verify {key}"), || {
+        let found: std::sync::Arc<std::sync::Mutex<Vec<(usize, Verified)>>> = Default::default();
+        let sink = found.clone();
+        let members = members.clone();
+        async move {
+            let there = repo
+                .get_bundle(
+                    key,
+                    members,
+                    cancel,
+                    |_| Ok(Some(std::io::sink())),
+                    move |i, _, verified| {
+                        sink.lock().expect("not poisoned").push((i, verified));
+                        Ok(())
+                    },
+                )
+                .await?;
+            let found = std::mem::take(&mut *found.lock().expect("not poisoned"));
+            Ok(there.then_some(found))
+        }
+    })
+    .await;
+    let found = match read {
+        Ok(Some(found)) => found,
+        Ok(None) => return Ok((0, vec![Problem::MissingObject { key: key.clone() }])),
+        Err(e) => return Ok((0, vec![object_problem(key, e)?])),
+    };
+    let mut problems = Vec::new();
+    let mut decoded = 0;
+    for (i, verified) in found {
+        decoded += verified.len;
+        let listed = &check.members[i];
+        let actual = verified.checksum.to_string();
+        if actual != listed.expected {
+            problems.push(Problem::ChecksumMismatch {
+                key: format!("{key} ({})", listed.member.name),
+                expected: listed.expected.clone(),
+                actual,
+            });
+        }
+    }
+    Ok((decoded, problems))
 }
 
 /// The problem a failed read of `key` is; `Err` only for cancellation.

@@ -82,11 +82,12 @@ pub async fn show(site: &Site, which: &str, json: bool) -> Result<i32> {
     );
     println!("WAL         {} .. {}", m.start_wal, m.stop_wal);
     println!(
-        "size        {} in {} files ({} copied by this backup), {} stored",
+        "size        {} in {} files ({} copied by this backup), {} stored in {} objects",
         human_bytes(m.size),
         m.files.len(),
         copied,
-        human_bytes(m.stored_size)
+        human_bytes(m.stored_size),
+        m.objects_stored()
     );
     println!(
         "read        {} from the data directory",
@@ -117,6 +118,7 @@ fn summary(m: &Manifest) -> serde_json::Value {
         object.insert("files_copied".into(), copied.into());
         let parted = m.files.iter().filter(|f| !f.parts.is_empty()).count();
         object.insert("parted_files".into(), parted.into());
+        object.insert("objects".into(), m.objects_stored().into());
         let bad: usize = m.files.iter().map(|f| f.bad_blocks.len()).sum();
         object.insert("bad_blocks".into(), bad.into());
         object.insert(

@@ -469,8 +469,11 @@ pub struct WalConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BackupConfig {
     /// Files read, compressed and uploaded (or downloaded, at restore; checked, at verify) at
-    /// once. Default 2.
+    /// once; in a backup, threads compressing at once. Default 2.
     pub concurrency: u32,
+    /// Objects a backup uploads at once, of which `concurrency` compress at a time (the
+    /// others wait for the network). Default 8.
+    pub transfers: u32,
     /// How long a backup waits for its WAL (every segment from its start to its stop) to
     /// reach the archive. Default 5m.
     #[serde(serialize_with = "ser_duration")]
@@ -487,6 +490,12 @@ pub struct BackupConfig {
     /// past it, the relations with the most changed blocks are copied whole, and the backup
     /// says so. Default 128 MiB (about 8 million changed blocks, 64 GiB of changed pages).
     pub incremental_memory: u64,
+    /// Files (and an incremental's changed blocks of a file) of at most `bundle_file_max`
+    /// bytes are packed into bundle objects of up to this many bytes: a few requests for
+    /// thousands of small files. 0: one object per file. Default 64 MiB.
+    pub bundle_size: u64,
+    /// Largest file packed into a bundle. Default 1 MiB.
+    pub bundle_file_max: u64,
     /// `pgward check` fails when the newest complete backup is older. Default: no limit.
     #[serde(serialize_with = "ser_opt_duration")]
     pub max_age: Option<Duration>,

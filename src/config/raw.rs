@@ -614,8 +614,10 @@ pub(crate) struct RawWal {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawBackup {
-    /// Files in flight in backup, restore and verify, 1 to 64. Default: `2`.
+    /// Files in flight in restore and verify, and threads compressing in a backup, 1 to 64. Default: `2`.
     pub concurrency: Option<Text>,
+    /// Objects a backup uploads at once (a few more than `concurrency` keep a remote store busy while the cores compress), 1 to 64. Default: `8`.
+    pub transfers: Option<Text>,
     /// How long a backup waits for its WAL (start to stop) to be archived. Default: `5m`.
     pub wal_wait: Option<Text>,
     /// The backup lease expires this long after its last renewal, at least 1s. Default: `5m`.
@@ -624,6 +626,10 @@ pub(crate) struct RawBackup {
     pub slice_size: Option<Text>,
     /// Memory an incremental backup's map of changed blocks may use; past it, the relations with the most changed blocks are copied whole. Default: `128MiB`.
     pub incremental_memory: Option<Text>,
+    /// Small files are packed into bundle objects of up to this size; `0` stores one object per file. Default: `64MiB`.
+    pub bundle_size: Option<Text>,
+    /// Largest file packed into a bundle, at most `bundle_size`. Default: `1MiB`.
+    pub bundle_file_max: Option<Text>,
     /// `pgward check` fails when the newest backup is older. Default: none.
     pub max_age: Option<Text>,
     /// `pgward check` fails with fewer full backups. Default: `1`.

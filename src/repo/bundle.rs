@@ -288,7 +288,10 @@ fn decode_bundle<W: Write>(
     let mut tail: Vec<u8> = Vec::with_capacity(2 * TRAILER_LEN);
     let mut buf = vec![0u8; 256 * 1024];
     loop {
-        let n = content.inner.read(&mut buf).map_err(|e| read_error(key, e))?;
+        let n = content
+            .inner
+            .read(&mut buf)
+            .map_err(|e| read_error(key, e))?;
         if n == 0 {
             break;
         }
@@ -346,7 +349,12 @@ fn read_error(key: &str, e: io::Error) -> RepoError {
     decode_error(key, Path::new("<bundle>"), DecodeError::Read(e))
 }
 
-fn read_fully(reader: &mut impl Read, buf: &mut [u8], key: &str, what: &str) -> Result<(), RepoError> {
+fn read_fully(
+    reader: &mut impl Read,
+    buf: &mut [u8],
+    key: &str,
+    what: &str,
+) -> Result<(), RepoError> {
     reader.read_exact(buf).map_err(|e| {
         if e.kind() == io::ErrorKind::UnexpectedEof {
             RepoError::Corrupt {

@@ -45,6 +45,7 @@ mod codec;
 mod consume;
 mod error;
 mod frame;
+mod gate;
 mod get;
 mod incomplete;
 pub mod layout;
@@ -100,6 +101,9 @@ const GET_BYTES_MAX: u64 = 64 << 20;
 #[derive(Clone)]
 pub struct Repo {
     inner: Arc<Inner>,
+    /// Threads compressing at once, across the uploads of this handle and its clones (see
+    /// `gate`); `None`: no limit.
+    encoders: Option<Arc<gate::Gate>>,
 }
 
 struct Inner {
@@ -239,6 +243,7 @@ impl Repo {
                 synced_dirs: Default::default(),
                 local_owner: None,
             }),
+            encoders: None,
         }
     }
 
@@ -256,6 +261,17 @@ impl Repo {
             .expect("with_local_owner is called before the repository is shared")
             .local_owner = owner;
         self
+    }
+
+    /// A handle on the same repository whose uploads (and its clones') compress at most
+    /// `threads` at once, whatever the number in flight: a thread waiting for the network
+    /// gives its turn to another. Other handles are not held back (WAL archiving never waits
+    /// for a backup's turn).
+    pub fn with_encoders(&self, threads: usize) -> Repo {
+        Repo {
+            inner: self.inner.clone(),
+            encoders: Some(gate::Gate::new(threads)),
+        }
     }
 
     /// Where the repository is, without secrets, for logs.

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::frame::{self, Digest};
+use super::gate::Permit;
 use super::{
     blocking, ranges, Checksum, PutMode, PutOutcome, Repo, RepoError, CHANNEL_DEPTH, CHUNK,
     PARTS_IN_FLIGHT, PART_SIZE, SINGLE_PUT_MAX,
@@ -184,11 +185,13 @@ impl Repo {
     ) -> Result<(PutOutcome, T), RepoError> {
         let (tx, mut rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
         let encoder_cancel = cancel.clone();
+        let gate = self.encoders.clone();
         let encoder = tokio::task::spawn_blocking(move || {
             encode(ChunkSink {
                 tx,
                 buf: BytesMut::with_capacity(CHUNK),
                 cancel: encoder_cancel,
+                permit: Permit::take(gate),
             })
         });
         // Buffer up to SINGLE_PUT_MAX; past that, switch to a multipart upload.
@@ -412,7 +415,15 @@ impl Repo {
                         "the store has no create-only put; checking before writing instead");
                     self.inner.no_conditional_put.store(true, Ordering::Relaxed);
                 }
-                Err(e) => return Err(RepoError::storage(key, e)),
+                // A store may refuse a conditional put before reading its body and close the
+                // connection, which reads as a broken request rather than as the refusal; and
+                // a put may succeed with its answer lost. The object there tells which.
+                Err(e) => {
+                    return match existing().await {
+                        Ok(Some(found)) => compare(key, found, new),
+                        _ => Err(RepoError::storage(key, e)),
+                    }
+                }
             }
         }
         // Race window: a writer between this check and the put is overwritten.
@@ -471,6 +482,9 @@ pub(super) struct ChunkSink {
     pub(super) tx: mpsc::Sender<Bytes>,
     pub(super) buf: BytesMut,
     pub(super) cancel: CancellationToken,
+    /// The encoder thread's permit to compress (see `gate`), given back while it waits for
+    /// the upload to take a chunk.
+    pub(super) permit: Permit,
 }
 
 impl ChunkSink {
@@ -484,8 +498,9 @@ impl ChunkSink {
         }
         let chunk = self.buf.split().freeze();
         self.buf.reserve(CHUNK);
-        self.tx
-            .blocking_send(chunk)
+        let tx = &self.tx;
+        self.permit
+            .released_while(|| tx.blocking_send(chunk))
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped"))
     }
 }

@@ -1,14 +1,17 @@
 //! The backup's files written into the data directory (and the tablespaces' locations):
-//! downloads, a parted file assembled from its parts, and with `--delta` the files that
-//! already hold the backup's content kept.
+//! downloads, a bundle read once and written out as the files it holds, a parted file
+//! assembled from its parts (a part in a bundle read alone, with a ranged read), and with
+//! `--delta` the files that already hold the backup's content kept.
 //!
 //! Open files are bounded whatever the backup holds: at most `concurrency` files are being
-//! written at once (a whole file's download, or a parted file being assembled) and at most
-//! `concurrency` downloads run, each holding one handle on its file. So a restore has at most
+//! written at once (a whole file's download, a bundle's current member, or a parted file
+//! being assembled) and at most `concurrency` downloads run, each holding one handle on its
+//! file. So a restore has at most
 //! 2 × `concurrency` files of the data directory open (a `--delta` comparison: one file and
 //! one handle per check, `concurrency` checks at once), plus, with a `file://` repository, the
 //! stored object each download reads.
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -19,7 +22,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::{damaged_hint, set_mode_nofollow, Layout, RestoreOptions};
-use crate::backup::manifest::{file_key, FileEntry, Manifest, Part};
+use crate::backup::manifest::{FileEntry, Manifest, Part};
 use crate::backup::progress::Progress;
 use crate::fsutil::AtomicFile;
 use crate::repo::{retry_to_end, Repo, RepoError, RetryPolicy};
@@ -76,17 +79,17 @@ pub(super) async fn restore_files(
     // Boxed as `dyn Send` where the lifetimes are concrete: otherwise the compiler cannot
     // prove a caller's future `Send` for every lifetime of this stream's closure.
     let all: BoxFuture<'_, Vec<Result<()>>> = Box::pin(
-        stream::iter(todo)
-            .map(|file| {
+        stream::iter(units(todo))
+            .map(|unit| {
                 let cx = &cx;
                 async move {
                     if cx.stop.is_cancelled() {
                         return Ok(());
                     }
-                    let written = if file.parts.is_empty() {
-                        restore_whole(cx, file).await
-                    } else {
-                        restore_parted(cx, file).await
+                    let written = match unit {
+                        Unit::Bundle(key, files) => restore_bundle(cx, &key, files).await,
+                        Unit::File(file) if file.parts.is_empty() => restore_whole(cx, file).await,
+                        Unit::File(file) => restore_parted(cx, file).await,
                     };
                     written
                         .and_then(|()| restored_one())
@@ -101,6 +104,98 @@ pub(super) async fn restore_files(
         bail!("the restore was cancelled before it completed");
     }
     progress.finish();
+    Ok(())
+}
+
+/// What one worker restores at a time.
+enum Unit<'m> {
+    /// The files stored whole in one bundle (its key), in the order they sit in it.
+    Bundle(String, Vec<&'m FileEntry>),
+    /// A file stored as an object of its own, or in parts.
+    File(&'m FileEntry),
+}
+
+/// The bundles first (each read once, whole), then the other files.
+fn units(files: Vec<&FileEntry>) -> Vec<Unit<'_>> {
+    let mut bundles: BTreeMap<String, Vec<&FileEntry>> = BTreeMap::new();
+    let mut rest = Vec::new();
+    for file in files {
+        match file.bundle {
+            Some(_) if file.parts.is_empty() => bundles.entry(file.key()).or_default().push(file),
+            _ => rest.push(Unit::File(file)),
+        }
+    }
+    let mut units: Vec<Unit<'_>> = bundles
+        .into_iter()
+        .map(|(key, mut files)| {
+            files.sort_by_key(|f| f.bundle.map_or(0, |b| b.offset));
+            Unit::Bundle(key, files)
+        })
+        .collect();
+    units.append(&mut rest);
+    units
+}
+
+/// The files of one bundle: the bundle read once, each member written beside its place and
+/// renamed over it once it decoded whole and matches the manifest. A retry reads the bundle
+/// again and rewrites them all.
+async fn restore_bundle(cx: &Shared<'_>, key: &str, files: Vec<&FileEntry>) -> Result<()> {
+    let _download = cx
+        .downloads
+        .acquire()
+        .await
+        .context("wait for a download")?;
+    let mut dests = Vec::with_capacity(files.len());
+    let mut members = Vec::with_capacity(files.len());
+    let mut expected = Vec::with_capacity(files.len());
+    for file in &files {
+        dests.push(cx.layout.file(&file.path)?);
+        members.push(file.bundle.expect("bundled files only").member(&file.path));
+        expected.push((file.checksum.clone(), file.size));
+    }
+    let what = format!("restore bundle {key} ({} files)", files.len());
+    let found = retry_to_end(cx.retry, cx.stop, &what, || {
+        let (open_dests, finish_dests) = (dests.clone(), dests.clone());
+        let expected = expected.clone();
+        let bundle = key.to_owned();
+        let names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
+        cx.repo.get_bundle(
+            key,
+            members.clone(),
+            cx.stop,
+            move |i| {
+                let dest = &open_dests[i];
+                let file = AtomicFile::create(dest).map_err(|e| RepoError::io(dest, e))?;
+                Ok(Some(std::io::BufWriter::with_capacity(256 * 1024, file)))
+            },
+            move |i, out, verified| {
+                let dest = &finish_dests[i];
+                let (checksum, size) = &expected[i];
+                if verified.checksum.to_string() != *checksum || verified.len != *size {
+                    return Err(RepoError::Corrupt {
+                        key: bundle.clone(),
+                        reason: format!(
+                            "member {} holds other content than the manifest lists",
+                            names[i]
+                        ),
+                    });
+                }
+                let file = out
+                    .into_inner()
+                    .map_err(|e| RepoError::io(dest, e.into_error()))?;
+                file.commit().map_err(|e| RepoError::io(dest, e))
+            },
+        )
+    })
+    .await
+    .context(what)?;
+    if !found {
+        return Err(missing(cx, key));
+    }
+    for (file, dest) in files.iter().zip(&dests) {
+        set_mode(dest, file.mode).await?;
+        cx.progress.add(file.size);
+    }
     Ok(())
 }
 
@@ -177,7 +272,7 @@ async fn restore_whole(cx: &Shared<'_>, file: &FileEntry) -> Result<()> {
         .await
         .context("wait for a download")?;
     let dest = cx.layout.file(&file.path)?;
-    let key = file_key(&file.stored_in, &file.path);
+    let key = file.key();
     // A failed attempt leaves `dest` as it was: a retry starts over. An attempt under way
     // ends by itself on `cx.stop` and is awaited: its writer is done with `dest` after it.
     let what = format!("restore {}", file.path);
@@ -261,9 +356,19 @@ async fn restore_part(
             path: dest.to_owned(),
             source,
         })?;
-        cx.repo
-            .get_to_ranges(&key, handle, dest, part.ranges(), cx.stop)
-            .await
+        match &part.bundle {
+            Some(at) => {
+                let member = at.member(&file.path);
+                cx.repo
+                    .get_member_to_ranges(&key, &member, handle, dest, part.ranges(), cx.stop)
+                    .await
+            }
+            None => {
+                cx.repo
+                    .get_to_ranges(&key, handle, dest, part.ranges(), cx.stop)
+                    .await
+            }
+        }
     })
     .await
     .context(what)?;

@@ -9,6 +9,7 @@ mod common;
 mod storage_servers;
 
 mod backup;
+mod bundles;
 mod check;
 mod config_cli;
 mod config_files;

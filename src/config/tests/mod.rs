@@ -147,10 +147,13 @@ fn defaults(data_dir: &str, superuser: &str, database: &str) -> Config {
         },
         backup: BackupConfig {
             concurrency: 2,
+            transfers: 8,
             wal_wait: Duration::from_secs(300),
             lease_ttl: Duration::from_secs(300),
             slice_size: 128 << 20,
             incremental_memory: 128 << 20,
+            bundle_size: 64 << 20,
+            bundle_file_max: 1 << 20,
             max_age: None,
             min_redundancy: 1,
             retention: RetentionConfig {

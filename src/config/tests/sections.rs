@@ -578,10 +578,13 @@ backup:
         ok(yaml, &[("FULLS", "5")]).backup,
         BackupConfig {
             concurrency: 8,
+            transfers: 8,
             wal_wait: Duration::from_secs(90),
             lease_ttl: Duration::from_secs(120),
             slice_size: 16 << 20,
             incremental_memory: 1 << 30,
+            bundle_size: 64 << 20,
+            bundle_file_max: 1 << 20,
             max_age: None,
             min_redundancy: 1,
             retention: RetentionConfig {

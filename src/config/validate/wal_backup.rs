@@ -49,20 +49,44 @@ pub(super) fn validate_wal(raw: RawWal, cx: &mut Cx<'_>) -> WalConfig {
 pub(super) fn validate_backup(raw: RawBackup, cx: &mut Cx<'_>) -> BackupConfig {
     let RawBackup {
         concurrency,
+        transfers,
         wal_wait,
         lease_ttl,
         slice_size,
         incremental_memory,
+        bundle_size,
+        bundle_file_max,
         max_age,
         min_redundancy,
         retention,
     } = raw;
+    let bundle_size = cx
+        .parse("backup.bundle_size", bundle_size, parse_size)
+        .unwrap_or(64 << 20);
+    let bundle_file_max = cx
+        .parse("backup.bundle_file_max", bundle_file_max, |s| {
+            let size = parse_size(s)?;
+            if bundle_size > 0 && size > bundle_size {
+                return Err(invalid(
+                    "bundle_file_max",
+                    s,
+                    "a size of at most backup.bundle_size",
+                ));
+            }
+            Ok(size)
+        })
+        .unwrap_or((1 << 20).min(bundle_size));
     BackupConfig {
         concurrency: cx
             .parse("backup.concurrency", concurrency, |s| {
                 count_in("concurrency", s, 1..=64)
             })
             .unwrap_or(2),
+        transfers: cx
+            .parse("backup.transfers", transfers, |s| {
+                count_in("transfers", s, 1..=64)
+            })
+            .unwrap_or(8),
         wal_wait: cx
             .parse("backup.wal_wait", wal_wait, parse_duration)
             .unwrap_or(Duration::from_secs(300)),
@@ -91,6 +115,8 @@ pub(super) fn validate_backup(raw: RawBackup, cx: &mut Cx<'_>) -> BackupConfig {
         incremental_memory: cx
             .parse("backup.incremental_memory", incremental_memory, parse_size)
             .unwrap_or(128 << 20),
+        bundle_size,
+        bundle_file_max,
         max_age: cx.parse("backup.max_age", max_age, parse_duration),
         min_redundancy: cx
             .parse("backup.min_redundancy", min_redundancy, parse_count)

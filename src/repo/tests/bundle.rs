@@ -148,7 +148,13 @@ async fn a_damaged_bundle_names_the_member_or_the_files_it_holds() {
     let (_, packed) = repo.put_bundle(key, batch, &never()).await.expect("put");
     let members = members(&inputs, &packed);
     let path = ObjectPath::from(format!("{key}.raw"));
-    let stored = store.get(&path).await.expect("get").bytes().await.expect("bytes");
+    let stored = store
+        .get(&path)
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("bytes");
 
     // A byte inside the third member's payload: that member is named.
     let mut damaged = BytesMut::from(&stored[..]);
@@ -158,7 +164,9 @@ async fn a_damaged_bundle_names_the_member_or_the_files_it_holds() {
         .put(&path, PutPayload::from(damaged.freeze()))
         .await
         .expect("put damaged");
-    let err = read_all(&repo, key, members.clone()).await.expect_err("damaged member");
+    let err = read_all(&repo, key, members.clone())
+        .await
+        .expect_err("damaged member");
     assert!(
         err.to_string().contains("global/pg_filenode.map"),
         "names the member: {err}"
@@ -176,5 +184,8 @@ async fn a_damaged_bundle_names_the_member_or_the_files_it_holds() {
     let err = read_all(&repo, key, members).await.expect_err("bad bundle");
     let text = err.to_string();
     assert!(text.contains("bundle checksum mismatch"), "{text}");
-    assert!(text.contains("base/1/1259") && text.contains("base/1/16384_fsm"), "{text}");
+    assert!(
+        text.contains("base/1/1259") && text.contains("base/1/16384_fsm"),
+        "{text}"
+    );
 }

@@ -584,6 +584,7 @@ async fn encoding_streams_in_bounded_chunks() {
             tx,
             buf: BytesMut::with_capacity(CHUNK),
             cancel: CancellationToken::new(),
+            permit: Default::default(),
         };
         frame::encode(file, Codec::None, 0, sink).map(|(d, _)| d)
     });
