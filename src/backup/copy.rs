@@ -682,3 +682,82 @@ async fn copy_file(
 fn is_not_found(e: &crate::repo::RepoError) -> bool {
     matches!(e, crate::repo::RepoError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn whole(len: u64) -> Work {
+        Work::Whole(Source {
+            path: format!("base/1/{len}"),
+            abs: format!("/nonexistent/{len}").into(),
+            mode: 0o600,
+            len,
+        })
+    }
+
+    /// (bundle number, files in it) of each bundle, then the count of other work.
+    fn shape(work: &[Work]) -> (Vec<(u32, usize)>, usize) {
+        let bundles = work
+            .iter()
+            .filter_map(|w| match w {
+                Work::Bundle(n, items) => Some((*n, items.len())),
+                _ => None,
+            })
+            .collect();
+        let rest = work.iter().filter(|w| !matches!(w, Work::Bundle(..))).count();
+        (bundles, rest)
+    }
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn small_files_are_packed_and_large_ones_keep_their_own_objects() {
+        let bundling = Bundling {
+            size: 64 * MIB,
+            file_max: MIB,
+        };
+        let mut work: Vec<Work> = (0..1000).map(|_| whole(8192)).collect();
+        work.push(whole(2 * MIB));
+        work.push(whole(MIB));
+        let planned = bundle(work, bundling, 8);
+        let (bundles, rest) = shape(&planned);
+        assert_eq!(rest, 1, "the 2 MiB file keeps its own object");
+        // About 9 MB to pack: the smallest bundles worth a request, numbered from 0.
+        assert_eq!(bundles.iter().map(|b| b.1).sum::<usize>(), 1001);
+        assert!((2..=3).contains(&bundles.len()), "{bundles:?}");
+        assert!(bundles.iter().enumerate().all(|(i, b)| b.0 == i as u32));
+        assert!(matches!(planned[0], Work::Bundle(0, _)), "bundles go first");
+    }
+
+    #[test]
+    fn much_to_pack_spreads_over_the_workers_up_to_the_bundle_size() {
+        let bundling = Bundling {
+            size: 64 * MIB,
+            file_max: MIB,
+        };
+        // 100,000 files of 8 KiB: 781 MiB, 8 workers: bundles of about 49 MiB.
+        let work: Vec<Work> = (0..100_000).map(|_| whole(8192)).collect();
+        let (bundles, rest) = shape(&bundle(work, bundling, 8));
+        assert_eq!(rest, 0);
+        assert!((16..=17).contains(&bundles.len()), "{}", bundles.len());
+        // A small bundle size caps them.
+        let small = Bundling {
+            size: 4 * MIB,
+            file_max: 64 * 1024,
+        };
+        let work: Vec<Work> = (0..10_000).map(|_| whole(8192)).collect();
+        let (bundles, _) = shape(&bundle(work, small, 2));
+        assert_eq!(bundles.len(), 20, "78 MiB in 4 MiB bundles");
+    }
+
+    #[test]
+    fn no_bundles_when_the_size_is_zero() {
+        let bundling = Bundling {
+            size: 0,
+            file_max: 0,
+        };
+        let work: Vec<Work> = (0..10).map(|_| whole(8192)).collect();
+        assert_eq!(shape(&bundle(work, bundling, 2)), (vec![], 10));
+    }
+}

@@ -739,6 +739,37 @@ mod tests {
     }
 
     #[test]
+    fn a_format_1_manifest_reads_as_one_object_per_file() {
+        let mut v1 = serde_json::to_value(manifest()).expect("JSON");
+        v1["format_version"] = 1.into();
+        for file in v1["files"].as_array_mut().expect("files") {
+            file.as_object_mut().expect("an entry").remove("bundle");
+        }
+        let read: Manifest = serde_json::from_value(v1).expect("a format 1 manifest reads");
+        assert!(read.files.iter().all(|f| f.bundle.is_none()));
+        assert_eq!(read.files[1].key(), "backups/20261130T035500F/data/base/1/1259");
+    }
+
+    #[test]
+    fn bundled_files_are_found_in_their_bundle_and_counted_once() {
+        let mut m = manifest();
+        for (i, file) in m.files.iter_mut().enumerate() {
+            file.bundle = Some(InBundle {
+                bundle: 3,
+                offset: 100 * i as u64,
+                stored_len: 100,
+            });
+        }
+        let keys: Vec<String> = m.files.iter().map(|f| f.key()).collect();
+        assert!(keys.iter().all(|k| k == "backups/20261130T035500F/bundles/000003"));
+        // One bundle, the label, the tablespace map and the manifest.
+        assert_eq!(m.objects_stored(), 4);
+        let json = serde_json::to_string(&m).expect("JSON");
+        let back: Manifest = serde_json::from_str(&json).expect("read back");
+        assert_eq!(back, m);
+    }
+
+    #[test]
     fn a_manifest_as_pgward_writes_it_is_valid() {
         let m = manifest();
         m.validate(None).expect("valid");
