@@ -5,7 +5,8 @@
 //! answered), `503 SlowDown` with S3's XML error body, slow (a link of so many bytes per
 //! second, each direction on its own), and cut (a body closed after so many bytes, request or
 //! response). A [`Rule`] applies one fault to the requests matching a method and a path
-//! substring, optionally only to one in N of them, optionally only for a window of time
+//! substring, optionally only to one in N of them (and never to two requests in a row for
+//! one path: faults that the client's retries absorb), optionally only for a window of time
 //! ([`FaultProxy::set_for`]: a SlowDown storm that passes); the proxy counts every request it
 //! saw and every request it faulted, in all and per path ([`FaultProxy::counts_for`]).
 //!
@@ -62,6 +63,9 @@ pub struct Rule {
     pub path_contains: Option<String>,
     /// Only one in this many matching requests (the Nth, 2Nth, ...); 1 for every one.
     pub one_in: u64,
+    /// Forward a request whose path's previous request was faulted: faults that one retry
+    /// of the storage client absorbs.
+    pub never_twice_in_a_row: bool,
 }
 
 impl Rule {
@@ -72,6 +76,7 @@ impl Rule {
             method: None,
             path_contains: None,
             one_in: 1,
+            never_twice_in_a_row: false,
         }
     }
 
@@ -93,9 +98,18 @@ impl Rule {
         self
     }
 
+    /// Never two faulted requests in a row for one path (see [`Rule::never_twice_in_a_row`]).
+    pub fn never_twice_in_a_row(mut self) -> Rule {
+        self.never_twice_in_a_row = true;
+        self
+    }
+
     /// Whether this rule applies to every request, whatever its head says.
     fn unconditional(&self) -> bool {
-        self.method.is_none() && self.path_contains.is_none() && self.one_in == 1
+        self.method.is_none()
+            && self.path_contains.is_none()
+            && self.one_in == 1
+            && !self.never_twice_in_a_row
     }
 }
 
@@ -134,6 +148,8 @@ struct State {
     rule_until: Mutex<Option<Instant>>,
     /// Every request's path (with query) and whether it was faulted, in arrival order.
     seen: Mutex<Vec<(String, bool)>>,
+    /// Whether the last request of each path was faulted.
+    last_faulted: Mutex<std::collections::HashMap<String, bool>>,
     requests: AtomicU64,
     faulted: AtomicU64,
     /// Matching requests so far, for `one_in`.
@@ -149,11 +165,28 @@ impl State {
     /// The fault for a request with this head, counting it.
     fn fault_for(&self, method: &str, path: &str) -> Option<Fault> {
         self.requests.fetch_add(1, Ordering::SeqCst);
-        let fault = self.matching_fault(method, path);
-        self.seen
-            .lock()
-            .expect("seen lock")
-            .push((path.to_owned(), fault.is_some()));
+        let mut seen = self.seen.lock().expect("seen lock");
+        let mut fault = self.matching_fault(method, path);
+        let spare = fault.is_some()
+            && self
+                .rule
+                .lock()
+                .expect("rule lock")
+                .as_ref()
+                .is_some_and(|r| r.never_twice_in_a_row)
+            && self
+                .last_faulted
+                .lock()
+                .expect("seen lock")
+                .get(path)
+                .is_some_and(|faulted| *faulted);
+        if spare {
+            fault = None;
+        } else if fault.is_some() {
+            self.faulted.fetch_add(1, Ordering::SeqCst);
+        }
+        seen.push((path.to_owned(), fault.is_some()));
+        (self.last_faulted.lock().expect("seen lock")).insert(path.to_owned(), fault.is_some());
         fault
     }
 
@@ -179,7 +212,6 @@ impl State {
         if n % rule.one_in != 0 {
             return None;
         }
-        self.faulted.fetch_add(1, Ordering::SeqCst);
         Some(rule.fault)
     }
 }
@@ -212,6 +244,7 @@ impl FaultProxy {
             rule: Mutex::new(None),
             rule_until: Mutex::new(None),
             seen: Mutex::new(Vec::new()),
+            last_faulted: Mutex::new(Default::default()),
             requests: AtomicU64::new(0),
             faulted: AtomicU64::new(0),
             matched: AtomicU64::new(0),
