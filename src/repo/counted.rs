@@ -488,6 +488,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn failures_count_as_errors_and_refused_preconditions_as_exists() {
+        let (store, counters) = store();
+        let a = Path::from("a");
+        store
+            .put(&a, PutPayload::from_static(b"hello"))
+            .await
+            .unwrap();
+        let past_the_end = store.get_range(&a, 100..200).await;
+        assert!(past_the_end.is_err());
+        let stale = PutOptions::from(PutMode::Update(object_store::UpdateVersion {
+            e_tag: Some("not-the-etag".into()),
+            version: None,
+        }));
+        let refused = store
+            .put_opts(&a, PutPayload::from_static(b"new"), stale)
+            .await;
+        assert!(
+            matches!(refused, Err(object_store::Error::Precondition { .. })),
+            "{refused:?}"
+        );
+        assert_eq!(
+            counts(counters),
+            [
+                ("get_range", "error", 1),
+                ("put", "ok", 1),
+                ("put", "exists", 1)
+            ]
+        );
+    }
+
+    #[tokio::test]
     async fn a_multipart_upload_counts_its_start_each_part_and_its_end() {
         let (store, counters) = store();
         let path = Path::from("big");

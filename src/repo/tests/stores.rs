@@ -380,3 +380,32 @@ async fn a_refused_connection_is_retried_by_the_client_alone() {
     );
     assert!(!local.retried_by_client());
 }
+
+#[tokio::test]
+async fn a_repository_on_any_store_counts_its_requests() {
+    use counted::{RequestOp as Op, RequestResult as Res};
+    let count = |op: Op, result: Res| {
+        counted::snapshot()
+            .into_iter()
+            .find(|c| c.op == op && c.result == result)
+            .map_or(0, |c| c.count)
+    };
+    let (puts, lists) = (count(Op::Put, Res::Ok), count(Op::List, Res::Ok));
+    let repo = Repo::open_with_store(Arc::new(InMemory::new()), "p", Codec::Zstd, 3);
+    repo.put_bytes("k", b"v".to_vec(), PutMode::Overwrite)
+        .await
+        .expect("put");
+    repo.list("").await.expect("list");
+    // Other tests of this process may count too: at least these.
+    assert!(count(Op::Put, Res::Ok) > puts);
+    assert!(count(Op::List, Res::Ok) > lists);
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = storage(&format!("file://{}", dir.path().display()), Codec::Zstd);
+    let puts = count(Op::Put, Res::Ok);
+    let repo = Repo::open(&file).expect("file");
+    repo.put_bytes("k", b"v".to_vec(), PutMode::Overwrite)
+        .await
+        .expect("put");
+    assert!(count(Op::Put, Res::Ok) > puts);
+}
