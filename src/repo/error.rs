@@ -149,7 +149,7 @@ const HTTP_STORES: [&str; 4] = ["S3", "GCS", "MicrosoftAzure", "HTTP"];
 /// server's answer when it is the retry loop's error ("Error performing <method> <url>",
 /// under the store's own "Error performing list request" and the like). Pinned by the tests
 /// of `store` against a server that answers `503 SlowDown`.
-fn client_retried(error: &object_store::Error) -> bool {
+pub(super) fn client_retried(error: &object_store::Error) -> bool {
     use object_store::client::HttpErrorKind as K;
     let object_store::Error::Generic { store, source } = error else {
         // The other variants are definite answers (absent, exists, refused...).
