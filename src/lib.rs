@@ -20,7 +20,8 @@
 //!   line, readiness, backup-mode SQL; its formats: WAL names and LSNs, WAL pages and
 //!   records, `pg_control`, the cluster's identity.
 //! - [`repo`]: the repository on object storage (file, S3, GCS, Azure): its settings, object
-//!   format, codecs, key layout (`BackupId`), `repo.json`, create-only puts, retries.
+//!   format, codecs, key layout (`BackupId`), `repo.json`, create-only puts, retries (one
+//!   layer per request), every request counted (`repo::counted`).
 //!
 //! **Config**: [`config`]: one YAML file → validated typed config (interpolation, secrets,
 //! `file:line:col` errors, redaction, JSON Schema); builds the leaves' settings.

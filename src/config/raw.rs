@@ -582,9 +582,10 @@ pub(crate) struct RawAzure {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawStorageRetry {
-    /// Retries of a failed request. Default: `5`.
+    /// Retries of a failed request: at most `max_retries + 1` attempts each. Default: `5`.
     pub max_retries: Option<Text>,
-    /// First delay between retries, doubled after each. Default: `100ms`.
+    /// First delay between retries; each next one is random, up to twice the previous (jitter).
+    /// Default: `100ms`.
     pub initial_backoff: Option<Text>,
     /// Upper bound of the delay. Default: `15s`.
     pub max_backoff: Option<Text>,

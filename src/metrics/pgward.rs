@@ -1,5 +1,6 @@
 //! pgward's own metrics (`pgward_*`): WAL archiving counters and push latency as they happen,
-//! and at each scrape the state of backups, checks, services and jobs. Kept with the
+//! and at each scrape the state of backups, checks, services and jobs, and the storage
+//! requests counted by the repository (`repo::counted`). Kept with the
 //! `metrics` facade and rendered by `metrics-exporter-prometheus`; the names, units and
 //! labels are listed in `docs/metrics.md`.
 
@@ -48,6 +49,7 @@ pub fn install() -> Result<PrometheusHandle> {
 
 fn describe() {
     describe_wal();
+    describe_storage();
     describe_services();
     describe_backups();
     describe_checks();
@@ -89,6 +91,14 @@ fn describe_wal() {
         "pgward_wal_last_archived_age_seconds",
         Unit::Seconds,
         "Seconds since the last WAL file was archived"
+    );
+}
+
+/// The requests made of the storage.
+fn describe_storage() {
+    describe_counter!(
+        "pgward_storage_requests_total",
+        "Requests made of the storage, by operation (op) and outcome (result: ok, not_found, exists, error); a request retried by the storage client counts once"
     );
 }
 
@@ -383,6 +393,14 @@ pub fn update(snapshot: &Snapshot<'_>, watchers: &Watchers) {
         if let Some(d) = job.last_duration_seconds {
             gauge!("pgward_restore_test_last_duration_seconds").set(d);
         }
+    }
+    for request in crate::repo::counted::snapshot() {
+        counter!(
+            "pgward_storage_requests_total",
+            "op" => request.op.as_str(),
+            "result" => request.result.as_str()
+        )
+        .absolute(request.count);
     }
     gauge!("pgward_backup_min_redundancy").set(f64::from(snapshot.min_redundancy));
     if let Some(facts) = watchers.backups() {

@@ -74,6 +74,23 @@ impl RepoError {
         }
     }
 
+    /// True when the storage client has already retried the request this error ended, as
+    /// `storage.retry` allows: an answer of the server (a `5xx` such as `503 SlowDown`, `429`,
+    /// `408` are retried by the client until `max_retries`; any other status is definite) or
+    /// a request that could not be sent (connect errors). Retrying the operation again would
+    /// multiply the client's attempts, so [`retry`](super::retry::retry) does not.
+    ///
+    /// Not such an error: a timeout or a connection lost mid-request (the client retries those
+    /// only for idempotent requests, and a create-only put is not one), a response that could
+    /// not be read or decoded, and every error of a store without an HTTP client (`file://`,
+    /// `InMemory`).
+    pub fn retried_by_client(&self) -> bool {
+        match self {
+            RepoError::Storage { source, .. } => client_retried(source),
+            _ => false,
+        }
+    }
+
     /// What the user can do about this error, when it says (the storage's refusals, a local
     /// repository's permissions); `None` when the message says all there is.
     pub fn hint(&self) -> Option<&'static str> {
@@ -120,6 +137,42 @@ impl RepoError {
             source,
         }
     }
+}
+
+/// The stores whose requests go through object_store's HTTP client and its retries, by the
+/// name they give in `Error::Generic`.
+const HTTP_STORES: [&str; 4] = ["S3", "GCS", "MicrosoftAzure", "HTTP"];
+
+/// See [`RepoError::retried_by_client`]. object_store's `RetryError` (the end of its retry
+/// loop) is not a public type: a transport failure shows as the public `HttpError` in the
+/// chain, whose kind says whether the loop retries it; a chain without one ended with the
+/// server's answer when it is the retry loop's error ("Error performing <method> <url>",
+/// under the store's own "Error performing list request" and the like). Pinned by the tests
+/// of `store` against a server that answers `503 SlowDown`.
+pub(super) fn client_retried(error: &object_store::Error) -> bool {
+    use object_store::client::HttpErrorKind as K;
+    let object_store::Error::Generic { store, source } = error else {
+        // The other variants are definite answers (absent, exists, refused...).
+        return false;
+    };
+    if !HTTP_STORES.contains(store) {
+        return false;
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+    while let Some(e) = cause {
+        if let Some(http) = e.downcast_ref::<object_store::client::HttpError>() {
+            return matches!(http.kind(), K::Connect | K::Request);
+        }
+        cause = e.source();
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+    while let Some(e) = cause {
+        if e.to_string().starts_with("Error performing ") {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// The hint of the first repository error in `error`'s chain (see [`RepoError::hint`]).

@@ -14,7 +14,8 @@
 //! (what a `file://` repository needs besides), `incomplete` (what a create-only put does with
 //! an object a crash left unfinished), `plain` and `meta` (`repo.json`), `staged` (objects
 //! written while they grow), `lease` (one holder at a time of a piece of work: one backup at a
-//! time), `bundle` (many small files in one object, each a complete object of its own).
+//! time), `bundle` (many small files in one object, each a complete object of its own),
+//! `counted` (every request made of the store, counted for the metrics).
 //!
 //! # Streaming and memory
 //!
@@ -43,6 +44,7 @@
 mod bundle;
 mod codec;
 mod consume;
+pub mod counted;
 mod error;
 mod frame;
 mod gate;
@@ -199,7 +201,7 @@ impl Repo {
     /// Builds the client `cfg` describes (offline: no request is made).
     pub fn open(cfg: &StorageConfig) -> Result<Repo, RepoError> {
         let (stores, prefix) = store::build(cfg)?;
-        let mut repo = Repo::open_with_store(
+        let mut repo = Repo::on_counted_store(
             stores.small,
             &prefix,
             cfg.compression,
@@ -215,8 +217,19 @@ impl Repo {
         Ok(repo)
     }
 
-    /// A repository on any store, e.g. `InMemory` in tests. `level` is zstd's.
+    /// A repository on any store, e.g. `InMemory` in tests. `level` is zstd's. Its requests
+    /// are counted (see [`counted`]).
     pub fn open_with_store(
+        store: Arc<dyn ObjectStore>,
+        prefix: &str,
+        codec: Codec,
+        level: i32,
+    ) -> Repo {
+        Repo::on_counted_store(counted::counted(store), prefix, codec, level)
+    }
+
+    /// [`Repo::open_with_store`] on a store already counted (what `store::build` makes).
+    fn on_counted_store(
         store: Arc<dyn ObjectStore>,
         prefix: &str,
         codec: Codec,

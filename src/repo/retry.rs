@@ -1,8 +1,31 @@
 //! The one retry helper for repository operations: exponential backoff with jitter, driven
-//! by [`RepoError::is_permanent`], cancellable. Each request is already retried by
-//! object_store (`storage.retry`); this retries whole operations (a streamed upload that
-//! broke halfway, a download that failed its checksum check is *not* retried: corrupt is
-//! permanent).
+//! by [`RepoError::is_permanent`] and [`RepoError::retried_by_client`], cancellable.
+//!
+//! # One layer of retries per request
+//!
+//! A request is retried in exactly one place. For object stores that place is object_store's
+//! own client (`RetryConfig`, built from `storage.retry` in `store`): it retries a request
+//! on `5xx` (S3's `503 SlowDown` included, also when S3 hides it in a `200`), `429`, `408`
+//! and connect errors, and timeouts of idempotent requests, with exponential backoff and
+//! decorrelated jitter (each delay random between `initial_backoff` and twice the previous
+//! one, capped at `max_backoff`; the first delay is `initial_backoff`), and it resumes a
+//! download cut halfway with a range read from the last byte received — which a retry of
+//! the whole operation from here could not do. One request under a persistent `503` is thus
+//! attempted `max_retries + 1` times (fewer only if `retry_timeout` runs out first).
+//!
+//! This helper retries *operations* (a put, a listing, a streamed download) only for
+//! failures the client may not have retried: a timeout or a connection lost mid-request (the
+//! client repeats those only for idempotent requests, and a create-only put is not one; the
+//! error does not say which it was, so both layers may try a request that keeps timing out),
+//! a response that could not be read or decoded, and everything of a store without an HTTP
+//! client (`file://`, which has no retries of its own). An
+//! error the client already retried to its limit ([`RepoError::retried_by_client`]) ends
+//! the operation at once: retrying it here would multiply the attempts (`(max_retries + 1)²`
+//! requests per object under a SlowDown storm, when the store is asking for fewer). What
+//! happens next is the caller's: postgres runs `archive_command` again and the daemon's
+//! archiver pauses with growing delays; a backup fails and its job runs it again.
+//!
+//! Definite answers (absent, conflict, corrupt, refused) are never retried.
 
 use std::future::Future;
 use std::time::Duration;
@@ -129,7 +152,11 @@ where
         };
         let error = match result {
             Ok(value) => return Ok(value),
-            Err(e) if e.is_permanent() || retries >= policy.max_retries => return Err(e),
+            Err(e)
+                if e.is_permanent() || e.retried_by_client() || retries >= policy.max_retries =>
+            {
+                return Err(e)
+            }
             Err(e) => e,
         };
         let delay = jittered(policy.backoff(retries));

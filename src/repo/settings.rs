@@ -87,9 +87,11 @@ pub struct AzureConfig {
 /// `storage.retry:` — retries and timeouts of storage requests.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StorageRetryConfig {
-    /// Retries of a failed request before giving up. Default 5.
+    /// Retries of a failed request before giving up: a request is attempted at most
+    /// `max_retries + 1` times, by the storage client alone (see `repo::retry`). Default 5.
     pub max_retries: u32,
-    /// First delay between retries, doubled after each. Default 100ms.
+    /// First delay between retries; each next one is random between this and twice the
+    /// previous one (jitter), up to `max_backoff`. Default 100ms.
     #[serde(serialize_with = "ser_duration")]
     pub initial_backoff: Duration,
     /// Upper bound of the delay between retries. Default 15s.

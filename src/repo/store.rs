@@ -7,6 +7,9 @@
 //! only when they make no progress for `storage.retry.idle_timeout`: a 128 MiB object over a
 //! slow link takes minutes, and a whole-request timeout would fail it however healthy the link.
 //!
+//! Every client is wrapped in [`counted`](super::counted), so each request it makes is
+//! counted.
+//!
 //! The only place that knows the cloud SDK builders. Credentials: each builder starts from
 //! its cloud's standard environment variables (`from_env`), then the config's keys override
 //! them. Nothing here performs a request: building a client is offline, so a bad credential
@@ -21,6 +24,7 @@ use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
 
+use super::counted::counted;
 use super::{RepoError, StorageConfig, StorageUrl};
 
 /// The clients of one store; see the module documentation.
@@ -46,6 +50,7 @@ pub(crate) fn build(cfg: &StorageConfig) -> Result<(Stores, String), RepoError> 
         let store: Arc<dyn ObjectStore> = Arc::new(
             LocalFileSystem::new_with_prefix(root).map_err(|e| config_error(&cfg.url, e))?,
         );
+        let store = counted(store);
         let stores = Stores {
             small: store.clone(),
             bulk: store,
@@ -53,8 +58,8 @@ pub(crate) fn build(cfg: &StorageConfig) -> Result<(Stores, String), RepoError> 
         return Ok((stores, prefix));
     }
     let stores = Stores {
-        small: client(cfg, Kind::Small)?,
-        bulk: client(cfg, Kind::Bulk)?,
+        small: counted(client(cfg, Kind::Small)?),
+        bulk: counted(client(cfg, Kind::Bulk)?),
     };
     Ok((stores, prefix))
 }

@@ -37,6 +37,7 @@ mod security_socket;
 mod services;
 mod small_paths;
 mod storage;
+mod storage_requests;
 mod transfers;
 mod verify;
 mod wal;

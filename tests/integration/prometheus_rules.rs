@@ -265,6 +265,11 @@ pgward_wal_last_archived_age_seconds 12.5
 # HELP pgward_wal_prefetch_hits_total wal-fetch requests answered from the prefetch spool.
 # TYPE pgward_wal_prefetch_hits_total counter
 pgward_wal_prefetch_hits_total 0
+# HELP pgward_storage_requests_total Requests made of the storage, by operation and result.
+# TYPE pgward_storage_requests_total counter
+pgward_storage_requests_total{op="put",result="ok"} 42
+pgward_storage_requests_total{op="put",result="error"} 1
+pgward_storage_requests_total{op="get_range",result="ok"} 42
 # HELP pgward_check_ok 1 when the pgward check item passed at its last run.
 # TYPE pgward_check_ok gauge
 pgward_check_ok{check="archive_command"} 1

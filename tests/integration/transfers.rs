@@ -263,12 +263,15 @@ async fn backups_restores_and_verify_complete_through_slowdowns_and_cut_bodies()
         .unwrap();
 
     // Backups: one in three uploads answered 503 SlowDown, then one in two cut after
-    // 64 KiB of its body. WAL goes through unharmed: only backup objects are faulted.
+    // 64 KiB of its body. WAL goes through unharmed: only backup objects are faulted. Never
+    // one object twice in a row: a request is retried by the storage client alone, up to
+    // `max_retries` (2) times, and this is about surviving faults within those.
     proxy.set(
         Rule::all(Fault::SlowDown)
             .method("PUT")
             .path_contains("/backups/")
-            .one_in(3),
+            .one_in(3)
+            .never_twice_in_a_row(),
     );
     let (code, out, err) = pgward(&config, &["backup", "--full"]);
     assert_eq!(code, 0, "backup through 503s failed:\n{out}\n{err}");
@@ -280,7 +283,8 @@ async fn backups_restores_and_verify_complete_through_slowdowns_and_cut_bodies()
         })
         .method("PUT")
         .path_contains("/backups/")
-        .one_in(2),
+        .one_in(2)
+        .never_twice_in_a_row(),
     );
     let (code, out, err) = pgward(&config, &["backup", "--full"]);
     assert_eq!(code, 0, "backup through cut uploads failed:\n{out}\n{err}");
@@ -295,13 +299,17 @@ async fn backups_restores_and_verify_complete_through_slowdowns_and_cut_bodies()
     // of objects: the listings' pages here are larger than the cut, and one in two cut
     // would break some page of every attempt at a listing.)
     for rule in [
-        Rule::all(Fault::SlowDown).method("GET").one_in(3),
+        Rule::all(Fault::SlowDown)
+            .method("GET")
+            .one_in(3)
+            .never_twice_in_a_row(),
         Rule::all(Fault::Cut {
             after_bytes: 64 << 10,
         })
         .method("GET")
         .path_contains("/flaky/backups/")
-        .one_in(2),
+        .one_in(2)
+        .never_twice_in_a_row(),
     ] {
         proxy.set(rule.clone());
         let before = proxy.counts().faulted;
@@ -323,14 +331,20 @@ async fn backups_restores_and_verify_complete_through_slowdowns_and_cut_bodies()
         })
         .method("GET")
         .path_contains("/flaky/backups/")
-        .one_in(2),
+        .one_in(2)
+        .never_twice_in_a_row(),
     );
     let (code, out, err) = pgward(&restore_config, &["restore", "latest"]);
     assert_eq!(
         code, 0,
         "restore through cut downloads failed:\n{out}\n{err}"
     );
-    proxy.set(Rule::all(Fault::SlowDown).method("GET").one_in(3));
+    proxy.set(
+        Rule::all(Fault::SlowDown)
+            .method("GET")
+            .one_in(3)
+            .never_twice_in_a_row(),
+    );
     let (_recovered, restored_client) = start_recovered(&restored, &storage).await;
     let row = restored_client
         .query_one("SELECT count(*), sum(i)::bigint FROM t", &[])

@@ -241,3 +241,174 @@ async fn stores_without_conditional_put_or_suffix_ranges_still_work() {
         std::fs::read(&a).expect("a")
     );
 }
+
+/// A server that answers every request `503 SlowDown` with S3's XML body, counting them.
+struct SlowDownServer {
+    endpoint: String,
+    requests: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl SlowDownServer {
+    async fn start() -> SlowDownServer {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = requests.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    return;
+                };
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    // One request per connection: its head, then its body, then the answer.
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 8192];
+                    let head_end = loop {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                        if let Some(at) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break at + 4;
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&got[..head_end]).to_ascii_lowercase();
+                    let body_len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while got.len() < head_end + body_len {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown\
+                                </Code><Message>Please reduce your request rate.</Message></Error>";
+                    let answer = format!(
+                        "HTTP/1.1 503 Slow Down\r\ncontent-type: application/xml\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = conn.write_all(answer.as_bytes()).await;
+                    let _ = conn.shutdown().await;
+                });
+            }
+        });
+        SlowDownServer { endpoint, requests }
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+/// An S3 repository at `endpoint`, with `max_retries` and short backoffs.
+fn s3_at(endpoint: &str, max_retries: u32) -> StorageConfig {
+    let mut cfg = storage("s3://bucket/p", Codec::Zstd);
+    cfg.s3 = S3Config {
+        endpoint: Some(endpoint.to_owned()),
+        region: Some("us-east-1".into()),
+        access_key_id: Some("AKIA".into()),
+        secret_access_key: Some(Secret::new("secret".into())),
+        path_style: true,
+        allow_http: true,
+        ..S3Config::default()
+    };
+    cfg.retry.max_retries = max_retries;
+    cfg.retry.initial_backoff = std::time::Duration::from_millis(1);
+    cfg.retry.max_backoff = std::time::Duration::from_millis(5);
+    cfg
+}
+
+#[tokio::test]
+async fn under_persistent_slowdown_a_request_is_attempted_max_retries_plus_one_times_in_all() {
+    let server = SlowDownServer::start().await;
+    let cfg = s3_at(&server.endpoint, 3);
+    let repo = Repo::open(&cfg).expect("s3");
+    let policy = RetryPolicy::from_config(&cfg.retry);
+    let cancel = CancellationToken::new();
+    let attempts = cfg.retry.max_retries as usize + 1;
+
+    // An upload retried as an operation by its caller: the client's retries only.
+    let before = server.requests();
+    let err = retry(&policy, &cancel, "put k", || {
+        repo.put_bytes("k", b"v".to_vec(), PutMode::Create)
+    })
+    .await
+    .expect_err("the server never accepts");
+    assert!(err.retried_by_client(), "{}", super::error::Chain(&err));
+    assert!(!err.is_permanent());
+    let text = super::error::Chain(&err).to_string();
+    assert!(text.contains("SlowDown"), "{text}");
+    // Each request attempted `attempts` times, none of them again by the operation: the
+    // conditional put, and the looks that follow a failed one (the object's trailer, then
+    // its size) — at most three requests.
+    let made = server.requests() - before;
+    assert_eq!(made % attempts, 0, "{made} requests: {text}");
+    assert!(made <= 3 * attempts, "{made} requests: {text}");
+
+    // A download and a listing, which the repository retries as operations itself.
+    let before = server.requests();
+    repo.get_bytes("k").await.expect_err("503");
+    assert_eq!(server.requests() - before, attempts);
+    let before = server.requests();
+    repo.list("wal/").await.expect_err("503");
+    assert_eq!(server.requests() - before, attempts);
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_retried_by_the_client_alone() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let cfg = s3_at(&format!("http://127.0.0.1:{port}"), 2);
+    let repo = Repo::open(&cfg).expect("s3");
+    let err = repo.get_bytes("k").await.expect_err("nobody listens");
+    assert!(err.retried_by_client(), "{}", super::error::Chain(&err));
+    // Errors of a store without an HTTP client are the repository's to retry.
+    let local = RepoError::storage(
+        "k",
+        object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: "Error performing something".into(),
+        },
+    );
+    assert!(!local.retried_by_client());
+}
+
+#[tokio::test]
+async fn a_repository_on_any_store_counts_its_requests() {
+    use counted::{RequestOp as Op, RequestResult as Res};
+    let count = |op: Op, result: Res| {
+        counted::snapshot()
+            .into_iter()
+            .find(|c| c.op == op && c.result == result)
+            .map_or(0, |c| c.count)
+    };
+    let (puts, lists) = (count(Op::Put, Res::Ok), count(Op::List, Res::Ok));
+    let repo = Repo::open_with_store(Arc::new(InMemory::new()), "p", Codec::Zstd, 3);
+    repo.put_bytes("k", b"v".to_vec(), PutMode::Overwrite)
+        .await
+        .expect("put");
+    repo.list("").await.expect("list");
+    // Other tests of this process may count too: at least these.
+    assert!(count(Op::Put, Res::Ok) > puts);
+    assert!(count(Op::List, Res::Ok) > lists);
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = storage(&format!("file://{}", dir.path().display()), Codec::Zstd);
+    let puts = count(Op::Put, Res::Ok);
+    let repo = Repo::open(&file).expect("file");
+    repo.put_bytes("k", b"v".to_vec(), PutMode::Overwrite)
+        .await
+        .expect("put");
+    assert!(count(Op::Put, Res::Ok) > puts);
+}

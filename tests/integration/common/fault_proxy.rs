@@ -5,8 +5,10 @@
 //! answered), `503 SlowDown` with S3's XML error body, slow (a link of so many bytes per
 //! second, each direction on its own), and cut (a body closed after so many bytes, request or
 //! response). A [`Rule`] applies one fault to the requests matching a method and a path
-//! substring, optionally only to one in N of them; the proxy counts every request it saw and
-//! every request it faulted.
+//! substring, optionally only to one in N of them (and never to two requests in a row for
+//! one path: faults that the client's retries absorb), optionally only for a window of time
+//! ([`FaultProxy::set_for`]: a SlowDown storm that passes); the proxy counts every request it
+//! saw and every request it faulted, in all and per path ([`FaultProxy::counts_for`]).
 //!
 //! Requests are forwarded unchanged, `Host` included: an S3 client signs the host it talks
 //! to (the proxy's), and the server checks the signature over the headers it receives, so a
@@ -61,6 +63,9 @@ pub struct Rule {
     pub path_contains: Option<String>,
     /// Only one in this many matching requests (the Nth, 2Nth, ...); 1 for every one.
     pub one_in: u64,
+    /// Forward a request whose path's previous request was faulted: faults that one retry
+    /// of the storage client absorbs.
+    pub never_twice_in_a_row: bool,
 }
 
 impl Rule {
@@ -71,6 +76,7 @@ impl Rule {
             method: None,
             path_contains: None,
             one_in: 1,
+            never_twice_in_a_row: false,
         }
     }
 
@@ -92,9 +98,18 @@ impl Rule {
         self
     }
 
+    /// Never two faulted requests in a row for one path (see [`Rule::never_twice_in_a_row`]).
+    pub fn never_twice_in_a_row(mut self) -> Rule {
+        self.never_twice_in_a_row = true;
+        self
+    }
+
     /// Whether this rule applies to every request, whatever its head says.
     fn unconditional(&self) -> bool {
-        self.method.is_none() && self.path_contains.is_none() && self.one_in == 1
+        self.method.is_none()
+            && self.path_contains.is_none()
+            && self.one_in == 1
+            && !self.never_twice_in_a_row
     }
 }
 
@@ -129,6 +144,12 @@ impl Link {
 struct State {
     upstream: SocketAddr,
     rule: Mutex<Option<Rule>>,
+    /// When the rule stops applying (`set_for`); `None`: until changed.
+    rule_until: Mutex<Option<Instant>>,
+    /// Every request's path (with query) and whether it was faulted, in arrival order.
+    seen: Mutex<Vec<(String, bool)>>,
+    /// Whether the last request of each path was faulted.
+    last_faulted: Mutex<std::collections::HashMap<String, bool>>,
     requests: AtomicU64,
     faulted: AtomicU64,
     /// Matching requests so far, for `one_in`.
@@ -144,6 +165,40 @@ impl State {
     /// The fault for a request with this head, counting it.
     fn fault_for(&self, method: &str, path: &str) -> Option<Fault> {
         self.requests.fetch_add(1, Ordering::SeqCst);
+        let mut seen = self.seen.lock().expect("seen lock");
+        let mut fault = self.matching_fault(method, path);
+        let spare = fault.is_some()
+            && self
+                .rule
+                .lock()
+                .expect("rule lock")
+                .as_ref()
+                .is_some_and(|r| r.never_twice_in_a_row)
+            && self
+                .last_faulted
+                .lock()
+                .expect("seen lock")
+                .get(path)
+                .is_some_and(|faulted| *faulted);
+        if spare {
+            fault = None;
+        } else if fault.is_some() {
+            self.faulted.fetch_add(1, Ordering::SeqCst);
+        }
+        seen.push((path.to_owned(), fault.is_some()));
+        (self.last_faulted.lock().expect("seen lock")).insert(path.to_owned(), fault.is_some());
+        fault
+    }
+
+    fn matching_fault(&self, method: &str, path: &str) -> Option<Fault> {
+        let ended = self
+            .rule_until
+            .lock()
+            .expect("rule lock")
+            .is_some_and(|until| Instant::now() >= until);
+        if ended {
+            return None;
+        }
         let rule = self.rule.lock().expect("rule lock").clone()?;
         if rule.method.as_deref().is_some_and(|m| m != method)
             || rule
@@ -157,7 +212,6 @@ impl State {
         if n % rule.one_in != 0 {
             return None;
         }
-        self.faulted.fetch_add(1, Ordering::SeqCst);
         Some(rule.fault)
     }
 }
@@ -188,6 +242,9 @@ impl FaultProxy {
         let state = Arc::new(State {
             upstream: SocketAddr::from(([127, 0, 0, 1], upstream_port)),
             rule: Mutex::new(None),
+            rule_until: Mutex::new(None),
+            seen: Mutex::new(Vec::new()),
+            last_faulted: Mutex::new(Default::default()),
             requests: AtomicU64::new(0),
             faulted: AtomicU64::new(0),
             matched: AtomicU64::new(0),
@@ -223,12 +280,38 @@ impl FaultProxy {
     /// Applies `rule` from the next request on (requests in flight keep what they had).
     pub fn set(&self, rule: Rule) {
         self.state.matched.store(0, Ordering::SeqCst);
+        *self.state.rule_until.lock().expect("rule lock") = None;
         *self.state.rule.lock().expect("rule lock") = Some(rule);
+    }
+
+    /// Applies `rule` from the next request on, for `window`; then forwards every request
+    /// unchanged (a storm that passes by itself, whatever the test is doing meanwhile).
+    pub fn set_for(&self, rule: Rule, window: Duration) {
+        self.set(rule);
+        *self.state.rule_until.lock().expect("rule lock") = Some(Instant::now() + window);
     }
 
     /// Forwards every request unchanged from now on.
     pub fn clear(&self) {
         *self.state.rule.lock().expect("rule lock") = None;
+        *self.state.rule_until.lock().expect("rule lock") = None;
+    }
+
+    /// Whether a rule applies now (set, and its window, if any, not over).
+    pub fn faulting(&self) -> bool {
+        let until = *self.state.rule_until.lock().expect("rule lock");
+        self.state.rule.lock().expect("rule lock").is_some()
+            && until.is_none_or(|until| Instant::now() < until)
+    }
+
+    /// What the proxy counted of the requests whose path (with query) contains `part`.
+    pub fn counts_for(&self, part: &str) -> Counts {
+        let seen = self.state.seen.lock().expect("seen lock");
+        let matching = seen.iter().filter(|(path, _)| path.contains(part));
+        let (requests, faulted) = matching.fold((0, 0), |(n, f), (_, faulted)| {
+            (n + 1, f + u64::from(*faulted))
+        });
+        Counts { requests, faulted }
     }
 
     /// Forwards requests with their `Host` rewritten to the upstream server's address, as a

@@ -16,7 +16,9 @@
 //! - [`repo_files`](self::repo_files): the repository's own files the tests read (example
 //!   configs) and the tools they run on them (promtool);
 //! - [`majors`](self::majors): the PostgreSQL major the tests' servers run
-//!   (`PGWARD_TEST_PG_MAJOR`).
+//!   (`PGWARD_TEST_PG_MAJOR`);
+//! - [`requests`](self::requests): the storage requests a running daemon counted, from its
+//!   `/metrics` (`pgward_storage_requests_total`).
 //!
 //! Nothing here imports a subject module.
 
@@ -27,6 +29,7 @@ pub mod fault_proxy;
 mod majors;
 mod pgward;
 mod repo_files;
+pub mod requests;
 
 pub use cluster::*;
 pub use failpoints::*;
