@@ -705,7 +705,10 @@ mod tests {
                 _ => None,
             })
             .collect();
-        let rest = work.iter().filter(|w| !matches!(w, Work::Bundle(..))).count();
+        let rest = work
+            .iter()
+            .filter(|w| !matches!(w, Work::Bundle(..)))
+            .count();
         (bundles, rest)
     }
 

@@ -747,7 +747,10 @@ mod tests {
         }
         let read: Manifest = serde_json::from_value(v1).expect("a format 1 manifest reads");
         assert!(read.files.iter().all(|f| f.bundle.is_none()));
-        assert_eq!(read.files[1].key(), "backups/20261130T035500F/data/base/1/1259");
+        assert_eq!(
+            read.files[1].key(),
+            "backups/20261130T035500F/data/base/1/1259"
+        );
     }
 
     #[test]
@@ -761,7 +764,9 @@ mod tests {
             });
         }
         let keys: Vec<String> = m.files.iter().map(|f| f.key()).collect();
-        assert!(keys.iter().all(|k| k == "backups/20261130T035500F/bundles/000003"));
+        assert!(keys
+            .iter()
+            .all(|k| k == "backups/20261130T035500F/bundles/000003"));
         // One bundle, the label, the tablespace map and the manifest.
         assert_eq!(m.objects_stored(), 4);
         let json = serde_json::to_string(&m).expect("JSON");
