@@ -195,7 +195,7 @@ requests() { # proxy-name: "" on file://
 
 declare -A last_backup
 backup_run() { # tool round
-    local tool=$1 r=$2 dir before after s q0 q1 proxy
+    local tool=$1 r=$2 dir s q0 q1 proxy
     dir=$(objects_dir "$phase" "$tool")
     wait_drained
     warm_data

@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2154 # tmp and children are set by the sourcing script
 # S3 test server and latency proxies for the bench/ scripts (sourced after lib.sh): s3s-fs from
 # .tools (installed by scripts/test-deps.sh, as for the integration tests) keeps each object as
 # a plain file under its root, so objects can be counted on disk; bench/latency_proxy.py in
