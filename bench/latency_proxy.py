@@ -18,6 +18,8 @@ How it works (Python standard library only, asyncio):
   object_store nor pgBackRest does). At each turnaround the proxy reads the request's header,
   counts it, sleeps the delay once, then forwards: one added round trip per request, as on a link
   with that latency. Bandwidth is not limited, and TCP and TLS handshakes get no extra delay.
+- Responses are acknowledged at once (see `quickack`), which removes a 40 ms stall per GET that
+  s3s-fs itself causes.
 - While the file given by --slowdown-file exists, every request is answered by the proxy itself
   with `503 SlowDown` (the S3 error XML, as AWS sends when throttling), its body read and
   discarded; nothing reaches the upstream. Requests sent with a chunked body close the
@@ -34,6 +36,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import ssl
 import sys
 import urllib.parse
@@ -130,6 +133,20 @@ def parse_header(header):
     return method, target, fields
 
 
+def quickack(sock):
+    """Acknowledges the upstream's next bytes at once (Linux's TCP_QUICKACK; it wears off, so it
+    is set again before each read). s3s-fs does not set TCP_NODELAY: it writes a response's
+    header and body separately and, by Nagle's algorithm, holds the body until the header is
+    acknowledged, which a receiver's delayed ACK puts off by 40 ms. That stall, once per GET,
+    is the test server's, not the link's: a client talking to s3s-fs directly sees it (a
+    restore of 1,000 small files took 23 s instead of 2), S3 does not add it."""
+    if hasattr(socket, "TCP_QUICKACK"):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        except OSError:
+            pass
+
+
 class Connection:
     """One client connection and its upstream connection."""
 
@@ -200,8 +217,10 @@ class Connection:
         return not chunked
 
     async def server_to_client(self):
+        up = self.up_w.get_extra_info("socket")
         try:
             while True:
+                quickack(up)
                 data = await self.up_r.read(65536)
                 if not data:
                     break

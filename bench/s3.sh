@@ -169,8 +169,9 @@ new_objects() { # before-list after-list
 
 declare -A vals # "phase|tool|metric" -> space-separated values, one per run
 
-add() { # phase tool metric value
+add() { # phase tool metric value: also logged to values.txt, kept with KEEP=1
     vals["$1|$2|$3"]="${vals["$1|$2|$3"]:-} $4"
+    echo "$1 $2 $3 $4" >>"$tmp/values.txt"
 }
 
 # Times one command (wall clock, seconds with 2 decimals) into $tmp/log/<key>.log; prints the
