@@ -38,7 +38,7 @@ override PGWARD_HOME := $(abspath $(PGWARD_HOME))
 export PGWARD_HOME
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test test-default test-majors deps lint doc image push bench bench-wal bench-backup bench-exporter bench-scale bench-image bench-deps clean
+.PHONY: help build run test test-default test-majors deps lint doc image push bench bench-wal bench-backup bench-exporter bench-scale bench-image bench-s3 bench-fleet bench-deps clean
 
 help: ## list the targets
 	@awk 'BEGIN { FS = ":.*## " } /^[a-z-]+:.*## / { printf "  make %-12s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -157,6 +157,12 @@ bench-exporter: build bench-deps ## scrapes: postgres_exporter vs pgward's /metr
 
 bench-scale: build ## memory and time at 100,000 files and 1,000 WAL segments (bench/README.md)
 	bench/scale.sh
+
+bench-s3: build bench-deps ## backup, restore and WAL archiving on file:// and on S3 at 0/10/25 ms, beside pgBackRest (bench/README.md)
+	bench/s3.sh
+
+bench-fleet: build bench-deps ## FLEET_N (50) clusters archiving to one S3 server, then 30 s of 503 SlowDown (bench/README.md)
+	bench/fleet.sh
 
 bench-image: build ## the image against its base: size, run→healthy, stop, idle memory (bench/README.md)
 	bench/image.sh

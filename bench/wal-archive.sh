@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # WAL archiving throughput benchmark: how fast each archive_command keeps up with a pgbench
-# write load. One run of each setup; see bench/README.md for what is measured and how.
+# write load. RUNS rounds of every setup, their order rotated each round; each figure is the
+# median of the runs. See bench/README.md for what is measured and how.
 #
 # Usage: bench/wal-archive.sh [SETUP...]    SETUP is a, b, c or f (default: all four)
 #   a  archive_command = test ! -f ARCHIVE/%f && cp %p ARCHIVE/%f
@@ -10,6 +11,7 @@
 #      costs under the same load (postgres forks a shell, the timing wrapper forks the command)
 #
 #   DURATION        pgbench -T seconds (default 60)
+#   RUNS            rounds (default 3)
 #   SCALE           pgbench -i -s (default 50)
 #   CLIENTS, JOBS   pgbench -c / -j (default 4 / 2)
 #   PGWARD_BIN      pgward binary (default target/release/pgward, built when missing for c)
@@ -28,6 +30,7 @@ root=$PWD
 setups=("$@")
 [[ ${#setups[@]} -gt 0 ]] || setups=(a b c f)
 duration=${DURATION:-60}
+runs=${RUNS:-3}
 scale=${SCALE:-50}
 clients=${CLIENTS:-4}
 jobs=${JOBS:-2}
@@ -36,6 +39,8 @@ pgward_bin=${PGWARD_BIN:-$root/target/release/pgward}
 ready_timeout_s=60
 # shellcheck source=bench/lib.sh
 source "$root/bench/lib.sh"
+# shellcheck source=bench/runs.sh
+source "$root/bench/runs.sh"
 
 # --- prerequisites ---------------------------------------------------------------------------
 for t in psql pgbench pg_ctl initdb; do
@@ -408,16 +413,43 @@ YAML
     true
 }
 
-for s in "${setups[@]}"; do
-    if [[ -n ${skipped[$s]:-} ]]; then
-        log "setup $s skipped: ${skipped[$s]}"
-        continue
-    fi
-    log "setup $s"
-    "run_$s"
-    # Each setup's cluster and archive are a few GB: free the disk before the next one.
-    [[ ${KEEP:-0} == 1 ]] || rm -rf "${tmp:?}/$s/data" "${tmp:?}/$s/archive" "${tmp:?}/$s/repo" \
-        "${tmp:?}/$s/spool"
+# Every figure of every run: all["<figure>|<setup>"] holds one value per run, space-separated.
+declare -A all
+keep_values() { # setup
+    local s=$1 f
+    local -A now=([wal_mbps]=${wal_mbps[$s]:-} [segs_ps]=${segs_ps[$s]:-} [tps]=${tps[$s]:-}
+        [ready_end]=${ready_end[$s]:-} [drain_s]=${drain_s[$s]:-} [p50]=${p50[$s]:-}
+        [p99]=${p99[$s]:-} [calls]=${calls[$s]:-} [rss]=${peak_rss_c:-})
+    [[ $s == c ]] || now[rss]=
+    for f in "${!now[@]}"; do
+        # Only numbers: a run that failed, or a drain that timed out (">N"), adds nothing.
+        [[ ${now[$f]} =~ ^[0-9.]+$ ]] && all["$f|$s"]+=" ${now[$f]}"
+    done
+    unset "wal_mbps[$s]" "segs_ps[$s]" "tps[$s]" "ready_end[$s]" "drain_s[$s]" "p50[$s]" \
+        "p99[$s]" "calls[$s]"
+    peak_rss_c=
+}
+
+# Round r runs every setup, in an order rotated by one each round, so no setup always runs
+# first or after the same other one.
+for ((r = 1; r <= runs; r++)); do
+    mapfile -t order < <(round_order "$r" "${setups[@]}")
+    for s in "${order[@]}"; do
+        if [[ -n ${skipped[$s]:-} ]]; then
+            [[ $r -gt 1 ]] || log "setup $s skipped: ${skipped[$s]}"
+            continue
+        fi
+        # A fresh directory per run: the previous run's is kept (KEEP=1) under its round.
+        if [[ -d $tmp/$s ]]; then
+            if [[ ${KEEP:-0} == 1 ]]; then mv "$tmp/$s" "$tmp/$s-round$((r - 1))"; else rm -rf "${tmp:?}/$s"; fi
+        fi
+        log "setup $s, round $r of $runs"
+        "run_$s"
+        keep_values "$s"
+        # Each setup's cluster and archive are a few GB: free the disk before the next one.
+        [[ ${KEEP:-0} == 1 ]] || rm -rf "${tmp:?}/$s/data" "${tmp:?}/$s/archive" "${tmp:?}/$s/repo" \
+            "${tmp:?}/$s/spool"
+    done
 done
 
 # --- report ----------------------------------------------------------------------------------
@@ -428,29 +460,36 @@ declare -A label=(
     [f]="(f) true (floor, no archive)"
 )
 row() {
-    printf '%-30s | %8s | %8s | %6s | %9s | %8s | %8s | %8s | %6s\n' "$@"
+    printf '%-30s | %16s | %6s | %6s | %10s | %13s | %17s | %17s | %6s\n' "$@"
 }
+# shellcheck disable=SC2086 # the runs' values are space-separated numbers
+cell() { # figure setup format
+    summary "$3" ${all["$1|$2"]:-}
+}
+# shellcheck disable=SC2086
+med() { median ${all["$1|$2"]:-}; }
 echo
-echo "pgbench -i -s $scale, then -T $duration -c $clients -j $jobs; synchronous_commit=off"
+echo "pgbench -i -s $scale, then -T $duration -c $clients -j $jobs; synchronous_commit=off;" \
+    "median (min–max) of $runs runs, setups interleaved"
 row "setup" "WAL MB/s" "segs/s" "tps" ".ready end" "drain s" "p50 ms" "p99 ms" "calls"
-row "------------------------------" "--------" "--------" "------" "---------" "--------" \
-    "--------" "--------" "------"
+row "------------------------------" "----------------" "------" "------" "----------" \
+    "-------------" "-----------------" "-----------------" "------"
 for s in "${setups[@]}"; do
     if [[ -n ${skipped[$s]:-} ]]; then
         printf '%-30s | skipped: %s\n' "${label[$s]}" "${skipped[$s]}"
         continue
     fi
-    row "${label[$s]}" "${wal_mbps[$s]:--}" "${segs_ps[$s]:--}" "${tps[$s]:--}" \
-        "${ready_end[$s]:--}" "${drain_s[$s]:--}" "${p50[$s]:--}" "${p99[$s]:--}" \
-        "${calls[$s]:--}"
+    row "${label[$s]}" "$(cell wal_mbps "$s" %.1f)" "$(med segs_ps "$s")" "$(med tps "$s")" \
+        "$(cell ready_end "$s" %.0f)" "$(cell drain_s "$s" %.1f)" "$(cell p50 "$s" %.1f)" \
+        "$(cell p99 "$s" %.1f)" "$(med calls "$s")"
 done
 for s in "${setups[@]}"; do
     [[ -z ${note[$s]:-} ]] || echo "note $s: ${note[$s]}"
-    [[ $s != c || -z ${peak_rss_c:-} ]] || echo "pgward peak RSS during (c): ${peak_rss_c} MB"
+    [[ $s != c || -z ${all["rss|c"]:-} ]] || echo "pgward peak RSS during (c): $(cell rss c %.1f) MB"
 done
 echo
-echo "postgres: $("$pg_bin/postgres" --version); $(pgbackrest version 2>/dev/null || echo 'no pgbackrest');" \
-    "$(nproc) CPUs; one run per setup"
+echo "postgres: $("$pg_bin/postgres" --version); $(pgbackrest version 2>/dev/null || echo 'no pgbackrest')."
+echo "$(machine_line); $runs rounds, the setups' order rotated each round"
 
 for s in "${setups[@]}"; do
     [[ -z ${note[$s]:-} ]] || exit 1

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the benchmarks compare pgward against, on top of scripts/test-deps.sh:
 #   - supervisor and prometheus-postgres-exporter (bench/startup.sh), pgbackrest
-#     (bench/wal-archive.sh, bench/backup.sh) and zstd (bench/backup.sh), from Debian's packages
+#     (bench/wal-archive.sh, bench/backup.sh, bench/s3.sh), zstd (bench/backup.sh) and openssl
+#     (bench/s3.sh's certificate for pgBackRest's TLS), from Debian's packages
 #   - yacron, from PyPI, into a virtualenv at .pgward/bench-venv (kept out of the system Python)
 #   - GNU time (/usr/bin/time)
 # Idempotent; apt and pip run only when something is missing.
@@ -29,7 +30,7 @@ as_root() {
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'; }
 
 missing=()
-for p in supervisor prometheus-postgres-exporter pgbackrest zstd time python3 python3-venv; do
+for p in supervisor prometheus-postgres-exporter pgbackrest zstd openssl time python3 python3-venv; do
     have_pkg "$p" || missing+=("$p")
 done
 if [[ ${#missing[@]} -gt 0 ]]; then
