@@ -227,10 +227,6 @@ impl Repo {
                         "the store refuses suffix ranges; reading trailers with head + range");
                     self.inner.no_suffix_range.store(true, Ordering::Relaxed);
                 }
-                // Retried as often as storage.retry allows: the store is failing, not the range.
-                Err(e) if super::error::client_retried(&e) => {
-                    return Err(RepoError::storage(key, e))
-                }
                 // Some stores fail a suffix range of an object shorter than it (416, or worse)
                 // rather than return what there is: such an object cannot hold a trailer.
                 Err(e) => {
