@@ -207,7 +207,7 @@ fn encode_bundle(
             }
             Err(e) => return Err(RepoError::io(&input.src, e)),
         };
-        let offset = out.len;
+        let offset = out.tally.len;
         let read = Arc::new(AtomicU64::new(0));
         let reader = ranges::RangesReader::new(file, input.ranges.clone(), read.clone());
         let mut reader = frame::Tracked::new(reader);
@@ -222,13 +222,13 @@ fn encode_bundle(
         };
         packed.push(Some(Packed {
             offset,
-            stored_len: out.len - offset,
+            stored_len: out.tally.len - offset,
             len: digest.len,
             checksum: digest.checksum,
             read: ranges::read_prefix(&input.ranges, read.load(Ordering::Relaxed)),
         }));
     }
-    let digest = out.digest();
+    let digest = out.tally.digest();
     let mut sink = out.inner;
     sink.write_all(&frame::trailer(digest))
         .and_then(|()| sink.flush())
@@ -256,12 +256,15 @@ fn decode_bundle<W: Write>(
     }
     let mut content = Hashed::new(reader);
     for (index, member) in members.iter().enumerate() {
-        let skip = member.offset.checked_sub(content.len).ok_or_else(|| {
-            corrupt(format!(
-                "member {} at offset {} overlaps the one before",
-                member.name, member.offset
-            ))
-        })?;
+        let skip = member
+            .offset
+            .checked_sub(content.tally.len)
+            .ok_or_else(|| {
+                corrupt(format!(
+                    "member {} at offset {} overlaps the one before",
+                    member.name, member.offset
+                ))
+            })?;
         skip_bytes(&mut content, skip, key)?;
         let mut slice = (&mut content).take(member.stored_len);
         match open(index)? {
@@ -277,7 +280,7 @@ fn decode_bundle<W: Write>(
             }
             None => skip_bytes(&mut slice, member.stored_len, key)?,
         }
-        if content.len != member.offset + member.stored_len {
+        if content.tally.len != member.offset + member.stored_len {
             return Err(corrupt(format!(
                 "the bundle ends inside member {} (offset {}, {} bytes)",
                 member.name, member.offset, member.stored_len
@@ -298,13 +301,12 @@ fn decode_bundle<W: Write>(
         tail.extend_from_slice(&buf[..n]);
         if tail.len() > TRAILER_LEN {
             let spill = tail.len() - TRAILER_LEN;
-            content.hasher.update(&tail[..spill]);
-            content.len += spill as u64;
+            content.tally.add(&tail[..spill]);
             tail.drain(..spill);
         }
     }
     let expected = frame::parse_trailer(&tail).map_err(&corrupt)?;
-    let actual = content.digest();
+    let actual = content.tally.digest();
     if actual != expected {
         let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
         return Err(corrupt(format!(
@@ -379,21 +381,23 @@ fn skip_bytes(reader: &mut impl Read, n: u64, key: &str) -> Result<(), RepoError
     Ok(())
 }
 
-/// A writer that counts and hashes what passes through it, and does not pass flushes on:
-/// each member's encoder flushes at its end, which would cut the upload into small chunks.
-struct Counted<W> {
-    inner: W,
+/// Length and running BLAKE3 of bytes seen.
+struct Tally {
     len: u64,
     hasher: blake3::Hasher,
 }
 
-impl<W: Write> Counted<W> {
-    fn new(inner: W) -> Self {
-        Counted {
-            inner,
+impl Tally {
+    fn new() -> Tally {
+        Tally {
             len: 0,
             hasher: blake3::Hasher::new(),
         }
+    }
+
+    fn add(&mut self, bytes: &[u8]) {
+        self.hasher.update(bytes);
+        self.len += bytes.len() as u64;
     }
 
     fn digest(&self) -> Digest {
@@ -404,11 +408,26 @@ impl<W: Write> Counted<W> {
     }
 }
 
+/// A writer that counts and hashes what passes through it, and does not pass flushes on:
+/// each member's encoder flushes at its end, which would cut the upload into small chunks.
+struct Counted<W> {
+    inner: W,
+    tally: Tally,
+}
+
+impl<W: Write> Counted<W> {
+    fn new(inner: W) -> Self {
+        Counted {
+            inner,
+            tally: Tally::new(),
+        }
+    }
+}
+
 impl<W: Write> Write for Counted<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(data)?;
-        self.hasher.update(&data[..n]);
-        self.len += n as u64;
+        self.tally.add(&data[..n]);
         Ok(n)
     }
 
@@ -420,23 +439,14 @@ impl<W: Write> Write for Counted<W> {
 /// A reader that counts and hashes what it yields.
 struct Hashed<R> {
     inner: R,
-    len: u64,
-    hasher: blake3::Hasher,
+    tally: Tally,
 }
 
 impl<R: Read> Hashed<R> {
     fn new(inner: R) -> Self {
         Hashed {
             inner,
-            len: 0,
-            hasher: blake3::Hasher::new(),
-        }
-    }
-
-    fn digest(&self) -> Digest {
-        Digest {
-            len: self.len,
-            checksum: Checksum(*self.hasher.finalize().as_bytes()),
+            tally: Tally::new(),
         }
     }
 }
@@ -444,8 +454,7 @@ impl<R: Read> Hashed<R> {
 impl<R: Read> Read for Hashed<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.len += n as u64;
+        self.tally.add(&buf[..n]);
         Ok(n)
     }
 }
