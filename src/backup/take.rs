@@ -133,13 +133,17 @@ async fn latest_of_lineage(repo: &Repo, cluster: &Cluster<'_>) -> Result<Option<
         .and_then(|t| u32::from_str_radix(t, 16).ok())
         .with_context(|| format!("the server named its current WAL file {name:?}"))?;
     let lineage = lineage::of_timeline(repo, cluster.data_dir, TimelineId(tli)).await?;
-    match catalog::resolve_for(repo, "latest", &lineage).await {
-        Ok(parent) => Ok(Some(parent)),
-        Err(e) => {
-            tracing::info!("no earlier backup to build on: taking a full backup: {e:#}");
-            Ok(None)
-        }
+    // A storage error fails the backup rather than quietly turn it into a full one.
+    let (newest, off_lineage) = catalog::newest_on(repo, &lineage)
+        .await
+        .context("look for the backup to build on")?;
+    if newest.is_none() {
+        tracing::info!(
+            off_lineage = %off_lineage.join(", "),
+            "no earlier backup on this cluster's lineage to build on: taking a full backup"
+        );
     }
+    Ok(newest)
 }
 
 /// A backup that has started: backup mode held on `client`.
