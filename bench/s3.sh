@@ -48,7 +48,7 @@ tmp=$(mktemp -d /tmp/pgward-s3bench.XXXXXX)
 chmod 0755 "$tmp"
 mkdir "$tmp/run" "$tmp/log" "$tmp/restore"
 children=()
-trap stop_children_and_remove_tmp EXIT
+trap stop_all EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
