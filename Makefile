@@ -41,7 +41,7 @@ export PGWARD_HOME
 .PHONY: help build run test test-default test-majors deps lint doc image push bench bench-wal bench-backup bench-exporter bench-scale bench-image bench-s3 bench-fleet bench-deps clean
 
 help: ## list the targets
-	@awk 'BEGIN { FS = ":.*## " } /^[a-z-]+:.*## / { printf "  make %-12s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+	@awk 'BEGIN { FS = ":.*## " } /^[a-z0-9-]+:.*## / { printf "  make %-12s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
 build: ## cargo build --release
 	$(CARGO) build --release --locked

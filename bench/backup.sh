@@ -140,6 +140,9 @@ postgres:
   stop: { mode: fast }
 control:
   socket: $tmp/run/pgward.sock
+# A free port for /metrics: the default, 9187, may be taken by another run or an exporter.
+metrics:
+  listen: 127.0.0.1:$(free_port)
 storage:
   url: file://$repo
   compression: $1$level

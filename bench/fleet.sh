@@ -58,7 +58,7 @@ loaders=()
 cleanup() {
     local pid
     for pid in "${loaders[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    stop_children_and_remove_tmp
+    stop_all
 }
 trap cleanup EXIT
 trap 'exit 130' INT

@@ -48,7 +48,7 @@ tmp=$(mktemp -d /tmp/pgward-s3bench.XXXXXX)
 chmod 0755 "$tmp"
 mkdir "$tmp/run" "$tmp/log" "$tmp/restore"
 children=()
-trap stop_children_and_remove_tmp EXIT
+trap stop_all EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
@@ -394,7 +394,7 @@ if [[ " ${latencies[*]} " == *" 10 "* ]]; then
     ratio_row "S3 at 10 ms: full backup ≤ 1.5× file://" backup
     ratio_row "S3 at 10 ms: restore ≤ 1.5× file://" restore
     o=$(med s3-10 pgward objects)
-    echo "| objects per backup ≤ files / 10 ($data_files / 10)  | $o |" \
+    echo "| objects per backup ≤ files / 10 ($data_files / 10) | $o |" \
         "$(verdict "$(awk -v o="$o" -v f="$data_files" 'BEGIN { print (o <= f / 10) }')") |"
     q=$(med s3-10 pgward wal_req)
     echo "| WAL push ≤ 2 requests per segment (S3, 10 ms) | $q |" \

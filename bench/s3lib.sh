@@ -5,7 +5,24 @@
 # a plain file under its root, so objects can be counted on disk; bench/latency_proxy.py in
 # front of it adds a delay per request and counts requests.
 #
-# The sourcing script sets `tmp` and `children` (see stop_children_and_remove_tmp).
+# The sourcing script sets `tmp` and `children` (its pgward daemons) and uses stop_all as its
+# EXIT trap. The servers are kept apart in `servers`: they are stopped last, since a daemon
+# still archives while it stops.
+
+servers=()
+
+# The EXIT trap: the children (pgward stops postgres, fast, on SIGTERM) first, then the
+# proxies and s3s-fs, then the temporary directory.
+stop_all() {
+    local pid
+    set +e
+    trap '' INT TERM
+    for pid in "${children[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+    for pid in "${children[@]}"; do wait "$pid" 2>/dev/null; done
+    for pid in "${servers[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+    for pid in "${servers[@]}"; do wait "$pid" 2>/dev/null; done
+    remove_tmp "$tmp"
+}
 
 s3_bin=${S3S_FS_BIN:-$root/.tools/bin/s3s-fs}
 s3_bucket=bench
@@ -23,7 +40,7 @@ start_s3() {
     RUST_LOG=warn "$s3_bin" --host 127.0.0.1 --port "$s3_port" --access-key "$s3_access_key" \
         --secret-key "$s3_secret_key" "$s3_root" >"$tmp/s3s-fs.log" 2>&1 &
     s3_pid=$!
-    children+=("$s3_pid")
+    servers+=("$s3_pid")
     wait_port "$s3_port" "$s3_pid" || {
         show_log "$tmp/s3s-fs.log"
         die "s3s-fs did not start"
@@ -75,7 +92,7 @@ start_proxy() { # name delay_ms [tls] [slowdown=FILE]
         "${args[@]}" >"$tmp/proxy/$name.log" 2>&1 &
     proxy_pid[$name]=$!
     proxy_port[$name]=$port
-    children+=("$!")
+    servers+=("$!")
     wait_port "$port" "$!" || {
         show_log "$tmp/proxy/$name.log"
         die "latency proxy $name did not start"

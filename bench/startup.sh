@@ -209,6 +209,9 @@ postgres:
   stop: { mode: fast }
 control:
   socket: $d/run/pgward.sock
+# A free port for /metrics: the default, 9187, may be taken by another run or an exporter.
+metrics:
+  listen: 127.0.0.1:$(free_port)
 # Like (a) and (c): supervision only, no WAL archiving (bench/wal-archive.sh measures that).
 wal:
   archive: false
