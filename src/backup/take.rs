@@ -268,14 +268,7 @@ async fn start(
         )
     })?;
     let data_checksums = preflight(&client).await?;
-    repo.probe_writable().await.map_err(|e| {
-        // The cause's whole chain, then the hint: a hint ends the message.
-        let e = anyhow::Error::new(e);
-        anyhow::anyhow!(
-            "the repository {} is not writable; no backup started: {e:#}\n{REPO_WRITE_HINT}",
-            repo.describe()
-        )
-    })?;
+    // No write probe: taking the lease was a create-only write into the repository.
     let (start_time, id) = unused_id(repo, kind).await?;
     lease
         .set_subject(&id)
