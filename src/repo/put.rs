@@ -415,14 +415,10 @@ impl Repo {
                         "the store has no create-only put; checking before writing instead");
                     self.inner.no_conditional_put.store(true, Ordering::Relaxed);
                 }
-                // The server answered (or was never reached), as often as storage.retry
-                // allows: there is no lost put to look for.
-                Err(e) if super::error::client_retried(&e) => {
-                    return Err(RepoError::storage(key, e))
-                }
                 // A store may refuse a conditional put before reading its body and close the
-                // connection, which reads as a broken request rather than as the refusal; and
-                // a put may succeed with its answer lost. The object there tells which.
+                // connection, which reads as a broken request (even one the client retried)
+                // rather than as the refusal; and a put may succeed with its answer lost. The
+                // object there tells which.
                 Err(e) => {
                     return match existing().await {
                         Ok(Some(found)) => compare(key, found, new),
