@@ -25,7 +25,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use object_store::{GetOptions, GetRange};
 use tokio_util::sync::CancellationToken;
 
 use super::codec::Codec;
@@ -144,28 +143,7 @@ impl Repo {
     ) -> Result<bool, RepoError> {
         let start = HEADER_LEN as u64 + member.offset;
         let range = start..start + member.stored_len;
-        let mut found = None;
-        for codec in self.codecs() {
-            let path = self.path(key, codec)?;
-            let options = GetOptions {
-                range: Some(GetRange::Bounded(range.clone())),
-                ..GetOptions::default()
-            };
-            let result = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => return Err(RepoError::Cancelled),
-                r = self.inner.bulk.get_opts(&path, options) => r,
-            };
-            match result {
-                Ok(get) => {
-                    found = Some(get);
-                    break;
-                }
-                Err(object_store::Error::NotFound { .. }) => continue,
-                Err(e) => return Err(RepoError::storage(key, e)),
-            }
-        }
-        let Some(get) = found else {
+        let Some(get) = self.open_object_range(key, Some(range), cancel).await? else {
             return Ok(false);
         };
         let (key_owned, name) = (key.to_owned(), dest_name.to_owned());

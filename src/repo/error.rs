@@ -158,33 +158,26 @@ pub(super) fn client_retried(error: &object_store::Error) -> bool {
     if !HTTP_STORES.contains(store) {
         return false;
     }
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
-    while let Some(e) = cause {
-        if let Some(http) = e.downcast_ref::<object_store::client::HttpError>() {
-            return matches!(http.kind(), K::Connect | K::Request);
-        }
-        cause = e.source();
+    if let Some(http) =
+        causes(source.as_ref()).find_map(|e| e.downcast_ref::<object_store::client::HttpError>())
+    {
+        return matches!(http.kind(), K::Connect | K::Request);
     }
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
-    while let Some(e) = cause {
-        if e.to_string().starts_with("Error performing ") {
-            return true;
-        }
-        cause = e.source();
-    }
-    false
+    causes(source.as_ref()).any(|e| e.to_string().starts_with("Error performing "))
+}
+
+/// `error` and its sources, outermost first.
+fn causes<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(error), |e| e.source())
 }
 
 /// The hint of the first repository error in `error`'s chain (see [`RepoError::hint`]).
 pub fn hint_in(error: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
-    let mut cause = Some(error);
-    while let Some(e) = cause {
-        if let Some(repo) = e.downcast_ref::<RepoError>() {
-            return repo.hint();
-        }
-        cause = e.source();
-    }
-    None
+    causes(error)
+        .find_map(|e| e.downcast_ref::<RepoError>())
+        .and_then(RepoError::hint)
 }
 
 /// `error` as its chain (anyhow's `{:#}`), with the hint of a repository error last when the

@@ -100,15 +100,29 @@ impl Repo {
         key: &str,
         cancel: &CancellationToken,
     ) -> Result<Option<object_store::GetResult>, RepoError> {
+        self.open_object_range(key, None, cancel).await
+    }
+
+    /// [`Repo::open_object`] of `range` of the stored object only, or of all of it.
+    pub(super) async fn open_object_range(
+        &self,
+        key: &str,
+        range: Option<std::ops::Range<u64>>,
+        cancel: &CancellationToken,
+    ) -> Result<Option<object_store::GetResult>, RepoError> {
         if cancel.is_cancelled() {
             return Err(RepoError::Cancelled);
         }
         for codec in self.codecs() {
             let path = self.path(key, codec)?;
+            let options = GetOptions {
+                range: range.clone().map(GetRange::Bounded),
+                ..GetOptions::default()
+            };
             let result = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Err(RepoError::Cancelled),
-                r = self.inner.bulk.get(&path) => r,
+                r = self.inner.bulk.get_opts(&path, options) => r,
             };
             match result {
                 Ok(get) => return Ok(Some(get)),
