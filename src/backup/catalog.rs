@@ -15,8 +15,10 @@ pub async fn backup_ids(repo: &Repo) -> Result<Vec<String>> {
     Ok(split_by_completion(objects_by_backup(repo).await?).0)
 }
 
-/// (complete, unfinished) backup ids, each oldest first: complete ones have a manifest.
-fn split_by_completion(objects: BTreeMap<String, Vec<String>>) -> (Vec<String>, Vec<String>) {
+/// (complete, unfinished) backup ids, each oldest first: complete ones have a manifest;
+/// unfinished ones have objects but none (interrupted, or running now in another process),
+/// are never listed or restored, and are reported so the space they take is known.
+pub fn split_by_completion(objects: BTreeMap<String, Vec<String>>) -> (Vec<String>, Vec<String>) {
     let (complete, unfinished): (Vec<_>, Vec<_>) = objects
         .into_iter()
         .partition(|(id, keys)| keys.contains(&manifest_key(id)));
@@ -102,8 +104,17 @@ pub async fn newest_before(
 /// The newest complete backup `lineage` holds (`None` without one), and the newer backups of
 /// other branches passed over on the way (`<id> (timeline N)`, newest first).
 pub async fn newest_on(repo: &Repo, lineage: &Lineage) -> Result<(Option<Manifest>, Vec<String>)> {
+    newest_among(repo, &backup_ids(repo).await?, lineage).await
+}
+
+/// [`newest_on`] among `ids` (complete backups, oldest first), listed by the caller.
+pub async fn newest_among(
+    repo: &Repo,
+    ids: &[String],
+    lineage: &Lineage,
+) -> Result<(Option<Manifest>, Vec<String>)> {
     let mut off_lineage = Vec::new();
-    for id in backup_ids(repo).await?.iter().rev() {
+    for id in ids.iter().rev() {
         let manifest = read_manifest(repo, id).await?;
         if lineage.holds(&manifest) {
             return Ok((Some(manifest), off_lineage));
@@ -172,12 +183,6 @@ async fn resolve_id(repo: &Repo, which: &str) -> Result<String> {
             repo.describe()
         ),
     }
-}
-
-/// Ids with objects but no manifest: backups that were interrupted (or are running now in
-/// another process). Never listed or restored; reported so the space they take is known.
-pub async fn unfinished_ids(repo: &Repo) -> Result<Vec<String>> {
-    Ok(split_by_completion(objects_by_backup(repo).await?).1)
 }
 
 /// Keys of every object under `backups/`, by backup id, complete or not (one listing).

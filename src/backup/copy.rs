@@ -66,22 +66,21 @@ fn bundle(work: Vec<Work>, bundling: Bundling, concurrency: usize) -> Vec<Work> 
     if bundling.size == 0 {
         return work;
     }
-    let (small, mut rest): (Vec<Work>, Vec<Work>) = work
-        .into_iter()
-        .partition(|w| w.bundle_size(bundling.file_max).is_some());
-    let total: u64 = small
-        .iter()
-        .filter_map(|w| w.bundle_size(bundling.file_max))
-        .sum();
+    let mut small: Vec<(u64, Work)> = Vec::new();
+    let mut rest: Vec<Work> = Vec::new();
+    for item in work {
+        match item.bundle_size(bundling.file_max) {
+            Some(size) => small.push((size, item)),
+            None => rest.push(item),
+        }
+    }
+    let total: u64 = small.iter().map(|(size, _)| size).sum();
     let spread = total.div_ceil(2 * concurrency.max(1) as u64);
-    let target = spread
-        .clamp(MIN_BUNDLE, bundling.size.max(MIN_BUNDLE))
-        .min(bundling.size);
+    let target = spread.max(MIN_BUNDLE).min(bundling.size);
     let mut bundles: Vec<Work> = Vec::new();
     let mut current: Vec<Work> = Vec::new();
     let mut filled = 0u64;
-    for item in small {
-        let size = item.bundle_size(bundling.file_max).unwrap_or(0);
+    for (size, item) in small {
         if !current.is_empty() && filled + size > target {
             bundles.push(Work::Bundle(
                 bundles.len() as u32,
@@ -243,10 +242,8 @@ async fn plan(
             return Ok(Plan::Reference(entry));
         }
         if let Some(map) = block_map {
-            let meta = match tokio::fs::metadata(&source.abs).await {
-                Ok(meta) => meta,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Plan::Vanished),
-                Err(e) => return Err(e).with_context(|| format!("stat {}", source.abs.display())),
+            let Some(meta) = stat_unless_gone(&source).await? else {
+                return Ok(Plan::Vanished);
             };
             if let Some(ranges) = map.ranges_to_read(&source.path, entry, meta.len()) {
                 return Ok(Plan::Work(vec![Work::Blocks(Box::new(ChangedFile {
@@ -264,10 +261,8 @@ async fn plan(
     if source.len <= slice_size {
         return Ok(Plan::Work(vec![Work::Whole(source)]));
     }
-    let meta = match tokio::fs::metadata(&source.abs).await {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Plan::Vanished),
-        Err(e) => return Err(e).with_context(|| format!("stat {}", source.abs.display())),
+    let Some(meta) = stat_unless_gone(&source).await? else {
+        return Ok(Plan::Vanished);
     };
     let slices = meta.len().div_ceil(slice_size);
     let file = Arc::new(SlicedFile {
@@ -471,27 +466,14 @@ async fn copy_bundle(
         match item {
             Work::Whole(source) => {
                 let Some(packed) = packed else { continue };
-                let meta = match tokio::fs::metadata(&source.abs).await {
-                    Ok(meta) => meta,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => {
-                        return Err(e).with_context(|| format!("stat {}", source.abs.display()))
-                    }
+                let Some(meta) = stat_unless_gone(&source).await? else {
+                    continue;
                 };
                 let bad_blocks = check_pages(&source, check_pages_before, &[(0, u64::MAX)]).await?;
-                entries.push(FileEntry {
-                    path: source.path,
-                    size: packed.len,
-                    mtime: meta.mtime(),
-                    mtime_nsec: meta.mtime_nsec(),
-                    mode: source.mode,
-                    checksum: packed.checksum.to_string(),
-                    stored_size: packed.stored_len,
-                    stored_in: id.to_owned(),
-                    bad_blocks,
-                    parts: Vec::new(),
-                    bundle: at,
-                });
+                let stored = (packed.checksum.to_string(), packed.stored_len);
+                entries.push(whole_entry(
+                    id, source, &meta, packed.len, stored, bad_blocks, at,
+                ));
             }
             Work::Blocks(file) => {
                 let parts = block_delta::base_parts(&file.earlier, file.size);
@@ -643,10 +625,8 @@ async fn copy_file(
     policy: &RetryPolicy,
     cancel: &CancellationToken,
 ) -> Result<Option<FileEntry>> {
-    let meta = match tokio::fs::metadata(&source.abs).await {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("stat {}", source.abs.display())),
+    let Some(meta) = stat_unless_gone(&source).await? else {
+        return Ok(None);
     };
     let key = file_key(id, &source.path);
     // The size recorded is what was read (the file may grow meanwhile): a later backup may
@@ -662,9 +642,25 @@ async fn copy_file(
         Err(e) => return Err(e).with_context(|| format!("back up {}", source.path)),
     };
     let size = read.first().map_or(0, |r| r.1);
-    let (checksum, stored_size) = stored_outcome(outcome);
     let bad_blocks = check_pages(&source, check_pages_before, &[(0, u64::MAX)]).await?;
-    Ok(Some(FileEntry {
+    let stored = stored_outcome(outcome);
+    Ok(Some(whole_entry(
+        id, source, &meta, size, stored, bad_blocks, None,
+    )))
+}
+
+/// The entry of a file this backup stored whole (in an object of its own, or `bundle`d):
+/// `size` bytes read, `stored` as (checksum, stored size), `meta` its stat.
+fn whole_entry(
+    id: &str,
+    source: Source,
+    meta: &std::fs::Metadata,
+    size: u64,
+    (checksum, stored_size): (String, u64),
+    bad_blocks: Vec<u32>,
+    bundle: Option<InBundle>,
+) -> FileEntry {
+    FileEntry {
         path: source.path,
         size,
         mtime: meta.mtime(),
@@ -675,8 +671,17 @@ async fn copy_file(
         stored_in: id.to_owned(),
         bad_blocks,
         parts: Vec::new(),
-        bundle: None,
-    }))
+        bundle,
+    }
+}
+
+/// `source`'s metadata; `None` when it is gone (dropped while the backup runs).
+async fn stat_unless_gone(source: &Source) -> Result<Option<std::fs::Metadata>> {
+    match tokio::fs::metadata(&source.abs).await {
+        Ok(meta) => Ok(Some(meta)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("stat {}", source.abs.display())),
+    }
 }
 
 fn is_not_found(e: &crate::repo::RepoError) -> bool {

@@ -92,7 +92,9 @@ async fn take_leased(
     lease: &Lease,
     cancel: &CancellationToken,
 ) -> Result<Manifest> {
-    let unfinished = catalog::unfinished_ids(repo).await?;
+    // One listing: what never completed, and what an incremental may build on.
+    let (complete, unfinished) =
+        catalog::split_by_completion(catalog::objects_by_backup(repo).await?);
     if !unfinished.is_empty() {
         tracing::warn!(
             "the repository holds objects of backups that never completed (interrupted); \
@@ -101,7 +103,7 @@ async fn take_leased(
         );
     }
     let parent = match incremental {
-        true => latest_of_lineage(repo, cluster).await?,
+        true => latest_of_lineage(repo, cluster, &complete).await?,
         false => None,
     };
     take(repo, cluster, parent.as_ref(), options, lease, cancel).await
@@ -109,9 +111,14 @@ async fn take_leased(
 
 /// The backup an incremental builds on: the newest complete one on the running cluster's
 /// lineage (its current timeline, or an ancestor up to where it was left), never one of a
-/// branch the cluster left behind; `None` (a full backup) without one.
-async fn latest_of_lineage(repo: &Repo, cluster: &Cluster<'_>) -> Result<Option<Manifest>> {
-    if catalog::backup_ids(repo).await?.is_empty() {
+/// branch the cluster left behind; `None` (a full backup) without one. `complete`: the
+/// repository's complete backups, oldest first.
+async fn latest_of_lineage(
+    repo: &Repo,
+    cluster: &Cluster<'_>,
+    complete: &[String],
+) -> Result<Option<Manifest>> {
+    if complete.is_empty() {
         tracing::info!("no earlier backup to build on: taking a full backup");
         return Ok(None);
     }
@@ -134,7 +141,7 @@ async fn latest_of_lineage(repo: &Repo, cluster: &Cluster<'_>) -> Result<Option<
         .with_context(|| format!("the server named its current WAL file {name:?}"))?;
     let lineage = lineage::of_timeline(repo, cluster.data_dir, TimelineId(tli)).await?;
     // A storage error fails the backup rather than quietly turn it into a full one.
-    let (newest, off_lineage) = catalog::newest_on(repo, &lineage)
+    let (newest, off_lineage) = catalog::newest_among(repo, complete, &lineage)
         .await
         .context("look for the backup to build on")?;
     if newest.is_none() {

@@ -145,45 +145,53 @@ async fn restore_bundle(cx: &Shared<'_>, key: &str, files: Vec<&FileEntry>) -> R
         .acquire()
         .await
         .context("wait for a download")?;
-    let mut dests = Vec::with_capacity(files.len());
-    let mut members = Vec::with_capacity(files.len());
-    let mut expected = Vec::with_capacity(files.len());
-    for file in &files {
-        dests.push(cx.layout.file(&file.path)?);
-        members.push(file.bundle.expect("bundled files only").member(&file.path));
-        expected.push((file.checksum.clone(), file.size));
+    /// Where a member goes, and what the manifest says it holds.
+    struct Member {
+        dest: std::path::PathBuf,
+        path: String,
+        checksum: String,
+        size: u64,
     }
+    let mut members = Vec::with_capacity(files.len());
+    let mut wanted = Vec::with_capacity(files.len());
+    for file in &files {
+        members.push(file.bundle.expect("bundled files only").member(&file.path));
+        wanted.push(Member {
+            dest: cx.layout.file(&file.path)?,
+            path: file.path.clone(),
+            checksum: file.checksum.clone(),
+            size: file.size,
+        });
+    }
+    let wanted = std::sync::Arc::new(wanted);
     let what = format!("restore bundle {key} ({} files)", files.len());
     let found = retry_to_end(cx.retry, cx.stop, &what, || {
-        let (open_dests, finish_dests) = (dests.clone(), dests.clone());
-        let expected = expected.clone();
+        let (to_open, to_finish) = (wanted.clone(), wanted.clone());
         let bundle = key.to_owned();
-        let names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
         cx.repo.get_bundle(
             key,
             members.clone(),
             cx.stop,
             move |i| {
-                let dest = &open_dests[i];
+                let dest = &to_open[i].dest;
                 let file = AtomicFile::create(dest).map_err(|e| RepoError::io(dest, e))?;
                 Ok(Some(std::io::BufWriter::with_capacity(256 * 1024, file)))
             },
             move |i, out, verified| {
-                let dest = &finish_dests[i];
-                let (checksum, size) = &expected[i];
-                if verified.checksum.to_string() != *checksum || verified.len != *size {
+                let member = &to_finish[i];
+                if verified.checksum.to_string() != member.checksum || verified.len != member.size {
                     return Err(RepoError::Corrupt {
                         key: bundle.clone(),
                         reason: format!(
                             "member {} holds other content than the manifest lists",
-                            names[i]
+                            member.path
                         ),
                     });
                 }
                 let file = out
                     .into_inner()
-                    .map_err(|e| RepoError::io(dest, e.into_error()))?;
-                file.commit().map_err(|e| RepoError::io(dest, e))
+                    .map_err(|e| RepoError::io(&member.dest, e.into_error()))?;
+                file.commit().map_err(|e| RepoError::io(&member.dest, e))
             },
         )
     })
@@ -192,8 +200,8 @@ async fn restore_bundle(cx: &Shared<'_>, key: &str, files: Vec<&FileEntry>) -> R
     if !found {
         return Err(missing(cx, key));
     }
-    for (file, dest) in files.iter().zip(&dests) {
-        set_mode(dest, file.mode).await?;
+    for (file, member) in files.iter().zip(wanted.iter()) {
+        set_mode(&member.dest, file.mode).await?;
         cx.progress.add(file.size);
     }
     Ok(())
