@@ -189,3 +189,42 @@ async fn a_damaged_bundle_names_the_member_or_the_files_it_holds() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn members_a_manifest_misplaces_are_refused_not_read_past_the_bundle() {
+    // A manifest is untrusted input: offsets and lengths that overlap or reach past the end
+    // of the bundle are errors naming the bundle, never a read of something else.
+    let repo = Repo::open_with_store(Arc::new(InMemory::new()), "", Codec::Zstd, 3);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let inputs = inputs(dir.path());
+    let key = "backups/20261207T000000F/bundles/0";
+    let batch = inputs.iter().map(|(i, _)| i.clone()).collect();
+    let (_, packed) = repo.put_bundle(key, batch, &never()).await.expect("put");
+    let good = members(&inputs, &packed);
+
+    let mut overlapping = good.clone();
+    overlapping[1].offset = overlapping[0].offset + 1;
+    let err = read_all(&repo, key, overlapping)
+        .await
+        .expect_err("overlap");
+    assert!(matches!(err, RepoError::Corrupt { .. }), "{err}");
+
+    let mut too_long = good.clone();
+    let last = too_long.len() - 1;
+    too_long[last].stored_len += 1 << 30;
+    let err = read_all(&repo, key, too_long)
+        .await
+        .expect_err("past the end");
+    assert!(
+        matches!(&err, RepoError::Corrupt { key: k, .. } if k == key),
+        "{err}"
+    );
+
+    let mut beyond = good;
+    beyond[0].offset = 1 << 40;
+    beyond.truncate(1);
+    let err = read_all(&repo, key, beyond)
+        .await
+        .expect_err("beyond the end");
+    assert!(matches!(err, RepoError::Corrupt { .. }), "{err}");
+}
