@@ -380,33 +380,13 @@ impl Repo {
                 Ok(_) => return Ok(created),
                 Err(object_store::Error::AlreadyExists { .. })
                 | Err(object_store::Error::Precondition { .. }) => {
-                    let found = match existing().await {
+                    return match existing().await {
                         // Never acknowledged (see `incomplete`): replace it, once.
                         Err(RepoError::Corrupt { reason, .. }) => {
-                            self.remove_incomplete(key, path, &reason).await?;
-                            let options =
-                                object_store::PutOptions::from(object_store::PutMode::Create);
-                            match store.put_opts(path, payload, options).await {
-                                Ok(_) => return Ok(created),
-                                Err(object_store::Error::AlreadyExists { .. })
-                                | Err(object_store::Error::Precondition { .. }) => {
-                                    existing().await?
-                                }
-                                Err(e) => return Err(RepoError::storage(key, e)),
-                            }
+                            self.replace_incomplete(key, path, payload, created, &reason, &existing)
+                                .await
                         }
-                        other => other?,
-                    };
-                    return match found {
-                        Some(existing) => compare(key, existing, new),
-                        // Deleted in between: a retry will create it.
-                        None => Err(RepoError::storage(
-                            key,
-                            object_store::Error::Generic {
-                                store: "repo",
-                                source: "object vanished after a create conflict".into(),
-                            },
-                        )),
+                        found => settle(key, found?, new),
                     };
                 }
                 Err(object_store::Error::NotImplemented { .. })
@@ -422,8 +402,14 @@ impl Repo {
                 Err(e) => {
                     return match existing().await {
                         Ok(Some(found)) => compare(key, found, new),
+                        // An object store's put is whole or absent, so an incomplete object
+                        // is not this put's: it was there, and the store hung up on it.
+                        Err(RepoError::Corrupt { reason, .. }) => {
+                            self.replace_incomplete(key, path, payload, created, &reason, &existing)
+                                .await
+                        }
                         _ => Err(RepoError::storage(key, e)),
-                    }
+                    };
                 }
             }
         }
@@ -442,6 +428,52 @@ impl Repo {
             .await
             .map_err(|e| RepoError::storage(key, e))?;
         Ok(created)
+    }
+}
+
+impl Repo {
+    /// Replaces the incomplete object at `path` (its trailer unreadable: `reason`) by a
+    /// create-only put of `payload`, once. A writer that stores the key in between is
+    /// compared as any object already there.
+    async fn replace_incomplete<F, Fut>(
+        &self,
+        key: &str,
+        path: &ObjectPath,
+        payload: PutPayload,
+        created: PutOutcome,
+        reason: &str,
+        existing: &F,
+    ) -> Result<PutOutcome, RepoError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<Checksum>, RepoError>>,
+    {
+        self.remove_incomplete(key, path, reason).await?;
+        let options = object_store::PutOptions::from(object_store::PutMode::Create);
+        match self.inner.bulk.put_opts(path, payload, options).await {
+            Ok(_) => Ok(created),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => {
+                settle(key, existing().await?, created.checksum())
+            }
+            Err(e) => Err(RepoError::storage(key, e)),
+        }
+    }
+}
+
+/// What a create-only put that met an object ends with: `found` (its checksum, `None` when
+/// it is gone again) compared with the `new` content.
+fn settle(key: &str, found: Option<Checksum>, new: Checksum) -> Result<PutOutcome, RepoError> {
+    match found {
+        Some(existing) => compare(key, existing, new),
+        // Deleted in between: a retry will create it.
+        None => Err(RepoError::storage(
+            key,
+            object_store::Error::Generic {
+                store: "repo",
+                source: "object vanished after a create conflict".into(),
+            },
+        )),
     }
 }
 

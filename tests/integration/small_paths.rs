@@ -1,11 +1,13 @@
 //! The small paths: an incomplete object a crash left at a WAL segment's key, an
 //! `archive_status` that cannot be scanned, what a backup cannot restore exactly (symbolic
 //! links, names that are not UTF-8), and an incremental whose map of changed blocks reaches
-//! its memory ceiling. Each is handled loudly and without losing a row.
+//! its memory ceiling. Each is handled loudly and without losing a row, also behind a store
+//! that hangs up instead of refusing a conditional put.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::common::fault_proxy::{Fault, FaultProxy, Rule};
 use crate::common::{
     self, archiving_config, file_storage, listed, pgbench, pgward_with, start_archiving,
     start_archiving_quietly, start_recovered, switch_and_wait_archived, Cluster, Pgward, BOOT,
@@ -125,6 +127,22 @@ async fn an_incomplete_wal_object_on_s3_is_replaced_by_the_next_push() {
     let storage = s3.config_yaml("small");
     incomplete_wal_objects_are_replaced(&storage, |key| s3.object_path(&format!("small/{key}")))
         .await;
+}
+
+/// A store may refuse a conditional put before reading its body and hang up: the client
+/// sees a broken request, never the refusal. The object found there is incomplete, so it is
+/// not this put's (an object store's put is whole or absent): it is replaced just the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incomplete_wal_object_behind_a_store_that_hangs_up_on_refusal_is_replaced() {
+    let s3 = TestS3::start();
+    let proxy = FaultProxy::start(s3.port());
+    proxy.set(Rule::all(Fault::HideRefusal).method("PUT"));
+    let storage = s3
+        .config_yaml("hangs-up")
+        .replace(&s3.endpoint, &proxy.endpoint());
+    incomplete_wal_objects_are_replaced(&storage, |key| s3.object_path(&format!("hangs-up/{key}")))
+        .await;
+    assert!(proxy.counts().faulted > 0, "no refusal was hidden");
 }
 
 /// The value of the first sample of `name` (no labels).

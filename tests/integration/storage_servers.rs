@@ -205,6 +205,10 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop(Signal::SIGKILL);
+        // A failing test shows what the server said: its answers explain the client's errors.
+        if std::thread::panicking() {
+            eprintln!("--- {} log ---\n{}\n---", self.name, self.output());
+        }
     }
 }
 

@@ -51,6 +51,10 @@ pub enum Fault {
     /// Forwarded, but the request body and the response body are each cut (the connection
     /// closed) after this many bytes.
     Cut { after_bytes: u64 },
+    /// Forwarded, but a `412 Precondition Failed` answer becomes a closed connection: a store
+    /// that refuses a conditional put before reading its body and hangs up, so that the
+    /// client sees a broken request instead of the refusal. Other answers pass.
+    HideRefusal,
 }
 
 /// Which requests a fault applies to.
@@ -378,7 +382,7 @@ async fn handle(
         .unwrap_or_default();
     let fault = state.fault_for(req.method().as_str(), &path);
     let shape = match fault {
-        None => Shape::default(),
+        None | Some(Fault::HideRefusal) => Shape::default(),
         Some(Fault::Refuse) => return Err("refused by the fault proxy".into()),
         Some(Fault::Stall) => return std::future::pending().await,
         Some(Fault::SlowDown) => return Ok(slow_down(&path)),
@@ -404,6 +408,9 @@ async fn handle(
     let response = sender
         .send_request(Request::from_parts(parts, body))
         .await?;
+    if fault == Some(Fault::HideRefusal) && response.status() == StatusCode::PRECONDITION_FAILED {
+        return Err("a refusal hidden by the fault proxy".into());
+    }
     let (parts, body) = response.into_parts();
     Ok(Response::from_parts(
         parts,
