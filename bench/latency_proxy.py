@@ -5,7 +5,7 @@ Used by the bench/ scripts to put a round trip between a client and s3s-fs, and 
 requests each operation sends, whatever the client's own metrics say.
 
     latency_proxy.py --listen-port P --upstream 127.0.0.1:Q --delay-ms 10 --stats FILE
-                     [--tls-cert CERT --tls-key KEY] [--slowdown-file PATH]
+                     [--tls-cert CERT --tls-key KEY] [--slowdown-file PATH] [--trace FILE]
 
 How it works (Python standard library only, asyncio):
 
@@ -24,6 +24,8 @@ How it works (Python standard library only, asyncio):
   with `503 SlowDown` (the S3 error XML, as AWS sends when throttling), its body read and
   discarded; nothing reaches the upstream. Requests sent with a chunked body close the
   connection after the answer, since their end is not known without decoding.
+- With --trace, each request is also appended to FILE as it arrives (unix time, method,
+  target): the sequence of an operation's requests, to see which ones wait on each other.
 - Counts (requests; per method; per first key segment, the "prefix", e.g. `cluster-3`; PUTs that
   create an object, i.e. not a multipart part; 503s answered) go to --stats as JSON, rewritten
   (temp + rename) at most every 0.5 s when they changed, at once on SIGUSR1, and on exit
@@ -39,6 +41,7 @@ import signal
 import socket
 import ssl
 import sys
+import time
 import urllib.parse
 
 SLOWDOWN_BODY = (
@@ -53,8 +56,9 @@ MAX_HEADER = 64 * 1024
 class Stats:
     """The counts, and their writing to the stats file."""
 
-    def __init__(self, path):
+    def __init__(self, path, trace=None):
         self.path = path
+        self.trace = trace
         self.seq = 0
         self.dirty = True
         self.c = {
@@ -67,6 +71,9 @@ class Stats:
         }
 
     def request(self, method, target):
+        if self.trace is not None:
+            self.trace.write("%.3f %s %s\n" % (time.time(), method, target))
+            self.trace.flush()
         c = self.c
         c["requests"] += 1
         c["by_method"][method] = c["by_method"].get(method, 0) + 1
@@ -239,7 +246,8 @@ class Proxy:
         self.upstream = (host or "127.0.0.1", int(port))
         self.delay = args.delay_ms / 1000.0
         self.slowdown_file = args.slowdown_file
-        self.stats = Stats(args.stats)
+        trace = open(args.trace, "a") if args.trace else None
+        self.stats = Stats(args.stats, trace)
 
     def slowdown(self):
         return self.slowdown_file is not None and os.path.exists(self.slowdown_file)
@@ -278,6 +286,7 @@ if __name__ == "__main__":
     p.add_argument("--stats", required=True, help="JSON file the counts are written to")
     p.add_argument("--tls-cert", help="PEM certificate: accept TLS from clients")
     p.add_argument("--tls-key", help="PEM key of --tls-cert")
+    p.add_argument("--trace", help="append a line per request: unix time, method, target")
     p.add_argument("--slowdown-file", help="while this file exists, answer 503 SlowDown")
     a = p.parse_args()
     if bool(a.tls_cert) != bool(a.tls_key):

@@ -89,6 +89,7 @@ start_proxy() { # name delay_ms [tls] [slowdown=FILE]
     port=$(free_port)
     /usr/bin/python3 "$root/bench/latency_proxy.py" --listen-port "$port" \
         --upstream "127.0.0.1:$s3_port" --delay-ms "$delay" --stats "$tmp/proxy/$name.json" \
+        --trace "$tmp/proxy/$name.trace" \
         "${args[@]}" >"$tmp/proxy/$name.log" 2>&1 &
     proxy_pid[$name]=$!
     proxy_port[$name]=$port

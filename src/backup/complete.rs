@@ -4,9 +4,11 @@
 //! still has its manifest, and it still holds the backup lease. Anything else is an ERROR
 //! naming what is missing, and the backup stays unlisted.
 //!
-//! The checks are listings and lookups, no download: a LIST of each backup prefix the
-//! manifest refers to (one request per thousand objects), one manifest read per ancestor, and
-//! one lookup per WAL segment of the range until it is found.
+//! The checks are listings and lookups, no download, each independent one at the same time as
+//! the others: a LIST of each backup prefix the manifest refers to (one request per thousand
+//! objects), one manifest read per ancestor, the lease's generations, and lookups of each WAL
+//! segment of the range until it is found (the stop segment's archiving is waited for with
+//! short pauses that lengthen, under the configured codec's name).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -23,6 +25,13 @@ use crate::repo::{Lease, Repo};
 
 /// Lookups of WAL segments in flight at once.
 const LOOKUP_CONCURRENCY: usize = 8;
+/// The first pause between lookups of the segments still missing: the stop segment is
+/// usually archived within a few round trips of the stop. Each pause is half again as long
+/// as the one before, up to `LONGEST_PAUSE`.
+const FIRST_PAUSE: Duration = Duration::from_millis(20);
+const LONGEST_PAUSE: Duration = Duration::from_millis(500);
+/// One round of lookups in this many tries every codec's name.
+const ANY_CODEC_EVERY: u32 = 8;
 
 /// Why a backup is incomplete: said when it fails, and the backup is not listed.
 const UNLISTED: &str = "the backup is incomplete and not listed";
@@ -70,8 +79,12 @@ where
 {
     let started = Instant::now();
     let mut missing: Vec<SegmentName> = segments.to_vec();
-    loop {
-        missing = still_missing(repo, missing).await?;
+    let mut pause = FIRST_PAUSE;
+    for round in 0.. {
+        // Every name a segment may have at first and now and then, else the configured
+        // codec's only: the segments still missing are being archived as configured.
+        let any_codec = round % ANY_CODEC_EVERY == 0;
+        missing = still_missing(repo, missing, any_codec).await?;
         let Some(first) = missing.first() else {
             return Ok(());
         };
@@ -94,20 +107,29 @@ where
             () = cancel.cancelled() => {
                 bail!("the backup was cancelled while waiting for {first} to be archived")
             }
-            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            () = tokio::time::sleep(pause) => {}
         }
+        pause = (pause * 3 / 2).min(LONGEST_PAUSE);
     }
+    unreachable!("the rounds end by returning")
 }
 
 /// Those of `segments` not in the archive, in order.
-async fn still_missing(repo: &Repo, segments: Vec<SegmentName>) -> Result<Vec<SegmentName>> {
+/// `any_codec`: look under every codec's name, else under the configured one's only.
+async fn still_missing(
+    repo: &Repo,
+    segments: Vec<SegmentName>,
+    any_codec: bool,
+) -> Result<Vec<SegmentName>> {
     let found: Vec<(SegmentName, bool)> = stream::iter(segments)
         .map(|segment| async move {
             let name = segment.to_string();
             let key = layout::wal_key(&name)?;
-            let there = repo
-                .exists(&key)
-                .await
+            let lookup = match any_codec {
+                true => repo.exists(&key).await,
+                false => repo.exists_as_configured(&key).await,
+            };
+            let there = lookup
                 .with_context(|| format!("look for {name} in the archive"))?
                 .is_some();
             anyhow::Ok((segment, there))
@@ -135,14 +157,6 @@ pub async fn check_before_manifest(
     files: &[FileEntry],
     has_tablespace_map: bool,
 ) -> Result<()> {
-    if let Err(why) = lease.confirm().await {
-        bail!(
-            "backup {id} lost its lease on the repository: {why}; another backup or expire \
-             may have acted on it, so {UNLISTED}\nHINT: take the backup again; keep \
-             backup.lease_ttl well above any pause of the backing process or its storage"
-        );
-    }
-    check_chain(repo, id, parent).await?;
     let mut wanted: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
     for file in files {
         for object in file.objects() {
@@ -157,14 +171,23 @@ pub async fn check_before_manifest(
     if has_tablespace_map {
         own.insert(label_key(id, "tablespace_map"));
     }
-    for (backup, keys) in wanted {
-        let stored: BTreeSet<String> = repo
-            .list(&backup_prefix(backup))
-            .await
-            .with_context(|| format!("list the objects of backup {backup}"))?
-            .into_iter()
-            .map(|o| o.key)
-            .collect();
+    // The checks are independent reads: at once (one listing per backup of the chain),
+    // reported in this order.
+    let (confirmed, chain, stored) = tokio::join!(
+        lease.confirm(),
+        check_chain(repo, id, parent),
+        futures_util::future::join_all(wanted.keys().map(|backup| stored_keys(repo, backup)))
+    );
+    if let Err(why) = confirmed {
+        bail!(
+            "backup {id} lost its lease on the repository: {why}; another backup or expire \
+             may have acted on it, so {UNLISTED}\nHINT: take the backup again; keep \
+             backup.lease_ttl well above any pause of the backing process or its storage"
+        );
+    }
+    chain?;
+    for ((backup, keys), stored) in wanted.into_iter().zip(stored) {
+        let stored = stored?;
         let missing: Vec<&String> = keys.difference(&stored).collect();
         if let Some(first) = missing.first() {
             let whose = match backup == id {
@@ -180,6 +203,17 @@ pub async fn check_before_manifest(
         }
     }
     Ok(())
+}
+
+/// The keys stored under `backup`'s prefix.
+async fn stored_keys(repo: &Repo, backup: &str) -> Result<BTreeSet<String>> {
+    Ok(repo
+        .list(&backup_prefix(backup))
+        .await
+        .with_context(|| format!("list the objects of backup {backup}"))?
+        .into_iter()
+        .map(|o| o.key)
+        .collect())
 }
 
 /// Each backup from `parent` down to its full backup still has its manifest.

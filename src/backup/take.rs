@@ -8,7 +8,7 @@
 //! is what makes the backup exist. One backup runs at a time: it holds the repository's backup
 //! lease (`exclusive`) from before its id is chosen until it ends.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
@@ -34,7 +34,7 @@ use crate::postgres::ready::Target;
 use crate::postgres::wal::WalSegSize;
 use crate::postgres::wal::{Lsn, TimelineId};
 use crate::postgres::ClusterIdentity;
-use crate::repo::{layout, retry, Lease, PutMode, Repo, RetryPolicy};
+use crate::repo::{retry, Lease, PutMode, Repo, RetryPolicy};
 
 /// How a backup runs.
 #[derive(Debug, Clone)]
@@ -92,9 +92,11 @@ async fn take_leased(
     lease: &Lease,
     cancel: &CancellationToken,
 ) -> Result<Manifest> {
-    // One listing: what never completed, and what an incremental may build on.
-    let (complete, unfinished) =
-        catalog::split_by_completion(catalog::objects_by_backup(repo).await?);
+    // One listing: the ids in use, what never completed, and what an incremental may build
+    // on.
+    let objects = catalog::objects_by_backup(repo).await?;
+    let used: BTreeSet<String> = objects.keys().cloned().collect();
+    let (complete, unfinished) = catalog::split_by_completion(objects);
     if !unfinished.is_empty() {
         tracing::warn!(
             "the repository holds objects of backups that never completed (interrupted); \
@@ -106,7 +108,16 @@ async fn take_leased(
         true => latest_of_lineage(repo, cluster, &complete).await?,
         false => None,
     };
-    take(repo, cluster, parent.as_ref(), options, lease, cancel).await
+    take(
+        repo,
+        cluster,
+        parent.as_ref(),
+        &used,
+        options,
+        lease,
+        cancel,
+    )
+    .await
 }
 
 /// The backup an incremental builds on: the newest complete one on the running cluster's
@@ -164,16 +175,18 @@ struct Started {
 }
 
 /// Takes a backup of `cluster` into `repo` under the backup `lease`: full, or incremental on
-/// top of `parent` (the latest backup), storing only what changed since.
-pub async fn take(
+/// top of `parent` (the latest backup), storing only what changed since. `used`: the ids that
+/// have objects in the repository, as listed under the lease.
+async fn take(
     repo: &Repo,
     cluster: &Cluster<'_>,
     parent: Option<&Manifest>,
+    used: &BTreeSet<String>,
     options: &BackupOptions,
     lease: &Lease,
     cancel: &CancellationToken,
 ) -> Result<Manifest> {
-    let started = start(repo, cluster, parent, lease).await?;
+    let started = start(cluster, parent, used, lease).await?;
     let id = &started.id;
     // Until the stop, a failure must still end backup mode: the session's end does that for
     // a non-exclusive backup, so dropping `started.client` is enough.
@@ -233,11 +246,15 @@ pub async fn take(
     files.push(copy_control_file(repo, id, control, &options.retry, cancel).await?);
     files.sort_by(|a, b| a.path.cmp(&b.path));
     crate::failpoint!("backup-after-copy");
-    let stop = stop(repo, &started, cluster.identity.pg_major, options, cancel).await?;
+    let stop = backup_mode::stop(&started.client, cluster.identity.pg_major).await?;
     let seg_size = wal_segment_size(&started.client).await?;
     let segments = segment_range(&started.start.wal, &stop.wal, seg_size)?;
     let archiver_said = || archiver_last_failure(&started.client);
-    wait_wal_range(repo, &segments, options.wal_wait, archiver_said, cancel).await?;
+    // The label goes up while the archiver sends the stop segment.
+    tokio::try_join!(
+        store_labels(repo, id, &stop, options, cancel),
+        wait_wal_range(repo, &segments, options.wal_wait, archiver_said, cancel)
+    )?;
     check_before_manifest(
         repo,
         lease,
@@ -255,12 +272,12 @@ pub async fn take(
     finish(repo, cluster, parent, options, started, stop, contents).await
 }
 
-/// Checks that the backup can complete, picks its id (written into `lease` before any object)
-/// and starts backup mode.
+/// Checks that the backup can complete, picks an id not in `used`, and starts backup mode
+/// while the id is written into `lease` (before any object, which comes after both).
 async fn start(
-    repo: &Repo,
     cluster: &Cluster<'_>,
     parent: Option<&Manifest>,
+    used: &BTreeSet<String>,
     lease: &Lease,
 ) -> Result<Started> {
     let kind = match parent {
@@ -276,13 +293,14 @@ async fn start(
     })?;
     let data_checksums = preflight(&client).await?;
     // No write probe: taking the lease was a create-only write into the repository.
-    let (start_time, id) = unused_id(repo, kind).await?;
-    lease
-        .set_subject(&id)
-        .await
-        .with_context(|| format!("write backup {id} into the backup lease"))?;
+    let (start_time, id) = unused_id(used, kind).await?;
     let label = format!("pgward backup {id}");
-    let start = backup_mode::start(&client, &label, cluster.identity.pg_major).await?;
+    let (subject, start) = tokio::join!(
+        lease.set_subject(&id),
+        backup_mode::start(&client, &label, cluster.identity.pg_major)
+    );
+    subject.with_context(|| format!("write backup {id} into the backup lease"))?;
+    let start = start?;
     tracing::info!(backup = %id, start_lsn = %start.lsn, "backup started");
     Ok(Started {
         client,
@@ -294,16 +312,14 @@ async fn start(
     })
 }
 
-/// Ends backup mode and stores the `backup_label` (and `tablespace_map`) it returns.
-async fn stop(
+/// Stores the `backup_label` (and `tablespace_map`) that ending backup mode returned.
+async fn store_labels(
     repo: &Repo,
-    started: &Started,
-    pg_major: u32,
+    id: &str,
+    stop: &backup_mode::BackupStop,
     options: &BackupOptions,
     cancel: &CancellationToken,
-) -> Result<backup_mode::BackupStop> {
-    let stop = backup_mode::stop(&started.client, pg_major).await?;
-    let id = &started.id;
+) -> Result<()> {
     let files = [
         ("backup_label", Some(&stop.label_file)),
         ("tablespace_map", stop.tablespace_map.as_ref()),
@@ -317,7 +333,7 @@ async fn stop(
         .await
         .with_context(|| format!("store {name}"))?;
     }
-    Ok(stop)
+    Ok(())
 }
 
 /// What a backup copied.
@@ -485,19 +501,18 @@ async fn block_map(
     }
 }
 
-/// A backup id no object uses yet, and the time it stands for. Ids have a resolution of one
-/// second, and a backup killed in the same second leaves objects under its id: those must
-/// never be mistaken for this backup's (a create-only put would find them), so a used id waits
-/// for the next second.
-async fn unused_id(repo: &Repo, kind: BackupKind) -> Result<(chrono::DateTime<Utc>, String)> {
+/// A backup id no object uses yet (not in `used`, the ids listed under the backup lease: no
+/// other backup writes while it is held), and the time it stands for. Ids have a resolution
+/// of one second, and a backup killed in the same second leaves objects under its id: those
+/// must never be mistaken for this backup's, so a used id waits for the next second.
+async fn unused_id(
+    used: &BTreeSet<String>,
+    kind: BackupKind,
+) -> Result<(chrono::DateTime<Utc>, String)> {
     for _ in 0..5 {
         let now = Utc::now();
         let id = backup_id(now, kind);
-        let used = repo
-            .list(&layout::backup_prefix(&id))
-            .await
-            .with_context(|| format!("look for objects of backup {id}"))?;
-        if used.is_empty() {
+        if !used.contains(&id) {
             return Ok((now, id));
         }
         let next_second = 1_000_000_000u32.saturating_sub(now.timestamp_subsec_nanos());

@@ -203,6 +203,14 @@ impl Repo {
         Ok(None)
     }
 
+    /// The checksum of `key` stored under the configured codec's name, `None` when not
+    /// there: one range read, for polls that wait for what this configuration writes.
+    /// [`Repo::exists`] also tries the other codecs' names.
+    pub async fn exists_as_configured(&self, key: &str) -> Result<Option<Checksum>, RepoError> {
+        let path = self.path(key, self.inner.codec)?;
+        Ok(self.read_trailer(key, &path).await?.map(|d| d.checksum))
+    }
+
     /// The checksum of `key` from its trailer (a range read), `None` when absent.
     pub async fn exists(&self, key: &str) -> Result<Option<Checksum>, RepoError> {
         for codec in self.codecs() {

@@ -222,16 +222,17 @@ impl Repo {
                     );
                 }
             }
-            for older in generations.into_iter().filter(|&g| g < generation) {
-                // Best effort: an old generation left behind is only litter.
-                let _ = self.delete(&generation_key(name, older)).await;
-            }
+            let older = generations
+                .into_iter()
+                .filter(|&g| g < generation)
+                .collect();
             return Ok(Taken::Acquired(Lease::start(
                 self.clone(),
                 name,
                 generation,
                 mine,
                 ttl,
+                older,
             )));
         }
         Err(RepoError::Corrupt {
@@ -248,6 +249,8 @@ pub struct Lease {
     shared: Arc<Shared>,
     stop: CancellationToken,
     renewal: Option<tokio::task::JoinHandle<()>>,
+    /// The deletion of the generations below this one.
+    cleanup: Option<tokio::task::JoinHandle<()>>,
 }
 
 #[derive(Debug)]
@@ -317,33 +320,49 @@ impl Shared {
         }
     }
 
-    /// Breaks the lease when a newer generation exists (someone took it over).
+    /// Breaks the lease when a newer generation exists (someone took it over) or its own is
+    /// gone. One listing; the newer holder's info is read only to say who took it.
     async fn check_generation(&self) -> Result<(), RepoError> {
-        let current = self.repo.read_lease(&self.name).await?;
-        match current {
-            Some(c) if c.generation == self.generation => Ok(()),
-            Some(c) => {
-                self.break_with(format!(
-                    "the {} lease was taken over: {}",
-                    self.name,
-                    c.info.describe()
-                ));
-                Ok(())
+        let generations = self.repo.lease_generations(&self.name).await?;
+        match generations.last() {
+            Some(&top) if top == self.generation => {}
+            Some(&top) if top > self.generation => {
+                let who = match self.repo.lease_generation(&self.name, top).await {
+                    Ok(Some(info)) => info.describe(),
+                    _ => format!("generation {top}"),
+                };
+                self.break_with(format!("the {} lease was taken over: {who}", self.name));
             }
-            None => {
-                self.break_with(format!(
-                    "the {} lease {} disappeared from the repository",
-                    self.name,
-                    self.key()
-                ));
-                Ok(())
-            }
+            _ => self.break_with(format!(
+                "the {} lease {} disappeared from the repository",
+                self.name,
+                self.key()
+            )),
         }
+        Ok(())
     }
 }
 
 impl Lease {
-    fn start(repo: Repo, name: &str, generation: u64, info: LeaseInfo, ttl: Duration) -> Lease {
+    /// Holds `generation` of lease `name`: renews it, and deletes the `older` generations.
+    fn start(
+        repo: Repo,
+        name: &str,
+        generation: u64,
+        info: LeaseInfo,
+        ttl: Duration,
+        older: Vec<u64>,
+    ) -> Lease {
+        // Best effort, beside the work: an old generation left behind is only litter, which
+        // the next taker deletes.
+        let cleanup = {
+            let (repo, name) = (repo.clone(), name.to_owned());
+            tokio::spawn(async move {
+                for generation in older {
+                    let _ = repo.delete(&generation_key(&name, generation)).await;
+                }
+            })
+        };
         let shared = Arc::new(Shared {
             repo,
             name: name.to_owned(),
@@ -357,6 +376,7 @@ impl Lease {
             shared,
             stop,
             renewal: Some(renewal),
+            cleanup: Some(cleanup),
         }
     }
 
@@ -399,20 +419,21 @@ impl Lease {
     pub async fn release(mut self) {
         self.stop.cancel();
         let renewal = self.renewal.take();
-        release(self.shared.clone(), renewal).await;
+        let cleanup = self.cleanup.take();
+        tokio::join!(release(self.shared.clone(), renewal), async {
+            if let Some(cleanup) = cleanup {
+                let _ = cleanup.await;
+            }
+        });
     }
 }
 
-/// Waits for the renewal task to end, then marks this generation released, unless a newer
-/// one exists (taken over: nothing of ours to release). Writing this generation never touches
-/// a newer holder's, so a takeover racing with this is harmless.
+/// Waits for the renewal task to end, then marks this generation released. No look for a
+/// newer generation first: writing this one never touches a newer holder's, and below the
+/// highest a released mark is only litter the next taker deletes.
 async fn release(shared: Arc<Shared>, renewal: Option<tokio::task::JoinHandle<()>>) {
     if let Some(renewal) = renewal {
         let _ = renewal.await;
-    }
-    match shared.repo.read_lease(&shared.name).await {
-        Ok(Some(current)) if current.generation > shared.generation => return,
-        _ => {}
     }
     shared.lock().info.released = true;
     if let Err(e) = shared.renew().await {
@@ -509,9 +530,10 @@ mod tests {
         assert!(state.info.released);
         let second = acquired(repo.try_lease("backup", holder(2, ttl)).await.unwrap());
         assert_eq!(second.generation(), 2);
-        // The older generation is cleaned up; the newest is the lease.
-        assert_eq!(repo.lease_generations("backup").await.unwrap(), [2]);
         second.release().await;
+        // The older generation was cleaned up (by the time of the release); the newest is the
+        // lease.
+        assert_eq!(repo.lease_generations("backup").await.unwrap(), [2]);
     }
 
     #[tokio::test]
