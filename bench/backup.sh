@@ -204,28 +204,9 @@ pgbb_row() { # key
 # retention: no expiry inside a timed backup (there was none when it ran once).
 declare -A pgbr_type=([pgbr-lz4]=lz4 [pgbr-zst]=zst)
 pgbr_conf() { # key compress-type
-    local d=$tmp/out/$1
-    mkdir -p "$d/repo" "$d/log" "$d/lock"
-    cat >"$d/pgbackrest.conf" <<CONF
-[global]
-repo1-path=$d/repo
-repo1-retention-full=99
-compress-type=$2
-process-max=2
-start-fast=y
-archive-check=n
-log-path=$d/log
-lock-path=$d/lock
-log-level-console=warn
-log-level-file=info
-
-[bench]
-pg1-path=$data
-pg1-socket-path=$tmp/run
-pg1-port=$port
-pg1-user=postgres
-CONF
-    own "$d"
+    mkdir -p "$tmp/out/$1/repo"
+    pgbr_write_conf "$tmp/out/$1" "repo1-path=$tmp/out/$1/repo
+compress-type=$2"
 }
 pgbr() { # key args...
     local conf=$tmp/out/$1/pgbackrest.conf

@@ -96,3 +96,32 @@ if [[ $(id -u) -eq 0 ]]; then
 else
     as_pg=()
 fi
+
+# Writes DIR/pgbackrest.conf (logs and locks under DIR): the repository and compression lines
+# given, then what every benchmark shares: two processes, a fast start checkpoint, no archive
+# check (postgres archives into pgward's repository, not pgBackRest's), a retention high enough
+# that nothing expires inside a timed backup, and the `bench` stanza of the cluster at $data
+# (socket $tmp/run, port $port).
+pgbr_write_conf() { # dir lines
+    local d=$1
+    mkdir -p "$d/log" "$d/lock"
+    cat >"$d/pgbackrest.conf" <<CONF
+[global]
+$2
+repo1-retention-full=99
+process-max=2
+start-fast=y
+archive-check=n
+log-path=$d/log
+lock-path=$d/lock
+log-level-console=warn
+log-level-file=info
+
+[bench]
+pg1-path=$data
+pg1-socket-path=$tmp/run
+pg1-port=$port
+pg1-user=postgres
+CONF
+    own "$d"
+}

@@ -98,12 +98,11 @@ YAML
 
 # pgBackRest's config for a phase: a posix repository for file://, else the same bucket as
 # pgward through the TLS proxy (its certificate is self-signed for 127.0.0.1, and pgBackRest
-# matches only host names, not IP addresses, against a certificate: verify-tls=n). zst at its default level, bundles on (small files packed into
-# larger objects), no expiry during the runs (a high retention), no WAL check (postgres
-# archives to pgward's repository).
+# matches only host names, not IP addresses, against a certificate: verify-tls=n). zst at its
+# default level, bundles on (small files packed into larger objects); the rest is
+# pgbr_write_conf's (bench/lib.sh).
 pgbr_conf() { # phase
     local d=$tmp/pgbr/$1 repo
-    mkdir -p "$d/log" "$d/lock"
     if [[ $1 == file ]]; then
         mkdir -p "$tmp/pgbr-repo"
         repo="repo1-path=$tmp/pgbr-repo"
@@ -119,27 +118,9 @@ repo1-s3-key-secret=$s3_secret_key
 repo1-s3-uri-style=path
 repo1-storage-verify-tls=n"
     fi
-    cat >"$d/pgbackrest.conf" <<CONF
-[global]
-$repo
+    pgbr_write_conf "$d" "$repo
 repo1-bundle=y
-repo1-retention-full=99
-compress-type=zst
-process-max=2
-start-fast=y
-archive-check=n
-log-path=$d/log
-lock-path=$d/lock
-log-level-console=warn
-log-level-file=info
-
-[bench]
-pg1-path=$data
-pg1-socket-path=$tmp/run
-pg1-port=$port
-pg1-user=postgres
-CONF
-    own "$d"
+compress-type=zst"
     [[ $1 != file ]] || own "$tmp/pgbr-repo"
     echo "$d/pgbackrest.conf"
 }

@@ -45,8 +45,11 @@ pub async fn read_manifest(repo: &Repo, id: &str) -> Result<Manifest> {
 /// The manifest of backup `id` as stored: parsed and its format checked, its paths not.
 async fn read_as_stored(repo: &Repo, id: &str) -> Result<Manifest> {
     check_id(id)?;
-    let bytes = repo
-        .get_bytes(&manifest_key(id))
+    // Parsed as it is read: a manifest of many files is never held whole as text.
+    let manifest: Manifest = repo
+        .get_parsed(&manifest_key(id), |content| {
+            serde_json::from_reader::<_, Manifest>(content)
+        })
         .await
         .with_context(|| format!("read the manifest of backup {id}"))?
         .with_context(|| {
@@ -54,8 +57,7 @@ async fn read_as_stored(repo: &Repo, id: &str) -> Result<Manifest> {
                 "backup {id} is not in {} (or incomplete)\n{LIST_HINT}",
                 repo.describe()
             )
-        })?;
-    let manifest: Manifest = serde_json::from_slice(&bytes)
+        })?
         .with_context(|| format!("the manifest of backup {id} is not valid"))?;
     if manifest.format_version > MANIFEST_VERSION {
         bail!(

@@ -81,9 +81,9 @@ where
     let mut missing: Vec<SegmentName> = segments.to_vec();
     let mut pause = FIRST_PAUSE;
     for round in 0.. {
-        // Every name a segment may have at first and now and then, else the configured
-        // codec's only: the segments still missing are being archived as configured.
-        let any_codec = round % ANY_CODEC_EVERY == 0;
+        // The configured codec's name, which is what the archiver writes; now and then every
+        // name a segment may have (one archived under an earlier configuration).
+        let any_codec = round % ANY_CODEC_EVERY == ANY_CODEC_EVERY - 1;
         missing = still_missing(repo, missing, any_codec).await?;
         let Some(first) = missing.first() else {
             return Ok(());

@@ -397,14 +397,21 @@ async fn finish(
         created_by: format!("pgward {}", env!("CARGO_PKG_VERSION")),
     };
     crate::failpoint!("backup-before-manifest");
-    let json = serde_json::to_vec_pretty(&manifest).context("encode the manifest")?;
+    // Encoded as it is serialized: only the compressed manifest is held, once.
+    let (manifest, encoded) = repo
+        .encode_written("the manifest", move |out| {
+            serde_json::to_writer_pretty(out, &manifest)?;
+            Ok(manifest)
+        })
+        .await
+        .context("encode the manifest")?;
     let key = manifest_key(&id);
     // Create-only: a retry after a put whose answer was lost finds its own manifest.
     retry(
         &options.retry,
         &CancellationToken::new(),
         "store the manifest",
-        || repo.put_bytes(&key, json.clone(), PutMode::Create),
+        || repo.put_encoded_object(&key, &encoded, PutMode::Create),
     )
     .await
     .context("store the manifest")?;

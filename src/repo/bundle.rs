@@ -31,6 +31,7 @@ use super::codec::Codec;
 use super::frame::{self, DecodeError, Digest, HEADER_LEN, TRAILER_LEN};
 use super::get::{decode_error, ChannelReader};
 use super::put::ChunkSink;
+use super::tally::{Counted, Hashed};
 use super::{ranges, Checksum, PutMode, PutOutcome, Repo, RepoError, Verified};
 
 /// What goes into a bundle: ranges of a local file (`[(0, u64::MAX)]` for all of it).
@@ -357,82 +358,4 @@ fn skip_bytes(reader: &mut impl Read, n: u64, key: &str) -> Result<(), RepoError
         });
     }
     Ok(())
-}
-
-/// Length and running BLAKE3 of bytes seen.
-struct Tally {
-    len: u64,
-    hasher: blake3::Hasher,
-}
-
-impl Tally {
-    fn new() -> Tally {
-        Tally {
-            len: 0,
-            hasher: blake3::Hasher::new(),
-        }
-    }
-
-    fn add(&mut self, bytes: &[u8]) {
-        self.hasher.update(bytes);
-        self.len += bytes.len() as u64;
-    }
-
-    fn digest(&self) -> Digest {
-        Digest {
-            len: self.len,
-            checksum: Checksum(*self.hasher.finalize().as_bytes()),
-        }
-    }
-}
-
-/// A writer that counts and hashes what passes through it, and does not pass flushes on:
-/// each member's encoder flushes at its end, which would cut the upload into small chunks.
-struct Counted<W> {
-    inner: W,
-    tally: Tally,
-}
-
-impl<W: Write> Counted<W> {
-    fn new(inner: W) -> Self {
-        Counted {
-            inner,
-            tally: Tally::new(),
-        }
-    }
-}
-
-impl<W: Write> Write for Counted<W> {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(data)?;
-        self.tally.add(&data[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// A reader that counts and hashes what it yields.
-struct Hashed<R> {
-    inner: R,
-    tally: Tally,
-}
-
-impl<R: Read> Hashed<R> {
-    fn new(inner: R) -> Self {
-        Hashed {
-            inner,
-            tally: Tally::new(),
-        }
-    }
-}
-
-impl<R: Read> Read for Hashed<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.tally.add(&buf[..n]);
-        Ok(n)
-    }
 }

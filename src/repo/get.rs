@@ -162,6 +162,67 @@ impl Repo {
         }))
     }
 
+    /// Reads `key` and hands its content to `parse` as it is downloaded and decoded (on a
+    /// thread of its own), never holding it whole: a backup's manifest of many files is tens
+    /// of megabytes of JSON. `parse`'s result counts only once the object's checksum checked;
+    /// `Ok(None)` when `key` is absent. A read that fails on the way is read again, as
+    /// `storage.retry` allows.
+    pub async fn get_parsed<T, E>(
+        &self,
+        key: &str,
+        parse: impl Fn(&mut dyn Read) -> Result<T, E> + Clone + Send + 'static,
+    ) -> Result<Option<Result<T, E>>, RepoError>
+    where
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        let op = format!("read {key}");
+        let never = CancellationToken::new();
+        super::retry(&self.inner.retry, &never, &op, || {
+            self.get_parsed_once(key, parse.clone())
+        })
+        .await
+    }
+
+    async fn get_parsed_once<T, E>(
+        &self,
+        key: &str,
+        parse: impl FnOnce(&mut dyn Read) -> Result<T, E> + Send + 'static,
+    ) -> Result<Option<Result<T, E>>, RepoError>
+    where
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        let never = CancellationToken::new();
+        let Some(get) = self.open_object(key, &never).await? else {
+            return Ok(None);
+        };
+        let key_owned = key.to_owned();
+        self.decode_stream(key, get, &never, move |reader| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(CHANNEL_DEPTH);
+            let parser = std::thread::Builder::new()
+                .name("pgward-parse".into())
+                .spawn(move || {
+                    let mut content = io::BufReader::new(Received {
+                        rx,
+                        current: Bytes::new(),
+                    });
+                    let parsed = parse(&mut content);
+                    // The decoder checks the checksum at the end: let it get there.
+                    let _ = io::copy(&mut content, &mut io::sink());
+                    parsed
+                })
+                .map_err(|e| RepoError::io("<parser thread>", e))?;
+            let decoded = frame::decode(reader, Sent(tx));
+            let parsed = parser.join().map_err(|_| {
+                RepoError::io("<parser thread>", io::Error::other("the parser panicked"))
+            })?;
+            decoded.map_err(|e| decode_error(&key_owned, Path::new("<parser>"), e))?;
+            Ok(Some(parsed))
+        })
+        .await
+    }
+
     /// Reads, decodes and verifies a small object (at most 64 MiB stored: a manifest, a
     /// backup label) into memory; a read that fails on the way is read again, as
     /// `storage.retry` allows.
@@ -391,6 +452,43 @@ impl Read for ChannelReader {
                         "the download stopped",
                     ))
                 }
+            }
+        }
+        let n = out.len().min(self.current.len());
+        out[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
+/// The decoder's side of the channel to a parser: each write is sent on as a chunk.
+struct Sent(std::sync::mpsc::SyncSender<Bytes>);
+
+impl io::Write for Sent {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.0
+            .send(Bytes::copy_from_slice(data))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the parser stopped"))?;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The parser's side: the decoded content, ending when the decoder is done (or gave up, which
+/// its own error then tells).
+struct Received {
+    rx: std::sync::mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl Read for Received {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.recv() {
+                Ok(chunk) => self.current = chunk,
+                Err(_) => return Ok(0),
             }
         }
         let n = out.len().min(self.current.len());

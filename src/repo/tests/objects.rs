@@ -185,6 +185,75 @@ async fn put_bytes_modes_and_get_bytes() {
     );
 }
 
+/// A line-per-number text, to parse back: what a manifest is to these functions.
+fn numbers_text(out: &mut dyn std::io::Write, n: u32) -> std::io::Result<u32> {
+    for i in 0..n {
+        writeln!(out, "{i}")?;
+    }
+    Ok(n)
+}
+
+fn sum_numbers(content: &mut dyn std::io::Read) -> Result<u64, String> {
+    let mut text = String::new();
+    content
+        .read_to_string(&mut text)
+        .map_err(|e| e.to_string())?;
+    text.lines()
+        .map(|l| l.parse::<u64>().map_err(|e| format!("{l:?}: {e}")))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn written_content_is_encoded_once_put_and_parsed_back_as_a_stream() {
+    let l = local();
+    for codec in Codec::ALL {
+        let repo = Repo::open_with_store(l.store.clone(), "w", codec, 3);
+        let key = format!("backups/x/manifest-{}.json", codec.name());
+        // Over 1 MB of text: several chunks through the encoder and the parser's channel.
+        let (n, encoded) = repo
+            .encode_written("numbers", |out| numbers_text(out, 200_000))
+            .await
+            .expect("encode");
+        assert_eq!(n, 200_000);
+        for mode in [PutMode::Create, PutMode::Create] {
+            repo.put_encoded_object(&key, &encoded, mode)
+                .await
+                .expect("put, and a retry finds its own object");
+        }
+        let mut expected = Vec::new();
+        numbers_text(&mut expected, 200_000).unwrap();
+        assert!(repo.get_bytes(&key).await.expect("get").unwrap() == expected);
+        let sum = repo.get_parsed(&key, sum_numbers).await.expect("read");
+        assert_eq!(sum, Some(Ok(199_999 * 200_000 / 2)), "{codec:?}");
+        assert!(matches!(
+            repo.get_parsed("backups/none/manifest.json", sum_numbers)
+                .await,
+            Ok(None)
+        ));
+
+        // A damaged object is corrupt, whatever the parser made of it.
+        let stored = l.dir.path().join(format!("w/{key}.{}", codec.extension()));
+        let mut damaged = std::fs::read(&stored).unwrap();
+        let at = damaged.len() - 60;
+        damaged[at] ^= 0x01;
+        std::fs::write(&stored, &damaged).unwrap();
+        match repo.get_parsed(&key, sum_numbers).await {
+            Err(RepoError::Corrupt { key: named, .. }) => assert_eq!(named, key),
+            other => panic!("{codec:?}: expected corrupt, got {other:?}"),
+        }
+        // A parser that stops early still gets its answer checked against the whole object.
+        let first_line = |content: &mut dyn std::io::Read| -> Result<u8, String> {
+            let mut one = [0u8; 1];
+            content.read_exact(&mut one).map_err(|e| e.to_string())?;
+            Ok(one[0])
+        };
+        assert!(matches!(
+            repo.get_parsed(&key, first_line).await,
+            Err(RepoError::Corrupt { .. })
+        ));
+    }
+}
+
 #[tokio::test]
 async fn absent_objects() {
     let scratch = tempfile::tempdir().expect("temp dir");
