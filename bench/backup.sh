@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Backup and restore benchmark: pg_basebackup, pgBackRest, tar | zstd and pgward, one after the
 # other, on the same running cluster (pgbench -i, data checksums on, a warm page cache for the
-# backups, a dropped one for the restores). RUNS rounds, the rows' order rotated each round;
-# each row is the median of its runs; see bench/README.md for the setups and what is measured.
+# backups, a dropped one for the restores), beside what bounds a restore on this disk (writing
+# and fsyncing as many bytes). RUNS rounds, the rows' order rotated each round; each row is the
+# median of its runs; see bench/README.md for the setups and what is measured.
 #
 # Usage: bench/backup.sh
 #   SCALE       pgbench -i -s (default 100, about 1.5 GB of data)
@@ -336,6 +337,16 @@ restore_pgward_zstd() {
     done_with "$d"
 }
 
+# What bounds a restore from below on this disk: writing as many bytes as the data directory
+# holds, in one sequential file, and fsyncing it (a restore writes ~1,000 files and fsyncs each,
+# and reads its backup besides).
+restore_disk_bound() {
+    local f=$tmp/restore/disk-bound-$r
+    drop_caches
+    timed disk-bound dd if=/dev/zero of="$f" bs=8M count=$((data_bytes / 8388608)) conv=fsync || true
+    rm -f "$f"
+}
+
 # --- pgward incremental ------------------------------------------------------------------------
 # Two incremental backups on top of the round's newest full one: after updating 1% of
 # pgbench_accounts' rows in one range (recent rows, the usual hot set), then 1% spread over the
@@ -376,7 +387,8 @@ full_rows=(pgbb-lz4 pgbb-zstd pgbr-lz4 pgbr-zst tar-zstd pgward-lz4 pgward-zstd)
 declare -A row_fn=([pgbb-lz4]=pgbb_row [pgbb-zstd]=pgbb_row [pgbr-lz4]=pgbr_row
     [pgbr-zst]=pgbr_row [tar-zstd]=tar_row [pgward-lz4]=pgward_full_row
     [pgward-zstd]=pgward_full_row)
-restore_fns=(restore_pgbr_lz4 restore_pgbr_zst restore_pgward_lz4 restore_pgward_zstd)
+restore_fns=(restore_pgbr_lz4 restore_pgbr_zst restore_pgward_lz4 restore_pgward_zstd
+    restore_disk_bound)
 for ((r = 1; r <= runs; r++)); do
     log "round $r of $runs"
     # Read into arrays first: a measured command must not read the loop's input.
@@ -405,6 +417,7 @@ declare -A label=(
     [pgward-restore-lz4]="pgward restore lz4"
     [pgward-restore-zstd]="pgward restore zstd"
     [pgward-delta]="pgward restore --delta zstd"
+    [disk-bound]="write+fsync as many bytes (dd, bound)"
 )
 # shellcheck disable=SC2086 # the runs' values are space-separated numbers
 med() { median ${secs[$1]:-}; }
@@ -448,7 +461,7 @@ sep() {
 }
 backups=(pgbb-lz4 pgbb-zstd pgbr-lz4 pgbr-zst tar-zstd pgward-lz4 pgward-zstd pgward-incr-hot pgward-incr-spread)
 restores=(pgbr-restore-lz4 pgbr-restore-zst pgbr-delta pgward-restore-lz4 pgward-restore-zstd
-    pgward-delta)
+    pgward-delta disk-bound)
 
 echo
 echo "pgbench -i -s $scale, data checksums on; data directory $(mb "$data_bytes") MB without pg_wal;" \
