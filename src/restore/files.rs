@@ -115,24 +115,24 @@ enum Unit<'m> {
     File(&'m FileEntry),
 }
 
-/// The bundles first (each read once, whole), then the other files.
+/// The files stored on their own first, largest first: the long poles (a large file's
+/// slices) start at once instead of after everything else, and the bundles (each read once,
+/// whole) fill the gaps.
 fn units(files: Vec<&FileEntry>) -> Vec<Unit<'_>> {
     let mut bundles: BTreeMap<String, Vec<&FileEntry>> = BTreeMap::new();
-    let mut rest = Vec::new();
+    let mut alone = Vec::new();
     for file in files {
         match file.bundle {
             Some(_) if file.parts.is_empty() => bundles.entry(file.key()).or_default().push(file),
-            _ => rest.push(Unit::File(file)),
+            _ => alone.push(file),
         }
     }
-    let mut units: Vec<Unit<'_>> = bundles
-        .into_iter()
-        .map(|(key, mut files)| {
-            files.sort_by_key(|f| f.bundle.map_or(0, |b| b.offset));
-            Unit::Bundle(key, files)
-        })
-        .collect();
-    units.append(&mut rest);
+    alone.sort_by_key(|f| std::cmp::Reverse(f.size));
+    let mut units: Vec<Unit<'_>> = alone.into_iter().map(Unit::File).collect();
+    units.extend(bundles.into_iter().map(|(key, mut files)| {
+        files.sort_by_key(|f| f.bundle.map_or(0, |b| b.offset));
+        Unit::Bundle(key, files)
+    }));
     units
 }
 
@@ -445,4 +445,68 @@ async fn matches_already(path: &Path, file: &FileEntry) -> Result<bool> {
     })
     .await
     .context("join a file comparison")?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::manifest::InBundle;
+
+    fn file(path: &str, size: u64, bundle: Option<u32>) -> FileEntry {
+        FileEntry {
+            path: path.to_owned(),
+            size,
+            mtime: 0,
+            mtime_nsec: 0,
+            mode: 0o600,
+            checksum: String::new(),
+            stored_size: size / 4,
+            stored_in: "20261207T180000F".to_owned(),
+            bad_blocks: Vec::new(),
+            parts: Vec::new(),
+            bundle: bundle.map(|bundle| InBundle {
+                bundle,
+                offset: size,
+                stored_len: size / 4,
+            }),
+        }
+    }
+
+    fn describe(units: &[Unit<'_>]) -> Vec<String> {
+        units
+            .iter()
+            .map(|unit| match unit {
+                Unit::File(f) => f.path.clone(),
+                Unit::Bundle(key, files) => format!(
+                    "{key}: {}",
+                    files
+                        .iter()
+                        .map(|f| f.path.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn files_of_their_own_come_first_largest_first_then_each_bundle_in_member_order() {
+        let files = [
+            file("base/5/small", 8192, Some(1)),
+            file("base/5/big", 300 << 20, None),
+            file("base/5/other", 9000, Some(0)),
+            file("base/5/first", 100, Some(1)),
+            file("base/5/medium", 2 << 20, None),
+        ];
+        let units = units(files.iter().collect());
+        assert_eq!(
+            describe(&units),
+            [
+                "base/5/big",
+                "base/5/medium",
+                "backups/20261207T180000F/bundles/000000: base/5/other",
+                "backups/20261207T180000F/bundles/000001: base/5/first base/5/small",
+            ]
+        );
+    }
 }
