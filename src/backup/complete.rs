@@ -80,7 +80,8 @@ where
     let started = Instant::now();
     let mut missing: Vec<SegmentName> = segments.to_vec();
     let mut pause = FIRST_PAUSE;
-    for round in 0.. {
+    let mut round = 0u32;
+    loop {
         // The configured codec's name, which is what the archiver writes; now and then every
         // name a segment may have (one archived under an earlier configuration).
         let any_codec = round % ANY_CODEC_EVERY == ANY_CODEC_EVERY - 1;
@@ -110,8 +111,8 @@ where
             () = tokio::time::sleep(pause) => {}
         }
         pause = (pause * 3 / 2).min(LONGEST_PAUSE);
+        round = round.wrapping_add(1);
     }
-    unreachable!("the rounds end by returning")
 }
 
 /// Those of `segments` not in the archive, in order.

@@ -197,13 +197,14 @@ impl Repo {
         let Some(get) = self.open_object(key, &never).await? else {
             return Ok(None);
         };
+        check_small(key, &get)?;
         let key_owned = key.to_owned();
         self.decode_stream(key, get, &never, move |reader| {
-            let (tx, rx) = std::sync::mpsc::sync_channel(CHANNEL_DEPTH);
+            let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
             let parser = std::thread::Builder::new()
                 .name("pgward-parse".into())
                 .spawn(move || {
-                    let mut content = io::BufReader::new(Received {
+                    let mut content = io::BufReader::new(ChannelReader {
                         rx,
                         current: Bytes::new(),
                     });
@@ -213,7 +214,13 @@ impl Repo {
                     parsed
                 })
                 .map_err(|e| RepoError::io("<parser thread>", e))?;
-            let decoded = frame::decode(reader, Sent(tx));
+            let mut sent = Sent(tx);
+            let decoded = frame::decode(reader, &mut sent);
+            if decoded.is_ok() {
+                sent.end();
+            }
+            // Closed before the join, or a parser waiting for more would wait forever.
+            drop(sent);
             let parsed = parser.join().map_err(|_| {
                 RepoError::io("<parser thread>", io::Error::other("the parser panicked"))
             })?;
@@ -223,8 +230,8 @@ impl Repo {
         .await
     }
 
-    /// Reads, decodes and verifies a small object (at most 64 MiB stored: a manifest, a
-    /// backup label) into memory; a read that fails on the way is read again, as
+    /// Reads, decodes and verifies a small object (at most 64 MiB stored: a backup label, the
+    /// repository's metadata, a lease) into memory; a read that fails on the way is read again, as
     /// `storage.retry` allows.
     pub async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, RepoError> {
         let op = format!("read {key}");
@@ -235,21 +242,13 @@ impl Repo {
     async fn get_bytes_once(&self, key: &str) -> Result<Option<Vec<u8>>, RepoError> {
         for codec in self.codecs() {
             let path = self.path(key, codec)?;
-            // Object content: a large manifest over a slow link takes its time.
+            // Object content: over a slow link it takes its time.
             let get = match self.inner.bulk.get(&path).await {
                 Ok(get) => get,
                 Err(object_store::Error::NotFound { .. }) => continue,
                 Err(e) => return Err(RepoError::storage(key, e)),
             };
-            if get.meta.size > GET_BYTES_MAX {
-                return Err(RepoError::InvalidKey {
-                    key: key.to_owned(),
-                    reason: format!(
-                        "object of {} bytes is too large to read into memory",
-                        get.meta.size
-                    ),
-                });
-            }
+            check_small(key, &get)?;
             let encoded = get.bytes().await.map_err(|e| RepoError::storage(key, e))?;
             let key_owned = key.to_owned();
             let content = blocking(move || {
@@ -433,8 +432,9 @@ pub(super) fn decode_error(key: &str, dest: &Path, e: DecodeError) -> RepoError 
     }
 }
 
-/// The download body as a `Read` on the decoder thread. `None` on the channel marks the end;
-/// a channel closed without it is an interrupted download.
+/// A body fed through a channel as a `Read`: the download on the decoder thread, or the
+/// decoded content on a parser's. `None` on the channel marks the end; a channel closed
+/// without it is an interrupted stream.
 pub(super) struct ChannelReader {
     rx: mpsc::Receiver<Option<Bytes>>,
     current: Bytes,
@@ -460,39 +460,42 @@ impl Read for ChannelReader {
     }
 }
 
-/// The decoder's side of the channel to a parser: each write is sent on as a chunk.
-struct Sent(std::sync::mpsc::SyncSender<Bytes>);
+/// Refuses an object stored larger than [`GET_BYTES_MAX`]: what is read whole, or parsed
+/// whole into memory (a manifest), comes from the repository, which may have been tampered
+/// with.
+fn check_small(key: &str, get: &object_store::GetResult) -> Result<(), RepoError> {
+    if get.meta.size > GET_BYTES_MAX {
+        return Err(RepoError::InvalidKey {
+            key: key.to_owned(),
+            reason: format!(
+                "object of {} bytes is too large to read into memory",
+                get.meta.size
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The decoder's side of the channel to a parser's [`ChannelReader`]: each write is sent on
+/// as a chunk, and [`Sent::end`] marks the end of a content decoded whole (without it, the
+/// parser reads an interrupted stream).
+struct Sent(mpsc::Sender<Option<Bytes>>);
+
+impl Sent {
+    fn end(&mut self) {
+        let _ = self.0.blocking_send(None);
+    }
+}
 
 impl io::Write for Sent {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         self.0
-            .send(Bytes::copy_from_slice(data))
+            .blocking_send(Some(Bytes::copy_from_slice(data)))
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the parser stopped"))?;
         Ok(data.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
-    }
-}
-
-/// The parser's side: the decoded content, ending when the decoder is done (or gave up, which
-/// its own error then tells).
-struct Received {
-    rx: std::sync::mpsc::Receiver<Bytes>,
-    current: Bytes,
-}
-
-impl Read for Received {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() {
-            match self.rx.recv() {
-                Ok(chunk) => self.current = chunk,
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = out.len().min(self.current.len());
-        out[..n].copy_from_slice(&self.current.split_to(n));
-        Ok(n)
     }
 }

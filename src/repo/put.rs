@@ -135,17 +135,16 @@ impl Repo {
         bytes: Vec<u8>,
         mode: PutMode,
     ) -> Result<PutOutcome, RepoError> {
-        let path = self.path(key, self.inner.codec)?;
         let (codec, level) = (self.inner.codec, self.inner.level);
         let (digest, encoded) = blocking(move || {
             frame::encode_bytes(&bytes, codec, level).map_err(|e| RepoError::io("<memory>", e))
         })
         .await?;
-        let outcome = self
-            .put_encoded(key, &path, vec![Bytes::from(encoded)], digest, mode)
-            .await?;
-        self.make_durable(key, &path, &outcome).await?;
-        Ok(outcome)
+        let object = EncodedObject {
+            digest,
+            bytes: Bytes::from(encoded),
+        };
+        self.put_encoded_object(key, &object, mode).await
     }
 
     /// Encodes what `produce` writes (on a blocking thread), holding only the compressed
@@ -545,7 +544,6 @@ pub(super) async fn upload_part(
     Ok(())
 }
 
-/// The encoder's output, cut into [`CHUNK`]s for the uploader.
 /// An object encoded in memory by [`Repo::encode_written`], ready to be put; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct EncodedObject {
@@ -553,6 +551,7 @@ pub struct EncodedObject {
     bytes: Bytes,
 }
 
+/// The encoder's output, cut into [`CHUNK`]s for the uploader.
 pub(super) struct ChunkSink {
     pub(super) tx: mpsc::Sender<Bytes>,
     pub(super) buf: BytesMut,

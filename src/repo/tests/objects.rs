@@ -254,6 +254,31 @@ async fn written_content_is_encoded_once_put_and_parsed_back_as_a_stream() {
     }
 }
 
+/// The repository may have been tampered with: an object stored larger than what is read or
+/// parsed whole is refused before it is downloaded, by both readers.
+#[tokio::test]
+async fn an_oversized_small_object_is_refused_before_it_is_read() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let repo = Repo::open_with_store(store.clone(), "big", Codec::Zstd, 3);
+    let key = "backups/x/manifest.json";
+    let oversized = vec![0u8; GET_BYTES_MAX as usize + 1];
+    store
+        .put(
+            &repo.path(key, Codec::Zstd).expect("path"),
+            oversized.into(),
+        )
+        .await
+        .expect("store it behind the repository's back");
+    assert!(matches!(
+        repo.get_parsed(key, sum_numbers).await,
+        Err(RepoError::InvalidKey { .. })
+    ));
+    assert!(matches!(
+        repo.get_bytes(key).await,
+        Err(RepoError::InvalidKey { .. })
+    ));
+}
+
 #[tokio::test]
 async fn absent_objects() {
     let scratch = tempfile::tempdir().expect("temp dir");
