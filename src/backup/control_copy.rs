@@ -1,5 +1,7 @@
-//! `global/pg_control` in a backup: copied last, after every other file (as pg_basebackup
-//! sends it last), and only a copy whose CRC checks. postgres rewrites the file in place at
+//! `global/pg_control` in a backup: read last, after every other file was stored (as
+//! pg_basebackup sends it last) and before backup mode ends (a standby's stop takes its
+//! minimum recovery point from the file, so the copy must not be newer), and only a copy
+//! whose CRC checks. It is stored while backup mode ends. postgres rewrites the file in place at
 //! every checkpoint, so a read may catch it half-written (a torn read); such a copy would
 //! make the restored cluster refuse to start, or start from a wrong checkpoint. A bad CRC is
 //! read again, as PostgreSQL's own tools do, and the backup fails if it never checks.
@@ -22,25 +24,43 @@ const READ_ATTEMPTS: u32 = 10;
 /// Pause between two reads: a checkpoint's rewrite of 8 KiB is long over by then.
 const REREAD_DELAY: Duration = Duration::from_millis(50);
 
-/// Stores `source` (the data directory's `global/pg_control`) as read with a valid CRC.
-pub(super) async fn copy_control_file(
+/// `global/pg_control` as read, with a valid CRC, to be stored.
+pub(super) struct ControlCopy {
+    source: Source,
+    bytes: Vec<u8>,
+    meta: std::fs::Metadata,
+}
+
+/// Reads `source` (the data directory's `global/pg_control`) until its CRC checks.
+pub(super) async fn read_control_file(source: Source) -> Result<ControlCopy> {
+    let abs = source.abs.clone();
+    let (bytes, meta) = tokio::task::spawn_blocking(move || {
+        let bytes = read_checked(&abs)?;
+        let meta = std::fs::metadata(&abs).with_context(|| format!("stat {}", abs.display()))?;
+        anyhow::Ok((bytes, meta))
+    })
+    .await
+    .context("join a pg_control read")??;
+    Ok(ControlCopy {
+        source,
+        bytes,
+        meta,
+    })
+}
+
+/// Stores the copy of `pg_control` that [`read_control_file`] made.
+pub(super) async fn store_control_file(
     repo: &Repo,
     id: &str,
-    source: Source,
+    copy: ControlCopy,
     policy: &RetryPolicy,
     cancel: &CancellationToken,
 ) -> Result<FileEntry> {
-    let (bytes, meta) = {
-        let abs = source.abs.clone();
-        tokio::task::spawn_blocking(move || {
-            let bytes = read_checked(&abs)?;
-            let meta =
-                std::fs::metadata(&abs).with_context(|| format!("stat {}", abs.display()))?;
-            anyhow::Ok((bytes, meta))
-        })
-        .await
-        .context("join a pg_control read")??
-    };
+    let ControlCopy {
+        source,
+        bytes,
+        meta,
+    } = copy;
     let key = file_key(id, &source.path);
     let size = bytes.len() as u64;
     let op = format!("back up {}", source.path);

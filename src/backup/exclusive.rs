@@ -9,27 +9,31 @@
 //! lease and until when, and a crashed holder's lease is taken over as soon as it expires
 //! (`backup.lease_ttl` after its last renewal).
 
+use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
 
-use crate::repo::{Lease, LeaseInfo, Repo, Taken};
+use crate::repo::{Lease, LeaseInfo, Repo};
 
 /// The lease's name: `locks/backup/<generation>` in the repository.
 pub const BACKUP_LEASE: &str = "backup";
 
 /// Takes the backup lease for this process, renewed every third of `ttl` until released; a
-/// live lease of another backup refuses the backup.
-pub async fn take_backup_lease(repo: &Repo, ttl: Duration) -> Result<Lease> {
+/// live lease of another backup refuses the backup. `beside` runs under the lease, alongside
+/// the last step of taking it (see [`Repo::try_lease_beside`]), and its output comes back
+/// with the lease.
+pub async fn take_backup_lease<T, F: Future<Output = T>>(
+    repo: &Repo,
+    ttl: Duration,
+    beside: impl FnMut() -> F,
+) -> Result<(Lease, T)> {
     let taken = repo
-        .try_lease(BACKUP_LEASE, LeaseInfo::mine("backup", ttl))
+        .try_lease_beside(BACKUP_LEASE, LeaseInfo::mine("backup", ttl), beside)
         .await
         .with_context(|| format!("take the backup lease in {}", repo.describe()))?;
-    match taken {
-        Taken::Acquired(lease) => Ok(lease),
-        Taken::Held(holder) => bail!("{}", refusal(&holder, Utc::now())),
-    }
+    taken.or_else(|holder| bail!("{}", refusal(&holder, Utc::now())))
 }
 
 /// Why a backup is refused while `holder` runs, and what to do.

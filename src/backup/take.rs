@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::block_delta::{self, BlockMap};
 use super::catalog;
 use super::complete::{check_before_manifest, segment_range, wait_wal_range};
-use super::control_copy::copy_control_file;
+use super::control_copy::{read_control_file, store_control_file};
 use super::copy::copy_files;
 use super::exclusive::take_backup_lease;
 use super::lineage;
@@ -77,24 +77,30 @@ pub async fn take_backup(
     options: &BackupOptions,
     cancel: &CancellationToken,
 ) -> Result<Manifest> {
-    let lease = take_backup_lease(repo, options.lease_ttl).await?;
-    let taken = take_leased(repo, cluster, incremental, options, &lease, cancel).await;
+    // One listing, under the lease: the ids in use, what never completed, and what an
+    // incremental may build on.
+    let (lease, objects) =
+        take_backup_lease(repo, options.lease_ttl, || catalog::objects_by_backup(repo)).await?;
+    let taken = match objects {
+        Ok(objects) => {
+            take_leased(repo, cluster, objects, incremental, options, &lease, cancel).await
+        }
+        Err(e) => Err(e),
+    };
     lease.release().await;
     taken
 }
 
-/// [`take_backup`] under `lease`.
+/// [`take_backup`] under `lease`; `objects`: the repository's backup objects, listed under it.
 async fn take_leased(
     repo: &Repo,
     cluster: &Cluster<'_>,
+    objects: BTreeMap<String, Vec<String>>,
     incremental: bool,
     options: &BackupOptions,
     lease: &Lease,
     cancel: &CancellationToken,
 ) -> Result<Manifest> {
-    // One listing: the ids in use, what never completed, and what an incremental may build
-    // on.
-    let objects = catalog::objects_by_backup(repo).await?;
     let used: BTreeSet<String> = objects.keys().cloned().collect();
     let (complete, unfinished) = catalog::split_by_completion(objects);
     if !unfinished.is_empty() {
@@ -242,11 +248,17 @@ async fn take(
         cancel,
     )
     .await?;
-    // Last, as pg_basebackup sends it.
-    files.push(copy_control_file(repo, id, control, &options.retry, cancel).await?);
-    files.sort_by(|a, b| a.path.cmp(&b.path));
     crate::failpoint!("backup-after-copy");
-    let stop = backup_mode::stop(&started.client, cluster.identity.pg_major).await?;
+    // Read last, as pg_basebackup sends it, and before the stop; stored while backup mode
+    // ends.
+    let control = read_control_file(control).await?;
+    let (control, stop) = tokio::join!(
+        store_control_file(repo, id, control, &options.retry, cancel),
+        backup_mode::stop(&started.client, cluster.identity.pg_major)
+    );
+    let stop = stop?;
+    files.push(control?);
+    files.sort_by(|a, b| a.path.cmp(&b.path));
     let seg_size = wal_segment_size(&started.client).await?;
     let segments = segment_range(&started.start.wal, &stop.wal, seg_size)?;
     let archiver_said = || archiver_last_failure(&started.client);

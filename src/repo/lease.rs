@@ -29,6 +29,7 @@
 //! have judged it gone); work that must not complete without the lease asks
 //! [`Lease::confirm`] right before its last write.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -186,12 +187,30 @@ impl Repo {
     /// Takes lease `name` for `mine` if it is free (never taken, released, or expired), and
     /// keeps it renewed until [`Lease::release`]; else says who holds it.
     pub async fn try_lease(&self, name: &str, mine: LeaseInfo) -> Result<Taken, RepoError> {
+        Ok(
+            match self.try_lease_beside(name, mine, || async {}).await? {
+                Ok((lease, ())) => Taken::Acquired(lease),
+                Err(holder) => Taken::Held(holder),
+            },
+        )
+    }
+
+    /// [`Repo::try_lease`], running `beside` (work to do under the lease, such as a listing)
+    /// alongside the check that this process's generation is the highest, a round trip
+    /// saved. Its output comes with the acquired lease; a lost check discards it, and the next
+    /// attempt runs it again. `Err(holder)`: the lease is held by `holder`.
+    pub async fn try_lease_beside<T, F: Future<Output = T>>(
+        &self,
+        name: &str,
+        mine: LeaseInfo,
+        mut beside: impl FnMut() -> F,
+    ) -> Result<Result<(Lease, T), LeaseInfo>, RepoError> {
         let ttl = Duration::from_secs(mine.ttl_seconds);
         for _ in 0..10 {
             let current = self.read_lease(name).await?;
             if let Some(current) = &current {
                 if current.info.is_live(Utc::now()) {
-                    return Ok(Taken::Held(current.info.clone()));
+                    return Ok(Err(current.info.clone()));
                 }
             }
             let generation = current.as_ref().map_or(1, |c| c.generation + 1);
@@ -207,7 +226,8 @@ impl Repo {
                 Err(e) => return Err(e),
             }
             // Proceed only as the highest generation (see the module doc).
-            let generations = self.lease_generations(name).await?;
+            let (generations, beside) = tokio::join!(self.lease_generations(name), beside());
+            let generations = generations?;
             if generations.last().is_some_and(|&top| top > generation) {
                 let _ = self.delete(&key).await;
                 continue;
@@ -226,14 +246,8 @@ impl Repo {
                 .into_iter()
                 .filter(|&g| g < generation)
                 .collect();
-            return Ok(Taken::Acquired(Lease::start(
-                self.clone(),
-                name,
-                generation,
-                mine,
-                ttl,
-                older,
-            )));
+            let lease = Lease::start(self.clone(), name, generation, mine, ttl, older);
+            return Ok(Ok((lease, beside)));
         }
         Err(RepoError::Corrupt {
             key: format!("{LOCKS_PREFIX}/{name}"),
