@@ -6,7 +6,7 @@
 #
 # Usage: bench/s3.sh
 #   PGWARD_BENCH_SCALE  pgbench -i -s (default 20, about 300 MB of data)
-#   RUNS                runs per row (default 3)
+#   RUNS                runs per row (default 5)
 #   SEGMENTS            WAL segments switched per WAL run (default 64)
 #   LATENCIES           delays in ms added per S3 request (default "0 10 25")
 #   PGWARD_BIN          pgward binary (default target/release/pgward, built when missing)
@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 root=$PWD
 
 scale=${PGWARD_BENCH_SCALE:-20}
-runs=${RUNS:-3}
+runs=${RUNS:-5}
 segments=${SEGMENTS:-64}
 read -r -a latencies <<<"${LATENCIES:-0 10 25}"
 pgward_bin=${PGWARD_BIN:-$root/target/release/pgward}
