@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::codec::Codec;
+use super::codec::{Codec, Compressor};
 use super::frame::{self, DecodeError, Digest, HEADER_LEN, TRAILER_LEN};
 use super::get::{decode_error, ChannelReader};
 use super::put::ChunkSink;
@@ -177,6 +177,7 @@ fn encode_bundle(
         .write_all(&frame::header(Codec::None))
         .map_err(sink_error)?;
     let mut packed = Vec::with_capacity(inputs.len());
+    let mut compressor = Compressor::new(codec, level).map_err(sink_error)?;
     for input in inputs {
         let file = match File::open(&input.src) {
             Ok(file) => file,
@@ -190,7 +191,7 @@ fn encode_bundle(
         let read = Arc::new(AtomicU64::new(0));
         let reader = ranges::RangesReader::new(file, input.ranges.clone(), read.clone());
         let mut reader = frame::Tracked::new(reader);
-        let digest = match frame::encode(&mut reader, codec, level, &mut out) {
+        let digest = match frame::encode_with(&mut reader, &mut compressor, &mut out) {
             Ok((digest, _)) => digest,
             Err(e) => {
                 return Err(match reader.failed.take() {

@@ -67,22 +67,70 @@ impl Serialize for Codec {
 }
 
 /// A compressing writer over `W`; [`Encoder::finish`] ends the stream and hands `W` back.
-pub(crate) enum Encoder<W: Write> {
-    Zstd(zstd::stream::write::Encoder<'static, W>),
+/// `'c`: the [`Compressor`] whose context it borrows, if any.
+pub(crate) enum Encoder<'c, W: Write> {
+    Zstd(zstd::stream::write::Encoder<'c, W>),
     Lz4(lz4_flex::frame::FrameEncoder<W>),
     None(W),
 }
 
-impl<W: Write> Encoder<W> {
-    /// `level` is used by zstd only.
-    pub(crate) fn new(codec: Codec, level: i32, inner: W) -> io::Result<Encoder<W>> {
+impl<W: Write> Encoder<'static, W> {
+    /// An encoder of its own, for one stream. `level` is used by zstd only.
+    pub(crate) fn new(codec: Codec, level: i32, inner: W) -> io::Result<Encoder<'static, W>> {
         Ok(match codec {
             Codec::Zstd => Encoder::Zstd(zstd::stream::write::Encoder::new(inner, level)?),
             Codec::Lz4 => Encoder::Lz4(lz4_flex::frame::FrameEncoder::new(inner)),
             Codec::None => Encoder::None(inner),
         })
     }
+}
 
+/// Compresses one stream after another with the same codec, reusing zstd's context: a
+/// context holds megabytes of tables, and a bundle of thousands of small files would
+/// otherwise allocate and free one per file (time, and a heap fragmented by the churn).
+pub(crate) struct Compressor {
+    codec: Codec,
+    zstd: Option<zstd::zstd_safe::CCtx<'static>>,
+}
+
+impl Compressor {
+    /// `level` is used by zstd only.
+    pub(crate) fn new(codec: Codec, level: i32) -> io::Result<Compressor> {
+        let zstd = match codec {
+            Codec::Zstd => {
+                let mut context = zstd::zstd_safe::CCtx::create();
+                context
+                    .set_parameter(zstd::zstd_safe::CParameter::CompressionLevel(level))
+                    .map_err(|code| {
+                        io::Error::other(format!(
+                            "zstd level {level}: {}",
+                            zstd::zstd_safe::get_error_name(code)
+                        ))
+                    })?;
+                Some(context)
+            }
+            Codec::Lz4 | Codec::None => None,
+        };
+        Ok(Compressor { codec, zstd })
+    }
+
+    pub(crate) fn codec(&self) -> Codec {
+        self.codec
+    }
+
+    /// An encoder of one stream into `inner`, borrowing the context until it is finished.
+    pub(crate) fn encoder<W: Write>(&mut self, inner: W) -> Encoder<'_, W> {
+        match (&mut self.zstd, self.codec) {
+            (Some(context), _) => {
+                Encoder::Zstd(zstd::stream::write::Encoder::with_context(inner, context))
+            }
+            (None, Codec::Lz4) => Encoder::Lz4(lz4_flex::frame::FrameEncoder::new(inner)),
+            (None, _) => Encoder::None(inner),
+        }
+    }
+}
+
+impl<W: Write> Encoder<'_, W> {
     pub(crate) fn finish(self) -> io::Result<W> {
         match self {
             Encoder::Zstd(e) => e.finish(),
@@ -92,7 +140,7 @@ impl<W: Write> Encoder<W> {
     }
 }
 
-impl<W: Write> Write for Encoder<W> {
+impl<W: Write> Write for Encoder<'_, W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Encoder::Zstd(e) => e.write(buf),

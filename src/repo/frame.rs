@@ -15,7 +15,7 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 
-use super::codec::{decoder, Codec, Encoder};
+use super::codec::{decoder, Codec, Compressor, Encoder};
 use super::tally::Counted;
 
 const MAGIC: &[u8; 6] = b"PGWARD";
@@ -129,10 +129,19 @@ pub(crate) fn encode<W: Write>(
     src: impl Read,
     codec: Codec,
     level: i32,
+    sink: W,
+) -> io::Result<(Digest, W)> {
+    encode_with(src, &mut Compressor::new(codec, level)?, sink)
+}
+
+/// [`encode`] with `compressor`'s codec and context, for one object after another.
+pub(crate) fn encode_with<W: Write>(
+    src: impl Read,
+    compressor: &mut Compressor,
     mut sink: W,
 ) -> io::Result<(Digest, W)> {
-    sink.write_all(&header(codec))?;
-    let mut enc = Encoder::new(codec, level, sink)?;
+    sink.write_all(&header(compressor.codec()))?;
+    let mut enc = compressor.encoder(sink);
     let digest = hash_chunks(src, |chunk| enc.write_all(chunk))?;
     let mut sink = enc.finish()?;
     sink.write_all(&trailer(digest))?;
@@ -422,6 +431,24 @@ mod tests {
                 assert_eq!(got, digest);
                 assert_eq!(out, content, "{codec:?} {len}");
                 assert_eq!(digest, super::digest(&content[..]).expect("digest"));
+            }
+        }
+    }
+
+    #[test]
+    fn one_compressor_encodes_objects_one_after_another_as_fresh_ones_would() {
+        for codec in Codec::ALL {
+            let mut compressor = Compressor::new(codec, 3).expect("compressor");
+            // A large object first: nothing of it may leak into the small ones after it.
+            for len in [3 * BUF_LEN, 0, 1, 8192, 49] {
+                let content = sample(len);
+                let (digest, reused) =
+                    encode_with(&content[..], &mut compressor, Vec::new()).expect("encode");
+                let (_, fresh) = encode_bytes(&content, codec, 3).expect("encode");
+                assert_eq!(reused, fresh, "{codec:?} {len}");
+                let mut out = Vec::new();
+                assert_eq!(decode(&reused[..], &mut out).expect("decode"), digest);
+                assert_eq!(out, content, "{codec:?} {len}");
             }
         }
     }

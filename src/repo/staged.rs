@@ -40,7 +40,7 @@ pub struct StagedObject {
     path: ObjectPath,
     hasher: blake3::Hasher,
     len: u64,
-    encoder: Encoder<StageSink>,
+    encoder: Encoder<'static, StageSink>,
 }
 
 /// Where the encoded bytes of a staged object go until it is committed.
