@@ -155,28 +155,30 @@ pub(super) async fn copy_files(
         .map(|p| p.files.iter().map(|f| (f.path.as_str(), f)).collect())
         .unwrap_or_default();
     let policy = &options.retry;
-    let mut files = Vec::new();
+    // One entry per file, and one more for `pg_control`, which the caller adds: the list
+    // is the largest thing a backup of many files holds, and is never grown by doubling.
+    let mut assembly = Assembly::with_capacity(sources.len() + 1);
     let mut work = Vec::new();
-    let planned: Vec<Plan> = stream::iter(sources)
+    stream::iter(sources)
         .map(|source| {
             let earlier = earlier.get(source.path.as_str()).copied();
             plan(source, earlier, parent, block_map, options.slice_size)
         })
         .buffered(16)
-        .try_collect()
-        .await?;
-    for planned in planned {
-        match planned {
-            Plan::Reference(entry) => {
-                progress.add(entry.size);
-                files.push(entry);
+        .try_for_each(|planned| {
+            match planned {
+                Plan::Reference(entry) => {
+                    progress.add(entry.size);
+                    assembly.files.push(entry);
+                }
+                Plan::Work(items) => work.extend(items),
+                Plan::Vanished => {}
             }
-            Plan::Work(items) => work.extend(items),
-            Plan::Vanished => {}
-        }
-    }
+            futures_util::future::ready(Ok(()))
+        })
+        .await?;
     let work = bundle(work, options.bundling, options.transfers.max(1));
-    let results: Vec<Done> = stream::iter(work)
+    stream::iter(work)
         .map(|item| {
             let progress = &progress;
             async move {
@@ -212,10 +214,13 @@ pub(super) async fn copy_files(
             }
         })
         .buffer_unordered(options.transfers.max(options.concurrency).max(1))
-        .try_collect()
+        .try_for_each(|done| {
+            assembly.add(done);
+            futures_util::future::ready(Ok(()))
+        })
         .await?;
     progress.finish();
-    files.extend(assemble(id, results));
+    let mut files = assembly.finish(id);
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(files)
 }
@@ -500,23 +505,36 @@ async fn copy_bundle(
     Ok(entries)
 }
 
-/// The entries of the files stored whole and of those stored in slices.
-fn assemble(id: &str, results: Vec<Done>) -> Vec<FileEntry> {
-    let mut files = Vec::new();
-    /// A sliced file, its stored parts, its bad blocks.
-    type Slices = (Arc<SlicedFile>, Vec<Part>, Vec<u32>);
-    let mut sliced: BTreeMap<String, Slices> = BTreeMap::new();
-    for done in results {
+/// The entries of the files stored whole and of those stored in slices, gathered as the
+/// work completes (a sliced file's entry once all its slices are in).
+struct Assembly {
+    files: Vec<FileEntry>,
+    sliced: BTreeMap<String, Slices>,
+}
+
+/// A sliced file, its stored parts, its bad blocks.
+type Slices = (Arc<SlicedFile>, Vec<Part>, Vec<u32>);
+
+impl Assembly {
+    fn with_capacity(files: usize) -> Assembly {
+        Assembly {
+            files: Vec::with_capacity(files),
+            sliced: BTreeMap::new(),
+        }
+    }
+
+    fn add(&mut self, done: Done) {
         match done {
-            Done::File(entry) => files.push(entry),
-            Done::Files(entries) => files.extend(entries),
+            Done::File(entry) => self.files.push(entry),
+            Done::Files(entries) => self.files.extend(entries),
             Done::Vanished => {}
             Done::Slice {
                 file,
                 part,
                 bad_blocks,
             } => {
-                let slot = sliced
+                let slot = self
+                    .sliced
                     .entry(file.source.path.clone())
                     .or_insert_with(|| (file.clone(), Vec::new(), Vec::new()));
                 slot.1.extend(part);
@@ -524,32 +542,36 @@ fn assemble(id: &str, results: Vec<Done>) -> Vec<FileEntry> {
             }
         }
     }
-    for (path, (file, mut parts, mut bad_blocks)) in sliced {
-        if parts.is_empty() {
-            continue;
+
+    fn finish(self, id: &str) -> Vec<FileEntry> {
+        let Assembly { mut files, sliced } = self;
+        for (path, (file, mut parts, mut bad_blocks)) in sliced {
+            if parts.is_empty() {
+                continue;
+            }
+            parts.sort_by_key(|p| p.ranges[0][0]);
+            bad_blocks.sort_unstable();
+            let size = parts
+                .iter()
+                .flat_map(|p| p.ranges.iter().map(|r| r[0] + r[1]))
+                .max()
+                .unwrap_or(0);
+            files.push(FileEntry {
+                path,
+                size,
+                mtime: file.mtime,
+                mtime_nsec: file.mtime_nsec,
+                mode: file.source.mode,
+                checksum: String::new(),
+                stored_size: parts.iter().map(|p| p.stored_size).sum(),
+                stored_in: id.to_owned(),
+                bad_blocks,
+                parts,
+                bundle: None,
+            });
         }
-        parts.sort_by_key(|p| p.ranges[0][0]);
-        bad_blocks.sort_unstable();
-        let size = parts
-            .iter()
-            .flat_map(|p| p.ranges.iter().map(|r| r[0] + r[1]))
-            .max()
-            .unwrap_or(0);
-        files.push(FileEntry {
-            path,
-            size,
-            mtime: file.mtime,
-            mtime_nsec: file.mtime_nsec,
-            mode: file.source.mode,
-            checksum: String::new(),
-            stored_size: parts.iter().map(|p| p.stored_size).sum(),
-            stored_in: id.to_owned(),
-            bad_blocks,
-            parts,
-            bundle: None,
-        });
+        files
     }
-    files
 }
 
 /// Checksum and stored size of a put.

@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::codec::{Codec, Compressor};
+use super::codec::{Codec, Compressor, Decompressor};
 use super::frame::{self, DecodeError, Digest, HEADER_LEN, TRAILER_LEN};
 use super::get::{decode_error, ChannelReader};
 use super::put::ChunkSink;
@@ -235,6 +235,7 @@ fn decode_bundle<W: Write>(
         return Err(corrupt("not a bundle (its header names a codec)".into()));
     }
     let mut content = Hashed::new(reader);
+    let mut decompressor = Decompressor::default();
     for (index, member) in members.iter().enumerate() {
         let skip = member
             .offset
@@ -249,7 +250,7 @@ fn decode_bundle<W: Write>(
         let mut slice = (&mut content).take(member.stored_len);
         match open(index)? {
             Some(mut writer) => {
-                let digest = frame::decode(&mut slice, &mut writer)
+                let digest = frame::decode_with(&mut slice, &mut decompressor, &mut writer)
                     .map_err(|e| member_error(key, &member.name, Path::new(&member.name), e))?;
                 let verified = Verified {
                     len: digest.len,

@@ -158,11 +158,29 @@ impl<W: Write> Write for Encoder<'_, W> {
     }
 }
 
-/// A decompressing reader over `inner`.
-pub(crate) fn decoder<'a, R: Read + 'a>(codec: Codec, inner: R) -> io::Result<Box<dyn Read + 'a>> {
-    Ok(match codec {
-        Codec::Zstd => Box::new(zstd::stream::read::Decoder::new(inner)?),
-        Codec::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(inner)),
-        Codec::None => Box::new(inner),
-    })
+/// Decompresses one stream after another, reusing zstd's context (its window buffers are
+/// megabytes; a bundle of thousands of small files would allocate them once per file).
+#[derive(Default)]
+pub(crate) struct Decompressor {
+    zstd: Option<zstd::zstd_safe::DCtx<'static>>,
+}
+
+impl Decompressor {
+    /// A decompressing reader over `inner`, borrowing the context until it is dropped.
+    pub(crate) fn decoder<'a, R: Read + 'a>(
+        &'a mut self,
+        codec: Codec,
+        inner: R,
+    ) -> io::Result<Box<dyn Read + 'a>> {
+        Ok(match codec {
+            Codec::Zstd => {
+                let context = self.zstd.get_or_insert_with(zstd::zstd_safe::DCtx::create);
+                let buffered =
+                    io::BufReader::with_capacity(zstd::zstd_safe::DCtx::in_size(), inner);
+                Box::new(zstd::stream::read::Decoder::with_context(buffered, context))
+            }
+            Codec::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(inner)),
+            Codec::None => Box::new(inner),
+        })
+    }
 }

@@ -15,7 +15,7 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 
-use super::codec::{decoder, Codec, Compressor, Encoder};
+use super::codec::{Codec, Compressor, Decompressor, Encoder};
 use super::tally::Counted;
 
 const MAGIC: &[u8; 6] = b"PGWARD";
@@ -211,7 +211,16 @@ pub(crate) fn encode_bytes(
 }
 
 /// Decodes `src` into `sink`, verifying header, decompression, length and checksum.
-pub(crate) fn decode(src: impl Read, mut sink: impl Write) -> Result<Digest, DecodeError> {
+pub(crate) fn decode(src: impl Read, sink: impl Write) -> Result<Digest, DecodeError> {
+    decode_with(src, &mut Decompressor::default(), sink)
+}
+
+/// [`decode`] with `decompressor`'s context, for one object after another.
+pub(crate) fn decode_with(
+    src: impl Read,
+    decompressor: &mut Decompressor,
+    mut sink: impl Write,
+) -> Result<Digest, DecodeError> {
     let mut src = Tracked::new(src);
     let mut head = [0u8; HEADER_LEN];
     if let Err(e) = src.read_exact(&mut head) {
@@ -228,7 +237,9 @@ pub(crate) fn decode(src: impl Read, mut sink: impl Write) -> Result<Digest, Dec
     let mut hasher = blake3::Hasher::new();
     let mut len = 0u64;
     let failure = {
-        let mut dec = decoder(codec, &mut body).map_err(DecodeError::Read)?;
+        let mut dec = decompressor
+            .decoder(codec, &mut body)
+            .map_err(DecodeError::Read)?;
         let mut buf = vec![0u8; BUF_LEN];
         loop {
             let n = match dec.read(&mut buf) {
@@ -436,9 +447,10 @@ mod tests {
     }
 
     #[test]
-    fn one_compressor_encodes_objects_one_after_another_as_fresh_ones_would() {
+    fn one_codec_context_serves_objects_one_after_another() {
         for codec in Codec::ALL {
             let mut compressor = Compressor::new(codec, 3).expect("compressor");
+            let mut decompressor = Decompressor::default();
             // A large object first: nothing of it may leak into the small ones after it.
             for len in [3 * BUF_LEN, 0, 1, 8192, 49] {
                 let content = sample(len);
@@ -447,9 +459,21 @@ mod tests {
                 let (_, fresh) = encode_bytes(&content, codec, 3).expect("encode");
                 assert_eq!(reused, fresh, "{codec:?} {len}");
                 let mut out = Vec::new();
-                assert_eq!(decode(&reused[..], &mut out).expect("decode"), digest);
+                let decoded = decode_with(&reused[..], &mut decompressor, &mut out);
+                assert_eq!(decoded.expect("decode"), digest);
                 assert_eq!(out, content, "{codec:?} {len}");
             }
+            // A corrupt object leaves nothing behind for the next one.
+            let mut broken = encode_bytes(&sample(8192), codec, 3).expect("encode").1;
+            let middle = broken.len() / 2;
+            broken[middle] ^= 0xff;
+            assert!(decode_with(&broken[..], &mut decompressor, io::sink()).is_err());
+            let content = sample(4096);
+            let (digest, encoded) = encode_bytes(&content, codec, 3).expect("encode");
+            let mut out = Vec::new();
+            let decoded = decode_with(&encoded[..], &mut decompressor, &mut out);
+            assert_eq!(decoded.expect("decode after a corrupt object"), digest);
+            assert_eq!(out, content);
         }
     }
 
