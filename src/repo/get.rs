@@ -18,6 +18,7 @@ use super::{
     blocking, ranges, Checksum, Repo, RepoError, Verified, CHANNEL_DEPTH, GET_BYTES_MAX,
     TRAILER_LEN,
 };
+use crate::fsutil::Durability;
 
 impl Repo {
     /// Streams `key` into `dest`, decoding and verifying it, and replaces `dest` atomically
@@ -31,10 +32,23 @@ impl Repo {
         dest: &Path,
         cancel: &CancellationToken,
     ) -> Result<bool, RepoError> {
+        self.get_to_file_as(key, dest, Durability::Now, cancel)
+            .await
+    }
+
+    /// [`Repo::get_to_file`], `dest` made durable as `durability` says (a restore syncs its
+    /// filesystems once at the end).
+    pub async fn get_to_file_as(
+        &self,
+        key: &str,
+        dest: &Path,
+        durability: Durability,
+        cancel: &CancellationToken,
+    ) -> Result<bool, RepoError> {
         let Some(get) = self.open_object(key, cancel).await? else {
             return Ok(false);
         };
-        self.download(key, get, dest, cancel).await?;
+        self.download(key, get, dest, durability, cancel).await?;
         Ok(true)
     }
 
@@ -346,6 +360,7 @@ impl Repo {
         key: &str,
         get: object_store::GetResult,
         dest: &Path,
+        durability: Durability,
         cancel: &CancellationToken,
     ) -> Result<(), RepoError> {
         let (key_owned, dest_owned) = (key.to_owned(), dest.to_owned());
@@ -358,7 +373,8 @@ impl Repo {
             let file = out
                 .into_inner()
                 .map_err(|e| RepoError::io(&dest, e.into_error()))?;
-            file.commit().map_err(|e| RepoError::io(&dest, e))
+            file.commit_as(durability)
+                .map_err(|e| RepoError::io(&dest, e))
         })
         .await
     }

@@ -3,6 +3,9 @@
 //! assembled from its parts (a part in a bundle read alone, with a ranged read), and with
 //! `--delta` the files that already hold the backup's content kept.
 //!
+//! Each file is renamed into place whole but not fsynced: the restore syncs each filesystem
+//! it wrote once at the end, before its marker goes (see `sync_restored`).
+//!
 //! Open files are bounded whatever the backup holds: at most `concurrency` files are being
 //! written at once (a whole file's download, a bundle's current member, or a parted file
 //! being assembled) and at most `concurrency` downloads run, each holding one handle on its
@@ -24,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::{damaged_hint, set_mode_nofollow, Layout, RestoreOptions};
 use crate::backup::manifest::{FileEntry, Manifest, Part};
 use crate::backup::progress::Progress;
-use crate::fsutil::AtomicFile;
+use crate::fsutil::{AtomicFile, Durability};
 use crate::repo::{retry_to_end, Repo, RepoError, RetryPolicy};
 
 /// What every file restore needs.
@@ -191,7 +194,8 @@ async fn restore_bundle(cx: &Shared<'_>, key: &str, files: Vec<&FileEntry>) -> R
                 let file = out
                     .into_inner()
                     .map_err(|e| RepoError::io(&member.dest, e.into_error()))?;
-                file.commit().map_err(|e| RepoError::io(&member.dest, e))
+                file.commit_unsynced()
+                    .map_err(|e| RepoError::io(&member.dest, e))
             },
         )
     })
@@ -285,7 +289,8 @@ async fn restore_whole(cx: &Shared<'_>, file: &FileEntry) -> Result<()> {
     // ends by itself on `cx.stop` and is awaited: its writer is done with `dest` after it.
     let what = format!("restore {}", file.path);
     let found = retry_to_end(cx.retry, cx.stop, &what, || {
-        cx.repo.get_to_file(&key, &dest, cx.stop)
+        cx.repo
+            .get_to_file_as(&key, &dest, Durability::Deferred, cx.stop)
     })
     .await
     .context(what)?;
@@ -336,10 +341,14 @@ async fn restore_parted(cx: &Shared<'_>, file: &FileEntry) -> Result<()> {
     }
     // Parts of the parent's copy may reach past a file that shrank since.
     let size = file.size;
-    tokio::task::spawn_blocking(move || out.as_file().set_len(size).and_then(|()| out.commit()))
-        .await
-        .context("join a file commit")?
-        .with_context(|| format!("write {}", dest.display()))?;
+    tokio::task::spawn_blocking(move || {
+        out.as_file()
+            .set_len(size)
+            .and_then(|()| out.commit_unsynced())
+    })
+    .await
+    .context("join a file commit")?
+    .with_context(|| format!("write {}", dest.display()))?;
     set_mode(&dest, file.mode).await
 }
 

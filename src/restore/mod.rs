@@ -247,9 +247,32 @@ fn finish(data_dir: &Path, manifest: &Manifest, options: &RestoreOptions) -> Res
             crate::postgres::server::chown_tree(&real(location)?, owner)?;
         }
     }
+    sync_restored(data_dir, manifest, options)?;
     let marker = data_dir.join(INCOMPLETE_MARKER);
     std::fs::remove_file(&marker).with_context(|| format!("remove {}", marker.display()))?;
     crate::fsutil::sync_dir(data_dir)
+}
+
+/// Makes the restored files durable: they were renamed into place without an fsync each
+/// (two per file measured five times the rest of a restore of 100,000 small files on a
+/// rotational disk), so each filesystem written is synced once, before the marker that
+/// makes the directory an unfinished restore goes.
+fn sync_restored(data_dir: &Path, manifest: &Manifest, options: &RestoreOptions) -> Result<()> {
+    crate::failpoint!("restore-before-sync");
+    let mut written = vec![data_dir.to_owned(), data_dir.join("pg_wal")];
+    for tablespace in &manifest.tablespaces {
+        written.push(location_of(options, tablespace.oid, &tablespace.location).to_owned());
+    }
+    let mut synced = std::collections::BTreeSet::new();
+    for dir in written {
+        let device = std::fs::metadata(&dir)
+            .with_context(|| format!("stat {}", dir.display()))?
+            .dev();
+        if synced.insert(device) {
+            crate::fsutil::sync_filesystem(&dir)?;
+        }
+    }
+    Ok(())
 }
 
 /// Sets the mode of `path` through a handle opened with `O_NOFOLLOW`: a symlink put there

@@ -189,6 +189,7 @@ async fn a_restore_killed_at_any_point_is_finished_by_the_next_start_with_every_
         "restore-after-marker",
         "restore-mid-download",
         "restore-before-recovery-settings",
+        "restore-before-sync",
         "from-backup-before-start",
     ] {
         let (host, config) = host(&source);
