@@ -1,5 +1,7 @@
 //! Durable local writes. A rename is only durable once the directory holding it is fsynced,
-//! and a file's content only once the file is; one helper so no caller forgets either.
+//! and a file's content only once the file is; one helper so no caller forgets either. Many
+//! files written together (a restore) may instead be renamed into place unsynced and made
+//! durable by one sync of their filesystem ([`sync_filesystem`]) after the last.
 //!
 //! And [`Dir`]: a directory held open, for work in a directory another user can write (the
 //! daemon, as root, in the server's `pg_wal`), where a path looked up twice may lead to two
