@@ -13,6 +13,8 @@
 //! - [`secret`]: values never printed (passwords, keys), for every floor.
 //! - [`redact`]: what of a secret may show: secret-looking names, and secrets by their shape
 //!   in text (conninfo `password=`, URL credentials and queries, webhook paths).
+//! - [`spill`]: sorting more items than memory should hold (runs in unnamed temporary
+//!   files, merged when read).
 //! - [`tasks`]: the daemon's critical tasks (a panic or an early end stops pgward in order).
 //! - [`process`]: spawning children (privilege drop, process group, parent-death signal,
 //!   output relay, the environment they get), registered with the reaper.
@@ -69,6 +71,7 @@ pub mod restore_test;
 pub mod scheduler;
 pub mod secret;
 pub mod site;
+pub mod spill;
 pub mod supervisor;
 pub mod tasks;
 pub mod wal;

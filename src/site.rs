@@ -16,7 +16,6 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 use tokio_util::sync::CancellationToken;
 
-use crate::backup::manifest::Manifest;
 use crate::backup::retention::Policy;
 use crate::backup::take::{take_backup, BackupOptions, Cluster};
 use crate::backup::verify::VerifyOptions;
@@ -309,13 +308,13 @@ impl Site {
     }
 
     /// Takes a backup of this cluster (the `backup` command and job action): full, or
-    /// incremental on the latest backup; the manifest of the complete backup.
+    /// incremental on the latest backup; what the complete backup holds.
     pub async fn take_backup(
         &self,
         incremental: bool,
         options: &BackupOptions,
         cancel: &CancellationToken,
-    ) -> Result<Manifest> {
+    ) -> Result<crate::backup::summary::Completed> {
         self.refuse_if_copy("a backup")?;
         // The server's user must be known (as root) before anything starts.
         self.run_as()?;

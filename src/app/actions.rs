@@ -81,17 +81,17 @@ impl SiteActions {
         let annotations = BTreeMap::from([("job".to_owned(), job.to_owned())]);
         let options = self.site.backup_options(annotations, false);
         let take: BoxFuture<'_, _> = Box::pin(self.site.take_backup(incremental, &options, cancel));
-        let manifest = take.await?;
-        let damaged = summary::damaged_files(&manifest);
+        let completed = take.await?;
+        let damaged = summary::damaged_files(&completed);
         if !damaged.is_empty() {
             tracing::warn!(
                 job,
-                backup = %manifest.id,
+                backup = %completed.manifest.id,
                 "data page checksum failures, copied as they are on disk: {}",
                 damaged.join(", ")
             );
         }
-        Ok(summary::one_line(&manifest))
+        Ok(summary::one_line(&completed))
     }
 
     async fn expire(&self) -> Result<String> {

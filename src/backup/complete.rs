@@ -22,6 +22,7 @@ use super::manifest::{label_key, manifest_key, FileEntry, Manifest};
 use crate::postgres::wal::{SegmentName, WalSegSize};
 use crate::repo::layout::{self, backup_prefix};
 use crate::repo::{Lease, Repo};
+use crate::spill::Sorted;
 
 /// Lookups of WAL segments in flight at once.
 const LOOKUP_CONCURRENCY: usize = 8;
@@ -149,35 +150,24 @@ async fn still_missing(
 /// Checks, right before backup `id` writes its manifest, that it still holds the backup
 /// lease, that each backup of its parent chain still has its manifest, and that every object
 /// it names is stored: its own (`files`, the backup label and tablespace map) and those of
-/// its ancestors it builds on.
+/// its ancestors it builds on (`holders`: the backups whose objects `files` name).
 pub async fn check_before_manifest(
     repo: &Repo,
     lease: &Lease,
     id: &str,
     parent: Option<&Manifest>,
-    files: &[FileEntry],
+    files: &Sorted<FileEntry>,
+    holders: &BTreeSet<String>,
     has_tablespace_map: bool,
 ) -> Result<()> {
-    let mut wanted: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
-    for file in files {
-        for object in file.objects() {
-            wanted
-                .entry(object.stored_in)
-                .or_default()
-                .insert(object.key);
-        }
-    }
-    let own = wanted.entry(id).or_default();
-    own.insert(label_key(id, "backup_label"));
-    if has_tablespace_map {
-        own.insert(label_key(id, "tablespace_map"));
-    }
+    let mut backups: BTreeSet<String> = holders.clone();
+    backups.insert(id.to_owned());
     // The checks are independent reads: at once (one listing per backup of the chain),
     // reported in this order.
     let (confirmed, chain, stored) = tokio::join!(
         lease.confirm(),
         check_chain(repo, id, parent),
-        futures_util::future::join_all(wanted.keys().map(|backup| stored_keys(repo, backup)))
+        futures_util::future::join_all(backups.iter().map(|backup| stored_keys(repo, backup)))
     );
     if let Err(why) = confirmed {
         bail!(
@@ -187,21 +177,51 @@ pub async fn check_before_manifest(
         );
     }
     chain?;
-    for ((backup, keys), stored) in wanted.into_iter().zip(stored) {
-        let stored = stored?;
-        let missing: Vec<&String> = keys.difference(&stored).collect();
-        if let Some(first) = missing.first() {
-            let whose = match backup == id {
-                true => "of its own objects".to_owned(),
-                false => format!("objects of backup {backup}, which it builds on,"),
-            };
-            bail!(
-                "backup {id}: {} {whose} are missing from the repository, e.g. {first}; \
-                 {UNLISTED}\nHINT: were they deleted (by hand, or by an `expire` that judged \
-                 the backup abandoned)? take the backup again",
-                missing.len()
-            );
+    let stored: BTreeMap<String, BTreeSet<String>> = backups
+        .into_iter()
+        .zip(stored)
+        .map(|(backup, keys)| Ok((backup, keys?)))
+        .collect::<Result<_>>()?;
+    let mut labels = vec![label_key(id, "backup_label")];
+    if has_tablespace_map {
+        labels.push(label_key(id, "tablespace_map"));
+    }
+    // The files are read back from disk: off the runtime.
+    let (files, owner) = (files.clone(), id.to_owned());
+    let missing = tokio::task::spawn_blocking(move || {
+        let mut missing: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut note = |backup: &str, key: String| {
+            let there = stored.get(backup).is_some_and(|keys| keys.contains(&key));
+            if !there {
+                missing.entry(backup.to_owned()).or_default().insert(key);
+            }
+        };
+        for key in labels {
+            note(&owner, key);
         }
+        for file in files.iter()? {
+            let file = file?;
+            for object in file.objects() {
+                note(object.stored_in, object.key);
+            }
+        }
+        std::io::Result::Ok(missing)
+    })
+    .await
+    .context("join the check of the stored objects")?
+    .context("read back the list of stored files")?;
+    if let Some((backup, keys)) = missing.into_iter().next() {
+        let whose = match backup == id {
+            true => "of its own objects".to_owned(),
+            false => format!("objects of backup {backup}, which it builds on,"),
+        };
+        let first = keys.first().map(String::as_str).unwrap_or_default();
+        bail!(
+            "backup {id}: {} {whose} are missing from the repository, e.g. {first}; \
+             {UNLISTED}\nHINT: were they deleted (by hand, or by an `expire` that judged \
+             the backup abandoned)? take the backup again",
+            keys.len()
+        );
     }
     Ok(())
 }
@@ -292,7 +312,22 @@ mod tests {
             .await
             .unwrap();
         lease.set_subject(&i2.id).await.unwrap();
-        let check = || check_before_manifest(&repo, &lease, &i2.id, Some(&i1), &i2.files, false);
+        let mut entries = crate::backup::entries::Entries::new(&i2.id);
+        for file in &i2.files {
+            entries.push(file.clone()).await.unwrap();
+        }
+        let (files, tally) = entries.finish().await.unwrap();
+        let check = || {
+            check_before_manifest(
+                &repo,
+                &lease,
+                &i2.id,
+                Some(&i1),
+                &files,
+                &tally.holders,
+                false,
+            )
+        };
         check().await.unwrap();
 
         // An object of the backup it builds on (the full backup holds base/1/2) is gone.

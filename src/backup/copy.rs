@@ -14,6 +14,7 @@ use futures_util::{stream, StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 
 use super::block_delta::{self, BlockMap};
+use super::entries::Entries;
 use super::manifest::{bundle_key, file_key, FileEntry, InBundle, Manifest, Part};
 use super::page_checksum;
 use super::take::BackupOptions;
@@ -131,7 +132,8 @@ enum Done {
 }
 
 /// Stores every file, `concurrency` at a time, logging progress; with a `parent`, files it
-/// holds unchanged are referenced instead.
+/// holds unchanged are referenced instead. Returns their entries, `pg_control`'s still to
+/// come.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn copy_files(
     repo: &Repo,
@@ -142,7 +144,7 @@ pub(super) async fn copy_files(
     check_pages_before: Option<u64>,
     options: &BackupOptions,
     cancel: &CancellationToken,
-) -> Result<Vec<FileEntry>> {
+) -> Result<Entries> {
     let progress = super::progress::Progress::new(id, total);
     // More objects in flight than threads compressing: on a remote store each waits for
     // the network most of its time.
@@ -155,30 +157,27 @@ pub(super) async fn copy_files(
         .map(|p| p.files.iter().map(|f| (f.path.as_str(), f)).collect())
         .unwrap_or_default();
     let policy = &options.retry;
-    // One entry per file, and one more for `pg_control`, which the caller adds: the list
-    // is the largest thing a backup of many files holds, and is never grown by doubling.
-    let mut assembly = Assembly::with_capacity(sources.len() + 1);
+    let mut assembly = Assembly::new(id);
     let mut work = Vec::new();
-    stream::iter(sources)
+    let mut planned = stream::iter(sources)
         .map(|source| {
             let earlier = earlier.get(source.path.as_str()).copied();
             plan(source, earlier, parent, block_map, options.slice_size)
         })
-        .buffered(16)
-        .try_for_each(|planned| {
-            match planned {
-                Plan::Reference(entry) => {
-                    progress.add(entry.size);
-                    assembly.files.push(entry);
-                }
-                Plan::Work(items) => work.extend(items),
-                Plan::Vanished => {}
+        .buffered(16);
+    while let Some(planned) = planned.try_next().await? {
+        match planned {
+            Plan::Reference(entry) => {
+                progress.add(entry.size);
+                assembly.entries.push(entry).await?;
             }
-            futures_util::future::ready(Ok(()))
-        })
-        .await?;
+            Plan::Work(items) => work.extend(items),
+            Plan::Vanished => {}
+        }
+    }
+    drop(planned);
     let work = bundle(work, options.bundling, options.transfers.max(1));
-    stream::iter(work)
+    let mut done = stream::iter(work)
         .map(|item| {
             let progress = &progress;
             async move {
@@ -213,16 +212,12 @@ pub(super) async fn copy_files(
                 anyhow::Ok(done)
             }
         })
-        .buffer_unordered(options.transfers.max(options.concurrency).max(1))
-        .try_for_each(|done| {
-            assembly.add(done);
-            futures_util::future::ready(Ok(()))
-        })
-        .await?;
+        .buffer_unordered(options.transfers.max(options.concurrency).max(1));
+    while let Some(done) = done.try_next().await? {
+        assembly.add(done).await?;
+    }
     progress.finish();
-    let mut files = assembly.finish(id);
-    files.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(files)
+    assembly.finish().await
 }
 
 /// How one file is backed up.
@@ -508,7 +503,8 @@ async fn copy_bundle(
 /// The entries of the files stored whole and of those stored in slices, gathered as the
 /// work completes (a sliced file's entry once all its slices are in).
 struct Assembly {
-    files: Vec<FileEntry>,
+    entries: Entries,
+    id: String,
     sliced: BTreeMap<String, Slices>,
 }
 
@@ -516,17 +512,22 @@ struct Assembly {
 type Slices = (Arc<SlicedFile>, Vec<Part>, Vec<u32>);
 
 impl Assembly {
-    fn with_capacity(files: usize) -> Assembly {
+    fn new(id: &str) -> Assembly {
         Assembly {
-            files: Vec::with_capacity(files),
+            entries: Entries::new(id),
+            id: id.to_owned(),
             sliced: BTreeMap::new(),
         }
     }
 
-    fn add(&mut self, done: Done) {
+    async fn add(&mut self, done: Done) -> Result<()> {
         match done {
-            Done::File(entry) => self.files.push(entry),
-            Done::Files(entries) => self.files.extend(entries),
+            Done::File(entry) => self.entries.push(entry).await?,
+            Done::Files(entries) => {
+                for entry in entries {
+                    self.entries.push(entry).await?;
+                }
+            }
             Done::Vanished => {}
             Done::Slice {
                 file,
@@ -541,10 +542,15 @@ impl Assembly {
                 slot.2.extend(bad_blocks);
             }
         }
+        Ok(())
     }
 
-    fn finish(self, id: &str) -> Vec<FileEntry> {
-        let Assembly { mut files, sliced } = self;
+    async fn finish(self) -> Result<Entries> {
+        let Assembly {
+            mut entries,
+            id,
+            sliced,
+        } = self;
         for (path, (file, mut parts, mut bad_blocks)) in sliced {
             if parts.is_empty() {
                 continue;
@@ -556,7 +562,7 @@ impl Assembly {
                 .flat_map(|p| p.ranges.iter().map(|r| r[0] + r[1]))
                 .max()
                 .unwrap_or(0);
-            files.push(FileEntry {
+            let entry = FileEntry {
                 path,
                 size,
                 mtime: file.mtime,
@@ -564,13 +570,14 @@ impl Assembly {
                 mode: file.source.mode,
                 checksum: String::new(),
                 stored_size: parts.iter().map(|p| p.stored_size).sum(),
-                stored_in: id.to_owned(),
+                stored_in: id.clone(),
                 bad_blocks,
                 parts,
                 bundle: None,
-            });
+            };
+            entries.push(entry).await?;
         }
-        files
+        Ok(entries)
     }
 }
 

@@ -199,8 +199,15 @@ pub struct Tablespace {
 }
 
 /// The content of `manifest.json`.
+pub type Manifest = ManifestOf<Vec<FileEntry>>;
+
+/// A manifest without its list of files: what a backup that just completed reports.
+pub type ManifestHead = ManifestOf<()>;
+
+/// A manifest whose list of files is `F`: held (`Vec<FileEntry>`, a [`Manifest`]), left out
+/// ([`ManifestHead`]), or read from elsewhere as it is written ([`StreamedFiles`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Manifest {
+pub struct ManifestOf<F> {
     pub format_version: u32,
     pub id: String,
     pub kind: BackupKind,
@@ -221,7 +228,7 @@ pub struct Manifest {
     pub data_checksums: bool,
     pub tablespaces: Vec<Tablespace>,
     pub directories: Vec<DirEntry>,
-    pub files: Vec<FileEntry>,
+    pub files: F,
     /// `--annotate key=value`.
     pub annotations: BTreeMap<String, String>,
     /// `--keep`: never expired.
@@ -235,6 +242,67 @@ pub struct Manifest {
     pub read_size: u64,
     /// `pgward <version>` that took it.
     pub created_by: String,
+}
+
+impl<F> ManifestOf<F> {
+    /// The same manifest with `files` as its list of files.
+    pub fn with_files<G>(self, files: G) -> ManifestOf<G> {
+        ManifestOf {
+            format_version: self.format_version,
+            id: self.id,
+            kind: self.kind,
+            parent: self.parent,
+            pg_major: self.pg_major,
+            system_identifier: self.system_identifier,
+            timeline: self.timeline,
+            start_lsn: self.start_lsn,
+            stop_lsn: self.stop_lsn,
+            start_wal: self.start_wal,
+            stop_wal: self.stop_wal,
+            start_time: self.start_time,
+            stop_time: self.stop_time,
+            data_checksums: self.data_checksums,
+            tablespaces: self.tablespaces,
+            directories: self.directories,
+            files,
+            annotations: self.annotations,
+            keep: self.keep,
+            size: self.size,
+            stored_size: self.stored_size,
+            read_size: self.read_size,
+            created_by: self.created_by,
+        }
+    }
+}
+
+/// A list of files serialized as it is read from `I`, once: a manifest of many files is
+/// written without holding them all.
+pub struct StreamedFiles<I>(std::cell::RefCell<Option<I>>);
+
+impl<I> StreamedFiles<I> {
+    pub fn new(files: I) -> StreamedFiles<I> {
+        StreamedFiles(std::cell::RefCell::new(Some(files)))
+    }
+}
+
+impl<I, E> Serialize for StreamedFiles<I>
+where
+    I: Iterator<Item = Result<FileEntry, E>>,
+    E: std::fmt::Display,
+{
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeSeq};
+        let files = self
+            .0
+            .borrow_mut()
+            .take()
+            .ok_or_else(|| S::Error::custom("the list of files was already written"))?;
+        let mut seq = serializer.serialize_seq(None)?;
+        for file in files {
+            seq.serialize_element(&file.map_err(S::Error::custom)?)?;
+        }
+        seq.end()
+    }
 }
 
 impl FileEntry {

@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod complete;
 mod control_copy;
 mod copy;
+pub mod entries;
 pub mod exclude;
 pub mod exclusive;
 pub mod expire;

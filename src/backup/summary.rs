@@ -1,17 +1,21 @@
 //! What a complete backup holds, in words: for `pgward backup`'s last line and the backup
 //! job's report.
 
-use super::manifest::Manifest;
+use super::entries::Tally;
+use super::manifest::ManifestHead;
 use super::progress::human_bytes;
 
-/// Files of `manifest` with bad blocks, and which.
-pub fn damaged_files(manifest: &Manifest) -> Vec<String> {
-    manifest
-        .files
-        .iter()
-        .filter(|f| !f.bad_blocks.is_empty())
-        .map(|f| format!("{} ({})", f.path, block_list(&f.bad_blocks)))
-        .collect()
+/// A backup that just completed: its manifest, without the list of files, and what the list
+/// adds up to.
+#[derive(Debug, Clone)]
+pub struct Completed {
+    pub manifest: ManifestHead,
+    pub tally: Tally,
+}
+
+/// Files of the backup with bad blocks, and which: `base/5/16384 (blocks 3, 7)`.
+pub fn damaged_files(completed: &Completed) -> &[String] {
+    &completed.tally.damaged
 }
 
 /// `block 7`, or `blocks 3, 7`: block numbers as a reader writes them.
@@ -24,12 +28,8 @@ pub fn block_list(blocks: &[u32]) -> String {
 }
 
 /// One line saying what a complete backup holds.
-pub fn one_line(manifest: &Manifest) -> String {
-    let copied = manifest
-        .files
-        .iter()
-        .filter(|f| f.stored_in == manifest.id)
-        .count();
+pub fn one_line(completed: &Completed) -> String {
+    let Completed { manifest, tally } = completed;
     format!(
         "backup {} complete ({}{}): {} in {} files, {} copied, {} stored",
         manifest.id,
@@ -40,8 +40,8 @@ pub fn one_line(manifest: &Manifest) -> String {
             .map(|p| format!(" on {p}"))
             .unwrap_or_default(),
         human_bytes(manifest.size),
-        manifest.files.len(),
-        copied,
+        tally.files,
+        tally.copied,
         human_bytes(manifest.stored_size)
     )
 }

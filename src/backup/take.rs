@@ -21,12 +21,14 @@ use super::catalog;
 use super::complete::{check_before_manifest, segment_range, wait_wal_range};
 use super::control_copy::{read_control_file, store_control_file};
 use super::copy::copy_files;
+use super::entries::Tally;
 use super::exclusive::take_backup_lease;
 use super::lineage;
 use super::manifest::{
-    backup_id, label_key, manifest_key, BackupKind, DirEntry, FileEntry, Manifest, Tablespace,
-    MANIFEST_VERSION,
+    backup_id, label_key, manifest_key, BackupKind, DirEntry, FileEntry, Manifest, ManifestHead,
+    StreamedFiles, Tablespace, MANIFEST_VERSION,
 };
+use super::summary::Completed;
 use super::walk::walk;
 use crate::postgres::backup_mode;
 use crate::postgres::control_file::{ControlFile, CONTROL_FILE_PATH};
@@ -35,6 +37,7 @@ use crate::postgres::wal::WalSegSize;
 use crate::postgres::wal::{Lsn, TimelineId};
 use crate::postgres::ClusterIdentity;
 use crate::repo::{retry, Lease, PutMode, Repo, RetryPolicy};
+use crate::spill::Sorted;
 
 /// How a backup runs.
 #[derive(Debug, Clone)]
@@ -76,7 +79,7 @@ pub async fn take_backup(
     incremental: bool,
     options: &BackupOptions,
     cancel: &CancellationToken,
-) -> Result<Manifest> {
+) -> Result<Completed> {
     // One listing, under the lease: the ids in use, what never completed, and what an
     // incremental may build on.
     let (lease, objects) =
@@ -100,7 +103,7 @@ async fn take_leased(
     options: &BackupOptions,
     lease: &Lease,
     cancel: &CancellationToken,
-) -> Result<Manifest> {
+) -> Result<Completed> {
     let used: BTreeSet<String> = objects.keys().cloned().collect();
     let (complete, unfinished) = catalog::split_by_completion(objects);
     if !unfinished.is_empty() {
@@ -191,7 +194,7 @@ async fn take(
     options: &BackupOptions,
     lease: &Lease,
     cancel: &CancellationToken,
-) -> Result<Manifest> {
+) -> Result<Completed> {
     let started = start(cluster, parent, used, lease).await?;
     let id = &started.id;
     // Until the stop, a failure must still end backup mode: the session's end does that for
@@ -257,8 +260,8 @@ async fn take(
         backup_mode::stop(&started.client, cluster.identity.pg_major)
     );
     let stop = stop?;
-    files.push(control?);
-    files.sort_by(|a, b| a.path.cmp(&b.path));
+    files.push(control?).await?;
+    let (files, tally) = files.finish().await?;
     let seg_size = wal_segment_size(&started.client).await?;
     let segments = segment_range(&started.start.wal, &stop.wal, seg_size)?;
     let archiver_said = || archiver_last_failure(&started.client);
@@ -273,11 +276,13 @@ async fn take(
         id,
         parent,
         &files,
+        &tally.holders,
         stop.tablespace_map.is_some(),
     )
     .await?;
     let contents = Contents {
         files,
+        tally,
         directories: walk.dirs,
         tablespaces: walk.tablespaces,
     };
@@ -350,7 +355,9 @@ async fn store_labels(
 
 /// What a backup copied.
 struct Contents {
-    files: Vec<FileEntry>,
+    /// Sorted by path.
+    files: Sorted<FileEntry>,
+    tally: Tally,
     directories: Vec<DirEntry>,
     tablespaces: Vec<Tablespace>,
 }
@@ -364,7 +371,7 @@ async fn finish(
     started: Started,
     stop: backup_mode::BackupStop,
     contents: Contents,
-) -> Result<Manifest> {
+) -> Result<Completed> {
     let Started {
         id,
         kind,
@@ -373,17 +380,14 @@ async fn finish(
         data_checksums,
         ..
     } = started;
-    let files = contents.files;
-    let size = files.iter().map(|f| f.size).sum();
-    let own_objects = || {
-        files
-            .iter()
-            .flat_map(|f| f.objects())
-            .filter(|o| o.stored_in == id)
-    };
-    let stored_size = own_objects().map(|o| o.stored_size).sum();
-    let read_size = own_objects().map(|o| o.len).sum();
-    let manifest = Manifest {
+    let Contents {
+        files,
+        tally,
+        directories,
+        tablespaces,
+    } = contents;
+    let (size, stored_size) = (tally.size, tally.stored_size);
+    let manifest = ManifestHead {
         format_version: MANIFEST_VERSION,
         id: id.clone(),
         kind,
@@ -398,22 +402,24 @@ async fn finish(
         start_time,
         stop_time: Utc::now(),
         data_checksums,
-        tablespaces: contents.tablespaces,
-        directories: contents.directories,
-        files,
+        tablespaces,
+        directories,
+        files: (),
         annotations: options.annotations.clone(),
         keep: options.keep,
         size,
         stored_size,
-        read_size,
+        read_size: tally.read_size,
         created_by: format!("pgward {}", env!("CARGO_PKG_VERSION")),
     };
     crate::failpoint!("backup-before-manifest");
-    // Encoded as it is serialized: only the compressed manifest is held, once.
+    // Encoded as it is serialized, the files read back from where they were set aside:
+    // only the compressed manifest is held, once.
     let (manifest, encoded) = repo
         .encode_written("the manifest", move |out| {
+            let manifest = manifest.with_files(StreamedFiles::new(files.iter()?));
             serde_json::to_writer_pretty(out, &manifest)?;
-            Ok(manifest)
+            Ok(manifest.with_files(()))
         })
         .await
         .context("encode the manifest")?;
@@ -434,7 +440,7 @@ async fn finish(
         seconds = (manifest.stop_time - manifest.start_time).num_milliseconds() as f64 / 1e3,
         "backup complete"
     );
-    Ok(manifest)
+    Ok(Completed { manifest, tally })
 }
 
 /// The blocks changed since `parent` started, when a block-level incremental is possible;

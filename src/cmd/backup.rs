@@ -17,17 +17,17 @@ pub async fn backup(
     keep: bool,
 ) -> Result<i32> {
     let options = site.backup_options(parse_annotations(annotations)?, keep);
-    let manifest = site
+    let completed = site
         .take_backup(incremental, &options, &CancellationToken::new())
         .await?;
-    let damaged = summary::damaged_files(&manifest);
+    let damaged = summary::damaged_files(&completed);
     if !damaged.is_empty() {
         eprintln!(
             "WARNING: data page checksum failures, copied as they are on disk: {}",
             damaged.join(", ")
         );
     }
-    println!("{}", summary::one_line(&manifest));
+    println!("{}", summary::one_line(&completed));
     Ok(0)
 }
 
