@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use chrono::Utc;
-use futures_util::{stream, StreamExt, TryStreamExt};
+use futures_util::{stream, Stream, StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 
 use super::block_delta::{self, BlockMap};
@@ -60,43 +60,62 @@ pub struct Bundling {
 /// Smallest bundle worth a request of its own when there is little to pack.
 const MIN_BUNDLE: u64 = 4 << 20;
 
-/// Packs the work that fits into bundles, numbered from 0, and returns them followed by the
-/// rest. A bundle holds up to `bundling.size`, less when there is little to pack, so that the
-/// bundles still keep `concurrency` workers busy.
-fn bundle(work: Vec<Work>, bundling: Bundling, concurrency: usize) -> Vec<Work> {
-    if bundling.size == 0 {
-        return work;
-    }
-    let mut small: Vec<(u64, Work)> = Vec::new();
-    let mut rest: Vec<Work> = Vec::new();
-    for item in work {
-        match item.bundle_size(bundling.file_max) {
-            Some(size) => small.push((size, item)),
-            None => rest.push(item),
+/// Packs the work that fits into bundles as it comes, numbered from 0; the rest passes
+/// through. A bundle holds up to `bundling.size`, less when there is little to pack, so
+/// that the bundles still keep the workers busy.
+struct Bundler {
+    file_max: u64,
+    target: u64,
+    current: Vec<Work>,
+    filled: u64,
+    next: u32,
+}
+
+impl Bundler {
+    /// For about `small_bytes` to pack (an incremental packs less: what changed), spread over
+    /// `concurrency` workers.
+    fn new(bundling: Bundling, small_bytes: u64, concurrency: usize) -> Bundler {
+        let spread = small_bytes.div_ceil(2 * concurrency.max(1) as u64);
+        Bundler {
+            file_max: if bundling.size == 0 {
+                0
+            } else {
+                bundling.file_max
+            },
+            target: spread.max(MIN_BUNDLE).min(bundling.size),
+            current: Vec::new(),
+            filled: 0,
+            next: 0,
         }
     }
-    let total: u64 = small.iter().map(|(size, _)| size).sum();
-    let spread = total.div_ceil(2 * concurrency.max(1) as u64);
-    let target = spread.max(MIN_BUNDLE).min(bundling.size);
-    let mut bundles: Vec<Work> = Vec::new();
-    let mut current: Vec<Work> = Vec::new();
-    let mut filled = 0u64;
-    for (size, item) in small {
-        if !current.is_empty() && filled + size > target {
-            bundles.push(Work::Bundle(
-                bundles.len() as u32,
-                std::mem::take(&mut current),
-            ));
-            filled = 0;
+
+    /// Takes `item`; returns what is ready: the item itself, or a full bundle.
+    fn add(&mut self, item: Work) -> Option<Work> {
+        let size = match self.target {
+            0 => None,
+            _ => item.bundle_size(self.file_max),
+        };
+        let Some(size) = size else {
+            return Some(item);
+        };
+        let full = (!self.current.is_empty() && self.filled + size > self.target)
+            .then(|| self.take())
+            .flatten();
+        self.filled += size;
+        self.current.push(item);
+        full
+    }
+
+    /// The bundle being filled, if it holds anything.
+    fn take(&mut self) -> Option<Work> {
+        if self.current.is_empty() {
+            return None;
         }
-        filled += size;
-        current.push(item);
+        self.filled = 0;
+        let n = self.next;
+        self.next += 1;
+        Some(Work::Bundle(n, std::mem::take(&mut self.current)))
     }
-    if !current.is_empty() {
-        bundles.push(Work::Bundle(bundles.len() as u32, current));
-    }
-    bundles.append(&mut rest);
-    bundles
 }
 
 /// A relation file of which an incremental reads only the changed blocks.
@@ -131,15 +150,16 @@ enum Done {
     Vanished,
 }
 
-/// Stores every file, `concurrency` at a time, logging progress; with a `parent`, files it
-/// holds unchanged are referenced instead. Returns their entries, `pg_control`'s still to
-/// come.
+/// Stores every file of `sources` (read as they come, `total` bytes of which about
+/// `small_bytes` fit in bundles), `concurrency` at a time, logging progress; with a `parent`,
+/// files it holds unchanged are referenced instead. Returns their entries, `pg_control`'s
+/// still to come.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn copy_files(
     repo: &Repo,
     id: &str,
-    sources: Vec<Source>,
-    total: u64,
+    sources: impl Stream<Item = Result<Source>> + Send,
+    (total, small_bytes): (u64, u64),
     parent: Option<(&Manifest, Option<&BlockMap>)>,
     check_pages_before: Option<u64>,
     options: &BackupOptions,
@@ -157,49 +177,47 @@ pub(super) async fn copy_files(
         .map(|p| p.files.iter().map(|f| (f.path.as_str(), f)).collect())
         .unwrap_or_default();
     let policy = &options.retry;
-    let mut assembly = Assembly::new(id);
-    let mut work = Vec::new();
-    let mut planned = stream::iter(sources)
-        .map(|source| {
+    let in_flight = options.transfers.max(options.concurrency).max(1);
+    let mut bundler = Bundler::new(options.bundling, small_bytes, options.transfers.max(1));
+    // Each file is planned (looked up in the parent, stat'ed) as it comes; what is to be
+    // stored goes through the bundler; the last bundle when the files run out.
+    let steps = sources
+        .map(|source| async {
+            let source = source?;
             let earlier = earlier.get(source.path.as_str()).copied();
-            plan(source, earlier, parent, block_map, options.slice_size)
+            plan(source, earlier, parent, block_map, options.slice_size).await
         })
-        .buffered(16);
-    while let Some(planned) = planned.try_next().await? {
-        match planned {
-            Plan::Reference(entry) => {
-                progress.add(entry.size);
-                assembly.entries.push(entry).await?;
-            }
-            Plan::Work(items) => work.extend(items),
-            Plan::Vanished => {}
-        }
-    }
-    drop(planned);
-    let work = bundle(work, options.bundling, options.transfers.max(1));
-    let mut done = stream::iter(work)
-        .map(|item| {
+        .buffered(16)
+        .map(Some)
+        .chain(stream::iter([None]))
+        .map(move |planned| {
+            let steps: Vec<Result<Step>> = match planned {
+                Some(Ok(Plan::Reference(entry))) => vec![Ok(Step::Reference(entry))],
+                Some(Ok(Plan::Work(items))) => items
+                    .into_iter()
+                    .filter_map(|item| bundler.add(item))
+                    .map(|work| Ok(Step::Work(work)))
+                    .collect(),
+                Some(Ok(Plan::Vanished)) => Vec::new(),
+                Some(Err(e)) => vec![Err(e)],
+                None => bundler
+                    .take()
+                    .map(|b| Ok(Step::Work(b)))
+                    .into_iter()
+                    .collect(),
+            };
+            stream::iter(steps)
+        })
+        .flatten();
+    let done = steps
+        .map(|step| {
             let progress = &progress;
             async move {
-                let done = match item {
-                    Work::Whole(source) => {
-                        match copy_file(repo, id, source, check_pages_before, policy, cancel)
-                            .await?
-                        {
-                            Some(entry) => Done::File(entry),
-                            None => Done::Vanished,
-                        }
+                let done = match step? {
+                    Step::Reference(entry) => Done::File(entry),
+                    Step::Work(item) => {
+                        run(repo, id, item, check_pages_before, policy, cancel).await?
                     }
-                    Work::Slice(file, range) => {
-                        copy_slice(repo, id, file, range, check_pages_before, policy, cancel)
-                            .await?
-                    }
-                    Work::Blocks(delta) => Done::File(
-                        copy_blocks(repo, id, *delta, check_pages_before, policy, cancel).await?,
-                    ),
-                    Work::Bundle(n, items) => Done::Files(
-                        copy_bundle(repo, id, n, items, check_pages_before, policy, cancel).await?,
-                    ),
                 };
                 match &done {
                     Done::File(entry) => progress.add(entry.size),
@@ -212,12 +230,49 @@ pub(super) async fn copy_files(
                 anyhow::Ok(done)
             }
         })
-        .buffer_unordered(options.transfers.max(options.concurrency).max(1));
+        .buffer_unordered(in_flight);
+    let mut done = std::pin::pin!(done);
+    let mut assembly = Assembly::new(id);
     while let Some(done) = done.try_next().await? {
         assembly.add(done).await?;
     }
     progress.finish();
     assembly.finish().await
+}
+
+/// What flows from the planning of the files to the workers.
+enum Step {
+    /// A file referenced from the parent: nothing to store.
+    Reference(FileEntry),
+    Work(Work),
+}
+
+/// Does one unit of work.
+async fn run(
+    repo: &Repo,
+    id: &str,
+    item: Work,
+    check_pages_before: Option<u64>,
+    policy: &RetryPolicy,
+    cancel: &CancellationToken,
+) -> Result<Done> {
+    Ok(match item {
+        Work::Whole(source) => {
+            match copy_file(repo, id, source, check_pages_before, policy, cancel).await? {
+                Some(entry) => Done::File(entry),
+                None => Done::Vanished,
+            }
+        }
+        Work::Slice(file, range) => {
+            copy_slice(repo, id, file, range, check_pages_before, policy, cancel).await?
+        }
+        Work::Blocks(delta) => {
+            Done::File(copy_blocks(repo, id, *delta, check_pages_before, policy, cancel).await?)
+        }
+        Work::Bundle(n, items) => {
+            Done::Files(copy_bundle(repo, id, n, items, check_pages_before, policy, cancel).await?)
+        }
+    })
 }
 
 /// How one file is backed up.
@@ -748,6 +803,18 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
+    /// `work` through a bundler, as a backup sends it: for as much to pack as `work` holds.
+    fn bundle(work: Vec<Work>, bundling: Bundling, concurrency: usize) -> Vec<Work> {
+        let small_bytes = work
+            .iter()
+            .filter_map(|w| w.bundle_size(bundling.file_max))
+            .sum();
+        let mut bundler = Bundler::new(bundling, small_bytes, concurrency);
+        let mut out: Vec<Work> = work.into_iter().filter_map(|w| bundler.add(w)).collect();
+        out.extend(bundler.take());
+        out
+    }
+
     #[test]
     fn small_files_are_packed_and_large_ones_keep_their_own_objects() {
         let bundling = Bundling {
@@ -764,7 +831,10 @@ mod tests {
         assert_eq!(bundles.iter().map(|b| b.1).sum::<usize>(), 1001);
         assert!((2..=3).contains(&bundles.len()), "{bundles:?}");
         assert!(bundles.iter().enumerate().all(|(i, b)| b.0 == i as u32));
-        assert!(matches!(planned[0], Work::Bundle(0, _)), "bundles go first");
+        assert!(
+            matches!(planned[0], Work::Bundle(0, _)),
+            "a bundle goes when full"
+        );
     }
 
     #[test]

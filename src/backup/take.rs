@@ -29,7 +29,7 @@ use super::manifest::{
     StreamedFiles, Tablespace, MANIFEST_VERSION,
 };
 use super::summary::Completed;
-use super::walk::walk;
+use super::walk::{sources, walk};
 use crate::postgres::backup_mode;
 use crate::postgres::control_file::{ControlFile, CONTROL_FILE_PATH};
 use crate::postgres::ready::Target;
@@ -201,13 +201,15 @@ async fn take(
     // a non-exclusive backup, so dropping `started.client` is enough.
     let walk = {
         let data_dir = cluster.data_dir.to_owned();
-        tokio::task::spawn_blocking(move || walk(&data_dir))
+        let bundling = options.bundling;
+        let small = (bundling.size > 0).then_some(bundling.file_max);
+        tokio::task::spawn_blocking(move || walk(&data_dir, small))
             .await
             .context("join the data directory walk")??
     };
     tracing::info!(
         backup = %id,
-        files = walk.files.len(),
+        files = walk.files.len() + u64::from(walk.control.is_some()),
         bytes = walk.bytes,
         "copying the data directory"
     );
@@ -229,12 +231,7 @@ async fn take(
         ),
         false => None,
     };
-    let mut sources = walk.files;
-    let Some(control) = sources
-        .iter()
-        .position(|s| s.path == CONTROL_FILE_PATH)
-        .map(|at| sources.swap_remove(at))
-    else {
+    let Some(control) = walk.control else {
         bail!(
             "{} has no {CONTROL_FILE_PATH}: not a data directory",
             cluster.data_dir.display()
@@ -243,8 +240,8 @@ async fn take(
     let mut files = copy_files(
         repo,
         id,
-        sources,
-        walk.bytes,
+        sources(walk.files, cluster.data_dir),
+        (walk.bytes, walk.small_bytes),
         parent.map(|p| (p, block_map.as_ref())),
         check_pages_before,
         options,

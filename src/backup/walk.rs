@@ -1,14 +1,21 @@
 //! What a backup copies: a walk of the data directory and its tablespaces, with the files
-//! postgres rebuilds (or that must not be restored) left out by `exclude`'s rules. Blocking:
-//! run it off the async runtime.
+//! postgres rebuilds (or that must not be restored) left out by `exclude`'s rules. The files
+//! found are set aside (see `spill`) in the order the copy takes them, and read back as a
+//! stream: a data directory of millions of files is never held in memory. Blocking: run
+//! [`walk`] off the async runtime.
 
+use std::cmp::{Ordering, Reverse};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
 
 use super::exclude::{rule, Rule};
 use super::manifest::{DirEntry, Tablespace};
+use crate::postgres::control_file::CONTROL_FILE_PATH;
+use crate::spill::{Sorted, Spill};
 
 /// A file to back up.
 pub(super) struct Source {
@@ -19,29 +26,80 @@ pub(super) struct Source {
     pub(super) len: u64,
 }
 
+/// A file as the walk sets it aside.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Found {
+    path: String,
+    mode: u32,
+    len: u64,
+    /// Small enough for a bundle.
+    small: bool,
+}
+
+/// The order the copy takes files in: the small ones first (they fill bundles, the largest
+/// objects), then the others largest first, so that the long uploads start early and the
+/// tail of the backup is short.
+fn copy_order(a: &Found, b: &Found) -> Ordering {
+    (Reverse(a.small), Reverse(a.len), &a.path).cmp(&(Reverse(b.small), Reverse(b.len), &b.path))
+}
+
+/// Files held in memory by a walk at most (about a hundred bytes each); the tests' build
+/// (with failpoints) holds 8, so that each backup they take sets files aside on disk.
+const RUN_LEN: usize = if cfg!(feature = "failpoints") {
+    8
+} else {
+    16384
+};
+
 /// What a walk of the data directory found.
-#[derive(Default)]
 pub(super) struct Walk {
     pub(super) dirs: Vec<DirEntry>,
-    pub(super) files: Vec<Source>,
+    /// Every regular file but `pg_control`, in the order the copy takes them.
+    pub(super) files: Sorted<Found>,
+    /// `global/pg_control`, copied last.
+    pub(super) control: Option<Source>,
     pub(super) tablespaces: Vec<Tablespace>,
+    /// Bytes of every file.
     pub(super) bytes: u64,
+    /// Bytes of the files small enough for a bundle.
+    pub(super) small_bytes: u64,
+}
+
+/// What a walk gathers as it goes.
+struct Gathered {
+    dirs: Vec<DirEntry>,
+    files: Spill<Found>,
+    control: Option<Source>,
+    tablespaces: Vec<Tablespace>,
+    bytes: u64,
+    small_bytes: u64,
 }
 
 /// Entries named in a refusal at most; the count of the rest follows.
 const NAMED_AT_MOST: usize = 10;
 
-/// Lists what to back up. Blocking.
+/// Lists what to back up; files of at most `small` bytes (`None`: no file) go into bundles.
+/// Blocking.
 ///
 /// Refuses (naming them) what a backup could not restore exactly, rather than leave it out of
 /// a backup that would count as complete: symbolic links other than tablespaces and `pg_wal`
 /// (which, as `pg_basebackup` does, is recorded as a directory), and names that are not
 /// UTF-8 (manifest paths are UTF-8 text).
-pub(super) fn walk(data_dir: &Path) -> Result<Walk> {
+pub(super) fn walk(data_dir: &Path, small: Option<u64>) -> Result<Walk> {
     let mut unsupported = Vec::new();
-    let out = walk_all(data_dir, &mut unsupported)?;
+    let out = walk_all(data_dir, small, &mut unsupported)?;
     if unsupported.is_empty() {
-        return Ok(out);
+        return Ok(Walk {
+            dirs: out.dirs,
+            files: out
+                .files
+                .finish_blocking()
+                .context("sort the list of files to copy")?,
+            control: out.control,
+            tablespaces: out.tablespaces,
+            bytes: out.bytes,
+            small_bytes: out.small_bytes,
+        });
     }
     let count = unsupported.len();
     let mut named: Vec<String> = unsupported.into_iter().take(NAMED_AT_MOST).collect();
@@ -58,8 +116,19 @@ pub(super) fn walk(data_dir: &Path) -> Result<Walk> {
     )
 }
 
-fn walk_all(data_dir: &Path, unsupported: &mut Vec<String>) -> Result<Walk> {
-    let mut out = Walk::default();
+fn walk_all(
+    data_dir: &Path,
+    small: Option<u64>,
+    unsupported: &mut Vec<String>,
+) -> Result<Gathered> {
+    let mut out = Gathered {
+        dirs: Vec::new(),
+        files: Spill::new(copy_order, RUN_LEN),
+        control: None,
+        tablespaces: Vec::new(),
+        bytes: 0,
+        small_bytes: 0,
+    };
     let mut pending = vec![String::new()];
     while let Some(rel) = pending.pop() {
         let dir = if rel.is_empty() {
@@ -125,13 +194,29 @@ fn walk_all(data_dir: &Path, unsupported: &mut Vec<String>) -> Result<Walk> {
                     pending.push(path);
                 }
                 Rule::Include if meta.is_file() => {
-                    out.bytes += meta.len();
-                    out.files.push(Source {
-                        path,
-                        abs,
-                        mode,
-                        len: meta.len(),
-                    });
+                    let len = meta.len();
+                    out.bytes += len;
+                    if path == CONTROL_FILE_PATH {
+                        out.control = Some(Source {
+                            path,
+                            abs,
+                            mode,
+                            len,
+                        });
+                        continue;
+                    }
+                    let small = small.is_some_and(|max| len <= max);
+                    if small {
+                        out.small_bytes += len;
+                    }
+                    out.files
+                        .push_blocking(Found {
+                            path,
+                            mode,
+                            len,
+                            small,
+                        })
+                        .context("set aside the list of files to copy (in TMPDIR)")?;
                 }
                 Rule::Include if meta.file_type().is_symlink() => {
                     let target = std::fs::read_link(&abs)
@@ -147,9 +232,41 @@ fn walk_all(data_dir: &Path, unsupported: &mut Vec<String>) -> Result<Walk> {
         }
     }
     out.dirs.sort_by(|a, b| a.path.cmp(&b.path));
-    // Largest first: the long uploads start early and the tail of the backup is short.
-    out.files.sort_by_key(|s| std::cmp::Reverse(s.len));
     Ok(out)
+}
+
+/// Files found by a walk of `data_dir`, read back in their order, as the copy's sources.
+pub(super) fn sources(
+    files: Sorted<Found>,
+    data_dir: &Path,
+) -> impl Stream<Item = Result<Source>> + Send + 'static {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Source>>(256);
+    let data_dir = data_dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let read = match files.iter() {
+            Ok(read) => read,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e).context("read back the list of files to copy"));
+                return;
+            }
+        };
+        for found in read {
+            let source = found
+                .map(|f| Source {
+                    abs: data_dir.join(&f.path),
+                    path: f.path,
+                    mode: f.mode,
+                    len: f.len,
+                })
+                .context("read back the list of files to copy");
+            let failed = source.is_err();
+            // The copy stopped (an error, or cancelled): nobody reads on.
+            if tx.blocking_send(source).is_err() || failed {
+                return;
+            }
+        }
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|s| (s, rx)) })
 }
 
 #[cfg(test)]
@@ -157,6 +274,32 @@ mod tests {
     use std::os::unix::ffi::OsStrExt;
 
     use super::*;
+
+    #[test]
+    fn files_come_back_small_ones_first_then_largest_first_and_pg_control_aside() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let data = root.path();
+        std::fs::create_dir_all(data.join("base/1")).expect("base");
+        std::fs::create_dir_all(data.join("global")).expect("global");
+        for (name, len) in [("a", 10), ("b", 500), ("c", 50), ("d", 300), ("e", 100)] {
+            std::fs::write(data.join("base/1").join(name), vec![0u8; len]).expect("file");
+        }
+        std::fs::write(data.join(CONTROL_FILE_PATH), vec![0u8; 8192]).expect("pg_control");
+        let found = walk(data, Some(100)).expect("walk");
+        let order: Vec<String> = found
+            .files
+            .iter()
+            .unwrap()
+            .map(|f| f.unwrap().path)
+            .collect();
+        assert_eq!(
+            order,
+            ["base/1/e", "base/1/c", "base/1/a", "base/1/b", "base/1/d"]
+        );
+        assert_eq!(found.small_bytes, 160);
+        assert_eq!(found.bytes, 960 + 8192);
+        assert_eq!(found.control.expect("pg_control").path, CONTROL_FILE_PATH);
+    }
 
     #[test]
     fn symlinks_and_non_utf8_names_are_refused_by_name_and_pg_wal_is_a_directory() {
@@ -168,16 +311,21 @@ mod tests {
         std::fs::write(data.join("PG_VERSION"), b"17\n").expect("file");
         std::fs::write(wal_elsewhere.join("000000010000000000000001"), b"w").expect("segment");
         std::os::unix::fs::symlink(&wal_elsewhere, data.join("pg_wal")).expect("pg_wal link");
-        let found = walk(&data).expect("a symlinked pg_wal is fine");
+        let found = walk(&data, None).expect("a symlinked pg_wal is fine");
         let dirs: Vec<&str> = found.dirs.iter().map(|d| d.path.as_str()).collect();
         assert_eq!(dirs, ["base", "base/1", "pg_wal"]);
-        let files: Vec<&str> = found.files.iter().map(|f| f.path.as_str()).collect();
+        let files: Vec<String> = found
+            .files
+            .iter()
+            .unwrap()
+            .map(|f| f.unwrap().path)
+            .collect();
         assert_eq!(files, ["PG_VERSION"]);
 
         std::os::unix::fs::symlink("/etc/hostname", data.join("base/1/conf")).expect("link");
         let odd = std::ffi::OsStr::from_bytes(b"caf\xe9");
         std::fs::write(data.join(odd), b"x").expect("non-UTF-8 name");
-        let Err(e) = walk(&data) else {
+        let Err(e) = walk(&data, None) else {
             panic!("a backup of what it cannot restore is refused")
         };
         let e = format!("{e:#}");
