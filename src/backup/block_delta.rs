@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Context, Result};
 use tokio_util::sync::CancellationToken;
 
-use super::manifest::{FileEntry, Manifest, Part};
+use super::manifest::{FileEntry, ManifestOf, Part};
 use crate::postgres::control_file::ControlFile;
 use crate::postgres::wal::{Lsn, TimelineId};
 use crate::postgres::wal_records::{ChangedBlocks, RelFileLocator, WalScanner};
@@ -40,8 +40,8 @@ pub struct BlockMap {
 }
 
 /// Why a block-level incremental is not possible against `parent`, if it is not.
-pub fn unusable_parent(
-    parent: &Manifest,
+pub fn unusable_parent<F>(
+    parent: &ManifestOf<F>,
     timeline: u32,
     pg_major: u32,
     control: &ControlFile,
@@ -77,10 +77,10 @@ pub fn unusable_parent(
 /// from the archive (no local copy), or read from `pg_wal` for the newest ones not archived
 /// yet. Blocking reads run off the runtime.
 #[allow(clippy::too_many_arguments)]
-pub async fn scan(
+pub async fn scan<F: Sync>(
     repo: &Repo,
     data_dir: &Path,
-    parent: &Manifest,
+    parent: &ManifestOf<F>,
     start_lsn: Lsn,
     timeline: TimelineId,
     control: &ControlFile,

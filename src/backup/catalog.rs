@@ -4,9 +4,13 @@
 use std::collections::BTreeMap;
 
 use anyhow::{anyhow, bail, Context, Result};
+use serde::de::DeserializeOwned;
 
+use super::entries::SpilledManifest;
 use super::lineage::Lineage;
-use super::manifest::{check_backup_id, manifest_key, Manifest, MANIFEST_VERSION};
+use super::manifest::{
+    check_backup_id, manifest_key, validate_file, Manifest, ManifestOf, MANIFEST_VERSION,
+};
 use crate::repo::layout::BACKUPS_PREFIX;
 use crate::repo::Repo;
 
@@ -42,13 +46,33 @@ pub async fn read_manifest(repo: &Repo, id: &str) -> Result<Manifest> {
     Ok(manifest)
 }
 
+/// The manifest of backup `id`, checked, its files set aside sorted by path rather than held
+/// (see `entries::SpilledFiles`).
+pub async fn read_manifest_spilled(repo: &Repo, id: &str) -> Result<SpilledManifest> {
+    let manifest: SpilledManifest = read_as_stored(repo, id).await?;
+    manifest.validate_head(None)?;
+    let (files, owner) = (manifest.files.0.clone(), manifest.id.clone());
+    tokio::task::spawn_blocking(move || {
+        for file in files.iter()? {
+            validate_file(&owner, &file?)?;
+        }
+        anyhow::Ok(())
+    })
+    .await
+    .context("join the check of a manifest's files")??;
+    Ok(manifest)
+}
+
 /// The manifest of backup `id` as stored: parsed and its format checked, its paths not.
-async fn read_as_stored(repo: &Repo, id: &str) -> Result<Manifest> {
+async fn read_as_stored<F>(repo: &Repo, id: &str) -> Result<ManifestOf<F>>
+where
+    F: DeserializeOwned + Send + 'static,
+{
     check_id(id)?;
     // Parsed as it is read: a manifest of many files is never held whole as text.
-    let manifest: Manifest = repo
+    let manifest: ManifestOf<F> = repo
         .get_parsed(&manifest_key(id), |content| {
-            serde_json::from_reader::<_, Manifest>(content)
+            serde_json::from_reader::<_, ManifestOf<F>>(content)
         })
         .await
         .with_context(|| format!("read the manifest of backup {id}"))?
@@ -115,9 +139,26 @@ pub async fn newest_among(
     ids: &[String],
     lineage: &Lineage,
 ) -> Result<(Option<Manifest>, Vec<String>)> {
+    newest_read(
+        ids,
+        lineage,
+        |id| async move { read_manifest(repo, &id).await },
+    )
+    .await
+}
+
+/// [`newest_among`], each manifest read by `read` (its files held or set aside).
+pub async fn newest_read<F, Fut>(
+    ids: &[String],
+    lineage: &Lineage,
+    read: impl Fn(String) -> Fut,
+) -> Result<(Option<ManifestOf<F>>, Vec<String>)>
+where
+    Fut: std::future::Future<Output = Result<ManifestOf<F>>>,
+{
     let mut off_lineage = Vec::new();
     for id in ids.iter().rev() {
-        let manifest = read_manifest(repo, id).await?;
+        let manifest = read(id.clone()).await?;
         if lineage.holds(&manifest) {
             return Ok((Some(manifest), off_lineage));
         }

@@ -18,7 +18,7 @@ use futures_util::{stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use super::catalog;
-use super::manifest::{label_key, manifest_key, FileEntry, Manifest};
+use super::manifest::{label_key, manifest_key, FileEntry};
 use crate::postgres::wal::{SegmentName, WalSegSize};
 use crate::repo::layout::{self, backup_prefix};
 use crate::repo::{Lease, Repo};
@@ -155,7 +155,7 @@ pub async fn check_before_manifest(
     repo: &Repo,
     lease: &Lease,
     id: &str,
-    parent: Option<&Manifest>,
+    parent: Option<&str>,
     files: &Sorted<FileEntry>,
     holders: &BTreeSet<String>,
     has_tablespace_map: bool,
@@ -238,8 +238,8 @@ async fn stored_keys(repo: &Repo, backup: &str) -> Result<BTreeSet<String>> {
 }
 
 /// Each backup from `parent` down to its full backup still has its manifest.
-async fn check_chain(repo: &Repo, id: &str, parent: Option<&Manifest>) -> Result<()> {
-    let mut next = parent.map(|p| p.id.clone());
+async fn check_chain(repo: &Repo, id: &str, parent: Option<&str>) -> Result<()> {
+    let mut next = parent.map(str::to_owned);
     let mut seen = BTreeSet::new();
     while let Some(ancestor) = next {
         if !seen.insert(ancestor.clone()) {
@@ -266,7 +266,7 @@ async fn check_chain(repo: &Repo, id: &str, parent: Option<&Manifest>) -> Result
 mod tests {
     use super::*;
     use crate::backup::exclusive::take_backup_lease;
-    use crate::backup::manifest::file_key;
+    use crate::backup::manifest::{file_key, Manifest};
     use crate::backup::retention::tests::{full, incr};
     use crate::repo::PutMode;
 
@@ -322,7 +322,7 @@ mod tests {
                 &repo,
                 &lease,
                 &i2.id,
-                Some(&i1),
+                Some(&i1.id),
                 &files,
                 &tally.holders,
                 false,

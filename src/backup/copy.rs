@@ -4,21 +4,21 @@
 //! parent; `backup.concurrency` at a time, with progress. Data pages are checked against their
 //! checksums on the way.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures_util::{stream, Stream, StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 
 use super::block_delta::{self, BlockMap};
 use super::entries::Entries;
-use super::manifest::{bundle_key, file_key, FileEntry, InBundle, Manifest, Part};
+use super::manifest::{bundle_key, file_key, FileEntry, InBundle, Part};
 use super::page_checksum;
 use super::take::BackupOptions;
-use super::walk::Source;
+use super::walk::{Source, ToCopy};
 use crate::repo::{retry, BundleInput, PutOutcome, Repo, RetryPolicy};
 
 /// One unit of copying work. Files larger than `backup.slice_size` are stored in slices, read,
@@ -158,9 +158,9 @@ enum Done {
 pub(super) async fn copy_files(
     repo: &Repo,
     id: &str,
-    sources: impl Stream<Item = Result<Source>> + Send,
+    sources: impl Stream<Item = Result<ToCopy>> + Send,
     (total, small_bytes): (u64, u64),
-    parent: Option<(&Manifest, Option<&BlockMap>)>,
+    parent: Option<(DateTime<Utc>, Option<&BlockMap>)>,
     check_pages_before: Option<u64>,
     options: &BackupOptions,
     cancel: &CancellationToken,
@@ -169,23 +169,19 @@ pub(super) async fn copy_files(
     // More objects in flight than threads compressing: on a remote store each waits for
     // the network most of its time.
     let repo = &repo.with_encoders(options.concurrency);
-    let (parent, block_map) = match parent {
-        Some((parent, map)) => (Some(parent), map),
+    let (parent_start, block_map) = match parent {
+        Some((start, map)) => (Some(start), map),
         None => (None, None),
     };
-    let earlier: HashMap<&str, &FileEntry> = parent
-        .map(|p| p.files.iter().map(|f| (f.path.as_str(), f)).collect())
-        .unwrap_or_default();
     let policy = &options.retry;
     let in_flight = options.transfers.max(options.concurrency).max(1);
     let mut bundler = Bundler::new(options.bundling, small_bytes, options.transfers.max(1));
     // Each file is planned (looked up in the parent, stat'ed) as it comes; what is to be
     // stored goes through the bundler; the last bundle when the files run out.
     let steps = sources
-        .map(|source| async {
-            let source = source?;
-            let earlier = earlier.get(source.path.as_str()).copied();
-            plan(source, earlier, parent, block_map, options.slice_size).await
+        .map(|to_copy| async {
+            let (source, earlier) = to_copy?;
+            plan(source, earlier, parent_start, block_map, options.slice_size).await
         })
         .buffered(16)
         .map(Some)
@@ -284,26 +280,27 @@ enum Plan {
 }
 
 /// Decides how `source` is backed up: referenced when `earlier` (its entry in the parent
-/// backup) still describes it, else copied whole or, when large, in slices.
+/// backup, which started at `parent_start`) still describes it, else copied whole or, when
+/// large, in slices.
 async fn plan(
     source: Source,
-    earlier: Option<&FileEntry>,
-    parent: Option<&Manifest>,
+    earlier: Option<FileEntry>,
+    parent_start: Option<DateTime<Utc>>,
     block_map: Option<&BlockMap>,
     slice_size: u64,
 ) -> Result<Plan> {
-    if let (Some(entry), Some(parent)) = (earlier, parent) {
-        if let Some(entry) = referenced(entry, &source, parent.start_time).await {
+    if let (Some(entry), Some(parent_start)) = (earlier, parent_start) {
+        if let Some(entry) = referenced(&entry, &source, parent_start).await {
             return Ok(Plan::Reference(entry));
         }
         if let Some(map) = block_map {
             let Some(meta) = stat_unless_gone(&source).await? else {
                 return Ok(Plan::Vanished);
             };
-            if let Some(ranges) = map.ranges_to_read(&source.path, entry, meta.len()) {
+            if let Some(ranges) = map.ranges_to_read(&source.path, &entry, meta.len()) {
                 return Ok(Plan::Work(vec![Work::Blocks(Box::new(ChangedFile {
                     source,
-                    earlier: entry.clone(),
+                    earlier: entry,
                     ranges,
                     size: meta.len(),
                     mtime: meta.mtime(),

@@ -7,8 +7,9 @@
 use std::collections::BTreeSet;
 
 use anyhow::{Context, Result};
+use serde::de::{Deserialize, Deserializer, Error, SeqAccess, Visitor};
 
-use super::manifest::FileEntry;
+use super::manifest::{FileEntry, ManifestOf};
 use super::summary::block_list;
 use crate::spill::{Sorted, Spill};
 
@@ -108,6 +109,48 @@ impl Entries {
     }
 }
 
+/// A manifest's list of files set aside as it is parsed, sorted by path: an earlier backup's
+/// manifest of any size is read without holding its files.
+#[derive(Clone)]
+pub struct SpilledFiles(pub Sorted<FileEntry>);
+
+/// A manifest read with its files set aside.
+pub type SpilledManifest = ManifestOf<SpilledFiles>;
+
+impl std::fmt::Debug for SpilledFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} files set aside", self.0.len())
+    }
+}
+
+impl<'de> Deserialize<'de> for SpilledFiles {
+    /// Blocking: runs spill to disk (manifests are parsed on a thread of their own).
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Files;
+        impl<'de> Visitor<'de> for Files {
+            type Value = SpilledFiles;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of files")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<SpilledFiles, A::Error> {
+                let mut spill = Spill::new(by_path, RUN_LEN);
+                while let Some(entry) = seq.next_element::<FileEntry>()? {
+                    spill.push_blocking(entry).map_err(|e| {
+                        A::Error::custom(format!("set aside the list of files (in TMPDIR): {e}"))
+                    })?;
+                }
+                spill
+                    .finish_blocking()
+                    .map(SpilledFiles)
+                    .map_err(A::Error::custom)
+            }
+        }
+        deserializer.deserialize_seq(Files)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +170,20 @@ mod tests {
             parts: vec![],
             bundle: None,
         }
+    }
+
+    #[test]
+    fn a_list_of_files_is_read_set_aside_and_sorted() {
+        let files: Vec<FileEntry> = (0..50)
+            .rev()
+            .map(|i| entry(&format!("base/1/{i:03}"), "20261130T035500F"))
+            .collect();
+        let json = serde_json::to_string(&files).unwrap();
+        let read: SpilledFiles = serde_json::from_str(&json).unwrap();
+        let back: Vec<FileEntry> = read.0.iter().unwrap().map(|e| e.unwrap()).collect();
+        let mut sorted = files;
+        sorted.sort_by(|a, b| a.path.cmp(&b.path));
+        assert_eq!(back, sorted);
     }
 
     #[tokio::test]

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use super::manifest::Manifest;
+use super::manifest::{Manifest, ManifestOf};
 use crate::postgres::timeline::{current_timeline, local_history, TimelineHistory};
 use crate::postgres::wal::{Lsn, TimelineId};
 use crate::repo::Repo;
@@ -54,7 +54,7 @@ impl Lineage {
 
     /// Whether backup `m` belongs to the lineage: taken on its timeline, or on an ancestor
     /// and stopped before the lineage left it. A stop LSN that does not parse is no proof.
-    pub fn holds(&self, m: &Manifest) -> bool {
+    pub fn holds<F>(&self, m: &ManifestOf<F>) -> bool {
         m.stop_lsn
             .parse::<Lsn>()
             .is_ok_and(|stop| self.history.holds(TimelineId(m.timeline), stop))

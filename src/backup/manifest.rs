@@ -503,6 +503,46 @@ impl Manifest {
     /// ([`SYSTEM_DIRECTORIES`], `/`) or the repository. The one check every reader of a
     /// manifest relies on; the first entry that fails it.
     pub fn validate(&self, placement: Option<&Placement>) -> Result<(), InvalidManifest> {
+        self.validate_head(placement)?;
+        self.files
+            .iter()
+            .try_for_each(|file| validate_file(&self.id, file))
+    }
+}
+
+/// [`Manifest::validate`] of one file entry of backup `id`.
+pub fn validate_file(id: &str, file: &FileEntry) -> Result<(), InvalidManifest> {
+    let invalid = |entry: &str, what: &str, problem: &str| InvalidManifest {
+        backup: id.to_owned(),
+        entry: entry.to_owned(),
+        what: what.to_owned(),
+        problem: problem.to_owned(),
+        hint: TAMPERED_HINT.to_owned(),
+    };
+    let check_id = |holder: &str, what: &str| {
+        BackupId::parse(holder)
+            .map(|_| ())
+            .map_err(|_| invalid(holder, what, "is not a backup id"))
+    };
+    if let Some(problem) = relative_path_problem(&file.path) {
+        return Err(invalid(&file.path, "a file", problem));
+    }
+    check_id(
+        &file.stored_in,
+        &format!("the backup holding {}", file.path),
+    )?;
+    for part in &file.parts {
+        check_id(
+            &part.stored_in,
+            &format!("the backup holding a part of {}", file.path),
+        )?;
+    }
+    Ok(())
+}
+
+impl<F> ManifestOf<F> {
+    /// [`Manifest::validate`] of all but the files (see [`validate_file`]).
+    pub fn validate_head(&self, placement: Option<&Placement>) -> Result<(), InvalidManifest> {
         let invalid = |entry: &str, what: &str, problem: &str, hint: &str| InvalidManifest {
             backup: self.id.clone(),
             entry: entry.to_owned(),
@@ -550,21 +590,6 @@ impl Manifest {
         for dir in &self.directories {
             if let Some(problem) = relative_path_problem(&dir.path) {
                 return Err(invalid(&dir.path, "a directory", problem, TAMPERED_HINT));
-            }
-        }
-        for file in &self.files {
-            if let Some(problem) = relative_path_problem(&file.path) {
-                return Err(invalid(&file.path, "a file", problem, TAMPERED_HINT));
-            }
-            check_id(
-                &file.stored_in,
-                &format!("the backup holding {}", file.path),
-            )?;
-            for part in &file.parts {
-                check_id(
-                    &part.stored_in,
-                    &format!("the backup holding a part of {}", file.path),
-                )?;
             }
         }
         Ok(())

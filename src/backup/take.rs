@@ -21,11 +21,11 @@ use super::catalog;
 use super::complete::{check_before_manifest, segment_range, wait_wal_range};
 use super::control_copy::{read_control_file, store_control_file};
 use super::copy::copy_files;
-use super::entries::Tally;
+use super::entries::{SpilledManifest, Tally};
 use super::exclusive::take_backup_lease;
 use super::lineage;
 use super::manifest::{
-    backup_id, label_key, manifest_key, BackupKind, DirEntry, FileEntry, Manifest, ManifestHead,
+    backup_id, label_key, manifest_key, BackupKind, DirEntry, FileEntry, ManifestHead,
     StreamedFiles, Tablespace, MANIFEST_VERSION,
 };
 use super::summary::Completed;
@@ -117,6 +117,7 @@ async fn take_leased(
         true => latest_of_lineage(repo, cluster, &complete).await?,
         false => None,
     };
+    // Its files set aside, each matched with the data directory's by path.
     take(
         repo,
         cluster,
@@ -132,12 +133,12 @@ async fn take_leased(
 /// The backup an incremental builds on: the newest complete one on the running cluster's
 /// lineage (its current timeline, or an ancestor up to where it was left), never one of a
 /// branch the cluster left behind; `None` (a full backup) without one. `complete`: the
-/// repository's complete backups, oldest first.
+/// repository's complete backups, oldest first. Its files are set aside, not held.
 async fn latest_of_lineage(
     repo: &Repo,
     cluster: &Cluster<'_>,
     complete: &[String],
-) -> Result<Option<Manifest>> {
+) -> Result<Option<SpilledManifest>> {
     if complete.is_empty() {
         tracing::info!("no earlier backup to build on: taking a full backup");
         return Ok(None);
@@ -161,7 +162,8 @@ async fn latest_of_lineage(
         .with_context(|| format!("the server named its current WAL file {name:?}"))?;
     let lineage = lineage::of_timeline(repo, cluster.data_dir, TimelineId(tli)).await?;
     // A storage error fails the backup rather than quietly turn it into a full one.
-    let (newest, off_lineage) = catalog::newest_among(repo, complete, &lineage)
+    let read = |id: String| async move { catalog::read_manifest_spilled(repo, &id).await };
+    let (newest, off_lineage) = catalog::newest_read(complete, &lineage, read)
         .await
         .context("look for the backup to build on")?;
     if newest.is_none() {
@@ -189,7 +191,7 @@ struct Started {
 async fn take(
     repo: &Repo,
     cluster: &Cluster<'_>,
-    parent: Option<&Manifest>,
+    parent: Option<&SpilledManifest>,
     used: &BTreeSet<String>,
     options: &BackupOptions,
     lease: &Lease,
@@ -203,7 +205,8 @@ async fn take(
         let data_dir = cluster.data_dir.to_owned();
         let bundling = options.bundling;
         let small = (bundling.size > 0).then_some(bundling.file_max);
-        tokio::task::spawn_blocking(move || walk(&data_dir, small))
+        let earlier = parent.map(|p| p.files.0.clone());
+        tokio::task::spawn_blocking(move || walk(&data_dir, small, earlier.as_ref()))
             .await
             .context("join the data directory walk")??
     };
@@ -242,7 +245,7 @@ async fn take(
         id,
         sources(walk.files, cluster.data_dir),
         (walk.bytes, walk.small_bytes),
-        parent.map(|p| (p, block_map.as_ref())),
+        parent.map(|p| (p.start_time, block_map.as_ref())),
         check_pages_before,
         options,
         cancel,
@@ -271,7 +274,7 @@ async fn take(
         repo,
         lease,
         id,
-        parent,
+        parent.map(|p| p.id.as_str()),
         &files,
         &tally.holders,
         stop.tablespace_map.is_some(),
@@ -290,7 +293,7 @@ async fn take(
 /// while the id is written into `lease` (before any object, which comes after both).
 async fn start(
     cluster: &Cluster<'_>,
-    parent: Option<&Manifest>,
+    parent: Option<&SpilledManifest>,
     used: &BTreeSet<String>,
     lease: &Lease,
 ) -> Result<Started> {
@@ -363,7 +366,7 @@ struct Contents {
 async fn finish(
     repo: &Repo,
     cluster: &Cluster<'_>,
-    parent: Option<&Manifest>,
+    parent: Option<&SpilledManifest>,
     options: &BackupOptions,
     started: Started,
     stop: backup_mode::BackupStop,
@@ -445,7 +448,7 @@ async fn finish(
 async fn block_map(
     repo: &Repo,
     cluster: &Cluster<'_>,
-    parent: &Manifest,
+    parent: &SpilledManifest,
     start: &backup_mode::BackupStart,
     memory_ceiling: u64,
     cancel: &CancellationToken,

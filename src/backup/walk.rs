@@ -13,7 +13,7 @@ use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 
 use super::exclude::{rule, Rule};
-use super::manifest::{DirEntry, Tablespace};
+use super::manifest::{DirEntry, FileEntry, Tablespace};
 use crate::postgres::control_file::CONTROL_FILE_PATH;
 use crate::spill::{Sorted, Spill};
 
@@ -34,6 +34,13 @@ pub(super) struct Found {
     len: u64,
     /// Small enough for a bundle.
     small: bool,
+    /// Its entry in the parent backup, for an incremental.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    earlier: Option<FileEntry>,
+}
+
+fn by_path(a: &Found, b: &Found) -> Ordering {
+    a.path.cmp(&b.path)
 }
 
 /// The order the copy takes files in: the small ones first (they fill bundles, the largest
@@ -79,22 +86,37 @@ struct Gathered {
 const NAMED_AT_MOST: usize = 10;
 
 /// Lists what to back up; files of at most `small` bytes (`None`: no file) go into bundles.
-/// Blocking.
+/// For an incremental, each file comes with its entry in `parent` (the parent backup's files,
+/// by path), if any. Blocking.
 ///
 /// Refuses (naming them) what a backup could not restore exactly, rather than leave it out of
 /// a backup that would count as complete: symbolic links other than tablespaces and `pg_wal`
 /// (which, as `pg_basebackup` does, is recorded as a directory), and names that are not
 /// UTF-8 (manifest paths are UTF-8 text).
-pub(super) fn walk(data_dir: &Path, small: Option<u64>) -> Result<Walk> {
+pub(super) fn walk(
+    data_dir: &Path,
+    small: Option<u64>,
+    parent: Option<&Sorted<FileEntry>>,
+) -> Result<Walk> {
     let mut unsupported = Vec::new();
-    let out = walk_all(data_dir, small, &mut unsupported)?;
+    // Matched with the parent's files by path, then put in the copy's order.
+    let order = match parent {
+        Some(_) => by_path,
+        None => copy_order,
+    };
+    let out = walk_all(data_dir, small, order, &mut unsupported)?;
     if unsupported.is_empty() {
+        let files = out
+            .files
+            .finish_blocking()
+            .context("sort the list of files to copy")?;
+        let files = match parent {
+            Some(parent) => with_earlier(&files, parent)?,
+            None => files,
+        };
         return Ok(Walk {
             dirs: out.dirs,
-            files: out
-                .files
-                .finish_blocking()
-                .context("sort the list of files to copy")?,
+            files,
             control: out.control,
             tablespaces: out.tablespaces,
             bytes: out.bytes,
@@ -119,11 +141,12 @@ pub(super) fn walk(data_dir: &Path, small: Option<u64>) -> Result<Walk> {
 fn walk_all(
     data_dir: &Path,
     small: Option<u64>,
+    order: crate::spill::Order<Found>,
     unsupported: &mut Vec<String>,
 ) -> Result<Gathered> {
     let mut out = Gathered {
         dirs: Vec::new(),
-        files: Spill::new(copy_order, RUN_LEN),
+        files: Spill::new(order, RUN_LEN),
         control: None,
         tablespaces: Vec::new(),
         bytes: 0,
@@ -215,6 +238,7 @@ fn walk_all(
                             mode,
                             len,
                             small,
+                            earlier: None,
                         })
                         .context("set aside the list of files to copy (in TMPDIR)")?;
                 }
@@ -235,12 +259,54 @@ fn walk_all(
     Ok(out)
 }
 
+/// `files` (by path) each with its entry among `parent`'s (by path), in the copy's order.
+fn with_earlier(files: &Sorted<Found>, parent: &Sorted<FileEntry>) -> Result<Sorted<Found>> {
+    let mut out = Spill::new(copy_order, RUN_LEN);
+    let mut earlier = parent
+        .iter()
+        .context("read back the parent backup's files")?
+        .peekable();
+    for found in files
+        .iter()
+        .context("read back the list of files to copy")?
+    {
+        let mut found = found.context("read back the list of files to copy")?;
+        // Both in path order: the parent's files before this one are gone since.
+        while let Some(next) = earlier.peek() {
+            match next {
+                Ok(entry) if entry.path < found.path => {
+                    earlier.next();
+                }
+                Ok(entry) if entry.path == found.path => {
+                    found.earlier = earlier.next().and_then(Result::ok);
+                    break;
+                }
+                Ok(_) => break,
+                Err(_) => {
+                    let e = earlier
+                        .next()
+                        .and_then(Result::err)
+                        .expect("peeked an error");
+                    return Err(e).context("read back the parent backup's files");
+                }
+            }
+        }
+        out.push_blocking(found)
+            .context("set aside the list of files to copy (in TMPDIR)")?;
+    }
+    out.finish_blocking()
+        .context("sort the list of files to copy")
+}
+
+/// A file to back up, and its entry in the parent backup (for an incremental).
+pub(super) type ToCopy = (Source, Option<FileEntry>);
+
 /// Files found by a walk of `data_dir`, read back in their order, as the copy's sources.
 pub(super) fn sources(
     files: Sorted<Found>,
     data_dir: &Path,
-) -> impl Stream<Item = Result<Source>> + Send + 'static {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Source>>(256);
+) -> impl Stream<Item = Result<ToCopy>> + Send + 'static {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<ToCopy>>(256);
     let data_dir = data_dir.to_owned();
     tokio::task::spawn_blocking(move || {
         let read = match files.iter() {
@@ -252,11 +318,14 @@ pub(super) fn sources(
         };
         for found in read {
             let source = found
-                .map(|f| Source {
-                    abs: data_dir.join(&f.path),
-                    path: f.path,
-                    mode: f.mode,
-                    len: f.len,
+                .map(|f| {
+                    let source = Source {
+                        abs: data_dir.join(&f.path),
+                        path: f.path,
+                        mode: f.mode,
+                        len: f.len,
+                    };
+                    (source, f.earlier)
                 })
                 .context("read back the list of files to copy");
             let failed = source.is_err();
@@ -285,7 +354,7 @@ mod tests {
             std::fs::write(data.join("base/1").join(name), vec![0u8; len]).expect("file");
         }
         std::fs::write(data.join(CONTROL_FILE_PATH), vec![0u8; 8192]).expect("pg_control");
-        let found = walk(data, Some(100)).expect("walk");
+        let found = walk(data, Some(100), None).expect("walk");
         let order: Vec<String> = found
             .files
             .iter()
@@ -311,7 +380,7 @@ mod tests {
         std::fs::write(data.join("PG_VERSION"), b"17\n").expect("file");
         std::fs::write(wal_elsewhere.join("000000010000000000000001"), b"w").expect("segment");
         std::os::unix::fs::symlink(&wal_elsewhere, data.join("pg_wal")).expect("pg_wal link");
-        let found = walk(&data, None).expect("a symlinked pg_wal is fine");
+        let found = walk(&data, None, None).expect("a symlinked pg_wal is fine");
         let dirs: Vec<&str> = found.dirs.iter().map(|d| d.path.as_str()).collect();
         assert_eq!(dirs, ["base", "base/1", "pg_wal"]);
         let files: Vec<String> = found
@@ -325,7 +394,7 @@ mod tests {
         std::os::unix::fs::symlink("/etc/hostname", data.join("base/1/conf")).expect("link");
         let odd = std::ffi::OsStr::from_bytes(b"caf\xe9");
         std::fs::write(data.join(odd), b"x").expect("non-UTF-8 name");
-        let Err(e) = walk(&data, None) else {
+        let Err(e) = walk(&data, None, None) else {
             panic!("a backup of what it cannot restore is refused")
         };
         let e = format!("{e:#}");
