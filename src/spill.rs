@@ -1,6 +1,8 @@
 //! Sorting more items than memory should hold: items gather in memory up to a run's length,
-//! full runs are sorted and written to unnamed temporary files (JSON, one value after
+//! full runs are sorted and appended to an unnamed temporary file (JSON, one value after
 //! another), and the sorted whole is read back as a merge of the runs, as often as needed.
+//! One open file per spill, however many runs it holds: the runs are ranges of it, each read
+//! at its own position.
 //!
 //! A backup lists every file of the data directory, and a data directory may hold millions:
 //! with runs on disk, what a backup holds in memory no longer grows with the file count. A
@@ -16,7 +18,7 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
@@ -33,19 +35,25 @@ const MERGE_WIDTH: usize = 64;
 /// Read buffer of each run during a merge.
 const RUN_READ_BUFFER: usize = 16 * 1024;
 
-/// Items being gathered, to be read back sorted (see the module doc).
+/// Items being gathered, to be read back sorted (see the module doc). Fed either from async
+/// code ([`Spill::push`], [`Spill::finish`]) or from blocking code (the `_blocking` ones),
+/// not both.
 pub struct Spill<T> {
     buffer: Vec<T>,
     run_len: usize,
     runs: Vec<Run>,
+    /// The run being written on a blocking thread, with the runs before it (async pushes).
+    writing: Option<tokio::task::JoinHandle<io::Result<Vec<Run>>>>,
     order: Order<T>,
     len: u64,
 }
 
-/// One sorted run in a temporary file.
+/// One sorted run: a range of a temporary file, and how many items it holds.
 #[derive(Clone)]
 struct Run {
     file: Arc<File>,
+    start: u64,
+    end: u64,
     len: u64,
 }
 
@@ -59,6 +67,7 @@ where
             buffer: Vec::new(),
             run_len: run_len.max(1),
             runs: Vec::new(),
+            writing: None,
             order,
             len: 0,
         }
@@ -74,32 +83,43 @@ where
         self.len == 0
     }
 
-    /// Adds `item`; a full run goes to disk on a blocking thread.
+    /// Adds `item`; a full run goes to disk on a blocking thread while the next one fills
+    /// (the caller waits only when the run before is still being written).
     pub async fn push(&mut self, item: T) -> io::Result<()> {
         self.add(item);
         if self.buffer.len() < self.run_len {
             return Ok(());
         }
+        self.written().await?;
         let full = std::mem::take(&mut self.buffer);
         let (order, mut runs) = (self.order, std::mem::take(&mut self.runs));
-        self.runs = tokio::task::spawn_blocking(move || {
-            runs.push(write_run(full, order)?);
+        self.writing = Some(tokio::task::spawn_blocking(move || {
+            let run = write_run(full, order, &runs)?;
+            runs.push(run);
             compact(runs, order)
-        })
-        .await
-        .map_err(io::Error::other)??;
+        }));
+        Ok(())
+    }
+
+    /// Waits for the run being written, if any.
+    async fn written(&mut self) -> io::Result<()> {
+        if let Some(writing) = self.writing.take() {
+            self.runs = writing.await.map_err(io::Error::other)??;
+        }
         Ok(())
     }
 
     /// [`Spill::push`] for blocking code.
     pub fn push_blocking(&mut self, item: T) -> io::Result<()> {
+        debug_assert!(self.writing.is_none(), "pushed from async code before");
         self.add(item);
         if self.buffer.len() < self.run_len {
             return Ok(());
         }
         let full = std::mem::take(&mut self.buffer);
         let mut runs = std::mem::take(&mut self.runs);
-        runs.push(write_run(full, self.order)?);
+        let run = write_run(full, self.order, &runs)?;
+        runs.push(run);
         self.runs = compact(runs, self.order)?;
         Ok(())
     }
@@ -113,7 +133,8 @@ where
     }
 
     /// Everything pushed, sorted; the last run is sorted on a blocking thread.
-    pub async fn finish(self) -> io::Result<Sorted<T>> {
+    pub async fn finish(mut self) -> io::Result<Sorted<T>> {
+        self.written().await?;
         tokio::task::spawn_blocking(move || self.finish_blocking())
             .await
             .map_err(io::Error::other)?
@@ -121,6 +142,7 @@ where
 
     /// [`Spill::finish`] for blocking code.
     pub fn finish_blocking(self) -> io::Result<Sorted<T>> {
+        debug_assert!(self.writing.is_none(), "pushed from async code before");
         let Spill {
             mut buffer,
             runs,
@@ -139,7 +161,8 @@ where
         }
         let mut runs = runs;
         if !buffer.is_empty() {
-            runs.push(write_run(buffer, order)?);
+            let run = write_run(buffer, order, &runs)?;
+            runs.push(run);
         }
         Ok(Sorted {
             held: Arc::new(Vec::new()),
@@ -150,31 +173,43 @@ where
     }
 }
 
-/// Sorts `items` and writes them to a new temporary file.
-fn write_run<T: Serialize>(mut items: Vec<T>, order: Order<T>) -> io::Result<Run> {
+/// Sorts `items` and appends them to the file of `runs` (a new temporary file for the first).
+fn write_run<T: Serialize>(mut items: Vec<T>, order: Order<T>, runs: &[Run]) -> io::Result<Run> {
     items.sort_by(order);
     let len = items.len() as u64;
-    write_items(items.into_iter().map(Ok), len)
+    let file = match runs.last() {
+        Some(run) => run.file.clone(),
+        None => Arc::new(tempfile::tempfile()?),
+    };
+    write_items(file, items.into_iter().map(Ok), len)
 }
 
-/// Writes `items` (in the order given) to a new temporary file.
+/// Appends `items` (in the order given) to `file`, as one run.
 fn write_items<T: Serialize>(
+    file: Arc<File>,
     items: impl Iterator<Item = io::Result<T>>,
     len: u64,
 ) -> io::Result<Run> {
-    let mut out = BufWriter::new(tempfile::tempfile()?);
+    // Only the spill writes, at the end; readers read at their own positions.
+    let start = (&*file).seek(SeekFrom::End(0))?;
+    let mut out = BufWriter::new(&*file);
     for item in items {
         serde_json::to_writer(&mut out, &item?)?;
         out.write_all(b"\n")?;
     }
-    let file = out.into_inner().map_err(|e| e.into_error())?;
+    out.flush()?;
+    drop(out);
+    let end = (&*file).stream_position()?;
     Ok(Run {
-        file: Arc::new(file),
+        file,
+        start,
+        end,
         len,
     })
 }
 
-/// With [`MERGE_WIDTH`] runs, merges them into one.
+/// With [`MERGE_WIDTH`] runs, merges them into one, in a new temporary file (the old one,
+/// the runs' only holder, goes).
 fn compact<T: DeserializeOwned + Serialize>(
     runs: Vec<Run>,
     order: Order<T>,
@@ -184,7 +219,8 @@ fn compact<T: DeserializeOwned + Serialize>(
     }
     let len = runs.iter().map(|r| r.len).sum();
     let merged = Merge::new(&runs, order)?;
-    Ok(vec![write_items(merged, len)?])
+    let file = Arc::new(tempfile::tempfile()?);
+    Ok(vec![write_items(file, merged, len)?])
 }
 
 /// What a [`Spill`] gathered, sorted: read it with [`Sorted::iter`], as often as needed.
@@ -273,7 +309,8 @@ impl<T: DeserializeOwned> Merge<T> {
             .map(|run| {
                 let reader = PositionedReader {
                     file: run.file.clone(),
-                    at: 0,
+                    at: run.start,
+                    end: run.end,
                 };
                 serde_json::Deserializer::from_reader(BufReader::with_capacity(
                     RUN_READ_BUFFER,
@@ -325,16 +362,22 @@ impl<T: DeserializeOwned> Iterator for Merge<T> {
     }
 }
 
-/// Reads a shared file from its own position (`pread`), so that several readers of one run
-/// do not move each other.
+/// Reads a range of a shared file from its own position (`pread`), so that the readers of
+/// the runs of one file do not move each other.
 struct PositionedReader {
     file: Arc<File>,
     at: u64,
+    end: u64,
 }
 
 impl Read for PositionedReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.file.read_at(buf, self.at)?;
+        let room = usize::try_from(self.end - self.at).unwrap_or(usize::MAX);
+        let want = buf.len().min(room);
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.at)?;
         self.at += n as u64;
         Ok(n)
     }
@@ -377,8 +420,12 @@ mod tests {
         }
         assert_eq!(spill.len(), 1000);
         let sorted = spill.finish_blocking().unwrap();
-        // 143 runs of 7 were compacted each time 64 had gathered.
+        // 143 runs of 7 were compacted each time 64 had gathered; one file holds them all.
         assert!(sorted.runs.len() < MERGE_WIDTH, "{}", sorted.runs.len());
+        assert!(sorted
+            .runs
+            .iter()
+            .all(|r| Arc::ptr_eq(&r.file, &sorted.runs[0].file)));
         for _ in 0..2 {
             let read: Vec<(u32, String)> = sorted.iter().unwrap().map(|i| i.unwrap()).collect();
             assert_eq!(read, (0..1000).map(item).collect::<Vec<_>>());

@@ -15,6 +15,7 @@ use crate::config::{JobTask, RestoreTestConfig};
 use crate::postgres::ready::Target;
 use crate::scheduler::{Actions, BoxFuture};
 use crate::site::Site;
+use serde::de::IgnoredAny;
 
 /// The actions, on the daemon's site.
 pub(super) struct SiteActions {
@@ -60,7 +61,7 @@ impl Actions for SiteActions {
             }
             let repo = self.site.repo()?;
             let lineage = lineage::of_cluster(repo, self.site.data_dir()).await?;
-            let (newest, _) = catalog::newest_on(repo, &lineage).await?;
+            let (newest, _) = catalog::newest_on::<IgnoredAny>(repo, &lineage).await?;
             Ok(
                 newest
                     .map(|m| format!("{} holds backup {} of this cluster", repo.describe(), m.id)),

@@ -275,7 +275,8 @@ async fn check_successor_may_start(site: &Site, force: bool) -> Result<()> {
 async fn bootstrap_from_backup(site: &Site, which: &str, resume: bool) -> Result<()> {
     let repo = site.repo()?;
     let lineage = lineage::of_repository(repo).await?;
-    let manifest = catalog::resolve_for(repo, which, &lineage).await?;
+    let manifest: crate::backup::entries::SpilledManifest =
+        catalog::resolve_for(repo, which, &lineage).await?;
     let mut options = site.restore_options(
         site.data_dir().to_path_buf(),
         &manifest.id,

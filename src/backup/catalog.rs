@@ -6,10 +6,12 @@ use std::collections::BTreeMap;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::de::DeserializeOwned;
 
+use super::entries::SpilledFiles;
 use super::entries::SpilledManifest;
 use super::lineage::Lineage;
 use super::manifest::{
-    check_backup_id, manifest_key, validate_file, Manifest, ManifestOf, MANIFEST_VERSION,
+    check_backup_id, manifest_key, validate_file, FileEntry, InvalidManifest, Manifest, ManifestOf,
+    MANIFEST_VERSION,
 };
 use crate::repo::layout::BACKUPS_PREFIX;
 use crate::repo::Repo;
@@ -38,29 +40,52 @@ pub fn check_id(id: &str) -> Result<()> {
     check_backup_id(id).map_err(|e| anyhow!("{e}\n{LIST_HINT}"))
 }
 
+/// How a reader holds a manifest's list of files: in memory (`Vec<FileEntry>`, a
+/// [`Manifest`]), set aside on disk ([`SpilledFiles`], for readers that must not hold
+/// millions of entries: a backup's parent, a restore), or not at all (`IgnoredAny`).
+pub trait FileList: DeserializeOwned + Send + 'static {
+    /// The first entry of backup `id` that [`validate_file`] refuses.
+    fn validate(&self, id: &str) -> Result<(), InvalidManifest>;
+}
+
+impl FileList for Vec<FileEntry> {
+    fn validate(&self, id: &str) -> Result<(), InvalidManifest> {
+        self.iter().try_for_each(|file| validate_file(id, file))
+    }
+}
+
+impl FileList for SpilledFiles {
+    /// Checked as they were read.
+    fn validate(&self, id: &str) -> Result<(), InvalidManifest> {
+        match &self.first_invalid {
+            Some(invalid) => Err(InvalidManifest {
+                backup: id.to_owned(),
+                ..invalid.clone()
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl FileList for serde::de::IgnoredAny {
+    /// Skipped as they were read: for readers of the rest only.
+    fn validate(&self, _: &str) -> Result<(), InvalidManifest> {
+        Ok(())
+    }
+}
+
 /// The manifest of backup `id`, checked ([`Manifest::validate`]): a manifest naming a path
 /// pgward never writes is refused, whatever the reader.
-pub async fn read_manifest(repo: &Repo, id: &str) -> Result<Manifest> {
-    let manifest = read_as_stored(repo, id).await?;
-    manifest.validate(None)?;
+pub async fn read_manifest<F: FileList>(repo: &Repo, id: &str) -> Result<ManifestOf<F>> {
+    let manifest: ManifestOf<F> = read_as_stored(repo, id).await?;
+    manifest.validate_head(None)?;
+    manifest.files.validate(&manifest.id)?;
     Ok(manifest)
 }
 
-/// The manifest of backup `id`, checked, its files set aside sorted by path rather than held
-/// (see `entries::SpilledFiles`).
+/// [`read_manifest`], its files set aside sorted by path rather than held.
 pub async fn read_manifest_spilled(repo: &Repo, id: &str) -> Result<SpilledManifest> {
-    let manifest: SpilledManifest = read_as_stored(repo, id).await?;
-    manifest.validate_head(None)?;
-    let (files, owner) = (manifest.files.0.clone(), manifest.id.clone());
-    tokio::task::spawn_blocking(move || {
-        for file in files.iter()? {
-            validate_file(&owner, &file?)?;
-        }
-        anyhow::Ok(())
-    })
-    .await
-    .context("join the check of a manifest's files")??;
-    Ok(manifest)
+    read_manifest(repo, id).await
 }
 
 /// The manifest of backup `id` as stored: parsed and its format checked, its paths not.
@@ -104,11 +129,11 @@ pub async fn manifests(repo: &Repo) -> Result<Vec<Manifest>> {
 
 /// The newest complete backup of `lineage` that ended before `at`: the one to restore for a
 /// recovery to that time.
-pub async fn newest_before(
+pub async fn newest_before<F: FileList>(
     repo: &Repo,
     at: chrono::DateTime<chrono::Utc>,
     lineage: &Lineage,
-) -> Result<Manifest> {
+) -> Result<ManifestOf<F>> {
     let mut found = None;
     for id in backup_ids(repo).await? {
         let manifest = read_manifest(repo, &id).await?;
@@ -129,36 +154,22 @@ pub async fn newest_before(
 
 /// The newest complete backup `lineage` holds (`None` without one), and the newer backups of
 /// other branches passed over on the way (`<id> (timeline N)`, newest first).
-pub async fn newest_on(repo: &Repo, lineage: &Lineage) -> Result<(Option<Manifest>, Vec<String>)> {
+pub async fn newest_on<F: FileList>(
+    repo: &Repo,
+    lineage: &Lineage,
+) -> Result<(Option<ManifestOf<F>>, Vec<String>)> {
     newest_among(repo, &backup_ids(repo).await?, lineage).await
 }
 
 /// [`newest_on`] among `ids` (complete backups, oldest first), listed by the caller.
-pub async fn newest_among(
+pub async fn newest_among<F: FileList>(
     repo: &Repo,
     ids: &[String],
     lineage: &Lineage,
-) -> Result<(Option<Manifest>, Vec<String>)> {
-    newest_read(
-        ids,
-        lineage,
-        |id| async move { read_manifest(repo, &id).await },
-    )
-    .await
-}
-
-/// [`newest_among`], each manifest read by `read` (its files held or set aside).
-pub async fn newest_read<F, Fut>(
-    ids: &[String],
-    lineage: &Lineage,
-    read: impl Fn(String) -> Fut,
-) -> Result<(Option<ManifestOf<F>>, Vec<String>)>
-where
-    Fut: std::future::Future<Output = Result<ManifestOf<F>>>,
-{
+) -> Result<(Option<ManifestOf<F>>, Vec<String>)> {
     let mut off_lineage = Vec::new();
     for id in ids.iter().rev() {
-        let manifest = read(id.clone()).await?;
+        let manifest: ManifestOf<F> = read_manifest(repo, id).await?;
         if lineage.holds(&manifest) {
             return Ok((Some(manifest), off_lineage));
         }
@@ -169,7 +180,11 @@ where
 
 /// `latest` (the newest complete backup `lineage` holds) or an id, resolved to a checked
 /// manifest. A backup of another branch is never `latest`; named by its id, it is restored.
-pub async fn resolve_for(repo: &Repo, which: &str, lineage: &Lineage) -> Result<Manifest> {
+pub async fn resolve_for<F: FileList>(
+    repo: &Repo,
+    which: &str,
+    lineage: &Lineage,
+) -> Result<ManifestOf<F>> {
     if which != "latest" {
         return resolve(repo, which).await;
     }
@@ -200,7 +215,7 @@ pub async fn resolve_for(repo: &Repo, which: &str, lineage: &Lineage) -> Result<
 }
 
 /// `latest` or an id, resolved to a checked manifest (see [`read_manifest`]).
-pub async fn resolve(repo: &Repo, which: &str) -> Result<Manifest> {
+pub async fn resolve<F: FileList>(repo: &Repo, which: &str) -> Result<ManifestOf<F>> {
     let id = resolve_id(repo, which).await?;
     read_manifest(repo, &id).await
 }

@@ -23,6 +23,7 @@ use crate::postgres::wal::{SegmentName, WalSegSize};
 use crate::repo::layout::{self, backup_prefix};
 use crate::repo::{Lease, Repo};
 use crate::spill::Sorted;
+use serde::de::IgnoredAny;
 
 /// Lookups of WAL segments in flight at once.
 const LOOKUP_CONCURRENCY: usize = 8;
@@ -257,7 +258,9 @@ async fn check_chain(repo: &Repo, id: &str, parent: Option<&str>) -> Result<()> 
                  a full backup (`pgward backup --full`)"
             );
         }
-        next = catalog::read_manifest(repo, &ancestor).await?.parent;
+        next = catalog::read_manifest::<IgnoredAny>(repo, &ancestor)
+            .await?
+            .parent;
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use anyhow::{Context, Result};
 use serde::de::{Deserialize, Deserializer, Error, SeqAccess, Visitor};
 
-use super::manifest::{FileEntry, ManifestOf};
+use super::manifest::{validate_file, FileEntry, InvalidManifest, ManifestOf};
 use super::summary::block_list;
 use crate::spill::{Sorted, Spill};
 
@@ -112,14 +112,19 @@ impl Entries {
 /// A manifest's list of files set aside as it is parsed, sorted by path: an earlier backup's
 /// manifest of any size is read without holding its files.
 #[derive(Clone)]
-pub struct SpilledFiles(pub Sorted<FileEntry>);
+pub struct SpilledFiles {
+    pub sorted: Sorted<FileEntry>,
+    /// The first entry [`validate_file`] refused, as it was read (its `backup` is filled in
+    /// by the reader, who knows the id).
+    pub first_invalid: Option<InvalidManifest>,
+}
 
 /// A manifest read with its files set aside.
 pub type SpilledManifest = ManifestOf<SpilledFiles>;
 
 impl std::fmt::Debug for SpilledFiles {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} files set aside", self.0.len())
+        write!(f, "{} files set aside", self.sorted.len())
     }
 }
 
@@ -136,15 +141,20 @@ impl<'de> Deserialize<'de> for SpilledFiles {
 
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<SpilledFiles, A::Error> {
                 let mut spill = Spill::new(by_path, RUN_LEN);
+                let mut first_invalid = None;
                 while let Some(entry) = seq.next_element::<FileEntry>()? {
+                    if first_invalid.is_none() {
+                        first_invalid = validate_file("", &entry).err();
+                    }
                     spill.push_blocking(entry).map_err(|e| {
                         A::Error::custom(format!("set aside the list of files (in TMPDIR): {e}"))
                     })?;
                 }
-                spill
-                    .finish_blocking()
-                    .map(SpilledFiles)
-                    .map_err(A::Error::custom)
+                let sorted = spill.finish_blocking().map_err(A::Error::custom)?;
+                Ok(SpilledFiles {
+                    sorted,
+                    first_invalid,
+                })
             }
         }
         deserializer.deserialize_seq(Files)
@@ -180,10 +190,25 @@ mod tests {
             .collect();
         let json = serde_json::to_string(&files).unwrap();
         let read: SpilledFiles = serde_json::from_str(&json).unwrap();
-        let back: Vec<FileEntry> = read.0.iter().unwrap().map(|e| e.unwrap()).collect();
+        let back: Vec<FileEntry> = read.sorted.iter().unwrap().map(|e| e.unwrap()).collect();
         let mut sorted = files;
         sorted.sort_by(|a, b| a.path.cmp(&b.path));
         assert_eq!(back, sorted);
+        assert_eq!(read.first_invalid, None);
+    }
+
+    #[test]
+    fn a_tampered_entry_is_found_as_the_list_is_read() {
+        let files = vec![
+            entry("base/1/1", "20261130T035500F"),
+            entry("../../etc/passwd", "20261130T035500F"),
+            entry("base/1/2", "../wal"),
+        ];
+        let json = serde_json::to_string(&files).unwrap();
+        let read: SpilledFiles = serde_json::from_str(&json).unwrap();
+        let invalid = read.first_invalid.expect("refused");
+        assert_eq!(invalid.entry, "../../etc/passwd");
+        assert_eq!(invalid.what, "a file");
     }
 
     #[tokio::test]

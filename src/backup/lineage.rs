@@ -12,7 +12,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use super::manifest::{Manifest, ManifestOf};
+use super::manifest::ManifestOf;
 use crate::postgres::timeline::{current_timeline, local_history, TimelineHistory};
 use crate::postgres::wal::{Lsn, TimelineId};
 use crate::repo::Repo;
@@ -65,7 +65,7 @@ impl Lineage {
     /// (a backup of another branch, asked for by its id, recovers along its own timeline; so
     /// does one whose lineage's history never reached the repository: a copy that archives
     /// nothing, rewound from its original's backup).
-    pub fn target_timeline(&self, m: &Manifest) -> TimelineId {
+    pub fn target_timeline<F>(&self, m: &ManifestOf<F>) -> TimelineId {
         match self.holds(m) && self.archived {
             true => self.timeline(),
             false => TimelineId(m.timeline),

@@ -162,8 +162,7 @@ async fn latest_of_lineage(
         .with_context(|| format!("the server named its current WAL file {name:?}"))?;
     let lineage = lineage::of_timeline(repo, cluster.data_dir, TimelineId(tli)).await?;
     // A storage error fails the backup rather than quietly turn it into a full one.
-    let read = |id: String| async move { catalog::read_manifest_spilled(repo, &id).await };
-    let (newest, off_lineage) = catalog::newest_read(complete, &lineage, read)
+    let (newest, off_lineage) = catalog::newest_among(repo, complete, &lineage)
         .await
         .context("look for the backup to build on")?;
     if newest.is_none() {
@@ -205,7 +204,7 @@ async fn take(
         let data_dir = cluster.data_dir.to_owned();
         let bundling = options.bundling;
         let small = (bundling.size > 0).then_some(bundling.file_max);
-        let earlier = parent.map(|p| p.files.0.clone());
+        let earlier = parent.map(|p| p.files.sorted.clone());
         tokio::task::spawn_blocking(move || walk(&data_dir, small, earlier.as_ref()))
             .await
             .context("join the data directory walk")??

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use tokio_util::sync::CancellationToken;
 
-use crate::backup::manifest::Manifest;
+use crate::backup::entries::SpilledManifest;
+use crate::backup::manifest::ManifestOf;
 use crate::backup::{catalog, lineage};
 use crate::cli::RestoreArgs;
 use crate::postgres::wal::Lsn;
@@ -32,7 +33,7 @@ pub async fn restore(site: &Site, request: &RestoreArgs) -> Result<i32> {
     site.run_as()?;
     let repo = site.repo()?;
     let lineage = lineage::of_cluster(repo, site.data_dir()).await?;
-    let manifest = match (&target, request.backup.as_str()) {
+    let manifest: SpilledManifest = match (&target, request.backup.as_str()) {
         // "The backup before the mistake": the newest one that ended before the target time.
         (RecoveryTarget::Time(time), "latest") => match parse_target_time(time) {
             Some(at) => catalog::newest_before(repo, at, &lineage).await?,
@@ -82,7 +83,7 @@ pub async fn restore(site: &Site, request: &RestoreArgs) -> Result<i32> {
 }
 
 /// `--tablespace-map OID=DIR` options: each oid must be a tablespace of the backup.
-fn tablespace_map(raw: &[String], manifest: &Manifest) -> Result<HashMap<u32, PathBuf>> {
+fn tablespace_map<F>(raw: &[String], manifest: &ManifestOf<F>) -> Result<HashMap<u32, PathBuf>> {
     raw.iter()
         .map(|m| {
             let (oid, dir) = m

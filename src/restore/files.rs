@@ -14,31 +14,36 @@
 //! one handle per check, `concurrency` checks at once), plus, with a `file://` repository, the
 //! stored object each download reads.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use futures_util::future::BoxFuture;
-use futures_util::{stream, StreamExt, TryStreamExt};
+use futures_util::{stream, Stream, StreamExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::{damaged_hint, set_mode_nofollow, Layout, RestoreOptions};
-use crate::backup::manifest::{FileEntry, Manifest, Part};
+use crate::backup::entries::SpilledManifest;
+use crate::backup::manifest::{FileEntry, Part};
 use crate::backup::progress::Progress;
 use crate::fsutil::{AtomicFile, Durability};
 use crate::repo::{retry_to_end, Repo, RepoError, RetryPolicy};
+use crate::spill::{Sorted, Spill};
 
 /// What every file restore needs.
 struct Shared<'a> {
     repo: &'a Repo,
-    manifest: &'a Manifest,
+    /// The backup's id.
+    id: &'a str,
     layout: &'a Layout,
     progress: &'a Progress,
     /// One permit per download under way.
     downloads: &'a Semaphore,
     concurrency: usize,
+    /// With `--delta`: files that already hold the backup's content are kept.
+    delta: bool,
     /// Each object's download is retried as a whole on transient failures (`storage.retry`).
     retry: &'a RetryPolicy,
     /// Cancelled by the caller, or by the first failure: the files not started yet are
@@ -46,43 +51,56 @@ struct Shared<'a> {
     stop: &'a CancellationToken,
 }
 
+/// Entries held in memory at most while they are put in the order they are restored in
+/// (see `spill`); the tests' build (with failpoints) holds 8, so that each restore they run
+/// goes through runs on disk.
+const RUN_LEN: usize = if cfg!(feature = "failpoints") {
+    8
+} else {
+    8192
+};
+
+/// Units read ahead of the workers.
+const UNITS_AHEAD: usize = 4;
+
 /// Writes the backup's files, `concurrency` at a time; a parted file's parts in rounds (a
 /// part after every earlier part it overlaps). With `--delta`, files that already hold the
-/// backup's content are kept.
+/// backup's content are kept. The files are read from where the manifest's list was set
+/// aside, in the order they are restored in: never all in memory.
 ///
 /// On the first failure the files not started yet are skipped, and the ones under way are
 /// awaited: no download may still be writing into the directory once this returns (a
 /// restore test removes it right after).
 pub(super) async fn restore_files(
     repo: &Repo,
-    manifest: &Manifest,
+    manifest: &SpilledManifest,
     layout: &Layout,
     options: &RestoreOptions,
     cancel: &CancellationToken,
 ) -> Result<()> {
     let progress = Progress::new(&manifest.id, manifest.size);
     let concurrency = options.concurrency.max(1);
-    let todo: Vec<&FileEntry> = if options.delta {
-        still_to_restore(manifest, layout, &progress, concurrency).await?
-    } else {
-        manifest.files.iter().collect()
-    };
+    let by_path = manifest.files.sorted.clone();
+    let in_order = tokio::task::spawn_blocking(move || in_restore_order(&by_path))
+        .await
+        .context("join the ordering of the backup's files")??;
     let stop = cancel.child_token();
     let downloads = Semaphore::new(concurrency);
     let cx = Shared {
         repo,
-        manifest,
+        id: &manifest.id,
         layout,
         progress: &progress,
         downloads: &downloads,
         concurrency,
+        delta: options.delta,
         retry: &options.retry,
         stop: &stop,
     };
     // Boxed as `dyn Send` where the lifetimes are concrete: otherwise the compiler cannot
     // prove a caller's future `Send` for every lifetime of this stream's closure.
     let all: BoxFuture<'_, Vec<Result<()>>> = Box::pin(
-        stream::iter(units(todo))
+        units(in_order)
             .map(|unit| {
                 let cx = &cx;
                 async move {
@@ -90,9 +108,8 @@ pub(super) async fn restore_files(
                         return Ok(());
                     }
                     let written = match unit {
-                        Unit::Bundle(key, files) => restore_bundle(cx, &key, files).await,
-                        Unit::File(file) if file.parts.is_empty() => restore_whole(cx, file).await,
-                        Unit::File(file) => restore_parted(cx, file).await,
+                        Ok(unit) => restore_unit(cx, unit).await,
+                        Err(e) => Err(e),
                     };
                     written
                         .and_then(|()| restored_one())
@@ -110,39 +127,136 @@ pub(super) async fn restore_files(
     Ok(())
 }
 
-/// What one worker restores at a time.
-enum Unit<'m> {
-    /// The files stored whole in one bundle (its key), in the order they sit in it.
-    Bundle(String, Vec<&'m FileEntry>),
-    /// A file stored as an object of its own, or in parts.
-    File(&'m FileEntry),
+/// Restores one unit; with `--delta`, only its files that do not already hold the backup's
+/// content (the others get their mode, and count as restored).
+async fn restore_unit(cx: &Shared<'_>, unit: Unit) -> Result<()> {
+    match unit {
+        Unit::Bundle(key, files) => {
+            let mut todo = Vec::with_capacity(files.len());
+            for file in files {
+                if !kept(cx, &file).await? {
+                    todo.push(file);
+                }
+            }
+            match todo.is_empty() {
+                true => Ok(()),
+                false => restore_bundle(cx, &key, todo).await,
+            }
+        }
+        Unit::File(file) if kept(cx, &file).await? => Ok(()),
+        Unit::File(file) if file.parts.is_empty() => restore_whole(cx, &file).await,
+        Unit::File(file) => restore_parted(cx, &file).await,
+    }
 }
 
-/// The files stored on their own first, largest first: the long poles (a large file's
-/// slices) start at once instead of after everything else, and the bundles (each read once,
-/// whole) fill the gaps.
-fn units(files: Vec<&FileEntry>) -> Vec<Unit<'_>> {
-    let mut bundles: BTreeMap<String, Vec<&FileEntry>> = BTreeMap::new();
-    let mut alone = Vec::new();
-    for file in files {
-        match file.bundle {
-            Some(_) if file.parts.is_empty() => bundles.entry(file.key()).or_default().push(file),
-            _ => alone.push(file),
-        }
+/// With `--delta`, whether the file already holds the backup's content: then it keeps it
+/// (its mode set, counted as restored).
+async fn kept(cx: &Shared<'_>, file: &FileEntry) -> Result<bool> {
+    if !cx.delta {
+        return Ok(false);
     }
-    alone.sort_by_key(|f| std::cmp::Reverse(f.size));
-    let mut units: Vec<Unit<'_>> = alone.into_iter().map(Unit::File).collect();
-    units.extend(bundles.into_iter().map(|(key, mut files)| {
-        files.sort_by_key(|f| f.bundle.map_or(0, |b| b.offset));
-        Unit::Bundle(key, files)
-    }));
-    units
+    let dest = cx.layout.path(&file.path);
+    if !matches_already(&dest, file).await? {
+        return Ok(false);
+    }
+    set_mode(&dest, file.mode).await?;
+    cx.progress.add(file.size);
+    Ok(true)
+}
+
+/// What one worker restores at a time.
+enum Unit {
+    /// The files stored whole in one bundle (its key), in the order they sit in it.
+    Bundle(String, Vec<FileEntry>),
+    /// A file stored as an object of its own, or in parts.
+    File(FileEntry),
+}
+
+/// Whether `file` is restored as a member of its bundle (rather than on its own).
+fn in_bundle(file: &FileEntry) -> bool {
+    file.bundle.is_some() && file.parts.is_empty()
+}
+
+/// The order files are restored in: those stored on their own first, largest first (the
+/// long poles, a large file's slices, start at once instead of after everything else), then
+/// each bundle's (each read once, whole, filling the gaps) in the order they sit in it.
+fn restore_order(a: &FileEntry, b: &FileEntry) -> std::cmp::Ordering {
+    restore_key(a)
+        .cmp(&restore_key(b))
+        .then_with(|| a.path.cmp(&b.path))
+}
+
+/// Alone: (false, size, "", 0, 0); in a bundle: (true, 0, its backup, bundle, offset).
+fn restore_key(f: &FileEntry) -> (bool, Reverse<u64>, &str, u32, u64) {
+    match f.bundle.filter(|_| in_bundle(f)) {
+        Some(at) => (true, Reverse(0), f.stored_in.as_str(), at.bundle, at.offset),
+        None => (false, Reverse(f.size), "", 0, 0),
+    }
+}
+
+/// The files (by path) put in [`restore_order`]. Blocking.
+fn in_restore_order(by_path: &Sorted<FileEntry>) -> Result<Sorted<FileEntry>> {
+    let mut spill = Spill::new(restore_order, RUN_LEN);
+    for file in by_path.iter().context("read back the backup's files")? {
+        spill
+            .push_blocking(file.context("read back the backup's files")?)
+            .context("set aside the backup's files (in TMPDIR)")?;
+    }
+    spill.finish_blocking().context("sort the backup's files")
+}
+
+/// The files (in [`restore_order`]) as units: each file stored on its own, then each
+/// bundle's members together. Read on a blocking thread a few units ahead.
+fn units(files: Sorted<FileEntry>) -> impl Stream<Item = Result<Unit>> + Send + 'static {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Unit>>(UNITS_AHEAD);
+    tokio::task::spawn_blocking(move || {
+        let send = |unit: Result<Unit>| tx.blocking_send(unit).is_ok();
+        let read = match files.iter() {
+            Ok(read) => read,
+            Err(e) => {
+                send(Err(e).context("read back the backup's files"));
+                return;
+            }
+        };
+        let mut bundle: Option<(String, Vec<FileEntry>)> = None;
+        for file in read {
+            let file = match file {
+                Ok(file) => file,
+                Err(e) => {
+                    send(Err(e).context("read back the backup's files"));
+                    return;
+                }
+            };
+            if !in_bundle(&file) {
+                if !send(Ok(Unit::File(file))) {
+                    return;
+                }
+                continue;
+            }
+            let key = file.key();
+            match &mut bundle {
+                Some((current, members)) if *current == key => members.push(file),
+                _ => {
+                    if let Some((key, members)) = bundle.take() {
+                        if !send(Ok(Unit::Bundle(key, members))) {
+                            return;
+                        }
+                    }
+                    bundle = Some((key, vec![file]));
+                }
+            }
+        }
+        if let Some((key, members)) = bundle {
+            send(Ok(Unit::Bundle(key, members)));
+        }
+    });
+    stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|u| (u, rx)) })
 }
 
 /// The files of one bundle: the bundle read once, each member written beside its place and
 /// renamed over it once it decoded whole and matches the manifest. A retry reads the bundle
 /// again and rewrites them all.
-async fn restore_bundle(cx: &Shared<'_>, key: &str, files: Vec<&FileEntry>) -> Result<()> {
+async fn restore_bundle(cx: &Shared<'_>, key: &str, files: Vec<FileEntry>) -> Result<()> {
     let _download = cx
         .downloads
         .acquire()
@@ -218,32 +332,6 @@ fn restored_one() -> Result<()> {
     Ok(())
 }
 
-/// With `--delta`: the files that do not already hold the backup's content (the others get
-/// their mode, and count as restored).
-async fn still_to_restore<'m>(
-    manifest: &'m Manifest,
-    layout: &Layout,
-    progress: &Progress,
-    concurrency: usize,
-) -> Result<Vec<&'m FileEntry>> {
-    // Boxed as `dyn Send` (as above).
-    let checks: BoxFuture<'_, Result<Vec<Option<&FileEntry>>>> = Box::pin(
-        stream::iter(&manifest.files)
-            .map(|file| async move {
-                let dest = layout.path(&file.path);
-                if !matches_already(&dest, file).await? {
-                    return anyhow::Ok(Some(file));
-                }
-                set_mode(&dest, file.mode).await?;
-                progress.add(file.size);
-                Ok(None)
-            })
-            .buffer_unordered(concurrency)
-            .try_collect(),
-    );
-    Ok(checks.await?.into_iter().flatten().collect())
-}
-
 /// The first real failure among `results`, not the cancellations it caused.
 fn real_failure(results: Vec<Result<()>>) -> Result<()> {
     match results
@@ -270,9 +358,9 @@ fn is_cancelled(e: &anyhow::Error) -> bool {
 fn missing(cx: &Shared<'_>, key: &str) -> anyhow::Error {
     anyhow::anyhow!(
         "object {key} of backup {} is missing from {}\n{}",
-        cx.manifest.id,
+        cx.id,
         cx.repo.describe(),
-        damaged_hint(&cx.manifest.id)
+        damaged_hint(cx.id)
     )
 }
 
@@ -481,7 +569,7 @@ mod tests {
         }
     }
 
-    fn describe(units: &[Unit<'_>]) -> Vec<String> {
+    fn describe(units: &[Unit]) -> Vec<String> {
         units
             .iter()
             .map(|unit| match unit {
@@ -498,8 +586,8 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn files_of_their_own_come_first_largest_first_then_each_bundle_in_member_order() {
+    #[tokio::test]
+    async fn files_of_their_own_come_first_largest_first_then_each_bundle_in_member_order() {
         let files = [
             file("base/5/small", 8192, Some(1)),
             file("base/5/big", 300 << 20, None),
@@ -507,7 +595,16 @@ mod tests {
             file("base/5/first", 100, Some(1)),
             file("base/5/medium", 2 << 20, None),
         ];
-        let units = units(files.iter().collect());
+        // Runs of 2 on disk, as a restore of many files sets them aside.
+        let mut by_path = Spill::new(|a: &FileEntry, b: &FileEntry| a.path.cmp(&b.path), 2);
+        for f in files {
+            by_path.push_blocking(f).unwrap();
+        }
+        let in_order = in_restore_order(&by_path.finish_blocking().unwrap()).unwrap();
+        let units: Vec<Unit> = units(in_order)
+            .map(|u| u.unwrap())
+            .collect::<Vec<_>>()
+            .await;
         assert_eq!(
             describe(&units),
             [

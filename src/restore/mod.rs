@@ -35,7 +35,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use tokio_util::sync::CancellationToken;
 
-use crate::backup::manifest::{label_key, system_directory, Manifest, Placement};
+use crate::backup::catalog::FileList;
+use crate::backup::entries::SpilledManifest;
+use crate::backup::manifest::{label_key, system_directory, ManifestOf, Placement};
 use crate::postgres::bootstrap::INCOMPLETE_MARKER;
 use crate::postgres::data_dir::{Marker, Unfinished};
 use crate::process::RunAs;
@@ -93,7 +95,7 @@ impl RestoreOptions {
 /// what an interrupted earlier attempt left: the restore goes on over it as a delta restore.
 pub async fn bootstrap_from_backup(
     repo: &Repo,
-    manifest: &Manifest,
+    manifest: &SpilledManifest,
     options: &RestoreOptions,
     resume: bool,
 ) -> Result<()> {
@@ -126,7 +128,7 @@ fn location_of<'a>(options: &'a RestoreOptions, oid: u32, original: &'a str) -> 
 /// `pg_backup_stop` writes them: `\\`, newline and carriage return escaped with a
 /// backslash), made from the checked manifest and the relocations, never from the stored
 /// object; `None` without tablespaces.
-fn tablespace_map_text(manifest: &Manifest, options: &RestoreOptions) -> Option<String> {
+fn tablespace_map_text<F>(manifest: &ManifestOf<F>, options: &RestoreOptions) -> Option<String> {
     if manifest.tablespaces.is_empty() {
         return None;
     }
@@ -148,7 +150,7 @@ fn tablespace_map_text(manifest: &Manifest, options: &RestoreOptions) -> Option<
 /// Restores `manifest`'s backup from `repo`.
 pub async fn restore(
     repo: &Repo,
-    manifest: &Manifest,
+    manifest: &SpilledManifest,
     options: &RestoreOptions,
     cancel: &CancellationToken,
 ) -> Result<()> {
@@ -159,7 +161,8 @@ pub async fn restore(
         relocated: options.tablespace_map.keys().copied().collect(),
         repo_root: repo.local_root(),
     };
-    manifest.validate(Some(&placement))?;
+    manifest.validate_head(Some(&placement))?;
+    manifest.files.validate(&manifest.id)?;
     let layout = Layout::checked(manifest, options, repo.local_root())?;
     prepare::check_data_dir(data_dir, options).await?;
     fence(data_dir, options)?;
@@ -231,7 +234,7 @@ pub async fn restore(
 /// The end of a restore whose files are all in place: the recovery settings (last: with
 /// `recovery.signal` the directory is a cluster that recovers), the owner, then the marker
 /// goes.
-fn finish(data_dir: &Path, manifest: &Manifest, options: &RestoreOptions) -> Result<()> {
+fn finish<F>(data_dir: &Path, manifest: &ManifestOf<F>, options: &RestoreOptions) -> Result<()> {
     crate::failpoint!("restore-before-recovery-settings");
     options.recovery.write(data_dir)?;
     if let Some(owner) = &options.owner {
@@ -257,7 +260,11 @@ fn finish(data_dir: &Path, manifest: &Manifest, options: &RestoreOptions) -> Res
 /// (two per file measured five times the rest of a restore of 100,000 small files on a
 /// rotational disk), so each filesystem written is synced once, before the marker that
 /// makes the directory an unfinished restore goes.
-fn sync_restored(data_dir: &Path, manifest: &Manifest, options: &RestoreOptions) -> Result<()> {
+fn sync_restored<F>(
+    data_dir: &Path,
+    manifest: &ManifestOf<F>,
+    options: &RestoreOptions,
+) -> Result<()> {
     crate::failpoint!("restore-before-sync");
     let mut written = vec![data_dir.to_owned(), data_dir.join("pg_wal")];
     for tablespace in &manifest.tablespaces {
@@ -333,8 +340,8 @@ impl Layout {
     /// the data directory or a tablespace location is a symlink another user made, or when a
     /// tablespace left where the manifest says resolves (symlinks followed) into a system
     /// directory or the repository.
-    fn checked(
-        manifest: &Manifest,
+    fn checked<F>(
+        manifest: &ManifestOf<F>,
         options: &RestoreOptions,
         repo_root: Option<&Path>,
     ) -> Result<Layout> {
@@ -509,7 +516,7 @@ mod tests {
         )
     }
 
-    fn with_tablespace(location: &Path) -> Manifest {
+    fn with_tablespace(location: &Path) -> crate::backup::manifest::Manifest {
         let mut m = crate::backup::retention::tests::full(1, 1);
         m.tablespaces = vec![crate::backup::manifest::Tablespace {
             oid: 16385,

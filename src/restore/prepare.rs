@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use super::{location_of, write_file, RestoreOptions};
-use crate::backup::manifest::Manifest;
+use crate::backup::entries::SpilledManifest;
 use crate::postgres::bootstrap::INCOMPLETE_MARKER;
 use crate::postgres::data_dir::{Marker, Unfinished};
 
@@ -113,15 +113,19 @@ pub(super) fn empty(data_dir: &Path) -> Result<()> {
 /// it holds stays, to be compared; so does the marker.
 pub(super) fn clear_for_delta(
     data_dir: &Path,
-    manifest: &Manifest,
+    manifest: &SpilledManifest,
     options: &RestoreOptions,
 ) -> Result<()> {
-    let files: std::collections::HashSet<&str> = manifest
+    // The one list of a restore held whole: the paths of a delta restore's files.
+    let mut files: std::collections::HashSet<String> = [INCOMPLETE_MARKER.to_owned()].into();
+    for file in manifest
         .files
+        .sorted
         .iter()
-        .map(|f| f.path.as_str())
-        .chain([INCOMPLETE_MARKER])
-        .collect();
+        .context("read back the backup's files")?
+    {
+        files.insert(file.context("read back the backup's files")?.path);
+    }
     let dirs: std::collections::HashSet<&str> = manifest
         .directories
         .iter()

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::backup::catalog;
-use crate::backup::manifest::Manifest;
+use crate::backup::entries::SpilledManifest;
 use crate::config::{Config, RestoreTestConfig, RestoreTestTarget};
 use crate::postgres::ready::Target;
 use crate::postgres::server::Server;
@@ -276,7 +276,7 @@ impl<'a> Test<'a> {
     async fn pick_backup(
         &self,
         report: &mut RestoreTestReport,
-    ) -> Result<(BinDir, &'a Repo, Manifest), Failed> {
+    ) -> Result<(BinDir, &'a Repo, SpilledManifest), Failed> {
         let config = self.resources.config;
         let path_var = std::env::var("PATH").ok();
         let bin = BinDir::find(
@@ -317,7 +317,7 @@ impl<'a> Test<'a> {
     async fn restore(
         &self,
         repo: &Repo,
-        manifest: &Manifest,
+        manifest: &SpilledManifest,
         dir: &Path,
         report: &mut RestoreTestReport,
     ) -> Result<PathBuf, Failed> {
