@@ -60,6 +60,10 @@ pub struct Bundling {
 /// Smallest bundle worth a request of its own when there is little to pack.
 const MIN_BUNDLE: u64 = 4 << 20;
 
+/// Files in one bundle at most: what a bundle in flight holds in memory is a few hundred
+/// bytes per member, so a bundle of tiny (or empty) files must not take them all.
+const MAX_MEMBERS: usize = 4096;
+
 /// Packs the work that fits into bundles as it comes, numbered from 0; the rest passes
 /// through. A bundle holds up to `bundling.size`, less when there is little to pack, so
 /// that the bundles still keep the workers busy.
@@ -98,7 +102,7 @@ impl Bundler {
         let Some(size) = size else {
             return Some(item);
         };
-        let full = (!self.current.is_empty() && self.filled + size > self.target)
+        let full = (self.filled + size > self.target || self.current.len() >= MAX_MEMBERS)
             .then(|| self.take())
             .flatten();
         self.filled += size;
@@ -840,11 +844,15 @@ mod tests {
             size: 64 * MIB,
             file_max: MIB,
         };
-        // 100,000 files of 8 KiB: 781 MiB, 8 workers: bundles of about 49 MiB.
-        let work: Vec<Work> = (0..100_000).map(|_| whole(8192)).collect();
+        // 30,000 files of 32 KiB: 938 MiB, 8 workers: bundles of about 59 MiB.
+        let work: Vec<Work> = (0..30_000).map(|_| whole(32 << 10)).collect();
         let (bundles, rest) = shape(&bundle(work, bundling, 8));
         assert_eq!(rest, 0);
         assert!((16..=17).contains(&bundles.len()), "{}", bundles.len());
+        // 100,000 files of 8 KiB would make bundles of 49 MiB: at most 4,096 files each.
+        let work: Vec<Work> = (0..100_000).map(|_| whole(8192)).collect();
+        let (bundles, _) = shape(&bundle(work, bundling, 8));
+        assert_eq!(bundles.len(), 25);
         // A small bundle size caps them.
         let small = Bundling {
             size: 4 * MIB,
@@ -853,6 +861,21 @@ mod tests {
         let work: Vec<Work> = (0..10_000).map(|_| whole(8192)).collect();
         let (bundles, _) = shape(&bundle(work, small, 2));
         assert_eq!(bundles.len(), 20, "78 MiB in 4 MiB bundles");
+    }
+
+    #[test]
+    fn a_bundle_holds_a_bounded_number_of_files_however_small() {
+        let bundling = Bundling {
+            size: 64 * MIB,
+            file_max: MIB,
+        };
+        let work: Vec<Work> = (0..10_000).map(|_| whole(0)).collect();
+        let (bundles, rest) = shape(&bundle(work, bundling, 8));
+        assert_eq!(rest, 0);
+        assert_eq!(
+            bundles.iter().map(|b| b.1).collect::<Vec<_>>(),
+            [MAX_MEMBERS, MAX_MEMBERS, 10_000 - 2 * MAX_MEMBERS]
+        );
     }
 
     #[test]

@@ -412,24 +412,24 @@ async fn finish(
         created_by: format!("pgward {}", env!("CARGO_PKG_VERSION")),
     };
     crate::failpoint!("backup-before-manifest");
-    // Encoded as it is serialized, the files read back from where they were set aside:
-    // only the compressed manifest is held, once.
-    let (manifest, encoded) = repo
-        .encode_written("the manifest", move |out| {
-            let manifest = manifest.with_files(StreamedFiles::new(files.iter()?));
-            serde_json::to_writer_pretty(out, &manifest)?;
-            Ok(manifest.with_files(()))
-        })
-        .await
-        .context("encode the manifest")?;
+    // Written out as it is serialized, the files read back from where they were set aside,
+    // then stored from that file (compressed as it is read): never held in memory.
+    let (manifest, written) = tokio::task::spawn_blocking(move || {
+        let mut out = std::io::BufWriter::new(tempfile::tempfile()?);
+        let manifest = manifest.with_files(StreamedFiles::new(files.iter()?));
+        serde_json::to_writer_pretty(&mut out, &manifest)?;
+        let written = out.into_inner().map_err(|e| e.into_error())?;
+        std::io::Result::Ok((manifest.with_files(()), written))
+    })
+    .await
+    .context("join the writing of the manifest")?
+    .context("write the manifest (in TMPDIR)")?;
     let key = manifest_key(&id);
+    let never = CancellationToken::new();
     // Create-only: a retry after a put whose answer was lost finds its own manifest.
-    retry(
-        &options.retry,
-        &CancellationToken::new(),
-        "store the manifest",
-        || repo.put_encoded_object(&key, &encoded, PutMode::Create),
-    )
+    retry(&options.retry, &never, "store the manifest", || {
+        repo.put_opened_create(&key, &written, Path::new("the manifest"), &never)
+    })
     .await
     .context("store the manifest")?;
     tracing::info!(
