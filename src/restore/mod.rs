@@ -15,8 +15,9 @@
 //! 2 × `concurrency` files are open at once (`files`), however many the backup holds.
 //!
 //! A manifest is untrusted input (whoever can write to the repository writes manifests, and
-//! a restore runs as root): before anything is written, every path in it is checked
-//! ([`Manifest::validate`]) and so is where it leads on this host (no tablespace into a
+//! a restore runs as root): before anything is written, every path in it is checked (as
+//! [`Manifest::validate`](crate::backup::manifest::Manifest::validate) does; the files as
+//! the manifest is read) and so is where it leads on this host (no tablespace into a
 //! system directory, no symlink made by another user on the way). While the restore runs,
 //! the data directory and the tablespace locations belong to root alone; a path of the
 //! manifest is never reached through a symlink the restore did not make (a tablespace's
