@@ -49,6 +49,17 @@ pub enum RepoError {
 }
 
 impl RepoError {
+    /// Whether `e` only says the work was cancelled (by its caller, or after another part of
+    /// it failed): a [`RepoError::Cancelled`] anywhere in its chain.
+    pub fn only_cancelled(e: &anyhow::Error) -> bool {
+        e.chain().any(|cause| {
+            matches!(
+                cause.downcast_ref::<RepoError>(),
+                Some(RepoError::Cancelled)
+            )
+        })
+    }
+
     /// True when trying again cannot help: the answer was definite (absent, conflict, corrupt,
     /// refused) or the request itself is wrong. Transient storage and network errors are not
     /// permanent; object_store has already retried each request by then.

@@ -337,21 +337,11 @@ fn real_failure(results: Vec<Result<()>>) -> Result<()> {
     match results
         .into_iter()
         .filter_map(Result::err)
-        .find(|e| !is_cancelled(e))
+        .find(|e| !RepoError::only_cancelled(e))
     {
         Some(first) => Err(first),
         None => Ok(()),
     }
-}
-
-/// Whether `e` only says the restore was cancelled (by the caller, or after another job failed).
-fn is_cancelled(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| {
-        matches!(
-            cause.downcast_ref::<crate::repo::RepoError>(),
-            Some(crate::repo::RepoError::Cancelled)
-        )
-    })
 }
 
 /// The error for object `key` of the backup missing from the repository.

@@ -487,6 +487,18 @@ impl Archiver {
                 state.done.insert(name.to_owned(), (outcome, id));
                 Ok((outcome, id))
             }
+            // Stopped by pgward's shutdown: not a failure; postgres asks again at its next
+            // start (the segment is still `.ready`).
+            Err(e)
+                if self.inner.cancel.is_cancelled()
+                    && crate::repo::RepoError::only_cancelled(&e) =>
+            {
+                tracing::info!(
+                    file = name,
+                    "archiving stopped by the shutdown; postgres asks for it again at its next start"
+                );
+                Err("archiving stopped by the shutdown".to_owned())
+            }
             Err(e) => {
                 let message = crate::repo::with_hint(&e);
                 metrics::counter!("pgward_wal_pushed_total", "result" => "failed").increment(1);
