@@ -1,7 +1,7 @@
-//! Base backups: taking them (`take`: what to copy is `walk`'s, storing it `copy`'s,
-//! `block_delta` picks the blocks an incremental reads, `exclusive` keeps it the only backup
-//! running, `control_copy` copies `pg_control` last and checked, `complete` checks it before
-//! its manifest),
+//! Base backups: taking them (`take`: what to copy is `walk`'s, storing it `copy`'s, the
+//! entries of what was stored are gathered off memory by `entries`, `block_delta` picks the
+//! blocks an incremental reads, `exclusive` keeps it the only backup running, `control_copy`
+//! copies `pg_control` last and checked, `complete` checks it before its manifest),
 //! the catalogue of complete ones (`catalog`), which of them a cluster's lineage holds
 //! (`lineage`), what a backup is in the repository
 //! (`manifest`) and in words (`summary`), checking one without restoring it (`verify`), and

@@ -117,7 +117,6 @@ async fn take_leased(
         true => latest_of_lineage(repo, cluster, &complete).await?,
         false => None,
     };
-    // Its files set aside, each matched with the data directory's by path.
     take(
         repo,
         cluster,
