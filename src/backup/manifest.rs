@@ -512,27 +512,17 @@ impl Manifest {
 
 /// [`Manifest::validate`] of one file entry of backup `id`.
 pub fn validate_file(id: &str, file: &FileEntry) -> Result<(), InvalidManifest> {
-    let invalid = |entry: &str, what: &str, problem: &str| InvalidManifest {
-        backup: id.to_owned(),
-        entry: entry.to_owned(),
-        what: what.to_owned(),
-        problem: problem.to_owned(),
-        hint: TAMPERED_HINT.to_owned(),
-    };
-    let check_id = |holder: &str, what: &str| {
-        BackupId::parse(holder)
-            .map(|_| ())
-            .map_err(|_| invalid(holder, what, "is not a backup id"))
-    };
     if let Some(problem) = relative_path_problem(&file.path) {
-        return Err(invalid(&file.path, "a file", problem));
+        return Err(InvalidManifest::tampered(id, &file.path, "a file", problem));
     }
-    check_id(
+    check_holder(
+        id,
         &file.stored_in,
         &format!("the backup holding {}", file.path),
     )?;
     for part in &file.parts {
-        check_id(
+        check_holder(
+            id,
             &part.stored_in,
             &format!("the backup holding a part of {}", file.path),
         )?;
@@ -540,21 +530,34 @@ pub fn validate_file(id: &str, file: &FileEntry) -> Result<(), InvalidManifest> 
     Ok(())
 }
 
+impl InvalidManifest {
+    /// Entry `entry` (`what`) of backup `backup`'s manifest, which pgward never writes so.
+    fn tampered(backup: &str, entry: &str, what: &str, problem: &str) -> InvalidManifest {
+        InvalidManifest {
+            backup: backup.to_owned(),
+            entry: entry.to_owned(),
+            what: what.to_owned(),
+            problem: problem.to_owned(),
+            hint: TAMPERED_HINT.to_owned(),
+        }
+    }
+}
+
+/// That `id`, named in backup `backup`'s manifest as `what`, is a backup id.
+fn check_holder(backup: &str, id: &str, what: &str) -> Result<(), InvalidManifest> {
+    BackupId::parse(id)
+        .map(|_| ())
+        .map_err(|_| InvalidManifest::tampered(backup, id, what, "is not a backup id"))
+}
+
 impl<F> ManifestOf<F> {
     /// [`Manifest::validate`] of all but the files (see [`validate_file`]).
     pub fn validate_head(&self, placement: Option<&Placement>) -> Result<(), InvalidManifest> {
         let invalid = |entry: &str, what: &str, problem: &str, hint: &str| InvalidManifest {
-            backup: self.id.clone(),
-            entry: entry.to_owned(),
-            what: what.to_owned(),
-            problem: problem.to_owned(),
             hint: hint.to_owned(),
+            ..InvalidManifest::tampered(&self.id, entry, what, problem)
         };
-        let check_id = |id: &str, what: &str| {
-            BackupId::parse(id)
-                .map(|_| ())
-                .map_err(|_| invalid(id, what, "is not a backup id", TAMPERED_HINT))
-        };
+        let check_id = |id: &str, what: &str| check_holder(&self.id, id, what);
         check_id(&self.id, "the backup's id")?;
         if let Some(parent) = &self.parent {
             check_id(parent, "the parent backup")?;
