@@ -12,8 +12,9 @@
 //! they have no name another user could open, replace or link to, and vanish with the
 //! process. They go in `TMPDIR` (`/tmp` without it), which the caller documents.
 //!
-//! Blocking: writing a run and reading the merge do file I/O; [`Spill::push`] and
-//! [`Spill::finish`] move that off the async runtime, [`Sorted::iter`] is for blocking code.
+//! Blocking: writing a run and reading the merge do file I/O; [`Spill::push`],
+//! [`Spill::finish`] and [`Sorted::stream`] move that off the async runtime, [`Sorted::iter`]
+//! is for blocking code.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -22,6 +23,7 @@ use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
+use futures_util::Stream;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -265,6 +267,36 @@ impl<T: DeserializeOwned + Clone> Sorted<T> {
         }
         Ok(Box::new(Merge::new(&self.runs, self.order)?))
     }
+
+    /// The items in order, for async code: read on a blocking thread at most `ahead` items
+    /// before the reader. Reading stops at the first error, or when the stream is dropped;
+    /// past its end the stream keeps saying so.
+    pub fn stream(self, ahead: usize) -> impl Stream<Item = io::Result<T>> + Send + 'static
+    where
+        T: Send + Sync + 'static,
+    {
+        let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<T>>(ahead.max(1));
+        tokio::task::spawn_blocking(move || {
+            let items = match self.iter() {
+                Ok(items) => items,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            };
+            for item in items {
+                let failed = item.is_err();
+                // Nobody reads on: the stream was dropped.
+                if tx.blocking_send(item).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        // Fused: it may be asked again after its end.
+        futures_util::StreamExt::fuse(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|i| (i, rx))
+        }))
+    }
 }
 
 /// A k-way merge of sorted runs.
@@ -441,6 +473,18 @@ mod tests {
         let sorted = spill.finish().await.unwrap();
         assert_eq!(sorted.runs.len(), 10, "9 full runs and the rest");
         let read: Vec<u32> = sorted.iter().unwrap().map(|i| i.unwrap().0).collect();
+        assert_eq!(read, (0..95).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_stream_reads_the_runs_in_order_off_the_runtime() {
+        use futures_util::StreamExt;
+        let mut spill = Spill::new(by_value, 10);
+        for n in scrambled(95) {
+            spill.push(item(n)).await.unwrap();
+        }
+        let sorted = spill.finish().await.unwrap();
+        let read: Vec<u32> = sorted.stream(3).map(|i| i.unwrap().0).collect().await;
         assert_eq!(read, (0..95).collect::<Vec<_>>());
     }
 

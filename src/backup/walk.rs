@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use super::exclude::{rule, Rule};
@@ -301,41 +301,25 @@ fn with_earlier(files: &Sorted<Found>, parent: &Sorted<FileEntry>) -> Result<Sor
 /// A file to back up, and its entry in the parent backup (for an incremental).
 pub(super) type ToCopy = (Source, Option<FileEntry>);
 
+/// Files read back ahead of the copy.
+const SOURCES_AHEAD: usize = 256;
+
 /// Files found by a walk of `data_dir`, read back in their order, as the copy's sources.
 pub(super) fn sources(
     files: Sorted<Found>,
     data_dir: &Path,
 ) -> impl Stream<Item = Result<ToCopy>> + Send + 'static {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<ToCopy>>(256);
     let data_dir = data_dir.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let read = match files.iter() {
-            Ok(read) => read,
-            Err(e) => {
-                let _ = tx.blocking_send(Err(e).context("read back the list of files to copy"));
-                return;
-            }
+    files.stream(SOURCES_AHEAD).map(move |found| {
+        let found = found.context("read back the list of files to copy")?;
+        let source = Source {
+            abs: data_dir.join(&found.path),
+            path: found.path,
+            mode: found.mode,
+            len: found.len,
         };
-        for found in read {
-            let source = found
-                .map(|f| {
-                    let source = Source {
-                        abs: data_dir.join(&f.path),
-                        path: f.path,
-                        mode: f.mode,
-                        len: f.len,
-                    };
-                    (source, f.earlier)
-                })
-                .context("read back the list of files to copy");
-            let failed = source.is_err();
-            // The copy stopped (an error, or cancelled): nobody reads on.
-            if tx.blocking_send(source).is_err() || failed {
-                return;
-            }
-        }
-    });
-    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|s| (s, rx)) })
+        Ok((source, found.earlier))
+    })
 }
 
 #[cfg(test)]

@@ -60,8 +60,8 @@ const RUN_LEN: usize = if cfg!(feature = "failpoints") {
     8192
 };
 
-/// Units read ahead of the workers.
-const UNITS_AHEAD: usize = 4;
+/// Files read back ahead of the workers.
+const FILES_AHEAD: usize = 256;
 
 /// Writes the backup's files, `concurrency` at a time; a parted file's parts in rounds (a
 /// part after every earlier part it overlaps). With `--delta`, files that already hold the
@@ -206,51 +206,37 @@ fn in_restore_order(by_path: &Sorted<FileEntry>) -> Result<Sorted<FileEntry>> {
 }
 
 /// The files (in [`restore_order`]) as units: each file stored on its own, then each
-/// bundle's members together. Read on a blocking thread a few units ahead.
+/// bundle's members together. Read on a blocking thread a few files ahead.
 fn units(files: Sorted<FileEntry>) -> impl Stream<Item = Result<Unit>> + Send + 'static {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Unit>>(UNITS_AHEAD);
-    tokio::task::spawn_blocking(move || {
-        let send = |unit: Result<Unit>| tx.blocking_send(unit).is_ok();
-        let read = match files.iter() {
-            Ok(read) => read,
-            Err(e) => {
-                send(Err(e).context("read back the backup's files"));
-                return;
-            }
+    let read_back =
+        |e: std::io::Error| anyhow::Error::new(e).context("read back the backup's files");
+    let entries = Box::pin(files.stream(FILES_AHEAD));
+    // The state: the files still to read, and the first file of the next unit, when the
+    // unit before ended on it.
+    stream::unfold((entries, None), move |(mut entries, next)| async move {
+        let first = match next {
+            Some(first) => first,
+            None => match entries.next().await? {
+                Ok(first) => first,
+                Err(e) => return Some((Err(read_back(e)), (entries, None))),
+            },
         };
-        let mut bundle: Option<(String, Vec<FileEntry>)> = None;
-        for file in read {
-            let file = match file {
-                Ok(file) => file,
-                Err(e) => {
-                    send(Err(e).context("read back the backup's files"));
-                    return;
+        if !in_bundle(&first) {
+            return Some((Ok(Unit::File(first)), (entries, None)));
+        }
+        let key = first.key();
+        let mut members = vec![first];
+        loop {
+            match entries.next().await {
+                Some(Ok(file)) if in_bundle(&file) && file.key() == key => members.push(file),
+                Some(Ok(file)) => {
+                    return Some((Ok(Unit::Bundle(key, members)), (entries, Some(file))))
                 }
-            };
-            if !in_bundle(&file) {
-                if !send(Ok(Unit::File(file))) {
-                    return;
-                }
-                continue;
-            }
-            let key = file.key();
-            match &mut bundle {
-                Some((current, members)) if *current == key => members.push(file),
-                _ => {
-                    if let Some((key, members)) = bundle.take() {
-                        if !send(Ok(Unit::Bundle(key, members))) {
-                            return;
-                        }
-                    }
-                    bundle = Some((key, vec![file]));
-                }
+                Some(Err(e)) => return Some((Err(read_back(e)), (entries, None))),
+                None => return Some((Ok(Unit::Bundle(key, members)), (entries, None))),
             }
         }
-        if let Some((key, members)) = bundle {
-            send(Ok(Unit::Bundle(key, members)));
-        }
-    });
-    stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|u| (u, rx)) })
+    })
 }
 
 /// The files of one bundle: the bundle read once, each member written beside its place and
