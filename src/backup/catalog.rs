@@ -7,7 +7,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::de::DeserializeOwned;
 
 use super::entries::SpilledFiles;
-use super::entries::SpilledManifest;
 use super::lineage::Lineage;
 use super::manifest::{
     check_backup_id, manifest_key, validate_file, FileEntry, InvalidManifest, Manifest, ManifestOf,
@@ -81,11 +80,6 @@ pub async fn read_manifest<F: FileList>(repo: &Repo, id: &str) -> Result<Manifes
     manifest.validate_head(None)?;
     manifest.files.validate(&manifest.id)?;
     Ok(manifest)
-}
-
-/// [`read_manifest`], its files set aside sorted by path rather than held.
-pub async fn read_manifest_spilled(repo: &Repo, id: &str) -> Result<SpilledManifest> {
-    read_manifest(repo, id).await
 }
 
 /// The manifest of backup `id` as stored: parsed and its format checked, its paths not.

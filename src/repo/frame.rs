@@ -15,8 +15,7 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 
-use super::codec::{Codec, Compressor, Decompressor, Encoder};
-use super::tally::Counted;
+use super::codec::{Codec, Compressor, Decompressor};
 
 const MAGIC: &[u8; 6] = b"PGWARD";
 const TRAILER_MAGIC: &[u8; 8] = b"PGWARDTR";
@@ -170,30 +169,6 @@ fn hash_chunks(
         len,
         checksum: Checksum(*hasher.finalize().as_bytes()),
     })
-}
-
-/// Encodes what `produce` writes into a new buffer: header, compressed payload, trailer. Only
-/// the compressed form is held, never the content whole (a manifest of many files is large,
-/// and compresses well). Returns what `produce` returned.
-pub(crate) fn encode_written<T>(
-    codec: Codec,
-    level: i32,
-    produce: impl FnOnce(&mut dyn Write) -> io::Result<T>,
-) -> io::Result<(T, Digest, Vec<u8>)> {
-    let mut sink = Vec::new();
-    sink.write_all(&header(codec))?;
-    let mut content = Counted::new(Encoder::new(codec, level, sink)?);
-    let value = {
-        // Serializers write in small pieces: the encoder gets them in large ones.
-        let mut buffered = io::BufWriter::with_capacity(BUF_LEN, &mut content);
-        let value = produce(&mut buffered)?;
-        buffered.flush()?;
-        value
-    };
-    let digest = content.tally.digest();
-    let mut sink = content.inner.finish()?;
-    sink.write_all(&trailer(digest))?;
-    Ok((value, digest, sink))
 }
 
 /// Encodes an in-memory buffer into a new one.

@@ -81,7 +81,6 @@ pub use frame::{Checksum, TRAILER_LEN};
 pub use layout::{wal_key, REPO_META};
 pub use lease::{Lease, LeaseInfo, LeaseState, Taken};
 pub use meta::{RepoMeta, FORMAT_VERSION};
-pub use put::EncodedObject;
 pub use retry::{retry, retry_to_end, RetryPolicy};
 pub use settings::{AzureConfig, GcsConfig, S3Config, StorageConfig, StorageRetryConfig};
 pub use staged::StagedObject;

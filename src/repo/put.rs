@@ -140,43 +140,9 @@ impl Repo {
             frame::encode_bytes(&bytes, codec, level).map_err(|e| RepoError::io("<memory>", e))
         })
         .await?;
-        let object = EncodedObject {
-            digest,
-            bytes: Bytes::from(encoded),
-        };
-        self.put_encoded_object(key, &object, mode).await
-    }
-
-    /// Encodes what `produce` writes (on a blocking thread), holding only the compressed
-    /// form: an object to put with [`Repo::put_encoded_object`], as often as a retry needs,
-    /// without encoding it again. Returns what `produce` returned beside it.
-    pub async fn encode_written<T: Send + 'static>(
-        &self,
-        what: &str,
-        produce: impl FnOnce(&mut dyn Write) -> io::Result<T> + Send + 'static,
-    ) -> Result<(T, EncodedObject), RepoError> {
-        let (codec, level) = (self.inner.codec, self.inner.level);
-        let (value, digest, encoded) =
-            blocking(move || Ok(frame::encode_written(codec, level, produce)))
-                .await?
-                .map_err(|e| RepoError::io(what, e))?;
-        let encoded = EncodedObject {
-            digest,
-            bytes: Bytes::from(encoded),
-        };
-        Ok((value, encoded))
-    }
-
-    /// Stores `object` (from [`Repo::encode_written`]) at `key`, as [`Repo::put_bytes`] would.
-    pub async fn put_encoded_object(
-        &self,
-        key: &str,
-        object: &EncodedObject,
-        mode: PutMode,
-    ) -> Result<PutOutcome, RepoError> {
-        let path = self.path(key, self.inner.codec)?;
+        let path = self.path(key, codec)?;
         let outcome = self
-            .put_encoded(key, &path, vec![object.bytes.clone()], object.digest, mode)
+            .put_encoded(key, &path, vec![Bytes::from(encoded)], digest, mode)
             .await?;
         self.make_durable(key, &path, &outcome).await?;
         Ok(outcome)
@@ -542,13 +508,6 @@ pub(super) async fn upload_part(
     }
     upload.put(chunk);
     Ok(())
-}
-
-/// An object encoded in memory by [`Repo::encode_written`], ready to be put; cheap to clone.
-#[derive(Debug, Clone)]
-pub struct EncodedObject {
-    digest: Digest,
-    bytes: Bytes,
 }
 
 /// The encoder's output, cut into [`CHUNK`]s for the uploader.
