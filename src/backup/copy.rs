@@ -81,11 +81,8 @@ impl Bundler {
     fn new(bundling: Bundling, small_bytes: u64, concurrency: usize) -> Bundler {
         let spread = small_bytes.div_ceil(2 * concurrency.max(1) as u64);
         Bundler {
-            file_max: if bundling.size == 0 {
-                0
-            } else {
-                bundling.file_max
-            },
+            file_max: bundling.file_max,
+            // 0 with no bundles: nothing is packed.
             target: spread.max(MIN_BUNDLE).min(bundling.size),
             current: Vec::new(),
             filled: 0,
