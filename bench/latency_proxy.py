@@ -25,7 +25,9 @@ How it works (Python standard library only, asyncio):
   discarded; nothing reaches the upstream. Requests sent with a chunked body close the
   connection after the answer, since their end is not known without decoding.
 - With --trace, each request is also appended to FILE as it arrives (unix time, method,
-  target): the sequence of an operation's requests, to see which ones wait on each other.
+  target), and again when its answer starts (unix time, `<`, status, milliseconds since the
+  request arrived, delay included, method, target): the sequence of an operation's requests,
+  to see which ones wait on each other and which the server is slow to answer.
 - Counts (requests; per method; per first key segment, the "prefix", e.g. `cluster-3`; PUTs that
   create an object, i.e. not a multipart part; 503s answered) go to --stats as JSON, rewritten
   (temp + rename) at most every 0.5 s when they changed, at once on SIGUSR1, and on exit
@@ -87,6 +89,16 @@ class Stats:
         ):
             c["object_puts"] += 1
         self.dirty = True
+
+    def answered(self, request, status):
+        """Traces the start of the answer to `request` (arrival time, method, target)."""
+        if self.trace is not None and request is not None:
+            now = time.time()
+            t0, method, target = request
+            self.trace.write(
+                "%.3f < %s %.0fms %s %s\n" % (now, status, (now - t0) * 1000, method, target)
+            )
+            self.trace.flush()
 
     def write(self):
         self.seq += 1
@@ -164,6 +176,8 @@ class Connection:
         # True at the start and whenever response bytes went to the client since the client
         # last sent: the next client bytes begin a new request.
         self.turnaround = True
+        # (arrival time, method, target) of the request waiting for its answer, for --trace.
+        self.waiting = None
 
     async def run(self):
         self.proxy.stats.c["connections"] += 1
@@ -190,6 +204,7 @@ class Connection:
                 self.turnaround = False
                 header, rest = await read_header(self.client_r, data)
                 method, target, fields = parse_header(header)
+                self.waiting = (time.time(), method, target)
                 self.proxy.stats.request(method, target)
                 if self.proxy.delay > 0:
                     await asyncio.sleep(self.proxy.delay)
@@ -231,6 +246,10 @@ class Connection:
                 data = await self.up_r.read(65536)
                 if not data:
                     break
+                if self.waiting is not None:
+                    status = data[9:12].decode("latin-1", "replace")
+                    self.proxy.stats.answered(self.waiting, status)
+                    self.waiting = None
                 self.turnaround = True
                 self.client_w.write(data)
                 await self.client_w.drain()

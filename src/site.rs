@@ -128,13 +128,20 @@ impl Site {
     /// `repo.json` (written on first use): WAL and backups of another cluster or major version
     /// are refused.
     pub async fn cluster(&self) -> Result<ClusterIdentity> {
-        let repo = self.repo()?;
         let identity = ClusterIdentity::read(self.data_dir()).await?;
+        self.check_repository(&identity).await?;
+        Ok(identity)
+    }
+
+    /// The check of [`Site::cluster`] against the repository's `repo.json`, for `identity`
+    /// as read from the data directory.
+    async fn check_repository(&self, identity: &ClusterIdentity) -> Result<()> {
+        let repo = self.repo()?;
         let expected = RepoMeta::new(identity.pg_major, identity.system_identifier);
         repo.ensure_meta(&expected)
             .await
             .with_context(|| format!("check repository {}", repo.describe()))?;
-        Ok(identity)
+        Ok(())
     }
 
     /// Refuses `what`, a write into the repository, when this cluster is a copy of the one the
@@ -318,14 +325,17 @@ impl Site {
         self.refuse_if_copy("a backup")?;
         // The server's user must be known (as root) before anything starts.
         self.run_as()?;
-        let identity = self.cluster().await?;
+        let repo = self.repo()?;
+        let identity = ClusterIdentity::read(self.data_dir()).await?;
         let target = self.target();
         let cluster = Cluster {
             target: &target,
             data_dir: self.data_dir(),
             identity,
         };
-        take_backup(self.repo()?, &cluster, incremental, options, cancel).await
+        // The repository's identity is checked while the backup lease is read.
+        let checked = self.check_repository(&identity);
+        take_backup(repo, &cluster, checked, incremental, options, cancel).await
     }
 
     /// Runs every health check on this cluster and its repository.

@@ -311,7 +311,9 @@ mod tests {
         store(&repo, &f, true).await;
         store(&repo, &i1, true).await;
         store(&repo, &i2, false).await;
-        let (lease, ()) = take_backup_lease(&repo, Duration::from_secs(60), || async {})
+        let (lease, ()) =
+            take_backup_lease(&repo, Duration::from_secs(60), async { Ok(()) }, || async {
+            })
             .await
             .unwrap();
         lease.set_subject(&i2.id).await.unwrap();

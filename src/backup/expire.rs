@@ -17,7 +17,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
-use futures_util::{stream, StreamExt, TryStreamExt};
 
 use super::catalog;
 use super::exclusive;
@@ -27,9 +26,6 @@ use super::retention::{self, Policy, Selection, WalDeletion};
 use crate::postgres::wal::{SegmentName, TimelineId};
 use crate::repo::layout::{backup_prefix, WAL_PREFIX};
 use crate::repo::{LeaseInfo, Repo};
-
-/// Deletions in flight at once.
-const DELETE_CONCURRENCY: usize = 8;
 
 /// What `expire` deletes, decided before anything is.
 #[derive(Debug)]
@@ -222,17 +218,12 @@ pub async fn execute(repo: &Repo, plan: &Plan) -> Result<()> {
     Ok(())
 }
 
-/// Deletes `keys`, a few at a time; how many.
+/// Deletes `keys` (in batches, as the store allows); how many.
 async fn delete_all(repo: &Repo, keys: Vec<String>) -> Result<usize> {
-    stream::iter(keys)
-        .map(|key| async move {
-            repo.delete(&key)
-                .await
-                .with_context(|| format!("delete {key}"))
-        })
-        .buffer_unordered(DELETE_CONCURRENCY)
-        .try_fold(0, |n, ()| async move { Ok(n + 1) })
+    repo.delete_keys(&keys)
         .await
+        .context("delete objects of the repository")?;
+    Ok(keys.len())
 }
 
 #[cfg(test)]

@@ -9,8 +9,9 @@
 //! lease (`exclusive`) from before its id is chosen until it ends.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use chrono::Utc;
@@ -38,6 +39,10 @@ use crate::postgres::wal::{Lsn, TimelineId};
 use crate::postgres::ClusterIdentity;
 use crate::repo::{retry, Lease, PutMode, Repo, RetryPolicy};
 use crate::spill::Sorted;
+
+/// How long the checks before the manifest stay fresh: run while the WAL is awaited, they run
+/// again when the WAL took longer than this.
+const CHECKS_FRESH: Duration = Duration::from_secs(1);
 
 /// How a backup runs.
 #[derive(Debug, Clone)]
@@ -73,17 +78,22 @@ pub struct Cluster<'a> {
 
 /// Takes a backup of `cluster` into `repo` (the `backup` command and job action): full, or,
 /// with `incremental`, on top of the latest complete backup (full when there is none).
+/// `repo_checked`: the check that `repo` is the cluster's (its `repo.json`), which runs
+/// while the backup lease is read and must pass before anything is written.
 pub async fn take_backup(
     repo: &Repo,
     cluster: &Cluster<'_>,
+    repo_checked: impl Future<Output = Result<()>>,
     incremental: bool,
     options: &BackupOptions,
     cancel: &CancellationToken,
 ) -> Result<Completed> {
     // One listing, under the lease: the ids in use, what never completed, and what an
     // incremental may build on.
-    let (lease, objects) =
-        take_backup_lease(repo, options.lease_ttl, || catalog::objects_by_backup(repo)).await?;
+    let (lease, objects) = take_backup_lease(repo, options.lease_ttl, repo_checked, || {
+        catalog::objects_by_backup(repo)
+    })
+    .await?;
     let taken = match objects {
         Ok(objects) => {
             take_leased(repo, cluster, objects, incremental, options, &lease, cancel).await
@@ -263,21 +273,33 @@ async fn take(
     let seg_size = wal_segment_size(&started.client).await?;
     let segments = segment_range(&started.start.wal, &stop.wal, seg_size)?;
     let archiver_said = || archiver_last_failure(&started.client);
-    // The label goes up while the archiver sends the stop segment.
-    tokio::try_join!(
-        store_labels(repo, id, &stop, options, cancel),
+    let check = || {
+        check_before_manifest(
+            repo,
+            lease,
+            id,
+            parent.map(|p| p.id.as_str()),
+            &files,
+            &tally.holders,
+            stop.tablespace_map.is_some(),
+        )
+    };
+    // The label goes up, and the checks before the manifest run, while the archiver sends
+    // the stop segment (two round trips fewer in a row); checks that are no longer fresh by
+    // the time the WAL is there run again, so that the lease is confirmed right before the
+    // manifest.
+    let labelled_and_checked = async {
+        store_labels(repo, id, &stop, options, cancel).await?;
+        check().await?;
+        anyhow::Ok(Instant::now())
+    };
+    let (checked_at, ()) = tokio::try_join!(
+        labelled_and_checked,
         wait_wal_range(repo, &segments, options.wal_wait, archiver_said, cancel)
     )?;
-    check_before_manifest(
-        repo,
-        lease,
-        id,
-        parent.map(|p| p.id.as_str()),
-        &files,
-        &tally.holders,
-        stop.tablespace_map.is_some(),
-    )
-    .await?;
+    if checked_at.elapsed() > CHECKS_FRESH {
+        check().await?;
+    }
     let contents = Contents {
         files,
         tally,

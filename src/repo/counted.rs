@@ -9,8 +9,10 @@
 //!
 //! What one count is: one call on the store, as the repository makes it. A call the storage
 //! client retries inside itself (`storage.retry`) counts once, with its final outcome; a
-//! listing counts once however many pages it reads; a bulk delete counts each object. A
-//! download counts when the store answers, not when its body has been read.
+//! listing counts once however many pages it reads; a bulk delete counts once per batch the
+//! store sends (S3's `DeleteObjects` takes 1,000 objects; elsewhere each object is its own
+//! request), and once more for each object it could not delete. A download counts when the
+//! store answers, not when its body has been read.
 //!
 //! Owns nothing else: no retries, no timing, no knowledge of keys.
 
@@ -191,18 +193,35 @@ pub fn counted(store: Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> {
     Arc::new(CountedStore::new(store, &REQUESTS))
 }
 
+/// [`counted`] for a store that deletes up to `batch` objects in one request.
+pub fn counted_bulk_delete(store: Arc<dyn ObjectStore>, batch: usize) -> Arc<dyn ObjectStore> {
+    Arc::new(CountedStore::new(store, &REQUESTS).with_delete_batch(batch))
+}
+
 /// An `ObjectStore` that counts the requests made of the one it wraps; see the module
 /// documentation.
 #[derive(Debug)]
 pub struct CountedStore {
     inner: Arc<dyn ObjectStore>,
     counters: &'static Counters,
+    /// Objects the store deletes in one request.
+    delete_batch: usize,
 }
 
 impl CountedStore {
     /// `inner`, counted in `counters` (the process's are [`counted`]'s).
     pub fn new(inner: Arc<dyn ObjectStore>, counters: &'static Counters) -> CountedStore {
-        CountedStore { inner, counters }
+        CountedStore {
+            inner,
+            counters,
+            delete_batch: 1,
+        }
+    }
+
+    /// Counts a bulk delete as one request per `batch` objects (the store's batch size).
+    pub fn with_delete_batch(mut self, batch: usize) -> CountedStore {
+        self.delete_batch = batch.max(1);
+        self
     }
 
     fn count<T>(&self, op: RequestOp, result: object_store::Result<T>) -> object_store::Result<T> {
@@ -278,10 +297,18 @@ impl ObjectStore for CountedStore {
         &self,
         locations: BoxStream<'static, object_store::Result<Path>>,
     ) -> BoxStream<'static, object_store::Result<Path>> {
-        let counters = self.counters;
+        let (counters, batch) = (self.counters, self.delete_batch);
+        // The store answers object by object, a batch's answers together and in order: the
+        // first answer of each batch stands for its request, and a failure for its own.
+        let mut answered = 0usize;
         self.inner
             .delete_stream(locations)
-            .inspect(move |result| counters.add(RequestOp::Delete, RequestResult::of(result)))
+            .inspect(move |result| {
+                if answered % batch == 0 || result.is_err() {
+                    counters.add(RequestOp::Delete, RequestResult::of(result));
+                }
+                answered += 1;
+            })
             .boxed()
     }
 
@@ -581,6 +608,21 @@ mod tests {
             counts(counters),
             [("put", "ok", 3), ("list", "ok", 2), ("delete", "ok", 2)]
         );
+    }
+
+    #[tokio::test]
+    async fn a_bulk_delete_counts_once_per_batch_the_store_sends() {
+        let (store, counters) = store();
+        let store = store.with_delete_batch(2);
+        let keys = ["d/1", "d/2", "d/3", "d/4", "d/5"];
+        let deleted: Vec<Path> = store
+            .delete_stream(futures_util::stream::iter(keys.map(|k| Ok(Path::from(k)))).boxed())
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(deleted.len(), 5);
+        // Batches of 2, 2 and 1.
+        assert_eq!(counts(counters), [("delete", "ok", 3)]);
     }
 
     #[test]

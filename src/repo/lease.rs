@@ -187,27 +187,38 @@ impl Repo {
     /// Takes lease `name` for `mine` if it is free (never taken, released, or expired), and
     /// keeps it renewed until [`Lease::release`]; else says who holds it.
     pub async fn try_lease(&self, name: &str, mine: LeaseInfo) -> Result<Taken, RepoError> {
+        let current = self.read_lease(name).await?;
         Ok(
-            match self.try_lease_beside(name, mine, || async {}).await? {
+            match self
+                .try_lease_beside(name, mine, current, || async {})
+                .await?
+            {
                 Ok((lease, ())) => Taken::Acquired(lease),
                 Err(holder) => Taken::Held(holder),
             },
         )
     }
 
-    /// [`Repo::try_lease`], running `beside` (work to do under the lease, such as a listing)
-    /// alongside the check that this process's generation is the highest, a round trip
-    /// saved. Its output comes with the acquired lease; a lost check discards it, and the next
-    /// attempt runs it again. `Err(holder)`: the lease is held by `holder`.
+    /// [`Repo::try_lease`] from `current`, the lease as [`Repo::read_lease`] read it just
+    /// before (the caller may read it beside other work), running `beside` (work to do under
+    /// the lease, such as a listing) alongside the check that this process's generation is
+    /// the highest, a round trip saved. Its output comes with the acquired lease; a lost check
+    /// discards it, and the next attempt runs it again. `Err(holder)`: the lease is held by
+    /// `holder`.
     pub async fn try_lease_beside<T, F: Future<Output = T>>(
         &self,
         name: &str,
         mine: LeaseInfo,
+        current: Option<LeaseState>,
         mut beside: impl FnMut() -> F,
     ) -> Result<Result<(Lease, T), LeaseInfo>, RepoError> {
         let ttl = Duration::from_secs(mine.ttl_seconds);
+        let mut first = Some(current);
         for _ in 0..10 {
-            let current = self.read_lease(name).await?;
+            let current = match first.take() {
+                Some(current) => current,
+                None => self.read_lease(name).await?,
+            };
             if let Some(current) = &current {
                 if current.info.is_live(Utc::now()) {
                     return Ok(Err(current.info.clone()));

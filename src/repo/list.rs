@@ -3,7 +3,6 @@
 
 use futures_util::StreamExt;
 use object_store::path::Path as ObjectPath;
-use object_store::ObjectStoreExt;
 
 use super::{Codec, ObjectSummary, PutMode, Repo, RepoError};
 
@@ -119,11 +118,34 @@ impl Repo {
 
     /// Deletes `key` under every codec; deleting an absent key succeeds.
     pub async fn delete(&self, key: &str) -> Result<(), RepoError> {
-        for codec in Codec::ALL {
-            let path = self.path(key, codec)?;
-            match self.inner.store.delete(&path).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(RepoError::storage(key, e)),
+        self.delete_keys(&[key.to_owned()]).await
+    }
+
+    /// Deletes each of `keys` under every codec, in as few requests as the store allows (on
+    /// S3 one request per thousand objects); deleting an absent key succeeds. An error names
+    /// the first of `keys`: some of them may be gone, and deleting again finishes the work.
+    pub async fn delete_keys(&self, keys: &[String]) -> Result<(), RepoError> {
+        let Some(first) = keys.first() else {
+            return Ok(());
+        };
+        let mut paths = Vec::with_capacity(keys.len() * Codec::ALL.len());
+        for key in keys {
+            for codec in Codec::ALL {
+                paths.push(Ok(self.path(key, codec)?));
+            }
+        }
+        let named = || match keys.len() {
+            1 => first.clone(),
+            n => format!("{first} (and {} more)", n - 1),
+        };
+        let mut answers = self
+            .inner
+            .store
+            .delete_stream(futures_util::stream::iter(paths).boxed());
+        while let Some(answer) = answers.next().await {
+            match answer {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(RepoError::storage(&named(), e)),
             }
         }
         Ok(())

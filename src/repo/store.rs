@@ -24,8 +24,11 @@ use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
 
-use super::counted::counted;
+use super::counted::{counted, counted_bulk_delete};
 use super::{RepoError, StorageConfig, StorageUrl};
+
+/// Objects object_store's S3 client deletes in one `DeleteObjects` request.
+const S3_DELETE_BATCH: usize = 1000;
 
 /// The clients of one store; see the module documentation.
 pub(crate) struct Stores {
@@ -57,6 +60,11 @@ pub(crate) fn build(cfg: &StorageConfig) -> Result<(Stores, String), RepoError> 
         };
         return Ok((stores, prefix));
     }
+    let counted = |store| match cfg.url {
+        // `DeleteObjects`: up to 1,000 objects a request.
+        StorageUrl::S3 { .. } => counted_bulk_delete(store, S3_DELETE_BATCH),
+        _ => counted(store),
+    };
     let stores = Stores {
         small: counted(client(cfg, Kind::Small)?),
         bulk: counted(client(cfg, Kind::Bulk)?),

@@ -316,3 +316,59 @@ async fn a_slowdown_storm_loses_no_wal_and_does_not_multiply_requests() {
         "{http:?} for {uploads_failed} failed uploads"
     );
 }
+
+/// Files below `dir`, recursively.
+fn files_below(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| match entry.path().is_dir() {
+            true => files_below(&entry.path()),
+            false => 1,
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expire_on_s3_deletes_in_a_few_bulk_requests_not_one_per_object() {
+    let s3 = TestS3::start();
+    let proxy = FaultProxy::start(s3.port());
+    let cluster = Cluster::new();
+    let storage = format!(
+        "{}backup:\n  retention:\n    full: 1\n  bundle_size: 0\n",
+        s3_storage(&s3, &proxy.endpoint(), "bulk", "max_retries: 2")
+    );
+    let (config, _pgward, client) = start(&cluster, &storage, "").await;
+    let backup = |config: &Path| {
+        let (code, out, err) = crate::common::pgward_with(config, &["backup"]);
+        assert_eq!(code, 0, "backup failed:\n{out}\n{err}");
+    };
+    backup(&config);
+    const SEGMENTS: usize = 5;
+    for _ in 0..SEGMENTS {
+        write_some(&client).await;
+        switch_and_wait_archived(&client).await;
+    }
+    backup(&config);
+    let backups = s3.object_path("bulk/backups");
+    let wal = s3.object_path("bulk/wal");
+    let (objects, segments) = (files_below(&backups), files_below(&wal));
+
+    let before = proxy.counts_for("?delete");
+    let (code, out, err) = crate::common::pgward_with(&config, &["expire"]);
+    assert_eq!(code, 0, "expire failed:\n{out}\n{err}");
+    let deletes = proxy.counts_for("?delete").requests - before.requests;
+    let deleted = (objects - files_below(&backups)) + (segments - files_below(&wal));
+    // Without bundles the expired backup is about a thousand objects, and the WAL before the
+    // kept backup a few segments more. Each goes under every codec's name, a thousand names
+    // a request: a handful of requests, where one per object and name made thousands.
+    assert!(
+        deleted >= 900 + SEGMENTS,
+        "{deleted} objects deleted of {objects} and {segments}:\n{out}"
+    );
+    assert!(
+        deletes * 100 <= deleted as u64,
+        "{deletes} delete requests for {deleted} objects:\n{out}"
+    );
+}
