@@ -43,6 +43,17 @@ pub enum Command {
         /// Where to put it (`%p`).
         dest: PathBuf,
     },
+    /// Promote the server (a standby, or a restore paused at its target) to a primary, and
+    /// wait until it is one; refused on a primary.
+    Promote,
+    /// Close the server's current WAL segment (pg_switch_wal), so that it is archived now
+    /// rather than when it fills or at archive_timeout.
+    SwitchWal {
+        /// Exit 0 only once the segment is in the repository (at most backup.wal_wait); 1
+        /// when it is not by then.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Take a base backup of the running cluster into the repository.
     Backup {
         /// A full backup (the default).

@@ -49,6 +49,12 @@ fn main() -> ExitCode {
                 async move { cmd::backup::backup(site, incremental, &annotations, keep).await },
             )
         }),
+        Command::Promote => {
+            cmd::with_site(path, false, |site| Box::pin(cmd::promote::promote(site)))
+        }
+        Command::SwitchWal { wait } => cmd::with_site(path, false, move |site| {
+            Box::pin(async move { cmd::wal::switch(site, wait).await })
+        }),
         Command::List { json } => {
             cmd::with_site(path, false, |site| Box::pin(cmd::catalog::list(site, json)))
         }

@@ -54,8 +54,8 @@ async fn recovery_status(target: &Target) -> Option<RecoveryStatus> {
             paused,
             hint: if paused {
                 "replay is paused (at the recovery target?): check the data, then run \
-                 SELECT pg_wal_replay_resume(); to end recovery and promote, or restore \
-                 again with another target"
+                 `pgward promote` (or SELECT pg_wal_replay_resume();) to end recovery and \
+                 promote, or restore again with another target"
                     .into()
             } else {
                 "replaying WAL from the archive".into()

@@ -11,29 +11,19 @@
 //! short pauses that lengthen, under the configured codec's name).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use futures_util::{stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use super::catalog;
 use super::manifest::{label_key, manifest_key, FileEntry};
 use crate::postgres::wal::{SegmentName, WalSegSize};
-use crate::repo::layout::{self, backup_prefix};
+use crate::repo::layout::backup_prefix;
 use crate::repo::{Lease, Repo};
 use crate::spill::Sorted;
+use crate::wal::awaited::wait_archived;
 use serde::de::IgnoredAny;
-
-/// Lookups of WAL segments in flight at once.
-const LOOKUP_CONCURRENCY: usize = 8;
-/// The first pause between lookups of the segments still missing: the stop segment is
-/// usually archived within a few round trips of the stop. Each pause is half again as long
-/// as the one before, up to `LONGEST_PAUSE`.
-const FIRST_PAUSE: Duration = Duration::from_millis(20);
-const LONGEST_PAUSE: Duration = Duration::from_millis(500);
-/// One round of lookups in this many tries every codec's name.
-const ANY_CODEC_EVERY: u32 = 8;
 
 /// Why a backup is incomplete: said when it fails, and the backup is not listed.
 const UNLISTED: &str = "the backup is incomplete and not listed";
@@ -79,73 +69,24 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = String>,
 {
-    let started = Instant::now();
-    let mut missing: Vec<SegmentName> = segments.to_vec();
-    let mut pause = FIRST_PAUSE;
-    let mut round = 0u32;
-    loop {
-        // The configured codec's name, which is what the archiver writes; now and then every
-        // name a segment may have (one archived under an earlier configuration).
-        let any_codec = round % ANY_CODEC_EVERY == ANY_CODEC_EVERY - 1;
-        missing = still_missing(repo, missing, any_codec).await?;
-        let Some(first) = missing.first() else {
-            return Ok(());
-        };
-        if started.elapsed() > patience {
-            let also = match missing.len() {
-                1 => String::new(),
-                n => format!(" (and {} more of its {} segments)", n - 1, segments.len()),
-            };
-            let last_error = archiver_said().await;
-            bail!(
-                "the backup needs WAL segment {first}{also}, which did not reach the archive \
-                 within {} (the archiver's last failure: {last_error}); {UNLISTED}\nHINT: fix \
-                 archiving (`pgward status` shows the archiver's last error), or raise \
-                 backup.wal_wait if it is only slow; a segment deleted from the repository by \
-                 hand does not come back: take a new backup",
-                humantime::format_duration(patience)
-            );
-        }
-        tokio::select! {
-            () = cancel.cancelled() => {
-                bail!("the backup was cancelled while waiting for {first} to be archived")
-            }
-            () = tokio::time::sleep(pause) => {}
-        }
-        pause = (pause * 3 / 2).min(LONGEST_PAUSE);
-        round = round.wrapping_add(1);
-    }
-}
-
-/// Those of `segments` not in the archive, in order.
-/// `any_codec`: look under every codec's name, else under the configured one's only.
-async fn still_missing(
-    repo: &Repo,
-    segments: Vec<SegmentName>,
-    any_codec: bool,
-) -> Result<Vec<SegmentName>> {
-    let found: Vec<(SegmentName, bool)> = stream::iter(segments)
-        .map(|segment| async move {
-            let name = segment.to_string();
-            let key = layout::wal_key(&name)?;
-            let lookup = match any_codec {
-                true => repo.exists(&key).await,
-                false => repo.exists_as_configured(&key).await,
-            };
-            let there = lookup
-                .with_context(|| format!("look for {name} in the archive"))?
-                .is_some();
-            anyhow::Ok((segment, there))
-        })
-        .buffered(LOOKUP_CONCURRENCY)
-        .collect::<Vec<_>>()
+    let missing = wait_archived(repo, segments, patience, cancel)
         .await
-        .into_iter()
-        .collect::<Result<_>>()?;
-    Ok(found
-        .into_iter()
-        .filter_map(|(segment, there)| (!there).then_some(segment))
-        .collect())
+        .context("the backup stopped waiting for its WAL")?;
+    let Some(first) = missing.first() else {
+        return Ok(());
+    };
+    let also = match missing.len() {
+        1 => String::new(),
+        n => format!(" (and {} more of its {} segments)", n - 1, segments.len()),
+    };
+    let last_error = archiver_said().await;
+    bail!(
+        "the backup needs WAL segment {first}{also}, which did not reach the archive within {} \
+         (the archiver's last failure: {last_error}); {UNLISTED}\nHINT: fix archiving (`pgward \
+         status` shows the archiver's last error), or raise backup.wal_wait if it is only slow; \
+         a segment deleted from the repository by hand does not come back: take a new backup",
+        humantime::format_duration(patience)
+    );
 }
 
 /// Checks, right before backup `id` writes its manifest, that it still holds the backup
@@ -271,7 +212,7 @@ mod tests {
     use crate::backup::exclusive::take_backup_lease;
     use crate::backup::manifest::{file_key, Manifest};
     use crate::backup::retention::tests::{full, incr};
-    use crate::repo::PutMode;
+    use crate::repo::{layout, PutMode};
 
     fn memory_repo() -> Repo {
         Repo::open_with_store(

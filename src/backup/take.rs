@@ -36,6 +36,7 @@ use crate::postgres::control_file::{ControlFile, CONTROL_FILE_PATH};
 use crate::postgres::ready::Target;
 use crate::postgres::wal::WalSegSize;
 use crate::postgres::wal::{Lsn, TimelineId};
+use crate::postgres::wal_switch::archiver_last_failure;
 use crate::postgres::ClusterIdentity;
 use crate::repo::{retry, Lease, PutMode, Repo, RetryPolicy};
 use crate::spill::Sorted;
@@ -677,19 +678,6 @@ async fn wal_segment_size(client: &tokio_postgres::Client) -> Result<WalSegSize>
         .parse()
         .with_context(|| format!("read wal_segment_size {bytes:?}"))?;
     WalSegSize::new(bytes).with_context(|| format!("wal_segment_size {bytes}"))
-}
-
-/// The archiver's last failure as the server reports it, for an error message.
-async fn archiver_last_failure(client: &tokio_postgres::Client) -> String {
-    client
-        .query_one(
-            "SELECT coalesce(last_failed_wal || ' at ' || last_failed_time::text, 'none') \
-             FROM pg_stat_archiver",
-            &[],
-        )
-        .await
-        .map(|r| r.get(0))
-        .unwrap_or_else(|e| format!("unknown ({e})"))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod config;
 pub mod expire;
 pub mod health;
 pub mod jobs;
+pub mod promote;
 pub mod restore;
 pub mod restore_test;
 pub mod run;

@@ -1,5 +1,5 @@
 //! `pgward wal-push <path>` (archive_command) and `pgward wal-fetch <name> <dest>`
-//! (restore_command): thin clients of the daemon, which does the work with its persistent
+//! (restore_command), and `pgward switch-wal [--wait]`. The first two are thin clients of the daemon, which does the work with its persistent
 //! storage client, parallel uploads and prefetch; alone (no daemon: bootstrap, manual use)
 //! they do it themselves. The config is read only then (see [`SOCKET_ENV`]).
 
@@ -7,13 +7,16 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use tokio_util::sync::CancellationToken;
 
+use crate::backup::take::{ARCHIVE_MODE_HINT, POSTGRES_HINT};
 use crate::config::LogFormat;
 use crate::control::{client, Request, Response, SOCKET_ENV};
+use crate::postgres::wal_switch::{archiver_last_failure, switch_wal};
 use crate::site::Site;
 use crate::wal;
+use crate::wal::awaited::wait_archived;
 use crate::wal::fetch::Fetched;
 use crate::wal::pg_wal::{Scope, WalFile};
 use crate::wal::push::Pushed;
@@ -178,4 +181,50 @@ async fn ask_daemon(site: &mut LazySite, request: &Request) -> Result<Option<Res
         Response::NotServed => Ok(None),
         answer => Ok(Some(answer)),
     }
+}
+
+/// `pgward switch-wal [--wait]`: closes the server's current WAL segment; with `wait`, exits
+/// 0 only once that segment is in the repository (at most `backup.wal_wait`), 1 when it is
+/// not by then.
+pub async fn switch(site: &Site, wait: bool) -> Result<i32> {
+    let target = site.target();
+    let client = target.connect().await.map_err(|e| {
+        anyhow::anyhow!(
+            "connect to postgres at {}: {e}\n{POSTGRES_HINT}",
+            target.socket_dir.display()
+        )
+    })?;
+    let segment = switch_wal(&client).await?;
+    println!("WAL segment {segment} is complete");
+    if !wait {
+        return Ok(0);
+    }
+    let repo = site.repo()?;
+    let patience = site.config().backup.wal_wait;
+    let missing = wait_archived(repo, &[segment], patience, &CancellationToken::new())
+        .await
+        .with_context(|| format!("wait for {segment} to be archived"))?;
+    if missing.is_empty() {
+        println!("{segment} is archived in {}", repo.describe());
+        return Ok(0);
+    }
+    let archive_mode: String = client
+        .query_one("SELECT current_setting('archive_mode')", &[])
+        .await
+        .map(|row| row.get(0))
+        .unwrap_or_default();
+    let hint = match archive_mode.as_str() {
+        "off" => ARCHIVE_MODE_HINT.to_owned(),
+        _ => "HINT: `pgward status` shows the archiver's backlog and last error; raise \
+              backup.wal_wait if archiving is only slow"
+            .to_owned(),
+    };
+    eprintln!(
+        "error: WAL segment {segment} did not reach {} within {} (archive_mode {archive_mode}, \
+         the archiver's last failure: {})\n{hint}",
+        repo.describe(),
+        humantime::format_duration(patience),
+        archiver_last_failure(&client).await,
+    );
+    Ok(1)
 }

@@ -8,6 +8,7 @@
 
 pub mod archived_marks;
 pub mod archiver;
+pub mod awaited;
 pub mod fetch;
 pub mod heartbeat;
 pub mod pg_wal;

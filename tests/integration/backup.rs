@@ -454,7 +454,7 @@ async fn a_delta_restore_over_a_changed_directory_gives_an_exact_copy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_recovery_paused_at_its_target_says_so_in_status() {
+async fn a_recovery_paused_at_its_target_says_so_in_status_and_promote_ends_it() {
     let BackedUp {
         cluster: _cluster,
         storage,
@@ -518,6 +518,28 @@ async fn a_recovery_paused_at_its_target_says_so_in_status() {
         .unwrap()
         .get(0);
     assert_eq!(rows, 2);
+
+    // `pgward promote` ends the paused recovery: a primary on a new timeline, with the rows
+    // it had, writable; on a primary it is refused.
+    let (code, out, err) = pgward(&restored_config, &["promote"]);
+    assert_eq!(code, 0, "promote failed:\n{out}\n{err}");
+    assert!(out.contains("a primary, writing on timeline 2"), "{out}");
+    let in_recovery: bool = restored_client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!in_recovery);
+    restored_client
+        .batch_execute("INSERT INTO t VALUES (4)")
+        .await
+        .unwrap();
+    let (code, out, err) = pgward(&restored_config, &["promote"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains("not in recovery: it is already a primary"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

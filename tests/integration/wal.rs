@@ -580,3 +580,76 @@ async fn a_mark_left_by_an_earlier_run_is_never_trusted() {
     let (code, err) = wal_fetch(&config, &current, &dest);
     assert_eq!(code, 0, "{current} is not in the archive: {err}");
 }
+
+/// `pgward switch-wal <args>`: exit code, stdout, stderr.
+fn switch_wal(config: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["switch-wal"];
+    all.extend_from_slice(args);
+    common::pgward_with(config, &all)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switch_wal_wait_returns_once_the_closed_segment_is_archived() {
+    let cluster = Cluster::new();
+    let storage = file_storage(&cluster);
+    let (config, _pgward, client) = common::start_archiving_quietly(&cluster, &storage).await;
+    client
+        .batch_execute("CREATE TABLE switched AS SELECT generate_series(1, 100) AS n")
+        .await
+        .unwrap();
+    let (code, out, err) = switch_wal(&config, &["--wait"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let segment = out
+        .split_whitespace()
+        .find(|w| w.len() == 24 && w.chars().all(|c| c.is_ascii_hexdigit()))
+        .unwrap_or_else(|| panic!("no segment named: {out}"))
+        .to_owned();
+    assert!(out.contains(&format!("{segment} is archived in")), "{out}");
+    // In the repository by the time the command returned, not merely acknowledged.
+    assert!(
+        find_object(&cluster.dir.join("repo/wal"), &segment).is_some(),
+        "{segment} is not in the repository"
+    );
+    // The server's own view agrees, and the next write goes to a later segment.
+    let current: String = client
+        .query_one("SELECT pg_walfile_name(pg_current_wal_insert_lsn())", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(current > segment, "{current} after {segment}");
+
+    // With nothing written since, the segment that switch closed is the one named again.
+    let (code, again, err) = switch_wal(&config, &[]);
+    assert_eq!(code, 0, "{again}\n{err}");
+    assert!(again.contains(&segment), "{again}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switch_wal_wait_fails_naming_the_segment_when_nothing_archives_it() {
+    let cluster = Cluster::new();
+    let config = cluster.config(
+        "password: pw",
+        &format!(
+            "{}wal:\n  archive: false\nbackup:\n  wal_wait: 2s\n",
+            file_storage(&cluster)
+        ),
+    );
+    let (config, _pgward, client) = common::run_and_connect(&cluster, config).await;
+    client
+        .batch_execute("CREATE TABLE unarchived AS SELECT generate_series(1, 100) AS n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (code, out, err) = switch_wal(&config, &["--wait"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let segment = out.split_whitespace().nth(2).unwrap_or_default().to_owned();
+    assert_eq!(segment.len(), 24, "{out}");
+    assert!(
+        err.contains(&format!("WAL segment {segment} did not reach"))
+            && err.contains("within 2s")
+            && err.contains("archive_mode off")
+            && err.contains("HINT: set wal.archive: true"),
+        "{err}"
+    );
+}

@@ -224,7 +224,8 @@ pub fn quiet_archiving_config(cluster: &Cluster, storage: &str) -> PathBuf {
     config
 }
 
-async fn run_and_connect(
+/// Starts `pgward run` with `config` and connects to its postgres as `postgres`.
+pub async fn run_and_connect(
     cluster: &Cluster,
     config: PathBuf,
 ) -> (PathBuf, Pgward, tokio_postgres::Client) {
