@@ -5,7 +5,8 @@ Used by the bench/ scripts to put a round trip between a client and s3s-fs, and 
 requests each operation sends, whatever the client's own metrics say.
 
     latency_proxy.py --listen-port P --upstream 127.0.0.1:Q --delay-ms 10 --stats FILE
-                     [--tls-cert CERT --tls-key KEY] [--slowdown-file PATH] [--trace FILE]
+                     [--delay-file PATH] [--tls-cert CERT --tls-key KEY]
+                     [--slowdown-file PATH] [--trace FILE]
 
 How it works (Python standard library only, asyncio):
 
@@ -20,6 +21,9 @@ How it works (Python standard library only, asyncio):
   with that latency. Bandwidth is not limited, and TCP and TLS handshakes get no extra delay.
 - Responses are acknowledged at once (see `quickack`), which removes a 40 ms stall per GET that
   s3s-fs itself causes.
+- With --delay-file, the delay is the number of milliseconds that file holds, read again
+  whenever it changes (and --delay-ms while it is missing): a script switches the latency
+  between measurements without restarting the proxy or the clients behind it.
 - While the file given by --slowdown-file exists, every request is answered by the proxy itself
   with `503 SlowDown` (the S3 error XML, as AWS sends when throttling), its body read and
   discarded; nothing reaches the upstream. Requests sent with a chunked body close the
@@ -206,8 +210,9 @@ class Connection:
                 method, target, fields = parse_header(header)
                 self.waiting = (time.time(), method, target)
                 self.proxy.stats.request(method, target)
-                if self.proxy.delay > 0:
-                    await asyncio.sleep(self.proxy.delay)
+                delay = self.proxy.current_delay()
+                if delay > 0:
+                    await asyncio.sleep(delay)
                 if self.proxy.slowdown():
                     if not await self.answer_slowdown(fields, rest):
                         return
@@ -264,9 +269,29 @@ class Proxy:
         host, _, port = args.upstream.rpartition(":")
         self.upstream = (host or "127.0.0.1", int(port))
         self.delay = args.delay_ms / 1000.0
+        self.delay_file = args.delay_file
+        self.delay_seen = None  # (mtime_ns, size) of the delay file last read
+        self.file_delay = None
         self.slowdown_file = args.slowdown_file
         trace = open(args.trace, "a") if args.trace else None
         self.stats = Stats(args.stats, trace)
+
+    def current_delay(self):
+        """The delay to add now, in seconds: --delay-file's when it exists, else --delay-ms."""
+        if self.delay_file is None:
+            return self.delay
+        try:
+            st = os.stat(self.delay_file)
+        except OSError:
+            return self.delay
+        if (st.st_mtime_ns, st.st_size) != self.delay_seen:
+            try:
+                with open(self.delay_file) as f:
+                    self.file_delay = float(f.read().strip() or 0) / 1000.0
+                self.delay_seen = (st.st_mtime_ns, st.st_size)
+            except (OSError, ValueError):
+                return self.delay
+        return self.file_delay
 
     def slowdown(self):
         return self.slowdown_file is not None and os.path.exists(self.slowdown_file)
@@ -302,6 +327,7 @@ if __name__ == "__main__":
     p.add_argument("--listen-port", type=int, required=True)
     p.add_argument("--upstream", required=True, help="host:port of the S3 server (plain HTTP)")
     p.add_argument("--delay-ms", type=float, default=0.0, help="added once per request")
+    p.add_argument("--delay-file", help="a file holding the delay in ms, overriding --delay-ms")
     p.add_argument("--stats", required=True, help="JSON file the counts are written to")
     p.add_argument("--tls-cert", help="PEM certificate: accept TLS from clients")
     p.add_argument("--tls-key", help="PEM key of --tls-cert")

@@ -53,10 +53,11 @@ show_log() { # file
 }
 
 # The cluster of a script that runs one pgward-managed postgres: these use its `tmp` (sockets in
-# `$tmp/run`), `port`, `data`, `ready_timeout_s` and `drain_timeout_s`.
+# `$tmp/run`, or in `sock_dir` when set), `port`, `data`, `ready_timeout_s` and
+# `drain_timeout_s`.
 # shellcheck disable=SC2154 # set by the sourcing script
 psql_q() { # sql
-    "$pg_bin/psql" -X -A -t -q -w -h "$tmp/run" -p "$port" -U postgres -d postgres -c "$1"
+    "$pg_bin/psql" -X -A -t -q -w -h "${sock_dir:-$tmp/run}" -p "$port" -U postgres -d postgres -c "$1"
 }
 
 wait_ready() { # alive_pid
@@ -101,7 +102,7 @@ fi
 # given, then what every benchmark shares: two processes, a fast start checkpoint, no archive
 # check (postgres archives into pgward's repository, not pgBackRest's), a retention high enough
 # that nothing expires inside a timed backup, and the `bench` stanza of the cluster at $data
-# (socket $tmp/run, port $port).
+# (socket in $sock_dir or $tmp/run, port $port).
 pgbr_write_conf() { # dir lines
     local d=$1
     mkdir -p "$d/log" "$d/lock"
@@ -119,7 +120,7 @@ log-level-file=info
 
 [bench]
 pg1-path=$data
-pg1-socket-path=$tmp/run
+pg1-socket-path=${sock_dir:-$tmp/run}
 pg1-port=$port
 pg1-user=postgres
 CONF

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Object storage benchmark: pgward's full backup, restore and WAL archiving on a file://
 # repository and on S3 (s3s-fs) behind a latency proxy at several round-trip delays, beside
-# pgBackRest's full backup and restore (zst, repo1-bundle=y) on the same storage. Each row is
-# the median of RUNS runs interleaved with its peer (A B, B A, A B...). See bench/README.md.
+# pgBackRest's full backup and restore (zst, repo1-bundle=y) on the same storage. Two copies
+# of one cluster run side by side, one archiving to file://, one to S3 (the proxy's delay is
+# switched between measurements), so that every round measures every storage: each row is the
+# median of RUNS rounds, the storages and the two tools taking turns (order rotated each
+# round), and the S3-to-file:// ratios compare runs of the same rounds. See bench/README.md.
 #
 # Usage: bench/s3.sh
 #   PGWARD_BENCH_SCALE  pgbench -i -s (default 20, about 300 MB of data)
@@ -46,7 +49,7 @@ fi
 # --- scratch space and cleanup ---------------------------------------------------------------
 tmp=$(mktemp -d /tmp/pgward-s3bench.XXXXXX)
 chmod 0755 "$tmp"
-mkdir "$tmp/run" "$tmp/log" "$tmp/restore"
+mkdir "$tmp/log" "$tmp/restore"
 children=()
 trap stop_all EXIT
 trap 'exit 130' INT
@@ -55,28 +58,31 @@ trap 'exit 143' TERM
 start_s3
 make_tls_cert
 
-# --- the cluster -------------------------------------------------------------------------------
-data=$tmp/data
-port=$(free_port)
-metrics_port=$(free_port)
-mkdir "$data"
-own "$data" "$tmp/run"
-log "initdb -k with $pg_bin ($("$pg_bin/postgres" --version))"
-"${as_pg[@]}" "$pg_bin/initdb" -D "$data" -U postgres --auth=trust --data-checksums --no-sync \
-    >"$tmp/log/initdb.log" 2>&1 || {
-    show_log "$tmp/log/initdb.log"
-    die "initdb failed"
+# --- the clusters ------------------------------------------------------------------------------
+# Two copies of one cluster: `file` archives to (and is backed up into) a file:// repository,
+# `s3` to S3 through the proxies. The helpers of lib.sh act on the current one (`data`,
+# `port`, sockets in `sock_dir`): use_cluster switches.
+declare -A cluster_port
+cluster_port[file]=$(free_port)
+cluster_port[s3]=$(free_port)
+use_cluster() { # file|s3
+    cluster=$1
+    data=$tmp/$1/data
+    port=${cluster_port[$1]}
+    sock_dir=$tmp/$1/run
 }
+delay_file=$tmp/delay_ms
+echo 0 >"$delay_file"
 
-# The pgward config of one storage: the daemon's (archiving) and the CLI's (backup, restore)
-# differ only in the storage endpoint, so each goes through its own proxy and the requests of
-# a backup are not mixed with the daemon's.
+# The pgward config of the current cluster: the daemon's (archiving) and the CLI's (backup,
+# restore) differ only in the storage endpoint, so each goes through its own proxy and the
+# requests of a backup are not mixed with the daemon's.
 pgward_conf() { # storage-yaml
     cat <<YAML
 postgres:
   data_dir: $data
   port: $port
-  socket_dir: $tmp/run
+  socket_dir: $sock_dir
   user: postgres
   bin_dir: $pg_bin
   parameters:
@@ -86,9 +92,9 @@ postgres:
     shared_buffers: 128MB
   stop: { mode: fast }
 control:
-  socket: $tmp/run/pgward.sock
+  socket: $sock_dir/pgward.sock
 metrics:
-  listen: 127.0.0.1:$metrics_port
+  listen: 127.0.0.1:$(free_port)
 $1
 wal: { archive: true }
 log:
@@ -96,14 +102,14 @@ log:
 YAML
 }
 
-# pgBackRest's config for a phase: a posix repository for file://, else the same bucket as
-# pgward through the TLS proxy (its certificate is self-signed for 127.0.0.1, and pgBackRest
+# pgBackRest's config for the current cluster (file or s3): a posix repository for file://,
+# else the same bucket as pgward through the TLS proxy (its certificate is self-signed for 127.0.0.1, and pgBackRest
 # matches only host names, not IP addresses, against a certificate: verify-tls=n). zst at its
 # default level, bundles on (small files packed into larger objects); the rest is
 # pgbr_write_conf's (bench/lib.sh).
-pgbr_conf() { # phase
-    local d=$tmp/pgbr/$1 repo
-    if [[ $1 == file ]]; then
+pgbr_conf() {
+    local d=$tmp/pgbr/$cluster repo
+    if [[ $cluster == file ]]; then
         mkdir -p "$tmp/pgbr-repo"
         repo="repo1-path=$tmp/pgbr-repo"
     else
@@ -121,7 +127,7 @@ repo1-storage-verify-tls=n"
     pgbr_write_conf "$d" "$repo
 repo1-bundle=y
 compress-type=zst"
-    [[ $1 != file ]] || own "$tmp/pgbr-repo"
+    [[ $cluster != file ]] || own "$tmp/pgbr-repo"
     echo "$d/pgbackrest.conf"
 }
 
@@ -185,11 +191,11 @@ backup_run() { # tool round
     if [[ $tool == pgward ]]; then
         proxy=cli
         q0=$(requests $proxy)
-        s=$(timed "$phase-pgward-backup-$r" "$pgward_bin" --config "$tmp/cli.yaml" backup --full)
+        s=$(timed "$phase-pgward-backup-$r" "$pgward_bin" --config "$tmp/$cluster/cli.yaml" backup --full)
     else
         proxy=pgbr
         q0=$(requests $proxy)
-        s=$(timed "$phase-pgbr-backup-$r" "${as_pg[@]}" pgbackrest --config="$pgbr_conf" \
+        s=$(timed "$phase-pgbr-backup-$r" "${as_pg[@]}" pgbackrest --config="${pgbr_confs[$cluster]}" \
             --stanza=bench --type=full backup)
     fi
     q1=$(requests $proxy)
@@ -198,7 +204,7 @@ backup_run() { # tool round
     add "$phase" "$tool" objects "$(new_objects "$tmp/before" "$tmp/after")"
     [[ -z $q0 ]] || add "$phase" "$tool" backup_req $((q1 - q0))
     if [[ $tool == pgward ]]; then
-        last_backup[$phase]=$("$pgward_bin" --config "$tmp/cli.yaml" show latest --json |
+        last_backup[$phase]=$("$pgward_bin" --config "$tmp/$cluster/cli.yaml" show latest --json |
             /usr/bin/python3 -c "import json, sys; print(json.load(sys.stdin)['id'])")
     fi
     log "$phase $tool backup: $s s"
@@ -215,12 +221,12 @@ restore_run() { # tool round
     if [[ $tool == pgward ]]; then
         proxy=cli
         q0=$(requests $proxy)
-        s=$(timed "$phase-pgward-restore-$r" "$pgward_bin" --config "$tmp/cli.yaml" restore \
+        s=$(timed "$phase-pgward-restore-$r" "$pgward_bin" --config "$tmp/$cluster/cli.yaml" restore \
             "${last_backup[$phase]}" --data-dir "$target")
     else
         proxy=pgbr
         q0=$(requests $proxy)
-        s=$(timed "$phase-pgbr-restore-$r" "${as_pg[@]}" pgbackrest --config="$pgbr_conf" \
+        s=$(timed "$phase-pgbr-restore-$r" "${as_pg[@]}" pgbackrest --config="${pgbr_confs[$cluster]}" \
             --stanza=bench --pg1-path="$target" restore)
     fi
     q1=$(requests $proxy)
@@ -257,68 +263,109 @@ wal_run() { # round
     log "$phase WAL: $((a1 - a0)) segments archived"
 }
 
-start_daemon() {
-    "$pgward_bin" run --config "$tmp/daemon.yaml" 2>>"$tmp/log/pgward-run-$phase.log" &
-    daemon_pid=$!
-    children+=("$daemon_pid")
-    wait_ready "$daemon_pid" || {
-        show_log "$tmp/log/pgward-run-$phase.log"
+declare -A daemon_pid
+start_daemon() { # of the current cluster
+    "$pgward_bin" run --config "$tmp/$cluster/daemon.yaml" \
+        2>>"$tmp/log/pgward-run-$cluster.log" &
+    daemon_pid[$cluster]=$!
+    children+=("$!")
+    wait_ready "$!" || {
+        show_log "$tmp/log/pgward-run-$cluster.log"
         die "pgward did not bring postgres up"
     }
 }
 
-stop_daemon() {
-    kill -TERM "$daemon_pid"
-    wait "$daemon_pid" || die "pgward exited with status $? after SIGTERM"
+stop_daemon() { # of the current cluster
+    kill -TERM "${daemon_pid[$cluster]}"
+    wait "${daemon_pid[$cluster]}" || die "pgward exited with status $? after SIGTERM"
 }
 
-# --- one phase per storage: file://, then S3 at each latency -----------------------------------
-phases=(file)
-for l in "${latencies[@]}"; do phases+=("s3-$l"); done
-for phase in "${phases[@]}"; do
-    if [[ $phase == file ]]; then
-        storage="storage: { url: file://$tmp/repo-file }"
-        pgward_conf "$storage" >"$tmp/daemon.yaml"
-        cp "$tmp/daemon.yaml" "$tmp/cli.yaml"
+# --- setup: one cluster, copied --------------------------------------------------------------
+# The proxies' delay is the phase's, switched by set_phase; the daemon of the s3 cluster
+# archives through one of them.
+start_proxy daemon 0 "delayfile=$delay_file"
+start_proxy cli 0 "delayfile=$delay_file"
+start_proxy pgbr 0 tls "delayfile=$delay_file"
+write_configs() { # of the current cluster
+    if [[ $cluster == file ]]; then
+        pgward_conf "storage: { url: file://$tmp/repo-file }" >"$tmp/file/daemon.yaml"
+        cp "$tmp/file/daemon.yaml" "$tmp/file/cli.yaml"
     else
-        l=${phase#s3-}
-        start_proxy daemon "$l"
-        start_proxy cli "$l"
-        start_proxy pgbr "$l" tls
-        pgward_conf "$(pgward_s3_storage daemon pgward)" >"$tmp/daemon.yaml"
-        pgward_conf "$(pgward_s3_storage cli pgward)" >"$tmp/cli.yaml"
+        pgward_conf "$(pgward_s3_storage daemon pgward)" >"$tmp/s3/daemon.yaml"
+        pgward_conf "$(pgward_s3_storage cli pgward)" >"$tmp/s3/cli.yaml"
     fi
-    log "phase $phase"
+}
+use_cluster file
+mkdir -p "$data" "$sock_dir"
+own "$data" "$sock_dir"
+log "initdb -k with $pg_bin ($("$pg_bin/postgres" --version))"
+"${as_pg[@]}" "$pg_bin/initdb" -D "$data" -U postgres --auth=trust --data-checksums --no-sync \
+    >"$tmp/log/initdb.log" 2>&1 || {
+    show_log "$tmp/log/initdb.log"
+    die "initdb failed"
+}
+write_configs
+start_daemon
+log "pgbench -i -s $scale"
+"$pg_bin/pgbench" -i -s "$scale" -q -h "$sock_dir" -p "$port" -U postgres postgres \
+    >"$tmp/log/pgbench-init.log" 2>&1 || {
+    show_log "$tmp/log/pgbench-init.log"
+    die "pgbench -i failed"
+}
+psql_q 'CREATE TABLE bench_wal (i int); CHECKPOINT' >/dev/null
+data_files=$(find "$data" -path "$data/pg_wal" -prune -o -type f -print | wc -l)
+data_mb=$(($(du -sb --exclude=pg_wal "$data" | cut -f1) / 1048576))
+stop_daemon
+log "copying the cluster for S3"
+mkdir -p "$tmp/s3/run"
+cp -a "$data" "$tmp/s3/data"
+own "$tmp/s3"
+declare -A pgbr_confs
+for c in file s3; do
+    use_cluster "$c"
+    write_configs
     start_daemon
-    if [[ $phase == file ]]; then
-        log "pgbench -i -s $scale"
-        "$pg_bin/pgbench" -i -s "$scale" -q -h "$tmp/run" -p "$port" -U postgres postgres \
-            >"$tmp/log/pgbench-init.log" 2>&1 || {
-            show_log "$tmp/log/pgbench-init.log"
-            die "pgbench -i failed"
-        }
-        psql_q 'CREATE TABLE bench_wal (i int); CHECKPOINT' >/dev/null
-        data_files=$(find "$data" -path "$data/pg_wal" -prune -o -type f -print | wc -l)
-        data_mb=$(($(du -sb --exclude=pg_wal "$data" | cut -f1) / 1048576))
-    fi
-    pgbr_conf=$(pgbr_conf "$phase")
-    "${as_pg[@]}" pgbackrest --config="$pgbr_conf" --stanza=bench stanza-create \
-        >"$tmp/log/$phase-stanza.log" 2>&1 || {
-        show_log "$tmp/log/$phase-stanza.log"
+    pgbr_confs[$c]=$(pgbr_conf)
+    "${as_pg[@]}" pgbackrest --config="${pgbr_confs[$c]}" --stanza=bench stanza-create \
+        >"$tmp/log/$c-stanza.log" 2>&1 || {
+        show_log "$tmp/log/$c-stanza.log"
         die "pgbackrest stanza-create failed"
     }
-    for ((r = 1; r <= runs; r++)); do
+done
+
+# A phase is a storage: `file`, or `s3-<ms>` (the s3 cluster, the proxies at that delay).
+set_phase() { # phase
+    phase=$1
+    if [[ $phase == file ]]; then
+        use_cluster file
+    else
+        use_cluster s3
+        echo "${phase#s3-}" >"$delay_file"
+    fi
+}
+
+# --- rounds: every phase in each, the phases' and the tools' order rotated --------------------
+phases=(file)
+for l in "${latencies[@]}"; do phases+=("s3-$l"); done
+for ((r = 1; r <= runs; r++)); do
+    mapfile -t round < <(round_order "$r" "${phases[@]}")
+    log "round $r: ${round[*]}"
+    for p in "${round[@]}"; do
+        set_phase "$p"
         mapfile -t order < <(round_order "$r" pgward pgbackrest)
         for t in "${order[@]}"; do backup_run "$t" "$r"; done
         for t in "${order[@]}"; do restore_run "$t" "$r"; done
         wal_run "$r"
     done
-    stop_daemon
-    if grep -q ' ERROR ' "$tmp/log/pgward-run-$phase.log"; then
-        log "pgward run logged errors in phase $phase (log/pgward-run-$phase.log)"
-    fi
-    for p in daemon cli pgbr; do stop_proxy "$p"; done
 done
+for c in file s3; do
+    use_cluster "$c"
+    stop_daemon
+    if grep -q ' ERROR ' "$tmp/log/pgward-run-$c.log"; then
+        log "pgward run logged errors (log/pgward-run-$c.log)"
+    fi
+done
+for p in daemon cli pgbr; do stop_proxy "$p"; done
 
 # --- report ----------------------------------------------------------------------------------
 # shellcheck disable=SC2086 # the values are space-separated numbers
@@ -382,6 +429,6 @@ if [[ " ${latencies[*]} " == *" 10 "* ]]; then
         "$(verdict "$(awk -v q="$q" 'BEGIN { print (q <= 2) }')") |"
 fi
 echo
-echo "Median (min–max) of $runs runs, pgward and pgBackRest interleaved (order rotated each round)."
+echo "Median (min–max) of $runs rounds; in each, every storage and both tools, in an order rotated each round."
 echo "Page cache dropped before each restore. $(machine_line)."
 echo "postgres: $("$pg_bin/postgres" --version); $(pgbackrest version); s3s-fs $("$s3_bin" --version | awk '{ print $NF }')."

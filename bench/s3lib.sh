@@ -74,7 +74,8 @@ make_tls_cert() {
 declare -A proxy_pid proxy_port
 
 # Starts a latency proxy named NAME in front of s3s-fs: proxy_port[NAME], proxy_pid[NAME],
-# counts in $tmp/proxy/NAME.json. Options: tls (needs make_tls_cert), slowdown=FILE.
+# counts in $tmp/proxy/NAME.json. Options: tls (needs make_tls_cert), slowdown=FILE,
+# delayfile=FILE (the delay in ms that FILE holds, read again when it changes).
 start_proxy() { # name delay_ms [tls] [slowdown=FILE]
     local name=$1 delay=$2 opt port args=()
     shift 2
@@ -82,6 +83,7 @@ start_proxy() { # name delay_ms [tls] [slowdown=FILE]
         case $opt in
         tls) args+=(--tls-cert "$tls_cert" --tls-key "$tls_key") ;;
         slowdown=*) args+=(--slowdown-file "${opt#slowdown=}") ;;
+        delayfile=*) args+=(--delay-file "${opt#delayfile=}") ;;
         *) die "start_proxy: unknown option $opt" ;;
         esac
     done

@@ -252,12 +252,10 @@ mod tests {
         store(&repo, &f, true).await;
         store(&repo, &i1, true).await;
         store(&repo, &i2, false).await;
-        let (lease, ()) =
-            take_backup_lease(&repo, Duration::from_secs(60), async { Ok(()) }, || async {
-            })
+        let ttl = Duration::from_secs(60);
+        let (lease, ()) = take_backup_lease(&repo, ttl, &i2.id, async { Ok(()) }, || async {})
             .await
             .unwrap();
-        lease.set_subject(&i2.id).await.unwrap();
         let mut entries = crate::backup::entries::Entries::new(&i2.id);
         for file in &i2.files {
             entries.push(file.clone()).await.unwrap();

@@ -20,28 +20,27 @@ use crate::repo::{Lease, LeaseInfo, Repo};
 /// The lease's name: `locks/backup/<generation>` in the repository.
 pub const BACKUP_LEASE: &str = "backup";
 
-/// Takes the backup lease for this process, renewed every third of `ttl` until released; a
-/// live lease of another backup refuses the backup. `first` (such as the check of the
-/// repository's identity) runs while the lease is read, and must succeed before anything is
-/// written; `beside` runs under the lease, alongside the last step of taking it (see
-/// [`Repo::try_lease_beside`]), and its output comes back with the lease.
+/// Takes the backup lease for this process and backup `id` (its subject from the start),
+/// renewed every third of `ttl` until released; a live lease of another backup refuses the
+/// backup. `first` (such as the check of the repository's identity) runs while the lease is
+/// read, and must succeed before anything is written; `beside` runs under the lease,
+/// alongside the last step of taking it (see [`Repo::try_lease_beside`]), and its output
+/// comes back with the lease.
 pub async fn take_backup_lease<T, F: Future<Output = T>>(
     repo: &Repo,
     ttl: Duration,
+    id: &str,
     first: impl Future<Output = Result<()>>,
     beside: impl FnMut() -> F,
 ) -> Result<(Lease, T)> {
     let context = || format!("take the backup lease in {}", repo.describe());
+    let mut mine = LeaseInfo::mine("backup", ttl);
+    mine.subject = Some(id.to_owned());
     let (first, current) = tokio::join!(first, repo.read_lease(BACKUP_LEASE));
     first?;
     let current = current.with_context(context)?;
     let taken = repo
-        .try_lease_beside(
-            BACKUP_LEASE,
-            LeaseInfo::mine("backup", ttl),
-            current,
-            beside,
-        )
+        .try_lease_beside(BACKUP_LEASE, mine, current, beside)
         .await
         .with_context(context)?;
     taken.or_else(|holder| bail!("{}", refusal(&holder, Utc::now())))

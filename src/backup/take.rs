@@ -89,28 +89,59 @@ pub async fn take_backup(
     options: &BackupOptions,
     cancel: &CancellationToken,
 ) -> Result<Completed> {
+    let target = cluster.target;
+    let client = target.connect().await.map_err(|e| {
+        anyhow::anyhow!(
+            "connect to postgres at {}: {e}\n{POSTGRES_HINT}",
+            target.socket_dir.display()
+        )
+    })?;
+    let data_checksums = preflight(&client).await?;
+    // Backup mode starts (its checkpoint) while the lease is taken, under an id chosen now
+    // and written into the lease as it is taken: round trips saved, and nothing is read or
+    // stored before both. A refused lease ends backup mode with the session.
+    let start_time = Utc::now();
+    let kind = match incremental {
+        true => BackupKind::Incremental,
+        false => BackupKind::Full,
+    };
+    let id = backup_id(start_time, kind);
+    let label = format!("pgward backup {id}");
     // One listing, under the lease: the ids in use, what never completed, and what an
     // incremental may build on.
-    let (lease, objects) = take_backup_lease(repo, options.lease_ttl, repo_checked, || {
-        catalog::objects_by_backup(repo)
-    })
-    .await?;
-    let taken = match objects {
-        Ok(objects) => {
-            take_leased(repo, cluster, objects, incremental, options, &lease, cancel).await
+    let (leased, start) = tokio::join!(
+        take_backup_lease(repo, options.lease_ttl, &id, repo_checked, || {
+            catalog::objects_by_backup(repo)
+        }),
+        backup_mode::start(&client, &label, cluster.identity.pg_major)
+    );
+    let (lease, objects) = leased?;
+    let begun = |start| Started {
+        client,
+        id,
+        kind,
+        start_time,
+        start,
+        data_checksums,
+    };
+    let taken = match (objects, start) {
+        (Ok(objects), Ok(start)) => {
+            let begun = begun(start);
+            take_leased(repo, cluster, objects, begun, options, &lease, cancel).await
         }
-        Err(e) => Err(e),
+        (Err(e), _) | (_, Err(e)) => Err(e),
     };
     lease.release().await;
     taken
 }
 
-/// [`take_backup`] under `lease`; `objects`: the repository's backup objects, listed under it.
+/// [`take_backup`] under `lease`, in backup mode since `begun`; `objects`: the repository's
+/// backup objects, listed under the lease.
 async fn take_leased(
     repo: &Repo,
     cluster: &Cluster<'_>,
     objects: BTreeMap<String, Vec<String>>,
-    incremental: bool,
+    mut begun: Started,
     options: &BackupOptions,
     lease: &Lease,
     cancel: &CancellationToken,
@@ -124,15 +155,31 @@ async fn take_leased(
             unfinished.join(", ")
         );
     }
-    let parent = match incremental {
-        true => latest_of_lineage(repo, cluster, &complete).await?,
-        false => None,
+    let parent = match begun.kind {
+        BackupKind::Incremental => latest_of_lineage(repo, cluster, &complete).await?,
+        BackupKind::Full => None,
     };
+    // The id chosen before the listing stands unless it is taken (objects of an interrupted
+    // backup of the same second) or names the wrong kind (an incremental with nothing to
+    // build on is full): then another, written into the lease before any object.
+    let kind = match parent {
+        Some(_) => BackupKind::Incremental,
+        None => BackupKind::Full,
+    };
+    if kind != begun.kind || used.contains(&begun.id) {
+        let (start_time, id) = unused_id(&used, kind).await?;
+        lease
+            .set_subject(&id)
+            .await
+            .with_context(|| format!("write backup {id} into the backup lease"))?;
+        (begun.id, begun.kind, begun.start_time) = (id, kind, start_time);
+    }
+    tracing::info!(backup = %begun.id, start_lsn = %begun.start.lsn, "backup started");
     take(
         repo,
         cluster,
         parent.as_ref(),
-        &used,
+        begun,
         options,
         lease,
         cancel,
@@ -194,19 +241,18 @@ struct Started {
     data_checksums: bool,
 }
 
-/// Takes a backup of `cluster` into `repo` under the backup `lease`: full, or incremental on
-/// top of `parent` (the latest backup), storing only what changed since. `used`: the ids that
-/// have objects in the repository, as listed under the lease.
+/// Takes a backup of `cluster` into `repo` under the backup `lease`, in backup mode since
+/// `started`: full, or incremental on top of `parent` (the latest backup), storing only what
+/// changed since.
 async fn take(
     repo: &Repo,
     cluster: &Cluster<'_>,
     parent: Option<&SpilledManifest>,
-    used: &BTreeSet<String>,
+    started: Started,
     options: &BackupOptions,
     lease: &Lease,
     cancel: &CancellationToken,
 ) -> Result<Completed> {
-    let started = start(cluster, parent, used, lease).await?;
     let id = &started.id;
     // Until the stop, a failure must still end backup mode: the session's end does that for
     // a non-exclusive backup, so dropping `started.client` is enough.
@@ -308,46 +354,6 @@ async fn take(
         tablespaces: walk.tablespaces,
     };
     finish(repo, cluster, parent, options, started, stop, contents).await
-}
-
-/// Checks that the backup can complete, picks an id not in `used`, and starts backup mode
-/// while the id is written into `lease` (before any object, which comes after both).
-async fn start(
-    cluster: &Cluster<'_>,
-    parent: Option<&SpilledManifest>,
-    used: &BTreeSet<String>,
-    lease: &Lease,
-) -> Result<Started> {
-    let kind = match parent {
-        Some(_) => BackupKind::Incremental,
-        None => BackupKind::Full,
-    };
-    let target = cluster.target;
-    let client = target.connect().await.map_err(|e| {
-        anyhow::anyhow!(
-            "connect to postgres at {}: {e}\n{POSTGRES_HINT}",
-            target.socket_dir.display()
-        )
-    })?;
-    let data_checksums = preflight(&client).await?;
-    // No write probe: taking the lease was a create-only write into the repository.
-    let (start_time, id) = unused_id(used, kind).await?;
-    let label = format!("pgward backup {id}");
-    let (subject, start) = tokio::join!(
-        lease.set_subject(&id),
-        backup_mode::start(&client, &label, cluster.identity.pg_major)
-    );
-    subject.with_context(|| format!("write backup {id} into the backup lease"))?;
-    let start = start?;
-    tracing::info!(backup = %id, start_lsn = %start.lsn, "backup started");
-    Ok(Started {
-        client,
-        id,
-        kind,
-        start_time,
-        start,
-        data_checksums,
-    })
 }
 
 /// Stores the `backup_label` (and `tablespace_map`) that ending backup mode returned.
