@@ -397,6 +397,7 @@ impl Site {
                 action,
                 backup_id: backup_id.to_owned(),
                 timeline: Default::default(),
+                standby: None,
             },
         );
         options.retry = self.retry();

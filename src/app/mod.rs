@@ -38,7 +38,7 @@ use crate::postgres::data_dir::Unfinished;
 use crate::postgres::ready;
 use crate::postgres::server::Server;
 use crate::postgres::{bootstrap, BinDir};
-use crate::restore::target::{RecoveryTarget, RecoveryTimeline};
+use crate::restore::target::{RecoveryTarget, RecoveryTimeline, StandbySettings};
 use crate::scheduler::{Runners, Scheduler};
 use crate::site::{Child, Site};
 use crate::supervisor::service::{postgres_policy, service_policy, service_spec, SpecLauncher};
@@ -157,6 +157,10 @@ async fn prepare(
         run_as,
     };
     server.prepare_dirs()?;
+    if let Some(standby) = &pg.standby {
+        // Before postgres starts, and at every start: the socket directory may be a tmpfs.
+        standby.write_passfile(&pg.socket_dir, server.run_as.as_ref())?;
+    }
     // A restore at first start that was interrupted goes on where it stopped; any other
     // unfinished work is refused, saying what to do.
     let resume = match bootstrap::unfinished(&server.data_dir)? {
@@ -251,6 +255,12 @@ async fn check_successor_may_start(site: &Site, force: bool) -> Result<()> {
     if config.postgres.init.restore_as != RestoreAs::Successor || !config.wal.archive {
         return Ok(());
     }
+    // A standby starts beside its running primary by design: it archives nothing while in
+    // recovery, and only once promoted takes over the repository (whose history then refuses
+    // the old primary's WAL past the branch point).
+    if config.postgres.standby.is_some() {
+        return Ok(());
+    }
     let repo = site.repo()?;
     let Some(meta) = repo
         .read_meta()
@@ -285,6 +295,11 @@ async fn bootstrap_from_backup(site: &Site, which: &str, resume: bool) -> Result
     )?;
     options.recovery.timeline =
         RecoveryTimeline::pinned(lineage.target_timeline(&manifest), manifest.timeline);
+    let pg = &site.config().postgres;
+    options.recovery.standby = pg.standby.as_ref().map(|standby| StandbySettings {
+        primary_conninfo: standby.conninfo(&pg.socket_dir),
+        slot: standby.slot.clone(),
+    });
     crate::restore::bootstrap_from_backup(repo, &manifest, &options, resume).await?;
     restored_before_start()
 }

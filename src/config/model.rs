@@ -13,6 +13,7 @@ use serde::Serialize;
 // always given them.
 pub use crate::logging::LogFormat;
 pub use crate::postgres::bootstrap::{InitConfig, RestoreAs};
+pub use crate::postgres::standby::StandbyConfig;
 pub use crate::repo::{
     AzureConfig, Codec, GcsConfig, S3Config, StorageConfig, StorageRetryConfig, StorageUrl,
 };
@@ -125,6 +126,8 @@ pub struct PostgresConfig {
     pub init: InitConfig,
     pub stop: StopConfig,
     pub restart: RestartConfig,
+    /// A hot standby of a primary (with `init.from_backup`); `None`: a primary.
+    pub standby: Option<StandbyConfig>,
 }
 
 /// `postgres.stop:` — how postgres is stopped on SIGTERM/SIGINT.

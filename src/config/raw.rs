@@ -234,6 +234,21 @@ pub(crate) struct RawPostgres {
     #[serde(deserialize_with = "null_as_default")]
     #[schemars(with = "Option<RawRestart>")]
     pub restart: RawRestart,
+    /// Make the cluster a hot standby of a primary, filled from the repository by `init.from_backup`: it streams from `primary_conninfo` and falls back to the archive. Default: none (a primary).
+    pub standby: Option<RawStandby>,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawStandby {
+    /// libpq connection string to the primary, without a password, e.g. `host=db-0 port=5432 user=replicator`. Required.
+    pub primary_conninfo: Option<Text>,
+    /// The replication user's password (secret), kept in a password file in `socket_dir`, never in postgres's settings. Default: none.
+    pub password: Option<Text>,
+    /// File holding `password`.
+    pub password_file: Option<Text>,
+    /// Physical replication slot on the primary (`primary_slot_name`). Default: none.
+    pub slot: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

@@ -18,6 +18,7 @@ pub mod postmaster;
 pub mod promotion;
 pub mod ready;
 pub mod server;
+pub mod standby;
 pub mod timeline;
 pub mod wal;
 pub mod wal_header;

@@ -513,6 +513,7 @@ mod tests {
                 action: None,
                 backup_id: "20261130T035500F".into(),
                 timeline: Default::default(),
+                standby: None,
             },
         )
     }

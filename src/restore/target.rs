@@ -1,6 +1,6 @@
-//! Recovery settings of a restored cluster: `recovery.signal`, and a block in
-//! `postgresql.auto.conf` with `restore_command` (pgward's `wal-fetch`) and the recovery
-//! target. A block from an earlier restore is replaced, never stacked: a stale
+//! Recovery settings of a restored cluster: `recovery.signal` (`standby.signal` for a
+//! standby), and a block in `postgresql.auto.conf` with `restore_command` (pgward's
+//! `wal-fetch`) and the recovery target, or a standby's `primary_conninfo` and slot. A block from an earlier restore is replaced, never stacked: a stale
 //! `recovery_target_time` left behind would stop a later recovery at the wrong point.
 
 use std::fmt::Write as _;
@@ -68,6 +68,18 @@ pub struct RecoverySettings {
     /// `recovery_target_timeline`: the lineage the restore is for, so recovery never follows
     /// a newer branch of another cluster.
     pub timeline: RecoveryTimeline,
+    /// A hot standby: it streams from its primary and follows the primary's timelines, with
+    /// no target; `None`: recovery, then promotion.
+    pub standby: Option<StandbySettings>,
+}
+
+/// What a standby streams from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StandbySettings {
+    /// `primary_conninfo`, without a password (a `passfile=` names where it is).
+    pub primary_conninfo: String,
+    /// `primary_slot_name`.
+    pub slot: Option<String>,
 }
 
 /// `recovery_target_timeline`.
@@ -101,6 +113,20 @@ impl RecoverySettings {
         let _ = writeln!(out, "{BEGIN}");
         let _ = writeln!(out, "# from backup {}", self.backup_id);
         let _ = writeln!(out, "restore_command = {}", quote(&self.restore_command));
+        if let Some(standby) = &self.standby {
+            // A standby follows its primary onto each new timeline, and has no target.
+            let _ = writeln!(
+                out,
+                "primary_conninfo = {}",
+                quote(&standby.primary_conninfo)
+            );
+            if let Some(slot) = &standby.slot {
+                let _ = writeln!(out, "primary_slot_name = {}", quote(slot));
+            }
+            let _ = writeln!(out, "recovery_target_timeline = 'latest'");
+            let _ = writeln!(out, "{END}");
+            return out;
+        }
         let timeline = match self.timeline {
             RecoveryTimeline::Latest => "latest".to_owned(),
             RecoveryTimeline::Current => "current".to_owned(),
@@ -133,7 +159,8 @@ impl RecoverySettings {
     }
 
     /// Writes the block into `data_dir/postgresql.auto.conf` (replacing an earlier one) and
-    /// creates `recovery.signal`.
+    /// creates `recovery.signal`, or `standby.signal` for a standby (the other one removed,
+    /// were an earlier attempt made with another config).
     pub fn write(&self, data_dir: &Path) -> Result<()> {
         let conf = data_dir.join("postgresql.auto.conf");
         let existing = match std::fs::read_to_string(&conf) {
@@ -147,7 +174,16 @@ impl RecoverySettings {
         }
         text.push_str(&self.block());
         super::write_file(&conf, text.as_bytes())?;
-        super::write_file(&data_dir.join("recovery.signal"), b"")
+        let (signal, other) = match self.standby {
+            Some(_) => ("standby.signal", "recovery.signal"),
+            None => ("recovery.signal", "standby.signal"),
+        };
+        match std::fs::remove_file(data_dir.join(other)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("remove {other}")),
+        }
+        super::write_file(&data_dir.join(signal), b"")
     }
 }
 
@@ -204,7 +240,35 @@ mod tests {
             action: Some(TargetAction::Promote),
             backup_id: "20261130T035500F".into(),
             timeline: RecoveryTimeline::Latest,
+            standby: None,
         }
+    }
+
+    #[test]
+    fn a_standby_streams_from_its_primary_follows_the_latest_timeline_and_has_no_target() {
+        let standby = RecoverySettings {
+            standby: Some(StandbySettings {
+                primary_conninfo: "host=db-0 user=r passfile=/run/pg/p".into(),
+                slot: Some("standby_1".into()),
+            }),
+            timeline: RecoveryTimeline::Current,
+            action: None,
+            ..settings(RecoveryTarget::EndOfWal)
+        };
+        let block = standby.block();
+        assert!(block.contains("primary_conninfo = 'host=db-0 user=r passfile=/run/pg/p'\n"));
+        assert!(block.contains("primary_slot_name = 'standby_1'\n"));
+        assert!(
+            block.contains("recovery_target_timeline = 'latest'\n"),
+            "{block}"
+        );
+        assert!(!block.contains("recovery_target_action"), "{block}");
+        let dir = tempfile::tempdir().unwrap();
+        // An earlier attempt as a plain restore left recovery.signal: a standby has none.
+        std::fs::write(dir.path().join("recovery.signal"), "").unwrap();
+        standby.write(dir.path()).unwrap();
+        assert!(dir.path().join("standby.signal").exists());
+        assert!(!dir.path().join("recovery.signal").exists());
     }
 
     #[test]

@@ -347,6 +347,7 @@ impl<'a> Test<'a> {
                 action: Some(TargetAction::Promote),
                 backup_id: manifest.id.clone(),
                 timeline: Default::default(),
+                standby: None,
             },
         );
         options.tablespace_map = tablespace_map;

@@ -1,6 +1,7 @@
 //! The archiver's heartbeat: `heartbeat/<system identifier>.json` in the repository, a plain
 //! JSON object the daemon that archives rewrites every [`HEARTBEAT_EVERY`] (host, pid,
-//! timeline, time) and marks `stopped` when it stops in order.
+//! timeline, time) and marks `stopped` when it stops in order. The daemon of a standby writes
+//! none until its cluster is promoted.
 //!
 //! It is how a successor (`postgres.init.restore_as: successor`) tells whether its original
 //! still archives: a heartbeat younger than [`HEARTBEAT_STALE`] that is not marked stopped
@@ -23,6 +24,10 @@ use crate::repo::{PutMode, Repo};
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
 /// A heartbeat older than this is stale: its writer is taken for gone.
 pub const HEARTBEAT_STALE: Duration = Duration::from_secs(120);
+/// How often the daemon of a standby looks whether it was promoted, to beat from then on.
+const STANDBY_LOOK_EVERY: Duration = Duration::from_secs(1);
+/// The file whose presence makes postgres start as a standby.
+const STANDBY_SIGNAL: &str = "standby.signal";
 
 /// The content of the heartbeat object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +134,19 @@ pub async fn beat(
     let mut failing = false;
     loop {
         let stopped = cancel.is_cancelled();
+        // A standby archives nothing: the heartbeat is its primary's to write (a standby's
+        // `stopped` mark would tell a successor that the running primary stopped). Postgres
+        // removes `standby.signal` when it is promoted; the next beat is this daemon's.
+        if data_dir.join(STANDBY_SIGNAL).exists() {
+            if stopped {
+                return;
+            }
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                () = tokio::time::sleep(STANDBY_LOOK_EVERY) => {}
+            }
+            continue;
+        }
         let timeline = {
             let dir = data_dir.clone();
             tokio::task::spawn_blocking(move || current_timeline(&dir))

@@ -36,6 +36,7 @@ mod security_restore;
 mod security_socket;
 mod services;
 mod small_paths;
+mod standby;
 mod storage;
 mod storage_requests;
 mod transfers;

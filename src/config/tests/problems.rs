@@ -444,3 +444,47 @@ fn a_copy_may_not_write_to_the_repository_it_came_from() {
          successor)"
     );
 }
+
+/// A standby is made from the repository, streams from a primary named without a password,
+/// and through a slot with a valid name.
+#[test]
+fn a_standby_needs_from_backup_a_conninfo_without_a_password_and_a_valid_slot() {
+    let good = "postgres:\n  standby:\n    primary_conninfo: host=db-0 user=replicator\n    \
+                password: pw\n    slot: standby_1\n  init:\n    from_backup: latest\n\
+                wal:\n  archive: false\n";
+    let standby = ok(good, &[]).postgres.standby.expect("a standby");
+    assert_eq!(standby.primary_conninfo, "host=db-0 user=replicator");
+    assert_eq!(standby.slot.as_deref(), Some("standby_1"));
+    assert_eq!(
+        standby.password.map(|p| p.expose().to_owned()).as_deref(),
+        Some("pw")
+    );
+    assert_eq!(
+        problem("postgres:\n  standby:\n    primary_conninfo: host=db-0\nwal:\n  archive: false\n"),
+        "cfg.yaml:2:3: postgres.standby: a standby is made from the repository: set \
+         postgres.init.from_backup (latest)"
+    );
+    assert_eq!(
+        problem(&good.replace("latest\n", "latest-or-init\n")),
+        "cfg.yaml:7:5: postgres.init.from_backup: latest-or-init would bootstrap a new cluster \
+         with initdb when the repository holds no backup, which can be no standby \
+         (postgres.standby)\nHINT: use latest"
+    );
+    assert_eq!(
+        problem(&good.replace("user=replicator", "user=replicator password=pw")),
+        "cfg.yaml:3:5: postgres.standby.primary_conninfo: holds a password, which postgres \
+         would show to anyone allowed to read its settings\nHINT: set \
+         postgres.standby.password (or password_file) instead: pgward hands it to postgres in \
+         a private password file"
+    );
+    assert_eq!(
+        problem(&good.replace("standby_1", "Standby-1")),
+        "cfg.yaml:5:11: postgres.standby.slot: invalid slot \"Standby-1\" (use lower-case \
+         letters, digits and _, at most 63 characters)"
+    );
+    assert_eq!(
+        problem(&good.replace("    primary_conninfo: host=db-0 user=replicator\n", "")),
+        "cfg.yaml:2:3: postgres.standby.primary_conninfo: missing: the primary to stream from, \
+         e.g. host=db-0 port=5432 user=replicator"
+    );
+}

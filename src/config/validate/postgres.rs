@@ -5,6 +5,7 @@
 use super::values::{choice, invalid, parse_port};
 use super::*;
 use crate::postgres::bootstrap::{RestoreAs, LATEST_OR_INIT};
+use crate::postgres::standby::{has_password, is_slot_name};
 use crate::repo::layout::BackupId;
 
 pub(super) fn validate_postgres(raw: RawPostgres, cx: &mut Cx<'_>) -> PostgresConfig {
@@ -18,6 +19,7 @@ pub(super) fn validate_postgres(raw: RawPostgres, cx: &mut Cx<'_>) -> PostgresCo
         init,
         stop,
         restart,
+        standby,
     } = raw;
     let data_dir = match data_dir {
         Some(raw) => cx.path("postgres.data_dir", Some(raw)),
@@ -33,6 +35,8 @@ pub(super) fn validate_postgres(raw: RawPostgres, cx: &mut Cx<'_>) -> PostgresCo
         .unwrap_or_else(|| "postgres".to_owned());
     let bin_dir = cx.path("postgres.bin_dir", bin_dir);
     let parameters = validate_parameters(parameters, cx);
+    let init = validate_init(init, cx);
+    let standby = standby.and_then(|raw| validate_standby(raw, &init, cx));
     PostgresConfig {
         data_dir,
         port,
@@ -40,7 +44,8 @@ pub(super) fn validate_postgres(raw: RawPostgres, cx: &mut Cx<'_>) -> PostgresCo
         user,
         bin_dir,
         parameters,
-        init: validate_init(init, cx),
+        init,
+        standby,
         stop: validate_stop(stop, cx),
         restart: validate_restart(
             "postgres.restart",
@@ -157,6 +162,64 @@ fn validate_init(raw: RawInit, cx: &mut Cx<'_>) -> InitConfig {
         from_backup,
         restore_as,
     }
+}
+
+/// `postgres.standby`: a standby is made from the repository (`init.from_backup`), and its
+/// password stays out of `primary_conninfo` (see [`crate::postgres::standby`]).
+fn validate_standby(raw: RawStandby, init: &InitConfig, cx: &mut Cx<'_>) -> Option<StandbyConfig> {
+    let RawStandby {
+        primary_conninfo,
+        password,
+        password_file,
+        slot,
+    } = raw;
+    let password = cx.secret("postgres.standby.password", password, password_file);
+    let slot = cx.parse("postgres.standby.slot", slot, |s| match is_slot_name(s) {
+        true => Ok(s.to_owned()),
+        false => Err(invalid(
+            "slot",
+            s,
+            "lower-case letters, digits and _, at most 63 characters",
+        )),
+    });
+    match init.from_backup.as_deref() {
+        None => cx.at_key(
+            "postgres.standby",
+            "a standby is made from the repository: set postgres.init.from_backup (latest)"
+                .to_owned(),
+        ),
+        Some(LATEST_OR_INIT) => cx.at_key(
+            "postgres.init.from_backup",
+            format!(
+                "{LATEST_OR_INIT} would bootstrap a new cluster with initdb when the repository \
+                 holds no backup, which can be no standby (postgres.standby)\nHINT: use latest"
+            ),
+        ),
+        Some(_) => {}
+    }
+    let Some(primary_conninfo) = cx.string("postgres.standby.primary_conninfo", primary_conninfo)
+    else {
+        cx.at_key(
+            "postgres.standby.primary_conninfo",
+            "missing: the primary to stream from, e.g. host=db-0 port=5432 user=replicator"
+                .to_owned(),
+        );
+        return None;
+    };
+    if has_password(&primary_conninfo) {
+        cx.at_key(
+            "postgres.standby.primary_conninfo",
+            "holds a password, which postgres would show to anyone allowed to read its settings\n\
+             HINT: set postgres.standby.password (or password_file) instead: pgward hands it to \
+             postgres in a private password file"
+                .to_owned(),
+        );
+    }
+    Some(StandbyConfig {
+        primary_conninfo,
+        password,
+        slot,
+    })
 }
 
 fn validate_stop(raw: RawStop, cx: &mut Cx<'_>) -> StopConfig {
