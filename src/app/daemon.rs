@@ -2,6 +2,7 @@
 //! postgres's archive and restore commands, `status`, `jobs`), and the metrics endpoints'
 //! `/metrics`, `/healthz`, `/readyz` and `/status`, with where a recovering postgres stands.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,35 +33,69 @@ pub(super) struct DaemonHandler {
     pub(super) wal: WalSlot,
     /// Where to ask postgres whether it recovers.
     pub(super) target: Target,
+    /// `standby.signal` in the data directory: while it exists, recovery is a standby's.
+    pub(super) standby_signal: PathBuf,
     pub(super) scheduler: Scheduler,
 }
 
-/// Whether postgres recovers, and where (`None` when it does not, or cannot say now).
-async fn recovery_status(target: &Target) -> Option<RecoveryStatus> {
+/// Whether postgres recovers, and where (`None` when it does not, or cannot say now). A
+/// standby is told by its `standby_signal` (postgres removes it at promotion).
+async fn recovery_status(target: &Target, standby_signal: &Path) -> Option<RecoveryStatus> {
     let query = async {
         let client = target.connect().await.ok()?;
         let row = client
             .query_one(
                 "SELECT pg_is_in_recovery(), \
                  CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END, \
-                 pg_last_wal_replay_lsn()::text",
+                 pg_last_wal_replay_lsn()::text, \
+                 coalesce((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false), \
+                 coalesce(greatest(0, pg_wal_lsn_diff(greatest(\
+                     (SELECT latest_end_lsn FROM pg_stat_wal_receiver), \
+                     pg_last_wal_receive_lsn()), pg_last_wal_replay_lsn())), 0)::float8, \
+                 CASE WHEN pg_last_wal_receive_lsn() IS NULL \
+                        OR pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0 \
+                      ELSE coalesce(greatest(0, extract(epoch FROM \
+                        now() - pg_last_xact_replay_timestamp())), 0) END::float8",
                 &[],
             )
             .await
             .ok()?;
         let (in_recovery, paused, lsn): (bool, bool, Option<String>) =
             (row.get(0), row.get(1), row.get(2));
+        let (streaming, lag_bytes, lag_seconds): (bool, f64, f64) =
+            (row.get(3), row.get(4), row.get(5));
+        let standby = standby_signal.exists();
+        let source = match streaming {
+            true => "streaming",
+            false => "archive",
+        };
         in_recovery.then(|| RecoveryStatus {
+            role: match standby {
+                true => "standby",
+                false => "recovery",
+            }
+            .into(),
+            source: source.into(),
             paused,
+            replay_lsn: lsn,
+            lag_bytes,
+            lag_seconds,
             hint: if paused {
                 "replay is paused (at the recovery target?): check the data, then run \
                  `pgward promote` (or SELECT pg_wal_replay_resume();) to end recovery and \
                  promote, or restore again with another target"
                     .into()
+            } else if standby && streaming {
+                "a hot standby, streaming from its primary; `pgward promote` makes it a primary"
+                    .into()
+            } else if standby {
+                "a hot standby, replaying WAL from the archive (not streaming: is the primary \
+                 up, and does it let this standby connect for replication?); `pgward promote` \
+                 makes it a primary"
+                    .into()
             } else {
                 "replaying WAL from the archive".into()
             },
-            replay_lsn: lsn,
         })
     };
     tokio::time::timeout(Duration::from_secs(3), query)
@@ -82,7 +117,7 @@ impl DaemonHandler {
             .iter()
             .any(|s| s.name == POSTGRES && s.state == UnitState::Ready);
         let recovery = match postgres_ready {
-            true => recovery_status(&self.target).await,
+            true => recovery_status(&self.target, &self.standby_signal).await,
             false => None,
         };
         Status {
@@ -292,7 +327,7 @@ impl Source for DaemonMetrics {
             if let Err(e) = ready::probe(&self.daemon.target).await {
                 return Readiness::NotReady(format!("postgres does not accept connections: {e}"));
             }
-            match recovery_status(&self.daemon.target).await {
+            match recovery_status(&self.daemon.target, &self.daemon.standby_signal).await {
                 Some(_) => Readiness::InRecovery,
                 None => Readiness::Ready,
             }

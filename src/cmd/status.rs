@@ -44,9 +44,16 @@ pub async fn status(config: &Config, json: bool) -> Result<i32> {
     }
     if let Some(r) = &status.recovery {
         println!(
-            "recovery: {} at {}; {}",
-            if r.paused { "PAUSED" } else { "in progress" },
+            "{}: {} at {} (from the {}; {} bytes, {:.1}s behind); {}",
+            r.role,
+            if r.paused { "PAUSED" } else { "replaying" },
             r.replay_lsn.as_deref().unwrap_or("-"),
+            match r.source.as_str() {
+                "streaming" => "primary, streaming",
+                _ => "archive",
+            },
+            r.lag_bytes,
+            r.lag_seconds,
             r.hint
         );
     }

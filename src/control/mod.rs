@@ -149,12 +149,32 @@ impl std::fmt::Display for Phase {
 }
 
 /// Where a recovering postgres stands.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RecoveryStatus {
+    /// `standby` (a hot standby, `standby.signal`) or `recovery` (a restore recovering
+    /// towards its target, then promoting).
+    #[serde(default = "recovery_role")]
+    pub role: String,
+    /// Where WAL comes from now: `streaming` (from the primary) or `archive` (the repository,
+    /// through `restore_command`).
+    #[serde(default)]
+    pub source: String,
     /// Replay is paused (at a recovery target with `--target-action pause`, or by hand).
     pub paused: bool,
     /// The last WAL position replayed.
     pub replay_lsn: Option<String>,
+    /// WAL received (from the primary, as it last reported its end) but not replayed yet, in
+    /// bytes; 0 when nothing is known beyond what was replayed.
+    #[serde(default)]
+    pub lag_bytes: f64,
+    /// How old the last replayed transaction is, in seconds; 0 when replay has caught up with
+    /// everything received.
+    #[serde(default)]
+    pub lag_seconds: f64,
     /// What to do next, for a human.
     pub hint: String,
+}
+
+fn recovery_role() -> String {
+    "recovery".to_owned()
 }

@@ -53,6 +53,38 @@ async fn wait_for(client: &tokio_postgres::Client, sql: &str, want: &str, within
     }
 }
 
+/// `pgward status --json`'s `recovery`, once its source is `source`.
+async fn wait_recovery_source(config: &Path, source: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let recovery = Pgward::status(config)["recovery"].clone();
+        if recovery["source"] == source {
+            return recovery;
+        }
+        assert!(Instant::now() < deadline, "{recovery}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The value of the unlabelled series `name` on the daemon's `/metrics`.
+async fn metric(port: u16, name: &str) -> Option<f64> {
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let body = reqwest::get(&url).await.ok()?.text().await.ok()?;
+    let found = body.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        let value = match rest.strip_prefix('{') {
+            Some(labelled) => labelled.split_once("} ")?.1,
+            None => rest.strip_prefix(' ')?,
+        };
+        value.trim().parse().ok()
+    });
+    if found.is_none() {
+        let related: Vec<&str> = body.lines().filter(|l| l.contains("standby")).collect();
+        eprintln!("no {name} in the scrape; lines about standbys: {related:#?}");
+    }
+    found
+}
+
 const ROWS: &str = "SELECT string_agg(i::text, ',' ORDER BY i) FROM t";
 const RECEIVER: &str = "SELECT status FROM pg_stat_wal_receiver";
 
@@ -112,6 +144,13 @@ async fn a_standby_from_the_repository_streams_falls_back_to_the_archive_and_pro
         .unwrap()
         .get(0);
     assert_eq!(slot, "true", "the standby streams through its slot");
+    let recovery = wait_recovery_source(&config, "streaming").await;
+    assert_eq!(recovery["role"], "standby", "{recovery}");
+    assert!(recovery["lag_bytes"].as_f64().is_some(), "{recovery}");
+    assert_eq!(
+        metric(standby.metrics_port, "pgward_standby_streaming").await,
+        Some(1.0)
+    );
 
     // The password is in a private file of the socket directory, never in the settings
     // postgres shows or in the data directory.
@@ -150,6 +189,15 @@ async fn a_standby_from_the_repository_streams_falls_back_to_the_archive_and_pro
         .unwrap()
         .map(|row| row.get(0));
     assert_ne!(streaming.as_deref(), Some("streaming"));
+    let recovery = wait_recovery_source(&config, "archive").await;
+    assert!(
+        recovery["hint"].as_str().unwrap().contains("not streaming"),
+        "{recovery}"
+    );
+    assert_eq!(
+        metric(standby.metrics_port, "pgward_standby_streaming").await,
+        Some(0.0)
+    );
     // Allowed again, it streams again.
     client
         .batch_execute("ALTER ROLE replicator LOGIN; INSERT INTO t VALUES (4)")

@@ -341,6 +341,22 @@ fn replication() -> Vec<Namespace> {
                 Column::new("is_replica", Gauge, "Indicates if the server is a replica"),
             ],
         ),
+        // pgward's own: where a server in recovery gets its WAL, and how far replay is
+        // behind what it received (no row on a primary).
+        namespace(
+            "pgward_standby",
+            "standby",
+            "SELECT CASE WHEN coalesce((SELECT status = 'streaming' FROM pg_stat_wal_receiver), \
+                    false) THEN 1 ELSE 0 END AS streaming, \
+                coalesce(greatest(0, pg_wal_lsn_diff(greatest(\
+                    (SELECT latest_end_lsn FROM pg_stat_wal_receiver), \
+                    pg_last_wal_receive_lsn()), pg_last_wal_replay_lsn())), 0) AS lag_bytes \
+             WHERE pg_is_in_recovery()",
+            vec![
+                Column::new("streaming", Gauge, "1 while the server in recovery streams WAL from its primary, 0 while it replays from the archive"),
+                Column::new("lag_bytes", Gauge, "WAL received (or reported by the primary) but not replayed yet, in bytes"),
+            ],
+        ),
         namespace(
             "pg_postmaster",
             "postmaster",

@@ -521,6 +521,7 @@ mod tests {
                 "stat_replication",
                 "replication_slots",
                 "replication",
+                "standby",
                 "postmaster",
                 "settings"
             ]
@@ -546,7 +547,7 @@ mod tests {
             assert_eq!(value("pg_exporter_last_scrape_error"), 1.0);
             assert_eq!(value("pg_exporter_scrapes_total"), f64::from(scrape));
             let success = families.get("pg_scrape_collector_success").unwrap();
-            assert_eq!(success.samples().count(), 13);
+            assert_eq!(success.samples().count(), 14);
             assert!(success.samples().all(|(_, v)| v == 0.0));
             assert!(families.get("pg_static").is_none());
         }
