@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backup::{catalog, expire, lineage, summary, verify};
 use crate::check::{all_ok, CheckResult};
-use crate::config::{JobTask, RestoreTestConfig};
+use crate::config::{BackupOn, JobTask, RestoreTestConfig};
 use crate::postgres::ready::Target;
 use crate::scheduler::{Actions, BoxFuture};
 use crate::site::Site;
@@ -77,8 +77,26 @@ impl SiteActions {
         incremental: bool,
         cancel: &CancellationToken,
     ) -> Result<String> {
-        let wait: BoxFuture<'_, _> = Box::pin(wait_until_primary(job, self.site.target(), cancel));
-        wait.await?;
+        // The role this server has now: a hot standby (standby.signal, removed at
+        // promotion), or a primary (or a restore recovering towards one).
+        let standby = self.site.data_dir().join("standby.signal").exists();
+        let on = self.site.config().backup.on;
+        let skip = match (on, standby) {
+            (BackupOn::Primary, true) => Some("this server is a standby"),
+            (BackupOn::Standby, false) => Some("this server is no standby"),
+            _ => None,
+        };
+        if let Some(why) = skip {
+            let on = serde_json::to_value(on).unwrap_or_default();
+            let said = format!("skipped: {why} (backup.on: {})", on.as_str().unwrap_or("?"));
+            tracing::info!(job, "{said}");
+            return Ok(said);
+        }
+        if !standby {
+            let wait: BoxFuture<'_, _> =
+                Box::pin(wait_until_primary(job, self.site.target(), cancel));
+            wait.await?;
+        }
         let annotations = BTreeMap::from([("job".to_owned(), job.to_owned())]);
         let options = self.site.backup_options(annotations, false);
         let take: BoxFuture<'_, _> = Box::pin(self.site.take_backup(incremental, &options, cancel));

@@ -41,6 +41,9 @@ use crate::postgres::ClusterIdentity;
 use crate::repo::{retry, Lease, PutMode, Repo, RetryPolicy};
 use crate::spill::Sorted;
 
+/// The file whose presence makes postgres start as a standby.
+const STANDBY_SIGNAL: &str = "standby.signal";
+
 /// How long the checks before the manifest stay fresh: run while the WAL is awaited, they run
 /// again when the WAL took longer than this.
 const CHECKS_FRESH: Duration = Duration::from_secs(1);
@@ -89,14 +92,10 @@ pub async fn take_backup(
     options: &BackupOptions,
     cancel: &CancellationToken,
 ) -> Result<Completed> {
-    let target = cluster.target;
-    let client = target.connect().await.map_err(|e| {
-        anyhow::anyhow!(
-            "connect to postgres at {}: {e}\n{POSTGRES_HINT}",
-            target.socket_dir.display()
-        )
-    })?;
-    let data_checksums = preflight(&client).await?;
+    let client = connect(cluster.target).await?;
+    let standby = cluster.data_dir.join(STANDBY_SIGNAL).exists();
+    let data_checksums = preflight(&client, standby).await?;
+    let seg_size = wal_segment_size(&client).await?;
     // Backup mode starts (its checkpoint) while the lease is taken, under an id chosen now
     // and written into the lease as it is taken: round trips saved, and nothing is read or
     // stored before both. A refused lease ends backup mode with the session.
@@ -113,7 +112,7 @@ pub async fn take_backup(
         take_backup_lease(repo, options.lease_ttl, &id, repo_checked, || {
             catalog::objects_by_backup(repo)
         }),
-        backup_mode::start(&client, &label, cluster.identity.pg_major)
+        backup_mode::start(&client, &label, cluster.identity.pg_major, seg_size)
     );
     let (lease, objects) = leased?;
     let begun = |start| Started {
@@ -123,6 +122,8 @@ pub async fn take_backup(
         start_time,
         start,
         data_checksums,
+        seg_size,
+        standby,
     };
     let taken = match (objects, start) {
         (Ok(objects), Ok(start)) => {
@@ -156,7 +157,10 @@ async fn take_leased(
         );
     }
     let parent = match begun.kind {
-        BackupKind::Incremental => latest_of_lineage(repo, cluster, &complete).await?,
+        BackupKind::Incremental => {
+            let timeline = TimelineId(begun.start.timeline);
+            latest_of_lineage(repo, cluster, timeline, &complete).await?
+        }
         BackupKind::Full => None,
     };
     // The id chosen before the listing stands unless it is taken (objects of an interrupted
@@ -188,36 +192,22 @@ async fn take_leased(
 }
 
 /// The backup an incremental builds on: the newest complete one on the running cluster's
-/// lineage (its current timeline, or an ancestor up to where it was left), never one of a
-/// branch the cluster left behind; `None` (a full backup) without one. `complete`: the
-/// repository's complete backups, oldest first. Its files are set aside, not held.
+/// lineage (`timeline`, the new backup's start checkpoint's: on a primary the checkpoint that
+/// `pg_backup_start` made, so a promotion's new timeline; or an ancestor up to where it was
+/// left), never one of a branch the cluster left behind; `None` (a full backup) without one.
+/// `complete`: the repository's complete backups, oldest first. Its files are set aside, not
+/// held.
 async fn latest_of_lineage(
     repo: &Repo,
     cluster: &Cluster<'_>,
+    timeline: TimelineId,
     complete: &[String],
 ) -> Result<Option<SpilledManifest>> {
     if complete.is_empty() {
         tracing::info!("no earlier backup to build on: taking a full backup");
         return Ok(None);
     }
-    let client = cluster.target.connect().await.map_err(|e| {
-        anyhow::anyhow!(
-            "connect to postgres at {}: {e}\n{POSTGRES_HINT}",
-            cluster.target.socket_dir.display()
-        )
-    })?;
-    // The timeline WAL is written on now (pg_control names a new one only after the first
-    // checkpoint after a promotion).
-    let name: String = client
-        .query_one("SELECT pg_walfile_name(pg_current_wal_lsn())", &[])
-        .await
-        .context("read the server's current timeline")?
-        .get(0);
-    let tli = name
-        .get(..8)
-        .and_then(|t| u32::from_str_radix(t, 16).ok())
-        .with_context(|| format!("the server named its current WAL file {name:?}"))?;
-    let lineage = lineage::of_timeline(repo, cluster.data_dir, TimelineId(tli)).await?;
+    let lineage = lineage::of_timeline(repo, cluster.data_dir, timeline).await?;
     // A storage error fails the backup rather than quietly turn it into a full one.
     let (newest, off_lineage) = catalog::newest_among(repo, complete, &lineage)
         .await
@@ -236,6 +226,10 @@ struct Started {
     client: tokio_postgres::Client,
     id: String,
     kind: BackupKind,
+    /// The server's WAL segment size.
+    seg_size: WalSegSize,
+    /// Taken on a hot standby: its WAL comes from the primary's archiving.
+    standby: bool,
     start_time: chrono::DateTime<Utc>,
     start: backup_mode::BackupStart,
     data_checksums: bool,
@@ -312,14 +306,26 @@ async fn take(
     let control = read_control_file(control).await?;
     let (control, stop) = tokio::join!(
         store_control_file(repo, id, control, &options.retry, cancel),
-        backup_mode::stop(&started.client, cluster.identity.pg_major)
+        backup_mode::stop(
+            &started.client,
+            cluster.identity.pg_major,
+            started.start.timeline,
+            started.seg_size
+        )
     );
     let stop = stop?;
     files.push(control?).await?;
     let (files, tally) = files.finish().await?;
-    let seg_size = wal_segment_size(&started.client).await?;
-    let segments = segment_range(&started.start.wal, &stop.wal, seg_size)?;
-    let archiver_said = || archiver_last_failure(&started.client);
+    let segments = segment_range(&started.start.wal, &stop.wal, started.seg_size)?;
+    let archiver_said = || async {
+        match started.standby {
+            // A standby archives nothing: the primary's archiver is the one to ask.
+            true => "none on this standby; its primary archives the WAL (look at the \
+                     primary's `pgward status`)"
+                .to_owned(),
+            false => archiver_last_failure(&started.client).await,
+        }
+    };
     let check = || {
         check_before_manifest(
             repo,
@@ -578,6 +584,17 @@ async fn unused_id(
 
 // The hints below are shared with `check`, which looks at the same things.
 
+/// Connects to the server at `target` (its superuser, over the unix socket); the error says
+/// what to check.
+pub async fn connect(target: &Target) -> Result<tokio_postgres::Client> {
+    target.connect().await.map_err(|e| {
+        anyhow::anyhow!(
+            "connect to postgres at {}: {e}\n{POSTGRES_HINT}",
+            target.socket_dir.display()
+        )
+    })
+}
+
 /// What to ask when postgres does not answer.
 pub const POSTGRES_HINT: &str =
     "HINT: is postgres running (`pgward status`), on this config's postgres.socket_dir and \
@@ -599,7 +616,7 @@ pub const ARCHIVER_HINT: &str =
 /// Refuses to start a backup that could not be completed: archiving must be pgward's and
 /// working, or the backup would wait for WAL that never comes. Returns whether data
 /// checksums are on.
-async fn preflight(client: &tokio_postgres::Client) -> Result<bool> {
+async fn preflight(client: &tokio_postgres::Client, standby: bool) -> Result<bool> {
     let row = client
         .query_one(
             "SELECT pg_is_in_recovery(), current_setting('archive_mode'), \
@@ -613,6 +630,7 @@ async fn preflight(client: &tokio_postgres::Client) -> Result<bool> {
         .context("read the archiving settings")?;
     let checksums: String = row.get(3);
     let archiving = Archiving {
+        standby,
         in_recovery: row.get(0),
         archive_mode: row.get(1),
         archive_command: row.get(2),
@@ -625,6 +643,8 @@ async fn preflight(client: &tokio_postgres::Client) -> Result<bool> {
 
 /// What the server says of its archiving, for [`preflight`].
 struct Archiving {
+    /// The data directory holds `standby.signal`: a hot standby.
+    standby: bool,
     in_recovery: bool,
     archive_mode: String,
     archive_command: String,
@@ -638,17 +658,22 @@ impl Archiving {
     /// `Err` saying why a backup could not complete, and what to do.
     fn check(&self) -> Result<()> {
         let Archiving {
+            standby,
             in_recovery,
             archive_mode,
             archive_command,
             failed_wal,
             failing,
         } = self;
-        if *in_recovery {
-            bail!(
-                "the server is in recovery (a standby, or a restore not yet promoted)\nHINT: \
-                 take backups from the primary"
-            );
+        match (*in_recovery, *standby) {
+            // A hot standby archives nothing: its primary archives the WAL the backup needs,
+            // which the backup waits for in the repository (backup.wal_wait).
+            (true, true) => return Ok(()),
+            (true, false) => bail!(
+                "the server is in recovery (a restore not yet promoted)\nHINT: back up once it \
+                 is promoted, or from its primary"
+            ),
+            (false, _) => {}
         }
         if archive_mode == "off" {
             bail!("archive_mode is off: a backup needs its WAL archived\n{ARCHIVE_MODE_HINT}");
@@ -692,6 +717,7 @@ mod tests {
 
     fn healthy() -> Archiving {
         Archiving {
+            standby: false,
             in_recovery: false,
             archive_mode: "on".into(),
             archive_command: "test -f pg_wal/x/%f || /usr/bin/pgward wal-push %p".into(),
@@ -736,6 +762,15 @@ mod tests {
             in_recovery: true,
             ..healthy()
         })
-        .ends_with("\nHINT: take backups from the primary"));
+        .ends_with("\nHINT: back up once it is promoted, or from its primary"));
+        // A hot standby archives nothing of its own: its primary's archiving is what counts.
+        Archiving {
+            standby: true,
+            in_recovery: true,
+            archive_mode: "off".into(),
+            ..healthy()
+        }
+        .check()
+        .expect("a standby backs up");
     }
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::backup::take::POSTGRES_HINT;
+use crate::backup::take::connect;
 use crate::postgres::promotion::promote as promote_server;
 use crate::site::Site;
 
@@ -14,13 +14,7 @@ const PROMOTE_WAIT: Duration = Duration::from_secs(60);
 
 /// Exit 0 once the server is a primary.
 pub async fn promote(site: &Site) -> Result<i32> {
-    let target = site.target();
-    let client = target.connect().await.map_err(|e| {
-        anyhow::anyhow!(
-            "connect to postgres at {}: {e}\n{POSTGRES_HINT}",
-            target.socket_dir.display()
-        )
-    })?;
+    let client = connect(&site.target()).await?;
     let timeline = promote_server(&client, PROMOTE_WAIT).await?;
     println!(
         "promoted: the server is a primary, writing on timeline {}",

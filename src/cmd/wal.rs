@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use tokio_util::sync::CancellationToken;
 
-use crate::backup::take::{ARCHIVE_MODE_HINT, POSTGRES_HINT};
+use crate::backup::take::{connect, ARCHIVE_MODE_HINT};
 use crate::config::LogFormat;
 use crate::control::{client, Request, Response, SOCKET_ENV};
 use crate::postgres::wal_switch::{archiver_last_failure, switch_wal};
@@ -187,13 +187,7 @@ async fn ask_daemon(site: &mut LazySite, request: &Request) -> Result<Option<Res
 /// 0 only once that segment is in the repository (at most `backup.wal_wait`), 1 when it is
 /// not by then.
 pub async fn switch(site: &Site, wait: bool) -> Result<i32> {
-    let target = site.target();
-    let client = target.connect().await.map_err(|e| {
-        anyhow::anyhow!(
-            "connect to postgres at {}: {e}\n{POSTGRES_HINT}",
-            target.socket_dir.display()
-        )
-    })?;
+    let client = connect(&site.target()).await?;
     let segment = switch_wal(&client).await?;
     println!("WAL segment {segment} is complete");
     if !wait {

@@ -481,6 +481,9 @@ pub struct BackupConfig {
     /// reach the archive. Default 5m.
     #[serde(serialize_with = "ser_duration")]
     pub wal_wait: Duration,
+    /// Where the scheduler's backup jobs run (`pgward backup` by hand runs on either).
+    /// Default `primary`.
+    pub on: BackupOn,
     /// The backup lease (one backup of a repository at a time) expires this long after its
     /// holder's last renewal (every third of it); a crashed backup's lease is taken over, and
     /// its objects deleted by `expire`, only after that. Default 5m.
@@ -505,6 +508,20 @@ pub struct BackupConfig {
     /// `pgward check` fails with fewer complete full backups. Default 1.
     pub min_redundancy: u32,
     pub retention: RetentionConfig,
+}
+
+/// `backup.on`: the role a server must have for the scheduler's backup jobs to run there; on
+/// the other, a job skips with a log line instead of failing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupOn {
+    /// Not on a standby (a restore still recovering is waited for, until it is promoted).
+    #[default]
+    Primary,
+    /// Only on a hot standby.
+    Standby,
+    /// On either.
+    Any,
 }
 
 /// `backup.retention:` — what `pgward expire` keeps. A backup is expired only when no rule

@@ -636,6 +636,8 @@ pub(crate) struct RawBackup {
     pub transfers: Option<Text>,
     /// How long a backup waits for its WAL (start to stop) to be archived. Default: `5m`.
     pub wal_wait: Option<Text>,
+    /// Where the scheduler's backup jobs run: `primary`, `standby` or `any`; on the other role a job skips with a log line. Default: `primary`.
+    pub on: Option<Text>,
     /// The backup lease expires this long after its last renewal, at least 1s. Default: `5m`.
     pub lease_ttl: Option<Text>,
     /// Files larger than this are stored in slices. Default: `128MiB`.

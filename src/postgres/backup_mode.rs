@@ -1,10 +1,13 @@
 //! Non-exclusive backup mode, held on one session: the SQL that starts and stops it, which
 //! PostgreSQL 15 renamed (`pg_start_backup`/`pg_stop_backup` before, `pg_backup_start`/
 //! `pg_backup_stop` since). If the session ends before the stop, the server leaves backup
-//! mode by itself, so a failed backup needs no clean-up here.
+//! mode by itself, so a failed backup needs no clean-up here. Works on a primary and on a hot
+//! standby alike.
 
 use anyhow::{Context, Result};
 use tokio_postgres::Client;
+
+use super::wal::{Lsn, SegmentName, TimelineId, WalSegSize};
 
 /// Where a backup starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,8 +31,15 @@ pub struct BackupStop {
     pub tablespace_map: Option<String>,
 }
 
-/// Starts backup mode with an immediate checkpoint (`fast`), labelled `label`.
-pub async fn start(client: &Client, label: &str, pg_major: u32) -> Result<BackupStart> {
+/// Starts backup mode with an immediate checkpoint (`fast`; on a standby, from its last
+/// restartpoint), labelled `label`. Segment names are computed for WAL segments of
+/// `seg_size`: the server refuses to name them during recovery.
+pub async fn start(
+    client: &Client,
+    label: &str,
+    pg_major: u32,
+    seg_size: WalSegSize,
+) -> Result<BackupStart> {
     let sql = if pg_major >= 15 {
         "SELECT pg_backup_start($1, true)::text"
     } else {
@@ -40,23 +50,37 @@ pub async fn start(client: &Client, label: &str, pg_major: u32) -> Result<Backup
         .await
         .context("start the backup (pg_backup_start)")?
         .get(0);
-    let row = client
-        .query_one(
-            "SELECT timeline_id::int4, pg_walfile_name($1::text::pg_lsn) FROM pg_control_checkpoint()",
-            &[&lsn],
-        )
+    let timeline: i32 = client
+        .query_one("SELECT timeline_id::int4 FROM pg_control_checkpoint()", &[])
         .await
-        .context("read the backup's timeline")?;
-    let (timeline, wal): (i32, String) = (row.get(0), row.get(1));
-    Ok(BackupStart {
-        lsn,
-        timeline: timeline as u32,
-        wal,
-    })
+        .context("read the backup's timeline")?
+        .get(0);
+    let timeline = timeline as u32;
+    let wal = segment_of(&lsn, timeline, seg_size)?;
+    Ok(BackupStart { lsn, timeline, wal })
+}
+
+/// The name of the segment holding `lsn` (as `pg_walfile_name` gives it) on `timeline`.
+fn segment_of(lsn: &str, timeline: u32, seg_size: WalSegSize) -> Result<String> {
+    let position: Lsn = lsn
+        .parse()
+        .with_context(|| format!("the server gave the LSN {lsn:?}"))?;
+    Ok(
+        SegmentName::ending_at(TimelineId(timeline), position, seg_size)
+            .with_context(|| format!("name the segment of {lsn}"))?
+            .to_string(),
+    )
 }
 
 /// Ends backup mode without waiting for the archive (the caller waits for its own archive).
-pub async fn stop(client: &Client, pg_major: u32) -> Result<BackupStop> {
+/// The stop segment is named on `timeline` (the start's: a backup never spans a timeline
+/// switch, which the caller refuses).
+pub async fn stop(
+    client: &Client,
+    pg_major: u32,
+    timeline: u32,
+    seg_size: WalSegSize,
+) -> Result<BackupStop> {
     let sql = if pg_major >= 15 {
         "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)"
     } else {
@@ -68,11 +92,7 @@ pub async fn stop(client: &Client, pg_major: u32) -> Result<BackupStop> {
         .context("stop the backup (pg_backup_stop)")?;
     let (lsn, label_file, tablespace_map): (String, String, Option<String>) =
         (row.get(0), row.get(1), row.get(2));
-    let wal: String = client
-        .query_one("SELECT pg_walfile_name($1::text::pg_lsn)", &[&lsn])
-        .await
-        .context("name the stop segment")?
-        .get(0);
+    let wal = segment_of(&lsn, timeline, seg_size)?;
     Ok(BackupStop {
         lsn,
         wal,

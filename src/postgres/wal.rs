@@ -209,6 +209,19 @@ impl SegmentName {
         Ok(SegmentName { tli, log, seg })
     }
 
+    /// The segment `pg_walfile_name` names for `lsn` on `tli`: the one holding the byte just
+    /// before it (`XLByteToPrevSeg`), so that a position at a segment boundary belongs to the
+    /// segment it ends. Computed here because the server refuses `pg_walfile_name` during
+    /// recovery (on a standby).
+    pub fn ending_at(
+        tli: TimelineId,
+        lsn: Lsn,
+        seg_size: WalSegSize,
+    ) -> Result<SegmentName, NameError> {
+        let segno = SegmentNo(lsn.0.saturating_sub(1) / u64::from(seg_size.bytes()));
+        SegmentName::new(tli, segno, seg_size)
+    }
+
     /// Parses exactly 24 uppercase hex digits (`IsXLogFileName`).
     pub fn parse(name: &str) -> Result<SegmentName, NameError> {
         parse_segment_digits(name).ok_or_else(|| NameError::NotWalFileName {
@@ -400,6 +413,15 @@ fn is_upper_hex(b: u8) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_position_at_a_segment_boundary_belongs_to_the_segment_it_ends() {
+        let size = WalSegSize::new(16 << 20).unwrap();
+        let name = |lsn: u64| SegmentName::ending_at(TimelineId(2), Lsn(lsn), size).unwrap();
+        assert_eq!(name(0x3_000_028).to_string(), "000000020000000000000003");
+        assert_eq!(name(0x3_000_000).to_string(), "000000020000000000000002");
+        assert_eq!(name(0x1_0000_0000).to_string(), "0000000200000000000000FF");
+    }
     use super::*;
     use proptest::prelude::*;
 

@@ -264,16 +264,7 @@ async fn a_successor_standby_beats_nothing_in_recovery_and_archives_its_timeline
     // A standby that archives once promoted (initdb's pg_hba trusts replication from
     // 127.0.0.1): it starts beside its running primary, and leaves the heartbeat alone.
     let standby = Cluster::new();
-    let config = standby.config(
-        "password: pw\nfrom_backup: latest\nrestore_as: successor",
-        &format!("{storage}wal:\n  archive: true\n  archive_timeout: 1s\n"),
-    );
-    let text = std::fs::read_to_string(&config).unwrap();
-    let block = format!(
-        "  standby:\n    primary_conninfo: host=127.0.0.1 port={} user=postgres\n  init:\n",
-        primary.port
-    );
-    std::fs::write(&config, text.replacen("  init:\n", &block, 1)).unwrap();
+    let config = successor_standby_config(&standby, &primary, &storage, "");
     let mut standby_pgward = Pgward::start(&["--config", config.to_str().unwrap(), "run"], &[]);
     let replica = standby
         .wait_connect("postgres", "pw", "postgres", BOOT)
@@ -314,4 +305,98 @@ async fn a_successor_standby_beats_nothing_in_recovery_and_archives_its_timeline
     drop(replica);
     standby_pgward.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(standby_pgward.wait_exit(Duration::from_secs(60)).success());
+}
+
+/// The config of a standby of `primary` that archives and backs up as the repository's
+/// successor once promoted, streaming as `postgres` (initdb's pg_hba trusts replication from
+/// 127.0.0.1), with the `extra` top-level keys.
+fn successor_standby_config(
+    standby: &Cluster,
+    primary: &Cluster,
+    storage: &str,
+    extra: &str,
+) -> PathBuf {
+    let config = standby.config(
+        "password: pw\nfrom_backup: latest\nrestore_as: successor",
+        &format!("{storage}wal:\n  archive: true\n  archive_timeout: 1s\n{extra}"),
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    let block = format!(
+        "  standby:\n    primary_conninfo: host=127.0.0.1 port={} user=postgres\n  init:\n",
+        primary.port
+    );
+    std::fs::write(&config, text.replacen("  init:\n", &block, 1)).unwrap();
+    config
+}
+
+const COUNT: &str = "SELECT count(*)::text || ':' || sum(i)::text FROM t";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_taken_on_a_standby_restore_exactly_and_jobs_follow_backup_on() {
+    let primary = Cluster::new();
+    let storage = file_storage(&primary);
+    let (primary_config, _primary_pgward, client) =
+        crate::common::start_archiving(&primary, &storage).await;
+    client
+        .batch_execute("CREATE TABLE t AS SELECT generate_series(1, 1000) AS i")
+        .await
+        .unwrap();
+    backup_ok(&primary_config);
+
+    let standby = Cluster::new();
+    let jobs = "jobs:\n  - name: nightly\n    schedule: \"0 1 * * *\"\n    action: backup\n";
+    let config = successor_standby_config(&standby, &primary, &storage, jobs);
+    let _standby_pgward = Pgward::start(&["--config", config.to_str().unwrap(), "run"], &[]);
+    let replica = standby
+        .wait_connect("postgres", "pw", "postgres", BOOT)
+        .await;
+    wait_for(&replica, RECEIVER, "streaming", Duration::from_secs(20)).await;
+
+    // A full backup on the standby, then an incremental one after more rows.
+    let backup = |args: &[&str]| {
+        let mut all = vec!["backup"];
+        all.extend_from_slice(args);
+        let (code, out, err) = crate::common::pgward_with(&config, &all);
+        assert_eq!(code, 0, "backup {args:?} on the standby:\n{out}\n{err}");
+        let shown: serde_json::Value = serde_json::from_str(
+            &crate::common::pgward_with(&config, &["show", "latest", "--json"]).1,
+        )
+        .unwrap();
+        shown
+    };
+    let full = backup(&["--full"]);
+    assert_eq!(full["kind"], "full", "{full}");
+    client
+        .batch_execute("INSERT INTO t SELECT generate_series(1001, 1500)")
+        .await
+        .unwrap();
+    let expected: String = client.query_one(COUNT, &[]).await.unwrap().get(0);
+    wait_for(&replica, COUNT, &expected, Duration::from_secs(20)).await;
+    let incremental = backup(&["--incremental"]);
+    assert_eq!(incremental["kind"], "incremental", "{incremental}");
+    assert_eq!(incremental["parent"], full["id"], "{incremental}");
+    switch_and_wait_archived(&client).await;
+
+    // Each restores to the end of the archive with every row.
+    for shown in [&full, &incremental] {
+        let id = shown["id"].as_str().unwrap();
+        let restored = Cluster::new();
+        let data = restored.data_dir();
+        let (code, out, err) = crate::common::pgward_with(
+            &primary_config,
+            &["restore", id, "--data-dir", data.to_str().unwrap()],
+        );
+        assert_eq!(code, 0, "restore {id}:\n{out}\n{err}");
+        let (_pgward, restored_client) = crate::common::start_recovered(&restored, &storage).await;
+        let got: String = restored_client.query_one(COUNT, &[]).await.unwrap().get(0);
+        assert_eq!(got, expected, "backup {id} taken on the standby");
+    }
+
+    // The scheduler's backup job (backup.on: primary, the default) skips on the standby.
+    let (code, out, err) = crate::common::pgward_with(&config, &["jobs", "run", "nightly"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        format!("{out}{err}").contains("skipped: this server is a standby (backup.on: primary)"),
+        "{out}\n{err}"
+    );
 }

@@ -150,6 +150,7 @@ fn defaults(data_dir: &str, superuser: &str, database: &str) -> Config {
             concurrency: 2,
             transfers: 8,
             wal_wait: Duration::from_secs(300),
+            on: BackupOn::Primary,
             lease_ttl: Duration::from_secs(300),
             slice_size: 128 << 20,
             incremental_memory: 128 << 20,

@@ -567,6 +567,7 @@ fn backup_section_parses() {
 backup:
   concurrency: 8
   wal_wait: 90s
+  on: any
   lease_ttl: 2m
   slice_size: 16MiB
   incremental_memory: 1GB
@@ -580,6 +581,7 @@ backup:
             concurrency: 8,
             transfers: 8,
             wal_wait: Duration::from_secs(90),
+            on: BackupOn::Any,
             lease_ttl: Duration::from_secs(120),
             slice_size: 16 << 20,
             incremental_memory: 1 << 30,

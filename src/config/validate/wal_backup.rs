@@ -2,7 +2,7 @@
 //! retention.
 
 use super::super::size::parse_size;
-use super::values::{count_in, invalid, parse_count, positive_duration};
+use super::values::{choice, count_in, invalid, parse_count, positive_duration};
 use super::*;
 
 pub(super) fn validate_wal(raw: RawWal, cx: &mut Cx<'_>) -> WalConfig {
@@ -51,6 +51,7 @@ pub(super) fn validate_backup(raw: RawBackup, cx: &mut Cx<'_>) -> BackupConfig {
         concurrency,
         transfers,
         wal_wait,
+        on,
         lease_ttl,
         slice_size,
         incremental_memory,
@@ -90,6 +91,19 @@ pub(super) fn validate_backup(raw: RawBackup, cx: &mut Cx<'_>) -> BackupConfig {
         wal_wait: cx
             .parse("backup.wal_wait", wal_wait, parse_duration)
             .unwrap_or(Duration::from_secs(300)),
+        on: cx
+            .parse("backup.on", on, |s| {
+                choice(
+                    "backup.on",
+                    s,
+                    &[
+                        ("primary", BackupOn::Primary),
+                        ("standby", BackupOn::Standby),
+                        ("any", BackupOn::Any),
+                    ],
+                )
+            })
+            .unwrap_or_default(),
         lease_ttl: cx
             .parse("backup.lease_ttl", lease_ttl, |s| {
                 let ttl = parse_duration(s)?;
