@@ -77,8 +77,8 @@ test-default: ## every test, on the default server (Debian's)
 
 # The other majors the data-path tests run on (scripts/pg-majors.sh installs them in .tools/),
 # and those tests: bootstrap, WAL archive and fetch, full and block-level incremental backups,
-# restores to the latest point and to a time, restore-test, verify, the exporter's families and
-# the WAL of every resource manager (names matched as substrings). Each major's run has its own
+# restores to the latest point and to a time, restore-test, verify, backups on a hot standby,
+# the exporter's families and the WAL of every resource manager (names matched as substrings). Each major's run has its own
 # clusters, ports and repositories: they run side by side.
 PG_MAJORS ?= 14 16 17 18
 MAJORS_TESTS := \
@@ -90,6 +90,7 @@ MAJORS_TESTS := \
 	restore_test::restore_test_to_latest \
 	restore_test::restore_test_passes_a_good_backup \
 	verify::verify_passes_a_good_backup \
+	standby::backups_taken_on_a_standby \
 	majors::
 
 test-majors: ## the data-path tests on each of PG_MAJORS, side by side

@@ -188,7 +188,7 @@ async fn prepare(
     } else {
         let env = site.child_env(Child::Bootstrap);
         tokio::select! {
-            result = bootstrap::bootstrap(&server, &pg.init, &sink, &env) => result.context("bootstrap of the data directory failed")?,
+            result = bootstrap::bootstrap(&server, &pg.init, &pg.replication.allow, &sink, &env) => result.context("bootstrap of the data directory failed")?,
             Some(ForwardedSignal::Terminate(n)) = signals.recv() => {
                 tracing::warn!("stop requested during bootstrap; abandoning it");
                 return Ok(Prepared::Stopped(128 + n));

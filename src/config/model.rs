@@ -126,8 +126,18 @@ pub struct PostgresConfig {
     pub init: InitConfig,
     pub stop: StopConfig,
     pub restart: RestartConfig,
+    /// Replication access to this cluster (`pg_hba.conf` lines written at bootstrap).
+    pub replication: ReplicationConfig,
     /// A hot standby of a primary (with `init.from_backup`); `None`: a primary.
     pub standby: Option<StandbyConfig>,
+}
+
+/// `postgres.replication:`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct ReplicationConfig {
+    /// Networks standbys may connect from for replication, as `address/prefix`: each gets a
+    /// `host replication all <network> <method>` line when the data directory is bootstrapped.
+    pub allow: Vec<String>,
 }
 
 /// `postgres.stop:` — how postgres is stopped on SIGTERM/SIGINT.

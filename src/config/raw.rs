@@ -234,8 +234,19 @@ pub(crate) struct RawPostgres {
     #[serde(deserialize_with = "null_as_default")]
     #[schemars(with = "Option<RawRestart>")]
     pub restart: RawRestart,
+    /// Replication access to this cluster, written into `pg_hba.conf` when the data directory is bootstrapped.
+    #[serde(deserialize_with = "null_as_default")]
+    #[schemars(with = "Option<RawReplication>")]
+    pub replication: RawReplication,
     /// Make the cluster a hot standby of a primary, filled from the repository by `init.from_backup`: it streams from `primary_conninfo` and falls back to the archive. Default: none (a primary).
     pub standby: Option<RawStandby>,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawReplication {
+    /// Networks (CIDRs, or single addresses) standbys may connect from for replication: a `host replication all <cidr> <init.host_auth_method>` line each, appended to `pg_hba.conf` at bootstrap. Default: none.
+    pub allow: Option<Vec<Text>>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

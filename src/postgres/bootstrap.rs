@@ -151,6 +151,7 @@ pub fn check_password_rules(init: &InitConfig) -> Result<()> {
 pub async fn bootstrap(
     server: &Server,
     init: &InitConfig,
+    replication_allow: &[String],
     sink: &LogSink,
     env: &ChildEnv,
 ) -> Result<()> {
@@ -177,7 +178,7 @@ pub async fn bootstrap(
     }
     .text();
     fs::write(&marker, text).with_context(|| format!("write {}", marker.display()))?;
-    append_hba_line(server, init, sink, env).await?;
+    append_hba_line(server, init, replication_allow, sink, env).await?;
     run_with_temp_server(server, init, sink, env).await?;
     fs::remove_file(&marker).with_context(|| format!("remove {}", marker.display()))?;
     crate::fsutil::sync_dir(data_dir)?;
@@ -243,10 +244,13 @@ impl Drop for PwFile {
 }
 
 /// The image's `pg_setup_hba_conf`: allow every host with the chosen method, which defaults
-/// to the server's `password_encryption` (scram-sha-256 on 14+).
+/// to the server's `password_encryption` (scram-sha-256 on 14+); and replication from each of
+/// `replication_allow` (`postgres.replication.allow`) with the same method (the `all`
+/// database of the first line does not match replication connections).
 async fn append_hba_line(
     server: &Server,
     init: &InitConfig,
+    replication_allow: &[String],
     sink: &LogSink,
     env: &ChildEnv,
 ) -> Result<()> {
@@ -276,6 +280,9 @@ async fn append_hba_line(
         text.push_str("# see https://www.postgresql.org/docs/current/auth-trust.html\n");
     }
     text.push_str(&format!("host all all all {method}\n"));
+    for network in replication_allow {
+        text.push_str(&format!("host replication all {network} {method}\n"));
+    }
     let hba = server.data_dir.join("pg_hba.conf");
     let mut file = fs::OpenOptions::new()
         .append(true)

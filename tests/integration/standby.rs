@@ -400,3 +400,41 @@ async fn backups_taken_on_a_standby_restore_exactly_and_jobs_follow_backup_on() 
         "{out}\n{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_allow_writes_the_primary_side_of_pg_hba_at_bootstrap() {
+    let primary = Cluster::new();
+    let config = primary.config("password: pw", "wal:\n  archive: false\n");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let block = "  replication:\n    allow: [10.1.0.0/16, 127.0.0.2]\n  init:\n";
+    std::fs::write(&config, text.replacen("  init:\n", block, 1)).unwrap();
+    let (_config, _pgward, client) = run_and_connect(&primary, config).await;
+    let rules: Vec<String> = client
+        .query(
+            "SELECT address || ' ' || netmask || ' ' || auth_method FROM pg_hba_file_rules \
+             WHERE database = '{replication}' AND address IN ('10.1.0.0', '127.0.0.2') \
+             ORDER BY line_number",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            "10.1.0.0 255.255.0.0 scram-sha-256",
+            "127.0.0.2 255.255.255.255 scram-sha-256"
+        ]
+    );
+    let errors: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_hba_file_rules WHERE error IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(errors, 0);
+}

@@ -94,6 +94,7 @@ fn defaults(data_dir: &str, superuser: &str, database: &str) -> Config {
                 backoff: Duration::from_secs(1),
                 max_backoff: Duration::from_secs(30),
             },
+            replication: ReplicationConfig::default(),
             standby: None,
         },
         services: vec![],

@@ -488,3 +488,21 @@ fn a_standby_needs_from_backup_a_conninfo_without_a_password_and_a_valid_slot() 
          e.g. host=db-0 port=5432 user=replicator"
     );
 }
+
+/// Replication access is a list of networks, each as pg_hba.conf writes it.
+#[test]
+fn replication_allow_takes_networks_and_bare_addresses() {
+    let config = ok(
+        "postgres:\n  replication:\n    allow: [10.0.0.0/8, 192.168.1.7, \"fd00::/8\"]\n",
+        &[],
+    );
+    assert_eq!(
+        config.postgres.replication.allow,
+        ["10.0.0.0/8", "192.168.1.7/32", "fd00::/8"]
+    );
+    assert_eq!(
+        problem("postgres:\n  replication:\n    allow: [10.0.0.0/33]\n"),
+        "cfg.yaml:3:13: postgres.replication.allow[0]: invalid network \"10.0.0.0/33\" (use an \
+         address or a CIDR such as 10.0.0.0/8 or fd00::/8)"
+    );
+}

@@ -19,6 +19,7 @@ pub(super) fn validate_postgres(raw: RawPostgres, cx: &mut Cx<'_>) -> PostgresCo
         init,
         stop,
         restart,
+        replication,
         standby,
     } = raw;
     let data_dir = match data_dir {
@@ -45,6 +46,7 @@ pub(super) fn validate_postgres(raw: RawPostgres, cx: &mut Cx<'_>) -> PostgresCo
         bin_dir,
         parameters,
         init,
+        replication: validate_replication(replication, cx),
         standby,
         stop: validate_stop(stop, cx),
         restart: validate_restart(
@@ -162,6 +164,48 @@ fn validate_init(raw: RawInit, cx: &mut Cx<'_>) -> InitConfig {
         from_backup,
         restore_as,
     }
+}
+
+/// `postgres.replication`: each network as `address/prefix` (a bare address is the host
+/// alone), the form `pg_hba.conf` takes.
+fn validate_replication(raw: RawReplication, cx: &mut Cx<'_>) -> ReplicationConfig {
+    let RawReplication { allow } = raw;
+    let allow = allow
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, raw)| {
+            cx.parse(
+                &format!("postgres.replication.allow[{i}]"),
+                Some(raw),
+                |s| {
+                    parse_network(s).ok_or_else(|| {
+                        invalid(
+                            "network",
+                            s,
+                            "an address or a CIDR such as 10.0.0.0/8 or fd00::/8",
+                        )
+                    })
+                },
+            )
+        })
+        .collect();
+    ReplicationConfig { allow }
+}
+
+/// `10.0.0.0/8`, `fd00::/8`, or a bare address (`/32` or `/128` added).
+fn parse_network(s: &str) -> Option<String> {
+    let (address, prefix) = match s.split_once('/') {
+        Some((address, prefix)) => (address, Some(prefix)),
+        None => (s, None),
+    };
+    let address: std::net::IpAddr = address.parse().ok()?;
+    let max = if address.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max)?,
+        None => max,
+    };
+    Some(format!("{address}/{prefix}"))
 }
 
 /// `postgres.standby`: a standby is made from the repository (`init.from_backup`), and its
