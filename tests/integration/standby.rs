@@ -335,8 +335,13 @@ const COUNT: &str = "SELECT count(*)::text || ':' || sum(i)::text FROM t";
 async fn backups_taken_on_a_standby_restore_exactly_and_jobs_follow_backup_on() {
     let primary = Cluster::new();
     let storage = file_storage(&primary);
-    let (primary_config, _primary_pgward, client) =
-        crate::common::start_archiving(&primary, &storage).await;
+    // The primary's own backup job runs on standbys only: on the primary it skips.
+    let jobs = "jobs:\n  - name: nightly\n    schedule: \"0 1 * * *\"\n    action: backup\n";
+    let (primary_config, _primary_pgward, client) = crate::common::start_archiving(
+        &primary,
+        &format!("{storage}backup:\n  on: standby\n{jobs}"),
+    )
+    .await;
     client
         .batch_execute("CREATE TABLE t AS SELECT generate_series(1, 1000) AS i")
         .await
@@ -344,7 +349,6 @@ async fn backups_taken_on_a_standby_restore_exactly_and_jobs_follow_backup_on() 
     backup_ok(&primary_config);
 
     let standby = Cluster::new();
-    let jobs = "jobs:\n  - name: nightly\n    schedule: \"0 1 * * *\"\n    action: backup\n";
     let config = successor_standby_config(&standby, &primary, &storage, jobs);
     let _standby_pgward = Pgward::start(&["--config", config.to_str().unwrap(), "run"], &[]);
     let replica = standby
@@ -397,6 +401,12 @@ async fn backups_taken_on_a_standby_restore_exactly_and_jobs_follow_backup_on() 
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(
         format!("{out}{err}").contains("skipped: this server is a standby (backup.on: primary)"),
+        "{out}\n{err}"
+    );
+    let (code, out, err) = crate::common::pgward_with(&primary_config, &["jobs", "run", "nightly"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        format!("{out}{err}").contains("skipped: this server is no standby (backup.on: standby)"),
         "{out}\n{err}"
     );
 }
