@@ -164,12 +164,7 @@ wait_ready "$pgward_pid" || {
     die "pgward did not bring postgres up"
 }
 
-log "pgbench -i -s $scale"
-"$pg_bin/pgbench" -i -s "$scale" -q -h "$tmp/run" -p "$port" -U postgres postgres \
-    >"$tmp/log/pgbench-init.log" 2>&1 || {
-    show_log "$tmp/log/pgbench-init.log"
-    die "pgbench -i failed"
-}
+pgbench_init "$scale"
 psql_q 'checkpoint' >/dev/null
 log "waiting for pgbench -i's WAL to be archived ($(ready_count) segments)"
 wait_drained

@@ -60,6 +60,16 @@ psql_q() { # sql
     "$pg_bin/psql" -X -A -t -q -w -h "${sock_dir:-$tmp/run}" -p "$port" -U postgres -d postgres -c "$1"
 }
 
+# pgbench -i -s SCALE on the cluster, its output in $tmp/log/pgbench-init.log (shown on failure).
+pgbench_init() { # scale
+    log "pgbench -i -s $1"
+    "$pg_bin/pgbench" -i -s "$1" -q -h "${sock_dir:-$tmp/run}" -p "$port" -U postgres postgres \
+        >"$tmp/log/pgbench-init.log" 2>&1 || {
+        show_log "$tmp/log/pgbench-init.log"
+        die "pgbench -i failed"
+    }
+}
+
 wait_ready() { # alive_pid
     local deadline=$(($(now_us) + ready_timeout_s * 1000000))
     until psql_q 'select 1' >/dev/null 2>&1; do

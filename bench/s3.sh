@@ -306,12 +306,7 @@ log "initdb -k with $pg_bin ($("$pg_bin/postgres" --version))"
 }
 write_configs
 start_daemon
-log "pgbench -i -s $scale"
-"$pg_bin/pgbench" -i -s "$scale" -q -h "$sock_dir" -p "$port" -U postgres postgres \
-    >"$tmp/log/pgbench-init.log" 2>&1 || {
-    show_log "$tmp/log/pgbench-init.log"
-    die "pgbench -i failed"
-}
+pgbench_init "$scale"
 psql_q 'CREATE TABLE bench_wal (i int); CHECKPOINT' >/dev/null
 data_files=$(find "$data" -path "$data/pg_wal" -prune -o -type f -print | wc -l)
 data_mb=$(($(du -sb --exclude=pg_wal "$data" | cut -f1) / 1048576))
