@@ -119,10 +119,18 @@ async fn a_standby_from_the_repository_streams_falls_back_to_the_archive_and_pro
     let config = standby_config(&standby, &primary, &storage);
     let (code, out, err) = crate::common::pgward_with(&config, &["config", "check"]);
     assert_eq!(code, 0, "{out}\n{err}");
+    // The server's user may write into the socket directory: a symlink planted where the
+    // password file goes is replaced, and what it points at is left alone.
+    let victim = standby.dir.join("victim");
+    std::fs::write(&victim, "root's file").unwrap();
+    std::fs::create_dir_all(standby.socket_dir()).unwrap();
+    std::os::unix::fs::symlink(&victim, standby.socket_dir().join("pgward-primary.pgpass"))
+        .unwrap();
     let _standby_pgward = Pgward::start(&["--config", config.to_str().unwrap(), "run"], &[]);
     let replica = standby
         .wait_connect("postgres", "pw", "postgres", BOOT)
         .await;
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root's file");
     let in_recovery: bool = replica
         .query_one("SELECT pg_is_in_recovery()", &[])
         .await
@@ -161,7 +169,14 @@ async fn a_standby_from_the_repository_streams_falls_back_to_the_archive_and_pro
     assert!(!auto.contains("rep:pw"), "{auto}");
     assert!(auto.contains("primary_slot_name = 'standby_1'"), "{auto}");
     let passfile = standby.socket_dir().join("pgward-primary.pgpass");
+    assert!(!passfile.is_symlink());
     assert_eq!(mode(&passfile), 0o600);
+    if nix::unistd::geteuid().is_root() {
+        // Owned by the server's user, which libpq runs as in the walreceiver.
+        let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&passfile).unwrap());
+        let postgres = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+        assert_eq!(owner, postgres.uid.as_raw());
+    }
     let shown: String = replica
         .query_one("SHOW primary_conninfo", &[])
         .await
