@@ -63,6 +63,8 @@ pub struct ServerFacts {
     /// cannot be scanned.
     pub oldest_ready_age: Result<Option<Duration>, String>,
     pub in_recovery: bool,
+    /// The data directory holds `standby.signal`: a hot standby, whose primary archives.
+    pub standby: bool,
 }
 
 /// Reads [`ServerFacts`] over one session, and the `.ready` files of `data_dir`.
@@ -93,6 +95,7 @@ pub async fn server_facts(target: &Target, data_dir: &Path) -> anyhow::Result<Se
         last_failed_wal: row.get(6),
         last_failed_time: time(row.get(7)),
         in_recovery: row.get(8),
+        standby: data_dir.join("standby.signal").exists(),
         oldest_ready_age: {
             let data_dir = data_dir.to_owned();
             tokio::task::spawn_blocking(move || oldest_ready_age(&data_dir)).await?
@@ -113,6 +116,20 @@ pub fn server_checks(facts: &ServerFacts, wal_max_age: Option<Duration>) -> Vec<
             ),
         ),
     });
+    if facts.in_recovery && facts.standby {
+        // A hot standby archives nothing of its own: the WAL in the repository is its
+        // primary's, whose `pgward check` judges the archiving.
+        const STANDBY: &str = "a standby: its primary archives the WAL";
+        for name in [
+            "archive_mode",
+            "archive_command",
+            "archiver",
+            "wal_archived_age",
+        ] {
+            out.push(CheckResult::ok(name, STANDBY));
+        }
+        return out;
+    }
     out.push(match facts.archive_mode.as_str() {
         "on" | "always" => CheckResult::ok("archive_mode", facts.archive_mode.clone()),
         other => CheckResult::failed(
@@ -386,7 +403,28 @@ mod tests {
             last_failed_time: None,
             oldest_ready_age: Ok(None),
             in_recovery: false,
+            standby: false,
         }
+    }
+
+    #[test]
+    fn a_standby_leaves_the_archiving_checks_to_its_primary() {
+        let standby = ServerFacts {
+            archive_mode: "off".into(),
+            archive_command: String::new(),
+            in_recovery: true,
+            standby: true,
+            ..healthy()
+        };
+        let results = server_checks(&standby, None);
+        assert!(failed(&results).is_empty(), "{results:?}");
+        assert_eq!(results.len(), server_checks(&healthy(), None).len());
+        // A restore still recovering is not a standby: its archiving is checked.
+        let recovering = ServerFacts {
+            standby: false,
+            ..standby
+        };
+        assert!(failed(&server_checks(&recovering, None)).contains(&"archive_mode"));
     }
 
     fn failed(results: &[CheckResult]) -> Vec<&'static str> {

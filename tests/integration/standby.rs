@@ -159,6 +159,24 @@ async fn a_standby_from_the_repository_streams_falls_back_to_the_archive_and_pro
         metric(standby.metrics_port, "pgward_standby_streaming").await,
         Some(1.0)
     );
+    // `check` on the standby leaves the archiving to its primary (this one archives nothing:
+    // wal.archive is off), and everything else passes.
+    let (code, out, err) = crate::common::pgward_with(&config, &["check", "--json"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let checks: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let detail = |name: &str| {
+        checks["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .map(|c| c["detail"].as_str().unwrap_or_default().to_owned())
+    };
+    assert_eq!(
+        detail("archive_mode").as_deref(),
+        Some("a standby: its primary archives the WAL"),
+        "{out}"
+    );
 
     // The password is in a private file of the socket directory, never in the settings
     // postgres shows or in the data directory.
