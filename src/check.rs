@@ -95,7 +95,7 @@ pub async fn server_facts(target: &Target, data_dir: &Path) -> anyhow::Result<Se
         last_failed_wal: row.get(6),
         last_failed_time: time(row.get(7)),
         in_recovery: row.get(8),
-        standby: data_dir.join("standby.signal").exists(),
+        standby: crate::postgres::standby::is_standby(data_dir),
         oldest_ready_age: {
             let data_dir = data_dir.to_owned();
             tokio::task::spawn_blocking(move || oldest_ready_age(&data_dir)).await?

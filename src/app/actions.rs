@@ -12,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 use crate::backup::{catalog, expire, lineage, summary, verify};
 use crate::check::{all_ok, CheckResult};
 use crate::config::{BackupOn, JobTask, RestoreTestConfig};
+use crate::postgres::ready::in_recovery;
 use crate::postgres::ready::Target;
+use crate::postgres::standby::is_standby;
 use crate::scheduler::{Actions, BoxFuture};
 use crate::site::Site;
 use serde::de::IgnoredAny;
@@ -79,7 +81,7 @@ impl SiteActions {
     ) -> Result<String> {
         // The role this server has now: a hot standby (standby.signal, removed at
         // promotion), or a primary (or a restore recovering towards one).
-        let standby = self.site.data_dir().join("standby.signal").exists();
+        let standby = is_standby(self.site.data_dir());
         let on = self.site.config().backup.on;
         let skip = match (on, standby) {
             (BackupOn::Primary, true) => Some("this server is a standby"),
@@ -87,8 +89,7 @@ impl SiteActions {
             _ => None,
         };
         if let Some(why) = skip {
-            let on = serde_json::to_value(on).unwrap_or_default();
-            let said = format!("skipped: {why} (backup.on: {})", on.as_str().unwrap_or("?"));
+            let said = format!("skipped: {why} (backup.on: {})", on.as_str());
             tracing::info!(job, "{said}");
             return Ok(said);
         }
@@ -208,13 +209,9 @@ async fn wait_until_primary(job: &str, target: Target, cancel: &CancellationToke
             .connect()
             .await
             .with_context(|| format!("connect to postgres at {}", target.socket_dir.display()))?;
-        let in_recovery: bool = client
-            .query_one("SELECT pg_is_in_recovery()", &[])
-            .await
-            .context("ask whether the server is in recovery")?
-            .get(0);
+        let recovering = in_recovery(&client).await?;
         drop(client);
-        if !in_recovery {
+        if !recovering {
             return Ok(());
         }
         if !said {

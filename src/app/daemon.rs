@@ -19,6 +19,7 @@ use crate::metrics::pgward::Watchers;
 use crate::metrics::postgres::PostgresCollector;
 use crate::metrics::server::{Readiness, Source};
 use crate::postgres::ready::{self, Target};
+use crate::postgres::standby::{is_standby, LAG_BYTES_SQL, STREAMING_SQL};
 use crate::scheduler::Scheduler;
 use crate::supervisor::{UnitState, View, POSTGRES};
 use crate::wal::archiver::Archiver;
@@ -33,38 +34,31 @@ pub(super) struct DaemonHandler {
     pub(super) wal: WalSlot,
     /// Where to ask postgres whether it recovers.
     pub(super) target: Target,
-    /// `standby.signal` in the data directory: while it exists, recovery is a standby's.
-    pub(super) standby_signal: PathBuf,
+    /// The data directory: while it holds `standby.signal`, recovery is a standby's.
+    pub(super) data_dir: PathBuf,
     pub(super) scheduler: Scheduler,
 }
 
 /// Whether postgres recovers, and where (`None` when it does not, or cannot say now). A
-/// standby is told by its `standby_signal` (postgres removes it at promotion).
-async fn recovery_status(target: &Target, standby_signal: &Path) -> Option<RecoveryStatus> {
+/// standby is told by the `standby.signal` in `data_dir` (postgres removes it at promotion).
+async fn recovery_status(target: &Target, data_dir: &Path) -> Option<RecoveryStatus> {
     let query = async {
         let client = target.connect().await.ok()?;
-        let row = client
-            .query_one(
-                "SELECT pg_is_in_recovery(), \
-                 CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END, \
-                 pg_last_wal_replay_lsn()::text, \
-                 coalesce((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false), \
-                 coalesce(greatest(0, pg_wal_lsn_diff(greatest(\
-                     (SELECT latest_end_lsn FROM pg_stat_wal_receiver), \
-                     pg_last_wal_receive_lsn()), pg_last_wal_replay_lsn())), 0)::float8, \
-                 CASE WHEN pg_last_wal_receive_lsn() IS NULL \
-                        OR pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0 \
-                      ELSE coalesce(greatest(0, extract(epoch FROM \
-                        now() - pg_last_xact_replay_timestamp())), 0) END::float8",
-                &[],
-            )
-            .await
-            .ok()?;
+        let sql = format!(
+            "SELECT pg_is_in_recovery(), \
+             CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END, \
+             pg_last_wal_replay_lsn()::text, {STREAMING_SQL}, {LAG_BYTES_SQL}::float8, \
+             CASE WHEN pg_last_wal_receive_lsn() IS NULL \
+                    OR pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0 \
+                  ELSE coalesce(greatest(0, extract(epoch FROM \
+                    now() - pg_last_xact_replay_timestamp())), 0) END::float8"
+        );
+        let row = client.query_one(&sql, &[]).await.ok()?;
         let (in_recovery, paused, lsn): (bool, bool, Option<String>) =
             (row.get(0), row.get(1), row.get(2));
         let (streaming, lag_bytes, lag_seconds): (bool, f64, f64) =
             (row.get(3), row.get(4), row.get(5));
-        let standby = standby_signal.exists();
+        let standby = is_standby(data_dir);
         let source = match streaming {
             true => "streaming",
             false => "archive",
@@ -117,7 +111,7 @@ impl DaemonHandler {
             .iter()
             .any(|s| s.name == POSTGRES && s.state == UnitState::Ready);
         let recovery = match postgres_ready {
-            true => recovery_status(&self.target, &self.standby_signal).await,
+            true => recovery_status(&self.target, &self.data_dir).await,
             false => None,
         };
         Status {
@@ -327,7 +321,7 @@ impl Source for DaemonMetrics {
             if let Err(e) = ready::probe(&self.daemon.target).await {
                 return Readiness::NotReady(format!("postgres does not accept connections: {e}"));
             }
-            match recovery_status(&self.daemon.target, &self.daemon.standby_signal).await {
+            match recovery_status(&self.daemon.target, &self.daemon.data_dir).await {
                 Some(_) => Readiness::InRecovery,
                 None => Readiness::Ready,
             }

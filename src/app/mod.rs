@@ -379,7 +379,7 @@ impl Daemon {
             stopping: stopping.clone(),
             wal,
             target: site.target(),
-            standby_signal: site.data_dir().join("standby.signal"),
+            data_dir: site.data_dir().to_path_buf(),
             scheduler: scheduler.clone(),
         });
         let control_task = tokio::spawn(control.serve(handler.clone(), cancel_control.clone()));

@@ -34,15 +34,13 @@ use super::walk::{sources, walk};
 use crate::postgres::backup_mode;
 use crate::postgres::control_file::{ControlFile, CONTROL_FILE_PATH};
 use crate::postgres::ready::Target;
+use crate::postgres::standby::is_standby;
 use crate::postgres::wal::WalSegSize;
 use crate::postgres::wal::{Lsn, TimelineId};
 use crate::postgres::wal_switch::archiver_last_failure;
 use crate::postgres::ClusterIdentity;
 use crate::repo::{retry, Lease, PutMode, Repo, RetryPolicy};
 use crate::spill::Sorted;
-
-/// The file whose presence makes postgres start as a standby.
-const STANDBY_SIGNAL: &str = "standby.signal";
 
 /// How long the checks before the manifest stay fresh: run while the WAL is awaited, they run
 /// again when the WAL took longer than this.
@@ -93,7 +91,7 @@ pub async fn take_backup(
     cancel: &CancellationToken,
 ) -> Result<Completed> {
     let client = connect(cluster.target).await?;
-    let standby = cluster.data_dir.join(STANDBY_SIGNAL).exists();
+    let standby = is_standby(cluster.data_dir);
     let data_checksums = preflight(&client, standby).await?;
     let seg_size = wal_segment_size(&client).await?;
     // Backup mode starts (its checkpoint) while the lease is taken, under an id chosen now

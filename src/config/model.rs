@@ -534,6 +534,17 @@ pub enum BackupOn {
     Any,
 }
 
+impl BackupOn {
+    /// The name the config gives it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupOn::Primary => "primary",
+            BackupOn::Standby => "standby",
+            BackupOn::Any => "any",
+        }
+    }
+}
+
 /// `backup.retention:` — what `pgward expire` keeps. A backup is expired only when no rule
 /// keeps it; the newest full backup and backups marked `--keep` are always kept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

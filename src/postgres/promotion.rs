@@ -5,18 +5,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use super::wal::TimelineId;
+use super::ready::in_recovery;
+use super::wal::{SegmentName, TimelineId};
 
 /// Promotes the server `client` is connected to and waits, at most `wait`, until it is a
 /// primary; returns the timeline it now writes on. A server that is not in recovery is
 /// refused: there is nothing to promote.
 pub async fn promote(client: &tokio_postgres::Client, wait: Duration) -> Result<TimelineId> {
-    let in_recovery: bool = client
-        .query_one("SELECT pg_is_in_recovery()", &[])
-        .await
-        .context("ask the server whether it is in recovery")?
-        .get(0);
-    if !in_recovery {
+    if !in_recovery(client).await? {
         bail!(
             "the server is not in recovery: it is already a primary, nothing to promote\n\
              HINT: promote runs on a standby (postgres.standby) or on a restore paused at its \
@@ -42,8 +38,7 @@ pub async fn promote(client: &tokio_postgres::Client, wait: Duration) -> Result<
         .await
         .context("read the promoted server's timeline")?
         .get(0);
-    name.get(..8)
-        .and_then(|t| u32::from_str_radix(t, 16).ok())
-        .map(TimelineId)
-        .with_context(|| format!("the promoted server named its current WAL file {name:?}"))
+    let segment = SegmentName::parse(&name)
+        .with_context(|| format!("the promoted server named its current WAL file {name:?}"))?;
+    Ok(segment.tli())
 }

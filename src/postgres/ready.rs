@@ -55,6 +55,17 @@ impl Target {
     }
 }
 
+/// Whether the server `client` is connected to is in recovery (a standby, or a restore not
+/// yet promoted).
+pub async fn in_recovery(client: &tokio_postgres::Client) -> anyhow::Result<bool> {
+    use anyhow::Context;
+    Ok(client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .context("ask the server whether it is in recovery")?
+        .get(0))
+}
+
 /// One readiness check.
 pub async fn probe(target: &Target) -> Result<(), String> {
     match target.config().connect(NoTls).await {

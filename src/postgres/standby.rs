@@ -23,6 +23,25 @@ use crate::secret::Secret;
 /// The password file's name in the socket directory.
 pub const PASSFILE: &str = "pgward-primary.pgpass";
 
+/// The file whose presence in the data directory makes postgres start as a standby; postgres
+/// removes it when it is promoted.
+pub const STANDBY_SIGNAL: &str = "standby.signal";
+
+/// SQL (a boolean) on a server in recovery: it streams WAL from its primary now.
+pub const STREAMING_SQL: &str =
+    "coalesce((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false)";
+
+/// SQL (a number of bytes) on a server in recovery: WAL received, or reported by the primary
+/// as written, but not replayed yet; 0 when nothing is known beyond what was replayed.
+pub const LAG_BYTES_SQL: &str = "coalesce(greatest(0, pg_wal_lsn_diff(greatest(\
+     (SELECT latest_end_lsn FROM pg_stat_wal_receiver), pg_last_wal_receive_lsn()), \
+     pg_last_wal_replay_lsn())), 0)";
+
+/// Whether the cluster in `data_dir` is a hot standby (holds [`STANDBY_SIGNAL`]).
+pub fn is_standby(data_dir: &Path) -> bool {
+    data_dir.join(STANDBY_SIGNAL).exists()
+}
+
 /// `postgres.standby:`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StandbyConfig {

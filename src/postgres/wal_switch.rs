@@ -4,6 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 
+use super::ready::in_recovery;
 use super::wal::SegmentName;
 
 /// Closes the current WAL segment of the server `client` is connected to (a primary: a
@@ -11,12 +12,7 @@ use super::wal::SegmentName;
 /// and goes to the archive: the one just closed, or, when nothing was written since the last
 /// switch (postgres then switches nothing), the one that switch closed.
 pub async fn switch_wal(client: &tokio_postgres::Client) -> Result<SegmentName> {
-    let in_recovery: bool = client
-        .query_one("SELECT pg_is_in_recovery()", &[])
-        .await
-        .context("ask the server whether it is in recovery")?
-        .get(0);
-    if in_recovery {
+    if in_recovery(client).await? {
         bail!(
             "the server is in recovery (a standby, or a restore not yet promoted): it writes no \
              WAL of its own to switch\nHINT: run switch-wal with the primary's config"

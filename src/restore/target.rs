@@ -8,8 +8,11 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
+use crate::postgres::standby::STANDBY_SIGNAL;
 use crate::postgres::wal::{Lsn, TimelineId};
 
+/// The file that makes postgres recover, then promote.
+const RECOVERY_SIGNAL: &str = "recovery.signal";
 const BEGIN: &str = "# pgward restore: recovery settings (begin)";
 const END: &str = "# pgward restore: recovery settings (end)";
 
@@ -175,8 +178,8 @@ impl RecoverySettings {
         text.push_str(&self.block());
         super::write_file(&conf, text.as_bytes())?;
         let (signal, other) = match self.standby {
-            Some(_) => ("standby.signal", "recovery.signal"),
-            None => ("recovery.signal", "standby.signal"),
+            Some(_) => (STANDBY_SIGNAL, RECOVERY_SIGNAL),
+            None => (RECOVERY_SIGNAL, STANDBY_SIGNAL),
         };
         match std::fs::remove_file(data_dir.join(other)) {
             Ok(()) => {}

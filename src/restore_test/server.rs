@@ -133,12 +133,10 @@ pub(super) async fn promoted(
         .await
         .with_context(|| format!("connect to database {:?}", target.dbname))?;
     loop {
-        let in_recovery: bool = client
-            .query_one("SELECT pg_is_in_recovery()", &[])
+        if !ready::in_recovery(&client)
             .await
             .context("ask whether recovery has ended")?
-            .get(0);
-        if !in_recovery {
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::postgres::standby::is_standby;
 use crate::postgres::timeline::current_timeline;
 use crate::repo::{PutMode, Repo};
 
@@ -26,8 +27,6 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
 pub const HEARTBEAT_STALE: Duration = Duration::from_secs(120);
 /// How often the daemon of a standby looks whether it was promoted, to beat from then on.
 const STANDBY_LOOK_EVERY: Duration = Duration::from_secs(1);
-/// The file whose presence makes postgres start as a standby.
-const STANDBY_SIGNAL: &str = "standby.signal";
 
 /// The content of the heartbeat object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,7 +136,7 @@ pub async fn beat(
         // A standby archives nothing: the heartbeat is its primary's to write (a standby's
         // `stopped` mark would tell a successor that the running primary stopped). Postgres
         // removes `standby.signal` when it is promoted; the next beat is this daemon's.
-        if data_dir.join(STANDBY_SIGNAL).exists() {
+        if is_standby(&data_dir) {
             if stopped {
                 return;
             }

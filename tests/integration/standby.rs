@@ -14,6 +14,17 @@ use crate::common::{
 /// The replication user's password: a `:` and a `\`, which a password file must escape.
 const REPLICATION_PASSWORD: &str = "rep:pw\\1";
 
+/// Adds `keys` (lines of the `postgres:` section, indented two spaces) to `config`.
+fn with_postgres_keys(config: PathBuf, keys: &str) -> PathBuf {
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replacen("  init:\n", &format!("{keys}  init:\n"), 1),
+    )
+    .unwrap();
+    config
+}
+
 /// The config of a standby of `primary` made from `storage`, streaming as `replicator`
 /// through slot `standby_1`; `wal.archive: false` (a copy that only reads).
 fn standby_config(standby: &Cluster, primary: &Cluster, storage: &str) -> PathBuf {
@@ -21,15 +32,13 @@ fn standby_config(standby: &Cluster, primary: &Cluster, storage: &str) -> PathBu
         "password: pw\nfrom_backup: latest",
         &format!("{storage}wal:\n  archive: false\n"),
     );
-    let text = std::fs::read_to_string(&config).unwrap();
     let block = format!(
         "  standby:\n    primary_conninfo: host=127.0.0.1 port={} user=replicator \
-         application_name=standby_1\n    password: '{}'\n    slot: standby_1\n  init:\n",
+         application_name=standby_1\n    password: '{}'\n    slot: standby_1\n",
         primary.port,
         REPLICATION_PASSWORD.replace('\'', "''")
     );
-    std::fs::write(&config, text.replacen("  init:\n", &block, 1)).unwrap();
-    config
+    with_postgres_keys(config, &block)
 }
 
 /// Polls `sql` (one row, one text column) on `client` until it returns `want`.
@@ -353,13 +362,11 @@ fn successor_standby_config(
         "password: pw\nfrom_backup: latest\nrestore_as: successor",
         &format!("{storage}wal:\n  archive: true\n  archive_timeout: 1s\n{extra}"),
     );
-    let text = std::fs::read_to_string(&config).unwrap();
     let block = format!(
-        "  standby:\n    primary_conninfo: host=127.0.0.1 port={} user=postgres\n  init:\n",
+        "  standby:\n    primary_conninfo: host=127.0.0.1 port={} user=postgres\n",
         primary.port
     );
-    std::fs::write(&config, text.replacen("  init:\n", &block, 1)).unwrap();
-    config
+    with_postgres_keys(config, &block)
 }
 
 const COUNT: &str = "SELECT count(*)::text || ':' || sum(i)::text FROM t";
@@ -447,10 +454,10 @@ async fn backups_taken_on_a_standby_restore_exactly_and_jobs_follow_backup_on() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replication_allow_writes_the_primary_side_of_pg_hba_at_bootstrap() {
     let primary = Cluster::new();
-    let config = primary.config("password: pw", "wal:\n  archive: false\n");
-    let text = std::fs::read_to_string(&config).unwrap();
-    let block = "  replication:\n    allow: [10.1.0.0/16, 127.0.0.2]\n  init:\n";
-    std::fs::write(&config, text.replacen("  init:\n", block, 1)).unwrap();
+    let config = with_postgres_keys(
+        primary.config("password: pw", "wal:\n  archive: false\n"),
+        "  replication:\n    allow: [10.1.0.0/16, 127.0.0.2]\n",
+    );
     let (_config, _pgward, client) = run_and_connect(&primary, config).await;
     let rules: Vec<String> = client
         .query(

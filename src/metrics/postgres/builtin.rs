@@ -8,6 +8,7 @@
 
 use super::namespace::{Column, Namespace, Usage, VersionRange};
 use crate::metrics::text::Families;
+use crate::postgres::standby::{LAG_BYTES_SQL, STREAMING_SQL};
 
 use Usage::{Counter, Discard, Gauge, Label};
 
@@ -346,12 +347,10 @@ fn replication() -> Vec<Namespace> {
         namespace(
             "pgward_standby",
             "standby",
-            "SELECT CASE WHEN coalesce((SELECT status = 'streaming' FROM pg_stat_wal_receiver), \
-                    false) THEN 1 ELSE 0 END AS streaming, \
-                coalesce(greatest(0, pg_wal_lsn_diff(greatest(\
-                    (SELECT latest_end_lsn FROM pg_stat_wal_receiver), \
-                    pg_last_wal_receive_lsn()), pg_last_wal_replay_lsn())), 0) AS lag_bytes \
-             WHERE pg_is_in_recovery()",
+            &format!(
+                "SELECT CASE WHEN {STREAMING_SQL} THEN 1 ELSE 0 END AS streaming, \
+                 {LAG_BYTES_SQL} AS lag_bytes WHERE pg_is_in_recovery()"
+            ),
             vec![
                 Column::new("streaming", Gauge, "1 while the server in recovery streams WAL from its primary, 0 while it replays from the archive"),
                 Column::new("lag_bytes", Gauge, "WAL received (or reported by the primary) but not replayed yet, in bytes"),
